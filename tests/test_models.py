@@ -1,0 +1,155 @@
+"""Model listing, loading and inference on tiny birder nets saved with birder's checkpoint code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.tiny_models import PE_CORE, ROTNET, SSCD, TINY_EMBEDDING_SIZE, make_tiny_models, write_test_images
+from vdc_lake.models import (
+    ImageFileDataset,
+    ModelError,
+    list_models,
+    load_model,
+    run_inference,
+    split_model_name,
+)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("models")
+    make_tiny_models(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("images")
+    paths = write_test_images(directory, 5)
+    corrupt = directory / "corrupt.jpg"
+    corrupt.write_bytes(paths[0].read_bytes()[:200])  # a truncated JPEG
+    tiff = directory / "scan.tiff"  # torchvision cannot decode TIFF: the Pillow fallback must
+    Image.fromarray(np.full((40, 50, 3), 200, dtype=np.uint8)).save(tiff)
+    return [*paths[:3], corrupt, *paths[3:], tiff]  # corrupt one at position 3
+
+
+def test_tiny_checkpoints_are_small(models_dir):
+    sizes = {p.name: p.stat().st_size for p in models_dir.iterdir()}
+    assert len(sizes) == 3 and max(sizes.values()) < 1_000_000
+
+
+def test_split_model_name_prefers_longest_network():
+    assert split_model_name("resnet_v1_50_c1_sscd") == ("resnet_v1_50_c1", "sscd")
+    assert split_model_name("resnet_v1_50_c1") == ("resnet_v1_50_c1", None)
+    assert split_model_name("resnet_v1_50_c1_my_tag") == ("resnet_v1_50_c1", "my_tag")
+    assert split_model_name("no_such_network_x") is None
+
+
+def test_list_models_reports_the_three_models(models_dir):
+    infos = {info.name: info for info in list_models(models_dir)}
+    assert set(infos) == {SSCD, ROTNET, PE_CORE}
+    assert all(info.loads and info.error is None for info in infos.values())
+    got = {n: (i.network, i.tag, i.num_classes, i.size, i.kind, i.embedding_size) for n, i in infos.items()}
+    assert got == {
+        SSCD: ("resnet_v1_50_c1", "sscd", 512, (64, 64), "descriptor", TINY_EMBEDDING_SIZE),
+        ROTNET: ("rope_vit_reg8_so150m_p14_swiglu_rms_ap", "rotnet-capi", 4, (56, 56), "rotation", 32),
+        PE_CORE: ("rope_i_vit_b16_pn_aps_c1", "pe-core", 0, (64, 64), "embedding", 32),
+    }
+    assert infos[ROTNET].class_names == ["0", "90", "180", "270"]
+
+
+def _collect(batches):
+    batches = list(batches)
+    return (
+        np.concatenate([b.indices for b in batches]),
+        np.concatenate([b.outputs for b in batches]),
+        np.concatenate([b.failed for b in batches]),
+        [e for b in batches for e in b.errors],
+    )
+
+
+@pytest.mark.parametrize(
+    "name, tag, kind, dim",
+    [(ROTNET, None, "rotation", 4), ("resnet_v1_50_c1", "sscd", "descriptor", 512), (PE_CORE, None, "embedding", 32)],
+)
+def test_run_inference_shapes_and_failures(models_dir, images, name, tag, kind, dim):
+    loaded = load_model(models_dir, name, tag=tag)
+    assert not loaded.net.training
+    indices, outputs, failed, errors = _collect(
+        run_inference(loaded, images, kind=kind, batch_size=3, num_workers=0)
+    )
+    assert indices.tolist() == [0, 1, 2, 4, 5, 6]  # input order, corrupt file left out
+    assert outputs.shape == (6, dim) and outputs.dtype == np.float32
+    assert failed.tolist() == [3] and "cannot decode" in errors[0]
+    assert np.isfinite(outputs).all()
+    if kind == "rotation":
+        np.testing.assert_allclose(outputs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_outputs_match_birders_own_pipeline(models_dir, images):
+    """Same decode (birder's tv loader), same preset, same net: same numbers as birder predict."""
+    from birder.data.datasets.directory import tv_rgb_loader
+
+    loaded = load_model(models_dir, SSCD)
+    indices, outputs, _, _ = _collect(run_inference(loaded, images[:3], kind="descriptor", num_workers=1))
+    with torch.inference_mode():
+        batch = torch.stack([loaded.transform(tv_rgb_loader(str(p))) for p in images[:3]])
+        expected = loaded.net(batch).numpy()
+    assert indices.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_progress_and_channels_last(models_dir, images):
+    loaded = load_model(models_dir, PE_CORE)
+    done = []
+    indices, outputs, _, _ = _collect(
+        run_inference(loaded, images, kind="embedding", batch_size=4, num_workers=0, channels_last=True,
+                      progress=done.append)
+    )
+    assert done == [4, 3] and outputs.shape == (6, 32)
+
+
+def test_dataset_never_raises(images, models_dir):
+    loaded = load_model(models_dir, ROTNET)
+    dataset = ImageFileDataset([images[3], "/no/such/file.jpg", images[-1]], loaded.transform)
+    (_, bad, bad_error), (_, missing, missing_error), (_, tiff, tiff_error) = [dataset[i] for i in range(3)]
+    assert bad.shape == tiff.shape == (3, 56, 56) and bool((bad == 0).all())
+    assert bad_error.startswith("cannot decode") and "No such file" in missing_error and tiff_error == ""
+
+
+def test_kind_must_fit_the_model(models_dir):
+    loaded = load_model(models_dir, PE_CORE)
+    with pytest.raises(ModelError, match="no classifier head"):
+        next(run_inference(loaded, [], kind="rotation"))
+    with pytest.raises(ModelError, match="unknown inference kind"):
+        next(run_inference(loaded, [], kind="logits"))
+
+
+def test_missing_model_names_the_fix(models_dir):
+    with pytest.raises(ModelError, match=r"no model 'resnet_v1_50_c1_sscdx'.*not a birder pretrained name"):
+        load_model(models_dir, "resnet_v1_50_c1_sscdx")
+    with pytest.raises(ModelError, match=r"python -m birder.tools download-model rope_i_vit_l14_pn_aps_c1_pe-core"):
+        load_model(models_dir, "rope_i_vit_l14_pn_aps_c1_pe-core")
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(models_dir / "nowhere", SSCD)
+
+
+def test_corrupt_checkpoint(tmp_path, models_dir):
+    (tmp_path / f"{SSCD}.pt").write_bytes((models_dir / f"{SSCD}.pt").read_bytes()[:5000])
+    (tmp_path / "resnet_v1_50_c1_other.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "resnet_v1_50_c1_other_states.pt").write_bytes(b"optimizer states are not models")
+    infos = list_models(tmp_path)
+    assert [i.name for i in infos] == ["resnet_v1_50_c1_other", SSCD]
+    assert not any(i.loads for i in infos) and all("re-download" in i.error for i in infos)
+    with pytest.raises(ModelError, match="cannot be loaded"):
+        load_model(tmp_path, SSCD)
+
+
+def test_checkpoint_for_the_wrong_network(tmp_path, models_dir):
+    # A file whose name claims a different network than its tensors: loads=False, clear error.
+    (tmp_path / "resnet_v1_18_x.pt").write_bytes((models_dir / f"{SSCD}.pt").read_bytes())
+    (info,) = list_models(tmp_path)
+    assert not info.loads and "does not fit network resnet_v1_18" in info.error

@@ -1,0 +1,90 @@
+"""Configuration: bundled defaults, overridden by vdc-lake.toml or --config, overridden by CLI options.
+
+Every option has exactly one default, in defaults.toml. `Config.get(section, key, cli_value)`
+applies the precedence CLI > config file > bundled default, and `Config.describe()` tells
+where each effective value came from (`vdc-lake config show`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vdc_lake.errors import ConfigError
+
+LOCAL_CONFIG_NAME = "vdc-lake.toml"
+
+
+def _bundled_defaults() -> dict[str, dict[str, Any]]:
+    text = resources.files("vdc_lake").joinpath("defaults.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+
+
+@dataclass
+class Config:
+    """Effective configuration: values[section][key] plus the source of each value."""
+
+    values: dict[str, dict[str, Any]]
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, *, search_dir: Path | None = None) -> Config:
+        """Bundled defaults, then `search_dir/vdc-lake.toml` if present, then `config_file`."""
+        values = _bundled_defaults()
+        config = cls(values, {(s, k): "default" for s, sec in values.items() for k in sec})
+        local = Path(search_dir or Path.cwd()) / LOCAL_CONFIG_NAME
+        if local.is_file():
+            config.overlay(_read_toml(local), str(local))
+        if config_file is not None:
+            config.overlay(_read_toml(Path(config_file)), str(config_file))
+        return config
+
+    def overlay(self, data: dict[str, Any], source: str) -> None:
+        """Apply overrides from one file; unknown sections or keys are errors (typos matter)."""
+        for section, entries in data.items():
+            if section not in self.values or not isinstance(entries, dict):
+                known = ", ".join(sorted(self.values))
+                raise ConfigError(f"{source}: unknown section [{section}]; known sections: {known}")
+            for key, value in entries.items():
+                if key not in self.values[section]:
+                    known = ", ".join(sorted(self.values[section]))
+                    raise ConfigError(f"{source}: unknown key {key!r} in [{section}]; known keys: {known}")
+                self.values[section][key] = value
+                self.sources[(section, key)] = source
+
+    def get(self, section: str, key: str, cli_value: Any = None) -> Any:
+        """The effective value: the CLI value when given (not None), else the configured one."""
+        if cli_value is not None and cli_value != ():
+            return cli_value
+        return self.values[section][key]
+
+    def section(self, section: str, **cli_values: Any) -> dict[str, Any]:
+        """A whole section with CLI values (None = not given) applied on top."""
+        merged = dict(self.values[section])
+        for key, value in cli_values.items():
+            if key not in merged:
+                raise ConfigError(f"unknown option {key!r} for [{section}]")
+            if value is not None and value != ():
+                merged[key] = value
+        return merged
+
+    def describe(self) -> list[tuple[str, str, Any, str]]:
+        """Rows of (section, key, value, source) for display."""
+        return [
+            (section, key, value, self.sources.get((section, key), "default"))
+            for section, entries in self.values.items()
+            for key, value in entries.items()
+        ]

@@ -1,0 +1,70 @@
+"""Run a user's SQL query on the catalog and render it as a table, csv, json or parquet."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from vdc_lake.catalog import Catalog
+from vdc_lake.errors import VdcLakeError
+
+MAX_TABLE_ROWS = 1000
+
+
+def _as_table_text(table: pa.Table) -> str:
+    rows = table.slice(0, MAX_TABLE_ROWS).to_pylist()
+    headers = table.column_names
+    cells = [[("NULL" if r[h] is None else str(r[h])) for h in headers] for r in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells]
+    if table.num_rows > MAX_TABLE_ROWS:
+        lines.append(f"... {table.num_rows - MAX_TABLE_ROWS} more rows (use --format csv --output FILE)")
+    lines.append(f"({table.num_rows} rows)")
+    return "\n".join(lines) + "\n"
+
+
+def _as_json(table: pa.Table) -> str:
+    return json.dumps(table.to_pylist(), default=str, indent=1) + "\n"
+
+
+def _as_csv(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pa_csv.write_csv(_stringify_nested(table), sink)
+    return sink.getvalue()
+
+
+def _stringify_nested(table: pa.Table) -> pa.Table:
+    # CSV cannot hold list columns (vectors); write them as their JSON text.
+    columns = []
+    for col in table.columns:
+        if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_struct(col.type):
+            col = pa.array([None if v is None else json.dumps(v) for v in col.to_pylist()], pa.string())
+        columns.append(col)
+    return pa.table(columns, names=table.column_names)
+
+
+def write_query(catalog: Catalog, query: str, *, fmt: str = "table", output: str | None = None) -> str | None:
+    """Run `query`; return the text to print, or None when it was written to `output`."""
+    table = catalog.arrow(query) if query.strip() else pa.table({})
+    if output is None:
+        if fmt == "parquet":
+            raise VdcLakeError("parquet output needs --output FILE")
+        if fmt == "csv":
+            return _as_csv(table).decode()
+        return _as_json(table) if fmt == "json" else _as_table_text(table)
+    path = Path(output)
+    if fmt == "parquet":
+        pq.write_table(table, path)
+    elif fmt == "csv":
+        path.write_bytes(_as_csv(table))
+    elif fmt == "json":
+        path.write_text(_as_json(table))
+    else:
+        path.write_text(_as_table_text(table))
+    return None

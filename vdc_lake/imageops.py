@@ -1,0 +1,143 @@
+"""File operations the apply engine can carry out, each writing through a temp file + os.replace.
+
+Encoders keep what they can of the original: JPEG quantisation tables and chroma subsampling
+(what Pillow's quality="keep" does, made explicit so it also works on resized pixels), the
+ICC profile and EXIF. Rotation writes EXIF orientation 1, since the pixels are now upright.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image, JpegImagePlugin
+
+TMP_SUFFIX = ".vdc-tmp"
+# Rotation decisions name the clockwise correction, applied with Pillow's transpose.
+ROTATIONS = {
+    "rotate_90": Image.Transpose.ROTATE_270,   # Pillow's ROTATE_n turns counter-clockwise
+    "rotate_180": Image.Transpose.ROTATE_180,
+    "rotate_270": Image.Transpose.ROTATE_90,
+}
+
+
+def _tmp_for(path: Path) -> Path:
+    return path.with_name("." + path.name + TMP_SUFFIX)
+
+
+def _encoder_options(original: Image.Image, fmt: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    icc = original.info.get("icc_profile")
+    if icc:
+        options["icc_profile"] = icc
+    if fmt == "JPEG" and original.format == "JPEG":
+        options["qtables"] = original.quantization
+        sampling = JpegImagePlugin.get_sampling(original)
+        if sampling != -1:
+            options["subsampling"] = sampling
+    elif fmt == "JPEG":
+        options["quality"] = 95
+    if fmt in ("JPEG", "WEBP", "PNG", "TIFF"):
+        exif = original.getexif()
+        if len(exif):
+            options["exif"] = exif.tobytes()
+    return options
+
+
+def write_atomic(img: Image.Image, dst: Path, fmt: str, options: dict[str, Any]) -> None:
+    """Encode into a temp file next to dst, fsync, and os.replace it over dst."""
+    tmp = _tmp_for(dst)
+    try:
+        with open(tmp, "wb") as f:
+            img.save(f, format=fmt, **options)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _output_format(original: Image.Image) -> str:
+    return "JPEG" if original.format in ("JPEG", "MPO") else (original.format or "PNG")
+
+
+def _fit_within(width: int, height: int, max_width: int, max_height: int) -> tuple[int, int]:
+    scale = min(max_width / width, max_height / height, 1.0)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
+    """Shrink to fit max_width x max_height, keeping aspect ratio, format and encoder quality."""
+    with Image.open(src) as img:
+        size = _fit_within(img.width, img.height, int(options["max_width"]), int(options["max_height"]))
+        fmt = _output_format(img)
+        encoder = _encoder_options(img, fmt)
+        resized = img.resize(size, Image.Resampling.LANCZOS)
+    write_atomic(resized, dst, fmt, encoder)
+
+
+def recompress_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
+    """Re-encode as WebP (VDC's choice for oversized files); dst is the new path, src is removed."""
+    fmt = str(options.get("recompress_format", "WEBP")).upper()
+    with Image.open(src) as img:
+        encoder = _encoder_options(img, fmt)
+        img.load()
+        image = img if img.mode in ("RGB", "RGBA", "L", "LA") else img.convert("RGBA" if "A" in img.mode else "RGB")
+    if fmt == "WEBP":
+        encoder.update(quality=int(options.get("recompress_quality", 80)), method=6)
+    write_atomic(image, dst, fmt, encoder)
+    if dst != src:
+        src.unlink()
+
+
+def rotate_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
+    """Turn the stored pixels clockwise by the action's angle; EXIF orientation becomes 1."""
+    with Image.open(src) as img:
+        fmt = _output_format(img)
+        encoder = _encoder_options(img, fmt)
+        rotated = img.transpose(ROTATIONS[options["action"]])
+    if "exif" in encoder:
+        exif = Image.Exif()
+        exif.load(encoder["exif"])
+        exif[0x0112] = 1
+        encoder["exif"] = exif.tobytes()
+    write_atomic(rotated, dst, fmt, encoder)
+
+
+def delete_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
+    src.unlink(missing_ok=True)
+
+
+def recompress_destination(src: str, options: dict[str, Any]) -> str:
+    fmt = str(options.get("recompress_format", "WEBP")).lower()
+    path = Path(src)
+    target = path.with_suffix("." + fmt)
+    if target != path and target.exists():
+        target = path.with_name(path.stem + ".recompressed." + fmt)
+    return str(target)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One kind of file operation: where its output goes and how to produce it."""
+
+    name: str
+    run_fn: Callable[[Path, Path, dict[str, Any]], None]
+    destination_fn: Callable[[str, dict[str, Any]], str] = lambda src, options: src
+
+    def run(self, src: Path, dst: Path, options: dict[str, Any]) -> None:
+        self.run_fn(src, dst, dict(options, action=self.name))
+
+    def destination(self, src: str, options: dict[str, Any]) -> str:
+        return self.destination_fn(src, options)
+
+
+ACTIONS: dict[str, Action] = {
+    "delete": Action("delete", delete_file),
+    "resize": Action("resize", resize_file),
+    "recompress": Action("recompress", recompress_file, recompress_destination),
+    **{name: Action(name, rotate_file) for name in ROTATIONS},
+}

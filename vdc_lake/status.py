@@ -1,0 +1,35 @@
+"""Catalog summary for `vdc-lake status`: images by state, pending decisions, recent runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vdc_lake.catalog import Catalog
+
+# Decision views that take no parameters, so status can count what they would do.
+PENDING_VIEWS = {"sanitize": "SELECT action, count(*) FROM sanitize_actions GROUP BY action ORDER BY action"}
+
+
+def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list[tuple[Any, ...]]]:
+    images = catalog.rows(
+        """
+        SELECT 'present', count(*) FILTER (WHERE present) FROM images
+        UNION ALL SELECT 'gone (not present)', count(*) FILTER (WHERE NOT present) FROM images
+        UNION ALL SELECT 'never sanitized', count(*) FROM images i WHERE present
+            AND NOT EXISTS (SELECT 1 FROM sanitize_checks c WHERE c.image_id = i.image_id AND c.version = i.version)
+        UNION ALL SELECT 'with findings', count(DISTINCT f.image_id) FROM findings f
+            JOIN images i ON i.image_id = f.image_id AND i.version = f.version AND i.present
+        """
+    )
+    pending = []
+    for stage, sql in PENDING_VIEWS.items():
+        pending.extend((stage, action, n) for action, n in catalog.rows(sql))
+    runs = catalog.rows(
+        """
+        SELECT run_id, stage, status, strftime(started_at, '%Y-%m-%d %H:%M:%S'),
+               round(epoch(finished_at - started_at), 1)
+        FROM runs ORDER BY run_id DESC LIMIT ?
+        """,
+        [recent_runs],
+    )
+    return {"images": images, "pending": pending, "runs": runs}
