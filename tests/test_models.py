@@ -89,6 +89,7 @@ def test_run_inference_shapes_and_failures(models_dir, images, name, tag, kind, 
         np.testing.assert_allclose(outputs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # birder's own loader
 def test_outputs_match_birders_own_pipeline(models_dir, images):
     """Same decode (birder's tv loader), same preset, same net: same numbers as birder predict."""
     from birder.data.datasets.directory import tv_rgb_loader
@@ -153,3 +154,19 @@ def test_checkpoint_for_the_wrong_network(tmp_path, models_dir):
     (tmp_path / "resnet_v1_18_x.pt").write_bytes((models_dir / f"{SSCD}.pt").read_bytes())
     (info,) = list_models(tmp_path)
     assert not info.loads and "does not fit network resnet_v1_18" in info.error
+
+
+def test_gpu_split_preprocessing_matches_birders_preset(models_dir, images):
+    """On CUDA, workers stop at uint8 and the device normalises: same numbers as the full preset."""
+    from vdc_lake.models import _gpu_split, _normalizer, decode_rgb
+
+    loaded = load_model(models_dir, SSCD)
+    steps = _gpu_split(loaded.transform)
+    assert steps is not None, "birder's inference preset no longer ends with ToDtype, Normalize"
+    from torchvision.transforms import v2
+
+    pixels = decode_rgb(str(images[0]))
+    uint8 = v2.Compose(steps[:-2])(pixels)
+    assert uint8.dtype == torch.uint8
+    on_device = _normalizer(steps[-1].mean, steps[-1].std, torch.device("cpu"))(uint8[None])[0]
+    torch.testing.assert_close(on_device, loaded.transform(pixels), rtol=0, atol=1e-6)

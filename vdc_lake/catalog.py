@@ -129,17 +129,18 @@ class Catalog:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         config = {"enable_external_access": "true"}
-        if not self.read_only:
-            return duckdb.connect(str(self.path), config=config)
         deadline = time.monotonic() + READER_RETRY_SECONDS
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=True, config=config)
+                return duckdb.connect(str(self.path), read_only=self.read_only, config=config)
             except duckdb.IOException as e:
-                # A writer is inside a write right now; it releases the file between batches.
+                # Reader: the writer is inside a write; it releases the file between batches.
+                # Writer: a reader has the file open (DuckDB's file lock is shared/exclusive),
+                # e.g. `vdc-lake status` while a scan runs; it is gone in a moment.
                 if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                    holder = "a writer" if self.read_only else "a read-only connection (close it)"
                     raise CatalogLockedError(
-                        f"catalog {self.path} stayed busy for {READER_RETRY_SECONDS:.0f} s: {e}"
+                        f"catalog {self.path} stayed busy for {READER_RETRY_SECONDS:.0f} s, held by {holder}: {e}"
                     ) from e
                 time.sleep(0.05)
 

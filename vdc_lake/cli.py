@@ -38,6 +38,41 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+class IntList(click.Option):
+    """An option taking one or more integers, as VDC writes them: --n-clusters 45000 900 90.
+
+    Values after the flag are taken up to the next token that starts with '-'; commas work too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._original_process: Callable | None = None
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> Any:
+        result = super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            option = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if option is not None:
+                self._original_process = option.process
+
+                def process(value: Any, state: Any, _original=option.process) -> None:
+                    values = [value]
+                    while state.rargs and not state.rargs[0].startswith("-"):
+                        values.append(state.rargs.pop(0))
+                    _original(",".join(values), state)
+
+                option.process = process
+        return result
+
+    def type_cast_value(self, ctx: click.Context, value: Any) -> Any:
+        if value is None or value == ():
+            return None
+        try:
+            return [int(v) for v in str(value).replace(" ", ",").split(",") if v]
+        except ValueError:
+            raise click.BadParameter(f"expected whole numbers, got {value!r}", ctx=ctx, param=self) from None
+
+
 def handle_errors(func: Callable) -> Callable:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -215,6 +250,31 @@ def config_show(ctx: Context) -> None:
 
 # -- plan / apply / restore ------------------------------------------------------------------------
 
+def decision_options(func: Callable) -> Callable:
+    """Options that parameterise a stage's decision view (each stage uses the ones it needs)."""
+    options = [
+        click.option("--threshold", type=float, default=None,
+                     help="rotation: min probability [0.75]; dedup: max distance [0.25]; examples: max distance [0.2]."),
+        click.option("--keep", type=click.Choice(["random", "alphabetical", "largest-resolution", "largest-file"]),
+                     default=None, help="dedup: which image of a group survives [largest-resolution]."),
+        click.option("--seed", type=int, default=None, help="dedup --keep random: the seed [0]."),
+        click.option("--set", "set_name", default=None, help="rotation/dedup/examples: only this set (default: newest/all)."),
+        click.option("--name", default=None, help="score: which score to filter on."),
+        click.option("--min-score", type=float, default=None, help="score: remove images below this."),
+        click.option("--max-score", type=float, default=None, help="score: remove images above this."),
+        click.option("--run", "sample_run", type=int, default=None, help="sample: which sampling run [newest]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _decision_kwargs(threshold, keep, seed, set_name, name, min_score, max_score, sample_run) -> dict[str, Any]:
+    return {"threshold": threshold, "keep": keep, "seed": seed, "embedding_set": set_name,
+            "prediction_set": set_name, "name": name, "min_score": min_score, "max_score": max_score,
+            "run": sample_run}
+
+
 def _plan(ctx: Context, catalog: Catalog, stage: str, options: dict[str, Any]):
     from vdc_lake.apply import make_plan
     from vdc_lake.decisions import decision_query
@@ -237,17 +297,22 @@ def _echo_plan(plan: Any, examples: int) -> None:
 @cli.command()
 @click.argument("stage")
 @click.option("--examples", type=int, default=5, show_default=True, help="How many example operations to show.")
+@decision_options
 @pass_ctx
 @handle_errors
-def plan(ctx: Context, stage: str, examples: int) -> None:
+def plan(ctx: Context, stage: str, examples: int, **decision: Any) -> None:
     """Show what `apply STAGE` would do: counts per action and examples. Changes nothing.
+
+    STAGE is one of sanitize, rotation, dedup, examples, score, sample.
 
     \b
     Example:
         vdc-lake plan sanitize --examples 10
+        vdc-lake plan dedup --threshold 0.25 --keep largest-resolution
+        vdc-lake plan rotation --threshold 0.9
     """
     with ctx.reader() as catalog:
-        _echo_plan(_plan(ctx, catalog, stage, {}), examples)
+        _echo_plan(_plan(ctx, catalog, stage, _decision_kwargs(**decision)), examples)
 
 
 @cli.command()
@@ -258,10 +323,11 @@ def plan(ctx: Context, stage: str, examples: int) -> None:
 @click.option("--yes", is_flag=True, help="Same as --apply, for scripts.")
 @click.option("--no-backup", is_flag=True, help="Change files without keeping a copy (cannot be restored).")
 @click.option("--examples", type=int, default=5, show_default=True)
+@decision_options
 @pass_ctx
 @handle_errors
 def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes: bool, no_backup: bool,
-          examples: int) -> None:
+          examples: int, **decision: Any) -> None:
     """Carry out a stage's decisions on the files: journaled, backed up, resumable, reversible.
 
     Without --apply this is a dry run that prints the plan.
@@ -270,12 +336,13 @@ def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes:
     Example:
         vdc-lake apply sanitize --backup-dir backup/sanitize          # dry run
         vdc-lake apply sanitize --backup-dir backup/sanitize --apply
+        vdc-lake apply dedup --threshold 0.25 --keep largest-resolution --backup-dir backup/dedup --apply
         vdc-lake restore --run 7
     """
     from vdc_lake.apply import apply_plan
 
     with ctx.writer() as catalog:
-        the_plan = _plan(ctx, catalog, stage, {})
+        the_plan = _plan(ctx, catalog, stage, _decision_kwargs(**decision))
         _echo_plan(the_plan, examples)
         if not (do_apply or yes):
             click.echo("dry run: nothing changed; add --apply to carry this out")
@@ -312,6 +379,300 @@ def restore(ctx: Context, run_id: int | None, dry_run: bool) -> None:
         click.echo(f"  {error}", err=True)
     if s.failed:
         raise click.ClickException(f"{s.failed} files could not be restored")
+
+# -- models and predictions ------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--model", required=True, help="birder weights name (resnet_v1_50_c1_sscd) or 'builtin'.")
+@click.option("--tag", default=None, help="birder tag, when --model is a bare network name.")
+@click.option("--kind", type=click.Choice(["rotation", "descriptor", "embedding"]), required=True,
+              help="rotation: 4 class probabilities; descriptor: logits (SSCD); embedding: pooled features.")
+@click.option("--set", "set_name", default=None, help="Name of the result set [the model name].")
+@click.option("--models-dir", default=None, help="Folder of birder checkpoints [config predict.models_dir: models].")
+@click.option("--size", type=int, default=None, help="Input resolution override (default: the model's).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[auto]")
+@click.option("--batch-size", type=int, default=None, help="[config predict.batch_size: 64]")
+@click.option("--num-workers", type=int, default=None, help="Decoding processes [config predict.num_workers].")
+@click.option("--amp", is_flag=True, help="Mixed precision (autocast).")
+@click.option("--amp-dtype", type=click.Choice(["bfloat16", "float16"]), default="bfloat16", show_default=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--fast-matmul", is_flag=True, help="Allow TF32 matmuls.")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format.")
+@pass_ctx
+@handle_errors
+def predict(ctx: Context, model: str, tag: str | None, kind: str, set_name: str | None, models_dir: str | None,
+            size: int | None, device: str | None, batch_size: int | None, num_workers: int | None, amp: bool,
+            amp_dtype: str, compile_: bool, fast_matmul: bool, channels_last: bool) -> None:
+    """Run a birder model over present images that have no result yet for their current version.
+
+    Results are committed in batches: a killed run resumes where it stopped.
+
+    \b
+    Example:
+        vdc-lake predict --model resnet_v1_50_c1_sscd --kind descriptor --device cuda --amp
+        vdc-lake predict --model rope_vit_reg8_so150m_p14_swiglu_rms_ap_rotnet-capi --kind rotation
+        vdc-lake predict --model builtin --kind descriptor
+    """
+    from vdc_lake.predict import predict as run_predict
+
+    cfg = ctx.config.section("predict", models_dir=models_dir, batch_size=batch_size, num_workers=num_workers,
+                             device=device)
+    with ctx.writer() as catalog:
+        s = run_predict(catalog, model=model, tag=tag, kind=kind, set_name=set_name, models_dir=cfg["models_dir"],
+                        size=size, device=cfg["device"], batch_size=cfg["batch_size"], num_workers=cfg["num_workers"],
+                        amp=amp, amp_dtype=amp_dtype, compile=compile_, fast_matmul=fast_matmul,
+                        channels_last=channels_last, quiet=ctx.quiet)
+    click.echo(f"predict run {s.run_id}: set {s.set_name} ({s.kind}): {s.written} of {s.todo} images written, "
+               f"{s.failed} failed, {s.images_per_second} images/s")
+    for error in s.errors:
+        click.echo(f"  {error}", err=True)
+
+
+@cli.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "set_name", default=None, help="Set name [from birder's file name: network_tag].")
+@click.option("--kind", type=click.Choice(["rotation", "descriptor", "embedding"]), default=None,
+              help="[output files: rotation; logits: descriptor; embeddings: embedding]")
+@pass_ctx
+@handle_errors
+def import_command(ctx: Context, file: str, set_name: str | None, kind: str | None) -> None:
+    """Import a birder result file (*_output / *_logits / *_embeddings, parquet or csv).
+
+    Samples match catalog images by absolute path or by path relative to a scanned root;
+    unmatched samples are counted and listed.
+
+    \b
+    Example:
+        vdc-lake import results/gldv2_resnet_v1_50_c1_sscd_512_320px_crop1.0_4126694_logits.parquet
+    """
+    from vdc_lake.predict import import_results
+
+    with ctx.writer() as catalog:
+        s = import_results(catalog, file, set_name=set_name, kind=kind)
+    click.echo(f"import run {s.run_id}: set {s.set_name} ({s.kind}): {s.matched} of {s.rows} rows matched, "
+               f"{s.unmatched} unmatched")
+    if s.unmatched:
+        click.echo("unmatched samples (first ones): " + ", ".join(s.unmatched_examples), err=True)
+
+
+@cli.group()
+def models() -> None:
+    """birder checkpoints in the models folder."""
+
+
+@models.command("list")
+@click.option("--models-dir", default=None, help="[config predict.models_dir: models]")
+@pass_ctx
+@handle_errors
+def models_list(ctx: Context, models_dir: str | None) -> None:
+    """List checkpoints with task, resolution, output size and whether they load.
+
+    \b
+    Example:
+        vdc-lake models list --models-dir models
+    """
+    from vdc_lake.models import list_models
+
+    folder = ctx.config.get("predict", "models_dir", models_dir)
+    rows = [(m.name, m.kind or m.task or "", "x".join(map(str, m.size)) if m.size else "", m.num_classes,
+             m.embedding_size, "yes" if m.loads else f"no: {m.error}") for m in list_models(folder)]
+    if not rows:
+        click.echo(f"no birder checkpoints in {folder}/; get one with "
+                   "`python -m birder.tools download-model NAME` on a connected machine")
+        return
+    echo_table(rows, ["model", "kind", "size", "classes", "embedding", "loads"])
+
+
+# -- dedup, filters, scores --------------------------------------------------------------------------
+
+@cli.group()
+def dedup() -> None:
+    """Near-duplicate search over an embedding set (exact copies need no model)."""
+
+
+@dedup.command("index")
+@click.option("--set", "set_name", required=True, help="Embedding set (e.g. builtin, resnet_v1_50_c1_sscd).")
+@click.option("--center/--no-center", default=None, help="Subtract the set's mean first [config dedup.center].")
+@click.option("--l2-normalize/--no-l2-normalize", default=None, help="[config dedup.l2_normalize: true]")
+@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "i8"]), default=None,
+              help="Index storage [config dedup.index_dtype: f16].")
+@pass_ctx
+@handle_errors
+def dedup_index(ctx: Context, set_name: str, center: bool | None, l2_normalize: bool | None, dtype: str | None) -> None:
+    """Build a usearch HNSW index (cosine) over the set, saved next to the catalog.
+
+    \b
+    Example:
+        vdc-lake dedup index --set resnet_v1_50_c1_sscd --center --l2-normalize
+    """
+    from vdc_lake.dedup import build_index
+
+    cfg = ctx.config.section("dedup", center=center, l2_normalize=l2_normalize, index_dtype=dtype)
+    with ctx.writer() as catalog:
+        s = build_index(catalog, set_name, center=cfg["center"], l2_normalize=cfg["l2_normalize"],
+                        dtype=cfg["index_dtype"], quiet=ctx.quiet)
+    click.echo(f"index run {s.run_id}: {s.n_vectors} x {s.dim} vectors of {s.set_name} -> {s.path} "
+               f"({s.seconds:.1f} s)")
+
+
+@dedup.command("report")
+@click.option("--set", "set_name", required=True, help="Embedding set to search.")
+@click.option("--report-threshold", type=float, default=None, help="Keep pairs under this distance [0.5].")
+@click.option("--metric", type=click.Choice(["cosine"]), default=None, help="[cosine]")
+@click.option("--exact", is_flag=True, help="Exact tiled matmul + top-k in torch instead of the ANN index.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto uses the exact search on a GPU when one is available.")
+@click.option("--neighbors", type=int, default=None, help="Neighbours examined per image [16].")
+@pass_ctx
+@handle_errors
+def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, metric: str | None, exact: bool,
+                 device: str, neighbors: int | None) -> None:
+    """Write every pair of the set under the report threshold to dup_edges.
+
+    Then pick the apply threshold and keep rule in SQL, without searching again:
+    dedup_actions(threshold := 0.25, keep := 'largest-resolution').
+
+    \b
+    Example:
+        vdc-lake dedup report --set resnet_v1_50_c1_sscd --report-threshold 0.5
+        vdc-lake sql "SELECT * FROM dedup_actions(threshold := 0.25) LIMIT 20"
+    """
+    from vdc_lake.dedup import report
+
+    cfg = ctx.config.section("dedup", report_threshold=report_threshold, metric=metric, neighbors=neighbors)
+    with ctx.writer() as catalog:
+        s = report(catalog, set_name, threshold=cfg["report_threshold"], metric=cfg["metric"], exact=exact,
+                   device=device, neighbors_k=cfg["neighbors"], center=cfg["center"],
+                   l2_normalize=cfg["l2_normalize"], dtype=cfg["index_dtype"], quiet=ctx.quiet)
+    click.echo(f"report run {s.run_id}: {s.pairs} pairs under {s.threshold} among {s.n_vectors} images "
+               f"({s.method}, {s.seconds:.1f} s)")
+
+
+@cli.group("filter")
+def filter_group() -> None:
+    """Filters that store a per-image number for a decision view."""
+
+
+@filter_group.command("examples")
+@click.option("--set", "set_name", required=True, help="Embedding set the examples are compared in.")
+@click.option("--examples", "examples_path", required=True, type=click.Path(exists=True),
+              help="Folder of unwanted example images, or a birder embeddings file.")
+@click.option("--metric", type=click.Choice(["cosine"]), default=None, help="[cosine]")
+@click.option("--models-dir", default=None, help="[config predict.models_dir]")
+@pass_ctx
+@handle_errors
+def filter_examples(ctx: Context, set_name: str, examples_path: str, metric: str | None, models_dir: str | None) -> None:
+    """Store each image's distance to its nearest unwanted example (example_actions(threshold)).
+
+    \b
+    Example:
+        vdc-lake filter examples --set builtin --examples unwanted/
+        vdc-lake plan examples --threshold 0.1
+    """
+    from vdc_lake.filters import filter_by_examples
+
+    with ctx.writer() as catalog:
+        s = filter_by_examples(catalog, set_name, examples_path,
+                               metric=ctx.config.get("filter_by_examples", "metric", metric),
+                               models_dir=ctx.config.get("predict", "models_dir", models_dir))
+    click.echo(f"filter run {s.run_id}: {s.n_images} images compared with {s.n_examples} examples")
+
+
+@cli.command()
+@click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False),
+              help="Score head: state dict of Linear layers, TorchScript or pickled module.")
+@click.option("--set", "set_name", required=True, help="Embedding set the head reads.")
+@click.option("--name", required=True, help="Score name, e.g. aesthetic or nsfw.")
+@click.option("--activation", type=click.Choice(["none", "relu", "gelu"]), default="none", show_default=True,
+              help="Between Linear layers of a state-dict head.")
+@click.option("--l2-normalize/--no-l2-normalize", default=True, show_default=True)
+@click.option("--output-index", type=int, default=0, show_default=True, help="Which output column is the score.")
+@pass_ctx
+@handle_errors
+def score(ctx: Context, head_path: str, set_name: str, name: str, activation: str, l2_normalize: bool,
+          output_index: int) -> None:
+    """Score every image of an embedding set with a small torch head (score_actions(name, min, max)).
+
+    \b
+    Example:
+        vdc-lake score --head heads/aesthetic.pt --set clip --name aesthetic
+        vdc-lake plan score --name aesthetic --min-score 4.5
+    """
+    from vdc_lake.filters import score_images
+
+    with ctx.writer() as catalog:
+        s = score_images(catalog, set_name, head_path, name, activation=activation, l2_normalize=l2_normalize,
+                         output_index=output_index)
+    click.echo(f"score run {s.run_id}: {s.n_images} images scored as {s.name}")
+
+
+# -- clustering and sampling -------------------------------------------------------------------------
+
+@cli.command("cluster")
+@click.option("--set", "set_name", required=True, help="Embedding set to cluster.")
+@click.option("--n-clusters", cls=IntList, help="Clusters per level, finest first: --n-clusters 1000 50 5.")
+@click.option("--method", type=click.Choice(["centers", "resampled"]), default=None, help="[resampled]")
+@click.option("--n-samples", cls=IntList, help="Points per centre kept by resampling, per level: 10 5 3.")
+@click.option("--n-resamples", type=int, default=None, help="[10]")
+@click.option("--metric", type=click.Choice(["cosine", "l2"]), default=None, help="[cosine]")
+@click.option("--init", type=click.Choice(["kmeans++", "random"]), default=None, help="[kmeans++]")
+@click.option("--max-iters", type=int, default=None, help="[50]")
+@click.option("--tol", type=float, default=None, help="Relative change of the centres that stops [1e-4].")
+@click.option("--seed", type=int, default=None, help="[0]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@pass_ctx
+@handle_errors
+def cluster_command(ctx: Context, set_name: str, device: str, **options: Any) -> None:
+    """Hierarchical k-means of an embedding set; writes centres and every image's clusters.
+
+    An interrupted run with the same options resumes from its last finished step.
+
+    \b
+    Example:
+        vdc-lake cluster --set rope_i_vit_b16_pn_aps_c1_pe-core --n-clusters 45000 900 90 \\
+            --method resampled --n-samples 10 5 3 --n-resamples 10
+    """
+    from vdc_lake.cluster import cluster
+
+    cfg = ctx.config.section("hierarchical_kmeans", **options)
+    with ctx.writer() as catalog:
+        s = cluster(catalog, set_name, n_clusters=cfg["n_clusters"], method=cfg["method"],
+                    n_samples=cfg["n_samples"], n_resamples=cfg["n_resamples"], metric=cfg["metric"],
+                    init=cfg["init"], max_iters=cfg["max_iters"], tol=cfg["tol"], seed=cfg["seed"],
+                    device=device, quiet=ctx.quiet)
+    click.echo(f"cluster run {s.run_id}: {s.n_images} images into {'/'.join(map(str, s.n_clusters))} clusters "
+               f"in {s.seconds:.1f} s; mean level-0 distance {s.mean_distance_level0:.4f}"
+               + (" (resumed)" if s.resumed_from else ""))
+
+
+@cli.command("sample")
+@click.option("--total", type=int, required=True, help="Exactly how many images to select.")
+@click.option("--cluster-run", type=int, default=None, help="Clustering to sample from [newest].")
+@click.option("--allocation", type=click.Choice(["water-filling", "largest-remainder"]), default=None,
+              help="[water-filling]")
+@click.option("--strategy", type=click.Choice(["random", "closest"]), default=None,
+              help="Inside a leaf cluster: random, or closest to the centre [random].")
+@click.option("--seed", type=int, default=None, help="[0]")
+@pass_ctx
+@handle_errors
+def sample_command(ctx: Context, total: int, cluster_run: int | None, allocation: str | None, strategy: str | None,
+                   seed: int | None) -> None:
+    """Select exactly TOTAL images balanced down the cluster hierarchy (sample_actions view).
+
+    \b
+    Example:
+        vdc-lake sample --total 2000000
+        vdc-lake apply sample --backup-dir backup/sample --apply
+    """
+    from vdc_lake.cluster import sample
+
+    cfg = ctx.config.section("hierarchical_sampling", allocation=allocation, strategy=strategy, seed=seed)
+    with ctx.writer() as catalog:
+        s = sample(catalog, total, cluster_run=cluster_run, allocation=cfg["allocation"], strategy=cfg["strategy"],
+                   seed=cfg["seed"])
+    click.echo(f"sample run {s.run_id}: {s.total} of {s.available} clustered images selected "
+               f"(cluster run {s.cluster_run}); {s.not_clustered} present images were not clustered")
+
 
 
 def main() -> None:

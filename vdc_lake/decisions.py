@@ -1,7 +1,7 @@
 """Decisions: which SQL view feeds `plan`/`apply` for each stage, with its options.
 
 Each entry returns (SQL selecting image_id, version, action, reason; bound parameters;
-options the file operations need). Adding a stage's decision is one function here.
+options the file operations need). Options left as None take the config's value.
 """
 
 from __future__ import annotations
@@ -20,8 +20,53 @@ def sanitize_decision(config: Config, **_: Any) -> DecisionQuery:
     return "SELECT image_id, version, action, reason FROM sanitize_actions", [], options
 
 
+def rotation_decision(config: Config, *, threshold: float | None = None, prediction_set: str | None = None,
+                      **_: Any) -> DecisionQuery:
+    threshold = config.get("rotation_correction", "threshold", threshold)
+    sql = ("SELECT image_id, version, action, reason FROM rotation_actions(threshold := ?, prediction_set := ?) "
+           "WHERE action <> 'none'")
+    return sql, [float(threshold), prediction_set], {"threshold": threshold}
+
+
+def dedup_decision(config: Config, *, threshold: float | None = None, keep: str | None = None,
+                   seed: int | None = None, embedding_set: str | None = None, **_: Any) -> DecisionQuery:
+    cfg = config.section("apply_deduplication", threshold=threshold, keep=keep, seed=seed)
+    sql = ("SELECT image_id, version, action, reason FROM dedup_actions(threshold := ?, keep := ?, seed := ?, "
+           "embedding_set := ?) WHERE action = 'delete'")
+    return sql, [float(cfg["threshold"]), cfg["keep"], int(cfg["seed"]), embedding_set], cfg
+
+
+def examples_decision(config: Config, *, threshold: float | None = None, embedding_set: str | None = None,
+                      **_: Any) -> DecisionQuery:
+    threshold = config.get("filter_by_examples", "threshold", threshold)
+    sql = ("SELECT image_id, version, action, reason FROM example_actions(threshold := ?, embedding_set := ?) "
+           "WHERE action = 'delete'")
+    return sql, [float(threshold), embedding_set], {"threshold": threshold}
+
+
+def score_decision(config: Config, *, name: str | None = None, min_score: float | None = None,
+                   max_score: float | None = None, **_: Any) -> DecisionQuery:
+    if name is None:
+        raise PlanError("score decisions need --name (the score to filter on, e.g. aesthetic)")
+    if min_score is None and max_score is None:
+        raise PlanError("score decisions need --min-score and/or --max-score")
+    sql = ("SELECT image_id, version, action, reason FROM score_actions(?, min_score := ?, max_score := ?) "
+           "WHERE action = 'delete'")
+    return sql, [name, min_score, max_score], {"name": name, "min_score": min_score, "max_score": max_score}
+
+
+def sample_decision(config: Config, *, run: int | None = None, **_: Any) -> DecisionQuery:
+    sql = "SELECT image_id, version, action, reason FROM sample_actions(sample_run := ?) WHERE action = 'delete'"
+    return sql, [run], {"sample_run": run}
+
+
 DECISIONS: dict[str, Callable[..., DecisionQuery]] = {
     "sanitize": sanitize_decision,
+    "rotation": rotation_decision,
+    "dedup": dedup_decision,
+    "examples": examples_decision,
+    "score": score_decision,
+    "sample": sample_decision,
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,10 @@ def content_hash(path: str | os.PathLike) -> str:
 def _header_facts(img: Image.Image) -> dict[str, Any]:
     exif_orientation = None
     try:
-        exif_orientation = img.getexif().get(EXIF_ORIENTATION_TAG)
+        # Pillow's PNG getexif() decodes every pixel to look for an eXIf chunk after the image
+        # data (seconds for a bomb); an eXIf chunk before the pixels is already in info.
+        if img.format != "PNG" or "exif" in img.info:
+            exif_orientation = img.getexif().get(EXIF_ORIENTATION_TAG)
     except Exception:  # noqa: BLE001 - malformed EXIF is common and harmless here
         pass
     return {
@@ -57,6 +61,16 @@ def _describe_bytes(data: bytes) -> str:
     return f"unknown bytes {head[:8].hex(' ')}"
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a directory" if stat.S_ISDIR(mode) else "a special file"
+
+
 def inspect_header(path: str) -> dict[str, Any]:
     """Read a file once: size, content hash and Pillow header facts.
 
@@ -67,6 +81,10 @@ def inspect_header(path: str) -> dict[str, Any]:
     try:
         st = os.stat(path)
         facts.update(size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+        if not stat.S_ISREG(st.st_mode):
+            # Reading a named pipe would block forever; devices and sockets are no images either.
+            facts["header_error"] = f"unreadable: not a regular file ({_file_kind(st.st_mode)})"
+            return facts
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:

@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import struct
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -440,7 +441,11 @@ def decode_rgb(path: str) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image
 
     try:
-        return decode_image(path, mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders (for TorchCodec) with a warning on every
+            # call; birder decodes with them, and matching birder's pixels is what matters here.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(path, mode=ImageReadMode.RGB)
     except RuntimeError:
         return _pil_decode_rgb(path)
 
@@ -514,6 +519,31 @@ def output_dim(loaded: LoadedModel, kind: str) -> int:
     return int(loaded.num_classes)
 
 
+def image_loader(
+    loaded: LoadedModel,
+    paths: Sequence[str | os.PathLike],
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    prefetch_factor: int = 4,
+) -> DataLoader:
+    """Batches (index int64 [b], images [b, 3, H, W], errors list[str]) for loaded's input.
+
+    Images are float32 and normalised on CPU; on CUDA they are uint8 in pinned memory and
+    `device_normalizer(loaded)` finishes them on the GPU. num_workers default: CPU count, <= 8.
+    """
+    on_cuda = loaded.device.type == "cuda"
+    workers = _default_workers() if num_workers is None else num_workers
+    return DataLoader(
+        ImageFileDataset(paths, _worker_transform(loaded)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=on_cuda,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+    )
+
+
 def run_inference(
     loaded: LoadedModel,
     paths: Sequence[str | os.PathLike],
@@ -529,39 +559,47 @@ def run_inference(
     prefetch_factor: int = 4,
     progress: Callable[[int], Any] | None = None,
 ) -> Iterator[InferenceBatch]:
-    """Yield InferenceBatch results for `paths`, in input order, on loaded.device.
+    """InferenceBatch results for `paths`, in input order, computed on loaded.device.
+
+    Arguments are checked before anything runs (ModelError); batches come as iterated.
 
     kind: "rotation" -> softmax probabilities [b, 4]; "descriptor" -> raw logits [b, classes]
     (SSCD: 512); "embedding" -> birder's pooled embedding [b, embedding_size].
-    Decoding runs in num_workers DataLoader processes (default: CPU count, at most 8). On
-    CUDA, workers ship uint8 pixels to pinned memory, normalisation happens on the GPU, copies
-    are non-blocking and each batch's results are read back only after the next batch is
-    queued, so the GPU never waits on decoding or on the host. progress(n) is called with the
-    number of images finished after each batch.
+    Decoding runs in num_workers DataLoader processes (see image_loader). On CUDA, workers
+    ship uint8 pixels to pinned memory, normalisation happens on the GPU, copies are
+    non-blocking and each batch's results are read back only after the next batch is queued,
+    so the GPU never waits on decoding or on the host. amp autocasts to amp_dtype; fast_matmul
+    allows TF32 for the duration; channels_last converts loaded.net in place. progress(n) is
+    called with the number of images finished after each batch.
     """
     _check_kind(loaded, kind)
-    device = loaded.device
-    on_cuda = device.type == "cuda"
-    cpu_transform, normalize = _split_transform(loaded, on_device=on_cuda)
-    loader = DataLoader(
-        ImageFileDataset(paths, cpu_transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=_default_workers() if num_workers is None else num_workers,
-        pin_memory=on_cuda,
-        prefetch_factor=prefetch_factor if (num_workers is None or num_workers > 0) else None,
-        persistent_workers=False,
+    loader = image_loader(
+        loaded, paths, batch_size=batch_size, num_workers=num_workers, prefetch_factor=prefetch_factor
     )
-    forward = _forward_fn(loaded.net, kind)
+    forward = forward_fn(loaded.net, kind)
     if compile:
         forward = torch.compile(forward)
     if channels_last:
         loaded.net.to(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=getattr(torch, amp_dtype), enabled=amp)
-    with _matmul_precision("high" if (fast_matmul or amp) else None):
+    autocast = torch.autocast(loaded.device.type, dtype=getattr(torch, amp_dtype), enabled=amp)
+    precision = "high" if (fast_matmul or amp) else None
+    return _inference_batches(loaded, loader, forward, autocast, precision, channels_last, progress)
+
+
+def _inference_batches(
+    loaded: LoadedModel,
+    loader: DataLoader,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    autocast: torch.autocast,
+    precision: str | None,
+    channels_last: bool,
+    progress: Callable[[int], Any] | None,
+) -> Iterator[InferenceBatch]:
+    normalize = device_normalizer(loaded)
+    with _matmul_precision(precision):
         pending: _PendingBatch | None = None
         for index, images, errors in loader:
-            inputs = images.to(device, non_blocking=True)
+            inputs = images.to(loaded.device, non_blocking=True)
             with torch.inference_mode(), autocast:
                 x = normalize(inputs)
                 if channels_last:
@@ -592,8 +630,8 @@ def _default_workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
-def _forward_fn(net: torch.nn.Module, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """float32 [b, 3, H, W] -> float32 [b, d] for the kind (see run_inference)."""
+def forward_fn(net: torch.nn.Module, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model call for a kind: normalised float32 [b, 3, H, W] -> float32 [b, d]."""
     if kind == "rotation":
         return lambda x: torch.softmax(net(x).float(), dim=1)
     if kind == "descriptor":
@@ -601,28 +639,40 @@ def _forward_fn(net: torch.nn.Module, kind: str) -> Callable[[torch.Tensor], tor
     return lambda x: net.embedding(x).float()
 
 
-def _split_transform(
-    loaded: LoadedModel, *, on_device: bool
-) -> tuple[Callable[[Any], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
-    """(worker transform, device transform). For the GPU the workers stop at uint8 pixels.
+def _gpu_split(transform: Callable[[Any], torch.Tensor]) -> list[Any] | None:
+    """birder's preset steps when its last two (ToDtype, Normalize) can run on the device."""
+    steps = list(getattr(transform, "transforms", []))
+    if [type(step).__name__ for step in steps[-2:]] != ["ToDtype", "Normalize"]:
+        return None
+    return steps
 
-    uint8 is 4x less pinned-memory and PCIe traffic than float32 and moves the [0,1] scaling
-    and normalisation (birder's last two steps, same float32 arithmetic) onto the GPU.
-    """
-    steps = list(getattr(loaded.transform, "transforms", []))
-    if not on_device or len(steps) < 2 or [type(s).__name__ for s in steps[-2:]] != ["ToDtype", "Normalize"]:
-        return loaded.transform, lambda x: x
+
+def _worker_transform(loaded: LoadedModel) -> Callable[[Any], torch.Tensor]:
+    # For the GPU, workers stop at uint8 pixels: 4x less pinned-memory and PCIe traffic than
+    # float32, and the [0, 1] scaling + normalisation runs on the GPU (same float32 arithmetic).
+    steps = _gpu_split(loaded.transform)
+    if loaded.device.type != "cuda" or steps is None:
+        return loaded.transform
     from torchvision.transforms import v2
 
-    normalize_step = steps[-1]
-    shape = (1, -1, 1, 1)
-    mean = torch.tensor(normalize_step.mean, dtype=torch.float32, device=loaded.device).view(shape)
-    std = torch.tensor(normalize_step.std, dtype=torch.float32, device=loaded.device).view(shape)
+    return v2.Compose(steps[:-2])
 
-    def normalize(x: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.float32).div_(255.0).sub_(mean).div_(std)
 
-    return v2.Compose(steps[:-2]), normalize
+def device_normalizer(loaded: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What image_loader's batches still need on the device: identity on CPU, else uint8
+    [b, 3, H, W] -> float32 scaled to [0, 1] and normalised with the model's RGB stats."""
+    steps = _gpu_split(loaded.transform)
+    if loaded.device.type != "cuda" or steps is None:
+        return lambda x: x
+    return _normalizer(steps[-1].mean, steps[-1].std, loaded.device)
+
+
+def _normalizer(
+    mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return lambda x: x.to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
 
 
 @dataclass

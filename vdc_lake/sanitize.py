@@ -22,6 +22,7 @@ import pyarrow as pa
 from vdc_lake.catalog import Catalog
 from vdc_lake.files import UNUSUAL_MODES, decode_check
 from vdc_lake.parallel import batched, map_ordered
+from vdc_lake.sets import register_embedding_set, write_vectors
 
 COMMIT_EVERY = 5000
 BUILTIN_SET = "builtin"
@@ -117,11 +118,8 @@ def _decode_one(item: tuple[str, bool], *, max_pixels: int):
 def _register_builtin_set(catalog: Catalog, run_id: int) -> None:
     from vdc_lake.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_NAME
 
-    if not catalog.scalar("SELECT count(*) FROM embedding_sets WHERE name = ?", [BUILTIN_SET]):
-        catalog.execute(
-            "INSERT INTO embedding_sets VALUES (?, 'descriptor', ?, ?, ?, ?)",
-            [BUILTIN_SET, DESCRIPTOR_NAME, DESCRIPTOR_DIM, '{"source": "sanitize decode pass"}', run_id],
-        )
+    register_embedding_set(catalog, BUILTIN_SET, kind="descriptor", model=DESCRIPTOR_NAME, dim=DESCRIPTOR_DIM,
+                           preprocessing={"source": "sanitize decode pass"}, run_id=run_id)
 
 
 def _write_decode_batch(catalog: Catalog, run_id: int, batch: list, summary: SanitizeSummary) -> None:
@@ -139,15 +137,9 @@ def _write_decode_batch(catalog: Catalog, run_id: int, batch: list, summary: San
             }))
         if good:
             _register_builtin_set(catalog, run_id)
-            vectors = np.stack([d for _, d in good]).astype(np.float32)
-            catalog.insert_arrow("embeddings", pa.table({
-                "set_name": [BUILTIN_SET] * len(good),
-                "image_id": pa.array([row["image_id"] for row, _ in good], pa.int64()),
-                "version": pa.array([row["version"] for row, _ in good], pa.int32()),
-                "run_id": pa.array([run_id] * len(good), pa.int64()),
-                "vector": pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), vectors.shape[1]).cast(
-                    pa.list_(pa.float32())),
-            }))
+            write_vectors(catalog, "embeddings", BUILTIN_SET, run_id,
+                          np.array([row["image_id"] for row, _ in good]), np.array([row["version"] for row, _ in good]),
+                          np.stack([d for _, d in good]))
     summary.findings += len(bad)
     summary.decoded += len(batch)
     summary.descriptors += len(good)

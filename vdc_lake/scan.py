@@ -48,10 +48,13 @@ def walk_root(root: Path, extensions: set[str]) -> tuple[list[str], list[int], l
 
     Broken symlinks with an image extension are listed (size/mtime -1) so that sanitize can
     report them; unreadable directories are skipped silently by design of os.scandir errors.
+    Symlinked directories are followed once each (a link to an ancestor does not loop).
     """
     rel_paths, sizes, mtimes = [], [], []
     stack = [root]
     prefix = len(str(root)) + 1
+    root_stat = root.stat()
+    seen_dirs = {(root_stat.st_dev, root_stat.st_ino)}  # a symlink to an ancestor must not loop
     while stack:
         folder = stack.pop()
         try:
@@ -61,7 +64,10 @@ def walk_root(root: Path, extensions: set[str]) -> tuple[list[str], list[int], l
         for entry in entries:
             try:
                 if entry.is_dir():
-                    stack.append(Path(entry.path))
+                    st = entry.stat()
+                    if (st.st_dev, st.st_ino) not in seen_dirs:
+                        seen_dirs.add((st.st_dev, st.st_ino))
+                        stack.append(Path(entry.path))
                     continue
             except OSError:
                 continue

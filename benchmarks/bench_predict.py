@@ -1,0 +1,214 @@
+"""Throughput of vdc_lake.models inference: data loader alone, model alone, end to end.
+
+Writes N synthetic JPEGs (default 512 at ~0.5 MP) to a temporary directory, then for each
+model at its own input resolution prints images/s for
+
+    loader   decode + birder preset transform in DataLoader workers (no model)
+    model    the network alone on random input tensors already on the device
+    e2e      vdc_lake.models.run_inference over the files
+    model/e2e  ~1.0: the model is the bottleneck (good); >1: decoding starves the model
+
+and with --compare-birder also runs `python -m birder.scripts.predict` (its CLI, in a
+subprocess, same images, model, batch size, workers and precision flags) and prints birder's
+own samples/s and our e2e / birder ratio.
+
+Models: the three tiny walkthrough stand-ins from tests/tiny_models.py by default (small
+resolution, so decoding dominates), or real ones: --models-dir models --model NAME (repeat).
+
+    python benchmarks/bench_predict.py
+    python benchmarks/bench_predict.py --device cuda --amp --compare-birder \\
+        --models-dir models --model rope_i_vit_b16_pn_aps_c1_pe-core --model resnet_v1_50_c1_sscd
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
+
+from vdc_lake.models import (  # noqa: E402
+    LoadedModel,
+    device_normalizer,
+    forward_fn,
+    image_loader,
+    load_model,
+    run_inference,
+)
+
+KIND_FLAGS = {"rotation": "--save-output", "descriptor": "--save-logits", "embedding": "--save-embeddings"}
+
+
+def write_synthetic_jpegs(directory: Path, count: int, *, megapixels: float, seed: int = 0) -> list[Path]:
+    """count JPEGs (quality 90, 4:3) of smooth random content plus grain, like photos compress."""
+    rng = np.random.default_rng(seed)
+    width = int(math.sqrt(megapixels * 1e6 * 4 / 3))
+    height = int(width * 3 / 4)
+    grain = rng.normal(0, 6, size=(height, width, 3)).astype(np.float32)
+    paths = []
+    for i in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.float32)
+        pixels = np.clip(smooth + np.roll(grain, i * 7, axis=1), 0, 255).astype(np.uint8)
+        path = directory / f"{i:05d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def loader_rate(loaded: LoadedModel, paths: list[Path], args: argparse.Namespace) -> float:
+    """images/s of decode + transform alone (what the workers deliver)."""
+    start = time.perf_counter()
+    count = 0
+    for index, _images, _errors in image_loader(loaded, paths, batch_size=args.batch_size, num_workers=args.workers):
+        count += len(index)
+    return count / (time.perf_counter() - start)
+
+
+def model_rate(loaded: LoadedModel, kind: str, count: int, args: argparse.Namespace) -> float:
+    """images/s of the network alone on random normalised input already on the device."""
+    device = loaded.device
+    forward = forward_fn(loaded.net, kind)
+    if args.compile:
+        forward = torch.compile(forward)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    if args.channels_last:
+        loaded.net.to(memory_format=memory_format)
+    x = torch.randn(args.batch_size, 3, *loaded.size, device=device).contiguous(memory_format=memory_format)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
+    batches = max(1, math.ceil(count / args.batch_size))
+    with torch.inference_mode(), autocast:
+        for _ in range(2):  # warm-up (and compile)
+            forward(x)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(batches):
+            forward(x)
+        synchronize(device)
+    return batches * args.batch_size / (time.perf_counter() - start)
+
+
+def end_to_end_rate(loaded: LoadedModel, kind: str, paths: list[Path], args: argparse.Namespace) -> float:
+    """images/s of run_inference over the files, worker start-up included (as a user sees it)."""
+    options = dict(
+        kind=kind, batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
+        compile=args.compile, fast_matmul=args.fast_matmul, channels_last=args.channels_last,
+    )
+    for _ in run_inference(loaded, paths[: args.batch_size], **options):  # warm-up (and compile)
+        pass
+    start = time.perf_counter()
+    count = sum(len(batch) for batch in run_inference(loaded, paths, **options))
+    synchronize(loaded.device)
+    return count / (time.perf_counter() - start)
+
+
+def birder_rate(loaded: LoadedModel, kind: str, image_dir: Path, work: Path, args: argparse.Namespace) -> float:
+    """birder.scripts.predict's own reported samples/s on the same images (its CLI, a subprocess)."""
+    command = [
+        sys.executable, "-m", "birder.scripts.predict", "-n", loaded.network,
+        "--batch-size", str(args.batch_size), "-j", str(args.workers),
+        KIND_FLAGS[kind], "--output-format", "parquet", str(image_dir),
+    ]
+    command += ["-t", loaded.tag] if loaded.tag else []
+    command += ["--gpu"] if loaded.device.type == "cuda" else []
+    command += ["--amp", "--amp-dtype", "bfloat16"] if args.amp else []
+    command += ["--compile"] if args.compile else []
+    command += ["--channels-last"] if args.channels_last else []
+    command += ["--fast-matmul"] if args.fast_matmul else []
+    env = {**os.environ, "MODELS_DIR": str(loaded.path.parent), "RESULTS_DIR": str(work / "results")}
+    done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
+    match = re.search(r"\(([\d.]+) samples/sec\)", done.stdout + done.stderr)
+    if done.returncode != 0 or match is None:
+        tail = (done.stdout + done.stderr)[-2000:]
+        raise SystemExit(f"birder predict failed ({done.returncode}):\n{' '.join(command)}\n{tail}")
+    return float(match.group(1))
+
+
+def bench_model(name: str, models_dir: Path, paths: list[Path], work: Path, args: argparse.Namespace) -> dict:
+    loaded = load_model(models_dir, name, device=args.device)
+    kind = loaded.kind if loaded.kind in KIND_FLAGS else "descriptor"
+    row = {"model": name, "size": f"{loaded.size[0]}x{loaded.size[1]}", "kind": kind}
+    row["loader"] = loader_rate(loaded, paths, args)
+    row["model_only"] = model_rate(loaded, kind, len(paths), args)
+    row["e2e"] = end_to_end_rate(loaded, kind, paths, args)
+    if args.compare_birder:
+        row["birder"] = birder_rate(loaded, kind, paths[0].parent, work, args)
+    return row
+
+
+def print_table(rows: list[dict], args: argparse.Namespace) -> None:
+    header = ["model", "size", "kind", "loader img/s", "model img/s", "e2e img/s", "model/e2e"]
+    if args.compare_birder:
+        header += ["birder img/s", "e2e/birder"]
+    lines = []
+    for r in rows:
+        cells = [r["model"], r["size"], r["kind"], f"{r['loader']:.1f}", f"{r['model_only']:.1f}",
+                 f"{r['e2e']:.1f}", f"{r['model_only'] / r['e2e']:.2f}"]
+        if args.compare_birder:
+            cells += [f"{r['birder']:.1f}", f"{r['e2e'] / r['birder']:.2f}"]
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(header)]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for cells in lines:
+        print(" | ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=512, help="number of synthetic JPEGs (default 512)")
+    parser.add_argument("--megapixels", type=float, default=0.5, help="size of each JPEG (default 0.5 MP)")
+    parser.add_argument("--models-dir", type=Path, help="real birder models (default: build the tiny ones)")
+    parser.add_argument("--model", action="append", help="model name in --models-dir (repeatable)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--fast-matmul", action="store_true", help="TF32 matmuls")
+    parser.add_argument("--compare-birder", action="store_true", help="also time birder.scripts.predict")
+    args = parser.parse_args()
+    if args.model and args.models_dir is None:
+        parser.error("--model needs --models-dir")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
+        work = Path(tmp)
+        (work / "images").mkdir()
+        paths = write_synthetic_jpegs(work / "images", args.images, megapixels=args.megapixels)
+        if args.models_dir is None:
+            from tests.tiny_models import make_tiny_models
+
+            models_dir, names = work / "models", list(make_tiny_models(work / "models"))
+        else:
+            models_dir, names = args.models_dir, args.model or []
+        rows = [bench_model(name, models_dir, paths, work, args) for name in names]
+    print(
+        f"\n{args.images} JPEGs of {args.megapixels} MP, device {args.device}, batch {args.batch_size}, "
+        f"{args.workers} workers, torch threads {torch.get_num_threads()}, amp {args.amp}, compile {args.compile}"
+    )
+    print_table(rows, args)
+
+
+if __name__ == "__main__":
+    main()

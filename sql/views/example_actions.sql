@@ -1,0 +1,20 @@
+-- Delete images closer than `threshold` (cosine distance) to an unwanted example, from the
+-- newest `filter examples` run (of embedding_set, or of any set when NULL).
+CREATE OR REPLACE MACRO example_actions(threshold := 0.2, embedding_set := NULL) AS TABLE
+WITH latest AS (
+    SELECT max(run_id) AS run_id
+    FROM runs
+    WHERE stage = 'filter-examples' AND status = 'done'
+      AND (embedding_set IS NULL OR json_extract_string(params, '$.set') = embedding_set)
+),
+
+final AS (
+    SELECT d.image_id, d.version, d.distance, d.example,
+        CASE WHEN d.distance < threshold THEN 'delete' ELSE 'none' END AS action,
+        format('distance {:.4f} to unwanted example {}', d.distance, d.example) AS reason
+    FROM example_distances AS d
+    JOIN latest AS l ON l.run_id = d.run_id
+    JOIN image_files AS f ON f.image_id = d.image_id AND f.version = d.version
+)
+
+SELECT * FROM final;

@@ -1,0 +1,25 @@
+-- Remove every present image not selected by a sampling run (sample_run NULL = newest).
+CREATE OR REPLACE MACRO sample_actions(sample_run := NULL) AS TABLE
+WITH chosen AS (
+    SELECT coalesce(sample_run,
+        (SELECT max(run_id) FROM runs WHERE stage = 'sample' AND status = 'done')) AS run_id
+),
+
+selected AS (
+    SELECT s.image_id, s.version
+    FROM samples AS s
+    JOIN chosen AS c ON c.run_id = s.run_id
+),
+
+final AS (
+    SELECT f.image_id, f.version,
+        CASE WHEN s.image_id IS NULL THEN 'delete' ELSE 'keep' END AS action,
+        CASE WHEN s.image_id IS NULL THEN format('not selected by sample run {}', c.run_id)
+             ELSE format('selected by sample run {}', c.run_id) END AS reason
+    FROM image_files AS f
+    CROSS JOIN chosen AS c
+    LEFT JOIN selected AS s ON s.image_id = f.image_id AND s.version = f.version
+    WHERE c.run_id IS NOT NULL
+)
+
+SELECT * FROM final;

@@ -1,0 +1,123 @@
+"""Shared fixtures: one generated sample collection per session, copied fresh for each test,
+a CLI runner bound to a catalog, and helpers that read files and catalog state back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import xxhash
+from click.testing import CliRunner, Result
+
+from examples.make_sample_data import PROBLEM_KINDS, make_sample_data
+from vdc_lake.catalog import Catalog
+from vdc_lake.config import Config
+
+SAMPLE_N_BASE = 16  # 75 files: every planted problem, clean images and copies; ~15 MB
+SAMPLE_SEED = 0
+
+
+@dataclass
+class SampleTree:
+    """A private copy of the sample collection: its root and the generator's manifest."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def kind(self, kind: str) -> list[str]:
+        return list(self.manifest[kind])
+
+    def all_files(self) -> list[str]:
+        """Every image file the generator wrote (manifest.json excluded), relative POSIX paths."""
+        return sorted(self.manifest["clean"] + [p for k in PROBLEM_KINDS for p in self.manifest[k]])
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return xxhash.xxh3_128_hexdigest(f.read())
+
+
+def tree_hashes(root: str | os.PathLike) -> dict[str, str]:
+    """{relative path: content hash} of every file under root; a symlink maps to 'link:TARGET'."""
+    root = Path(root)
+    out: dict[str, str] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                out[rel] = "link:" + os.readlink(path)
+            elif path.is_file():
+                out[rel] = file_hash(path)
+    return out
+
+
+def image_rows(catalog_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Every images row keyed by rel_path, read through a read-only Catalog."""
+    with Catalog(catalog_path, read_only=True) as catalog:
+        table = catalog.arrow("SELECT * FROM images ORDER BY image_id")
+    return {row["rel_path"]: row for row in table.to_pylist()}
+
+
+def default_config(search_dir: str | os.PathLike) -> Config:
+    """The bundled defaults (search_dir must hold no vdc-lake.toml)."""
+    return Config.load(search_dir=Path(search_dir))
+
+
+@pytest.fixture(scope="session")
+def sample_template(tmp_path_factory) -> SampleTree:
+    """The generated sample collection, written once per session; never modify it."""
+    root = tmp_path_factory.mktemp("sample_template") / "data"
+    manifest = make_sample_data(root, n_base=SAMPLE_N_BASE, seed=SAMPLE_SEED)
+    (root / "manifest.json").unlink()  # not an image; keeps every listed file an image
+    return SampleTree(root, manifest)
+
+
+@pytest.fixture
+def sample_tree(tmp_path, sample_template) -> SampleTree:
+    """A fresh, writable copy of the sample collection under tmp_path/data."""
+    root = tmp_path / "data"
+    shutil.copytree(sample_template.root, root, symlinks=True)
+    return SampleTree(root, sample_template.manifest)
+
+
+@pytest.fixture
+def catalog_path(tmp_path) -> Path:
+    return tmp_path / "catalog.duckdb"
+
+
+@pytest.fixture
+def in_tmp_cwd(tmp_path, monkeypatch) -> Path:
+    """Run in tmp_path, so no stray vdc-lake.toml or default catalog is picked up."""
+    work = tmp_path / "cwd"
+    work.mkdir(exist_ok=True)
+    monkeypatch.chdir(work)
+    return work
+
+
+@pytest.fixture
+def run_cli(in_tmp_cwd) -> Callable[..., Result]:
+    """run_cli(args, catalog, config=None, quiet=True) -> click Result of `vdc-lake ...`."""
+    from vdc_lake.cli import cli
+
+    runner = CliRunner()
+
+    def run(args: list[str], catalog: str | os.PathLike | None = None, *, config: str | os.PathLike | None = None,
+            quiet: bool = True) -> Result:
+        argv: list[str] = []
+        if catalog is not None:
+            argv += ["--catalog", str(catalog)]
+        if config is not None:
+            argv += ["--config", str(config)]
+        if quiet:
+            argv.append("-q")
+        return runner.invoke(cli, argv + [str(a) for a in args], prog_name="vdc-lake", catch_exceptions=True)
+
+    return run

@@ -1,0 +1,189 @@
+"""Cluster and sample stages: hierarchical k-means over an embedding set, then an exact-size sample.
+
+cluster: reads the set's current vectors, runs vdc_lake.kmeans.hierarchical_kmeans (resumable
+through a checkpoint folder next to the catalog, keyed by the run's parameters), and writes
+`clusters` (centres, parents, sizes) and `assignments` (every image at every level).
+sample: distributes a budget down the newest (or given) clustering with vdc_lake.sampling and
+writes exactly that many images to `samples`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from vdc_lake.catalog import Catalog
+from vdc_lake.errors import StageError
+from vdc_lake.parallel import progress_bar
+from vdc_lake.sets import VectorSet, read_vectors
+
+
+@dataclass
+class ClusterSummary:
+    run_id: int
+    set_name: str
+    n_images: int
+    n_clusters: list[int]
+    seconds: float
+    mean_distance_level0: float
+    resumed_from: str | None = None
+
+
+@dataclass
+class SampleSummary:
+    run_id: int
+    cluster_run: int
+    total: int
+    available: int
+    not_clustered: int = 0
+    per_top_cluster: dict[int, int] = field(default_factory=dict)
+
+
+def _checkpoint_dir(catalog: Catalog, params: dict[str, Any], vs: VectorSet) -> Path:
+    fingerprint = hashlib.sha1(json.dumps(params, sort_keys=True).encode())
+    fingerprint.update(vs.image_ids.tobytes())
+    fingerprint.update(vs.versions.tobytes())
+    return catalog.path.with_name(catalog.path.name + ".kmeans") / fingerprint.hexdigest()[:16]
+
+
+def _distances_to_centers(x: np.ndarray, centers: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
+    """Distance of each row to its assigned centre, [n] float32 (cosine: 1 - cos; l2: squared)."""
+    out = np.empty(len(x), np.float32)
+    for start in range(0, len(x), 262144):
+        rows = x[start:start + 262144]
+        c = centers[labels[start:start + 262144]]
+        if metric == "cosine":
+            num = np.einsum("ij,ij->i", rows, c)
+            den = np.linalg.norm(rows, axis=1) * np.linalg.norm(c, axis=1) + 1e-12
+            out[start:start + len(rows)] = 1.0 - num / den
+        else:
+            out[start:start + len(rows)] = ((rows - c) ** 2).sum(axis=1)
+    return out
+
+
+def _write_clustering(catalog: Catalog, run_id: int, vs: VectorSet, result: Any, metric: str) -> float:
+    levels = result.levels
+    mean_level0 = 0.0
+    with catalog.transaction():
+        for level, lv in enumerate(levels):
+            centers = lv.centers.numpy().astype(np.float32)
+            labels = lv.assignments.numpy()
+            parents = levels[level + 1].input_assignments.numpy() if level + 1 < len(levels) else None
+            sizes = np.bincount(labels, minlength=len(centers))
+            parent_col = pa.nulls(len(centers), pa.int32()) if parents is None else pa.array(parents.astype(np.int32))
+            catalog.insert_arrow("clusters", pa.table({
+                "run_id": pa.array(np.full(len(centers), run_id, np.int64)),
+                "level": pa.array(np.full(len(centers), level, np.int32)),
+                "cluster_id": pa.array(np.arange(len(centers), dtype=np.int32)),
+                "parent_id": parent_col,
+                "size": pa.array(sizes.astype(np.int64)),
+                "center": pa.FixedSizeListArray.from_arrays(pa.array(centers.reshape(-1)), centers.shape[1]).cast(
+                    pa.list_(pa.float32())),
+            }))
+            distances = _distances_to_centers(vs.vectors, centers, labels, metric)
+            if level == 0:
+                mean_level0 = float(distances.mean()) if len(distances) else 0.0
+            catalog.insert_arrow("assignments", pa.table({
+                "run_id": pa.array(np.full(len(vs), run_id, np.int64)),
+                "image_id": pa.array(vs.image_ids),
+                "version": pa.array(vs.versions.astype(np.int32)),
+                "level": pa.array(np.full(len(vs), level, np.int32)),
+                "cluster_id": pa.array(labels.astype(np.int32)),
+                "distance": pa.array(distances),
+            }))
+    return mean_level0
+
+
+def cluster(catalog: Catalog, set_name: str, *, n_clusters: Sequence[int], method: str = "resampled",
+            n_samples: Sequence[int] | None = None, n_resamples: int = 10, metric: str = "cosine",
+            init: str = "kmeans++", max_iters: int = 50, tol: float = 1e-4, seed: int = 0, device: str = "auto",
+            quiet: bool = False) -> ClusterSummary:
+    """Hierarchical k-means of the set's present images; resumes an interrupted identical run."""
+    from vdc_lake.kmeans import hierarchical_kmeans
+
+    params = {"set": set_name, "n_clusters": list(n_clusters), "method": method,
+              "n_samples": list(n_samples) if n_samples else None, "n_resamples": n_resamples, "metric": metric,
+              "init": init, "max_iters": max_iters, "tol": tol, "seed": seed}
+    vs = read_vectors(catalog, "embeddings", set_name)
+    if len(vs) <= max(n_clusters):
+        raise StageError(f"set {set_name!r} has {len(vs)} vectors, fewer than the {max(n_clusters)} clusters "
+                         "asked for; lower --n-clusters")
+    checkpoint = _checkpoint_dir(catalog, params, vs)
+    resumed = str(checkpoint) if checkpoint.exists() and any(checkpoint.iterdir()) else None
+    with catalog.run("cluster", dict(params, device=device, checkpoint=str(checkpoint))) as run_id:
+        started = time.monotonic()
+        catalog.release()
+        with progress_bar(None, "k-means", unit="step", quiet=quiet) as bar:
+            def progress(stage: str, step: int, total: int) -> None:
+                bar.set_description(f"k-means {stage}")
+                bar.total = total
+                bar.n = step
+                bar.refresh()
+
+            result = hierarchical_kmeans(
+                vs.vectors, list(n_clusters), method=method, n_samples=list(n_samples) if n_samples else None,
+                n_resamples=n_resamples, metric=metric, init=init, max_iters=max_iters, tol=tol, seed=seed,
+                device=None if device == "auto" else device, checkpoint_dir=checkpoint, progress=progress,
+            )
+        mean_distance = _write_clustering(catalog, run_id, vs, result, metric)
+        summary = ClusterSummary(run_id, set_name, len(vs), list(n_clusters), round(time.monotonic() - started, 2),
+                                 round(mean_distance, 6), resumed)
+        catalog.finish_run(run_id, summary=asdict(summary))
+    return summary
+
+
+def _clustered_images(catalog: Catalog, cluster_run: int) -> pa.Table:
+    return catalog.arrow(
+        """
+        SELECT a.image_id, a.version,
+               list(a.cluster_id ORDER BY a.level) AS path,
+               max(a.distance) FILTER (WHERE a.level = 0) AS distance
+        FROM assignments a
+        JOIN image_files f ON f.image_id = a.image_id AND f.version = a.version
+        WHERE a.run_id = ?
+        GROUP BY a.image_id, a.version
+        ORDER BY a.image_id
+        """,
+        [cluster_run],
+    )
+
+
+def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allocation: str = "water-filling",
+           strategy: str = "random", seed: int = 0) -> SampleSummary:
+    """Select exactly `total` present images, balanced down the cluster hierarchy."""
+    from vdc_lake.sampling import hierarchical_sample
+
+    if cluster_run is None:
+        cluster_run = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage = 'cluster' AND status = 'done'")
+        if cluster_run is None:
+            raise StageError("no clustering to sample from: run `vdc-lake cluster --set NAME` first")
+    data = _clustered_images(catalog, cluster_run)
+    if data.num_rows < total:
+        raise StageError(f"asked for {total:,} images but only {data.num_rows:,} present images are clustered "
+                         f"in run {cluster_run}; lower --total")
+    depth = len(data.column("path")[0].as_py()) if data.num_rows else 0
+    matrix = data.column("path").combine_chunks().values.to_numpy().astype(np.int64).reshape(-1, depth)
+    distances = data.column("distance").to_numpy(zero_copy_only=False)
+    params = {"total": total, "cluster_run": cluster_run, "allocation": allocation, "strategy": strategy, "seed": seed}
+    with catalog.run("sample", params) as run_id:
+        chosen = hierarchical_sample(matrix, total, allocation=allocation, strategy=strategy,
+                                     distances=distances, seed=seed)
+        with catalog.transaction():
+            catalog.insert_arrow("samples", pa.table({
+                "run_id": pa.array(np.full(len(chosen), run_id, np.int64)),
+                "image_id": pa.array(data.column("image_id").to_numpy()[chosen]),
+                "version": pa.array(data.column("version").to_numpy()[chosen].astype(np.int32)),
+            }))
+        top = np.bincount(matrix[chosen, -1]) if len(chosen) else np.zeros(0, int)
+        not_clustered = int(catalog.scalar("SELECT count(*) FROM image_files") or 0) - data.num_rows
+        summary = SampleSummary(run_id, int(cluster_run), total, data.num_rows, not_clustered,
+                                {int(i): int(c) for i, c in enumerate(top) if c})
+        catalog.finish_run(run_id, summary=asdict(summary))
+    return summary

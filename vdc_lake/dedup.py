@@ -1,0 +1,177 @@
+"""Dedup stage: usearch index over an embedding set, and near-duplicate edges into `dup_edges`.
+
+Exact copies need no stage (the exact_duplicate_edges view groups equal content hashes).
+`report` writes every pair under the report threshold once; `dedup_actions(threshold, keep)`
+then groups and picks keepers in SQL, so trying another threshold costs a query, not a search.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from vdc_lake.catalog import Catalog
+from vdc_lake.errors import StageError
+from vdc_lake.sets import VectorSet, read_vectors
+
+SUPPORTED_METRICS = ("cosine",)
+
+
+@dataclass
+class IndexSummary:
+    run_id: int
+    set_name: str
+    path: str
+    n_vectors: int
+    dim: int
+    seconds: float
+
+
+@dataclass
+class ReportSummary:
+    run_id: int
+    set_name: str
+    method: str
+    n_vectors: int
+    pairs: int
+    threshold: float
+    seconds: float
+
+
+@dataclass
+class IndexRecord:
+    path: str
+    center: bool
+    l2_normalize: bool
+    mean: np.ndarray | None
+    n_vectors: int
+
+
+def index_dir(catalog: Catalog) -> Path:
+    return catalog.path.with_name(catalog.path.name + ".indexes")
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in SUPPORTED_METRICS:
+        raise StageError(f"metric {metric!r} is not supported for dedup; use cosine (SSCD's metric)")
+
+
+def _vectors(catalog: Catalog, set_name: str) -> VectorSet:
+    vs = read_vectors(catalog, "embeddings", set_name)
+    if len(vs) < 2:
+        raise StageError(f"embedding set {set_name!r} has {len(vs)} vectors for present images; "
+                         "run `vdc-lake predict` (or sanitize for the builtin set) first")
+    return vs
+
+
+def build_index(catalog: Catalog, set_name: str, *, center: bool, l2_normalize: bool, dtype: str,
+                threads: int = 0, quiet: bool = False) -> IndexSummary:
+    """Build and save a usearch (HNSW, cosine) index over the set's current vectors; register it."""
+    from vdc_lake import neighbors
+
+    params = {"set": set_name, "center": center, "l2_normalize": l2_normalize, "dtype": dtype}
+    with catalog.run("dedup-index", params) as run_id:
+        started = dt.datetime.now()
+        vs = _vectors(catalog, set_name)
+        catalog.release()
+        prepared, mean = neighbors.prepare_vectors(vs.vectors, center=center, l2_normalize=l2_normalize)
+        index = neighbors.build_index(prepared, vs.image_ids, metric="cos", dtype=dtype, threads=threads)
+        folder = index_dir(catalog)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{set_name}-run{run_id}.usearch"
+        neighbors.save_index(index, path)
+        catalog.execute(
+            "INSERT INTO ann_indexes VALUES (?, ?, ?, ?, ?, 'cosine', ?, ?, ?, ?, ?)",
+            [set_name, run_id, str(path), len(vs), vs.vectors.shape[1], dtype, center, l2_normalize,
+             None if mean is None else mean.astype(np.float32).tolist(), dt.datetime.now()],
+        )
+        seconds = (dt.datetime.now() - started).total_seconds()
+        summary = IndexSummary(run_id, set_name, str(path), len(vs), vs.vectors.shape[1], seconds)
+        catalog.finish_run(run_id, summary=asdict(summary))
+    return summary
+
+
+def latest_index(catalog: Catalog, set_name: str) -> IndexRecord | None:
+    rows = catalog.rows(
+        "SELECT path, center, l2_normalize, mean, n_vectors FROM ann_indexes WHERE set_name = ? "
+        "ORDER BY run_id DESC LIMIT 1",
+        [set_name],
+    )
+    if not rows:
+        return None
+    path, center, l2, mean, n = rows[0]
+    return IndexRecord(path, center, l2, None if mean is None else np.asarray(mean, np.float32), n)
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise StageError("--device cuda was asked for but torch sees no GPU; use --device cpu")
+    return device
+
+
+def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "cosine", exact: bool = False,
+           device: str = "auto", neighbors_k: int = 16, center: bool = False, l2_normalize: bool = True,
+           dtype: str = "f16", quiet: bool = False) -> ReportSummary:
+    """Find every pair of the set under `threshold` and write them to dup_edges under a new run.
+
+    Exact tiled matmul + top-k (torch) when `exact` or a GPU is available; else the usearch
+    index (the newest one for the set; built now if none matches the current vectors). The
+    preprocessing (centering, L2) is the index's, so distances agree with what was indexed.
+    """
+    from vdc_lake import neighbors
+
+    _check_metric(metric)
+    resolved = _resolve_device(device)
+    method = "exact" if exact or resolved == "cuda" else "ann"
+    record = latest_index(catalog, set_name)
+    vs = _vectors(catalog, set_name)
+    if method == "ann" and (record is None or record.n_vectors != len(vs) or not Path(record.path).exists()):
+        build_index(catalog, set_name, center=center, l2_normalize=l2_normalize, dtype=dtype, quiet=quiet)
+        record = latest_index(catalog, set_name)
+    if record is not None:
+        center_arg = record.mean if record.center else False
+        l2_normalize = record.l2_normalize
+    else:
+        center_arg = center
+    params = {"set": set_name, "threshold": threshold, "metric": metric, "method": method, "device": resolved,
+              "neighbors": neighbors_k, "center": bool(record.center if record else center),
+              "l2_normalize": l2_normalize, "index": record.path if record else None}
+    with catalog.run("dedup-report", params) as run_id:
+        started = dt.datetime.now()
+        catalog.release()
+        prepared, _ = neighbors.prepare_vectors(vs.vectors, center=center_arg, l2_normalize=l2_normalize)
+        if method == "exact":
+            pairs = neighbors.radius_pairs_exact(prepared, vs.image_ids, threshold=threshold, k=neighbors_k,
+                                                 device=resolved)
+        else:
+            index = neighbors.open_index(record.path, view=True)
+            pairs = neighbors.radius_pairs_ann(index, prepared, vs.image_ids, threshold=threshold, k=neighbors_k)
+        _write_edges(catalog, run_id, set_name, vs, pairs)
+        seconds = (dt.datetime.now() - started).total_seconds()
+        summary = ReportSummary(run_id, set_name, method, len(vs), len(pairs), threshold, seconds)
+        catalog.finish_run(run_id, summary=asdict(summary))
+    return summary
+
+
+def _write_edges(catalog: Catalog, run_id: int, set_name: str, vs: VectorSet, pairs) -> None:
+    order = np.argsort(vs.image_ids)
+    ids, versions = vs.image_ids[order], vs.versions[order]
+    a, b = np.asarray(pairs.a, np.int64), np.asarray(pairs.b, np.int64)
+    with catalog.transaction():
+        catalog.insert_arrow("dup_edges", pa.table({
+            "run_id": pa.array(np.full(len(a), run_id, np.int64)),
+            "set_name": pa.array([set_name] * len(a), pa.string()),
+            "image_a": pa.array(a),
+            "image_b": pa.array(b),
+            "version_a": pa.array(versions[np.searchsorted(ids, a)].astype(np.int32)),
+            "version_b": pa.array(versions[np.searchsorted(ids, b)].astype(np.int32)),
+            "distance": pa.array(np.asarray(pairs.distance, np.float32)),
+        }))

@@ -1,0 +1,163 @@
+"""Filters: distance to unwanted examples, and scores from small torch heads over embeddings.
+
+Both store per-image numbers (`example_distances`, `scores`); the decisions are table macros
+(`example_actions(threshold)`, `score_actions(name, min_score, max_score)`), so moving a
+threshold is a query, not a recomputation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from vdc_lake.catalog import Catalog
+from vdc_lake.errors import StageError
+from vdc_lake.sets import read_vectors
+
+CHUNK_ROWS = 65536
+
+
+@dataclass
+class FilterSummary:
+    run_id: int
+    name: str
+    n_images: int
+    n_examples: int = 0
+
+
+def nearest_distance(x: np.ndarray, examples: np.ndarray, *, chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine distance from each row of x [n, d] to its nearest row of examples [m, d].
+
+    Returns (distance [n] float32, index of the nearest example [n] int64). Chunked matmul.
+    """
+    e = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(examples, np.float32)), dim=1)
+    distances = np.empty(len(x), np.float32)
+    nearest = np.empty(len(x), np.int64)
+    for start in range(0, len(x), chunk_rows):
+        chunk = torch.from_numpy(np.ascontiguousarray(x[start:start + chunk_rows], np.float32))
+        sims = torch.nn.functional.normalize(chunk, dim=1) @ e.T
+        best, idx = sims.max(dim=1)
+        distances[start:start + len(chunk)] = (1.0 - best).numpy()
+        nearest[start:start + len(chunk)] = idx.numpy()
+    return distances, nearest
+
+
+def _example_vectors(catalog: Catalog, set_name: str, examples: Path, models_dir: str, device: str) -> tuple[np.ndarray, list[str]]:
+    """Examples as vectors of the same kind as the set: a birder embeddings file, or a folder."""
+    if examples.is_file():
+        from vdc_lake.birder_results import read_result_file
+
+        result = read_result_file(examples)
+        return result.values.astype(np.float32), list(result.samples)
+    if not examples.is_dir():
+        raise StageError(f"examples {examples} is neither a folder of images nor a birder embeddings file")
+    from vdc_lake.predict import embed_paths
+
+    paths = sorted(str(p) for p in examples.rglob("*") if p.is_file())
+    if not paths:
+        raise StageError(f"no example images in {examples}")
+    vectors, ok = embed_paths(catalog, set_name, paths, models_dir=models_dir, device=device)
+    return vectors[ok], [p for p, good in zip(paths, ok) if good]
+
+
+def filter_by_examples(catalog: Catalog, set_name: str, examples: str | Path, *, metric: str = "cosine",
+                       models_dir: str = "models", device: str = "auto") -> FilterSummary:
+    """Store each present image's distance to its nearest unwanted example."""
+    if metric != "cosine":
+        raise StageError(f"metric {metric!r} is not supported; use cosine")
+    params = {"set": set_name, "examples": str(examples), "metric": metric}
+    with catalog.run("filter-examples", params) as run_id:
+        vs = read_vectors(catalog, "embeddings", set_name)
+        example_vectors, names = _example_vectors(catalog, set_name, Path(examples), models_dir, device)
+        if example_vectors.shape[1] != vs.vectors.shape[1]:
+            raise StageError(f"examples are {example_vectors.shape[1]}-d but set {set_name!r} is "
+                             f"{vs.vectors.shape[1]}-d: embed them with the same model")
+        distance, nearest = nearest_distance(vs.vectors, example_vectors)
+        with catalog.transaction():
+            catalog.insert_arrow("example_distances", pa.table({
+                "run_id": pa.array(np.full(len(vs), run_id, np.int64)),
+                "set_name": pa.array([set_name] * len(vs), pa.string()),
+                "image_id": pa.array(vs.image_ids),
+                "version": pa.array(vs.versions.astype(np.int32)),
+                "distance": pa.array(distance),
+                "example": pa.array([names[i] for i in nearest], pa.string()),
+            }))
+        summary = FilterSummary(run_id, set_name, len(vs), len(names))
+        catalog.finish_run(run_id, summary=asdict(summary))
+    return summary
+
+
+def load_head(path: str | Path, *, activation: str = "none") -> torch.nn.Module:
+    """A score head: TorchScript, a pickled nn.Module, or a state dict of Linear layers.
+
+    A state dict is read as Linear layers in key order (weight [out, in] + bias), joined by
+    `activation` (none | relu | gelu); LAION's aesthetic MLP is such a stack with no activation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"score head {path} does not exist")
+    try:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError):
+        pass
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise StageError(f"{path} is not a state dict or TorchScript module")
+    return _mlp_from_state_dict(obj, activation).eval()
+
+
+def _mlp_from_state_dict(state: dict[str, Any], activation: str) -> torch.nn.Module:
+    weights = [k for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2]
+    if not weights:
+        raise StageError("the score head's state dict has no Linear weights")
+    layers: list[torch.nn.Module] = []
+    act = {"none": None, "relu": torch.nn.ReLU, "gelu": torch.nn.GELU}[activation]
+    for i, key in enumerate(weights):
+        w = state[key]
+        layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=key[:-6] + "bias" in state)
+        layer.weight.data.copy_(w)
+        if layer.bias is not None:
+            layer.bias.data.copy_(state[key[:-6] + "bias"])
+        layers.append(layer)
+        if act is not None and i < len(weights) - 1:
+            layers.append(act())
+    return torch.nn.Sequential(*layers)
+
+
+def score_images(catalog: Catalog, set_name: str, head_path: str | Path, name: str, *, activation: str = "none",
+                 l2_normalize: bool = True, output_index: int = 0, batch_size: int = 65536) -> FilterSummary:
+    """Run a head over the set's vectors and store one score per image under `name`."""
+    head = load_head(head_path, activation=activation)
+    params = {"set": set_name, "head": str(head_path), "name": name, "activation": activation,
+              "l2_normalize": l2_normalize, "output_index": output_index}
+    with catalog.run("score", params) as run_id:
+        vs = read_vectors(catalog, "embeddings", set_name)
+        scores = np.empty(len(vs), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(vs), batch_size):
+                x = torch.from_numpy(vs.vectors[start:start + batch_size])
+                if l2_normalize:
+                    x = torch.nn.functional.normalize(x, dim=1)
+                try:
+                    out = head(x)
+                except RuntimeError as e:
+                    raise StageError(f"score head does not fit {vs.vectors.shape[1]}-d vectors of {set_name!r}: {e}") from e
+                scores[start:start + len(x)] = out.reshape(len(x), -1)[:, output_index].float().numpy()
+        with catalog.transaction():
+            catalog.insert_arrow("scores", pa.table({
+                "run_id": pa.array(np.full(len(vs), run_id, np.int64)),
+                "name": pa.array([name] * len(vs), pa.string()),
+                "image_id": pa.array(vs.image_ids),
+                "version": pa.array(vs.versions.astype(np.int32)),
+                "score": pa.array(scores),
+            }))
+        summary = FilterSummary(run_id, name, len(vs))
+        catalog.finish_run(run_id, summary=asdict(summary))
+    return summary

@@ -1,0 +1,662 @@
+"""k-means on torch: flat and hierarchical, resumable, for millions of embeddings.
+
+Kernels only: tensors or NumPy arrays in, small result dataclasses out; no catalog, no
+printing. Long loops report to an optional ``progress(stage, step, total)`` callable (wrap a
+tqdm bar in one to draw it).
+
+Semantics follow VDC (pt-kmeans) and Vo et al. 2024, "Automatic data curation for
+self-supervised learning: a clustering-based approach" (facebookresearch/ssl-data-curation):
+level 0 clusters the points, every upper level clusters the centres of the level below, and
+method "resampled" refines each level with resampling steps (see ``hierarchical_kmeans``).
+
+Where the time goes, and why it stays low (DESIGN.md, "Performance model"):
+
+- a Lloyd iteration is one pass over the data: each chunk of rows is scored against all
+  centres with one matmul, assigned by argmax and summed into the next centres at once
+  (``index_add_`` / ``bincount``); an N x K matrix never exists;
+- k-means++ runs on a random sample of at most ``INIT_SAMPLE_PER_CLUSTER * k`` points, so
+  seeding costs about one pass over the data instead of K;
+- resampling picks the closest points of every cluster with one sort, and the refit starts
+  from the current centres, so it converges in a few cheap iterations;
+- on CUDA the matmuls run in TF32 (fp32 accumulation, fp32 scores); the data is copied to
+  the GPU once when it fits in half the free memory, otherwise chunks are streamed from
+  host memory or a NumPy memmap. Per-cluster sums are accumulated in float64 in a fixed
+  order on every device, so a seed gives the same result on every run.
+
+Empty clusters: after an update, each cluster that lost all its points is re-seeded with
+one of the points farthest from their current centre (the farthest point goes to the
+lowest empty cluster id; ties by row index), so the rule is deterministic. A cluster can
+stay empty only when the data has fewer distinct points than clusters, or after the last
+reassignment of a resampling step; its centre is then kept, and it owns no points.
+
+Resume: with ``checkpoint_dir``, ``hierarchical_kmeans`` writes its state (arguments, the
+finished levels, and the current level after its k-means and after every resampling step)
+to one file, atomically (temporary file, fsync, ``os.replace``). Calling it again with the
+same arguments and directory continues after the last finished step and returns what an
+uninterrupted run returns (on the same device and chunk size); other arguments, or other
+data, raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Metric = Literal["cosine", "l2"]
+Init = Literal["kmeans++", "random"]
+Method = Literal["centers", "resampled"]
+Progress = Callable[[str, int, int], None]
+ArrayLike = torch.Tensor | np.ndarray
+
+# k-means++ sees at most this many points per cluster; more only slows the seeding.
+INIT_SAMPLE_PER_CLUSTER = 20
+# Elements (chunk rows x clusters) of one score matrix: 16 MiB stays in a CPU cache,
+# 1 GiB keeps a GPU busy.
+_CPU_SCORE_ELEMENTS = 2**22
+_CUDA_SCORE_ELEMENTS = 2**28
+_CHECKPOINT_FILE = "hierarchical_kmeans.pt"
+_CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True, repr=False)
+class KMeansResult:
+    """One k-means fit, all tensors on the CPU.
+
+    centers: [k, d] float32 (unit length for cosine); assignments: [n] int64 cluster id of
+    every input row; distances: [n] float32 distance of every row to its centre (cosine
+    distance 1 - cos, or squared L2); n_iter: Lloyd iterations run.
+    """
+
+    centers: torch.Tensor
+    assignments: torch.Tensor
+    distances: torch.Tensor
+    n_iter: int
+
+    def __len__(self) -> int:
+        return self.centers.shape[0]
+
+    def __repr__(self) -> str:
+        k, d = self.centers.shape
+        mean = self.distances.mean().item() if len(self.distances) else float("nan")
+        return (
+            f"KMeansResult(k={k}, d={d}, n={len(self.assignments)}, "
+            f"n_iter={self.n_iter}, mean_distance={mean:.4f})"
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class HierarchicalLevel:
+    """One level of a hierarchical k-means, all tensors on the CPU.
+
+    centers: [k_l, d] float32. assignments: [n] int64, this level's cluster of every
+    ORIGINAL point. input_assignments: [m_l] int64, this level's cluster of each of its
+    inputs (the points at level 0, the level-(l-1) centres above: the parent of each
+    child cluster). input_distances: [m_l] float32, distance of each input to its centre.
+    n_iter: Lloyd iterations of the level's first k-means.
+    """
+
+    centers: torch.Tensor
+    assignments: torch.Tensor
+    input_assignments: torch.Tensor
+    input_distances: torch.Tensor
+    n_iter: int
+
+    def __repr__(self) -> str:
+        k, d = self.centers.shape
+        return f"HierarchicalLevel(k={k}, d={d}, inputs={len(self.input_assignments)})"
+
+
+@dataclass(frozen=True, repr=False)
+class HierarchicalKMeansResult:
+    """Levels of a hierarchical k-means, level 0 (finest) first."""
+
+    levels: tuple[HierarchicalLevel, ...]
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+    def __getitem__(self, level: int) -> HierarchicalLevel:
+        return self.levels[level]
+
+    def __repr__(self) -> str:
+        sizes = "/".join(str(level.centers.shape[0]) for level in self.levels)
+        n = len(self.levels[0].assignments) if self.levels else 0
+        return f"HierarchicalKMeansResult(n={n}, clusters={sizes})"
+
+    def assignment_matrix(self) -> np.ndarray:
+        """[n, L] int64: column l is every point's cluster at level l (for sampling)."""
+        return np.stack([level.assignments.numpy() for level in self.levels], axis=1)
+
+
+# ----------------------------------------------------------------------------- data access
+
+
+class _Rows:
+    """Rows of a matrix served as float32 tensors on the compute device.
+
+    For cosine the rows come out L2-normalised (``unit`` says they already are). ``data``
+    is a tensor (used in place) or a NumPy array / memmap (read chunk by chunk).
+    """
+
+    def __init__(self, data: ArrayLike, *, device: torch.device, metric: str, unit: bool):
+        self.data = data
+        self.device = device
+        self.metric = metric
+        self.unit = unit
+        self.n, self.d = data.shape
+
+    def _prepare(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(device=self.device, dtype=torch.float32)
+        if self.metric == "cosine" and not self.unit:
+            rows = F.normalize(rows, dim=1)
+        return rows
+
+    def slice(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop-1, [stop - start, d]."""
+        if isinstance(self.data, torch.Tensor):
+            return self._prepare(self.data[start:stop])
+        return self._prepare(torch.from_numpy(np.asarray(self.data[start:stop], np.float32)))
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows at ``index`` ([m] int64, any order), [m, d]."""
+        if isinstance(self.data, torch.Tensor):
+            return self._prepare(self.data[index.to(self.data.device)])
+        picked = self.data[index.cpu().numpy()]
+        return self._prepare(torch.from_numpy(np.asarray(picked, np.float32)))
+
+
+def _resolve_device(x: ArrayLike, device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+    return torch.device(device)
+
+
+def _fits_on_gpu(device: torch.device, n_bytes: int) -> bool:
+    free, _ = torch.cuda.mem_get_info(device)
+    return n_bytes <= free // 2
+
+
+def _place(x: ArrayLike, device: torch.device, metric: str) -> _Rows:
+    """Wrap the input; copy it to a CUDA device once (normalised) when it fits there."""
+    if isinstance(x, np.ndarray) and not isinstance(x, np.memmap):
+        if x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable:
+            x = torch.from_numpy(x)
+    rows = _Rows(x, device=device, metric=metric, unit=False)
+    on_device = isinstance(x, torch.Tensor) and x.device == device
+    if device.type != "cuda" or on_device or not _fits_on_gpu(device, rows.n * rows.d * 4):
+        return rows
+    resident = torch.empty((rows.n, rows.d), dtype=torch.float32, device=device)
+    step = max(1, 2**26 // max(rows.d, 1))
+    for start in range(0, rows.n, step):
+        stop = min(rows.n, start + step)
+        resident[start:stop] = rows.slice(start, stop)
+    return _Rows(resident, device=device, metric=metric, unit=True)
+
+
+def _chunk_rows(chunk_size: int | None, k: int, device: torch.device) -> int:
+    if chunk_size is not None:
+        return chunk_size
+    if device.type == "cuda":
+        return int(min(2**18, max(1024, _CUDA_SCORE_ELEMENTS // k)))
+    return int(min(2**16, max(1024, _CPU_SCORE_ELEMENTS // k)))
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+@contextlib.contextmanager
+def _fast_matmul(device: torch.device) -> Iterator[None]:
+    """TF32 matmuls on CUDA (10-bit mantissa inputs, fp32 accumulation and output)."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    attribute = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    previous = getattr(matmul, attribute)
+    setattr(matmul, attribute, "tf32" if attribute == "fp32_precision" else True)
+    try:
+        yield
+    finally:
+        setattr(matmul, attribute, previous)
+
+
+def _report(progress: Progress | None, stage: str, step: int, total: int) -> None:
+    if progress is not None:
+        progress(stage, step, total)
+
+
+# ----------------------------------------------------------------------------- one pass
+
+
+def _scoring(centers: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weights [d, k], bias [k] or None) with argmax(x @ weights + bias) = nearest centre."""
+    if metric == "cosine":
+        return centers.T.contiguous(), None
+    # |x - c|^2 = |x|^2 - (2 x.c - |c|^2): the bracket is the score to maximise.
+    return (2 * centers).T.contiguous(), -(centers * centers).sum(dim=1)
+
+
+def _nearest(rows: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None, metric: str):
+    """Nearest centre of each row: (labels [c] int64, distances [c] float32)."""
+    scores = rows @ weights if bias is None else torch.addmm(bias, rows, weights)
+    best, labels = scores.max(dim=1)  # first maximum on ties, on every device
+    if metric == "cosine":
+        return labels, (1.0 - best).clamp_(0.0, 2.0)
+    return labels, ((rows * rows).sum(dim=1) - best).clamp_(min=0.0)
+
+
+def _add_rows_sorted(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> None:
+    """sums[labels[i]] += rows[i] with a fixed summation order (deterministic on CUDA).
+
+    CUDA ``index_add_`` adds with atomics in a varying order; here rows are sorted by label,
+    summed with a cumulative sum, and each cluster receives one segment total.
+    """
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    totals = rows[order].to(torch.float64).cumsum(dim=0)
+    last = torch.ones_like(sorted_labels, dtype=torch.bool)
+    last[:-1] = sorted_labels[1:] != sorted_labels[:-1]
+    ends = last.nonzero().squeeze(1)
+    segments = totals[ends]
+    segments[1:] -= totals[ends[:-1]]
+    sums.index_add_(0, sorted_labels[ends], segments)
+
+
+def _assign(rows: _Rows, centers: torch.Tensor, metric: str, chunk: int, *, accumulate: bool):
+    """One pass over ``rows``: nearest centre of every row, optionally summed per cluster.
+
+    Returns labels [n] int64, distances [n] float32, sums [k, d] float64 (None unless
+    ``accumulate``) and counts [k] int64, all on the compute device.
+    """
+    k, d = centers.shape
+    device = centers.device
+    labels = torch.empty(rows.n, dtype=torch.int64, device=device)
+    distances = torch.empty(rows.n, dtype=torch.float32, device=device)
+    sums = torch.zeros((k, d), dtype=torch.float64, device=device) if accumulate else None
+    counts = torch.zeros(k, dtype=torch.int64, device=device)
+    weights, bias = _scoring(centers, metric)
+    for start, stop in _chunks(rows.n, chunk):
+        block = rows.slice(start, stop)
+        block_labels, block_distances = _nearest(block, weights, bias, metric)
+        labels[start:stop] = block_labels
+        distances[start:stop] = block_distances
+        counts += torch.bincount(block_labels, minlength=k)
+        if sums is None:
+            continue
+        if device.type == "cuda":
+            _add_rows_sorted(sums, block_labels, block)
+        else:  # CPU index_add_ runs in index order: deterministic, and cheaper than sorting
+            sums.index_add_(0, block_labels, block.to(torch.float64))
+    return labels, distances, sums, counts
+
+
+# ----------------------------------------------------------------------------- Lloyd
+
+
+def _new_centers(rows, sums, counts, distances, metric: str) -> torch.Tensor:
+    """Cluster means (normalised for cosine); empty clusters get the farthest rows."""
+    centers = (sums / counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
+    empty = (counts == 0).nonzero().squeeze(1)
+    if len(empty):
+        farthest = torch.argsort(distances, descending=True, stable=True)[: len(empty)]
+        centers[empty[: len(farthest)]] = rows.take(farthest)
+    if metric == "cosine":
+        centers = F.normalize(centers, dim=1)
+    return centers
+
+
+def _lloyd(rows: _Rows, centers: torch.Tensor, *, metric: str, max_iters: int, tol: float,
+           chunk: int, progress: Progress | None, stage: str, final_assign: bool = True):
+    """Lloyd iterations from ``centers`` until the relative centre shift is below ``tol``.
+
+    Returns (centers [k, d], labels [n] or None, distances [n] or None, n_iter); labels and
+    distances refer to the returned centres and are computed only with ``final_assign``.
+    """
+    n_iter = 0
+    for n_iter in range(1, max_iters + 1):
+        _, distances, sums, counts = _assign(rows, centers, metric, chunk, accumulate=True)
+        updated = _new_centers(rows, sums, counts, distances, metric)
+        shift = torch.linalg.norm(updated - centers) / torch.linalg.norm(centers).clamp(min=1e-12)
+        centers = updated
+        _report(progress, stage, n_iter, max_iters)
+        if shift.item() < tol:
+            break
+    if not final_assign:
+        return centers, None, None, n_iter
+    labels, distances, _, _ = _assign(rows, centers, metric, chunk, accumulate=False)
+    return centers, labels, distances, n_iter
+
+
+def _pair_distances(rows: torch.Tensor, others: torch.Tensor, metric: str,
+                    row_norms: torch.Tensor | None) -> torch.Tensor:
+    """[m, t] distances (cosine distance or squared L2) between rows and a few others."""
+    products = rows @ others.T
+    if metric == "cosine":
+        return (1.0 - products).clamp_(min=0.0)
+    other_norms = (others * others).sum(dim=1)
+    return (row_norms.unsqueeze(1) - 2 * products + other_norms).clamp_(min=0.0)
+
+
+def _kmeans_plus_plus(sample: torch.Tensor, k: int, metric: str, generator: torch.Generator,
+                      progress: Progress | None) -> torch.Tensor:
+    """Greedy k-means++ (Arthur & Vassilvitskii; 2 + log k trials per step) on ``sample``.
+
+    sample: [m, d] on the compute device (unit rows for cosine). Returns [k, d]. Draws use
+    inverse-CDF sampling (``searchsorted`` on a float64 cumulative sum), which has none of
+    ``torch.multinomial``'s 2^24-row limit and never leaves the device.
+    """
+    m = sample.shape[0]
+    trials = 2 + int(math.log(k))
+    uniforms = torch.rand((k, trials), generator=generator, dtype=torch.float64).to(sample.device)
+    first = int(torch.randint(m, (1,), generator=generator))
+    norms = (sample * sample).sum(dim=1) if metric == "l2" else None
+    centers = torch.empty((k, sample.shape[1]), dtype=torch.float32, device=sample.device)
+    centers[0] = sample[first]
+    potential = _pair_distances(sample, sample[first : first + 1], metric, norms).squeeze(1)
+    every = max(1, k // 100)
+    for i in range(1, k):
+        cumulative = potential.to(torch.float64).cumsum(dim=0)
+        targets = uniforms[i] * cumulative[-1]
+        candidates = torch.searchsorted(cumulative, targets, right=True).clamp_(max=m - 1)
+        candidate_rows = sample[candidates]
+        trial = torch.minimum(potential.unsqueeze(1), _pair_distances(sample, candidate_rows, metric, norms))
+        best = trial.sum(dim=0).argmin().view(1)  # stays a tensor: no device sync per step
+        centers[i] = candidate_rows.index_select(0, best)[0]
+        potential = trial.index_select(1, best).squeeze(1)
+        if i % every == 0 or i == k - 1:
+            _report(progress, "init", i + 1, k)
+    return centers
+
+
+def _initial_centers(rows: _Rows, k: int, init: str, generator: torch.Generator,
+                     progress: Progress | None) -> torch.Tensor:
+    if init == "random":
+        picked = torch.randperm(rows.n, generator=generator)[:k].sort().values
+        return rows.take(picked)
+    size = min(rows.n, max(k, INIT_SAMPLE_PER_CLUSTER * k))
+    picked = torch.randperm(rows.n, generator=generator)[:size].sort().values
+    sample = rows.take(picked) if size < rows.n else rows.take(torch.arange(rows.n))
+    return _kmeans_plus_plus(sample, k, rows.metric, generator, progress)
+
+
+def _fit(rows: _Rows, k: int, *, init: str, max_iters: int, tol: float, seed: int,
+         chunk: int, progress: Progress | None, stage_prefix: str = ""):
+    """Seed and run Lloyd: (centers, labels, distances, n_iter) on the compute device."""
+    generator = torch.Generator().manual_seed(seed)
+    report = None
+    if progress is not None:
+        report = lambda stage, step, total: progress(stage_prefix + stage, step, total)  # noqa: E731
+    centers = _initial_centers(rows, k, init, generator, report)
+    return _lloyd(rows, centers, metric=rows.metric, max_iters=max_iters, tol=tol, chunk=chunk,
+                  progress=report, stage="lloyd")
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_options(metric: str, init: str, max_iters: int, tol: float) -> None:
+    if metric not in ("cosine", "l2"):
+        raise ValueError(f"metric must be 'cosine' or 'l2', not {metric!r}")
+    if init not in ("kmeans++", "random"):
+        raise ValueError(f"init must be 'kmeans++' or 'random', not {init!r}")
+    if max_iters < 1:
+        raise ValueError(f"max_iters must be at least 1, not {max_iters}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0 (0 runs all max_iters iterations), not {tol}")
+
+
+def _check_data(x: ArrayLike) -> None:
+    if not isinstance(x, (torch.Tensor, np.ndarray)):
+        raise ValueError(f"x must be a torch tensor or a NumPy array, not {type(x).__name__}")
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"x must be a non-empty [n, d] matrix, got shape {tuple(x.shape)}")
+
+
+def _check_levels(n: int, n_clusters: Sequence[int], method: str,
+                  n_samples: Sequence[int] | None, n_resamples: int) -> None:
+    if len(n_clusters) == 0 or any(int(k) < 1 for k in n_clusters):
+        raise ValueError(f"n_clusters must be a non-empty list of positive sizes, got {list(n_clusters)}")
+    if any(a <= b for a, b in zip(n_clusters, n_clusters[1:])):
+        raise ValueError(f"n_clusters must shrink from level to level (e.g. 45000 900 90), got {list(n_clusters)}")
+    if n_clusters[0] > n:
+        raise ValueError(f"n_clusters[0] = {n_clusters[0]} exceeds the {n} points; ask for at most {n}")
+    if method not in ("centers", "resampled"):
+        raise ValueError(f"method must be 'centers' or 'resampled', not {method!r}")
+    if method == "resampled":
+        if n_samples is None or len(n_samples) != len(n_clusters) or any(s < 0 for s in n_samples):
+            raise ValueError(
+                "method 'resampled' needs n_samples: one count >= 0 per level "
+                f"(0 skips resampling there), e.g. {[10, 5, 3][: len(n_clusters)]}; got {n_samples}"
+            )
+        if n_resamples < 1:
+            raise ValueError(f"n_resamples must be at least 1 for method 'resampled', not {n_resamples}")
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def kmeans(x: ArrayLike, k: int, *, metric: Metric = "cosine", init: Init = "kmeans++",
+           max_iters: int = 50, tol: float = 1e-4, seed: int = 0, chunk_size: int | None = None,
+           device: str | torch.device | None = None, progress: Progress | None = None) -> KMeansResult:
+    """Cluster the rows of ``x`` into ``k`` groups with Lloyd's k-means.
+
+    x: [n, d] tensor, NumPy array or memmap (any float dtype; cosine normalises rows).
+    k: 1..n clusters. metric: "cosine" (spherical k-means, unit centres) or "l2".
+    init: "kmeans++" (greedy k-means++ on a random sample of 20 points per cluster) or
+    "random" (k distinct rows). max_iters: most Lloyd iterations; tol: stop once
+    ||C_new - C_old||_F / ||C_old||_F < tol. seed: makes the run reproducible.
+    chunk_size: rows scored per matmul (default from k and the device). device: where to
+    compute (default: x's device, the CPU for NumPy). progress: called as
+    progress(stage, step, total) with stage "init" or "lloyd".
+    Returns a KMeansResult on the CPU.
+    """
+    _check_data(x)
+    _check_options(metric, init, max_iters, tol)
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k must be between 1 and the number of rows ({x.shape[0]}), not {k}")
+    compute = _resolve_device(x, device)
+    with torch.no_grad(), _fast_matmul(compute):
+        rows = _place(x, compute, metric)
+        chunk = _chunk_rows(chunk_size, k, compute)
+        centers, labels, distances, n_iter = _fit(
+            rows, k, init=init, max_iters=max_iters, tol=tol, seed=seed, chunk=chunk, progress=progress
+        )
+    return KMeansResult(centers.cpu(), labels.cpu(), distances.cpu(), n_iter)
+
+
+def _closest_per_cluster(labels: torch.Tensor, distances: torch.Tensor, per_cluster: int,
+                         k: int) -> torch.Tensor:
+    """Indices of the ``per_cluster`` rows closest to their centre in every cluster.
+
+    One ordering by (cluster, distance, row) built from two stable sorts; a row's rank in
+    its cluster is its position minus the cluster's start. Returns sorted int64 indices.
+    """
+    order = torch.argsort(distances, stable=True)
+    order = order[torch.argsort(labels[order], stable=True)]
+    counts = torch.bincount(labels, minlength=k)
+    starts = counts.cumsum(dim=0) - counts
+    rank = torch.arange(len(order), device=order.device) - starts[labels[order]]
+    return order[rank < per_cluster].sort().values
+
+
+def _resample(rows: _Rows, centers: torch.Tensor, labels: torch.Tensor, distances: torch.Tensor,
+              per_cluster: int, *, max_iters: int, tol: float, chunk: int):
+    """One resampling step (Vo et al. 2024): refit on the closest points, reassign all.
+
+    The k-means refit on the ``per_cluster`` points closest to each centre starts from the
+    current centres (its first update is the mean of each cluster's selected points).
+    Returns the new (centers, labels, distances) of every row of the level.
+    """
+    k = centers.shape[0]
+    chosen = _closest_per_cluster(labels, distances, per_cluster, k)
+    picked = _Rows(rows.take(chosen), device=centers.device, metric=rows.metric, unit=True)
+    centers, _, _, _ = _lloyd(picked, centers, metric=rows.metric, max_iters=max_iters, tol=tol,
+                              chunk=chunk, progress=None, stage="refit", final_assign=False)
+    labels, distances, _, _ = _assign(rows, centers, rows.metric, chunk, accumulate=False)
+    return centers, labels, distances
+
+
+def _level_seed(seed: int, level: int) -> int:
+    return int(np.random.SeedSequence([seed, level]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _data_fingerprint(rows: _Rows) -> list[float]:
+    """Sums over 64 evenly spaced rows: cheap, and different for different data."""
+    index = torch.from_numpy(np.unique(np.linspace(0, rows.n - 1, 64).astype(np.int64)))
+    taken = rows.take(index).to(torch.float64)
+    weights = torch.arange(1, taken.shape[1] + 1, dtype=torch.float64, device=taken.device)
+    return [float(taken.sum()), float((taken.abs() * weights).sum())]
+
+
+class _Checkpoint:
+    """One state file in ``directory``, replaced atomically after every finished step."""
+
+    def __init__(self, directory: str | os.PathLike, arguments: dict):
+        self.directory = Path(directory)
+        self.path = self.directory / _CHECKPOINT_FILE
+        self.arguments = arguments
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none; ValueError if it is for another run."""
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError(f"{self.path} was written by another version; delete it to start over")
+        saved = state["arguments"]
+        differ = [key for key in self.arguments if not _same(saved.get(key), self.arguments[key])]
+        if differ:
+            details = ", ".join(f"{key}: saved {saved.get(key)!r}, now {self.arguments[key]!r}" for key in differ)
+            raise ValueError(
+                f"checkpoint_dir {self.directory} holds a run with other arguments or data ({details}); "
+                "pass the same arguments and data to resume it, or use an empty checkpoint_dir to start over"
+            )
+        return state
+
+    def save(self, state: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with open(temporary, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)  # readers see the old or the new state, never half
+
+
+def _same(saved, current) -> bool:
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        return all(_same(a, b) for a, b in zip(saved, current))
+    if isinstance(saved, float) and isinstance(current, float):
+        return math.isclose(saved, current, rel_tol=1e-5, abs_tol=1e-6)
+    return saved == current
+
+
+# ----------------------------------------------------------------------------- hierarchy
+
+
+def _run_level(inputs: _Rows, level: int, state: dict, save: Callable[[dict], None], *, k: int,
+               per_cluster: int, n_resamples: int, init: str, max_iters: int, tol: float,
+               seed: int, chunk_size: int | None, progress: Progress | None) -> None:
+    """Cluster one level (k-means, then resampling steps), saving after each step."""
+    device = inputs.device
+    chunk = _chunk_rows(chunk_size, k, device)
+    current = state["current"]
+    if current is None or current["level"] != level:
+        centers, labels, distances, n_iter = _fit(
+            inputs, k, init=init, max_iters=max_iters, tol=tol, seed=_level_seed(seed, level),
+            chunk=chunk, progress=progress, stage_prefix=f"level {level} ",
+        )
+        current = {"level": level, "resamples_done": 0, "n_iter": n_iter}
+        current.update(centers=centers.cpu(), labels=labels.cpu(), distances=distances.cpu())
+        state["current"] = current
+        save(state)
+    centers, labels, distances = (current[key].to(device) for key in ("centers", "labels", "distances"))
+    for step in range(current["resamples_done"], n_resamples):
+        centers, labels, distances = _resample(
+            inputs, centers, labels, distances, per_cluster, max_iters=max_iters, tol=tol, chunk=chunk
+        )
+        current.update(resamples_done=step + 1, centers=centers.cpu(), labels=labels.cpu(),
+                       distances=distances.cpu())
+        save(state)
+        _report(progress, f"level {level} resample", step + 1, n_resamples)
+    state["levels"].append({"centers": current["centers"], "input_assignments": current["labels"],
+                            "input_distances": current["distances"], "n_iter": current["n_iter"]})
+    state["current"] = None
+    save(state)
+
+
+def _hierarchy(levels: list[dict]) -> HierarchicalKMeansResult:
+    """Compose each level's assignment of its inputs into assignments of the points."""
+    out = []
+    assignments = None
+    for level in levels:
+        own = level["input_assignments"]
+        assignments = own if assignments is None else own[assignments]
+        out.append(HierarchicalLevel(level["centers"], assignments, own, level["input_distances"],
+                                     level["n_iter"]))
+    return HierarchicalKMeansResult(tuple(out))
+
+
+def hierarchical_kmeans(
+    x: ArrayLike, n_clusters: Sequence[int], *, method: Method = "centers",
+    n_samples: Sequence[int] | None = None, n_resamples: int = 10, metric: Metric = "cosine",
+    init: Init = "kmeans++", max_iters: int = 50, tol: float = 1e-4, seed: int = 0,
+    chunk_size: int | None = None, device: str | torch.device | None = None,
+    checkpoint_dir: str | os.PathLike | None = None, progress: Progress | None = None,
+) -> HierarchicalKMeansResult:
+    """Bottom-up hierarchical k-means (VDC, Vo et al. 2024).
+
+    x: [n, d] tensor, NumPy array or memmap. n_clusters: clusters per level, strictly
+    shrinking (e.g. [45000, 900, 90]); level 0 clusters the points, level l clusters the
+    centres of level l-1. method "resampled": after a level's k-means, repeat n_resamples
+    times: take the n_samples[l] inputs closest to each centre, refit k-means on them from
+    the current centres, reassign all of the level's inputs (n_samples[l] = 0 skips the
+    level). metric, init, max_iters, tol, seed, chunk_size, device: as in ``kmeans`` (level
+    l seeds from (seed, l)). checkpoint_dir: resume point, see the module docstring.
+    progress: called as progress(stage, step, total), stages "level L init", "level L
+    lloyd" and "level L resample". Returns a HierarchicalKMeansResult on the CPU.
+    """
+    _check_data(x)
+    _check_options(metric, init, max_iters, tol)
+    resampled = method == "resampled"
+    _check_levels(x.shape[0], n_clusters, method, n_samples, n_resamples)
+    compute = _resolve_device(x, device)
+    with torch.no_grad(), _fast_matmul(compute):
+        rows = _place(x, compute, metric)
+        arguments = {
+            "n_clusters": [int(k) for k in n_clusters], "method": method,
+            "n_samples": [int(s) for s in n_samples] if resampled else None,
+            "n_resamples": int(n_resamples) if resampled else 0, "metric": metric, "init": init,
+            "max_iters": int(max_iters), "tol": float(tol), "seed": int(seed),
+            "shape": [rows.n, rows.d], "data": _data_fingerprint(rows),
+        }
+        checkpoint = _Checkpoint(checkpoint_dir, arguments) if checkpoint_dir is not None else None
+        state = checkpoint.load() if checkpoint is not None else None
+        if state is None:
+            state = {"format": _CHECKPOINT_FORMAT, "arguments": arguments, "levels": [], "current": None}
+        save = checkpoint.save if checkpoint is not None else (lambda _state: None)
+        for level in range(len(state["levels"]), len(n_clusters)):
+            inputs = rows if level == 0 else _Rows(
+                state["levels"][-1]["centers"].to(compute), device=compute, metric=metric, unit=True
+            )
+            _run_level(
+                inputs, level, state, save, k=int(n_clusters[level]),
+                per_cluster=int(n_samples[level]) if resampled else 0,
+                n_resamples=int(n_resamples) if resampled and n_samples[level] > 0 else 0,
+                init=init, max_iters=max_iters, tol=tol, seed=seed, chunk_size=chunk_size,
+                progress=progress,
+            )
+    return _hierarchy(state["levels"])
