@@ -147,7 +147,7 @@ def _split_head(head: str) -> tuple[str | None, str, str | None, bool]:
     """
     from vdc_lake.models import known_networks
 
-    networks = sorted(known_networks(), key=len, reverse=True)
+    networks = known_networks()
     lower = head.lower()
     starts = [0] + [i + 1 for i, c in enumerate(head) if c == "_"]
     for start in starts:

@@ -674,6 +674,76 @@ def sample_command(ctx: Context, total: int, cluster_run: int | None, allocation
                f"(cluster run {s.cluster_run}); {s.not_clustered} present images were not clustered")
 
 
+# -- pipelines ---------------------------------------------------------------------------------------
+
+class _Tee(io.TextIOBase):
+    """Write to the terminal and keep a copy (for the pipeline summary)."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.copy = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _invoke_step(base: list[str]) -> Callable[[list[str]], tuple[bool, str]]:
+    from contextlib import redirect_stdout
+
+    def invoke(args: list[str]) -> tuple[bool, str]:
+        click.secho("$ vdc-lake " + " ".join(args), bold=True)
+        tee = _Tee(sys.stdout)
+        try:
+            with redirect_stdout(tee):
+                cli.main(args=base + args, prog_name="vdc-lake", standalone_mode=False)
+            return True, tee.copy.getvalue()
+        except click.ClickException as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            return False, e.format_message()
+        except click.exceptions.Exit as e:
+            return e.exit_code == 0, tee.copy.getvalue()
+        except click.Abort:
+            return False, "aborted"
+
+    return invoke
+
+
+@cli.command("run")
+@click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
+@click.option("--apply", "do_apply", is_flag=True, help="Let apply steps change files (default: dry run).")
+@click.pass_context
+@handle_errors
+def run_command(click_ctx: click.Context, pipeline: str, do_apply: bool) -> None:
+    """Run the steps of a pipeline TOML file in order; stop at the first failure.
+
+    \b
+    Example:
+        vdc-lake run examples/quickstart.toml            # dry run
+        vdc-lake run examples/quickstart.toml --apply
+    """
+    from vdc_lake.pipeline import load_pipeline, run_pipeline
+
+    ctx: Context = click_ctx.obj
+    source = click_ctx.parent.get_parameter_source("catalog") if click_ctx.parent else None
+    catalog = ctx.catalog_path
+    settings = load_pipeline(pipeline).get("pipeline", {})
+    if source in (click.core.ParameterSource.DEFAULT, None) and "catalog" in settings:
+        catalog = settings["catalog"]
+    base = ["--catalog", catalog] + (["--quiet"] if ctx.quiet else [])
+    result = run_pipeline(pipeline, _invoke_step(base), apply=do_apply)
+    click.echo()
+    echo_table([(s.index, s.command, "ok" if s.ok else "FAILED", s.seconds, s.last_line[:80]) for s in result.steps],
+               ["step", "command", "status", "seconds", "result"])
+    if not result.ok:
+        failed = result.steps[-1]
+        raise click.ClickException(f"pipeline stopped at step {failed.index} ({failed.command}): {failed.last_line}")
+    if not do_apply:
+        click.echo("dry run: apply steps changed nothing; add --apply to carry them out")
+
+
 
 def main() -> None:
     cli(prog_name="vdc-lake")

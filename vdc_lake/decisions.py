@@ -70,7 +70,7 @@ DECISIONS: dict[str, Callable[..., DecisionQuery]] = {
 }
 
 
-def decision_query(name: str, config: Config, **options: Any) -> DecisionQuery:
-    if name not in DECISIONS:
-        raise PlanError(f"unknown stage {name!r}; choose one of: {', '.join(sorted(DECISIONS))}")
-    return DECISIONS[name](config, **options)
+def decision_query(stage: str, config: Config, **options: Any) -> DecisionQuery:
+    if stage not in DECISIONS:
+        raise PlanError(f"unknown stage {stage!r}; choose one of: {', '.join(sorted(DECISIONS))}")
+    return DECISIONS[stage](config, **options)

@@ -54,13 +54,13 @@ class ModelError(VdcLakeError):
 
 
 @functools.cache
-def known_networks() -> frozenset[str]:
-    """Lower-case names of every classification network (and alias) birder's registry knows."""
+def known_networks() -> tuple[str, ...]:
+    """Lower-case names of every classification network (and alias) birder's registry knows,
+    longest first (names prefix each other: resnet_v1_50 / resnet_v1_50_c1)."""
     from birder.model_registry import Task, registry
 
-    names = set(registry.list_models(task=Task.IMAGE_CLASSIFICATION))
-    names.update(registry.name_aliases)
-    return frozenset(names)
+    names = set(registry.list_models(task=Task.IMAGE_CLASSIFICATION)) | set(registry.name_aliases)
+    return tuple(sorted(names, key=lambda n: (-len(n), n)))
 
 
 def split_model_name(name: str) -> tuple[str, str | None] | None:
@@ -76,7 +76,7 @@ def split_model_name(name: str) -> tuple[str, str | None] | None:
         net = registry.get_pretrained_metadata(name)["net"]
         return net["network"], net.get("tag")
     lower = name.lower()
-    for network in sorted(known_networks(), key=len, reverse=True):
+    for network in known_networks():
         if lower == network:
             return name, None
         if lower.startswith(network + "_"):
@@ -263,24 +263,13 @@ def guess_kind(name: str, *, num_classes: int, class_names: Sequence[str]) -> st
 
 
 def _check_loads(info: ModelInfo, meta: dict[str, Any], state: dict[str, torch.Tensor] | None) -> ModelInfo:
-    """Rebuild the network on the meta device (no memory) and fit the file's tensors to it."""
-    from birder.common import lib
-    from birder.model_registry import registry
-
+    """Rebuild the network (on the meta device: no memory) and fit the file's tensors to it."""
     if info.task not in (None, "image_classification"):
         return _replace(info, error=f"task '{info.task}' is not image classification; vdc-lake cannot use it")
     if info.format == "safetensors" and not _has_safetensors():
         return _replace(info, error="reading .safetensors weights needs `pip install safetensors`")
-    config = meta.get("config") or None
     try:
-        with torch.device("meta"):
-            net = registry.net_factory(
-                info.network,
-                info.num_classes,
-                lib.get_channels_from_signature(meta["signature"]),
-                config=config,
-                size=info.size,
-            )
+        net = _build_network(info, meta)
         if state is not None:
             net.load_state_dict(state, strict=True, assign=True)
     except Exception as e:
@@ -290,6 +279,22 @@ def _check_loads(info: ModelInfo, meta: dict[str, Any], state: dict[str, torch.T
             f"check the file name (NETWORK_TAG) and the birder version",
         )
     return _replace(info, embedding_size=getattr(net, "embedding_size", None), loads=True)
+
+
+def _build_network(info: ModelInfo, meta: dict[str, Any]) -> torch.nn.Module:
+    from birder.common import lib
+    from birder.model_registry import registry
+
+    def build() -> torch.nn.Module:
+        channels = lib.get_channels_from_signature(meta["signature"])
+        config = meta.get("config") or None
+        return registry.net_factory(info.network, info.num_classes, channels, config=config, size=info.size)
+
+    try:
+        with torch.device("meta"):
+            return build()
+    except Exception:  # a network whose __init__ needs real tensor values: build it for real
+        return build()
 
 
 def _has_safetensors() -> bool:
@@ -436,7 +441,9 @@ def decode_rgb(path: str) -> torch.Tensor:
     """uint8 [3, h, w] RGB pixels of an image file, decoded like birder's default loader.
 
     torchvision's decoder first (JPEG/PNG/WebP/GIF, EXIF orientation not applied, as birder),
-    Pillow for what it cannot read (TIFF, BMP). Raises on an undecodable file.
+    Pillow for what it cannot read (TIFF, BMP). An animated GIF gives its first frame (birder
+    would fail to batch its [frames, 3, h, w] tensor). 16-bit PNGs stay uint16, as in birder.
+    Raises on an undecodable file.
     """
     from torchvision.io import ImageReadMode, decode_image
 
@@ -445,17 +452,18 @@ def decode_rgb(path: str) -> torch.Tensor:
             # torchvision 0.29 deprecates its decoders (for TorchCodec) with a warning on every
             # call; birder decodes with them, and matching birder's pixels is what matters here.
             warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_image(path, mode=ImageReadMode.RGB)
+            pixels = decode_image(path, mode=ImageReadMode.RGB)
     except RuntimeError:
         return _pil_decode_rgb(path)
+    return pixels[0] if pixels.ndim == 4 else pixels
 
 
 def _pil_decode_rgb(path: str) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        array = np.array(image.convert("RGB"))
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 class ImageFileDataset(Dataset):
@@ -479,9 +487,12 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, str]:
         path = os.fsdecode(self._paths[index])
         try:
-            return index, self.transform(decode_rgb(path)), ""
+            image = self.transform(decode_rgb(path))
         except Exception as e:  # any decoder or transform failure is a per-file finding
             return index, self._blank_image(), f"cannot decode: {_one_line(e)}"
+        if image.shape != self._blank_image().shape:  # would break the batch for every file in it
+            return index, self._blank_image(), f"unexpected decoded shape {tuple(image.shape)}"
+        return index, image, ""
 
     def _blank_image(self) -> torch.Tensor:
         if self._blank is None:
@@ -548,7 +559,7 @@ def run_inference(
     loaded: LoadedModel,
     paths: Sequence[str | os.PathLike],
     *,
-    kind: str,
+    kind: InferenceKind,
     batch_size: int = 64,
     num_workers: int | None = None,
     amp: bool = False,
@@ -630,7 +641,7 @@ def _default_workers() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
-def forward_fn(net: torch.nn.Module, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def forward_fn(net: torch.nn.Module, kind: InferenceKind) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model call for a kind: normalised float32 [b, 3, H, W] -> float32 [b, d]."""
     if kind == "rotation":
         return lambda x: torch.softmax(net(x).float(), dim=1)

@@ -1,0 +1,149 @@
+"""Catalog: migrations, runs, the writer lock and readers beside a working writer."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pyarrow as pa
+import pytest
+
+from vdc_lake.catalog import Catalog, sql_dir
+from vdc_lake.errors import CatalogLockedError, CatalogNotFoundError
+
+LOCKED = re.compile(
+    r"^catalog (?P<path>\S+) is in use by PID (?P<pid>\d+) on (?P<host>\S+) since "
+    r"(?P<since>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d); wait for that command to finish \(or stop it\), "
+    r"or open the catalog read-only$"
+)
+
+
+def _spawn(code: str) -> subprocess.Popen:
+    """A Python child running `code`; it prints 'ready' once it holds what it should."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_new_catalog_has_every_migration_and_view(catalog_path):
+    with Catalog(catalog_path) as catalog:
+        names = [r[0] for r in catalog.rows("SELECT name FROM schema_migrations ORDER BY version")]
+        views = {r[0] for r in catalog.rows("SELECT view_name FROM duckdb_views() WHERE NOT internal")}
+    assert names == sorted(p.stem for p in (sql_dir() / "schema").glob("*.sql"))
+    assert views >= {p.stem for p in (sql_dir() / "views").glob("*.sql")}
+    with Catalog(catalog_path) as catalog:
+        assert catalog.migrate() == []  # re-opening applies nothing twice
+        assert catalog.scalar("SELECT count(*) FROM schema_migrations") == len(names)
+
+
+def test_reading_a_missing_catalog_names_the_fix(tmp_path):
+    missing = tmp_path / "nope.duckdb"
+    with pytest.raises(CatalogNotFoundError) as err:
+        Catalog(missing, read_only=True)
+    assert str(err.value) == f"no catalog at {missing}; run `vdc-lake scan ROOT` first or pass --catalog PATH"
+    assert not missing.exists()
+
+
+def test_run_records_failure_and_interrupted_runs(catalog_path):
+    with Catalog(catalog_path) as catalog:
+        with pytest.raises(ValueError):
+            with catalog.run("scan", {"roots": ["x"]}):
+                raise ValueError("boom")
+        left_running = catalog.begin_run("sanitize", {})  # the process "dies" before finish_run
+    with Catalog(catalog_path) as catalog:
+        rows = catalog.rows("SELECT stage, status, error, params->>'$.roots[0]' FROM runs ORDER BY run_id")
+        assert rows == [("scan", "failed", "ValueError: boom", "x"), ("sanitize", "interrupted", None, None)]
+        assert catalog.scalar("SELECT finished_at IS NOT NULL FROM runs WHERE run_id = ?", [left_running])
+
+
+def test_insert_arrow_and_next_ids(catalog_path):
+    with Catalog(catalog_path) as catalog:
+        ids = catalog.next_ids("op_id_seq", 3)
+        assert list(ids) == [1, 2, 3]
+        assert catalog.next_ids("op_id_seq", 0).size == 0
+        n = catalog.insert_arrow("samples", pa.table({"run_id": [1, 1], "image_id": [5, 6], "version": [1, 1]}))
+        assert n == 2
+        assert catalog.rows("SELECT image_id FROM samples ORDER BY 1") == [(5,), (6,)]
+
+
+def test_second_writer_in_same_process_is_refused(catalog_path):
+    with Catalog(catalog_path):
+        with pytest.raises(CatalogLockedError) as err:
+            Catalog(catalog_path)
+    match = LOCKED.match(str(err.value))
+    assert match, str(err.value)
+    assert match["path"] == str(catalog_path)
+    assert int(match["pid"]) == os.getpid()
+    assert match["host"] == socket.gethostname()
+    with Catalog(catalog_path):  # released on close: the next writer gets in
+        pass
+
+
+def test_second_writer_names_the_holding_process(catalog_path):
+    holder = _spawn(f"""
+        import sys
+        from vdc_lake.catalog import Catalog
+        with Catalog({str(catalog_path)!r}) as c:
+            c.release()
+            print("ready", flush=True)
+            sys.stdin.readline()
+    """)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        before = time.strftime("%Y-%m-%dT")
+        with pytest.raises(CatalogLockedError) as err:
+            Catalog(catalog_path)
+        match = LOCKED.match(str(err.value))
+        assert match, str(err.value)
+        assert int(match["pid"]) == holder.pid
+        assert match["host"] == socket.gethostname()
+        assert match["since"].startswith(before)
+        # ...while a reader can query the catalog the writer holds.
+        with Catalog(catalog_path, read_only=True) as reader:
+            assert reader.scalar("SELECT count(*) FROM runs") == 0
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0, holder.stderr
+    with Catalog(catalog_path):  # the lock died with its holder's release
+        pass
+
+
+def test_readers_query_while_a_writer_process_works(catalog_path):
+    """The writer commits batches and releases the file between them; readers get in between,
+    and the writer waits out readers that hold the file (DuckDB's lock is shared/exclusive)."""
+    n_batches = 120
+    writer = _spawn(f"""
+        import time
+        from vdc_lake.catalog import Catalog
+        with Catalog({str(catalog_path)!r}) as c:
+            c.execute("CREATE TABLE progress (batch INTEGER)")
+            c.release()
+            print("ready", flush=True)
+            for i in range({n_batches}):
+                c.execute("INSERT INTO progress VALUES (?)", [i])
+                c.release()
+                time.sleep(0.01)
+        print("done", flush=True)
+    """)
+    seen = []
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        while writer.poll() is None:
+            with Catalog(catalog_path, read_only=True) as reader:
+                seen.append(reader.scalar("SELECT count(*) FROM progress"))
+                time.sleep(0.005)  # hold the file a moment, as a real query would
+        out, err = writer.communicate(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert writer.returncode == 0, err
+    assert out.strip() == "done"
+    assert len(seen) >= 5
+    assert seen == sorted(seen)  # readers see committed batches only, never going back
+    assert 0 < max(seen) or len(set(seen)) > 1
+    with Catalog(catalog_path, read_only=True) as reader:
+        assert reader.scalar("SELECT count(*) FROM progress") == n_batches
