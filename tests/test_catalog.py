@@ -32,8 +32,12 @@ def _spawn(code: str) -> subprocess.Popen:
 def test_new_catalog_has_every_migration_and_view(catalog_path):
     with Catalog(catalog_path) as catalog:
         names = [r[0] for r in catalog.rows("SELECT name FROM schema_migrations ORDER BY version")]
-        views = {r[0] for r in catalog.rows("SELECT view_name FROM duckdb_views() WHERE NOT internal")}
+        views = {r[0] for r in catalog.rows(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal UNION ALL "
+            "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('macro', 'table_macro') "
+            "AND NOT internal")}
     assert names == sorted(p.stem for p in (sql_dir() / "schema").glob("*.sql"))
+    # One view or table macro per sql/views file, named after the file.
     assert views >= {p.stem for p in (sql_dir() / "views").glob("*.sql")}
     with Catalog(catalog_path) as catalog:
         assert catalog.migrate() == []  # re-opening applies nothing twice
@@ -115,7 +119,7 @@ def test_second_writer_names_the_holding_process(catalog_path):
 def test_readers_query_while_a_writer_process_works(catalog_path):
     """The writer commits batches and releases the file between them; readers get in between,
     and the writer waits out readers that hold the file (DuckDB's lock is shared/exclusive)."""
-    n_batches = 120
+    n_batches = 15
     writer = _spawn(f"""
         import time
         from vdc_lake.catalog import Catalog
@@ -126,7 +130,7 @@ def test_readers_query_while_a_writer_process_works(catalog_path):
             for i in range({n_batches}):
                 c.execute("INSERT INTO progress VALUES (?)", [i])
                 c.release()
-                time.sleep(0.01)
+                time.sleep(0.02)
         print("done", flush=True)
     """)
     seen = []
@@ -136,6 +140,7 @@ def test_readers_query_while_a_writer_process_works(catalog_path):
             with Catalog(catalog_path, read_only=True) as reader:
                 seen.append(reader.scalar("SELECT count(*) FROM progress"))
                 time.sleep(0.005)  # hold the file a moment, as a real query would
+            time.sleep(0.05)
         out, err = writer.communicate(timeout=30)
     finally:
         if writer.poll() is None:
@@ -144,6 +149,6 @@ def test_readers_query_while_a_writer_process_works(catalog_path):
     assert out.strip() == "done"
     assert len(seen) >= 5
     assert seen == sorted(seen)  # readers see committed batches only, never going back
-    assert 0 < max(seen) or len(set(seen)) > 1
+    assert len(set(seen)) > 1  # and they saw the writer progress
     with Catalog(catalog_path, read_only=True) as reader:
         assert reader.scalar("SELECT count(*) FROM progress") == n_batches

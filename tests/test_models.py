@@ -170,3 +170,48 @@ def test_gpu_split_preprocessing_matches_birders_preset(models_dir, images):
     assert uint8.dtype == torch.uint8
     on_device = _normalizer(steps[-1].mean, steps[-1].std, torch.device("cpu"))(uint8[None])[0]
     torch.testing.assert_close(on_device, loaded.transform(pixels), rtol=0, atol=1e-6)
+
+
+def test_odd_images_give_batchable_tensors(tmp_path, models_dir):
+    """Animated GIF (first frame) and 16-bit PNG, through both the CPU and the GPU worker transform."""
+    from torchvision.transforms import v2
+
+    from vdc_lake.models import _gpu_split
+
+    frames = [Image.fromarray(np.full((20, 30, 3), 60 * i, dtype=np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(np.full((20, 30), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    loaded = load_model(models_dir, ROTNET)
+    uint8_transform = v2.Compose(_gpu_split(loaded.transform)[:-2])
+    for transform, dtype in ((loaded.transform, torch.float32), (uint8_transform, torch.uint8)):
+        dataset = ImageFileDataset([tmp_path / "anim.gif", tmp_path / "deep.png"], transform)
+        for i in range(2):
+            _, image, error = dataset[i]
+            assert error == "" and image.shape == (3, 56, 56) and image.dtype == dtype
+    _, first_frame, _ = ImageFileDataset([tmp_path / "anim.gif"], uint8_transform)[0]
+    assert int(first_frame.max()) == 0  # frame 0 is black
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated, birder still writes .pts
+def test_torchscript_and_safetensors_files(tmp_path, models_dir, images):
+    import json
+    import struct
+
+    from birder.common import fs_ops
+
+    loaded = load_model(models_dir, SSCD)
+    signature = {"inputs": [{"data_shape": [0, 3, 64, 64]}], "outputs": [{"data_shape": [0, 512]}]}
+    class_to_idx = {str(i): i for i in range(512)}
+    fs_ops.save_pts(torch.jit.script(loaded.net), tmp_path / f"{SSCD}.pts", "image_classification",
+                    class_to_idx, signature, loaded.rgb_stats)
+    header = json.dumps({"__metadata__": {"signature": json.dumps(signature), "task": "image_classification",
+                                           "class_to_idx": json.dumps(class_to_idx)}}).encode()
+    (tmp_path / "resnet_v1_50_c1_st.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+
+    pts, st = list_models(tmp_path)
+    assert (pts.format, pts.loads, pts.num_classes, pts.size) == ("pts", True, 512, (64, 64))
+    assert (st.format, st.num_classes) == ("safetensors", 512)  # metadata read without safetensors
+    scripted = load_model(tmp_path, SSCD)
+    _, outputs, _, _ = _collect(run_inference(scripted, images[:2], kind="descriptor", num_workers=0))
+    _, expected, _, _ = _collect(run_inference(loaded, images[:2], kind="descriptor", num_workers=0))
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)

@@ -125,7 +125,8 @@ class ModelInfo:
 
     size is the input resolution (H, W) in pixels from birder's signature; num_classes is the
     classifier width (0 for embedding-only models); embedding_size is the pooled feature width.
-    loads is True when birder can rebuild the network and every tensor of the file fits it;
+    loads is True when birder can rebuild the network and every tensor of the file fits it
+    (for TorchScript .pts: when its birder metadata reads; embedding_size is then None);
     otherwise error says why.
     """
 
@@ -268,6 +269,10 @@ def _check_loads(info: ModelInfo, meta: dict[str, Any], state: dict[str, torch.T
         return _replace(info, error=f"task '{info.task}' is not image classification; vdc-lake cannot use it")
     if info.format == "safetensors" and not _has_safetensors():
         return _replace(info, error="reading .safetensors weights needs `pip install safetensors`")
+    if info.format == "pts":
+        # TorchScript carries its own graph but no birder config: nothing to rebuild or check
+        # without loading it, and the embedding size is known only once loaded.
+        return _replace(info, loads=True)
     try:
         net = _build_network(info, meta)
         if state is not None:
@@ -490,8 +495,13 @@ class ImageFileDataset(Dataset):
             image = self.transform(decode_rgb(path))
         except Exception as e:  # any decoder or transform failure is a per-file finding
             return index, self._blank_image(), f"cannot decode: {_one_line(e)}"
-        if image.shape != self._blank_image().shape:  # would break the batch for every file in it
-            return index, self._blank_image(), f"unexpected decoded shape {tuple(image.shape)}"
+        blank = self._blank_image()
+        if image.shape != blank.shape:  # would break the batch for every file in it
+            return index, blank, f"unexpected decoded shape {tuple(image.shape)}"
+        if image.dtype != blank.dtype:  # a 16-bit PNG when workers stop at uint8 (GPU path)
+            from torchvision.transforms.v2.functional import to_dtype
+
+            image = to_dtype(image, blank.dtype, scale=True)
         return index, image, ""
 
     def _blank_image(self) -> torch.Tensor:

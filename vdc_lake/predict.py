@@ -92,7 +92,7 @@ def _predict_builtin(catalog: Catalog, run_id: int, set_name: str, work: pa.Tabl
 
 
 def _predict_model(catalog: Catalog, run_id: int, loaded: Any, kind: str, set_name: str, work: pa.Table,
-                   summary: PredictSummary, options: dict[str, Any], quiet: bool) -> None:
+                   summary: PredictSummary, options: dict[str, Any], commit_every: int, quiet: bool) -> None:
     from vdc_lake.models import run_inference
 
     ids = work.column("image_id").to_numpy()
@@ -109,7 +109,7 @@ def _predict_model(catalog: Catalog, run_id: int, loaded: Any, kind: str, set_na
             pending_n += len(batch.indices)
             summary.failed += len(batch.failed)
             summary.errors.extend(batch.errors[: max(0, 10 - len(summary.errors))])
-            if pending_n >= COMMIT_EVERY_IMAGES or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
+            if pending_n >= commit_every or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
                 summary.written += _commit(catalog, run_id, kind, set_name, ids, versions, pending)
                 pending, pending_n, last_commit = [], 0, time.monotonic()
     summary.written += _commit(catalog, run_id, kind, set_name, ids, versions, pending)
@@ -130,8 +130,13 @@ def _commit(catalog: Catalog, run_id: int, kind: str, set_name: str, ids: np.nda
 def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, set_name: str | None = None,
             models_dir: str = "models", size: int | None = None, device: str = "auto", batch_size: int = 64,
             num_workers: int | None = None, amp: bool = False, amp_dtype: str = "bfloat16", compile: bool = False,
-            fast_matmul: bool = False, channels_last: bool = False, quiet: bool = False) -> PredictSummary:
-    """Compute `kind` outputs of `model` for every present image missing them; returns counts."""
+            fast_matmul: bool = False, channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES,
+            quiet: bool = False) -> PredictSummary:
+    """Compute `kind` outputs of `model` for every present image missing them; returns counts.
+
+    Results are committed every `commit_every` images (and every 30 s), so a killed run loses
+    at most that much work and a re-run continues with the images still missing.
+    """
     if kind not in KIND_TABLE:
         raise StageError(f"unknown kind {kind!r}: use rotation, descriptor or embedding")
     builtin = model == BUILTIN_MODEL
@@ -166,7 +171,7 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
         elif work.num_rows:
             options = dict(batch_size=batch_size, num_workers=num_workers, amp=amp, amp_dtype=amp_dtype,
                            compile=compile, fast_matmul=fast_matmul, channels_last=channels_last)
-            _predict_model(catalog, run_id, loaded, kind, name, work, summary, options, quiet)
+            _predict_model(catalog, run_id, loaded, kind, name, work, summary, options, commit_every, quiet)
         summary.seconds = round(time.monotonic() - started, 3)
         summary.images_per_second = round(summary.written / summary.seconds, 1) if summary.seconds else 0.0
         catalog.finish_run(run_id, summary=asdict(summary))

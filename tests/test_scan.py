@@ -1,0 +1,146 @@
+"""Scan: facts per file, and incremental re-scans that read only what changed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from tests.conftest import default_config, file_hash, image_rows
+from vdc_lake import scan as scan_module
+from vdc_lake.catalog import Catalog
+from vdc_lake.errors import StageError
+from vdc_lake.scan import scan
+
+
+def _scan(catalog_path, root, workers=1):
+    extensions = default_config(catalog_path.parent).values["scan"]["extensions"]
+    with Catalog(catalog_path) as catalog:
+        return scan(catalog, [root], extensions=extensions, workers=workers, quiet=True)
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """Paths the scanner opens (in-process, so scans here use workers=1)."""
+    opened: list[str] = []
+    real = scan_module.inspect_header
+
+    def spy(path):
+        opened.append(path)
+        return real(path)
+
+    monkeypatch.setattr(scan_module, "inspect_header", spy)
+    return opened
+
+
+def test_first_scan_records_facts_of_every_file(sample_tree, catalog_path):
+    summary = _scan(catalog_path, sample_tree.root)
+    files = sample_tree.all_files()
+    assert (summary.listed, summary.new, summary.changed, summary.unchanged, summary.gone) == (
+        len(files), len(files), 0, 0, 0)
+    assert summary.errors == 3  # empty.jpg, notes.jpg, page.png
+    rows = image_rows(catalog_path)
+    assert sorted(rows) == files
+    for rel, row in rows.items():
+        st = os.stat(sample_tree.path(rel))
+        assert (row["size_bytes"], row["mtime_ns"]) == (st.st_size, st.st_mtime_ns), rel
+        assert row["content_hash"] == file_hash(sample_tree.path(rel)), rel
+        assert (row["version"], row["present"], row["first_run"], row["updated_run"]) == (1, True, 1, 1)
+        assert row["root"] == str(sample_tree.root.resolve())
+    for rel in sample_tree.kind("clean")[:6]:
+        with Image.open(sample_tree.path(rel)) as img:
+            assert (rows[rel]["width"], rows[rel]["height"], rows[rel]["format"], rows[rel]["mode"]) == (
+                img.width, img.height, img.format, img.mode)
+        assert rows[rel]["header_error"] is None
+    expect = {
+        "sizes/huge_3600x1400.jpg": dict(width=3600, height=1400, format="JPEG", mode="RGB", n_frames=1),
+        "modes/cmyk.jpg": dict(format="JPEG", mode="CMYK"),
+        "modes/depth16.png": dict(format="PNG", mode="I;16"),
+        "modes/palette_alpha.png": dict(mode="P", has_transparency=True),
+        "modes/anim.gif": dict(format="GIF", n_frames=3),
+        "modes/anim.webp": dict(format="WEBP", n_frames=3),
+        "modes/exif_orientation6.jpg": dict(width=420, height=560, exif_orientation=6),
+        "broken/bomb.png": dict(width=15000, height=15000, format="PNG", mode="1"),
+        "broken/empty.jpg": dict(size_bytes=0, header_error="zero_byte: the file is empty (0 bytes)"),
+    }
+    for rel, facts in expect.items():
+        assert {k: rows[rel][k] for k in facts} == facts, rel
+    assert rows["scenes/scene_0000.jpg"]["exif_orientation"] is None
+
+
+def test_rescan_reads_only_new_and_changed_files(sample_tree, catalog_path, reads):
+    _scan(catalog_path, sample_tree.root)
+    before = image_rows(catalog_path)
+    reads.clear()
+    root = sample_tree.root
+    new, changed, touched, gone = ("scenes/new_one.jpg", "scenes/scene_0001.jpg", "scenes/scene_0002.jpg",
+                                   "scenes/scene_0003.jpg")
+    shutil.copy(root / "scenes/scene_0004.jpg", root / new)
+    with Image.open(root / changed) as img:
+        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / changed, "JPEG", quality=80)
+    st = os.stat(root / touched)
+    os.utime(root / touched, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    os.unlink(root / gone)
+
+    summary = _scan(catalog_path, root)
+
+    assert sorted(os.path.relpath(p, root) for p in reads) == sorted([new, changed, touched])
+    assert (summary.new, summary.changed, summary.touched, summary.gone) == (1, 1, 1, 1)
+    assert summary.unchanged == len(before) - 3  # all but changed, touched and gone
+    after = image_rows(catalog_path)
+    run = summary.run_id
+    assert after[new]["version"] == 1 and after[new]["first_run"] == run
+    assert after[new]["content_hash"] == before["scenes/scene_0004.jpg"]["content_hash"]
+    assert after[changed]["version"] == 2 and after[changed]["updated_run"] == run
+    assert after[changed]["content_hash"] == file_hash(root / changed) != before[changed]["content_hash"]
+    assert after[changed]["image_id"] == before[changed]["image_id"]
+    assert after[touched]["version"] == 1 and after[touched]["updated_run"] == 1
+    assert after[touched]["mtime_ns"] == st.st_mtime_ns + 5_000_000_000
+    assert after[gone]["present"] is False and after[gone]["version"] == 1
+    for rel in set(before) - {changed, touched, gone}:
+        assert after[rel] == before[rel], rel  # unchanged files: not a single fact rewritten
+
+
+def test_unchanged_rescan_reads_nothing_and_a_returning_file_keeps_its_version(sample_tree, catalog_path, reads):
+    _scan(catalog_path, sample_tree.root)
+    before = image_rows(catalog_path)
+    reads.clear()
+    summary = _scan(catalog_path, sample_tree.root)
+    assert reads == []
+    assert (summary.unchanged, summary.new, summary.changed, summary.gone) == (len(before), 0, 0, 0)
+    assert image_rows(catalog_path) == before
+
+    rel = "scenes/scene_0005.jpg"
+    stash = sample_tree.root.parent / "stash.jpg"
+    os.rename(sample_tree.path(rel), stash)
+    assert _scan(catalog_path, sample_tree.root).gone == 1
+    os.rename(stash, sample_tree.path(rel))
+    back = _scan(catalog_path, sample_tree.root)
+    assert (back.new, back.changed, back.touched) == (0, 0, 1)
+    assert image_rows(catalog_path)[rel] == before[rel]
+
+
+def test_parallel_scan_records_the_same_facts(sample_tree, tmp_path):
+    assert len(sample_tree.all_files()) > scan_module.map_ordered.__globals__["INLINE_BELOW"]
+    _scan(tmp_path / "serial.duckdb", sample_tree.root, workers=1)
+    _scan(tmp_path / "parallel.duckdb", sample_tree.root, workers=2)
+    assert image_rows(tmp_path / "serial.duckdb") == image_rows(tmp_path / "parallel.duckdb")
+
+
+def test_symlinked_folders_are_walked_once(sample_tree, catalog_path):
+    os.symlink("..", sample_tree.root / "scenes" / "loop")  # a link to an ancestor
+    os.symlink(sample_tree.root / "modes", sample_tree.root / "modes_link")  # a second way into modes/
+    summary = _scan(catalog_path, sample_tree.root)
+    assert summary.listed == len(sample_tree.all_files())
+    paths = list(image_rows(catalog_path))
+    assert not [p for p in paths if "/loop/" in p]
+    n_modes = len([p for p in sample_tree.all_files() if p.startswith("modes/")])
+    assert len([p for p in paths if p.startswith(("modes/", "modes_link/"))]) == n_modes
+
+
+def test_scan_root_must_be_a_folder(tmp_path, catalog_path):
+    with pytest.raises(StageError) as err:
+        _scan(catalog_path, tmp_path / "missing")
+    assert str(err.value) == f"scan root {tmp_path / 'missing'} is not a directory; pass folders that hold images"
