@@ -108,7 +108,10 @@ def test_logits_parquet_and_csv_with_labels(tmp_path):
     csv = tmp_path / SSCD_LOGITS.replace(".parquet", ".csv")
     predict.save_logits(csv, samples, class_names, logits, append=False, labels=labels)
 
-    for path in (parquet, csv):
+    gz = tmp_path / (csv.name + ".gz")  # a gzipped copy, as people archive them
+    gz.write_bytes(__import__("gzip").compress(csv.read_bytes()))
+
+    for path in (parquet, csv, gz):
         result = read_result_file(path)
         assert (result.kind, result.values.shape, len(result.class_names)) == ("logits", (5, 512), 512)
         np.testing.assert_allclose(result.values, logits, rtol=1e-6)

@@ -124,7 +124,9 @@ def make_tiny_models(models_dir: str | Path) -> dict[str, Path]:
     return {name: make_tiny_model(models_dir, spec) for name, spec in TINY_SPECS.items()}
 
 
-def write_test_images(directory: str | Path, count: int, *, size: tuple[int, int] = (96, 80), seed: int = 0) -> list[Path]:
+def write_test_images(
+    directory: str | Path, count: int, *, size: tuple[int, int] = (96, 80), seed: int = 0
+) -> list[Path]:
     """count small random RGB JPEG/PNG files (alternating) in directory; returns their paths."""
     import numpy as np
     from PIL import Image

@@ -216,7 +216,8 @@ class ResultFile:
             if self.format == "parquet":
                 yield from pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows)
             else:
-                yield from _open_csv(self.path, skip_rows=1 if self.kind == "results" else 0)
+                skip_rows = 1 if self.kind == "results" else 0
+                yield from _open_csv(self.path, skip_rows=skip_rows, float_columns=self.value_columns)
         except (pa.ArrowInvalid, OSError) as e:
             raise ResultFileError(f"cannot read {self.path}: {e}; is the file complete?") from e
 
@@ -278,14 +279,19 @@ def read_result_file(path: str | Path) -> BirderResult:
 def _embedding_dim(path: Path) -> int:
     field_type = pq.read_schema(path).field("embedding").type
     if not pa.types.is_fixed_size_list(field_type):
-        raise ResultFileError(f"{path.name}: embedding column has type {field_type}, expected fixed_size_list<float>[d]")
+        raise ResultFileError(
+            f"{path.name}: embedding column has type {field_type}, expected fixed_size_list<float>[d]"
+        )
     return int(field_type.list_size)
 
 
-def _open_csv(path: Path, *, skip_rows: int) -> Iterator[pa.RecordBatch]:
+def _open_csv(path: Path, *, skip_rows: int, float_columns: list[str]) -> Iterator[pa.RecordBatch]:
+    # Types are fixed up front: inferred from the first block only, a column that happens to
+    # hold "0" there would break on "0.5" millions of rows later.
+    types = {"sample": pa.string(), "label_name": pa.string(), **{c: pa.float32() for c in float_columns}}
     read_options = pacsv.ReadOptions(skip_rows=skip_rows, block_size=16 << 20)
-    convert = pacsv.ConvertOptions(column_types={"sample": pa.string(), "label_name": pa.string()})
-    with pacsv.open_csv(path, read_options=read_options, convert_options=convert) as reader:
+    convert = pacsv.ConvertOptions(column_types=types)
+    with pacsv.open_csv(str(path), read_options=read_options, convert_options=convert) as reader:
         yield from reader
 
 
@@ -296,7 +302,7 @@ def _read_columns(path: Path, fmt: str) -> tuple[list[str], list[str] | None]:
             return pq.read_schema(path).names, None
         first_line = _csv_first_line(path)
         if first_line[:RESULTS_DESC_COLUMNS] == [""] * RESULTS_DESC_COLUMNS:
-            with pacsv.open_csv(path, read_options=pacsv.ReadOptions(skip_rows=1)) as reader:
+            with pacsv.open_csv(str(path), read_options=pacsv.ReadOptions(skip_rows=1)) as reader:
                 return reader.schema.names, first_line
         return first_line, None
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:

@@ -7,6 +7,7 @@ threshold is a query, not a recomputation.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def nearest_distance(x: np.ndarray, examples: np.ndarray, *, chunk_rows: int = C
     distances = np.empty(len(x), np.float32)
     nearest = np.empty(len(x), np.int64)
     for start in range(0, len(x), chunk_rows):
-        chunk = torch.from_numpy(np.ascontiguousarray(x[start:start + chunk_rows], np.float32))
+        chunk = torch.tensor(x[start:start + chunk_rows], dtype=torch.float32)  # x may be a read-only Arrow view
         sims = torch.nn.functional.normalize(chunk, dim=1) @ e.T
         best, idx = sims.max(dim=1)
         distances[start:start + len(chunk)] = (1.0 - best).numpy()
@@ -102,7 +103,9 @@ def load_head(path: str | Path, *, activation: str = "none") -> torch.nn.Module:
     if not path.is_file():
         raise StageError(f"score head {path} does not exist")
     try:
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript heads are still common; its deprecation is noise here
+            return torch.jit.load(str(path), map_location="cpu").eval()
     except (RuntimeError, ValueError):
         pass
     obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -142,7 +145,7 @@ def score_images(catalog: Catalog, set_name: str, head_path: str | Path, name: s
         scores = np.empty(len(vs), np.float32)
         with torch.inference_mode():
             for start in range(0, len(vs), batch_size):
-                x = torch.from_numpy(vs.vectors[start:start + batch_size])
+                x = torch.tensor(vs.vectors[start:start + batch_size])
                 if l2_normalize:
                     x = torch.nn.functional.normalize(x, dim=1)
                 try:

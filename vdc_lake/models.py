@@ -594,6 +594,8 @@ def run_inference(
     called with the number of images finished after each batch.
     """
     _check_kind(loaded, kind)
+    if amp_dtype not in ("bfloat16", "float16"):
+        raise ModelError(f"unknown amp dtype {amp_dtype!r}: use bfloat16 or float16")
     loader = image_loader(
         loaded, paths, batch_size=batch_size, num_workers=num_workers, prefetch_factor=prefetch_factor
     )

@@ -1,0 +1,73 @@
+-- What survives every decision at its default setting: present images, minus pending sanitize
+-- deletes, minus files that cannot be read at their current version, minus duplicates
+-- (dedup_actions with its defaults; exact copies included) and, once a sampling run has
+-- finished, only the images the newest one selected. Cluster ids come from the newest finished
+-- cluster run (NULL before any). This is what `vdc-lake export` writes by default.
+CREATE OR REPLACE VIEW curated AS
+WITH files AS (
+    SELECT image_id, version, path, root, rel_path, width, height, format, size_bytes, content_hash
+    FROM image_files
+),
+
+sanitize_deletes AS (
+    SELECT image_id, version FROM sanitize_actions WHERE action = 'delete'
+),
+
+unreadable AS (
+    SELECT DISTINCT image_id, version
+    FROM findings
+    WHERE rule IN ('unreadable', 'broken_symlink')
+),
+
+duplicate_deletes AS (
+    SELECT image_id, version FROM dedup_actions() WHERE action = 'delete'
+),
+
+newest_sample AS (
+    SELECT max(run_id) AS run_id FROM runs WHERE stage = 'sample' AND status = 'done'
+),
+
+sampled AS (
+    SELECT s.image_id, s.version, s.run_id
+    FROM samples AS s
+    JOIN newest_sample AS n ON n.run_id = s.run_id
+),
+
+newest_cluster AS (
+    SELECT max(run_id) AS run_id FROM runs WHERE stage = 'cluster' AND status = 'done'
+),
+
+cluster_levels AS (
+    SELECT a.run_id, a.image_id, a.version, a.level, a.cluster_id,
+           max(a.level) OVER (PARTITION BY a.run_id) AS top_level
+    FROM assignments AS a
+    JOIN newest_cluster AS n ON n.run_id = a.run_id
+),
+
+image_clusters AS (
+    SELECT image_id, version, any_value(run_id) AS cluster_run,
+           max(cluster_id) FILTER (WHERE level = 0) AS leaf_cluster_id,
+           max(cluster_id) FILTER (WHERE level = top_level) AS top_cluster_id
+    FROM cluster_levels
+    GROUP BY image_id, version
+),
+
+surviving AS (
+    SELECT f.*
+    FROM files AS f
+    WHERE NOT EXISTS (SELECT 1 FROM sanitize_deletes AS d WHERE d.image_id = f.image_id AND d.version = f.version)
+      AND NOT EXISTS (SELECT 1 FROM unreadable AS u WHERE u.image_id = f.image_id AND u.version = f.version)
+      AND NOT EXISTS (SELECT 1 FROM duplicate_deletes AS d WHERE d.image_id = f.image_id AND d.version = f.version)
+),
+
+final AS (
+    SELECT v.image_id, v.version, v.path, v.root, v.rel_path, v.width, v.height, v.format, v.size_bytes,
+           v.content_hash, c.leaf_cluster_id, c.top_cluster_id, c.cluster_run, s.run_id AS sample_run
+    FROM surviving AS v
+    CROSS JOIN newest_sample AS n
+    LEFT JOIN sampled AS s ON s.image_id = v.image_id AND s.version = v.version
+    LEFT JOIN image_clusters AS c ON c.image_id = v.image_id AND c.version = v.version
+    WHERE n.run_id IS NULL OR s.image_id IS NOT NULL
+)
+
+SELECT * FROM final;

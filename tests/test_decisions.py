@@ -1,0 +1,247 @@
+"""Decision views over real catalogs: dedup components and keepers, thresholds without
+recomputation, rotation by each predicted angle, example and score filters; apply + restore."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from tests.conftest import tree_hashes
+from vdc_lake.catalog import Catalog
+from vdc_lake.sets import read_vectors, register_prediction_set, write_vectors
+
+
+def _write_images(folder, sizes, seed=0):
+    """Distinct noise images named a.png, b.png, ... with the given (w, h) sizes."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, (w, h) in enumerate(sizes):
+        name = f"{chr(ord('a') + i)}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
+        names.append(name)
+    return names
+
+
+@pytest.fixture
+def graph_catalog(tmp_path, run_cli):
+    """12 images with different sizes, scanned; returns (catalog path, {name: image_id})."""
+    sizes = [(100 + 10 * i, 90 + 3 * i) for i in range(12)]  # area grows with the letter
+    _write_images(tmp_path / "g", sizes)
+    catalog = tmp_path / "g.duckdb"
+    assert run_cli(["scan", tmp_path / "g"], catalog).exit_code == 0
+    with Catalog(catalog, read_only=True) as c:
+        ids = {rel: i for i, rel in c.rows("SELECT image_id, rel_path FROM images")}
+    return catalog, ids
+
+
+def _report(catalog_path, ids, edges, set_name="s"):
+    """Record a finished dedup-report run holding these (name_a, name_b, distance) edges."""
+    with Catalog(catalog_path) as c:
+        run_id = c.begin_run("dedup-report", {"set": set_name})
+        for a, b, d in edges:
+            ia, ib = sorted((ids[a], ids[b]))
+            c.execute("INSERT INTO dup_edges VALUES (?, ?, ?, ?, 1, 1, ?)", [run_id, set_name, ia, ib, d])
+        c.finish_run(run_id)
+
+
+def _groups(catalog_path, **params):
+    args = ", ".join(f"{k} := ?" for k in params)
+    with Catalog(catalog_path, read_only=True) as c:
+        rows = c.rows(f"SELECT rel_path, group_id, action FROM dedup_actions({args}) JOIN images USING (image_id)",
+                      list(params.values()))
+    groups: dict[int, set[str]] = {}
+    kept = set()
+    for rel, group, action in rows:
+        groups.setdefault(group, set()).add(rel)
+        if action == "keep":
+            kept.add(rel)
+    return sorted(groups.values(), key=sorted), kept
+
+
+CHAIN_STAR_TIE = [("a.png", "b.png", 0.1), ("b.png", "c.png", 0.1), ("c.png", "d.png", 0.3),
+                  ("e.png", "f.png", 0.05), ("e.png", "g.png", 0.05), ("e.png", "h.png", 0.05),
+                  ("i.png", "j.png", 0.2)]
+
+
+def test_components_follow_chains_stars_and_the_threshold(graph_catalog):
+    catalog, ids = graph_catalog
+    _report(catalog, ids, CHAIN_STAR_TIE)
+    groups, _ = _groups(catalog, threshold=0.25)
+    assert groups == [{"a.png", "b.png", "c.png"}, {"e.png", "f.png", "g.png", "h.png"}, {"i.png", "j.png"}]
+    groups, _ = _groups(catalog, threshold=0.5)
+    assert groups[0] == {"a.png", "b.png", "c.png", "d.png"}
+    groups, _ = _groups(catalog, threshold=0.08)
+    assert groups == [{"e.png", "f.png", "g.png", "h.png"}]
+
+
+def test_threshold_and_keep_changes_need_no_new_run(graph_catalog):
+    catalog, ids = graph_catalog
+    _report(catalog, ids, CHAIN_STAR_TIE)
+    with Catalog(catalog, read_only=True) as c:
+        runs_before = c.scalar("SELECT count(*) FROM runs")
+    for threshold in (0.05, 0.15, 0.25, 0.5):
+        for keep in ("random", "alphabetical", "largest-resolution", "largest-file"):
+            _groups(catalog, threshold=threshold, keep=keep)
+    with Catalog(catalog, read_only=True) as c:
+        assert c.scalar("SELECT count(*) FROM runs") == runs_before
+
+
+def test_keep_strategies_pick_the_expected_image(graph_catalog):
+    catalog, ids = graph_catalog
+    _report(catalog, ids, CHAIN_STAR_TIE)
+    _, kept = _groups(catalog, threshold=0.25, keep="alphabetical")
+    assert kept == {"a.png", "e.png", "i.png"}
+    # sizes grow with the letter, so the largest image of each group is its last letter
+    _, kept = _groups(catalog, threshold=0.25, keep="largest-resolution")
+    assert kept == {"c.png", "h.png", "j.png"}
+    with Catalog(catalog, read_only=True) as c:
+        sizes = dict(c.rows("SELECT rel_path, size_bytes FROM images"))
+    _, kept = _groups(catalog, threshold=0.25, keep="largest-file")
+    for group in ({"a.png", "b.png", "c.png"}, {"e.png", "f.png", "g.png", "h.png"}, {"i.png", "j.png"}):
+        assert (kept & group) == {max(group, key=lambda g: (sizes[g], -ord(g[0])))}
+    first, _ = _groups(catalog, threshold=0.25, keep="random", seed=1)
+    _, kept_a = _groups(catalog, threshold=0.25, keep="random", seed=1)
+    _, kept_b = _groups(catalog, threshold=0.25, keep="random", seed=1)
+    assert kept_a == kept_b and len(kept_a) == 3
+
+
+def test_unknown_keep_strategy_is_a_clear_error(graph_catalog, run_cli):
+    catalog, ids = graph_catalog
+    _report(catalog, ids, CHAIN_STAR_TIE)
+    result = run_cli(["sql", "SELECT * FROM dedup_actions(keep := 'biggest')"], catalog)
+    assert result.exit_code == 1
+    assert "unknown keep strategy biggest" in result.output
+
+
+def test_sql_components_equal_scipy_on_a_random_graph(graph_catalog):
+    catalog, ids = graph_catalog
+    names = sorted(ids)
+    rng = np.random.default_rng(3)
+    pairs = {tuple(sorted(rng.choice(len(names), 2, replace=False))) for _ in range(9)}
+    _report(catalog, ids, [(names[a], names[b], 0.1) for a, b in pairs])
+    groups, kept = _groups(catalog, threshold=0.2)
+    a, b = np.array(sorted(pairs)).T
+    n, labels = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(len(names),) * 2), directed=False)
+    expected = [{names[i] for i in np.flatnonzero(labels == k)} for k in range(n)]
+    assert groups == sorted([g for g in expected if len(g) > 1], key=sorted)
+    assert len(kept) == len(groups)
+
+
+def test_exact_copies_are_deduplicated_and_restored(sample_tree, catalog_path, run_cli, tmp_path):
+    before = tree_hashes(sample_tree.root)
+    assert run_cli(["scan", sample_tree.root], catalog_path).exit_code == 0
+    result = run_cli(["apply", "dedup", "--backup-dir", tmp_path / "bk", "--apply"], catalog_path)
+    assert result.exit_code == 0, result.output
+    copies = sample_tree.kind("exact_copy")
+    with Catalog(catalog_path, read_only=True) as c:
+        present = dict(c.rows("SELECT rel_path, present FROM images"))
+    for copy in copies:
+        original = sample_tree.manifest["copy_of"][copy]
+        assert present[copy] != present[original]  # exactly one of each identical pair survives
+    assert run_cli(["restore"], catalog_path).exit_code == 0
+    assert tree_hashes(sample_tree.root) == before
+
+
+def _pixels(path):
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.float32)
+
+
+@pytest.mark.parametrize("angle", [90, 180, 270])
+def test_rotation_by_the_predicted_angle_restores_the_orientation(sample_tree, catalog_path, run_cli, tmp_path, angle):
+    original = sample_tree.path(sample_tree.manifest["clean"][0])
+    turned = tmp_path / "turned" / f"turned_{angle}.jpg"
+    turned.parent.mkdir()
+    transpose = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+    with Image.open(original) as img:
+        img.transpose(transpose[angle]).save(turned, quality=95)  # turned `angle` degrees counter-clockwise
+    before = tree_hashes(turned.parent)
+    assert run_cli(["scan", turned.parent], catalog_path).exit_code == 0
+    probs = np.full((1, 4), 0.02, np.float32)
+    probs[0, [0, 90, 180, 270].index(angle)] = 0.94
+    with Catalog(catalog_path) as c:
+        image_id, version = c.rows("SELECT image_id, version FROM images")[0]
+        run_id = c.begin_run("predict", {"set": "rot"})
+        register_prediction_set(c, "rot", kind="rotation", model="test", class_names=["0", "90", "180", "270"],
+                                preprocessing=None, run_id=run_id)
+        write_vectors(c, "predictions", "rot", run_id, np.array([image_id]), np.array([version]), probs)
+        c.finish_run(run_id)
+    result = run_cli(["apply", "rotation", "--threshold", "0.9", "--backup-dir", tmp_path / "bk", "--apply"],
+                     catalog_path)
+    assert result.exit_code == 0, result.output
+    assert "1 done" in result.output
+    fixed, reference = _pixels(turned), _pixels(original)
+    assert fixed.shape == reference.shape
+    assert np.abs(fixed - reference).mean() < 6.0  # only JPEG re-encoding noise remains
+    with Catalog(catalog_path, read_only=True) as c:
+        assert c.scalar("SELECT version FROM images") == version + 1
+        assert c.scalar("SELECT count(*) FROM rotation_actions()") == 0  # old prediction is stale now
+    assert run_cli(["restore"], catalog_path).exit_code == 0
+    assert tree_hashes(turned.parent) == before
+
+
+def test_rotation_threshold_is_respected(sample_tree, catalog_path, run_cli):
+    assert run_cli(["scan", sample_tree.root], catalog_path).exit_code == 0
+    with Catalog(catalog_path) as c:
+        ids = c.arrow("SELECT image_id, version FROM images WHERE present ORDER BY image_id LIMIT 3")
+        run_id = c.begin_run("predict", {"set": "rot"})
+        register_prediction_set(c, "rot", kind="rotation", model="test", class_names=["0", "90", "180", "270"],
+                                preprocessing=None, run_id=run_id)
+        probs = np.array([[0.1, 0.8, 0.05, 0.05], [0.05, 0.05, 0.05, 0.85], [0.9, 0.05, 0.03, 0.02]], np.float32)
+        write_vectors(c, "predictions", "rot", run_id, ids.column("image_id").to_numpy(),
+                      ids.column("version").to_numpy(), probs)
+        c.finish_run(run_id)
+    with Catalog(catalog_path, read_only=True) as c:
+        at_075 = sorted(r[0] for r in c.rows("SELECT action FROM rotation_actions() WHERE action <> 'none'"))
+        at_09 = c.rows("SELECT action FROM rotation_actions(threshold := 0.9) WHERE action <> 'none'")
+    assert at_075 == ["rotate_270", "rotate_90"]
+    assert at_09 == []
+
+
+def test_example_filter_finds_planted_examples(sample_tree, catalog_path, run_cli, tmp_path):
+    assert run_cli(["scan", sample_tree.root], catalog_path).exit_code == 0
+    assert run_cli(["sanitize"], catalog_path).exit_code == 0
+    unwanted = sample_tree.manifest["clean"][:3]
+    examples = tmp_path / "unwanted"
+    examples.mkdir()
+    for i, rel in enumerate(unwanted):
+        with Image.open(sample_tree.path(rel)) as img:
+            img.convert("RGB").resize((img.width // 2, img.height // 2)).save(examples / f"ex{i}.jpg", quality=70)
+    result = run_cli(["filter", "examples", "--set", "builtin", "--examples", examples], catalog_path)
+    assert result.exit_code == 0, result.output
+    with Catalog(catalog_path, read_only=True) as c:
+        hits = {r[0] for r in c.rows("SELECT rel_path FROM example_actions(threshold := 0.05) JOIN images "
+                                     "USING (image_id) WHERE action = 'delete'")}
+    planted_and_copies = set(unwanted) | {c for c, o in sample_tree.manifest["copy_of"].items() if o in unwanted
+                                          and c not in sample_tree.manifest["rotated_copy"]}
+    assert set(unwanted) <= hits
+    assert hits <= planted_and_copies
+
+
+def test_score_head_drives_score_actions(sample_tree, catalog_path, run_cli, tmp_path):
+    assert run_cli(["scan", sample_tree.root], catalog_path).exit_code == 0
+    assert run_cli(["sanitize"], catalog_path).exit_code == 0
+    with Catalog(catalog_path, read_only=True) as c:
+        vs = read_vectors(c, "embeddings", "builtin")
+    head = torch.nn.Sequential(torch.nn.Linear(vs.vectors.shape[1], 4), torch.nn.Linear(4, 1))
+    torch.manual_seed(0)
+    head.apply(lambda m: torch.nn.init.normal_(m.weight) if isinstance(m, torch.nn.Linear) else None)
+    torch.save(head.state_dict(), tmp_path / "head.pt")
+    result = run_cli(["score", "--head", tmp_path / "head.pt", "--set", "builtin", "--name", "aesthetic"],
+                     catalog_path)
+    assert result.exit_code == 0, result.output
+    with torch.no_grad():
+        x = torch.nn.functional.normalize(torch.from_numpy(vs.vectors), dim=1)
+        expected = head(x)[:, 0].numpy()
+    cut = float(np.median(expected))
+    with Catalog(catalog_path, read_only=True) as c:
+        removed = {r[0] for r in c.rows("SELECT image_id FROM score_actions('aesthetic', min_score := ?) "
+                                        "WHERE action = 'delete'", [cut])}
+    assert removed == set(vs.image_ids[expected < cut].tolist())
+    plan = run_cli(["plan", "score", "--name", "aesthetic", "--min-score", str(cut)], catalog_path)
+    assert plan.exit_code == 0 and f"{len(removed)} operations" in plan.output
