@@ -215,3 +215,13 @@ def test_torchscript_and_safetensors_files(tmp_path, models_dir, images):
     _, outputs, _, _ = _collect(run_inference(scripted, images[:2], kind="descriptor", num_workers=0))
     _, expected, _, _ = _collect(run_inference(loaded, images[:2], kind="descriptor", num_workers=0))
     np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_exif_orientation_is_not_applied_like_birder(tmp_path):
+    """birder's tv loader ignores EXIF orientation; so do we (rotation is judged on stored pixels)."""
+    from vdc_lake.models import decode_rgb
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "o.jpg", exif=exif.tobytes())
+    assert tuple(decode_rgb(str(tmp_path / "o.jpg")).shape) == (3, 20, 30)

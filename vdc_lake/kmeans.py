@@ -58,6 +58,8 @@ ArrayLike = torch.Tensor | np.ndarray
 
 # k-means++ sees at most this many points per cluster; more only slows the seeding.
 INIT_SAMPLE_PER_CLUSTER = 20
+# k-means++ seeding draws its k centres in this many rounds of one matmul each.
+INIT_ROUNDS = 32
 # Elements (chunk rows x clusters) of one score matrix: 16 MiB stays in a CPU cache,
 # 1 GiB keeps a GPU busy.
 _CPU_SCORE_ELEMENTS = 2**22
@@ -246,13 +248,38 @@ def _scoring(centers: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Te
     return (2 * centers).T.contiguous(), -(centers * centers).sum(dim=1)
 
 
-def _nearest(rows: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None, metric: str):
-    """Nearest centre of each row: (labels [c] int64, distances [c] float32)."""
-    scores = rows @ weights if bias is None else torch.addmm(bias, rows, weights)
-    best, labels = scores.max(dim=1)  # first maximum on ties, on every device
+def _distance_from_score(scores: torch.Tensor, rows: torch.Tensor, metric: str) -> torch.Tensor:
     if metric == "cosine":
-        return labels, (1.0 - best).clamp_(0.0, 2.0)
-    return labels, ((rows * rows).sum(dim=1) - best).clamp_(min=0.0)
+        return (1.0 - scores).clamp_(0.0, 2.0)
+    return ((rows * rows).sum(dim=1) - scores).clamp_(min=0.0)
+
+
+def _euclidean(distances: torch.Tensor, metric: str) -> torch.Tensor:
+    """|x - c| from the metric's distance (unit vectors: |x - c|^2 = 2 (1 - cos))."""
+    return (2.0 * distances if metric == "cosine" else distances).sqrt()
+
+
+def _nearest_two(rows: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None, metric: str):
+    """Score rows [c, d] against every centre with one matmul.
+
+    Returns labels [c] int64 (nearest centre), distances [c] float32 to it, and the
+    Euclidean distance [c] to the second nearest (+inf when there is one centre).
+    """
+    scores = rows @ weights if bias is None else torch.addmm(bias, rows, weights)
+    if scores.shape[1] == 1:
+        labels = torch.zeros(len(rows), dtype=torch.int64, device=rows.device)
+        second = torch.full((len(rows),), math.inf, device=rows.device)
+        return labels, _distance_from_score(scores[:, 0], rows, metric), second
+    top, index = scores.topk(2, dim=1)
+    second = _euclidean(_distance_from_score(top[:, 1].contiguous(), rows, metric), metric)
+    return index[:, 0].contiguous(), _distance_from_score(top[:, 0].contiguous(), rows, metric), second
+
+
+def _own_distances(rows: torch.Tensor, centers: torch.Tensor, metric: str) -> torch.Tensor:
+    """Distance of each row [c, d] to its own centre [c, d] (row by row, no matmul)."""
+    if metric == "cosine":
+        return (1.0 - (rows * centers).sum(dim=1)).clamp_(0.0, 2.0)
+    return ((rows - centers) ** 2).sum(dim=1)
 
 
 def _add_rows_sorted(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> None:
@@ -272,38 +299,83 @@ def _add_rows_sorted(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tenso
     sums.index_add_(0, sorted_labels[ends], segments)
 
 
-def _assign(rows: _Rows, centers: torch.Tensor, metric: str, chunk: int, *, accumulate: bool):
-    """One pass over ``rows``: nearest centre of every row, optionally summed per cluster.
+def _accumulate(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> None:
+    if sums.device.type == "cuda":
+        _add_rows_sorted(sums, labels, rows)
+    else:  # CPU index_add_ runs in index order: deterministic, and cheaper than sorting
+        sums.index_add_(0, labels, rows.to(torch.float64))
 
-    Returns labels [n] int64, distances [n] float32, sums [k, d] float64 (None unless
-    ``accumulate``) and counts [k] int64, all on the compute device.
+
+@dataclass
+class _Assignment:
+    """Nearest centre of every row, on the compute device, for ``centers`` [k, d].
+
+    labels [n] int64; distances [n] float32 (metric distance to the own centre); lower [n]
+    float32, a lower bound on the Euclidean distance from the row to every other centre.
+    """
+
+    centers: torch.Tensor
+    labels: torch.Tensor
+    distances: torch.Tensor
+    lower: torch.Tensor
+
+
+def _bound_shrink(moved: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How much closer any centre other than a row's own can have come: the largest move
+    among the other centres (Hamerly 2010), per row."""
+    if len(moved) == 1:
+        return torch.zeros(len(labels), device=labels.device)
+    values, index = moved.topk(2)
+    return torch.where(labels == index[0], values[1], values[0])
+
+
+def _reassign(rows: _Rows, centers: torch.Tensor, previous: _Assignment | None, chunk: int, *,
+              accumulate: bool):
+    """One pass over ``rows``: the nearest of ``centers`` for every row.
+
+    With ``previous`` (the assignment to earlier centres), a row whose exact distance to its
+    old centre's new position is below its shrunken lower bound keeps its label without a
+    matmul (triangle inequality, Hamerly 2010): late Lloyd iterations and resampling steps
+    whose centres barely move then cost a fraction of a full pass. The other rows are
+    scored against all centres. Returns (assignment, sums [k, d] float64 or None,
+    counts [k] int64).
     """
     k, d = centers.shape
-    device = centers.device
-    labels = torch.empty(rows.n, dtype=torch.int64, device=device)
-    distances = torch.empty(rows.n, dtype=torch.float32, device=device)
-    sums = torch.zeros((k, d), dtype=torch.float64, device=device) if accumulate else None
-    counts = torch.zeros(k, dtype=torch.int64, device=device)
+    device, metric = centers.device, rows.metric
     weights, bias = _scoring(centers, metric)
+    if previous is None:
+        labels = torch.zeros(rows.n, dtype=torch.int64, device=device)
+        distances = torch.zeros(rows.n, dtype=torch.float32, device=device)
+        lower = torch.full((rows.n,), -math.inf, device=device)
+    else:
+        labels, distances, lower = previous.labels.clone(), previous.distances.clone(), previous.lower.clone()
+        moved = torch.linalg.vector_norm(centers - previous.centers, dim=1)
+    sums = torch.zeros((k, d), dtype=torch.float64, device=device) if accumulate else None
     for start, stop in _chunks(rows.n, chunk):
         block = rows.slice(start, stop)
-        block_labels, block_distances = _nearest(block, weights, bias, metric)
-        labels[start:stop] = block_labels
-        distances[start:stop] = block_distances
-        counts += torch.bincount(block_labels, minlength=k)
-        if sums is None:
-            continue
-        if device.type == "cuda":
-            _add_rows_sorted(sums, block_labels, block)
-        else:  # CPU index_add_ runs in index order: deterministic, and cheaper than sorting
-            sums.index_add_(0, block_labels, block.to(torch.float64))
-    return labels, distances, sums, counts
+        block_labels, block_distances, block_lower = labels[start:stop], distances[start:stop], lower[start:stop]
+        if previous is None:
+            block_labels[:], block_distances[:], block_lower[:] = _nearest_two(block, weights, bias, metric)
+        else:
+            block_distances[:] = _own_distances(block, centers[block_labels], metric)
+            block_lower -= _bound_shrink(moved, block_labels)
+            # fp32 rounding of the two distances must not decide a near tie: rescore those
+            scale = 1.0 if metric == "cosine" else 1.0 + (block * block).sum(dim=1).sqrt()
+            unsure = (_euclidean(block_distances, metric) + 1e-4 * scale > block_lower).nonzero().squeeze(1)
+            if len(unsure):
+                found = _nearest_two(block[unsure], weights, bias, metric)
+                block_labels[unsure], block_distances[unsure], block_lower[unsure] = found
+        if sums is not None:
+            _accumulate(sums, block_labels, block)
+    counts = torch.bincount(labels, minlength=k)
+    return _Assignment(centers, labels, distances, lower), sums, counts
 
 
 # ----------------------------------------------------------------------------- Lloyd
 
 
-def _new_centers(rows, sums, counts, distances, metric: str) -> torch.Tensor:
+def _new_centers(rows: _Rows, sums: torch.Tensor, counts: torch.Tensor, distances: torch.Tensor,
+                 metric: str) -> torch.Tensor:
     """Cluster means (normalised for cosine); empty clusters get the farthest rows."""
     centers = (sums / counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
     empty = (counts == 0).nonzero().squeeze(1)
@@ -315,90 +387,91 @@ def _new_centers(rows, sums, counts, distances, metric: str) -> torch.Tensor:
     return centers
 
 
-def _lloyd(rows: _Rows, centers: torch.Tensor, *, metric: str, max_iters: int, tol: float,
-           chunk: int, progress: Progress | None, stage: str, final_assign: bool = True):
+def _lloyd(rows: _Rows, centers: torch.Tensor, assignment: _Assignment | None, *, max_iters: int,
+           tol: float, chunk: int, progress: Progress | None, stage: str, final_assign: bool = True):
     """Lloyd iterations from ``centers`` until the relative centre shift is below ``tol``.
 
-    Returns (centers [k, d], labels [n] or None, distances [n] or None, n_iter); labels and
-    distances refer to the returned centres and are computed only with ``final_assign``.
+    Returns (centers [k, d], assignment to them or None without ``final_assign``, n_iter).
     """
     n_iter = 0
     for n_iter in range(1, max_iters + 1):
-        _, distances, sums, counts = _assign(rows, centers, metric, chunk, accumulate=True)
-        updated = _new_centers(rows, sums, counts, distances, metric)
+        assignment, sums, counts = _reassign(rows, centers, assignment, chunk, accumulate=True)
+        updated = _new_centers(rows, sums, counts, assignment.distances, rows.metric)
         shift = torch.linalg.norm(updated - centers) / torch.linalg.norm(centers).clamp(min=1e-12)
         centers = updated
         _report(progress, stage, n_iter, max_iters)
         if shift.item() < tol:
             break
     if not final_assign:
-        return centers, None, None, n_iter
-    labels, distances, _, _ = _assign(rows, centers, metric, chunk, accumulate=False)
-    return centers, labels, distances, n_iter
+        return centers, None, n_iter
+    assignment, _, _ = _reassign(rows, centers, assignment, chunk, accumulate=False)
+    return centers, assignment, n_iter
 
 
-def _pair_distances(rows: torch.Tensor, others: torch.Tensor, metric: str,
-                    row_norms: torch.Tensor | None) -> torch.Tensor:
-    """[m, t] distances (cosine distance or squared L2) between rows and a few others."""
-    products = rows @ others.T
-    if metric == "cosine":
-        return (1.0 - products).clamp_(min=0.0)
-    other_norms = (others * others).sum(dim=1)
-    return (row_norms.unsqueeze(1) - 2 * products + other_norms).clamp_(min=0.0)
+# ----------------------------------------------------------------------------- seeding
 
 
-def _kmeans_plus_plus(sample: torch.Tensor, k: int, metric: str, generator: torch.Generator,
-                      progress: Progress | None) -> torch.Tensor:
-    """Greedy k-means++ (Arthur & Vassilvitskii; 2 + log k trials per step) on ``sample``.
+def _min_distances(sample: torch.Tensor, others: torch.Tensor, metric: str) -> torch.Tensor:
+    """[m] distance from each sample row to the nearest of ``others`` [t, d], in chunks."""
+    weights, bias = _scoring(others, metric)
+    out = torch.empty(len(sample), dtype=torch.float32, device=sample.device)
+    for start, stop in _chunks(len(sample), max(1, 2**24 // len(others))):
+        block = sample[start:stop]
+        scores = block @ weights if bias is None else torch.addmm(bias, block, weights)
+        out[start:stop] = _distance_from_score(scores.max(dim=1).values, block, metric)
+    return out
 
-    sample: [m, d] on the compute device (unit rows for cosine). Returns [k, d]. Draws use
-    inverse-CDF sampling (``searchsorted`` on a float64 cumulative sum), which has none of
-    ``torch.multinomial``'s 2^24-row limit and never leaves the device.
+
+def _seed_by_d2_rounds(sample: torch.Tensor, k: int, metric: str, generator: torch.Generator,
+                       progress: Progress | None) -> torch.Tensor:
+    """k-means++ seeding done in ``INIT_ROUNDS`` rounds (k-means||, Bahmani et al. 2012).
+
+    sample: [m, d] rows on the compute device. Each round draws about k / INIT_ROUNDS new
+    centres with probability proportional to the distance to the nearest centre so far
+    (systematic sampling on a float64 cumulative sum: no ``torch.multinomial`` and its
+    2^24-row limit), then updates the distances with one matmul. Returns [k, d].
     """
-    m = sample.shape[0]
-    trials = 2 + int(math.log(k))
-    uniforms = torch.rand((k, trials), generator=generator, dtype=torch.float64).to(sample.device)
+    m = len(sample)
     first = int(torch.randint(m, (1,), generator=generator))
-    norms = (sample * sample).sum(dim=1) if metric == "l2" else None
-    centers = torch.empty((k, sample.shape[1]), dtype=torch.float32, device=sample.device)
-    centers[0] = sample[first]
-    potential = _pair_distances(sample, sample[first : first + 1], metric, norms).squeeze(1)
-    every = max(1, k // 100)
-    for i in range(1, k):
+    chosen = [torch.tensor([first])]
+    potential = _min_distances(sample, sample[first : first + 1], metric)
+    have, per_round = 1, max(1, math.ceil((k - 1) / INIT_ROUNDS))
+    while have < k:
         cumulative = potential.to(torch.float64).cumsum(dim=0)
-        targets = uniforms[i] * cumulative[-1]
-        candidates = torch.searchsorted(cumulative, targets, right=True).clamp_(max=m - 1)
-        candidate_rows = sample[candidates]
-        trial = torch.minimum(potential.unsqueeze(1), _pair_distances(sample, candidate_rows, metric, norms))
-        best = trial.sum(dim=0).argmin().view(1)  # stays a tensor: no device sync per step
-        centers[i] = candidate_rows.index_select(0, best)[0]
-        potential = trial.index_select(1, best).squeeze(1)
-        if i % every == 0 or i == k - 1:
-            _report(progress, "init", i + 1, k)
-    return centers
+        want = min(per_round, k - have)
+        offsets = (torch.arange(want, dtype=torch.float64) + torch.rand(1, generator=generator, dtype=torch.float64))
+        targets = (offsets / want).to(sample.device) * cumulative[-1]
+        if cumulative[-1].item() <= 0:  # every row sits on a centre: duplicates stand in
+            chosen.append(torch.randperm(m, generator=generator)[: k - have])
+            break
+        # right=True never lands on a zero-potential row (an existing centre)
+        picked = torch.searchsorted(cumulative, targets, right=True).clamp_(max=m - 1).unique()
+        potential = torch.minimum(potential, _min_distances(sample, sample[picked], metric))
+        chosen.append(picked.cpu())
+        have += len(picked)
+        _report(progress, "init", min(have, k), k)
+    return sample[torch.cat(chosen)[:k].to(sample.device)]
 
 
 def _initial_centers(rows: _Rows, k: int, init: str, generator: torch.Generator,
                      progress: Progress | None) -> torch.Tensor:
     if init == "random":
-        picked = torch.randperm(rows.n, generator=generator)[:k].sort().values
-        return rows.take(picked)
+        return rows.take(torch.randperm(rows.n, generator=generator)[:k].sort().values)
     size = min(rows.n, max(k, INIT_SAMPLE_PER_CLUSTER * k))
     picked = torch.randperm(rows.n, generator=generator)[:size].sort().values
-    sample = rows.take(picked) if size < rows.n else rows.take(torch.arange(rows.n))
-    return _kmeans_plus_plus(sample, k, rows.metric, generator, progress)
+    return _seed_by_d2_rounds(rows.take(picked), k, rows.metric, generator, progress)
 
 
 def _fit(rows: _Rows, k: int, *, init: str, max_iters: int, tol: float, seed: int,
          chunk: int, progress: Progress | None, stage_prefix: str = ""):
-    """Seed and run Lloyd: (centers, labels, distances, n_iter) on the compute device."""
+    """Seed and run Lloyd: (centers [k, d], assignment, n_iter) on the compute device."""
     generator = torch.Generator().manual_seed(seed)
     report = None
     if progress is not None:
         report = lambda stage, step, total: progress(stage_prefix + stage, step, total)  # noqa: E731
     centers = _initial_centers(rows, k, init, generator, report)
-    return _lloyd(rows, centers, metric=rows.metric, max_iters=max_iters, tol=tol, chunk=chunk,
-                  progress=report, stage="lloyd")
+    return _lloyd(rows, centers, None, max_iters=max_iters, tol=tol, chunk=chunk, progress=report,
+                  stage="lloyd")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -452,8 +525,8 @@ def kmeans(x: ArrayLike, k: int, *, metric: Metric = "cosine", init: Init = "kme
 
     x: [n, d] tensor, NumPy array or memmap (any float dtype; cosine normalises rows).
     k: 1..n clusters. metric: "cosine" (spherical k-means, unit centres) or "l2".
-    init: "kmeans++" (greedy k-means++ on a random sample of 20 points per cluster) or
-    "random" (k distinct rows). max_iters: most Lloyd iterations; tol: stop once
+    init: "kmeans++" (k-means++ seeding in rounds, on a random sample of 20 points per
+    cluster) or "random" (k distinct rows). max_iters: most Lloyd iterations; tol: stop once
     ||C_new - C_old||_F / ||C_old||_F < tol. seed: makes the run reproducible.
     chunk_size: rows scored per matmul (default from k and the device). device: where to
     compute (default: x's device, the CPU for NumPy). progress: called as
@@ -468,10 +541,10 @@ def kmeans(x: ArrayLike, k: int, *, metric: Metric = "cosine", init: Init = "kme
     with torch.no_grad(), _fast_matmul(compute):
         rows = _place(x, compute, metric)
         chunk = _chunk_rows(chunk_size, k, compute)
-        centers, labels, distances, n_iter = _fit(
+        centers, assignment, n_iter = _fit(
             rows, k, init=init, max_iters=max_iters, tol=tol, seed=seed, chunk=chunk, progress=progress
         )
-    return KMeansResult(centers.cpu(), labels.cpu(), distances.cpu(), n_iter)
+    return KMeansResult(centers.cpu(), assignment.labels.cpu(), assignment.distances.cpu(), n_iter)
 
 
 def _closest_per_cluster(labels: torch.Tensor, distances: torch.Tensor, per_cluster: int,
@@ -489,21 +562,20 @@ def _closest_per_cluster(labels: torch.Tensor, distances: torch.Tensor, per_clus
     return order[rank < per_cluster].sort().values
 
 
-def _resample(rows: _Rows, centers: torch.Tensor, labels: torch.Tensor, distances: torch.Tensor,
-              per_cluster: int, *, max_iters: int, tol: float, chunk: int):
+def _resample(rows: _Rows, assignment: _Assignment, per_cluster: int, *, max_iters: int,
+              tol: float, chunk: int) -> _Assignment:
     """One resampling step (Vo et al. 2024): refit on the closest points, reassign all.
 
-    The k-means refit on the ``per_cluster`` points closest to each centre starts from the
-    current centres (its first update is the mean of each cluster's selected points).
-    Returns the new (centers, labels, distances) of every row of the level.
+    The k-means refit on the ``per_cluster`` rows closest to each centre starts from the
+    current centres (its first update is the mean of each cluster's selected rows); then
+    every row of the level goes to its nearest refitted centre.
     """
-    k = centers.shape[0]
-    chosen = _closest_per_cluster(labels, distances, per_cluster, k)
+    centers = assignment.centers
+    chosen = _closest_per_cluster(assignment.labels, assignment.distances, per_cluster, len(centers))
     picked = _Rows(rows.take(chosen), device=centers.device, metric=rows.metric, unit=True)
-    centers, _, _, _ = _lloyd(picked, centers, metric=rows.metric, max_iters=max_iters, tol=tol,
-                              chunk=chunk, progress=None, stage="refit", final_assign=False)
-    labels, distances, _, _ = _assign(rows, centers, rows.metric, chunk, accumulate=False)
-    return centers, labels, distances
+    centers, _, _ = _lloyd(picked, centers, None, max_iters=max_iters, tol=tol, chunk=chunk,
+                           progress=None, stage="refit", final_assign=False)
+    return _reassign(rows, centers, assignment, chunk, accumulate=False)[0]
 
 
 def _level_seed(seed: int, level: int) -> int:
@@ -567,29 +639,34 @@ def _same(saved, current) -> bool:
 # ----------------------------------------------------------------------------- hierarchy
 
 
+_ASSIGNMENT_FIELDS = ("centers", "labels", "distances", "lower")
+
+
 def _run_level(inputs: _Rows, level: int, state: dict, save: Callable[[dict], None], *, k: int,
                per_cluster: int, n_resamples: int, init: str, max_iters: int, tol: float,
                seed: int, chunk_size: int | None, progress: Progress | None) -> None:
-    """Cluster one level (k-means, then resampling steps), saving after each step."""
+    """Cluster one level (k-means, then resampling steps), saving after each step.
+
+    ``state["current"]`` holds the level's assignment on the CPU (with its bounds, so a
+    resumed run takes exactly the steps an uninterrupted one takes).
+    """
     device = inputs.device
     chunk = _chunk_rows(chunk_size, k, device)
     current = state["current"]
     if current is None or current["level"] != level:
-        centers, labels, distances, n_iter = _fit(
+        _, assignment, n_iter = _fit(
             inputs, k, init=init, max_iters=max_iters, tol=tol, seed=_level_seed(seed, level),
             chunk=chunk, progress=progress, stage_prefix=f"level {level} ",
         )
         current = {"level": level, "resamples_done": 0, "n_iter": n_iter}
-        current.update(centers=centers.cpu(), labels=labels.cpu(), distances=distances.cpu())
+        current.update({key: getattr(assignment, key).cpu() for key in _ASSIGNMENT_FIELDS})
         state["current"] = current
         save(state)
-    centers, labels, distances = (current[key].to(device) for key in ("centers", "labels", "distances"))
+    assignment = _Assignment(*(current[key].to(device) for key in _ASSIGNMENT_FIELDS))
     for step in range(current["resamples_done"], n_resamples):
-        centers, labels, distances = _resample(
-            inputs, centers, labels, distances, per_cluster, max_iters=max_iters, tol=tol, chunk=chunk
-        )
-        current.update(resamples_done=step + 1, centers=centers.cpu(), labels=labels.cpu(),
-                       distances=distances.cpu())
+        assignment = _resample(inputs, assignment, per_cluster, max_iters=max_iters, tol=tol, chunk=chunk)
+        current.update({key: getattr(assignment, key).cpu() for key in _ASSIGNMENT_FIELDS})
+        current["resamples_done"] = step + 1
         save(state)
         _report(progress, f"level {level} resample", step + 1, n_resamples)
     state["levels"].append({"centers": current["centers"], "input_assignments": current["labels"],

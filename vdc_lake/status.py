@@ -6,8 +6,14 @@ from typing import Any
 
 from vdc_lake.catalog import Catalog
 
-# Decision views that take no parameters, so status can count what they would do.
-PENDING_VIEWS = {"sanitize": "SELECT action, count(*) FROM sanitize_actions GROUP BY action ORDER BY action"}
+# What each stage's decision would do at its default parameters (plan STAGE shows details).
+PENDING_VIEWS = {
+    "sanitize": "SELECT action, count(*) FROM sanitize_actions GROUP BY action ORDER BY action",
+    "rotation": "SELECT action, count(*) FROM rotation_actions() WHERE action <> 'none' GROUP BY action ORDER BY action",
+    "dedup": "SELECT action, count(*) FROM dedup_actions() WHERE action = 'delete' GROUP BY action",
+    "examples": "SELECT action, count(*) FROM example_actions() WHERE action = 'delete' GROUP BY action",
+    "sample": "SELECT action, count(*) FROM sample_actions() WHERE action = 'delete' GROUP BY action",
+}
 
 
 def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list[tuple[Any, ...]]]:

@@ -1,0 +1,265 @@
+"""The command line: exit codes, exact messages, output files, and the catalog state left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import image_rows, tree_hashes
+from vdc_lake.catalog import Catalog
+from vdc_lake.decisions import DECISIONS
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output
+    assert result.exception is None
+    return result.output
+
+
+def _fails(result, message: str):
+    """Exit code 1 and exactly `Error: message` (click's format for a ClickException), no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.output == f"Error: {message}\n"
+
+
+def _runs(catalog_path) -> list[tuple]:
+    with Catalog(catalog_path, read_only=True) as catalog:
+        return catalog.rows("SELECT run_id, stage, status, params FROM runs ORDER BY run_id")
+
+
+@pytest.fixture
+def scanned(sample_tree, catalog_path, run_cli):
+    _ok(run_cli(["scan", sample_tree.root, "--workers", "2"], catalog_path))
+    return sample_tree
+
+
+@pytest.mark.parametrize("args", [["status"], ["sql", "SELECT 1"], ["plan", "sanitize"]])
+def test_commands_that_need_a_catalog_name_the_fix(run_cli, tmp_path, args):
+    missing = tmp_path / "missing.duckdb"
+    _fails(run_cli(args, missing),
+           f"no catalog at {missing}; run `vdc-lake scan ROOT` first or pass --catalog PATH")
+    assert not missing.exists()
+
+
+def test_scan_sanitize_status_report_and_record(sample_tree, catalog_path, run_cli):
+    n = len(sample_tree.all_files())
+    out = _ok(run_cli(["scan", sample_tree.root], catalog_path))
+    assert out == (f"scan run 1: {n} files listed: {n} new, 0 changed, 0 touched (same bytes), "
+                   "0 unchanged, 0 gone, 3 unreadable headers\n")
+    out = _ok(run_cli(["sanitize"], catalog_path))
+    assert re.fullmatch(rf"sanitize run 2: {n} images checked \(\d+ decoded\), 20 findings on 16 images\n", out)
+    out = _ok(run_cli(["status"], catalog_path))
+    assert out.startswith(f"catalog {catalog_path}\n")
+    assert re.search(r"^present\s+" + str(n) + "$", out, re.M)
+    assert re.search(r"^sanitize\s+delete\s+8$", out, re.M)
+    assert re.search(r"^2\s+sanitize\s+done\s", out, re.M)
+    assert [r[1:3] for r in _runs(catalog_path)] == [("scan", "done"), ("sanitize", "done")]
+    with Catalog(catalog_path, read_only=True) as catalog:
+        assert catalog.scalar("SELECT count(*) FROM sanitize_actions") == 10
+
+
+def test_scan_of_a_missing_root(run_cli, catalog_path, tmp_path):
+    _fails(run_cli(["scan", tmp_path / "nope"], catalog_path),
+           f"scan root {tmp_path / 'nope'} is not a directory; pass folders that hold images")
+    assert [r[1:3] for r in _runs(catalog_path)] == []
+
+
+def test_sql_errors(scanned, catalog_path, run_cli):
+    result = run_cli(["sql", "SELEC 1"], catalog_path)
+    assert result.exit_code == 1
+    assert result.output.startswith('Error: query failed: Parser Error: syntax error at or near "SELEC"')
+    result = run_cli(["sql", "UPDATE images SET present = false"], catalog_path)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: query failed: ") and "read-only" in result.output
+    _fails(run_cli(["sql", "SELECT 1", "--format", "parquet"], catalog_path), "parquet output needs --output FILE")
+    assert all(r["present"] for r in image_rows(catalog_path).values())
+
+
+def test_sql_write_changes_the_catalog(scanned, catalog_path, run_cli):
+    _ok(run_cli(["sql", "--write", "UPDATE images SET present = false WHERE rel_path LIKE 'broken/%'"], catalog_path))
+    rows = image_rows(catalog_path)
+    assert {rel for rel, r in rows.items() if not r["present"]} == {r for r in rows if r.startswith("broken/")}
+
+
+def test_sql_output_formats(scanned, catalog_path, run_cli, tmp_path):
+    query = "SELECT rel_path, width, height FROM images WHERE rel_path LIKE 'sizes/%' ORDER BY rel_path"
+    expect = [{"rel_path": rel, "width": r["width"], "height": r["height"]}
+              for rel, r in sorted(image_rows(catalog_path).items()) if rel.startswith("sizes/")]
+    assert len(expect) == 5
+
+    table = _ok(run_cli(["sql", query], catalog_path))
+    assert table.splitlines()[0].split() == ["rel_path", "width", "height"]
+    assert table.endswith("(5 rows)\n")
+
+    _ok(run_cli(["sql", query, "--format", "csv", "--output", tmp_path / "out.csv"], catalog_path))
+    assert pa_csv.read_csv(tmp_path / "out.csv").to_pylist() == expect
+    assert _ok(run_cli(["sql", query, "--format", "csv"], catalog_path)) == (tmp_path / "out.csv").read_text()
+
+    _ok(run_cli(["sql", query, "--format", "json", "--output", tmp_path / "out.json"], catalog_path))
+    assert json.loads((tmp_path / "out.json").read_text()) == expect
+    assert json.loads(_ok(run_cli(["sql", query, "--format", "json"], catalog_path))) == expect
+
+    out = _ok(run_cli(["sql", query, "--format", "parquet", "--output", tmp_path / "out.parquet"], catalog_path))
+    assert out == ""
+    assert pq.read_table(tmp_path / "out.parquet").to_pylist() == expect
+
+
+def test_plan_unknown_stage(scanned, catalog_path, run_cli):
+    _fails(run_cli(["plan", "nope"], catalog_path),
+           f"unknown stage 'nope'; choose one of: {', '.join(sorted(DECISIONS))}")
+
+
+def test_plan_prints_counts(scanned, catalog_path, run_cli):
+    _ok(run_cli(["sanitize"], catalog_path))
+    out = _ok(run_cli(["plan", "sanitize", "--examples", "1"], catalog_path))
+    lines = out.splitlines()
+    assert lines[:4] == ["plan sanitize: 10 operations:", "  delete       8", "  recompress   1", "  resize       1"]
+    assert lines[4] == "examples:" and len(lines) == 6
+
+
+def test_apply_needs_backup_dir_or_no_backup(scanned, catalog_path, run_cli):
+    _ok(run_cli(["sanitize"], catalog_path))
+    before = tree_hashes(scanned.root)
+    result = run_cli(["apply", "sanitize", "--apply"], catalog_path)
+    assert result.exit_code == 1
+    assert result.output.startswith("plan sanitize: 10 operations:\n")
+    assert result.output.endswith(
+        "Error: apply needs --backup-dir DIR (or an explicit --no-backup to change files without a copy)\n")
+    assert tree_hashes(scanned.root) == before
+    with Catalog(catalog_path, read_only=True) as catalog:
+        assert catalog.scalar("SELECT count(*) FROM journal") == 0
+
+
+def test_apply_dry_run_then_apply_then_restore(scanned, catalog_path, run_cli, tmp_path):
+    _ok(run_cli(["sanitize"], catalog_path))
+    before = tree_hashes(scanned.root)
+    rows_before = image_rows(catalog_path)
+    backup = tmp_path / "backup"
+
+    out = _ok(run_cli(["apply", "sanitize", "--backup-dir", backup], catalog_path))
+    assert out.endswith("dry run: nothing changed; add --apply to carry this out\n")
+    assert tree_hashes(scanned.root) == before and not backup.exists()
+    assert image_rows(catalog_path) == rows_before
+
+    out = _ok(run_cli(["apply", "sanitize", "--backup-dir", backup, "--yes"], catalog_path))
+    assert out.endswith("apply run 3: 10 done (0 resumed from an earlier run), 0 skipped, 0 failed\n")
+    assert sum(not r["present"] for r in image_rows(catalog_path).values()) == 8
+    params = json.loads(_runs(catalog_path)[-1][3])
+    assert params["backup_dir"] == str(backup.resolve()) and params["max_width"] == 3200
+
+    out = _ok(run_cli(["plan", "sanitize"], catalog_path))
+    assert out == "plan sanitize: 0 operations\n"
+
+    _fails(run_cli(["restore", "--run", "99"], catalog_path),
+           'there is no run 99; list runs with `vdc-lake sql "SELECT * FROM runs"`')
+    assert _ok(run_cli(["restore", "--dry-run"], catalog_path)) == (
+        "would restore 10 files; 0 already original; 0 failed\n")
+    assert _ok(run_cli(["restore", "--run", "3"], catalog_path)) == "restored 10 files; 0 already original; 0 failed\n"
+    assert tree_hashes(scanned.root) == before
+    assert all(r["present"] for r in image_rows(catalog_path).values())
+
+
+def test_writer_commands_refuse_a_locked_catalog(scanned, catalog_path, run_cli):
+    with Catalog(catalog_path):
+        result = run_cli(["sanitize"], catalog_path)
+    assert result.exit_code == 1
+    assert re.fullmatch(
+        rf"Error: catalog {re.escape(str(catalog_path))} is in use by PID {os.getpid()} on \S+ since \S+; "
+        r"wait for that command to finish \(or stop it\), or open the catalog read-only\n", result.output)
+    assert [r[1] for r in _runs(catalog_path)] == ["scan"]
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+def _show(run_cli, config=None) -> dict[str, tuple[str, str]]:
+    out = _ok(run_cli(["config", "show"], config=config))
+    rows = {}
+    for line in out.splitlines()[2:]:
+        option, rest = line.split(None, 1)
+        value, source = rest.rsplit(None, 1)
+        rows[option] = (value.strip(), source)
+    return rows
+
+
+def test_config_show_sources(run_cli, in_tmp_cwd, tmp_path):
+    rows = _show(run_cli)
+    assert rows["sanitize.min_width"] == ("80", "default")
+    assert rows["sanitize.max_file_size_mb"] == ("10.0", "default")
+    assert rows["scan.extensions"][1] == "default"
+
+    (in_tmp_cwd / "vdc-lake.toml").write_text("[sanitize]\nmin_width = 200\nmax_height = 1000\n")
+    rows = _show(run_cli)
+    assert rows["sanitize.min_width"] == ("200", str(in_tmp_cwd / "vdc-lake.toml"))
+
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[sanitize]\nmin_width = 300\n")
+    rows = _show(run_cli, config=strict)
+    assert rows["sanitize.min_width"] == ("300", str(strict))  # --config beats ./vdc-lake.toml
+    assert rows["sanitize.max_height"] == ("1000", str(in_tmp_cwd / "vdc-lake.toml"))
+    assert rows["sanitize.min_height"] == ("80", "default")
+
+
+def test_config_errors(run_cli, tmp_path):
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[sanitize]\nmin_widht = 300\n")
+    result = run_cli(["config", "show"], config=typo)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {typo}: unknown key 'min_widht' in [sanitize]; known keys: ")
+    assert "min_width" in result.output
+
+    typo.write_text("[sanitise]\nmin_width = 300\n")
+    result = run_cli(["config", "show"], config=typo)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {typo}: unknown section [sanitise]; known sections: ")
+
+    typo.write_text("[sanitize\n")
+    result = run_cli(["config", "show"], config=typo)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: config file {typo} is not valid TOML: ")
+
+    _fails(run_cli(["config", "show"], config=tmp_path / "absent.toml"),
+           f"cannot read config file {tmp_path / 'absent.toml'}: No such file or directory")
+
+
+def test_option_precedence_cli_over_file_over_default(scanned, catalog_path, run_cli, tmp_path):
+    config = tmp_path / "wide.toml"
+    config.write_text("[sanitize]\nmin_width = 300\nmax_file_size_mb = 50.0\n")
+
+    def sanitize(*args, config_file=None):
+        """Run sanitize; return (min_width, max_file_size_mb) it recorded and its findings by rule."""
+        _ok(run_cli(["sanitize", "--recheck", *args], catalog_path, config=config_file))
+        run_id, _, _, params = _runs(catalog_path)[-1]
+        params = json.loads(params)
+        with Catalog(catalog_path, read_only=True) as catalog:
+            found = catalog.rows("SELECT rule, detail FROM findings WHERE run_id = ? AND rule IN "
+                                 "('width_too_small', 'file_too_large') ORDER BY ALL", [run_id])
+        return (params["min_width"], params["max_file_size_mb"]), found
+
+    recorded, found = sanitize()
+    assert recorded == (80, 10.0)
+    assert [rule for rule, _ in found] == ["file_too_large", "width_too_small"]  # the BMP; the 40 px image
+
+    recorded, found = sanitize(config_file=config)
+    assert recorded == (300, 50.0)
+    assert {rule for rule, _ in found} == {"width_too_small"} and len(found) > 1
+    assert all(detail.endswith(" < 300px") for _, detail in found)
+
+    recorded, found_cli = sanitize("--min-width", "500", config_file=config)
+    assert recorded == (500, 50.0)
+    assert len(found_cli) > len(found)
+    assert all(detail.endswith(" < 500px") for _, detail in found_cli)
+
+
+def test_readers_work_while_a_writer_holds_the_catalog(scanned, catalog_path, run_cli):
+    with Catalog(catalog_path) as writer:
+        writer.release()  # between batches a writer holds only its lock, not the file
+        assert _ok(run_cli(["sql", "SELECT count(*) AS n FROM images", "--format", "json"], catalog_path)) == (
+            f'[\n {{\n  "n": {len(scanned.all_files())}\n }}\n]\n')
+        assert "present" in _ok(run_cli(["status"], catalog_path))
+        assert writer.scalar("SELECT count(*) FROM runs") == 1  # and the writer carries on after them

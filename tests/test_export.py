@@ -1,0 +1,342 @@
+"""Export: the curated view, and every format read back against it, with the originals untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import file_hash, tree_hashes
+from examples.make_sample_data import make_sample_data
+from vdc_lake.catalog import Catalog
+from vdc_lake.config import Config
+from vdc_lake.errors import StageError
+from vdc_lake.export import MANIFEST_COLUMNS, export, image_key, manifest_rows, root_labels
+from vdc_lake.sanitize import sanitize
+from vdc_lake.scan import scan
+from vdc_lake.sets import register_prediction_set, write_vectors
+
+N_BASE = 40
+FORMATS = ["manifest", "symlink", "hardlink", "copy", "webdataset"]
+
+
+# -- a catalog that went through every stage -------------------------------------------------------
+
+def _record_run(catalog: Catalog, stage: str, params: dict) -> int:
+    run_id = catalog.begin_run(stage, params)
+    catalog.finish_run(run_id)
+    return run_id
+
+
+def _fake_model_stages(catalog: Catalog, manifest: dict) -> None:
+    """Stand-ins for predict / dedup report / cluster / sample, written as those stages write them.
+
+    Rotation: rotated copies predicted at their angle (p 0.9), one base image at 90 degrees with
+    p 0.6 (under the default 0.75), the rest upright. Near duplicates: resized copies at 0.05,
+    recompressed at 0.15, rotated copies at 0.35 (between the apply 0.25 and report 0.5
+    thresholds). Clusters: 6 leaves under 2 tops. Sample: the images whose id is not divisible by 3.
+    """
+    present = catalog.rows("SELECT image_id, version, rel_path FROM image_files ORDER BY image_id")
+    by_path = {p: (i, v) for i, v, p in present}
+    run = catalog.begin_run("predict", {"model": "fake", "kind": "rotation"})
+    register_prediction_set(catalog, "rotation", kind="rotation", model="fake", class_names=["0", "90", "180", "270"],
+                            preprocessing={}, run_id=run)
+    probs = np.full((len(present), 4), 0.01, np.float32)
+    probs[:, 0] = 0.97
+    angles = {by_path[p][0]: a for p, a in manifest["rotation_ccw"].items() if p in by_path}
+    unsure = by_path[manifest["clean"][1]][0]
+    for row, (image_id, _, _) in enumerate(present):
+        if image_id in angles:
+            probs[row] = 0.03
+            probs[row, angles[image_id] // 90] = 0.91
+        elif image_id == unsure:
+            probs[row] = [0.3, 0.6, 0.05, 0.05]
+    write_vectors(catalog, "predictions", "rotation", run, np.array([p[0] for p in present]),
+                  np.array([p[1] for p in present]), probs)
+    catalog.finish_run(run)
+
+    distance = {"resized_copy": 0.05, "recompressed_copy": 0.15, "rotated_copy": 0.35}
+    edges = []
+    for kind, d in distance.items():
+        for copy in manifest[kind]:
+            original = manifest["copy_of"][copy]
+            if copy in by_path and original in by_path:
+                (a, va), (b, vb) = sorted([by_path[copy], by_path[original]])
+                edges.append((a, b, va, vb, d))
+    run = _record_run(catalog, "dedup-report", {"set": "builtin", "threshold": 0.5})
+    catalog.insert_arrow("dup_edges", pa.table({
+        "run_id": pa.array([run] * len(edges), pa.int64()), "set_name": ["builtin"] * len(edges),
+        "image_a": pa.array([e[0] for e in edges], pa.int64()), "image_b": pa.array([e[1] for e in edges], pa.int64()),
+        "version_a": pa.array([e[2] for e in edges], pa.int32()),
+        "version_b": pa.array([e[3] for e in edges], pa.int32()),
+        "distance": pa.array([e[4] for e in edges], pa.float32())}))
+
+    run = _record_run(catalog, "cluster", {"set": "builtin", "n_clusters": [6, 2]})
+    ids = np.array([p[0] for p in present], np.int64)
+    versions = np.array([p[1] for p in present], np.int32)
+    leaf = (ids % 6).astype(np.int32)
+    for level, labels, n, parent in ((0, leaf, 6, np.arange(6) % 2), (1, leaf % 2, 2, None)):
+        catalog.insert_arrow("clusters", pa.table({
+            "run_id": pa.array([run] * n, pa.int64()), "level": pa.array([level] * n, pa.int32()),
+            "cluster_id": pa.array(np.arange(n, dtype=np.int32)),
+            "parent_id": pa.nulls(n, pa.int32()) if parent is None else pa.array(parent.astype(np.int32)),
+            "size": pa.array(np.bincount(labels, minlength=n).astype(np.int64))}))
+        catalog.insert_arrow("assignments", pa.table({
+            "run_id": pa.array([run] * len(ids), pa.int64()), "image_id": pa.array(ids), "version": pa.array(versions),
+            "level": pa.array([level] * len(ids), pa.int32()), "cluster_id": pa.array(labels),
+            "distance": pa.array((ids % 7 / 10).astype(np.float32))}))
+
+    chosen = ids % 3 != 0
+    run = _record_run(catalog, "sample", {"total": int(chosen.sum()), "cluster_run": run})
+    catalog.insert_arrow("samples", pa.table({
+        "run_id": pa.array([run] * int(chosen.sum()), pa.int64()),
+        "image_id": pa.array(ids[chosen]), "version": pa.array(versions[chosen])}))
+
+
+def build_curation_catalog(base: Path, *, model_stages: bool = True) -> tuple[Path, Path, dict]:
+    """Sample data under base/data, scanned and sanitized with the defaults (and the fake model stages).
+
+    Returns (catalog path, data root, the generator's manifest).
+    """
+    root = base / "data"
+    manifest = make_sample_data(root, n_base=N_BASE, seed=0)
+    (root / "manifest.json").unlink()
+    config = Config.load(search_dir=base)
+    catalog_path = base / "catalog.duckdb"
+    with Catalog(catalog_path) as catalog:
+        scan(catalog, [root], extensions=config.section("scan")["extensions"], workers=2, quiet=True)
+        sanitize(catalog, config.section("sanitize"), workers=2, quiet=True)
+        if model_stages:
+            _fake_model_stages(catalog, manifest)
+    return catalog_path, root, manifest
+
+
+@pytest.fixture(scope="module")
+def curation(tmp_path_factory) -> tuple[Path, Path, dict]:
+    return build_curation_catalog(tmp_path_factory.mktemp("curation"))
+
+
+def _curated(catalog_path: Path) -> list[dict]:
+    with Catalog(catalog_path, read_only=True) as catalog:
+        return catalog.arrow(f"SELECT {', '.join(MANIFEST_COLUMNS)} FROM curated ORDER BY image_id").to_pylist()
+
+
+# -- the curated view -------------------------------------------------------------------------------
+
+def _survivors(catalog: Catalog) -> set[int]:
+    """Present images minus every delete, computed from the decision views one by one."""
+    present = {r[0] for r in catalog.rows("SELECT image_id FROM image_files")}
+    removed = {r[0] for r in catalog.rows("SELECT image_id FROM sanitize_actions WHERE action = 'delete'")}
+    removed |= {r[0] for r in catalog.rows(
+        "SELECT image_id FROM findings WHERE rule IN ('unreadable', 'broken_symlink')")}
+    removed |= {r[0] for r in catalog.rows("SELECT image_id FROM dedup_actions() WHERE action = 'delete'")}
+    return present - removed
+
+
+def test_curated_view_applies_every_decision_and_the_newest_sample(curation, tmp_path):
+    catalog_path, root, manifest = curation
+    with Catalog(catalog_path, read_only=True) as catalog:
+        survivors = _survivors(catalog)
+        sampled = {r[0] for r in catalog.rows("SELECT image_id FROM samples")}
+        sample_run = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage = 'sample'")
+        cluster_run = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage = 'cluster'")
+    rows = _curated(catalog_path)
+    assert len(rows) > 20
+    assert {r["image_id"] for r in rows} == survivors & sampled
+    assert {r["rel_path"] for r in rows}.isdisjoint(manifest["truncated_jpeg"] + manifest["zero_byte"]
+                                                    + manifest["non_image"] + manifest["tiny"])
+    assert all(r["sample_run"] == sample_run for r in rows)
+    assert all(r["leaf_cluster_id"] == r["image_id"] % 6 and r["top_cluster_id"] == r["image_id"] % 6 % 2
+               for r in rows)
+    with Catalog(catalog_path, read_only=True) as catalog:
+        assert catalog.scalar("SELECT count(DISTINCT cluster_run) FROM curated") == 1
+        assert catalog.scalar("SELECT any_value(cluster_run) FROM curated") == cluster_run
+
+    # Without a finished sample run, everything that survives the decisions is curated.
+    copy = tmp_path / "catalog.duckdb"
+    shutil.copyfile(catalog_path, copy)
+    with Catalog(copy) as catalog:
+        catalog.execute("UPDATE runs SET status = 'failed' WHERE stage = 'sample'")
+    rows = _curated(copy)
+    assert {r["image_id"] for r in rows} == survivors
+    assert all(r["sample_run"] is None for r in rows)
+
+
+def test_curated_without_any_model_stage_keeps_clean_images_and_one_of_each_exact_copy(curation, tmp_path):
+    catalog_path, root, manifest = curation
+    copy = tmp_path / "catalog.duckdb"
+    shutil.copyfile(catalog_path, copy)
+    with Catalog(copy) as catalog:  # as if only scan and sanitize had run
+        catalog.execute("UPDATE runs SET status = 'failed' WHERE stage IN ('dedup-report', 'cluster', 'sample')")
+    rows = _curated(copy)
+    paths = {r["rel_path"] for r in rows}
+    assert all(r["leaf_cluster_id"] is None and r["sample_run"] is None for r in rows)
+    for exact in manifest["exact_copy"]:  # exactly one of each byte-identical pair survives
+        assert (exact in paths) != (manifest["copy_of"][exact] in paths)
+    assert set(manifest["resized_copy"]) <= paths  # near duplicates need a dedup report first
+
+
+def test_curated_leaves_out_files_that_cannot_be_read(tmp_path):
+    root = tmp_path / "data"
+    make_sample_data(root, n_base=2)
+    (root / "gone.jpg").symlink_to(root / "no_such_file.jpg")
+    config = Config.load(search_dir=tmp_path)
+    with Catalog(tmp_path / "catalog.duckdb") as catalog:
+        scan(catalog, [root], extensions=[".jpg"], workers=1, quiet=True)
+        sanitize(catalog, config.section("sanitize"), workers=1, quiet=True)
+        rule = catalog.scalar("SELECT f.rule FROM findings f JOIN images i USING (image_id) "
+                              "WHERE i.rel_path = 'gone.jpg'")
+        pending = catalog.scalar("SELECT count(*) FROM sanitize_actions WHERE path LIKE '%gone.jpg'")
+        curated = {r[0] for r in catalog.rows("SELECT rel_path FROM curated")}
+    assert rule == "broken_symlink" and pending == 0  # recorded, not an action sanitize can take
+    assert "gone.jpg" not in curated and "modes/cmyk.jpg" in curated
+
+
+# -- every format, read back -----------------------------------------------------------------------
+
+def _read_manifest(to_dir: Path) -> list[dict]:
+    rows = pq.read_table(to_dir / "manifest.parquet").to_pylist()
+    csv_rows = pa_csv.read_csv(to_dir / "manifest.csv").to_pylist()
+    assert [r["image_id"] for r in csv_rows] == [r["image_id"] for r in rows]
+    assert [r["path"] for r in csv_rows] == [r["path"] for r in rows]
+    return rows
+
+
+def _check_tree(to_dir: Path, fmt: str, rows: list[dict]) -> None:
+    exported = {p.relative_to(to_dir).as_posix() for p in to_dir.rglob("*") if p.is_file() or p.is_symlink()}
+    assert exported == {r["export_path"] for r in rows} | {"manifest.parquet", "manifest.csv"}
+    for r in rows:
+        target = to_dir / r["export_path"]
+        assert r["export_path"] == f"{Path(r['root']).name}/{r['rel_path']}"
+        if fmt == "symlink":
+            assert target.is_symlink() and os.readlink(target) == r["path"]
+        elif fmt == "hardlink":
+            assert not target.is_symlink() and os.path.samefile(target, r["path"])
+        else:
+            assert not target.is_symlink() and not os.path.samefile(target, r["path"])
+            assert file_hash(target) == r["content_hash"]
+
+
+def _check_shards(to_dir: Path, rows: list[dict], shard_mb: float) -> None:
+    shards = sorted(to_dir.glob("*.tar"))
+    assert [s.name for s in shards] == [f"shard-{i:06d}.tar" for i in range(len(shards))]
+    assert len(shards) > 1
+    by_key = {r["key"]: r for r in rows}
+    seen: dict[str, set[str]] = {}
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            members = tar.getmembers()
+            for m in members:
+                key, ext = m.name.split(".", 1)
+                data = tar.extractfile(m).read()
+                seen.setdefault(key, set()).add(ext)
+                row = by_key[key]
+                if ext == "json":
+                    assert json.loads(data) == row and row["export_path"] == shard.name
+                else:
+                    assert ext == Path(row["rel_path"]).suffix.lower().lstrip(".")
+                    assert file_hash_bytes(data) == row["content_hash"]
+        biggest = max((m.size for m in members), default=0)
+        assert shard.stat().st_size <= shard_mb * 2**20 + biggest + 10 * 1024
+    assert set(seen) == set(by_key) and all(len(exts) == 2 for exts in seen.values())
+    assert all(key == image_key(row["image_id"]) for key, row in by_key.items())
+
+
+def file_hash_bytes(data: bytes) -> str:
+    import xxhash
+
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_reads_back_as_the_curated_view(curation, tmp_path, fmt):
+    catalog_path, root, _ = curation
+    before = tree_hashes(root)
+    to_dir = tmp_path / "export"
+    with Catalog(catalog_path) as catalog:
+        summary = export(catalog, to_dir, fmt=fmt, shard_size_mb=1.0, quiet=True)
+        run = catalog.rows("SELECT stage, status, summary FROM runs WHERE run_id = ?", [summary.run_id])[0]
+    curated = _curated(catalog_path)
+    rows = _read_manifest(to_dir)
+    assert [{c: r[c] for c in MANIFEST_COLUMNS} for r in rows] == curated
+    assert [r["key"] for r in rows] == [image_key(r["image_id"]) for r in curated]
+    assert summary.images == len(curated) and summary.skipped == 0 and summary.errors == []
+    assert run[:2] == ("export", "done") and json.loads(run[2])["images"] == len(curated)
+    if fmt == "manifest":
+        assert all(r["export_path"] is None for r in rows)
+        assert sorted(p.name for p in to_dir.iterdir()) == ["manifest.csv", "manifest.parquet"]
+    elif fmt == "webdataset":
+        _check_shards(to_dir, rows, 1.0)
+        assert summary.shards == len(list(to_dir.glob("*.tar")))
+    else:
+        _check_tree(to_dir, fmt, rows)
+    assert tree_hashes(root) == before  # originals untouched
+
+
+def test_a_view_given_as_a_query_or_macro_call_is_exported(curation, tmp_path):
+    catalog_path, _, _ = curation
+    with Catalog(catalog_path) as catalog:
+        direct = manifest_rows(catalog, "curated")
+        looked_up = manifest_rows(catalog, "SELECT image_id FROM curated")
+        assert looked_up.to_pylist() == direct.to_pylist()  # both ways agree on every column
+        summary = export(catalog, tmp_path / "dups", view="dedup_actions(threshold := 0.5)", quiet=True)
+        groups = {r[0] for r in catalog.rows("SELECT image_id FROM dedup_actions(threshold := 0.5)")}
+    assert summary.images == len(groups) > 0
+    assert {r["image_id"] for r in _read_manifest(tmp_path / "dups")} == groups
+
+
+@pytest.mark.parametrize("view, message", [
+    ("runs", "--view 'runs' yields no image_id column"),
+    ("no_such_view", "cannot read --view 'no_such_view'"),
+])
+def test_a_view_without_image_id_is_refused(curation, tmp_path, view, message):
+    with Catalog(curation[0]) as catalog, pytest.raises(StageError, match=message):
+        export(catalog, tmp_path / "out", view=view)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_empty_destination_needs_overwrite(curation, tmp_path):
+    catalog_path, root, _ = curation
+    to_dir = tmp_path / "out"
+    to_dir.mkdir()
+    (to_dir / "stale.txt").write_text("from an earlier export")
+    with Catalog(catalog_path) as catalog:
+        with pytest.raises(StageError) as err:
+            export(catalog, to_dir, fmt="symlink")
+        assert str(err.value) == (f"export destination {to_dir} is not empty; choose an empty folder "
+                                  "or pass --overwrite to replace what is there")
+        assert (to_dir / "stale.txt").exists()
+        export(catalog, to_dir, fmt="symlink", overwrite=True, quiet=True)
+        assert not (to_dir / "stale.txt").exists() and (to_dir / "manifest.parquet").exists()
+        with pytest.raises(StageError, match="holds catalogued images"):
+            export(catalog, root, fmt="copy", overwrite=True)
+        with pytest.raises(StageError, match="holds catalogued images"):
+            export(catalog, root.parent, fmt="copy", overwrite=True)
+
+
+def test_roots_with_the_same_name_and_files_changed_since_the_scan(tmp_path):
+    roots = [tmp_path / "a" / "photos", tmp_path / "b" / "photos"]
+    make_sample_data(roots[0], n_base=3)
+    make_sample_data(roots[1], n_base=2, seed=1)
+    with Catalog(tmp_path / "catalog.duckdb") as catalog:
+        scan(catalog, roots, extensions=[".jpg"], workers=1, quiet=True)
+        changed = roots[1] / "scenes" / "scene_0000.jpg"
+        changed.write_bytes(changed.read_bytes() + b"\0")  # the catalog still has the old hash
+        summary = export(catalog, tmp_path / "out", fmt="copy", view="image_files", quiet=True)
+        n_files = catalog.scalar("SELECT count(*) FROM image_files")
+    assert root_labels([str(r) for r in roots]) == {str(roots[0]): "photos", str(roots[1]): "photos-2"}
+    assert summary.skipped == 1 and summary.images == n_files - 1
+    assert summary.errors == [f"{changed}: changed since the last scan; run `vdc-lake scan` and export again"]
+    rows = _read_manifest(tmp_path / "out")
+    assert str(changed) not in {r["path"] for r in rows}
+    assert {r["export_path"].split("/")[0] for r in rows} == {"photos", "photos-2"}
+    assert (tmp_path / "out" / "photos-2" / "scenes" / "scene_0001.jpg").exists()
+    assert not list((tmp_path / "out").rglob("*.part"))

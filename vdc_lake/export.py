@@ -1,0 +1,452 @@
+"""Export: write the curated set (or any view's images) somewhere else, never touching the originals.
+
+Formats (every one also writes `manifest.parquet` and `manifest.csv`, one row per exported image):
+
+    manifest     the manifest only
+    symlink      TO/<root label>/<rel_path> -> the original (absolute link)
+    hardlink     the same tree as hard links (same filesystem only)
+    copy         the same tree as copies, each verified against the catalog's content hash
+    webdataset   TO/shard-000000.tar ...: per image KEY.<ext> (original bytes) + KEY.json (its
+                 manifest row); KEY is the zero-padded image_id, so keys are unique and stable
+
+A root's label is its folder name; roots that share a name get `-2`, `-3` ... in root order, so
+two scanned trees never write into each other. Files that changed since the last scan (their
+bytes no longer match the catalog) or vanished are skipped and reported, not exported.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import xxhash
+
+from vdc_lake.catalog import Catalog
+from vdc_lake.errors import StageError
+from vdc_lake.files import content_hash
+from vdc_lake.parallel import progress_bar, worker_count
+
+FORMATS = ("manifest", "symlink", "hardlink", "copy", "webdataset")
+DEFAULT_SHARD_SIZE_MB = 1024.0
+MANIFEST_STEM = "manifest"
+KEY_DIGITS = 12
+MAX_ERRORS_KEPT = 50
+IO_THREADS = 8
+BATCH_ROWS = 8192
+# The columns every manifest holds, in order; `key` and `export_path` are added by the export.
+MANIFEST_COLUMNS = [
+    "path", "image_id", "version", "rel_path", "root", "width", "height", "format", "size_bytes",
+    "content_hash", "leaf_cluster_id", "top_cluster_id", "cluster_run", "sample_run",
+]
+_QUERY_START = re.compile(r"^\s*(\(|select\b|with\b|from\b|values\b|table\b)", re.IGNORECASE)
+
+# Used when the source lacks some manifest columns (e.g. `SELECT image_id FROM ...`): the
+# current file facts, plus the newest cluster run and sample run the same way `curated` does.
+_LOOKUP_SQL = """
+WITH chosen AS (
+    SELECT DISTINCT image_id FROM ({source})
+),
+
+newest_sample AS (
+    SELECT max(run_id) AS run_id FROM runs WHERE stage = 'sample' AND status = 'done'
+),
+
+sampled AS (
+    SELECT s.image_id, s.version, s.run_id
+    FROM samples AS s JOIN newest_sample AS n ON n.run_id = s.run_id
+),
+
+newest_cluster AS (
+    SELECT max(run_id) AS run_id FROM runs WHERE stage = 'cluster' AND status = 'done'
+),
+
+cluster_levels AS (
+    SELECT a.run_id, a.image_id, a.version, a.level, a.cluster_id,
+           max(a.level) OVER (PARTITION BY a.run_id) AS top_level
+    FROM assignments AS a JOIN newest_cluster AS n ON n.run_id = a.run_id
+),
+
+image_clusters AS (
+    SELECT image_id, version, any_value(run_id) AS cluster_run,
+           max(cluster_id) FILTER (WHERE level = 0) AS leaf_cluster_id,
+           max(cluster_id) FILTER (WHERE level = top_level) AS top_cluster_id
+    FROM cluster_levels
+    GROUP BY image_id, version
+),
+
+final AS (
+    SELECT f.path, f.image_id, f.version, f.rel_path, f.root, f.width, f.height, f.format, f.size_bytes,
+           f.content_hash, c.leaf_cluster_id, c.top_cluster_id, c.cluster_run, s.run_id AS sample_run
+    FROM image_files AS f
+    JOIN chosen AS x ON x.image_id = f.image_id
+    LEFT JOIN image_clusters AS c ON c.image_id = f.image_id AND c.version = f.version
+    LEFT JOIN sampled AS s ON s.image_id = f.image_id AND s.version = f.version
+)
+
+SELECT * FROM final ORDER BY image_id
+"""
+
+# Used when the source has every manifest column (e.g. `curated`): taken as it is, one row per
+# image, restricted to images present at the version the row names.
+_DIRECT_SQL = """
+SELECT {columns}
+FROM ({source}) AS s
+WHERE EXISTS (SELECT 1 FROM image_files AS f WHERE f.image_id = s.image_id AND f.version = s.version)
+QUALIFY row_number() OVER (PARTITION BY s.image_id ORDER BY s.version DESC) = 1
+ORDER BY s.image_id
+"""
+
+
+@dataclass
+class ExportSummary:
+    """What one export wrote. `images` counts manifest rows; `skipped` files are listed in `errors`."""
+
+    run_id: int
+    to_dir: str
+    fmt: str
+    view: str
+    images: int = 0
+    bytes: int = 0
+    shards: int = 0
+    skipped: int = 0
+    manifest: str = ""
+    errors: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (f"ExportSummary(run_id={self.run_id}, fmt={self.fmt!r}, images={self.images}, "
+                f"skipped={self.skipped}, to_dir={self.to_dir!r})")
+
+
+# -- what to export ------------------------------------------------------------------------------
+
+def source_sql(view: str) -> str:
+    """The SQL that reads `view`: a view or table-macro call name, or a query as written."""
+    view = view.strip().rstrip(";").strip()
+    if not view:
+        raise StageError("--view is empty; pass a view name (curated), a macro call or a SELECT")
+    return view if _QUERY_START.match(view) else f"SELECT * FROM {view}"
+
+
+def _source_columns(catalog: Catalog, sql: str, view: str) -> list[str]:
+    try:
+        columns = catalog.arrow(f"SELECT * FROM ({sql}) LIMIT 0").column_names
+    except duckdb.Error as e:
+        raise StageError(f"cannot read --view {view!r}: {str(e).splitlines()[0]}; pass a view name "
+                         "(curated), a table-macro call (dedup_actions(threshold := 0.3)) or a SELECT") from e
+    if "image_id" not in columns:
+        raise StageError(f"--view {view!r} yields no image_id column (it has: {', '.join(columns)}); "
+                         "select image_id in it")
+    return columns
+
+
+def manifest_rows(catalog: Catalog, view: str = "curated") -> pa.Table:
+    """The manifest of `view`: MANIFEST_COLUMNS for each of its images that is present, by image_id."""
+    sql = source_sql(view)
+    columns = _source_columns(catalog, sql, view)
+    if set(MANIFEST_COLUMNS) <= set(columns):
+        query = _DIRECT_SQL.format(columns=", ".join(f"s.{c}" for c in MANIFEST_COLUMNS), source=sql)
+    else:
+        query = _LOOKUP_SQL.format(source=sql)
+    return catalog.arrow(query)
+
+
+# -- destination ---------------------------------------------------------------------------------
+
+def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool) -> None:
+    """Create `to_dir`, or empty it with `overwrite`; never a folder that holds catalogued images."""
+    if to_dir.exists() and not to_dir.is_dir():
+        raise StageError(f"export destination {to_dir} is a file; pass a folder")
+    prefix = str(to_dir).rstrip("/") + "/"
+    inside = catalog.scalar(
+        "SELECT path FROM image_files WHERE starts_with(path, ?) OR starts_with(root || '/', ?) LIMIT 1",
+        [prefix, prefix],
+    )
+    if inside is not None:
+        raise StageError(f"export destination {to_dir} holds catalogued images (e.g. {inside}); "
+                         "choose a folder outside every scanned root")
+    if to_dir.is_dir() and any(to_dir.iterdir()):
+        if not overwrite:
+            raise StageError(f"export destination {to_dir} is not empty; choose an empty folder "
+                             "or pass --overwrite to replace what is there")
+        for entry in to_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    to_dir.mkdir(parents=True, exist_ok=True)
+
+
+def root_labels(roots: Iterable[str]) -> dict[str, str]:
+    """{root: folder name inside the export}: the root's basename, `-2`, `-3` ... on collisions."""
+    reserved = {f"{MANIFEST_STEM}.parquet", f"{MANIFEST_STEM}.csv"}
+    labels: dict[str, str] = {}
+    used: set[str] = set()
+    for root in sorted(set(roots)):
+        base = Path(root).name or "root"
+        label, n = base, 1
+        while label in used or label in reserved:
+            n += 1
+            label = f"{base}-{n}"
+        used.add(label)
+        labels[root] = label
+    return labels
+
+
+def image_key(image_id: int) -> str:
+    """The WebDataset key of an image: its id, zero-padded so keys sort like ids."""
+    return f"{int(image_id):0{KEY_DIGITS}d}"
+
+
+# -- file operations -----------------------------------------------------------------------------
+
+def _in_order(func: Callable[[Any], Any], items: Iterable[Any], pool: ThreadPoolExecutor, window: int) -> Iterator[Any]:
+    """Yield func(item) in order from a thread pool, at most `window` in flight (I/O bound work)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(func, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _place(src: str, dst: Path, fmt: str, expected_hash: str | None) -> str | None:
+    """Link or copy one file to dst; returns an error text, or None when done (and verified)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if fmt == "symlink":
+            if not os.path.lexists(src):
+                return f"{src}: the original is gone; run `vdc-lake scan` again"
+            os.symlink(src, dst)
+        elif fmt == "hardlink":
+            os.link(src, dst, follow_symlinks=True)
+        else:
+            return _verified_copy(src, dst, expected_hash)
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            raise StageError(f"cannot hard-link {src} into {dst.parent}: another filesystem; "
+                             "use --format symlink or --format copy") from e
+        return f"{src}: {e.strerror or e}"
+    return None
+
+
+def _verified_copy(src: str, dst: Path, expected_hash: str | None) -> str | None:
+    tmp = dst.with_name(f".{dst.name}.part")
+    shutil.copy2(src, tmp)
+    written = content_hash(tmp)
+    if expected_hash is not None and written != expected_hash:
+        tmp.unlink()
+        if content_hash(src) != expected_hash:
+            return f"{src}: changed since the last scan; run `vdc-lake scan` and export again"
+        return f"{src}: the copy does not match the original (hash {written}); check the destination disk"
+    os.replace(tmp, dst)
+    return None
+
+
+class _TreeWriter:
+    """Links or copies each image to TO/<root label>/<rel_path>."""
+
+    def __init__(self, to_dir: Path, fmt: str, roots: Iterable[str]):
+        self.to_dir, self.fmt = to_dir, fmt
+        self.labels = root_labels(roots)
+
+    def target(self, row: dict) -> str:
+        return f"{self.labels[row['root']]}/{row['rel_path']}"
+
+    def write(self, row: dict) -> tuple[str | None, str | None, int]:
+        """(export path, error, bytes) for one manifest row; runs in a worker thread."""
+        target = self.target(row)
+        error = _place(row["path"], self.to_dir / target, self.fmt, row["content_hash"])
+        return (None, error, 0) if error else (target, None, row["size_bytes"] or 0)
+
+    def close(self) -> None:
+        pass
+
+
+# -- WebDataset ----------------------------------------------------------------------------------
+
+def _tar_size(n_bytes: int) -> int:
+    """Bytes a member takes in a tar: a 512-byte header plus the data padded to 512 bytes."""
+    return 512 + (n_bytes + 511) // 512 * 512
+
+
+class _ShardWriter:
+    """Writes shard-000000.tar, ... of at most about `limit` bytes each (one sample may exceed it).
+
+    A shard is written as a hidden .part file and renamed when complete.
+    """
+
+    def __init__(self, to_dir: Path, limit: int):
+        self.to_dir, self.limit = to_dir, limit
+        self.count = 0  # shards started
+        self.size = 0   # bytes in the open shard
+        self._tar: tarfile.TarFile | None = None
+
+    @staticmethod
+    def shard_name(index: int) -> str:
+        return f"shard-{index:06d}.tar"
+
+    def add(self, key: str, ext: str, data: bytes, record: dict[str, Any]) -> None:
+        """Add KEY.ext and KEY.json; the record gets `export_path` (its shard) before it is written."""
+        record["export_path"] = self.shard_name(self.count)  # every name has the same length
+        needed = _tar_size(len(data)) + _tar_size(len(json.dumps(record, sort_keys=True, default=str)))
+        if self._tar is None or (self.size > 0 and self.size + needed > self.limit):
+            self.close()
+            self._tar = tarfile.open(self._part(self.count), "w", format=tarfile.PAX_FORMAT)
+            self.count += 1
+            self.size = 0
+        record["export_path"] = self.shard_name(self.count - 1)
+        self._member(f"{key}.{ext}", data)
+        self._member(f"{key}.json", json.dumps(record, sort_keys=True, default=str).encode())
+        self.size += needed
+
+    def _part(self, index: int) -> Path:
+        return self.to_dir / f".{self.shard_name(index)}.part"
+
+    def _member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o444, 0
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            os.replace(self._part(self.count - 1), self.to_dir / self.shard_name(self.count - 1))
+            self._tar = None
+
+
+def _read_verified(row: dict) -> tuple[bytes | None, str | None]:
+    """The file's bytes, or an error when it cannot be read or no longer matches the catalog."""
+    try:
+        with open(row["path"], "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return None, f"{row['path']}: {e.strerror or e}"
+    if row["content_hash"] is not None and xxhash.xxh3_128_hexdigest(data) != row["content_hash"]:
+        return None, f"{row['path']}: changed since the last scan; run `vdc-lake scan` and export again"
+    return data, None
+
+
+def _extension(rel_path: str, fmt: str | None) -> str:
+    ext = os.path.splitext(rel_path)[1].lower().lstrip(".")
+    return ext or (fmt or "bin").lower()
+
+
+class _WebDatasetWriter:
+    """Reads each image in a worker thread; the shards are written in order by the caller's thread."""
+
+    def __init__(self, to_dir: Path, shard_bytes: int):
+        self.shards = _ShardWriter(to_dir, shard_bytes)
+
+    def write(self, row: dict) -> tuple[bytes | None, str | None]:
+        return _read_verified(row)
+
+    def finish_row(self, row: dict, data: bytes) -> str:
+        record = {k: v for k, v in row.items() if k != "export_path"}
+        self.shards.add(row["key"], _extension(row["rel_path"], row["format"]), data, record)
+        return record["export_path"]
+
+    def close(self) -> None:
+        self.shards.close()
+
+
+# -- manifest ------------------------------------------------------------------------------------
+
+def _write_manifest(table: pa.Table, to_dir: Path) -> Path:
+    parquet_path = to_dir / f"{MANIFEST_STEM}.parquet"
+    pq.write_table(table, parquet_path)
+    pa_csv.write_csv(table, to_dir / f"{MANIFEST_STEM}.csv")
+    return parquet_path
+
+
+def _write_files(table: pa.Table, to_dir: Path, fmt: str, shard_bytes: int, summary: ExportSummary,
+                 quiet: bool) -> pa.Array:
+    """Link, copy or shard every row of the manifest; returns each row's export path (None = skipped)."""
+    if fmt == "webdataset":
+        writer: _TreeWriter | _WebDatasetWriter = _WebDatasetWriter(to_dir, shard_bytes)
+    else:
+        writer = _TreeWriter(to_dir, fmt, pc.unique(table.column("root")).to_pylist())
+    placed: list[str | None] = []
+    threads = min(IO_THREADS, worker_count(None))
+    try:
+        with ThreadPoolExecutor(threads) as pool, progress_bar(table.num_rows, f"export {fmt}", quiet=quiet) as bar:
+            for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+                rows = batch.to_pylist()
+                for row, result in zip(rows, _in_order(writer.write, rows, pool, 4 * threads)):
+                    placed.append(_record(writer, row, result, summary))
+                    bar.update()
+    finally:
+        writer.close()
+    if isinstance(writer, _WebDatasetWriter):
+        summary.shards = writer.shards.count
+    return pa.array(placed, pa.string())
+
+
+def _record(writer: _TreeWriter | _WebDatasetWriter, row: dict, result: tuple, summary: ExportSummary) -> str | None:
+    """Account for one written (or failed) row; returns its export path or None."""
+    if isinstance(writer, _WebDatasetWriter):
+        data, error = result
+        if error is None:
+            summary.bytes += len(data)
+            return writer.finish_row(row, data)
+    else:
+        target, error, n_bytes = result
+        if error is None:
+            summary.bytes += n_bytes
+            return target
+    summary.skipped += 1
+    if len(summary.errors) < MAX_ERRORS_KEPT:
+        summary.errors.append(error)
+    return None
+
+
+def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest", view: str = "curated",
+           shard_size_mb: float = DEFAULT_SHARD_SIZE_MB, overwrite: bool = False,
+           quiet: bool = False) -> ExportSummary:
+    """Write the images of `view` to `to_dir` as `fmt`, plus the manifest; records an `export` run.
+
+    view: a view or macro call name (curated, dedup_actions(threshold := 0.3)) or a query that
+    yields image_id. shard_size_mb: target WebDataset shard size, in MiB. The originals are only
+    read. Files changed or gone since the scan are skipped: left out of the manifest, counted in
+    `skipped` and described in `errors`.
+    """
+    if fmt not in FORMATS:
+        raise StageError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if fmt == "webdataset" and not shard_size_mb > 0:
+        raise StageError(f"--shard-size-mb must be positive, got {shard_size_mb}")
+    to_dir = Path(to_dir).expanduser().resolve()
+    params = {"to": str(to_dir), "format": fmt, "view": view, "shard_size_mb": shard_size_mb, "overwrite": overwrite}
+    table = manifest_rows(catalog, view)
+    _prepare_destination(catalog, to_dir, overwrite)
+    with catalog.run("export", params) as run_id:
+        summary = ExportSummary(run_id, str(to_dir), fmt, view)
+        catalog.release()  # file work ahead; readers may open the catalog meanwhile
+        keys = [image_key(i) for i in table.column("image_id").to_pylist()]
+        table = table.append_column("key", pa.array(keys, pa.string()))
+        if fmt == "manifest":
+            placed = pa.nulls(table.num_rows, pa.string())
+            summary.bytes = int(pc.sum(table.column("size_bytes")).as_py() or 0)
+        else:
+            placed = _write_files(table, to_dir, fmt, int(shard_size_mb * 2**20), summary, quiet)
+        table = table.append_column("export_path", placed)
+        if summary.skipped:
+            table = table.filter(pc.is_valid(table.column("export_path")))
+        summary.images = table.num_rows
+        summary.manifest = str(_write_manifest(table, to_dir))
+        catalog.finish_run(run_id, summary=asdict(summary))
+    return summary
