@@ -674,6 +674,92 @@ def sample_command(ctx: Context, total: int, cluster_run: int | None, allocation
                f"(cluster run {s.cluster_run}); {s.not_clustered} present images were not clustered")
 
 
+# -- export and report ------------------------------------------------------------------------------
+
+@cli.command("export")
+@click.option("--to", "to_dir", required=True, type=click.Path(file_okay=False),
+              help="Destination folder; created, and it must be empty unless --overwrite.")
+@click.option("--format", "fmt", type=click.Choice(["manifest", "symlink", "hardlink", "copy", "webdataset"]),
+              default=None, help="manifest: parquet + csv only; symlink/hardlink/copy: a tree per root; "
+                                 "webdataset: tar shards [config export.format: manifest].")
+@click.option("--view", default="curated", show_default=True,
+              help="What to export: a view, a table-macro call or a SELECT that yields image_id.")
+@click.option("--shard-size-mb", type=float, default=None,
+              help="WebDataset shard size [config export.shard_size_mb: 1024].")
+@click.option("--overwrite", is_flag=True,
+              help="Empty a non-empty destination first (never one holding scanned images).")
+@pass_ctx
+@handle_errors
+def export_command(ctx: Context, to_dir: str, fmt: str | None, view: str, shard_size_mb: float | None,
+                   overwrite: bool) -> None:
+    """Write the curated images (or any view's) to a folder with a manifest; the originals are only read.
+
+    Every format writes DIR/manifest.parquet and DIR/manifest.csv (path, image_id, version, clusters,
+    sample run, ...). Copies are verified by hash; files changed since the last scan are skipped.
+
+    \b
+    Example:
+        vdc-lake export --to out/curated --format symlink
+        vdc-lake export --to out/shards --format webdataset --shard-size-mb 512
+        vdc-lake export --to out/c3 --view "SELECT image_id FROM curated WHERE top_cluster_id = 3"
+    """
+    from vdc_lake.export import export
+
+    cfg = ctx.config.section("export", format=fmt, shard_size_mb=shard_size_mb)
+    with ctx.writer() as catalog:
+        s = export(catalog, to_dir, fmt=cfg["format"], view=view, shard_size_mb=cfg["shard_size_mb"],
+                   overwrite=overwrite, quiet=ctx.quiet)
+    shards = f" in {s.shards} shards" if s.fmt == "webdataset" else ""
+    click.echo(f"export run {s.run_id}: {s.images} images ({s.bytes / 2**20:,.1f} MiB){shards} as {s.fmt} "
+               f"to {s.to_dir}; manifest {s.manifest}")
+    for error in s.errors:
+        click.echo(f"  {error}", err=True)
+    if s.skipped:
+        raise click.ClickException(f"{s.skipped} files were skipped (changed or gone since the last scan); "
+                                   "run `vdc-lake scan` and export again")
+
+
+@cli.command("report")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for index.html and thumbs/ (created; files there are replaced).")
+@click.option("--thumbnails", type=int, default=None,
+              help="Example images per rule, duplicate group and cluster; 0 = numbers only "
+                   "[config report.thumbnails: 8].")
+@click.option("--dedup-threshold", type=float, default=None,
+              help="Apply threshold counted in the funnel [config apply_deduplication.threshold: 0.25].")
+@click.option("--report-threshold", type=float, default=None,
+              help="Duplicate groups are shown up to this distance [config dedup.report_threshold: 0.5].")
+@click.option("--rotation-threshold", type=float, default=None,
+              help="Minimum probability of a correction [config rotation_correction.threshold: 0.75].")
+@click.option("--workers", type=int, default=None, help="Thumbnail processes [config scan.workers].")
+@pass_ctx
+@handle_errors
+def report_command(ctx: Context, out_dir: str, thumbnails: int | None, dedup_threshold: float | None,
+                   report_threshold: float | None, rotation_threshold: float | None, workers: int | None) -> None:
+    """Write a static HTML report (OUT/index.html + thumbnails) to choose thresholds by eye.
+
+    Funnel per stage, sanitize findings with examples, rotation before/after pairs, duplicate
+    groups and the pair-distance histogram, cluster sizes and members, sampling per cluster.
+    Reads the catalog only; no network, no JavaScript.
+
+    \b
+    Example:
+        vdc-lake report --out report/
+        vdc-lake report --out report/ --dedup-threshold 0.2 --rotation-threshold 0.9
+    """
+    from vdc_lake.report import build_report
+
+    config = ctx.config
+    with ctx.reader() as catalog:
+        index = build_report(
+            catalog, out_dir,
+            thumbnails=config.get("report", "thumbnails", thumbnails),
+            dedup_threshold=config.get("apply_deduplication", "threshold", dedup_threshold),
+            report_threshold=config.get("dedup", "report_threshold", report_threshold),
+            rotation_threshold=config.get("rotation_correction", "threshold", rotation_threshold),
+            workers=config.get("scan", "workers", workers), quiet=ctx.quiet)
+    click.echo(f"report written to {index}; open it in a browser")
+
 # -- pipelines ---------------------------------------------------------------------------------------
 
 class _Tee(io.TextIOBase):

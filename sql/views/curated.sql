@@ -1,6 +1,7 @@
 -- What survives every decision at its default setting: present images, minus pending sanitize
 -- deletes, minus files that cannot be read at their current version, minus duplicates
--- (dedup_actions with its defaults; exact copies included) and, once a sampling run has
+-- (dedup_actions with its defaults; exact copies included), minus images near unwanted examples
+-- (example_actions with its default) and, once a sampling run has
 -- finished, only the images the newest one selected. Cluster ids come from the newest finished
 -- cluster run (NULL before any). This is what `vdc-lake export` writes by default.
 CREATE OR REPLACE VIEW curated AS
@@ -27,6 +28,10 @@ unreadable AS (
 
 duplicate_deletes AS (
     SELECT image_id, version FROM dedup_actions() WHERE action = 'delete'
+),
+
+example_deletes AS (
+    SELECT image_id, version FROM example_actions() WHERE action = 'delete'
 ),
 
 newest_sample AS (
@@ -64,6 +69,7 @@ surviving AS (
     WHERE NOT EXISTS (SELECT 1 FROM sanitize_deletes AS d WHERE d.image_id = f.image_id AND d.version = f.version)
       AND NOT EXISTS (SELECT 1 FROM unreadable AS u WHERE u.image_id = f.image_id AND u.version = f.version)
       AND NOT EXISTS (SELECT 1 FROM duplicate_deletes AS d WHERE d.image_id = f.image_id AND d.version = f.version)
+      AND NOT EXISTS (SELECT 1 FROM example_deletes AS e WHERE e.image_id = f.image_id AND e.version = f.version)
 ),
 
 final AS (
