@@ -112,7 +112,7 @@ def row(name, n, build, search, s):
     b_cpu = build.cpu if build else 0.0
     recalls = " ".join(f"{s[f'r<{t}']:>7.4f}" for t in RECALL_THRESHOLDS)
     return (
-        f"{name:<28} {n:>9,} {b_wall:>7.1f} {search.wall:>7.1f} {b_wall + search.wall:>7.1f} "
+        f"{name:<34} {n:>9,} {b_wall:>7.1f} {search.wall:>7.1f} {b_wall + search.wall:>7.1f} "
         f"{b_cpu + search.cpu:>7.1f}  {recalls} {s['precision']:>7.4f} {s['non-planted']:>6}"
     )
 
@@ -150,7 +150,7 @@ def main():
           f"load average {os.getloadavg()[0]:.1f}")
     x, rows = make_dataset(args.n, args.d, n_pairs, args.max_distance, args.seed)
     keys = np.arange(args.n, dtype=np.int64)
-    header = (f"{'method':<28} {'n':>9} {'build s':>7} {'search s':>7} {'total s':>7} "
+    header = (f"{'method':<34} {'n':>9} {'build s':>7} {'search s':>7} {'total s':>7} "
               f"{'cpu s':>7}  " + " ".join(f"{'r<' + str(t):>7}" for t in RECALL_THRESHOLDS)
               + f" {'prec.':>7} {'other':>6}")
     lines = []

@@ -148,7 +148,7 @@ def test_apply_dry_run_then_apply_then_restore(scanned, catalog_path, run_cli, t
     assert image_rows(catalog_path) == rows_before
 
     out = _ok(run_cli(["apply", "sanitize", "--backup-dir", backup, "--yes"], catalog_path))
-    assert out.endswith("apply run 3: 10 done (0 resumed from an earlier run), 0 skipped, 0 failed\n")
+    assert out.endswith("apply run 3: 10 done, 0 skipped, 0 failed\n")
     assert sum(not r["present"] for r in image_rows(catalog_path).values()) == 8
     params = json.loads(_runs(catalog_path)[-1][3])
     assert params["backup_dir"] == str(backup.resolve()) and params["max_width"] == 3200

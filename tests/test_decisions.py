@@ -236,7 +236,7 @@ def test_score_head_drives_score_actions(sample_tree, catalog_path, run_cli, tmp
                      catalog_path)
     assert result.exit_code == 0, result.output
     with torch.no_grad():
-        x = torch.nn.functional.normalize(torch.from_numpy(vs.vectors), dim=1)
+        x = torch.nn.functional.normalize(torch.tensor(vs.vectors), dim=1)
         expected = head(x)[:, 0].numpy()
     cut = float(np.median(expected))
     with Catalog(catalog_path, read_only=True) as c:
@@ -245,3 +245,23 @@ def test_score_head_drives_score_actions(sample_tree, catalog_path, run_cli, tmp
     assert removed == set(vs.image_ids[expected < cut].tolist())
     plan = run_cli(["plan", "score", "--name", "aesthetic", "--min-score", str(cut)], catalog_path)
     assert plan.exit_code == 0 and f"{len(removed)} operations" in plan.output
+
+
+def test_resize_uses_the_limits_of_the_sanitize_run_that_found_the_image(sample_tree, catalog_path, run_cli, tmp_path):
+    assert run_cli(["scan", sample_tree.root], catalog_path).exit_code == 0
+    assert run_cli(["sanitize", "--max-width", "2000"], catalog_path).exit_code == 0
+    huge = sample_tree.kind("oversized_pixels")[0]
+    result = run_cli(["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"], catalog_path)
+    assert result.exit_code == 0, result.output
+    with Image.open(sample_tree.path(huge)) as img:
+        assert img.width == 2000
+
+
+@pytest.mark.parametrize("command", [["apply", "sanitize", "--backup-dir", "b", "--apply"], ["restore"],
+                                     ["sanitize"], ["sql", "SELECT 1", "--write"]])
+def test_only_scan_creates_a_catalog(tmp_path, run_cli, command):
+    missing = tmp_path / "missing.duckdb"
+    result = run_cli(command, missing)
+    assert result.exit_code == 1
+    assert "run `vdc-lake scan ROOT` first" in result.output
+    assert not missing.exists()

@@ -83,7 +83,10 @@ class RestoreSummary:
 # -- planning ---------------------------------------------------------------------------------
 
 def make_plan(catalog: Catalog, decision: str, source_sql: str, params: list[Any], options: dict[str, Any]) -> Plan:
-    """Turn a decision query (image_id, version, action[, reason]) into operations.
+    """Turn a decision query (image_id, version, action, reason, params) into operations.
+
+    `params` (JSON or NULL) holds per-operation options, e.g. the resize limits of the
+    sanitize run that found the image too large; they override the plan's options.
 
     Images with an unfinished operation from an earlier run are left out: resume handles them.
     """
@@ -91,7 +94,8 @@ def make_plan(catalog: Catalog, decision: str, source_sql: str, params: list[Any
         f"""
         WITH decision AS ({source_sql})
         SELECT d.image_id, d.version, d.action, i.root, i.rel_path, i.root || '/' || i.rel_path AS src,
-               i.content_hash AS checksum, coalesce(CAST(d.reason AS VARCHAR), '') AS reason
+               i.content_hash AS checksum, coalesce(CAST(d.reason AS VARCHAR), '') AS reason,
+               CAST(d.params AS VARCHAR) AS op_params
         FROM decision d
         JOIN images i ON i.image_id = d.image_id AND i.version = d.version AND i.present
         WHERE d.action IS NOT NULL AND d.action <> 'none'
@@ -113,16 +117,16 @@ def _backup_path(backup_root: Path, run_id: int, root: str, rel_path: str) -> Pa
 def _journal_rows(plan: Plan, run_id: int, backup_root: Path | None, op_ids) -> pa.Table:
     rows = plan.ops.to_pylist()
     now = dt.datetime.now()
-    params = json.dumps(plan.options, default=str)
+    params = [dict(plan.options, **json.loads(r["op_params"] or "{}")) for r in rows]
     return pa.table({
         "op_id": pa.array(op_ids, pa.int64()),
         "run_id": pa.array([run_id] * len(rows), pa.int64()),
         "image_id": pa.array([r["image_id"] for r in rows], pa.int64()),
         "version": pa.array([r["version"] for r in rows], pa.int32()),
         "action": [r["action"] for r in rows],
-        "params": [params] * len(rows),
+        "params": [json.dumps(p, default=str) for p in params],
         "src": [r["src"] for r in rows],
-        "dst": [ACTIONS[r["action"]].destination(r["src"], plan.options) for r in rows],
+        "dst": [ACTIONS[r["action"]].destination(r["src"], p) for r, p in zip(rows, params)],
         "backup": [
             str(_backup_path(backup_root, run_id, r["root"], r["rel_path"])) if backup_root else None for r in rows
         ],
@@ -172,9 +176,10 @@ def _already_done(op: dict[str, Any], src: Path, dst: Path) -> bool:
     return src.exists() and not _verified(src, op["checksum_before"])
 
 
-def execute_op(op: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    """Carry out one journaled operation; returns the journal update (state, error, checksum_after)."""
+def execute_op(op: dict[str, Any]) -> dict[str, Any]:
+    """Carry out one journaled operation (options from its journal row); returns the journal update."""
     src, dst = Path(op["src"]), Path(op["dst"] or op["src"])
+    options = json.loads(op["params"] or "{}")
     try:
         if _already_done(op, src, dst):
             return _finished(op, dst, resumed=True)
@@ -249,14 +254,14 @@ def _update_changed_images(catalog: Catalog, run_id: int, changed: list[dict], o
         )
 
 
-def _run_ops(catalog: Catalog, run_id: int, ops: list[dict], options: dict, summary: ApplySummary, quiet: bool):
+def _run_ops(catalog: Catalog, run_id: int, ops: list[dict], summary: ApplySummary, quiet: bool):
     by_id = {op["op_id"]: op for op in ops}
     pending: list[dict[str, Any]] = []
     last_flush = time.monotonic()
     catalog.release()
     with progress_bar(len(ops), "apply", quiet=quiet) as bar:
         for op in ops:
-            result = execute_op(op, options)
+            result = execute_op(op)
             pending.append(result)
             _count(summary, result)
             bar.update()
@@ -280,6 +285,11 @@ def _count(summary: ApplySummary, result: dict[str, Any]) -> None:
         summary.errors.append(result["error"])
 
 
+def unfinished_count(catalog: Catalog) -> int:
+    """Operations a killed apply left `planned` (the next apply finishes them first)."""
+    return int(catalog.scalar("SELECT count(*) FROM journal WHERE state = 'planned'") or 0)
+
+
 def resume_unfinished(catalog: Catalog, *, quiet: bool = False) -> ApplySummary:
     """Finish every operation left `planned` by a killed apply, in its own run."""
     summary = ApplySummary(run_id=None)
@@ -287,9 +297,8 @@ def resume_unfinished(catalog: Catalog, *, quiet: bool = False) -> ApplySummary:
     for (run_id,) in runs:
         ops = catalog.arrow("SELECT * FROM journal WHERE run_id = ? AND state = 'planned' ORDER BY op_id",
                             [run_id]).to_pylist()
-        options = json.loads(ops[0]["params"] or "{}")
         summary.planned += len(ops)
-        _run_ops(catalog, run_id, ops, options, summary, quiet)
+        _run_ops(catalog, run_id, ops, summary, quiet)
         catalog.execute("UPDATE runs SET status = 'done', finished_at = now() WHERE run_id = ?", [run_id])
     return summary
 
@@ -307,6 +316,9 @@ def apply_plan(
         raise PlanError("apply needs --backup-dir DIR (or an explicit --no-backup to change files without a copy)")
     backup_root = None if no_backup else Path(backup_dir).expanduser().resolve()
     resumed = resume_unfinished(catalog, quiet=quiet)
+    if len(plan) == 0:
+        return ApplySummary(None, resumed=resumed.done, skipped=resumed.skipped, failed=resumed.failed,
+                            errors=resumed.errors)
     options = dict(plan.options, backup_dir=str(backup_root) if backup_root else None, no_backup=no_backup)
     with catalog.run(f"apply:{plan.decision}", options) as run_id:
         summary = ApplySummary(run_id, planned=len(plan))
@@ -315,7 +327,7 @@ def apply_plan(
             op_ids = catalog.next_ids("op_id_seq", len(plan))
             catalog.insert_arrow("journal", _journal_rows(plan, run_id, backup_root, op_ids))
         ops = catalog.arrow("SELECT * FROM journal WHERE run_id = ? ORDER BY op_id", [run_id]).to_pylist()
-        _run_ops(catalog, run_id, ops, options, summary, quiet)
+        _run_ops(catalog, run_id, ops, summary, quiet)
         summary.errors = resumed.errors + summary.errors
         catalog.finish_run(run_id, summary=asdict(summary), status="done")
     return summary

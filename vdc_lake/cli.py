@@ -28,8 +28,9 @@ class Context:
         self.config = Config.load(Path(config_file) if config_file else None)
         self.quiet = quiet
 
-    def writer(self) -> Catalog:
-        return Catalog(self.catalog_path)
+    def writer(self, *, create: bool = False) -> Catalog:
+        """Open for writing; only commands that register files (scan) may create the catalog."""
+        return Catalog(self.catalog_path, create=create)
 
     def reader(self) -> Catalog:
         return Catalog(self.catalog_path, read_only=True)
@@ -135,7 +136,7 @@ def scan(ctx: Context, roots: tuple[str, ...], workers: int | None) -> None:
     from vdc_lake.scan import scan as scan_roots
 
     cfg = ctx.config.section("scan", workers=workers)
-    with ctx.writer() as catalog:
+    with ctx.writer(create=True) as catalog:
         s = scan_roots(catalog, roots, extensions=cfg["extensions"], workers=cfg["workers"], quiet=ctx.quiet)
     click.echo(f"scan run {s.run_id}: {s.listed} files listed: {s.new} new, {s.changed} changed, "
                f"{s.touched} touched (same bytes), {s.unchanged} unchanged, {s.gone} gone, "
@@ -341,15 +342,22 @@ def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes:
     """
     from vdc_lake.apply import apply_plan
 
+    from vdc_lake.apply import unfinished_count
+
     with ctx.writer() as catalog:
+        unfinished = unfinished_count(catalog)
+        if unfinished:
+            click.echo(f"{unfinished} operations of an interrupted apply are unfinished; "
+                       + ("they run first" if (do_apply or yes) else "`--apply` finishes them first"))
         the_plan = _plan(ctx, catalog, stage, _decision_kwargs(**decision))
         _echo_plan(the_plan, examples)
         if not (do_apply or yes):
             click.echo("dry run: nothing changed; add --apply to carry this out")
             return
         s = apply_plan(catalog, the_plan, backup_dir=backup_dir, no_backup=no_backup, quiet=ctx.quiet)
-    click.echo(f"apply run {s.run_id}: {s.done} done ({s.resumed} resumed from an earlier run), "
-               f"{s.skipped} skipped, {s.failed} failed")
+    run = f"apply run {s.run_id}" if s.run_id is not None else "apply (nothing new planned)"
+    resumed = f"; {s.resumed} interrupted operations finished" if s.resumed else ""
+    click.echo(f"{run}: {s.done} done, {s.skipped} skipped, {s.failed} failed{resumed}")
     for error in s.errors:
         click.echo(f"  {error}", err=True)
     if s.failed:

@@ -15,15 +15,24 @@ DecisionQuery = tuple[str, list[Any], dict[str, Any]]
 
 
 def sanitize_decision(config: Config, **_: Any) -> DecisionQuery:
+    # Resize limits and the recompress format come from the sanitize run that found the image,
+    # so `sanitize --max-width 2000` then `apply sanitize` resizes to 2000, whatever the config says now.
     rules = config.section("sanitize")
     options = {key: rules[key] for key in ("max_width", "max_height", "recompress_format", "recompress_quality")}
-    return "SELECT image_id, version, action, reason FROM sanitize_actions", [], options
+    sql = """
+        SELECT a.image_id, a.version, a.action, a.reason,
+               json_object('max_width', r.params->'$.max_width', 'max_height', r.params->'$.max_height',
+                           'recompress_format', r.params->'$.recompress_format',
+                           'recompress_quality', r.params->'$.recompress_quality') AS params
+        FROM sanitize_actions a JOIN runs r ON r.run_id = a.run_id
+    """
+    return sql, [], options
 
 
 def rotation_decision(config: Config, *, threshold: float | None = None, prediction_set: str | None = None,
                       **_: Any) -> DecisionQuery:
     threshold = config.get("rotation_correction", "threshold", threshold)
-    sql = ("SELECT image_id, version, action, reason FROM rotation_actions(threshold := ?, prediction_set := ?) "
+    sql = ("SELECT image_id, version, action, reason, NULL AS params FROM rotation_actions(threshold := ?, prediction_set := ?) "
            "WHERE action <> 'none'")
     return sql, [float(threshold), prediction_set], {"threshold": threshold}
 
@@ -31,7 +40,7 @@ def rotation_decision(config: Config, *, threshold: float | None = None, predict
 def dedup_decision(config: Config, *, threshold: float | None = None, keep: str | None = None,
                    seed: int | None = None, embedding_set: str | None = None, **_: Any) -> DecisionQuery:
     cfg = config.section("apply_deduplication", threshold=threshold, keep=keep, seed=seed)
-    sql = ("SELECT image_id, version, action, reason FROM dedup_actions(threshold := ?, keep := ?, seed := ?, "
+    sql = ("SELECT image_id, version, action, reason, NULL AS params FROM dedup_actions(threshold := ?, keep := ?, seed := ?, "
            "embedding_set := ?) WHERE action = 'delete'")
     return sql, [float(cfg["threshold"]), cfg["keep"], int(cfg["seed"]), embedding_set], cfg
 
@@ -39,7 +48,7 @@ def dedup_decision(config: Config, *, threshold: float | None = None, keep: str 
 def examples_decision(config: Config, *, threshold: float | None = None, embedding_set: str | None = None,
                       **_: Any) -> DecisionQuery:
     threshold = config.get("filter_by_examples", "threshold", threshold)
-    sql = ("SELECT image_id, version, action, reason FROM example_actions(threshold := ?, embedding_set := ?) "
+    sql = ("SELECT image_id, version, action, reason, NULL AS params FROM example_actions(threshold := ?, embedding_set := ?) "
            "WHERE action = 'delete'")
     return sql, [float(threshold), embedding_set], {"threshold": threshold}
 
@@ -50,13 +59,13 @@ def score_decision(config: Config, *, name: str | None = None, min_score: float 
         raise PlanError("score decisions need --name (the score to filter on, e.g. aesthetic)")
     if min_score is None and max_score is None:
         raise PlanError("score decisions need --min-score and/or --max-score")
-    sql = ("SELECT image_id, version, action, reason FROM score_actions(?, min_score := ?, max_score := ?) "
+    sql = ("SELECT image_id, version, action, reason, NULL AS params FROM score_actions(?, min_score := ?, max_score := ?) "
            "WHERE action = 'delete'")
     return sql, [name, min_score, max_score], {"name": name, "min_score": min_score, "max_score": max_score}
 
 
 def sample_decision(config: Config, *, run: int | None = None, **_: Any) -> DecisionQuery:
-    sql = "SELECT image_id, version, action, reason FROM sample_actions(sample_run := ?) WHERE action = 'delete'"
+    sql = "SELECT image_id, version, action, reason, NULL AS params FROM sample_actions(sample_run := ?) WHERE action = 'delete'"
     return sql, [run], {"sample_run": run}
 
 

@@ -60,6 +60,9 @@ ArrayLike = torch.Tensor | np.ndarray
 INIT_SAMPLE_PER_CLUSTER = 20
 # k-means++ seeding draws its k centres in this many rounds of one matmul each.
 INIT_ROUNDS = 32
+# A pass scores each row exactly against its own centre and the fastest-moving 1/16 of
+# the centres; a bound covers the rest.
+_BIG_MOVERS_PER = 16
 # Elements (chunk rows x clusters) of one score matrix: 16 MiB stays in a CPU cache,
 # 1 GiB keeps a GPU busy.
 _CPU_SCORE_ELEMENTS = 2**22
@@ -240,18 +243,42 @@ def _report(progress: Progress | None, stage: str, step: int, total: int) -> Non
 # ----------------------------------------------------------------------------- one pass
 
 
-def _scoring(centers: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weights [d, k], bias [k] or None) with argmax(x @ weights + bias) = nearest centre."""
-    if metric == "cosine":
-        return centers.T.contiguous(), None
-    # |x - c|^2 = |x|^2 - (2 x.c - |c|^2): the bracket is the score to maximise.
-    return (2 * centers).T.contiguous(), -(centers * centers).sum(dim=1)
+@dataclass
+class _Scorer:
+    """Centres laid out for scoring: argmax of x @ weights + bias is the nearest centre.
 
+    weights [d, k] for full matmuls, weight_rows [k, d] (the same numbers) for gathers,
+    bias [k] or None. Cosine scores are cos(x, c); L2 scores are 2 x.c - |c|^2, since
+    |x - c|^2 = |x|^2 - (2 x.c - |c|^2).
+    """
 
-def _distance_from_score(scores: torch.Tensor, rows: torch.Tensor, metric: str) -> torch.Tensor:
-    if metric == "cosine":
-        return (1.0 - scores).clamp_(0.0, 2.0)
-    return ((rows * rows).sum(dim=1) - scores).clamp_(min=0.0)
+    weights: torch.Tensor
+    weight_rows: torch.Tensor
+    bias: torch.Tensor | None
+    metric: str
+
+    @staticmethod
+    def of(centers: torch.Tensor, metric: str) -> "_Scorer":
+        if metric == "cosine":
+            return _Scorer(centers.T.contiguous(), centers, None, metric)
+        doubled = 2 * centers
+        return _Scorer(doubled.T.contiguous(), doubled, -(centers * centers).sum(dim=1), metric)
+
+    def scores(self, rows: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """[c, k] scores of rows [c, d], or [c, len(columns)] for some centres only."""
+        if columns is None:
+            weights, bias = self.weights, self.bias
+        else:
+            weights = self.weight_rows[columns].T
+            bias = None if self.bias is None else self.bias[columns]
+        return rows @ weights if bias is None else torch.addmm(bias, rows, weights)
+
+    def distances(self, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Metric distances (1 - cos, or squared L2) from scores [c] or [c, t] of rows [c, d]."""
+        if self.metric == "cosine":
+            return (1.0 - scores).clamp_(0.0, 2.0)
+        norms = (rows * rows).sum(dim=1)
+        return (norms.view(-1, *[1] * (scores.dim() - 1)) - scores).clamp_(min=0.0)
 
 
 def _euclidean(distances: torch.Tensor, metric: str) -> torch.Tensor:
@@ -259,34 +286,77 @@ def _euclidean(distances: torch.Tensor, metric: str) -> torch.Tensor:
     return (2.0 * distances if metric == "cosine" else distances).sqrt()
 
 
-def _nearest_two(rows: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None, metric: str):
+def _nearest(rows: torch.Tensor, scorer: _Scorer):
     """Score rows [c, d] against every centre with one matmul.
 
-    Returns labels [c] int64 (nearest centre), distances [c] float32 to it, and the
-    Euclidean distance [c] to the second nearest (+inf when there is one centre).
+    Returns labels [c] int64 (nearest centre), distances [c] float32 to it, and lower [c]
+    float32, the Euclidean distance to the second nearest (+inf with one centre).
     """
-    scores = rows @ weights if bias is None else torch.addmm(bias, rows, weights)
+    scores = scorer.scores(rows)
     if scores.shape[1] == 1:
         labels = torch.zeros(len(rows), dtype=torch.int64, device=rows.device)
-        second = torch.full((len(rows),), math.inf, device=rows.device)
-        return labels, _distance_from_score(scores[:, 0], rows, metric), second
+        lower = torch.full((len(rows),), math.inf, device=rows.device)
+        return labels, scorer.distances(scores[:, 0], rows), lower
     top, index = scores.topk(2, dim=1)
-    second = _euclidean(_distance_from_score(top[:, 1].contiguous(), rows, metric), metric)
-    return index[:, 0].contiguous(), _distance_from_score(top[:, 0].contiguous(), rows, metric), second
+    lower = _euclidean(scorer.distances(top[:, 1].contiguous(), rows), scorer.metric)
+    return index[:, 0].contiguous(), scorer.distances(top[:, 0].contiguous(), rows), lower
 
 
-def _own_distances(rows: torch.Tensor, centers: torch.Tensor, metric: str) -> torch.Tensor:
-    """Distance of each row [c, d] to its own centre [c, d] (row by row, no matmul)."""
-    if metric == "cosine":
-        return (1.0 - (rows * centers).sum(dim=1)).clamp_(0.0, 2.0)
-    return ((rows - centers) ** 2).sum(dim=1)
+@dataclass
+class _Moves:
+    """How far centres moved: the largest movers ``big`` [b] (ids) get scored exactly,
+    every other centre moved at most ``rest`` (Euclidean)."""
+
+    big: torch.Tensor
+    big_position: torch.Tensor  # [k]: index in ``big``, or b for the others
+    rest: float
+
+    @staticmethod
+    def between(old: torch.Tensor, new: torch.Tensor) -> "_Moves":
+        moved = torch.linalg.vector_norm(new - old, dim=1)
+        k = len(moved)
+        n_big = min(k, math.ceil(k / _BIG_MOVERS_PER))
+        values, order = moved.topk(min(k, n_big + 1))
+        big = order[:n_big].contiguous()
+        position = torch.full((k,), n_big, dtype=torch.int64, device=moved.device)
+        position[big] = torch.arange(n_big, device=moved.device)
+        return _Moves(big, position, float(values[n_big]) if n_big < k else 0.0)
+
+
+def _nearest_known(rows: torch.Tensor, scorer: _Scorer, labels: torch.Tensor, lower: torch.Tensor,
+                   moves: _Moves):
+    """Nearest of a row's own centre and the big movers, and whether it is provably nearest.
+
+    Every other centre is at least ``lower - moves.rest`` away (triangle inequality: the
+    bound of Hamerly 2010, with the fastest-moving centres scored instead of bounded).
+    Returns (sure [c] bool, labels, distances, lower bound for the next pass), [c] each.
+    """
+    own = (rows * scorer.weight_rows[labels]).sum(dim=1, keepdim=True)
+    if scorer.bias is not None:
+        own += scorer.bias[labels].unsqueeze(1)
+    big = scorer.scores(rows, moves.big)
+    # the own centre may be a big mover too: count it once
+    big = torch.cat([big, big.new_empty(len(rows), 1)], dim=1)
+    big.scatter_(1, moves.big_position[labels].unsqueeze(1), -math.inf)
+    top, where = torch.cat([own, big[:, :-1]], dim=1).topk(min(2, big.shape[1]), dim=1)
+    ids = torch.cat([labels.unsqueeze(1), moves.big.expand(len(rows), -1)], dim=1)
+    new_labels = ids.gather(1, where[:, :1]).squeeze(1)
+    distances = scorer.distances(top[:, 0].contiguous(), rows)
+    bound = lower - moves.rest
+    # fp32 rounding must not decide a near tie: those rows get scored in full
+    margin = 1e-4 if scorer.metric == "cosine" else 1e-4 * (1.0 + rows.norm(dim=1))
+    sure = _euclidean(distances, scorer.metric) + margin <= bound
+    if top.shape[1] == 2:  # the runner-up among the scored centres bounds the next pass
+        runner_up = _euclidean(scorer.distances(top[:, 1].contiguous(), rows), scorer.metric)
+        bound = torch.minimum(bound, runner_up)
+    return sure, new_labels, distances, bound
 
 
 def _add_rows_sorted(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> None:
     """sums[labels[i]] += rows[i] with a fixed summation order (deterministic on CUDA).
 
     CUDA ``index_add_`` adds with atomics in a varying order; here rows are sorted by label,
-    summed with a cumulative sum, and each cluster receives one segment total.
+    summed in float64 with a cumulative sum, and each cluster receives one segment total.
     """
     order = torch.argsort(labels, stable=True)
     sorted_labels = labels[order]
@@ -296,21 +366,21 @@ def _add_rows_sorted(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tenso
     ends = last.nonzero().squeeze(1)
     segments = totals[ends]
     segments[1:] -= totals[ends[:-1]]
-    sums.index_add_(0, sorted_labels[ends], segments)
+    sums.index_add_(0, sorted_labels[ends], segments.to(sums.dtype))
 
 
 def _accumulate(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> None:
     if sums.device.type == "cuda":
         _add_rows_sorted(sums, labels, rows)
-    else:  # CPU index_add_ runs in index order: deterministic, and cheaper than sorting
-        sums.index_add_(0, labels, rows.to(torch.float64))
+    else:  # CPU index_add_ adds in index order: deterministic, and cheaper than sorting
+        sums.index_add_(0, labels, rows)
 
 
 @dataclass
 class _Assignment:
     """Nearest centre of every row, on the compute device, for ``centers`` [k, d].
 
-    labels [n] int64; distances [n] float32 (metric distance to the own centre); lower [n]
+    labels [n] int64; distances [n] float32, metric distance to the own centre; lower [n]
     float32, a lower bound on the Euclidean distance from the row to every other centre.
     """
 
@@ -320,55 +390,42 @@ class _Assignment:
     lower: torch.Tensor
 
 
-def _bound_shrink(moved: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """How much closer any centre other than a row's own can have come: the largest move
-    among the other centres (Hamerly 2010), per row."""
-    if len(moved) == 1:
-        return torch.zeros(len(labels), device=labels.device)
-    values, index = moved.topk(2)
-    return torch.where(labels == index[0], values[1], values[0])
-
-
 def _reassign(rows: _Rows, centers: torch.Tensor, previous: _Assignment | None, chunk: int, *,
               accumulate: bool):
     """One pass over ``rows``: the nearest of ``centers`` for every row.
 
-    With ``previous`` (the assignment to earlier centres), a row whose exact distance to its
-    old centre's new position is below its shrunken lower bound keeps its label without a
-    matmul (triangle inequality, Hamerly 2010): late Lloyd iterations and resampling steps
-    whose centres barely move then cost a fraction of a full pass. The other rows are
-    scored against all centres. Returns (assignment, sums [k, d] float64 or None,
+    Without ``previous`` every row is scored against all centres (one matmul per chunk).
+    With it (the assignment to the centres before they moved) a row is scored in full only
+    when the bounds cannot prove its nearest centre: late Lloyd iterations, and resampling
+    steps whose centres have settled, cost a fraction of a pass. Sums are float64 on CUDA
+    (fixed order) and float32 on the CPU. Returns (assignment, sums [k, d] or None,
     counts [k] int64).
     """
     k, d = centers.shape
-    device, metric = centers.device, rows.metric
-    weights, bias = _scoring(centers, metric)
-    if previous is None:
-        labels = torch.zeros(rows.n, dtype=torch.int64, device=device)
-        distances = torch.zeros(rows.n, dtype=torch.float32, device=device)
-        lower = torch.full((rows.n,), -math.inf, device=device)
+    device = centers.device
+    scorer = _Scorer.of(centers, rows.metric)
+    if previous is None or k == 1:
+        state = _Assignment(centers, torch.zeros(rows.n, dtype=torch.int64, device=device),
+                            torch.zeros(rows.n, device=device), torch.zeros(rows.n, device=device))
     else:
-        labels, distances, lower = previous.labels.clone(), previous.distances.clone(), previous.lower.clone()
-        moved = torch.linalg.vector_norm(centers - previous.centers, dim=1)
-    sums = torch.zeros((k, d), dtype=torch.float64, device=device) if accumulate else None
+        state = _Assignment(centers, previous.labels.clone(), previous.distances.clone(), previous.lower.clone())
+        moves = _Moves.between(previous.centers, centers)
+    sum_type = torch.float64 if device.type == "cuda" else torch.float32
+    sums = torch.zeros((k, d), dtype=sum_type, device=device) if accumulate else None
     for start, stop in _chunks(rows.n, chunk):
         block = rows.slice(start, stop)
-        block_labels, block_distances, block_lower = labels[start:stop], distances[start:stop], lower[start:stop]
-        if previous is None:
-            block_labels[:], block_distances[:], block_lower[:] = _nearest_two(block, weights, bias, metric)
+        labels, distances, lower = state.labels[start:stop], state.distances[start:stop], state.lower[start:stop]
+        if previous is None or k == 1:
+            labels[:], distances[:], lower[:] = _nearest(block, scorer)
         else:
-            block_distances[:] = _own_distances(block, centers[block_labels], metric)
-            block_lower -= _bound_shrink(moved, block_labels)
-            # fp32 rounding of the two distances must not decide a near tie: rescore those
-            scale = 1.0 if metric == "cosine" else 1.0 + (block * block).sum(dim=1).sqrt()
-            unsure = (_euclidean(block_distances, metric) + 1e-4 * scale > block_lower).nonzero().squeeze(1)
+            sure, labels[:], distances[:], lower[:] = _nearest_known(block, scorer, labels, lower, moves)
+            unsure = (~sure).nonzero().squeeze(1)
             if len(unsure):
-                found = _nearest_two(block[unsure], weights, bias, metric)
-                block_labels[unsure], block_distances[unsure], block_lower[unsure] = found
+                labels[unsure], distances[unsure], lower[unsure] = _nearest(block[unsure], scorer)
         if sums is not None:
-            _accumulate(sums, block_labels, block)
-    counts = torch.bincount(labels, minlength=k)
-    return _Assignment(centers, labels, distances, lower), sums, counts
+            _accumulate(sums, labels, block)
+    counts = torch.bincount(state.labels, minlength=k)
+    return state, sums, counts
 
 
 # ----------------------------------------------------------------------------- Lloyd
@@ -377,7 +434,7 @@ def _reassign(rows: _Rows, centers: torch.Tensor, previous: _Assignment | None, 
 def _new_centers(rows: _Rows, sums: torch.Tensor, counts: torch.Tensor, distances: torch.Tensor,
                  metric: str) -> torch.Tensor:
     """Cluster means (normalised for cosine); empty clusters get the farthest rows."""
-    centers = (sums / counts.clamp(min=1).unsqueeze(1)).to(torch.float32)
+    centers = (sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)).to(torch.float32)
     empty = (counts == 0).nonzero().squeeze(1)
     if len(empty):
         farthest = torch.argsort(distances, descending=True, stable=True)[: len(empty)]
@@ -413,12 +470,11 @@ def _lloyd(rows: _Rows, centers: torch.Tensor, assignment: _Assignment | None, *
 
 def _min_distances(sample: torch.Tensor, others: torch.Tensor, metric: str) -> torch.Tensor:
     """[m] distance from each sample row to the nearest of ``others`` [t, d], in chunks."""
-    weights, bias = _scoring(others, metric)
+    scorer = _Scorer.of(others, metric)
     out = torch.empty(len(sample), dtype=torch.float32, device=sample.device)
     for start, stop in _chunks(len(sample), max(1, 2**24 // len(others))):
         block = sample[start:stop]
-        scores = block @ weights if bias is None else torch.addmm(bias, block, weights)
-        out[start:stop] = _distance_from_score(scores.max(dim=1).values, block, metric)
+        out[start:stop] = scorer.distances(scorer.scores(block).max(dim=1).values, block)
     return out
 
 
