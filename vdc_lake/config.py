@@ -55,7 +55,9 @@ class Config:
     def overlay(self, data: dict[str, Any], source: str) -> None:
         """Apply overrides from one file; unknown sections or keys are errors (typos matter)."""
         for section, entries in data.items():
-            if section not in self.values or not isinstance(entries, dict):
+            if section in self.values and not isinstance(entries, dict):
+                raise ConfigError(f"{source}: [{section}] must be a table of options, not {entries!r}")
+            if section not in self.values:
                 known = ", ".join(sorted(self.values))
                 raise ConfigError(f"{source}: unknown section [{section}]; known sections: {known}")
             for key, value in entries.items():

@@ -60,9 +60,11 @@ ArrayLike = torch.Tensor | np.ndarray
 INIT_SAMPLE_PER_CLUSTER = 20
 # k-means++ seeding draws its k centres in this many rounds of one matmul each.
 INIT_ROUNDS = 32
-# A pass scores each row exactly against its own centre and the fastest-moving 1/16 of
-# the centres; a bound covers the rest.
+# Rows whose bounds fail are rescored against their own centre and the fastest-moving
+# 1/16 of the centres before falling back to all of them.
 _BIG_MOVERS_PER = 16
+# When more rows than this fraction fail their bounds, one plain pass beats gathering them.
+_RESCORE_ALL_ABOVE = 0.5
 # Elements (chunk rows x clusters) of one score matrix: 16 MiB stays in a CPU cache,
 # 1 GiB keeps a GPU busy.
 _CPU_SCORE_ELEMENTS = 2**22
@@ -302,167 +304,223 @@ def _nearest(rows: torch.Tensor, scorer: _Scorer):
     return index[:, 0].contiguous(), scorer.distances(top[:, 0].contiguous(), rows), lower
 
 
-@dataclass
-class _Moves:
-    """How far centres moved: the largest movers ``big`` [b] (ids) get scored exactly,
-    every other centre moved at most ``rest`` (Euclidean)."""
-
-    big: torch.Tensor
-    big_position: torch.Tensor  # [k]: index in ``big``, or b for the others
-    rest: float
-
-    @staticmethod
-    def between(old: torch.Tensor, new: torch.Tensor) -> "_Moves":
-        moved = torch.linalg.vector_norm(new - old, dim=1)
-        k = len(moved)
-        n_big = min(k, math.ceil(k / _BIG_MOVERS_PER))
-        values, order = moved.topk(min(k, n_big + 1))
-        big = order[:n_big].contiguous()
-        position = torch.full((k,), n_big, dtype=torch.int64, device=moved.device)
-        position[big] = torch.arange(n_big, device=moved.device)
-        return _Moves(big, position, float(values[n_big]) if n_big < k else 0.0)
+def _own_distances(rows: torch.Tensor, centers: torch.Tensor, metric: str) -> torch.Tensor:
+    """Distance of each row [c, d] to its own centre [c, d], row by row (no matmul)."""
+    if metric == "cosine":
+        return (1.0 - (rows * centers).sum(dim=1)).clamp_(0.0, 2.0)
+    return ((rows - centers) ** 2).sum(dim=1)
 
 
-def _nearest_known(rows: torch.Tensor, scorer: _Scorer, labels: torch.Tensor, lower: torch.Tensor,
-                   moves: _Moves):
-    """Nearest of a row's own centre and the big movers, and whether it is provably nearest.
+def _add_rows(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, sign: float = 1.0) -> None:
+    """sums[labels[i]] += sign * rows[i] in float64, in a fixed order on every device.
 
-    Every other centre is at least ``lower - moves.rest`` away (triangle inequality: the
-    bound of Hamerly 2010, with the fastest-moving centres scored instead of bounded).
-    Returns (sure [c] bool, labels, distances, lower bound for the next pass), [c] each.
+    CUDA ``index_add_`` adds with atomics in a varying order, so there the rows are sorted
+    by label and summed with a cumulative sum: each cluster receives one segment total.
+    CPU ``index_add_`` already adds in index order.
     """
-    own = (rows * scorer.weight_rows[labels]).sum(dim=1, keepdim=True)
-    if scorer.bias is not None:
-        own += scorer.bias[labels].unsqueeze(1)
-    big = scorer.scores(rows, moves.big)
-    # the own centre may be a big mover too: count it once
-    big = torch.cat([big, big.new_empty(len(rows), 1)], dim=1)
-    big.scatter_(1, moves.big_position[labels].unsqueeze(1), -math.inf)
-    top, where = torch.cat([own, big[:, :-1]], dim=1).topk(min(2, big.shape[1]), dim=1)
-    ids = torch.cat([labels.unsqueeze(1), moves.big.expand(len(rows), -1)], dim=1)
-    new_labels = ids.gather(1, where[:, :1]).squeeze(1)
-    distances = scorer.distances(top[:, 0].contiguous(), rows)
-    bound = lower - moves.rest
-    # fp32 rounding must not decide a near tie: those rows get scored in full
-    margin = 1e-4 if scorer.metric == "cosine" else 1e-4 * (1.0 + rows.norm(dim=1))
-    sure = _euclidean(distances, scorer.metric) + margin <= bound
-    if top.shape[1] == 2:  # the runner-up among the scored centres bounds the next pass
-        runner_up = _euclidean(scorer.distances(top[:, 1].contiguous(), rows), scorer.metric)
-        bound = torch.minimum(bound, runner_up)
-    return sure, new_labels, distances, bound
-
-
-def _add_rows_sorted(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> None:
-    """sums[labels[i]] += rows[i] with a fixed summation order (deterministic on CUDA).
-
-    CUDA ``index_add_`` adds with atomics in a varying order; here rows are sorted by label,
-    summed in float64 with a cumulative sum, and each cluster receives one segment total.
-    """
+    rows = rows.to(torch.float64) if sign == 1.0 else rows.to(torch.float64) * sign
+    if sums.device.type != "cuda":
+        sums.index_add_(0, labels, rows)
+        return
     order = torch.argsort(labels, stable=True)
     sorted_labels = labels[order]
-    totals = rows[order].to(torch.float64).cumsum(dim=0)
+    totals = rows[order].cumsum(dim=0)
     last = torch.ones_like(sorted_labels, dtype=torch.bool)
     last[:-1] = sorted_labels[1:] != sorted_labels[:-1]
     ends = last.nonzero().squeeze(1)
     segments = totals[ends]
     segments[1:] -= totals[ends[:-1]]
-    sums.index_add_(0, sorted_labels[ends], segments.to(sums.dtype))
-
-
-def _accumulate(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> None:
-    if sums.device.type == "cuda":
-        _add_rows_sorted(sums, labels, rows)
-    else:  # CPU index_add_ adds in index order: deterministic, and cheaper than sorting
-        sums.index_add_(0, labels, rows)
+    sums.index_add_(0, sorted_labels[ends], segments)
 
 
 @dataclass
 class _Assignment:
-    """Nearest centre of every row, on the compute device, for ``centers`` [k, d].
+    """Nearest centre of every row for ``centers`` [k, d], on the compute device.
 
-    labels [n] int64; distances [n] float32, metric distance to the own centre; lower [n]
-    float32, a lower bound on the Euclidean distance from the row to every other centre.
+    labels [n] int64. upper [n], lower [n] float32: bounds on the Euclidean distance from
+    the row to its own centre (from above) and to every other centre (from below); while
+    upper < lower the label is provably right (Hamerly 2010). distances [n] float32: metric
+    distance to the own centre (1 - cos, or squared L2), exact where ``fresh`` [n] is set.
     """
 
     centers: torch.Tensor
     labels: torch.Tensor
-    distances: torch.Tensor
+    upper: torch.Tensor
     lower: torch.Tensor
+    distances: torch.Tensor
+    fresh: torch.Tensor
 
 
-def _reassign(rows: _Rows, centers: torch.Tensor, previous: _Assignment | None, chunk: int, *,
-              accumulate: bool):
-    """One pass over ``rows``: the nearest of ``centers`` for every row.
+@dataclass
+class _Sums:
+    """Per-cluster float64 sums [k, d] and counts [k] of the rows assigned to them."""
 
-    Without ``previous`` every row is scored against all centres (one matmul per chunk).
-    With it (the assignment to the centres before they moved) a row is scored in full only
-    when the bounds cannot prove its nearest centre: late Lloyd iterations, and resampling
-    steps whose centres have settled, cost a fraction of a pass. Sums are float64 on CUDA
-    (fixed order) and float32 on the CPU. Returns (assignment, sums [k, d] or None,
-    counts [k] int64).
-    """
+    sums: torch.Tensor
+    counts: torch.Tensor
+
+
+def _unsure(upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """Rows whose bounds do not prove the label; near ties count as unproven so that fp32
+    rounding never decides a label."""
+    return upper + 1e-4 * (1.0 + upper + lower.clamp(max=1e6)) > lower
+
+
+def _score_all(rows: _Rows, centers: torch.Tensor, chunk: int, *,
+               with_sums: bool = True) -> tuple[_Assignment, _Sums | None]:
+    """One pass scoring every row against all centres, with the per-cluster sums."""
     k, d = centers.shape
     device = centers.device
     scorer = _Scorer.of(centers, rows.metric)
-    if previous is None or k == 1:
-        state = _Assignment(centers, torch.zeros(rows.n, dtype=torch.int64, device=device),
-                            torch.zeros(rows.n, device=device), torch.zeros(rows.n, device=device))
-    else:
-        state = _Assignment(centers, previous.labels.clone(), previous.distances.clone(), previous.lower.clone())
-        moves = _Moves.between(previous.centers, centers)
-    sum_type = torch.float64 if device.type == "cuda" else torch.float32
-    sums = torch.zeros((k, d), dtype=sum_type, device=device) if accumulate else None
+    labels = torch.empty(rows.n, dtype=torch.int64, device=device)
+    distances, lower = torch.empty(rows.n, device=device), torch.empty(rows.n, device=device)
+    sums = torch.zeros((k, d), dtype=torch.float64, device=device) if with_sums else None
     for start, stop in _chunks(rows.n, chunk):
         block = rows.slice(start, stop)
-        labels, distances, lower = state.labels[start:stop], state.distances[start:stop], state.lower[start:stop]
-        if previous is None or k == 1:
-            labels[:], distances[:], lower[:] = _nearest(block, scorer)
-        else:
-            sure, labels[:], distances[:], lower[:] = _nearest_known(block, scorer, labels, lower, moves)
-            unsure = (~sure).nonzero().squeeze(1)
-            if len(unsure):
-                labels[unsure], distances[unsure], lower[unsure] = _nearest(block[unsure], scorer)
+        labels[start:stop], distances[start:stop], lower[start:stop] = _nearest(block, scorer)
         if sums is not None:
-            _accumulate(sums, labels, block)
-    counts = torch.bincount(state.labels, minlength=k)
-    return state, sums, counts
+            _add_rows(sums, labels[start:stop], block)
+    upper = _euclidean(distances, rows.metric)
+    fresh = torch.ones(rows.n, dtype=torch.bool, device=device)
+    assignment = _Assignment(centers, labels, upper, lower, distances, fresh)
+    return assignment, (_Sums(sums, torch.bincount(labels, minlength=k)) if with_sums else None)
+
+
+def _recheck(rows: torch.Tensor, scorer: _Scorer, labels: torch.Tensor, lower: torch.Tensor,
+             big: torch.Tensor, rest: float):
+    """Score rows whose bounds failed against their own centre and the big movers.
+
+    ``lower`` [c] is the bound from before the move; every centre outside ``big`` moved at
+    most ``rest``, so it is still at least ``lower - rest`` away. Returns (sure [c] bool,
+    labels, distances, lower); the rows that are not sure need a full scoring.
+    """
+    own = (rows * scorer.weight_rows[labels]).sum(dim=1, keepdim=True)
+    if scorer.bias is not None:
+        own += scorer.bias[labels].unsqueeze(1)
+    big_scores = scorer.scores(rows, big)
+    big_scores[big.unsqueeze(0) == labels.unsqueeze(1)] = -math.inf  # the own centre, once
+    top, where = torch.cat([own, big_scores], dim=1).topk(2, dim=1)
+    ids = torch.cat([labels.unsqueeze(1), big.expand(len(rows), -1)], dim=1)
+    best_labels = ids.gather(1, where[:, :1]).squeeze(1)
+    distances = scorer.distances(top[:, 0].contiguous(), rows)
+    others = lower - rest
+    sure = ~_unsure(_euclidean(distances, scorer.metric), others)
+    runner_up = _euclidean(scorer.distances(top[:, 1].contiguous(), rows), scorer.metric)
+    return sure, best_labels, distances, torch.minimum(others, runner_up)
+
+
+def _move_centers(rows: _Rows, before: _Assignment, centers: torch.Tensor, chunk: int,
+                  sums: _Sums | None) -> _Assignment:
+    """Reassign every row to the moved ``centers`` [k, d], touching few rows when they
+    moved little; updates ``sums`` in place for the rows that changed cluster.
+
+    Bounds first (Hamerly 2010): a row keeps its label while its own centre's move plus its
+    distance bound stays below its bound to the others, which shrinks by the largest move
+    of another centre. Rows that fail are scored against their own centre and the
+    fastest-moving 1/16 of the centres (every other centre moved at most ``rest``), and
+    only the rows still unproven against all centres.
+    """
+    k = len(centers)
+    moved = torch.linalg.vector_norm(centers - before.centers, dim=1)
+    labels = before.labels.clone()
+    upper = before.upper + moved[labels]
+    lower = before.lower - _shrinks(moved, labels)
+    distances = before.distances.clone()
+    fresh = before.fresh & (moved[labels] == 0)
+    if k == 1:
+        return _Assignment(centers, labels, upper, lower, distances, fresh)
+    failing = _unsure(upper, lower).nonzero().squeeze(1)
+    if len(failing) > _RESCORE_ALL_ABOVE * rows.n:  # gathers would cost more than they save
+        assignment, fresh_sums = _score_all(rows, centers, chunk, with_sums=sums is not None)
+        if sums is not None:
+            sums.sums, sums.counts = fresh_sums.sums, fresh_sums.counts
+        return assignment
+    n_big = math.ceil(k / _BIG_MOVERS_PER)
+    values, order = moved.topk(min(k, n_big + 1))
+    big, rest = order[:n_big].contiguous(), float(values[-1]) if n_big < k else 0.0
+    scorer = _Scorer.of(centers, rows.metric)
+    for start, stop in _chunks(len(failing), chunk):
+        index = failing[start:stop]
+        block = rows.take(index)
+        old = labels[index]
+        sure, new, near, bound = _recheck(block, scorer, old, before.lower[index], big, rest)
+        unsure = (~sure).nonzero().squeeze(1)
+        if len(unsure):
+            new[unsure], near[unsure], bound[unsure] = _nearest(block[unsure], scorer)
+        if sums is not None:
+            changed = (new != old).nonzero().squeeze(1)
+            _add_rows(sums.sums, old[changed], block[changed], -1.0)
+            _add_rows(sums.sums, new[changed], block[changed])
+        labels[index], distances[index], lower[index] = new, near, bound
+        upper[index] = _euclidean(near, rows.metric)
+        fresh[index] = True
+    if sums is not None:
+        sums.counts = torch.bincount(labels, minlength=k)
+    return _Assignment(centers, labels, upper, lower, distances, fresh)
+
+
+def _shrinks(moved: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row, the largest move among the centres other than its own."""
+    if len(moved) == 1:
+        return torch.zeros(len(labels), device=labels.device)
+    values, index = moved.topk(2)
+    return torch.where(labels == index[0], values[1], values[0])
+
+
+def _refresh(rows: _Rows, assignment: _Assignment, chunk: int) -> _Assignment:
+    """Make every distance exact (those of rows whose centre moved), tightening ``upper``."""
+    stale = (~assignment.fresh).nonzero().squeeze(1)
+    distances, upper = assignment.distances.clone(), assignment.upper.clone()
+    for start, stop in _chunks(len(stale), chunk):
+        index = stale[start:stop]
+        block = rows.take(index)
+        centers = assignment.centers[assignment.labels[index]]
+        distances[index] = _own_distances(block, centers, rows.metric)
+        upper[index] = _euclidean(distances[index], rows.metric)
+    fresh = torch.ones_like(assignment.fresh)
+    return _Assignment(assignment.centers, assignment.labels, upper, assignment.lower, distances, fresh)
 
 
 # ----------------------------------------------------------------------------- Lloyd
 
 
-def _new_centers(rows: _Rows, sums: torch.Tensor, counts: torch.Tensor, distances: torch.Tensor,
-                 metric: str) -> torch.Tensor:
-    """Cluster means (normalised for cosine); empty clusters get the farthest rows."""
-    centers = (sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)).to(torch.float32)
+def _new_centers(rows: _Rows, sums: _Sums, assignment: _Assignment, chunk: int):
+    """Cluster means (normalised for cosine); empty clusters get the farthest rows.
+
+    Returns (centers [k, d], assignment, with exact distances if they were needed).
+    """
+    counts = sums.counts
+    centers = (sums.sums / counts.clamp(min=1).unsqueeze(1).to(torch.float64)).to(torch.float32)
     empty = (counts == 0).nonzero().squeeze(1)
     if len(empty):
-        farthest = torch.argsort(distances, descending=True, stable=True)[: len(empty)]
+        assignment = _refresh(rows, assignment, chunk)
+        farthest = torch.argsort(assignment.distances, descending=True, stable=True)[: len(empty)]
         centers[empty[: len(farthest)]] = rows.take(farthest)
-    if metric == "cosine":
+    if rows.metric == "cosine":
         centers = F.normalize(centers, dim=1)
-    return centers
+    return centers, assignment
 
 
-def _lloyd(rows: _Rows, centers: torch.Tensor, assignment: _Assignment | None, *, max_iters: int,
-           tol: float, chunk: int, progress: Progress | None, stage: str, final_assign: bool = True):
+def _lloyd(rows: _Rows, centers: torch.Tensor, *, max_iters: int, tol: float, chunk: int,
+           progress: Progress | None, stage: str, final_assign: bool = True):
     """Lloyd iterations from ``centers`` until the relative centre shift is below ``tol``.
 
-    Returns (centers [k, d], assignment to them or None without ``final_assign``, n_iter).
+    Returns (centers [k, d], the assignment to them with exact distances, or None without
+    ``final_assign``, n_iter).
     """
+    assignment, sums = _score_all(rows, centers, chunk)
     n_iter = 0
     for n_iter in range(1, max_iters + 1):
-        assignment, sums, counts = _reassign(rows, centers, assignment, chunk, accumulate=True)
-        updated = _new_centers(rows, sums, counts, assignment.distances, rows.metric)
+        updated, assignment = _new_centers(rows, sums, assignment, chunk)
         shift = torch.linalg.norm(updated - centers) / torch.linalg.norm(centers).clamp(min=1e-12)
         centers = updated
         _report(progress, stage, n_iter, max_iters)
-        if shift.item() < tol:
+        done = shift.item() < tol or n_iter == max_iters
+        if done and not final_assign:
+            return centers, None, n_iter
+        assignment = _move_centers(rows, assignment, centers, chunk, None if done else sums)
+        if done:
             break
-    if not final_assign:
-        return centers, None, n_iter
-    assignment, _, _ = _reassign(rows, centers, assignment, chunk, accumulate=False)
-    return centers, assignment, n_iter
+    return centers, _refresh(rows, assignment, chunk), n_iter
 
 
 # ----------------------------------------------------------------------------- seeding
@@ -526,8 +584,7 @@ def _fit(rows: _Rows, k: int, *, init: str, max_iters: int, tol: float, seed: in
     if progress is not None:
         report = lambda stage, step, total: progress(stage_prefix + stage, step, total)  # noqa: E731
     centers = _initial_centers(rows, k, init, generator, report)
-    return _lloyd(rows, centers, None, max_iters=max_iters, tol=tol, chunk=chunk, progress=report,
-                  stage="lloyd")
+    return _lloyd(rows, centers, max_iters=max_iters, tol=tol, chunk=chunk, progress=report, stage="lloyd")
 
 
 # ----------------------------------------------------------------------------- checks
@@ -629,9 +686,9 @@ def _resample(rows: _Rows, assignment: _Assignment, per_cluster: int, *, max_ite
     centers = assignment.centers
     chosen = _closest_per_cluster(assignment.labels, assignment.distances, per_cluster, len(centers))
     picked = _Rows(rows.take(chosen), device=centers.device, metric=rows.metric, unit=True)
-    centers, _, _ = _lloyd(picked, centers, None, max_iters=max_iters, tol=tol, chunk=chunk,
+    centers, _, _ = _lloyd(picked, centers, max_iters=max_iters, tol=tol, chunk=chunk,
                            progress=None, stage="refit", final_assign=False)
-    return _reassign(rows, centers, assignment, chunk, accumulate=False)[0]
+    return _refresh(rows, _move_centers(rows, assignment, centers, chunk, None), chunk)
 
 
 def _level_seed(seed: int, level: int) -> int:
@@ -695,7 +752,7 @@ def _same(saved, current) -> bool:
 # ----------------------------------------------------------------------------- hierarchy
 
 
-_ASSIGNMENT_FIELDS = ("centers", "labels", "distances", "lower")
+_ASSIGNMENT_FIELDS = ("centers", "labels", "upper", "lower", "distances", "fresh")
 
 
 def _run_level(inputs: _Rows, level: int, state: dict, save: Callable[[dict], None], *, k: int,
