@@ -22,7 +22,7 @@ import pyarrow as pa
 from vdc_lake.catalog import Catalog
 from vdc_lake.errors import StageError
 from vdc_lake.parallel import progress_bar
-from vdc_lake.sets import VectorSet, read_vectors
+from vdc_lake.sets import VectorSet, per_image_table, read_vectors
 
 
 @dataclass
@@ -90,14 +90,9 @@ def _write_clustering(catalog: Catalog, run_id: int, vs: VectorSet, result: Any,
             distances = _distances_to_centers(vs.vectors, centers, labels, metric)
             if level == 0:
                 mean_level0 = float(distances.mean()) if len(distances) else 0.0
-            catalog.insert_arrow("assignments", pa.table({
-                "run_id": pa.array(np.full(len(vs), run_id, np.int64)),
-                "image_id": pa.array(vs.image_ids),
-                "version": pa.array(vs.versions.astype(np.int32)),
-                "level": pa.array(np.full(len(vs), level, np.int32)),
-                "cluster_id": pa.array(labels.astype(np.int32)),
-                "distance": pa.array(distances),
-            }))
+            catalog.insert_arrow("assignments", per_image_table(
+                run_id, vs, level=np.full(len(vs), level, np.int32), cluster_id=labels.astype(np.int32),
+                distance=distances))
     return mean_level0
 
 

@@ -18,7 +18,7 @@ import torch
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.errors import StageError
-from vdc_lake.sets import read_vectors
+from vdc_lake.sets import per_image_table, read_vectors
 
 CHUNK_ROWS = 65536
 
@@ -80,14 +80,9 @@ def filter_by_examples(catalog: Catalog, set_name: str, examples: str | Path, *,
                              f"{vs.vectors.shape[1]}-d: embed them with the same model")
         distance, nearest = nearest_distance(vs.vectors, example_vectors)
         with catalog.transaction():
-            catalog.insert_arrow("example_distances", pa.table({
-                "run_id": pa.array(np.full(len(vs), run_id, np.int64)),
-                "set_name": pa.array([set_name] * len(vs), pa.string()),
-                "image_id": pa.array(vs.image_ids),
-                "version": pa.array(vs.versions.astype(np.int32)),
-                "distance": pa.array(distance),
-                "example": pa.array([names[i] for i in nearest], pa.string()),
-            }))
+            catalog.insert_arrow("example_distances", per_image_table(
+                run_id, vs, set_name=pa.array([set_name] * len(vs), pa.string()), distance=distance,
+                example=pa.array([names[i] for i in nearest], pa.string())))
         summary = FilterSummary(run_id, set_name, len(vs), len(names))
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary
@@ -154,13 +149,8 @@ def score_images(catalog: Catalog, set_name: str, head_path: str | Path, name: s
                     raise StageError(f"score head does not fit {vs.vectors.shape[1]}-d vectors of {set_name!r}: {e}") from e
                 scores[start:start + len(x)] = out.reshape(len(x), -1)[:, output_index].float().numpy()
         with catalog.transaction():
-            catalog.insert_arrow("scores", pa.table({
-                "run_id": pa.array(np.full(len(vs), run_id, np.int64)),
-                "name": pa.array([name] * len(vs), pa.string()),
-                "image_id": pa.array(vs.image_ids),
-                "version": pa.array(vs.versions.astype(np.int32)),
-                "score": pa.array(scores),
-            }))
+            catalog.insert_arrow("scores", per_image_table(
+                run_id, vs, name=pa.array([name] * len(vs), pa.string()), score=scores))
         summary = FilterSummary(run_id, name, len(vs))
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary

@@ -63,8 +63,8 @@ INIT_ROUNDS = 32
 # Rows whose bounds fail are rescored against their own centre and the fastest-moving
 # 1/16 of the centres before falling back to all of them.
 _BIG_MOVERS_PER = 16
-# When more rows than this fraction fail their bounds, one plain pass beats gathering them.
-_RESCORE_ALL_ABOVE = 0.5
+# Rows rechecked per batch (the row data is gathered, so this bounds the copy).
+_RECHECK_ROWS = 2**15
 # Elements (chunk rows x clusters) of one score matrix: 16 MiB stays in a CPU cache,
 # 1 GiB keeps a GPU busy.
 _CPU_SCORE_ELEMENTS = 2**22
@@ -311,17 +311,13 @@ def _own_distances(rows: torch.Tensor, centers: torch.Tensor, metric: str) -> to
     return ((rows - centers) ** 2).sum(dim=1)
 
 
-def _add_rows(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, sign: float = 1.0) -> None:
-    """sums[labels[i]] += sign * rows[i] in float64, in a fixed order on every device.
+def _segment_sums(labels: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum rows [c, d] per label in a fixed order: (distinct labels [u], sums [u, d]).
 
-    CUDA ``index_add_`` adds with atomics in a varying order, so there the rows are sorted
-    by label and summed with a cumulative sum: each cluster receives one segment total.
-    CPU ``index_add_`` already adds in index order.
+    Rows are sorted by label (stably) and summed with one cumulative sum, each label's
+    total being the difference across its segment; no atomics, so the result is the
+    same on every run, unlike CUDA ``index_add_``.
     """
-    rows = rows.to(torch.float64) if sign == 1.0 else rows.to(torch.float64) * sign
-    if sums.device.type != "cuda":
-        sums.index_add_(0, labels, rows)
-        return
     order = torch.argsort(labels, stable=True)
     sorted_labels = labels[order]
     totals = rows[order].cumsum(dim=0)
@@ -330,7 +326,16 @@ def _add_rows(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, sign
     ends = last.nonzero().squeeze(1)
     segments = totals[ends]
     segments[1:] -= totals[ends[:-1]]
-    sums.index_add_(0, sorted_labels[ends], segments)
+    return sorted_labels[ends], segments
+
+
+def _add_rows(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, sign: float = 1.0) -> None:
+    """sums[labels[i]] += sign * rows[i] in float64, in a fixed order on every device."""
+    rows = rows.to(torch.float64) if sign == 1.0 else rows.to(torch.float64) * sign
+    if sums.device.type == "cuda" and len(rows):
+        sums.index_add_(0, *_segment_sums(labels, rows))  # distinct labels: no atomics race
+    else:  # CPU index_add_ adds in index order already
+        sums.index_add_(0, labels, rows)
 
 
 @dataclass
@@ -397,7 +402,7 @@ def _recheck(rows: torch.Tensor, scorer: _Scorer, labels: torch.Tensor, lower: t
     if scorer.bias is not None:
         own += scorer.bias[labels].unsqueeze(1)
     big_scores = scorer.scores(rows, big)
-    big_scores[big.unsqueeze(0) == labels.unsqueeze(1)] = -math.inf  # the own centre, once
+    big_scores.masked_fill_(big.unsqueeze(0) == labels.unsqueeze(1), -math.inf)  # own centre once
     top, where = torch.cat([own, big_scores], dim=1).topk(2, dim=1)
     ids = torch.cat([labels.unsqueeze(1), big.expand(len(rows), -1)], dim=1)
     best_labels = ids.gather(1, where[:, :1]).squeeze(1)
@@ -413,11 +418,11 @@ def _move_centers(rows: _Rows, before: _Assignment, centers: torch.Tensor, chunk
     """Reassign every row to the moved ``centers`` [k, d], touching few rows when they
     moved little; updates ``sums`` in place for the rows that changed cluster.
 
-    Bounds first (Hamerly 2010): a row keeps its label while its own centre's move plus its
-    distance bound stays below its bound to the others, which shrinks by the largest move
-    of another centre. Rows that fail are scored against their own centre and the
-    fastest-moving 1/16 of the centres (every other centre moved at most ``rest``), and
-    only the rows still unproven against all centres.
+    Bounds first (Hamerly 2010): a row keeps its label while its distance to its own centre
+    (bounded from above, grown by that centre's move) stays below its bound to the others
+    (shrunk by the largest move of another centre); this reads no data. Rows that fail are
+    scored against their own centre and the fastest-moving 1/16 of the centres (every
+    other centre moved at most ``rest``), and only those still unproven against all.
     """
     k = len(centers)
     moved = torch.linalg.vector_norm(centers - before.centers, dim=1)
@@ -429,23 +434,20 @@ def _move_centers(rows: _Rows, before: _Assignment, centers: torch.Tensor, chunk
     if k == 1:
         return _Assignment(centers, labels, upper, lower, distances, fresh)
     failing = _unsure(upper, lower).nonzero().squeeze(1)
-    if len(failing) > _RESCORE_ALL_ABOVE * rows.n:  # gathers would cost more than they save
-        assignment, fresh_sums = _score_all(rows, centers, chunk, with_sums=sums is not None)
-        if sums is not None:
-            sums.sums, sums.counts = fresh_sums.sums, fresh_sums.counts
-        return assignment
     n_big = math.ceil(k / _BIG_MOVERS_PER)
     values, order = moved.topk(min(k, n_big + 1))
     big, rest = order[:n_big].contiguous(), float(values[-1]) if n_big < k else 0.0
     scorer = _Scorer.of(centers, rows.metric)
-    for start, stop in _chunks(len(failing), chunk):
+    # few, large batches: on a busy CPU every tensor op has a fixed cost
+    for start, stop in _chunks(len(failing), max(chunk, _RECHECK_ROWS)):
         index = failing[start:stop]
         block = rows.take(index)
         old = labels[index]
         sure, new, near, bound = _recheck(block, scorer, old, before.lower[index], big, rest)
         unsure = (~sure).nonzero().squeeze(1)
-        if len(unsure):
-            new[unsure], near[unsure], bound[unsure] = _nearest(block[unsure], scorer)
+        for part, _ in _chunks(len(unsure), chunk):
+            some = unsure[part : part + chunk]
+            new[some], near[some], bound[some] = _nearest(block[some], scorer)
         if sums is not None:
             changed = (new != old).nonzero().squeeze(1)
             _add_rows(sums.sums, old[changed], block[changed], -1.0)
@@ -470,7 +472,7 @@ def _refresh(rows: _Rows, assignment: _Assignment, chunk: int) -> _Assignment:
     """Make every distance exact (those of rows whose centre moved), tightening ``upper``."""
     stale = (~assignment.fresh).nonzero().squeeze(1)
     distances, upper = assignment.distances.clone(), assignment.upper.clone()
-    for start, stop in _chunks(len(stale), chunk):
+    for start, stop in _chunks(len(stale), max(chunk, _RECHECK_ROWS)):
         index = stale[start:stop]
         block = rows.take(index)
         centers = assignment.centers[assignment.labels[index]]

@@ -248,8 +248,9 @@ def radius_pairs_ann(
     index:     built from exactly these ``vectors`` and ``keys`` (build_index).
     vectors:   [n, d] float queries, also used to recompute the distances exactly.
     keys:      [n] their keys. threshold: cosine distance, pairs with distance < threshold.
-    k:         neighbours per vector, not counting itself; a group of more than k + 1
-               copies is still joined through the chains of their neighbour lists.
+    k:         neighbours per vector, not counting itself. A group of more than k + 1
+               near-copies yields only some of its pairs; overlapping neighbour lists
+               usually still join it into one component, but raise k when groups are big.
     Returns a PairSet of keys with exact float32 distances; progress counts query rows.
     """
     vectors, keys = _check_vectors_keys(vectors, keys)

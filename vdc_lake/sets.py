@@ -38,6 +38,17 @@ class VectorSet:
         return f"VectorSet({self.name!r}, n={len(self)}, dim={self.vectors.shape[1] if self.vectors.ndim == 2 else 0})"
 
 
+def per_image_table(run_id: int, vs: VectorSet, **columns: Any) -> pa.Table:
+    """An Arrow table of (run_id, image_id, version) for every row of vs, plus `columns`."""
+    n = len(vs)
+    return pa.table({
+        "run_id": pa.array(np.full(n, run_id, np.int64)),
+        "image_id": pa.array(vs.image_ids),
+        "version": pa.array(vs.versions.astype(np.int32)),
+        **{name: (values if isinstance(values, pa.Array) else pa.array(values)) for name, values in columns.items()},
+    })
+
+
 def _vector_column(vectors: np.ndarray) -> pa.Array:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     fixed = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])

@@ -38,31 +38,6 @@ newest_sample AS (
     SELECT max(run_id) AS run_id FROM runs WHERE stage = 'sample' AND status = 'done'
 ),
 
-sampled AS (
-    SELECT s.image_id, s.version, s.run_id
-    FROM samples AS s
-    JOIN newest_sample AS n ON n.run_id = s.run_id
-),
-
-newest_cluster AS (
-    SELECT max(run_id) AS run_id FROM runs WHERE stage = 'cluster' AND status = 'done'
-),
-
-cluster_levels AS (
-    SELECT a.run_id, a.image_id, a.version, a.level, a.cluster_id,
-           max(a.level) OVER (PARTITION BY a.run_id) AS top_level
-    FROM assignments AS a
-    JOIN newest_cluster AS n ON n.run_id = a.run_id
-),
-
-image_clusters AS (
-    SELECT image_id, version, any_value(run_id) AS cluster_run,
-           max(cluster_id) FILTER (WHERE level = 0) AS leaf_cluster_id,
-           max(cluster_id) FILTER (WHERE level = top_level) AS top_cluster_id
-    FROM cluster_levels
-    GROUP BY image_id, version
-),
-
 surviving AS (
     SELECT f.*
     FROM files AS f
@@ -77,7 +52,7 @@ final AS (
            v.content_hash, c.leaf_cluster_id, c.top_cluster_id, c.cluster_run, s.run_id AS sample_run
     FROM surviving AS v
     CROSS JOIN newest_sample AS n
-    LEFT JOIN sampled AS s ON s.image_id = v.image_id AND s.version = v.version
+    LEFT JOIN sampled_images AS s ON s.image_id = v.image_id AND s.version = v.version
     LEFT JOIN image_clusters AS c ON c.image_id = v.image_id AND c.version = v.version
     WHERE n.run_id IS NULL OR s.image_id IS NOT NULL
 )

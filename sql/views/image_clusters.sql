@@ -1,0 +1,22 @@
+-- Each image's finest (level 0) and top-level cluster in the newest finished cluster run.
+CREATE OR REPLACE VIEW image_clusters AS
+WITH newest_cluster AS (
+    SELECT max(run_id) AS run_id FROM runs WHERE stage = 'cluster' AND status = 'done'
+),
+
+cluster_levels AS (
+    SELECT a.run_id, a.image_id, a.version, a.level, a.cluster_id,
+           max(a.level) OVER (PARTITION BY a.run_id) AS top_level
+    FROM assignments AS a
+    JOIN newest_cluster AS n ON n.run_id = a.run_id
+),
+
+final AS (
+    SELECT image_id, version, any_value(run_id) AS cluster_run,
+           max(cluster_id) FILTER (WHERE level = 0) AS leaf_cluster_id,
+           max(cluster_id) FILTER (WHERE level = top_level) AS top_cluster_id
+    FROM cluster_levels
+    GROUP BY image_id, version
+)
+
+SELECT * FROM final;
