@@ -34,7 +34,7 @@ from vdc_lake.catalog import Catalog
 from vdc_lake.errors import PlanError
 from vdc_lake.files import content_hash, inspect_header
 from vdc_lake.imageops import ACTIONS
-from vdc_lake.parallel import progress_bar
+from vdc_lake.parallel import get_mapper, progress_bar
 
 FLUSH_EVERY_OPS = 256
 FLUSH_EVERY_SECONDS = 2.0
@@ -254,14 +254,18 @@ def _update_changed_images(catalog: Catalog, run_id: int, changed: list[dict], o
         )
 
 
-def _run_ops(catalog: Catalog, run_id: int, ops: list[dict], summary: ApplySummary, quiet: bool):
+def _run_ops(catalog: Catalog, run_id: int, ops: list[dict], summary: ApplySummary, quiet: bool,
+             backend: str = "local"):
     by_id = {op["op_id"]: op for op in ops}
     pending: list[dict[str, Any]] = []
     last_flush = time.monotonic()
     catalog.release()
+    if backend == "local":
+        results = map(execute_op, ops)
+    else:  # shards of ops as Ray tasks; execute_op is idempotent, so a retried task is safe
+        results = get_mapper(backend, catalog_path=catalog.path)(execute_op, ops, desc="apply", quiet=True)
     with progress_bar(len(ops), "apply", quiet=quiet) as bar:
-        for op in ops:
-            result = execute_op(op)
+        for result in results:
             pending.append(result)
             _count(summary, result)
             bar.update()
@@ -290,7 +294,7 @@ def unfinished_count(catalog: Catalog) -> int:
     return int(catalog.scalar("SELECT count(*) FROM journal WHERE state = 'planned'") or 0)
 
 
-def resume_unfinished(catalog: Catalog, *, quiet: bool = False) -> ApplySummary:
+def resume_unfinished(catalog: Catalog, *, quiet: bool = False, backend: str = "local") -> ApplySummary:
     """Finish every operation left `planned` by a killed apply, in its own run."""
     summary = ApplySummary(run_id=None)
     runs = catalog.rows("SELECT DISTINCT run_id FROM journal WHERE state = 'planned' ORDER BY run_id")
@@ -298,7 +302,7 @@ def resume_unfinished(catalog: Catalog, *, quiet: bool = False) -> ApplySummary:
         ops = catalog.arrow("SELECT * FROM journal WHERE run_id = ? AND state = 'planned' ORDER BY op_id",
                             [run_id]).to_pylist()
         summary.planned += len(ops)
-        _run_ops(catalog, run_id, ops, summary, quiet)
+        _run_ops(catalog, run_id, ops, summary, quiet, backend)
         catalog.execute("UPDATE runs SET status = 'done', finished_at = now() WHERE run_id = ?", [run_id])
     return summary
 
@@ -310,12 +314,13 @@ def apply_plan(
     backup_dir: str | os.PathLike | None,
     no_backup: bool = False,
     quiet: bool = False,
+    backend: str = "local",
 ) -> ApplySummary:
     """Carry out a plan with the journaled protocol. Unfinished earlier operations run first."""
     if backup_dir is None and not no_backup:
         raise PlanError("apply needs --backup-dir DIR (or an explicit --no-backup to change files without a copy)")
     backup_root = None if no_backup else Path(backup_dir).expanduser().resolve()
-    resumed = resume_unfinished(catalog, quiet=quiet)
+    resumed = resume_unfinished(catalog, quiet=quiet, backend=backend)
     if len(plan) == 0:
         return ApplySummary(None, resumed=resumed.done, skipped=resumed.skipped, failed=resumed.failed,
                             errors=resumed.errors)
@@ -327,7 +332,7 @@ def apply_plan(
             op_ids = catalog.next_ids("op_id_seq", len(plan))
             catalog.insert_arrow("journal", _journal_rows(plan, run_id, backup_root, op_ids))
         ops = catalog.arrow("SELECT * FROM journal WHERE run_id = ? ORDER BY op_id", [run_id]).to_pylist()
-        _run_ops(catalog, run_id, ops, summary, quiet)
+        _run_ops(catalog, run_id, ops, summary, quiet, backend)
         summary.errors = resumed.errors + summary.errors
         catalog.finish_run(run_id, summary=asdict(summary), status="done")
     return summary

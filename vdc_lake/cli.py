@@ -120,12 +120,32 @@ def cli(ctx: click.Context, catalog: str, config_file: str | None, quiet: bool) 
 
 # -- scan / sanitize ------------------------------------------------------------------------------
 
+def backend_options(func: Callable) -> Callable:
+    """--backend and --ray-address, shared by the per-file stages (scan, sanitize, apply)."""
+    func = click.option("--ray-address", default=None,
+                        help="Ray cluster for --backend ray [config scale.ray_address: local instance].")(func)
+    return click.option("--backend", type=click.Choice(["local", "ray"]), default=None,
+                        help="Where per-file work runs [config scale.backend: local].")(func)
+
+
+def _backend(ctx: Context, backend: str | None, ray_address: str | None) -> str:
+    """The effective backend; joins (or starts) the Ray cluster when it is 'ray'."""
+    backend = ctx.config.get("scale", "backend", backend)
+    if backend == "ray":
+        from vdc_lake.ray_backend import connect
+
+        connect(ctx.config.get("scale", "ray_address", ray_address) or None)
+    return backend
+
+
 @cli.command()
 @click.argument("roots", nargs=-1, required=True, type=click.Path())
 @click.option("--workers", type=int, default=None, help="Parallel readers [config scan.workers; 0 = all cores].")
+@backend_options
 @pass_ctx
 @handle_errors
-def scan(ctx: Context, roots: tuple[str, ...], workers: int | None) -> None:
+def scan(ctx: Context, roots: tuple[str, ...], workers: int | None, backend: str | None,
+         ray_address: str | None) -> None:
     """Register image files under ROOTS, incrementally: new files are added, changed files get
     a new version, vanished files are marked not present, unchanged files are not read.
 
@@ -136,8 +156,10 @@ def scan(ctx: Context, roots: tuple[str, ...], workers: int | None) -> None:
     from vdc_lake.scan import scan as scan_roots
 
     cfg = ctx.config.section("scan", workers=workers)
+    backend = _backend(ctx, backend, ray_address)
     with ctx.writer(create=True) as catalog:
-        s = scan_roots(catalog, roots, extensions=cfg["extensions"], workers=cfg["workers"], quiet=ctx.quiet)
+        s = scan_roots(catalog, roots, extensions=cfg["extensions"], workers=cfg["workers"], quiet=ctx.quiet,
+                       backend=backend)
     click.echo(f"scan run {s.run_id}: {s.listed} files listed: {s.new} new, {s.changed} changed, "
                f"{s.touched} touched (same bytes), {s.unchanged} unchanged, {s.gone} gone, "
                f"{s.errors} unreadable headers")
@@ -155,9 +177,11 @@ def scan(ctx: Context, roots: tuple[str, ...], workers: int | None) -> None:
 @click.option("--max-aspect-ratio", type=float, default=None, help="[config sanitize.max_aspect_ratio: 6.667]")
 @click.option("--max-file-size-mb", type=float, default=None, help="[config sanitize.max_file_size_mb: 10]")
 @click.option("--max-pixels", type=int, default=None, help="Decompression-bomb limit [config: 89478485].")
+@backend_options
 @pass_ctx
 @handle_errors
-def sanitize(ctx: Context, quick: bool, recheck: bool, workers: int | None, **rules: Any) -> None:
+def sanitize(ctx: Context, quick: bool, recheck: bool, workers: int | None, backend: str | None,
+             ray_address: str | None, **rules: Any) -> None:
     """Validate present images with VDC's rules plus a full reduced-scale decode; record findings.
 
     Each image gets one action in the sanitize_actions view (delete > resize > recompress).
@@ -171,8 +195,10 @@ def sanitize(ctx: Context, quick: bool, recheck: bool, workers: int | None, **ru
 
     effective = ctx.config.section("sanitize", **rules)
     workers = ctx.config.get("scan", "workers", workers)
+    backend = _backend(ctx, backend, ray_address)
     with ctx.writer() as catalog:
-        s = run_sanitize(catalog, effective, quick=quick, recheck=recheck, workers=workers, quiet=ctx.quiet)
+        s = run_sanitize(catalog, effective, quick=quick, recheck=recheck, workers=workers, quiet=ctx.quiet,
+                         backend=backend)
     click.echo(f"sanitize run {s.run_id}: {s.checked} images checked ({s.decoded} decoded), "
                f"{s.findings} findings on {s.images_with_findings} images")
 
@@ -324,11 +350,12 @@ def plan(ctx: Context, stage: str, examples: int, **decision: Any) -> None:
 @click.option("--yes", is_flag=True, help="Same as --apply, for scripts.")
 @click.option("--no-backup", is_flag=True, help="Change files without keeping a copy (cannot be restored).")
 @click.option("--examples", type=int, default=5, show_default=True)
+@backend_options
 @decision_options
 @pass_ctx
 @handle_errors
 def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes: bool, no_backup: bool,
-          examples: int, **decision: Any) -> None:
+          examples: int, backend: str | None, ray_address: str | None, **decision: Any) -> None:
     """Carry out a stage's decisions on the files: journaled, backed up, resumable, reversible.
 
     Without --apply this is a dry run that prints the plan.
@@ -354,7 +381,8 @@ def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes:
         if not (do_apply or yes):
             click.echo("dry run: nothing changed; add --apply to carry this out")
             return
-        s = apply_plan(catalog, the_plan, backup_dir=backup_dir, no_backup=no_backup, quiet=ctx.quiet)
+        s = apply_plan(catalog, the_plan, backup_dir=backup_dir, no_backup=no_backup, quiet=ctx.quiet,
+                       backend=_backend(ctx, backend, ray_address))
     run = f"apply run {s.run_id}" if s.run_id is not None else "apply (nothing new planned)"
     resumed = f"; {s.resumed} interrupted operations finished" if s.resumed else ""
     click.echo(f"{run}: {s.done} done, {s.skipped} skipped, {s.failed} failed{resumed}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -52,6 +53,21 @@ def map_ordered(
             for result in pool.imap(func, items, chunksize=chunksize):
                 yield result
                 bar.update()
+
+
+BACKENDS = ("local", "ray")
+
+
+def get_mapper(backend: str, *, catalog_path: str | os.PathLike) -> Callable[..., Iterator[Any]]:
+    """The ordered map of a backend: `map_ordered` ("local"), or the Ray map ("ray") that
+    stages its parts in CATALOG.staging (vdc_lake.ray_backend; Ray is imported only then)."""
+    if backend == "local":
+        return map_ordered
+    if backend == "ray":
+        from vdc_lake.ray_backend import ray_map_ordered, staging_root
+
+        return functools.partial(ray_map_ordered, staging_dir=staging_root(catalog_path))
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.files import UNUSUAL_MODES, decode_check
-from vdc_lake.parallel import batched, map_ordered
+from vdc_lake.parallel import batched, get_mapper
 from vdc_lake.sets import register_embedding_set, write_vectors
 
 COMMIT_EVERY = 5000
@@ -145,7 +145,8 @@ def _write_decode_batch(catalog: Catalog, run_id: int, batch: list, summary: San
     summary.descriptors += len(good)
 
 
-def _decode_pass(catalog: Catalog, run_id: int, targets: pa.Table, rules: dict, summary, workers, quiet) -> None:
+def _decode_pass(catalog: Catalog, run_id: int, targets: pa.Table, rules: dict, summary, workers, quiet,
+                 backend: str = "local") -> None:
     max_pixels = int(rules["max_pixels"])
     rows = [
         r for r in targets.to_pylist()
@@ -164,8 +165,8 @@ def _decode_pass(catalog: Catalog, run_id: int, targets: pa.Table, rules: dict, 
         for r in rows
     ]
     catalog.release()
-    results = map_ordered(partial(_decode_one, max_pixels=max_pixels), items, workers=workers,
-                          desc="decode", quiet=quiet)
+    mapper = get_mapper(backend, catalog_path=catalog.path)
+    results = mapper(partial(_decode_one, max_pixels=max_pixels), items, workers=workers, desc="decode", quiet=quiet)
     for batch in batched(zip(rows, results), COMMIT_EVERY):
         _write_decode_batch(catalog, run_id, batch, summary)
         catalog.release()
@@ -179,6 +180,7 @@ def sanitize(
     recheck: bool = False,
     workers: int | None = None,
     quiet: bool = False,
+    backend: str = "local",
 ) -> SanitizeSummary:
     """Check present images not yet checked at their current version; write findings.
 
@@ -192,7 +194,7 @@ def sanitize(
         with catalog.registered("sanitize_targets", targets), catalog.transaction():
             summary.findings += _header_findings(catalog, run_id, rules)
         if not quick and rules.get("check_corruption", True):
-            _decode_pass(catalog, run_id, targets, rules, summary, workers, quiet)
+            _decode_pass(catalog, run_id, targets, rules, summary, workers, quiet, backend)
         with catalog.transaction():
             catalog.insert_arrow("sanitize_checks", pa.table({
                 "run_id": pa.array([run_id] * targets.num_rows, pa.int64()),

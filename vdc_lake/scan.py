@@ -18,7 +18,7 @@ import pyarrow as pa
 from vdc_lake.catalog import Catalog
 from vdc_lake.errors import StageError
 from vdc_lake.files import inspect_header
-from vdc_lake.parallel import batched, map_ordered
+from vdc_lake.parallel import batched, get_mapper, map_ordered  # noqa: F401 - tests reach INLINE_BELOW through it
 
 COMMIT_EVERY = 5000
 FACT_COLUMNS = [
@@ -178,6 +178,7 @@ def scan(
     extensions: Sequence[str],
     workers: int | None = None,
     quiet: bool = False,
+    backend: str = "local",
 ) -> ScanSummary:
     """Register image files under `roots` in the catalog; returns counts per outcome."""
     resolved = []
@@ -197,7 +198,8 @@ def scan(
         if rows:  # closing and reopening costs ~0.1 s, most of an unchanged re-scan
             catalog.release()  # no open DuckDB handle across fork; readers may get in meanwhile
         paths = [os.path.join(r["root"], r["rel_path"]) for r in rows]
-        results = map_ordered(_inspect, paths, workers=workers, desc="scan", quiet=quiet)
+        mapper = get_mapper(backend, catalog_path=catalog.path)
+        results = mapper(_inspect, paths, workers=workers, desc="scan", quiet=quiet)
         for batch in batched(zip(rows, results), COMMIT_EVERY):
             _write_batch(catalog, run_id, batch, summary)
             catalog.release()

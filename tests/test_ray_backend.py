@@ -1,0 +1,165 @@
+"""Ray backend: scan, sanitize and apply on Ray tasks give the catalog the local backend gives;
+a worker killed mid-shard is retried without duplicates or losses; a re-run resumes from the
+staged parts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vdc-lake[scale]'); Ray tests skipped")
+
+from tests.conftest import default_config  # noqa: E402
+from vdc_lake import scan as scan_module  # noqa: E402
+from vdc_lake.apply import apply_plan, make_plan  # noqa: E402
+from vdc_lake.catalog import Catalog  # noqa: E402
+from vdc_lake.decisions import decision_query  # noqa: E402
+from vdc_lake.errors import StageError  # noqa: E402
+from vdc_lake.files import inspect_header  # noqa: E402
+from vdc_lake.ray_backend import ray_map_ordered, staging_root  # noqa: E402
+from vdc_lake.sanitize import sanitize  # noqa: E402
+from vdc_lake.scan import scan  # noqa: E402
+
+# Set by a test before its function is shipped: cloudpickle copies these values to the workers.
+CRASH_MARKER = ""
+CRASH_PATH_SUFFIX = ""
+CALLS_DIR = ""
+POISON_FILE = ""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    # this module is not importable on the workers: ship its functions by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.shutdown()
+
+
+def _copy(template_root: Path, where: Path) -> Path:
+    shutil.copytree(template_root, where, symlinks=True)
+    return where
+
+
+def _normalised(value, replacements: dict[str, str]):
+    if isinstance(value, str):
+        for old, new in replacements.items():
+            value = value.replace(old, new)
+    return value
+
+
+def _content(catalog_path: Path, replacements: dict[str, str]) -> dict[str, list[tuple]]:
+    """Catalog tables row by row, without run ids, timestamps and this copy's paths."""
+    queries = {
+        "images": "SELECT * EXCLUDE (first_run, updated_run, mtime_ns) FROM images ORDER BY image_id",
+        "findings": "SELECT * EXCLUDE (run_id) FROM findings ORDER BY image_id, version, rule, detail",
+        "embeddings": "SELECT * EXCLUDE (run_id) FROM embeddings WHERE set_name = 'builtin' ORDER BY image_id, version",
+        "journal": "SELECT * EXCLUDE (run_id, ts) FROM journal ORDER BY op_id",
+        "sanitize_checks": "SELECT * EXCLUDE (run_id) FROM sanitize_checks ORDER BY image_id, version",
+    }
+    with Catalog(catalog_path, read_only=True) as catalog:
+        return {
+            name: [tuple(_normalised(v, replacements) for v in row.values()) for row in catalog.arrow(sql).to_pylist()]
+            for name, sql in queries.items()
+        }
+
+
+def _walkthrough(root: Path, catalog_path: Path, backup_dir: Path, backend: str) -> dict[str, list[tuple]]:
+    config = default_config(catalog_path.parent)
+    with Catalog(catalog_path) as catalog:
+        scan(catalog, [root], extensions=config.values["scan"]["extensions"], workers=2, quiet=True, backend=backend)
+        sanitize(catalog, config.section("sanitize"), workers=2, quiet=True, backend=backend)
+        source_sql, params, options = decision_query("sanitize", config)
+        plan = make_plan(catalog, "sanitize", source_sql, params, options)
+        summary = apply_plan(catalog, plan, backup_dir=backup_dir, quiet=True, backend=backend)
+    assert (summary.planned, summary.done, summary.failed) == (10, 10, 0)
+    assert not staging_root(catalog_path).exists() or not any(staging_root(catalog_path).iterdir())
+    return _content(catalog_path, {str(root.resolve()): "ROOT", str(backup_dir.resolve()): "BACKUP"})
+
+
+def test_ray_backend_writes_the_same_catalog_as_the_local_backend(sample_template, tmp_path):
+    local = _walkthrough(_copy(sample_template.root, tmp_path / "local" / "data"), tmp_path / "local" / "c.duckdb",
+                         tmp_path / "local" / "backup", "local")
+    on_ray = _walkthrough(_copy(sample_template.root, tmp_path / "ray" / "data"), tmp_path / "ray" / "c.duckdb",
+                          tmp_path / "ray" / "backup", "ray")
+    assert {name: len(rows) for name, rows in on_ray.items()} == {name: len(rows) for name, rows in local.items()}
+    assert len(local["images"]) == len(sample_template.all_files())
+    assert len(local["embeddings"]) > 0 and len(local["findings"]) > 0 and len(local["journal"]) == 10
+    for name in local:
+        assert on_ray[name] == local[name], name
+
+
+def _inspect_or_die(path: str) -> dict:
+    """inspect_header, except that the first attempt at one file kills its worker process."""
+    if path.endswith(CRASH_PATH_SUFFIX) and not os.path.exists(CRASH_MARKER):
+        Path(CRASH_MARKER).touch()
+        os._exit(1)
+    return inspect_header(path)
+
+
+def test_a_killed_scan_task_is_retried_without_duplicates_or_losses(sample_template, tmp_path, monkeypatch):
+    global CRASH_MARKER, CRASH_PATH_SUFFIX
+    root = _copy(sample_template.root, tmp_path / "data")
+    CRASH_MARKER, CRASH_PATH_SUFFIX = str(tmp_path / "crashed-once"), "sizes/tiny_40x60.jpg"
+    monkeypatch.setattr(scan_module, "_inspect", _inspect_or_die)
+    extensions = default_config(tmp_path).values["scan"]["extensions"]
+    with Catalog(tmp_path / "c.duckdb") as catalog:
+        summary = scan(catalog, [root], extensions=extensions, quiet=True, backend="ray")
+        rows = catalog.arrow("SELECT rel_path, content_hash FROM images ORDER BY rel_path").to_pylist()
+    assert Path(CRASH_MARKER).exists()  # the worker really died once
+    files = sample_template.all_files()
+    assert summary.listed == summary.new == len(files)
+    assert [r["rel_path"] for r in rows] == sorted(files)  # each file once: no duplicates, no losses
+    expected = {rel: inspect_header(str(root / rel))["content_hash"] for rel in files}
+    assert {r["rel_path"]: r["content_hash"] for r in rows} == expected
+
+
+def _record_call(item: int) -> int:
+    """item * 10, leaving one file per call; fails on item 37 while the poison file exists."""
+    Path(CALLS_DIR, f"{item}-{uuid.uuid4().hex}").touch()
+    if item == 37 and os.path.exists(POISON_FILE):
+        raise RuntimeError("poisoned")
+    return item * 10
+
+
+def _calls() -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for name in os.listdir(CALLS_DIR):
+        item = int(name.split("-")[0])
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def test_a_rerun_after_a_failed_shard_only_runs_the_missing_shards(tmp_path):
+    global CALLS_DIR, POISON_FILE
+    CALLS_DIR, POISON_FILE = str(tmp_path / "calls"), str(tmp_path / "poison")
+    os.mkdir(CALLS_DIR)
+    Path(POISON_FILE).touch()
+    staging = tmp_path / "catalog.duckdb.staging"
+    with pytest.raises(StageError, match=r"map-[0-9a-f]{16}: shard 7 \(items 35\.\.39\) failed"):
+        list(ray_map_ordered(_record_call, range(40), desc="map", quiet=True, staging_dir=staging, shard_size=5))
+    parts = sorted(p.name for p in next(staging.iterdir()).glob("part-*.parquet"))
+    assert parts == [f"part-{i:05d}.parquet" for i in range(7)]
+    Path(POISON_FILE).unlink()
+    stale = staging / "map-0123456789abcdef"  # left by a crashed run on other inputs
+    stale.mkdir()
+    (stale / "part-00000.parquet").touch()
+    results = list(ray_map_ordered(_record_call, range(40), desc="map", quiet=True, staging_dir=staging,
+                                   shard_size=5))
+    assert results == [i * 10 for i in range(40)]
+    calls = _calls()
+    assert {i: calls[i] for i in range(35)} == {i: 1 for i in range(35)}  # staged shards were not redone
+    assert calls[35] == 2 and calls[39] == 1  # shard 7 ran again from its first item
+    assert list(staging.iterdir()) == []  # a finished map removes its parts, and stale ones of its stage
+
+
+def test_the_local_backend_does_not_import_ray():
+    code = ("import sys, vdc_lake.scan, vdc_lake.sanitize, vdc_lake.apply, vdc_lake.parallel as p; "
+            "p.get_mapper('local', catalog_path='c.duckdb'); assert 'ray' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
