@@ -265,3 +265,24 @@ def test_only_scan_creates_a_catalog(tmp_path, run_cli, command):
     assert result.exit_code == 1
     assert "run `vdc-lake scan ROOT` first" in result.output
     assert not missing.exists()
+
+
+def test_dedup_report_ann_and_exact_find_the_same_copies(sample_tree, catalog_path, run_cli):
+    assert run_cli(["scan", sample_tree.root], catalog_path).exit_code == 0
+    assert run_cli(["sanitize"], catalog_path).exit_code == 0
+    found = {}
+    for method in ("ann", "exact"):
+        result = run_cli(["dedup", "report", "--set", "builtin", "--report-threshold", "0.1", "--method", method],
+                         catalog_path)
+        assert result.exit_code == 0, result.output
+        assert f"({method}," in result.output
+        with Catalog(catalog_path, read_only=True) as c:
+            found[method] = set(c.rows("SELECT image_a, image_b, round(distance, 4) FROM near_duplicate_edges"))
+    assert found["ann"] == found["exact"]
+    with Catalog(catalog_path, read_only=True) as c:
+        paths = dict(c.rows("SELECT image_id, rel_path FROM images"))
+        assert c.scalar("SELECT count(*) FROM ann_indexes") == 1
+    pairs = {frozenset((paths[a], paths[b])) for a, b, _ in found["exact"]}
+    for kind in ("resized_copy", "recompressed_copy"):
+        for copy in sample_tree.kind(kind):
+            assert frozenset((copy, sample_tree.manifest["copy_of"][copy])) in pairs, copy

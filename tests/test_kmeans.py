@@ -47,32 +47,32 @@ def test_kmeans_recovers_planted_clusters(metric, init):
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_kmeans_result_is_exact_and_well_formed(metric):
-    x, _ = _planted(n=3000, d=24, k=30, seed=2)
-    result = kmeans(x, 40, metric=metric, seed=3, chunk_size=500)
-    assert result.centers.shape == (40, 24) and result.centers.dtype == torch.float32
-    assert result.assignments.shape == (3000,) and result.assignments.dtype == torch.int64
-    assert result.distances.shape == (3000,) and result.distances.dtype == torch.float32
-    assert 1 <= result.n_iter <= 50 and len(result) == 40
+    x, _ = _planted(n=2000, d=24, k=20, seed=2)
+    result = kmeans(x, 30, metric=metric, seed=3, chunk_size=500)
+    assert result.centers.shape == (30, 24) and result.centers.dtype == torch.float32
+    assert result.assignments.shape == (2000,) and result.assignments.dtype == torch.int64
+    assert result.distances.shape == (2000,) and result.distances.dtype == torch.float32
+    assert 1 <= result.n_iter <= 50 and len(result) == 30
     exact = _brute_force(x, result.centers, metric)
     own = exact.gather(1, result.assignments.unsqueeze(1)).squeeze(1)
     assert torch.all(own <= exact.min(dim=1).values + 1e-5)  # nearest centre, up to fp32 ties
     assert torch.allclose(result.distances.double(), own, atol=1e-4, rtol=1e-4)
     if metric == "cosine":
-        assert torch.allclose(result.centers.norm(dim=1), torch.ones(40), atol=1e-5)
-    assert repr(result).startswith("KMeansResult(k=40, d=24, n=3000, n_iter=")
+        assert torch.allclose(result.centers.norm(dim=1), torch.ones(30), atol=1e-5)
+    assert repr(result).startswith("KMeansResult(k=30, d=24, n=2000, n_iter=")
 
 
 def test_kmeans_is_deterministic_and_takes_numpy_and_memmaps(tmp_path):
-    x, _ = _planted(n=2000, d=16, k=20, seed=4)
-    first = kmeans(x, 25, seed=5)
-    again = kmeans(x.numpy(), 25, seed=5)
+    x, _ = _planted(n=1500, d=16, k=15, seed=4)
+    first = kmeans(x, 20, seed=5)
+    again = kmeans(x.numpy(), 20, seed=5)
     path = tmp_path / "x.npy"
     np.save(path, x.numpy())
-    streamed = kmeans(np.load(path, mmap_mode="r"), 25, seed=5, chunk_size=300)
+    streamed = kmeans(np.load(path, mmap_mode="r"), 20, seed=5)
     for other in (again, streamed):
         assert torch.equal(first.assignments, other.assignments)
         assert torch.allclose(first.centers, other.centers, atol=1e-6)
-    assert not torch.equal(first.centers, kmeans(x, 25, seed=6).centers)
+    assert not torch.equal(first.centers, kmeans(x, 20, seed=6).centers)
 
 
 def test_kmeans_with_as_many_clusters_as_points():
@@ -125,7 +125,7 @@ def test_segment_sums_match_index_add():
 
 
 def _hierarchy_data():
-    x, _ = _planted(n=3000, d=16, k=60, seed=8)
+    x, _ = _planted(n=1500, d=16, k=40, seed=8)
     return x
 
 
@@ -133,14 +133,14 @@ def _hierarchy_data():
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_hierarchy_shapes_and_parent_child_consistency(method, metric):
     x = _hierarchy_data()
-    result = hierarchical_kmeans(x, [80, 12, 3], method=method, n_samples=[6, 3, 2], n_resamples=3,
+    result = hierarchical_kmeans(x, [50, 10, 3], method=method, n_samples=[6, 3, 2], n_resamples=3,
                                  metric=metric, seed=1)
-    assert len(result) == 3 and result.assignment_matrix().shape == (3000, 3)
+    assert len(result) == 3 and result.assignment_matrix().shape == (1500, 3)
     inputs = x
-    for level, (k, m) in enumerate(zip([80, 12, 3], [3000, 80, 12])):
+    for level, (k, m) in enumerate(zip([50, 10, 3], [1500, 50, 10])):
         this = result[level]
         assert this.centers.shape == (k, 16)
-        assert this.assignments.shape == (3000,) and this.input_assignments.shape == (m,)
+        assert this.assignments.shape == (1500,) and this.input_assignments.shape == (m,)
         assert int(this.input_assignments.max()) < k
         if level > 0:  # a point's cluster is the parent of its cluster one level down
             parent_of_child = this.input_assignments[result[level - 1].assignments]
@@ -155,7 +155,7 @@ def test_hierarchy_shapes_and_parent_child_consistency(method, metric):
 
 def test_hierarchy_is_deterministic_for_a_seed():
     x = _hierarchy_data()
-    runs = [hierarchical_kmeans(x, [50, 8], method="resampled", n_samples=[5, 2], n_resamples=3, seed=s)
+    runs = [hierarchical_kmeans(x, [40, 8], method="resampled", n_samples=[5, 2], n_resamples=3, seed=s)
             for s in (2, 2, 3)]
     for a, b in zip(runs[0].levels, runs[1].levels):
         assert torch.equal(a.centers, b.centers) and torch.equal(a.assignments, b.assignments)
@@ -177,11 +177,11 @@ def _stop_at(stage, step):
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, stage, step):
     x = _hierarchy_data()
     options = dict(method="resampled", n_samples=[5, 3], n_resamples=4, seed=4)
-    whole = hierarchical_kmeans(x, [60, 10], **options)
+    whole = hierarchical_kmeans(x, [40, 8], **options)
     with pytest.raises(_Interrupt):
-        hierarchical_kmeans(x, [60, 10], checkpoint_dir=tmp_path, progress=_stop_at(stage, step), **options)
+        hierarchical_kmeans(x, [40, 8], checkpoint_dir=tmp_path, progress=_stop_at(stage, step), **options)
     seen = []
-    resumed = hierarchical_kmeans(x, [60, 10], checkpoint_dir=tmp_path,
+    resumed = hierarchical_kmeans(x, [40, 8], checkpoint_dir=tmp_path,
                                   progress=lambda name, done, total: seen.append((name, done)), **options)
     for a, b in zip(whole.levels, resumed.levels):
         assert torch.equal(a.centers, b.centers)
@@ -211,7 +211,7 @@ def test_hierarchy_rejects_bad_arguments():
         hierarchical_kmeans(x, [10, 20])
     with pytest.raises(ValueError, match="needs n_samples"):
         hierarchical_kmeans(x, [10, 5], method="resampled")
-    with pytest.raises(ValueError, match="exceeds the 3000 points"):
+    with pytest.raises(ValueError, match="exceeds the 1500 points"):
         hierarchical_kmeans(x, [4000, 5])
     with pytest.raises(ValueError, match="method must be"):
         hierarchical_kmeans(x, [10, 5], method="resample")

@@ -531,7 +531,7 @@ def dedup() -> None:
 @click.option("--center/--no-center", default=None, help="Subtract the set's mean first [config dedup.center].")
 @click.option("--l2-normalize/--no-l2-normalize", default=None, help="[config dedup.l2_normalize: true]")
 @click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "i8"]), default=None,
-              help="Index storage [config dedup.index_dtype: f16].")
+              help="Index storage [config dedup.index_dtype: i8].")
 @pass_ctx
 @handle_errors
 def dedup_index(ctx: Context, set_name: str, center: bool | None, l2_normalize: bool | None, dtype: str | None) -> None:
@@ -555,14 +555,17 @@ def dedup_index(ctx: Context, set_name: str, center: bool | None, l2_normalize: 
 @click.option("--set", "set_name", required=True, help="Embedding set to search.")
 @click.option("--report-threshold", type=float, default=None, help="Keep pairs under this distance [0.5].")
 @click.option("--metric", type=click.Choice(["cosine"]), default=None, help="[cosine]")
-@click.option("--exact", is_flag=True, help="Exact tiled matmul + top-k in torch instead of the ANN index.")
+@click.option("--method", type=click.Choice(["auto", "ann", "exact"]), default="auto", show_default=True,
+              help="exact: tiled matmul + top-k in torch; ann: usearch HNSW index; auto: exact on a GPU "
+                   "or up to 200k vectors on the CPU, ann beyond.")
+@click.option("--exact", is_flag=True, help="Same as --method exact.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto uses the exact search on a GPU when one is available.")
 @click.option("--neighbors", type=int, default=None, help="Neighbours examined per image [16].")
 @pass_ctx
 @handle_errors
-def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, metric: str | None, exact: bool,
-                 device: str, neighbors: int | None) -> None:
+def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, metric: str | None, method: str,
+                 exact: bool, device: str, neighbors: int | None) -> None:
     """Write every pair of the set under the report threshold to dup_edges.
 
     Then pick the apply threshold and keep rule in SQL, without searching again:
@@ -577,7 +580,8 @@ def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, me
 
     cfg = ctx.config.section("dedup", report_threshold=report_threshold, metric=metric, neighbors=neighbors)
     with ctx.writer() as catalog:
-        s = report(catalog, set_name, threshold=cfg["report_threshold"], metric=cfg["metric"], exact=exact,
+        s = report(catalog, set_name, threshold=cfg["report_threshold"], metric=cfg["metric"],
+                   method="exact" if exact else method,
                    device=device, neighbors_k=cfg["neighbors"], center=cfg["center"],
                    l2_normalize=cfg["l2_normalize"], dtype=cfg["index_dtype"], quiet=ctx.quiet)
     click.echo(f"report run {s.run_id}: {s.pairs} pairs under {s.threshold} among {s.n_vectors} images "

@@ -19,6 +19,10 @@ from vdc_lake.errors import StageError
 from vdc_lake.sets import VectorSet, read_vectors
 
 SUPPORTED_METRICS = ("cosine",)
+# Up to this many vectors an exact all-pairs search on the CPU beats building an HNSW graph
+# (100k x 512: ~100 s exact with recall 1.0 vs ~500 CPU-s for usearch at recall 0.99 on 2 cores;
+# see benchmarks/RESULTS.md). Beyond it the n^2 cost wins and the ANN index takes over.
+EXACT_CPU_MAX_VECTORS = 200_000
 
 
 @dataclass
@@ -117,22 +121,31 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "cosine", exact: bool = False,
+def choose_method(method: str, n_vectors: int, device: str) -> str:
+    """auto -> exact on a GPU or for small sets on the CPU, else the usearch ANN index."""
+    if method not in ("auto", "ann", "exact"):
+        raise StageError(f"unknown search method {method!r}: use auto, ann or exact")
+    if method != "auto":
+        return method
+    return "exact" if device == "cuda" or n_vectors <= EXACT_CPU_MAX_VECTORS else "ann"
+
+
+def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "cosine", method: str = "auto",
            device: str = "auto", neighbors_k: int = 16, center: bool = False, l2_normalize: bool = True,
            dtype: str = "f16", quiet: bool = False) -> ReportSummary:
     """Find every pair of the set under `threshold` and write them to dup_edges under a new run.
 
-    Exact tiled matmul + top-k (torch) when `exact` or a GPU is available; else the usearch
-    index (the newest one for the set; built now if none matches the current vectors). The
-    preprocessing (centering, L2) is the index's, so distances agree with what was indexed.
+    method: exact (tiled matmul + top-k in torch), ann (the set's newest usearch index, built
+    now if none matches the current vectors) or auto (see choose_method). With an index, its
+    preprocessing (centering, L2) is used, so distances agree with what was indexed.
     """
     from vdc_lake import neighbors
 
     _check_metric(metric)
     resolved = _resolve_device(device)
-    method = "exact" if exact or resolved == "cuda" else "ann"
     record = latest_index(catalog, set_name)
     vs = _vectors(catalog, set_name)
+    method = choose_method(method, len(vs), resolved)
     if method == "ann" and (record is None or record.n_vectors != len(vs) or not Path(record.path).exists()):
         build_index(catalog, set_name, center=center, l2_normalize=l2_normalize, dtype=dtype, quiet=quiet)
         record = latest_index(catalog, set_name)

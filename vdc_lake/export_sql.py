@@ -17,9 +17,11 @@ MAX_TABLE_ROWS = 1000
 
 
 def _as_table_text(table: pa.Table) -> str:
-    rows = table.slice(0, MAX_TABLE_ROWS).to_pylist()
+    shown = table.slice(0, MAX_TABLE_ROWS)
     headers = table.column_names
-    cells = [[("NULL" if r[h] is None else str(r[h])) for h in headers] for r in rows]
+    # by position, not by name: a join can yield two columns of the same name
+    columns = [column.to_pylist() for column in shown.columns]
+    cells = [["NULL" if col[i] is None else str(col[i]) for col in columns] for i in range(shown.num_rows)]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells]

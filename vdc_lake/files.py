@@ -138,7 +138,7 @@ def decode_check(path: str, *, max_pixels: int, with_descriptor: bool) -> Decode
                     if img.width * img.height > max_pixels:
                         return DecodeResult(None, None)
                     if img.format == "JPEG":
-                        img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+                        img.draft(img.mode, _draft_size(img.width, img.height, with_descriptor))
                     img.load()
                     descriptor = _descriptor(img) if with_descriptor else None
             finally:
@@ -150,6 +150,14 @@ def decode_check(path: str, *, max_pixels: int, with_descriptor: bool) -> Decode
     except Exception as e:  # noqa: BLE001
         return DecodeResult(f"corrupt: decoding failed ({type(e).__name__}: {e})", None)
     return DecodeResult(None, descriptor)
+
+
+def _draft_size(width: int, height: int, with_descriptor: bool) -> tuple[int, int]:
+    """The smallest size to decode a JPEG at: 1/8 scale, but never below what the descriptor needs."""
+    from vdc_lake.descriptor import DRAFT_SIZE
+
+    floor = DRAFT_SIZE if with_descriptor else (1, 1)
+    return min(width, max(floor[0], width // 8)), min(height, max(floor[1], height // 8))
 
 
 def _descriptor(img: Image.Image) -> np.ndarray | None:

@@ -1,8 +1,9 @@
 """k-means on torch: flat and hierarchical, resumable, for millions of embeddings.
 
 Kernels only: tensors or NumPy arrays in, small result dataclasses out; no catalog, no
-printing. Long loops report to an optional ``progress(stage, step, total)`` callable (wrap a
-tqdm bar in one to draw it).
+printing. Long loops report to an optional ``progress``: a callable taking (stage, step,
+total), or a tqdm-like bar (anything with ``set_description``, ``total``, ``n`` and
+``refresh``), which then shows the current stage.
 
 Semantics follow VDC (pt-kmeans) and Vo et al. 2024, "Automatic data curation for
 self-supervised learning: a clustering-based approach" (facebookresearch/ssl-data-curation):
@@ -11,17 +12,24 @@ method "resampled" refines each level with resampling steps (see ``hierarchical_
 
 Where the time goes, and why it stays low (DESIGN.md, "Performance model"):
 
-- a Lloyd iteration is one pass over the data: each chunk of rows is scored against all
-  centres with one matmul, assigned by argmax and summed into the next centres at once
-  (``index_add_`` / ``bincount``); an N x K matrix never exists;
-- k-means++ runs on a random sample of at most ``INIT_SAMPLE_PER_CLUSTER * k`` points, so
-  seeding costs about one pass over the data instead of K;
+- a full pass scores each chunk of rows against all centres with one matmul and keeps the
+  best two (an N x K matrix never exists), summing the rows into their clusters on the way;
+- later passes start from Hamerly's bounds (2010): a row keeps its label while an upper
+  bound on the distance to its own centre stays below a lower bound on the distance to
+  every other, both moved by how far the centres moved, which reads no data. Rows that
+  fail are checked against the centres that moved most, then their own centre, and only
+  the rest are scored against all centres; the cluster sums are updated for the rows that
+  changed. Late Lloyd iterations, and resampling steps once their centres settle, cost a
+  small part of a pass. The labels are still exact: near ties (1e-4) are always rescored;
+- k-means++ (greedy, 2 + log k trials per centre) runs in ``INIT_ROUNDS`` rounds of
+  batched matmuls on a random sample of ``INIT_SAMPLE_PER_CLUSTER * k`` points, instead of
+  k sequential passes over the data;
 - resampling picks the closest points of every cluster with one sort, and the refit starts
-  from the current centres, so it converges in a few cheap iterations;
+  from the current centres;
 - on CUDA the matmuls run in TF32 (fp32 accumulation, fp32 scores); the data is copied to
   the GPU once when it fits in half the free memory, otherwise chunks are streamed from
-  host memory or a NumPy memmap. Per-cluster sums are accumulated in float64 in a fixed
-  order on every device, so a seed gives the same result on every run.
+  host memory or a NumPy memmap. Cluster sums are float64 and added in a fixed order on
+  every device, so a seed gives the same result on every run.
 
 Empty clusters: after an update, each cluster that lost all its points is re-seeded with
 one of the points farthest from their current centre (the farthest point goes to the
@@ -58,13 +66,17 @@ ArrayLike = torch.Tensor | np.ndarray
 
 # k-means++ sees at most this many points per cluster; more only slows the seeding.
 INIT_SAMPLE_PER_CLUSTER = 20
-# k-means++ seeding draws its k centres in this many rounds of one matmul each.
+# k-means++ seeding draws its k centres in this many rounds of two matmuls each.
 INIT_ROUNDS = 32
 # Rows whose bounds fail are rescored against their own centre and the fastest-moving
 # 1/16 of the centres before falling back to all of them.
 _BIG_MOVERS_PER = 16
 # Rows rechecked per batch (the row data is gathered, so this bounds the copy).
 _RECHECK_ROWS = 2**15
+# A pass whose probe of this many rows finds more than half of them needing a full
+# scoring scores every row directly.
+_PROBE_ROWS = 1024
+_RESCORE_ALL_ABOVE = 0.5
 # Elements (chunk rows x clusters) of one score matrix: 16 MiB stays in a CPU cache,
 # 1 GiB keeps a GPU busy.
 _CPU_SCORE_ELEMENTS = 2**22
@@ -170,14 +182,14 @@ class _Rows:
         """Rows start..stop-1, [stop - start, d]."""
         if isinstance(self.data, torch.Tensor):
             return self._prepare(self.data[start:stop])
-        return self._prepare(torch.from_numpy(np.asarray(self.data[start:stop], np.float32)))
+        return self._prepare(torch.from_numpy(np.array(self.data[start:stop], np.float32)))
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         """Rows at ``index`` ([m] int64, any order), [m, d]."""
         if isinstance(self.data, torch.Tensor):
             return self._prepare(self.data[index.to(self.data.device)])
         picked = self.data[index.cpu().numpy()]
-        return self._prepare(torch.from_numpy(np.asarray(picked, np.float32)))
+        return self._prepare(torch.from_numpy(np.array(picked, np.float32)))
 
 
 def _resolve_device(x: ArrayLike, device: str | torch.device | None) -> torch.device:
@@ -235,6 +247,19 @@ def _fast_matmul(device: torch.device) -> Iterator[None]:
         yield
     finally:
         setattr(matmul, attribute, previous)
+
+
+def _as_callback(progress) -> Progress | None:
+    """A progress callable from a callable, a tqdm-like bar, or None."""
+    if progress is None or not hasattr(progress, "refresh"):
+        return progress
+
+    def show(stage: str, step: int, total: int) -> None:
+        progress.set_description(stage, refresh=False)
+        progress.total, progress.n = total, step
+        progress.refresh()
+
+    return show
 
 
 def _report(progress: Progress | None, stage: str, step: int, total: int) -> None:
@@ -334,8 +359,8 @@ def _add_rows(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, sign
     rows = rows.to(torch.float64) if sign == 1.0 else rows.to(torch.float64) * sign
     if sums.device.type == "cuda" and len(rows):
         sums.index_add_(0, *_segment_sums(labels, rows))  # distinct labels: no atomics race
-    else:  # CPU index_add_ adds in index order already
-        sums.index_add_(0, labels, rows)
+    else:  # a serial loop in index order on the CPU (index_add_ there costs O(k d) a call)
+        sums.index_put_((labels,), rows, accumulate=True)
 
 
 @dataclass
@@ -413,41 +438,80 @@ def _recheck(rows: torch.Tensor, scorer: _Scorer, labels: torch.Tensor, lower: t
     return sure, best_labels, distances, torch.minimum(others, runner_up)
 
 
+def _keeps_label(rows: torch.Tensor, scorer: _Scorer, labels: torch.Tensor, upper: torch.Tensor,
+                 lower: torch.Tensor, big: torch.Tensor, rest: float):
+    """Rows whose own centre provably stays nearest, from exact big-mover scores alone.
+
+    ``lower`` [c] is the bound from before the move: centres outside ``big`` moved at most
+    ``rest``. Returns (keep [c] bool, new lower bound [c] on every centre but the own).
+    """
+    scores = scorer.scores(rows, big)
+    scores.masked_fill_(big.unsqueeze(0) == labels.unsqueeze(1), -math.inf)  # not the own
+    nearest_big = _euclidean(scorer.distances(scores.max(dim=1).values, rows), scorer.metric)
+    bound = torch.minimum(lower - rest, nearest_big)
+    return ~_unsure(upper, bound), bound
+
+
+def _rescore(rows: torch.Tensor, scorer: _Scorer, labels: torch.Tensor, lower: torch.Tensor,
+             big: torch.Tensor, rest: float, chunk: int):
+    """Exact new (labels, distances, lower) of rows [c, d] whose bounds failed: against
+    their own centre and the big movers, and against all centres where that is not enough.
+    Returns them with the number of rows scored against all centres."""
+    sure, new, near, bound = _recheck(rows, scorer, labels, lower, big, rest)
+    unsure = (~sure).nonzero().squeeze(1)
+    for start, stop in _chunks(len(unsure), chunk):
+        some = unsure[start:stop]
+        new[some], near[some], bound[some] = _nearest(rows[some], scorer)
+    return new, near, bound, len(unsure)
+
+
 def _move_centers(rows: _Rows, before: _Assignment, centers: torch.Tensor, chunk: int,
                   sums: _Sums | None) -> _Assignment:
     """Reassign every row to the moved ``centers`` [k, d], touching few rows when they
     moved little; updates ``sums`` in place for the rows that changed cluster.
 
-    Bounds first (Hamerly 2010): a row keeps its label while its distance to its own centre
-    (bounded from above, grown by that centre's move) stays below its bound to the others
-    (shrunk by the largest move of another centre); this reads no data. Rows that fail are
-    scored against their own centre and the fastest-moving 1/16 of the centres (every
-    other centre moved at most ``rest``), and only those still unproven against all.
+    Tiers, cheapest first: (1) Hamerly's bounds (2010), no data read: a row keeps its label
+    while its distance to its own centre (bounded from above, grown by that centre's move)
+    stays below its bound to the others (shrunk by the largest move of another centre);
+    (2) exact scores against the fastest-moving 1/16 of the centres (``big``) only, all
+    other centres having moved at most ``rest``; (3) its own centre too; (4) all centres.
+    When a probe shows that most rows would reach tier 4, one plain pass does it.
     """
     k = len(centers)
     moved = torch.linalg.vector_norm(centers - before.centers, dim=1)
     labels = before.labels.clone()
     upper = before.upper + moved[labels]
     lower = before.lower - _shrinks(moved, labels)
-    distances = before.distances.clone()
-    fresh = before.fresh & (moved[labels] == 0)
     if k == 1:
-        return _Assignment(centers, labels, upper, lower, distances, fresh)
+        return _Assignment(centers, labels, upper, lower, before.distances.clone(), before.fresh & (moved == 0))
     failing = _unsure(upper, lower).nonzero().squeeze(1)
-    n_big = math.ceil(k / _BIG_MOVERS_PER)
+    # the big movers: every centre that moved, up to 1/16 of them (late iterations move few)
+    n_big = max(1, min(math.ceil(k / _BIG_MOVERS_PER), int((moved > 0).sum())))
     values, order = moved.topk(min(k, n_big + 1))
     big, rest = order[:n_big].contiguous(), float(values[-1]) if n_big < k else 0.0
     scorer = _Scorer.of(centers, rows.metric)
-    # few, large batches: on a busy CPU every tensor op has a fixed cost
-    for start, stop in _chunks(len(failing), max(chunk, _RECHECK_ROWS)):
-        index = failing[start:stop]
-        block = rows.take(index)
+    if len(failing) > rows.n // 2:
+        probe = failing[:: max(1, len(failing) // _PROBE_ROWS)]
+        block = rows.take(probe)
+        *_, n_full = _rescore(block, scorer, labels[probe], before.lower[probe], big, rest, chunk)
+        if n_full > _RESCORE_ALL_ABOVE * len(probe):
+            assignment, fresh_sums = _score_all(rows, centers, chunk, with_sums=sums is not None)
+            if sums is not None:
+                sums.sums, sums.counts = fresh_sums.sums, fresh_sums.counts
+            return assignment
+    distances = before.distances.clone()
+    fresh = before.fresh & (moved[labels] == 0)
+    # Few, large batches (on a busy CPU every tensor op has a fixed cost); when most rows
+    # failed, read them from contiguous slices rather than gathering them.
+    dense = len(failing) > rows.n // 2
+    for start, stop in _chunks(rows.n if dense else len(failing), max(chunk, _RECHECK_ROWS)):
+        index = torch.arange(start, stop, device=labels.device) if dense else failing[start:stop]
+        block = rows.slice(start, stop) if dense else rows.take(index)
+        keep, lower[index] = _keeps_label(block, scorer, labels[index], upper[index], before.lower[index], big, rest)
+        redo = (~keep).nonzero().squeeze(1)
+        index, block = index[redo], block[redo]
         old = labels[index]
-        sure, new, near, bound = _recheck(block, scorer, old, before.lower[index], big, rest)
-        unsure = (~sure).nonzero().squeeze(1)
-        for part, _ in _chunks(len(unsure), chunk):
-            some = unsure[part : part + chunk]
-            new[some], near[some], bound[some] = _nearest(block[some], scorer)
+        new, near, bound, _ = _rescore(block, scorer, old, before.lower[index], big, rest, chunk)
         if sums is not None:
             changed = (new != old).nonzero().squeeze(1)
             _add_rows(sums.sums, old[changed], block[changed], -1.0)
@@ -528,26 +592,46 @@ def _lloyd(rows: _Rows, centers: torch.Tensor, *, max_iters: int, tol: float, ch
 # ----------------------------------------------------------------------------- seeding
 
 
+def _score_budget(device: torch.device) -> int:
+    return _CUDA_SCORE_ELEMENTS if device.type == "cuda" else _CPU_SCORE_ELEMENTS
+
+
 def _min_distances(sample: torch.Tensor, others: torch.Tensor, metric: str) -> torch.Tensor:
     """[m] distance from each sample row to the nearest of ``others`` [t, d], in chunks."""
     scorer = _Scorer.of(others, metric)
     out = torch.empty(len(sample), dtype=torch.float32, device=sample.device)
-    for start, stop in _chunks(len(sample), max(1, 2**24 // len(others))):
+    for start, stop in _chunks(len(sample), max(1, _score_budget(sample.device) // len(others))):
         block = sample[start:stop]
         out[start:stop] = scorer.distances(scorer.scores(block).max(dim=1).values, block)
     return out
 
 
+def _gains(sample: torch.Tensor, potential: torch.Tensor, candidates: torch.Tensor,
+           metric: str) -> torch.Tensor:
+    """[t] float64 drop of the k-means potential sum(potential) if each of the candidate
+    rows [t, d] were added alone as a centre."""
+    scorer = _Scorer.of(candidates, metric)
+    gains = torch.zeros(len(candidates), dtype=torch.float64, device=sample.device)
+    for start, stop in _chunks(len(sample), max(1, _score_budget(sample.device) // len(candidates))):
+        block = sample[start:stop]
+        closer = potential[start:stop].unsqueeze(1) - scorer.distances(scorer.scores(block), block)
+        gains += closer.clamp_(min=0.0).sum(dim=0, dtype=torch.float64)
+    return gains
+
+
 def _seed_by_d2_rounds(sample: torch.Tensor, k: int, metric: str, generator: torch.Generator,
                        progress: Progress | None) -> torch.Tensor:
-    """k-means++ seeding done in ``INIT_ROUNDS`` rounds (k-means||, Bahmani et al. 2012).
+    """Greedy k-means++ seeding done in ``INIT_ROUNDS`` rounds (as k-means||, Bahmani et
+    al. 2012, with the 2 + log k trials of greedy k-means++).
 
-    sample: [m, d] rows on the compute device. Each round draws about k / INIT_ROUNDS new
-    centres with probability proportional to the distance to the nearest centre so far
-    (systematic sampling on a float64 cumulative sum: no ``torch.multinomial`` and its
-    2^24-row limit), then updates the distances with one matmul. Returns [k, d].
+    sample: [m, d] rows on the compute device. Each round fills about k / INIT_ROUNDS
+    slots: slot j draws its trials from the j-th equal slice of the cumulative distance to
+    the nearest centre so far (D^2 sampling, stratified; inverse CDF on a float64 cumulative
+    sum, so no ``torch.multinomial`` and its 2^24-row limit) and keeps the trial that lowers
+    the potential most; one matmul scores all trials. Returns [k, d].
     """
     m = len(sample)
+    trials = 2 + int(math.log(k))
     first = int(torch.randint(m, (1,), generator=generator))
     chosen = [torch.tensor([first])]
     potential = _min_distances(sample, sample[first : first + 1], metric)
@@ -555,13 +639,16 @@ def _seed_by_d2_rounds(sample: torch.Tensor, k: int, metric: str, generator: tor
     while have < k:
         cumulative = potential.to(torch.float64).cumsum(dim=0)
         want = min(per_round, k - have)
-        offsets = (torch.arange(want, dtype=torch.float64) + torch.rand(1, generator=generator, dtype=torch.float64))
-        targets = (offsets / want).to(sample.device) * cumulative[-1]
+        uniforms = torch.rand((want, trials), generator=generator, dtype=torch.float64)
         if cumulative[-1].item() <= 0:  # every row sits on a centre: duplicates stand in
             chosen.append(torch.randperm(m, generator=generator)[: k - have])
             break
+        targets = ((torch.arange(want, dtype=torch.float64).unsqueeze(1) + uniforms) / want).to(sample.device)
         # right=True never lands on a zero-potential row (an existing centre)
-        picked = torch.searchsorted(cumulative, targets, right=True).clamp_(max=m - 1).unique()
+        candidates = torch.searchsorted(cumulative, targets.flatten() * cumulative[-1], right=True)
+        candidates = candidates.clamp_(max=m - 1).view(want, trials)
+        best = _gains(sample, potential, sample[candidates.flatten()], metric).view(want, trials).argmax(dim=1)
+        picked = candidates.gather(1, best.unsqueeze(1)).squeeze(1).unique()
         potential = torch.minimum(potential, _min_distances(sample, sample[picked], metric))
         chosen.append(picked.cpu())
         have += len(picked)
@@ -640,19 +727,20 @@ def kmeans(x: ArrayLike, k: int, *, metric: Metric = "cosine", init: Init = "kme
 
     x: [n, d] tensor, NumPy array or memmap (any float dtype; cosine normalises rows).
     k: 1..n clusters. metric: "cosine" (spherical k-means, unit centres) or "l2".
-    init: "kmeans++" (k-means++ seeding in rounds, on a random sample of 20 points per
+    init: "kmeans++" (greedy k-means++ in rounds, on a random sample of 20 points per
     cluster) or "random" (k distinct rows). max_iters: most Lloyd iterations; tol: stop once
     ||C_new - C_old||_F / ||C_old||_F < tol. seed: makes the run reproducible.
     chunk_size: rows scored per matmul (default from k and the device). device: where to
-    compute (default: x's device, the CPU for NumPy). progress: called as
-    progress(stage, step, total) with stage "init" or "lloyd".
-    Returns a KMeansResult on the CPU.
+    compute (default: x's device, the CPU for NumPy). progress: a callable taking (stage,
+    step, total), stages "init" and "lloyd", or a tqdm-like bar.
+    Returns a KMeansResult on the CPU; its assignments are exact nearest centres.
     """
     _check_data(x)
     _check_options(metric, init, max_iters, tol)
     if not 1 <= k <= x.shape[0]:
         raise ValueError(f"k must be between 1 and the number of rows ({x.shape[0]}), not {k}")
     compute = _resolve_device(x, device)
+    progress = _as_callback(progress)
     with torch.no_grad(), _fast_matmul(compute):
         rows = _place(x, compute, metric)
         chunk = _chunk_rows(chunk_size, k, compute)
@@ -818,14 +906,16 @@ def hierarchical_kmeans(
     the current centres, reassign all of the level's inputs (n_samples[l] = 0 skips the
     level). metric, init, max_iters, tol, seed, chunk_size, device: as in ``kmeans`` (level
     l seeds from (seed, l)). checkpoint_dir: resume point, see the module docstring.
-    progress: called as progress(stage, step, total), stages "level L init", "level L
-    lloyd" and "level L resample". Returns a HierarchicalKMeansResult on the CPU.
+    progress: a callable taking (stage, step, total), stages "level L init", "level L
+    lloyd" and "level L resample", or a tqdm-like bar. Returns a HierarchicalKMeansResult
+    on the CPU.
     """
     _check_data(x)
     _check_options(metric, init, max_iters, tol)
     resampled = method == "resampled"
     _check_levels(x.shape[0], n_clusters, method, n_samples, n_resamples)
     compute = _resolve_device(x, device)
+    progress = _as_callback(progress)
     with torch.no_grad(), _fast_matmul(compute):
         rows = _place(x, compute, metric)
         arguments = {

@@ -6,7 +6,7 @@ Pure array-in / array-out kernels; the dedup stage owns the catalog I/O.
     index = build_index(vectors, keys)                  # usearch HNSW, CPU
     pairs = radius_pairs_ann(index, vectors, keys, threshold=0.5)
     pairs = radius_pairs_exact(vectors, keys, threshold=0.5, device="cuda")  # tiled matmul
-    labels = connected_components(row_a, row_b, n)      # rows, not keys: see below
+    labels = connected_components(row_a, row_b, n)      # row numbers, not keys
     keep = choose_keepers(labels, keep="largest-resolution", width=w, height=h, paths=p)
 
 Distances are cosine distances, ``1 - cos(x, y)``, in [0, 2]. Both pair finders return a
@@ -37,16 +37,30 @@ Progress = Callable[[int, int], object]
 KeepStrategy = Literal["random", "alphabetical", "largest-resolution", "largest-file"]
 KEEP_STRATEGIES = ("random", "alphabetical", "largest-resolution", "largest-file")
 
-# Defaults, tuned on benchmarks/bench_dedup.py (100k x 512 unit vectors, planted pairs at
-# cosine distance 0..0.6, 2 CPU cores); see that script's docstring for the measurements.
-# - f16 storage: distances from f16 are accurate to ~1e-3, so the index ranks neighbours
-#   like f32 at half the memory traffic (HNSW search is memory-latency bound); i8 is
-#   faster still but drops recall of the far (0.3..0.5) pairs.
-# - connectivity / expansion: random-like descriptors have no low-dimensional structure for
-#   the graph to exploit, so recall of far pairs needs a wider beam than usearch's defaults.
+# usearch defaults, tuned with benchmarks/bench_dedup.py: 100k x 512 random unit vectors,
+# the hardest case for a graph index (no low-dimensional structure to navigate; centred,
+# L2-normalised SSCD descriptors are trained to spread out much like this). Recall of
+# planted pairs at distance < 0.04 / 0.1 / 0.25 / 0.5, usearch build + search CPU-seconds:
+#   f16 M=16 ef 128/64    0.988 0.987 0.980 0.922   (wall 143 + 130 s, busy machine)
+#   i8  M=16 ef  64/64    0.961 0.950 0.914 0.807   107 +  96 s
+#   i8  M=24 ef  64/64    0.989 0.989 0.972 0.902   173 + 116 s
+#   i8  M=32 ef  48/64    0.986 0.985 0.966 0.898   116 + 155 s
+#   i8  M=32 ef 128/32    0.999 1.000 1.000 0.985   346 +  81 s
+#   i8  M=32 ef 128/64    1.000 1.000 1.000 0.988   346 + 128 s   <- defaults
+#   i8  M=32 ef 128/128   1.000 1.000 1.000 0.995   346 + 275 s
+# - i8: same recall as f16 (at 30k: 0.9997 vs 0.9989 under 0.5) for ~2x less time; HNSW
+#   is memory-latency bound and i8 moves half the bytes. With metric "cos" usearch scales
+#   each row to unit length before rounding, so any descriptor scale works.
+# - connectivity 32 and expansion_add 128: graph quality decides recall of the far pairs;
+#   with M=16..24 or expansion_add 48, ~10% of them are lost at expansion_search 64.
+# - expansion_search 64: +0.3% recall under 0.5 for +50% search time over 32.
+# - k 16: a planted copy is the first neighbour, so k only matters for big duplicate
+#   groups; 16 joins groups of 17 directly and larger ones through overlapping lists.
+# At this size on CPU the exact path is cheaper (~100 CPU-s, recall 1.0): HNSW wins at
+# millions of vectors (n log n against n^2), and a GPU makes exact the better choice again.
 DEFAULT_METRIC = "cos"
-DEFAULT_DTYPE = "f16"
-DEFAULT_CONNECTIVITY = 16
+DEFAULT_DTYPE = "i8"
+DEFAULT_CONNECTIVITY = 32
 DEFAULT_EXPANSION_ADD = 128
 DEFAULT_EXPANSION_SEARCH = 64
 DEFAULT_K = 16
@@ -148,13 +162,13 @@ def _check_vectors_keys(vectors: np.ndarray, keys: np.ndarray) -> tuple[np.ndarr
     return np.ascontiguousarray(vectors, dtype=np.float32), keys
 
 
-def _usearch_progress(progress: Progress | None, offset: int = 0, total: int | None = None):
+def _usearch_progress(progress: Progress | None):
     """Adapt ``progress(done, total)`` to usearch's callback, which must return True."""
     if progress is None:
         return None
 
-    def callback(done: int, count: int) -> bool:
-        progress(offset + done, count if total is None else total)
+    def callback(done: int, total: int) -> bool:
+        progress(done, total)
         return True
 
     return callback
@@ -181,16 +195,11 @@ def build_index(
     keys:     [n] unique non-negative integers (image ids); search results report them.
     connectivity, expansion_add, expansion_search: HNSW M, efConstruction and ef; None
               means this module's DEFAULT_* values. threads=0 uses every core.
-    "i8" stores round(127 * x) and so needs components in [-1, 1]: L2-normalised vectors.
+    With metric "cos", "i8" stores each row scaled to unit length and rounded to 1/127.
     """
     vectors, keys = _check_vectors_keys(vectors, keys)
     if dtype not in _INDEX_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_INDEX_DTYPES)}, got {dtype!r}")
-    if dtype == "i8" and len(vectors) and np.abs(vectors).max() > 1.0 + 1e-6:
-        raise ValueError(
-            "an i8 index needs components in [-1, 1]; L2-normalise the vectors first "
-            "(prepare_vectors(..., l2_normalize=True)) or use dtype='f16'"
-        )
     index = Index(
         ndim=vectors.shape[1],
         metric=metric,
@@ -358,7 +367,6 @@ def radius_pairs_exact(
     k: int = DEFAULT_K,
     device: str | torch.device = "cpu",
     tile_rows: int | None = None,
-    tile_cols: int | None = None,
     dtype: torch.dtype | None = None,
     progress: Progress | None = None,
 ) -> PairSet:
@@ -368,33 +376,44 @@ def radius_pairs_exact(
     device:    "cpu", "cuda" or a torch.device; the matrix lives there, [n, d] in ``dtype``.
     dtype:     matmul precision; None means bfloat16 on CUDA, float32 on CPU (CPU bf16
                matmuls are slow). Final distances are recomputed in float32 either way.
-    tile_rows, tile_cols: the [tile_rows, tile_cols] block of similarities computed at once
-               (None: 8192 x 65536 on CUDA, 1024 x 16384 on CPU); never n x n.
-    Returns the same PairSet as radius_pairs_ann would with a perfect index.
+    tile_rows: edge of the square [tile_rows, tile_rows] block of similarities computed at
+               once (None: 16384 on CUDA, 4096 on CPU); never n x n. The similarity matrix
+               is symmetric, so only blocks on and above the diagonal are computed, each
+               feeding the top-k of its rows and of its columns: n^2 d FLOP, not 2 n^2 d.
+    Returns the same PairSet as radius_pairs_ann would with a perfect index;
+    progress counts blocks.
     """
     vectors, keys = _check_vectors_keys(vectors, keys)
     _check_threshold_k(threshold, k)
     device = torch.device(device)
     cuda = device.type == "cuda"
     dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
-    tile_rows = tile_rows or (8192 if cuda else 1024)
-    tile_cols = tile_cols or (65_536 if cuda else 16_384)
-    if tile_rows < 1 or tile_cols < 1:
-        raise ValueError("tile_rows and tile_cols must be at least 1")
+    tile = tile_rows or (16_384 if cuda else 4096)
+    if tile < 1:
+        raise ValueError("tile_rows must be at least 1")
     matrix = _unit_rows_on(vectors, device, dtype)
     floor = 1.0 - (threshold + CANDIDATE_SLACK)  # similarity below which nothing matters
     n = len(vectors)
-    found_a, found_b = [], []
-    for start in range(0, n, tile_rows):
-        stop = min(start + tile_rows, n)
-        sims, cols = _tile_top_k(matrix, start, stop, k, tile_cols, floor)
-        hit = sims >= floor
-        rows = torch.arange(start, stop, device=device)[:, None].expand_as(cols)
-        found_a.append(rows[hit].cpu().numpy())
-        found_b.append(cols[hit].cpu().numpy())
-        if progress is not None:
-            progress(stop, n)
-    return _exact_pairs(vectors, keys, found_a, found_b, threshold)
+    best = torch.full((n, k), -math.inf, device=device)
+    best_cols = torch.full((n, k), -1, dtype=torch.long, device=device)
+    starts = range(0, n, tile)
+    total, done = len(starts) * (len(starts) + 1) // 2, 0
+    for i0 in starts:
+        rows = matrix[i0 : i0 + tile]
+        for j0 in range(i0, n, tile):
+            sims = rows @ matrix[j0 : j0 + tile].T  # in the matmul dtype: float32 is 2x
+            if i0 == j0:
+                sims.fill_diagonal_(-math.inf)  # a vector is not its own neighbour
+            _merge_top_k(best, best_cols, i0, sims, j0, floor)
+            if j0 != i0:
+                _merge_top_k(best, best_cols, j0, sims.T, i0, floor)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    hit = best >= floor
+    found_a = hit.nonzero()[:, 0].cpu().numpy()
+    found_b = best_cols[hit].cpu().numpy()
+    return _exact_pairs(vectors, keys, [found_a], [found_b], threshold)
 
 
 def _unit_rows_on(vectors: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -406,33 +425,25 @@ def _unit_rows_on(vectors: np.ndarray, device: torch.device, dtype: torch.dtype)
     return out
 
 
-def _tile_top_k(matrix, start, stop, k, tile_cols, floor):
-    """Top-k similarities (self excluded) of rows start:stop against every row.
+def _merge_top_k(best, best_cols, r0: int, sims, c0: int, floor: float) -> None:
+    """Fold a block of similarities into the running top-k of its rows, in place.
 
-    Returns (sims [t, k] float32, cols [t, k] int64); empty slots hold -inf.
-    Only rows whose best similarity in a column tile reaches ``floor`` pay for a top-k.
+    best, best_cols: [n, k] running similarities (float32, -inf when empty) and columns.
+    sims:  [r, c] similarities of rows r0.. against columns c0..
+    Only rows whose best similarity in the block reaches ``floor`` pay for a top-k: with
+    a tight threshold that is a small fraction of them.
     """
-    n, device = len(matrix), matrix.device
-    rows = matrix[start:stop]
-    t = len(rows)
-    best = torch.full((t, k), -math.inf, device=device)
-    best_cols = torch.full((t, k), -1, dtype=torch.long, device=device)
-    for c0 in range(0, n, tile_cols):
-        c1 = min(c0 + tile_cols, n)
-        sims = rows @ matrix[c0:c1].T  # stays in the matmul dtype: a float32 copy is 2x
-        lo, hi = max(start, c0), min(stop, c1)
-        if lo < hi:  # the diagonal: a vector is not its own neighbour
-            diag = torch.arange(lo, hi, device=device)
-            sims[diag - start, diag - c0] = -math.inf
-        hit = (sims.amax(dim=1) >= floor).nonzero().squeeze(1)
-        if len(hit) == 0:
-            continue
-        vals, idx = sims[hit].topk(min(k, c1 - c0), dim=1)
-        merged = torch.cat([best[hit], vals.float()], dim=1)
-        merged_cols = torch.cat([best_cols[hit], idx + c0], dim=1)
-        top, pos = merged.topk(k, dim=1)
-        best[hit], best_cols[hit] = top, merged_cols.gather(1, pos)
-    return best, best_cols
+    hit = (sims.amax(dim=1) >= floor).nonzero().squeeze(1)
+    if len(hit) == 0:
+        return
+    k = best.shape[1]
+    vals, idx = sims[hit].topk(min(k, sims.shape[1]), dim=1)
+    rows = hit + r0
+    merged = torch.cat([best[rows], vals.float()], dim=1)
+    merged_cols = torch.cat([best_cols[rows], idx + c0], dim=1)
+    top, pos = merged.topk(k, dim=1)
+    best[rows] = top
+    best_cols[rows] = merged_cols.gather(1, pos)
 
 
 # --------------------------------------------------------------------------- groups
