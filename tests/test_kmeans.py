@@ -1,5 +1,7 @@
 """k-means kernels: planted clusters, exact assignments, hierarchy, determinism, resume."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +64,23 @@ def test_kmeans_result_is_exact_and_well_formed(metric):
     assert repr(result).startswith("KMeansResult(k=30, d=24, n=2000, n_iter=")
 
 
+def test_bounded_lloyd_follows_plain_lloyd():
+    # the bounds only skip work: iteration by iteration, the labels are those of a plain
+    # Lloyd that scores every point against every centre
+    x = F.normalize(_planted(n=3000, d=12, k=40, seed=11)[0] + 4 * torch.randn(3000, 12), dim=1)
+    rows = km._Rows(x, device=torch.device("cpu"), metric="cosine", unit=True)
+    start = x[:60].clone()
+    centers, assignment, n_iter = km._lloyd(rows, start, max_iters=40, tol=0.0, chunk=256, progress=None,
+                                            stage="t")
+    plain = start
+    for _ in range(n_iter):
+        labels = (x @ plain.T).argmax(dim=1)
+        sums = torch.zeros(60, 12, dtype=torch.float64).index_add_(0, labels, x.double())
+        plain = F.normalize((sums / torch.bincount(labels, minlength=60).unsqueeze(1)).float(), dim=1)
+    assert torch.equal(assignment.labels, (x @ plain.T).argmax(dim=1))
+    assert torch.allclose(centers, plain, atol=1e-5)
+
+
 def test_kmeans_is_deterministic_and_takes_numpy_and_memmaps(tmp_path):
     x, _ = _planted(n=1500, d=16, k=15, seed=4)
     first = kmeans(x, 20, seed=5)
@@ -97,6 +116,23 @@ def test_duplicate_points_leave_clusters_empty_without_failing():
     assert torch.equal(first.assignments, second.assignments)
     assert len(torch.unique(first.assignments)) == 3  # three distinct points, three clusters
     assert first.distances.max() < 1e-6
+
+
+def test_one_cluster_is_the_mean():
+    x, _ = _planted(n=300, d=8, k=3, seed=9)
+    result = kmeans(x, 1, metric="l2")
+    assert torch.equal(result.assignments, torch.zeros(300, dtype=torch.int64))
+    assert torch.allclose(result.centers[0], x.mean(dim=0), atol=1e-5)
+    top = hierarchical_kmeans(x, [12, 1], method="resampled", n_samples=[4, 2], n_resamples=2)
+    assert torch.equal(top[1].assignments, torch.zeros(300, dtype=torch.int64))
+
+
+def test_progress_can_be_a_tqdm_bar():
+    tqdm = pytest.importorskip("tqdm")
+    x, _ = _planted(n=300, d=8, k=3, seed=10)
+    with tqdm.tqdm(file=io.StringIO()) as bar:
+        kmeans(x, 3, progress=bar)
+        assert bar.desc.startswith("lloyd") and bar.total == 50 and 1 <= bar.n <= 50
 
 
 def test_kmeans_rejects_bad_arguments():
@@ -151,6 +187,7 @@ def test_hierarchy_shapes_and_parent_child_consistency(method, metric):
         assert torch.allclose(this.input_distances.double(), own, atol=1e-4, rtol=1e-4)
         inputs = this.centers
     assert np.array_equal(result.assignment_matrix()[:, 1], result[1].assignments.numpy())
+    assert repr(result) == "HierarchicalKMeansResult(n=1500, clusters=50/10/3)"
 
 
 def test_hierarchy_is_deterministic_for_a_seed():

@@ -65,12 +65,12 @@ Progress = Callable[[str, int, int], None]
 ArrayLike = torch.Tensor | np.ndarray
 
 # k-means++ sees at most this many points per cluster; more only slows the seeding.
-INIT_SAMPLE_PER_CLUSTER = 20
+INIT_SAMPLE_PER_CLUSTER = 10
 # k-means++ seeding draws its k centres in this many rounds of two matmuls each.
 INIT_ROUNDS = 32
 # Rows whose bounds fail are rescored against their own centre and the fastest-moving
-# 1/16 of the centres before falling back to all of them.
-_BIG_MOVERS_PER = 16
+# 1/8 of the centres before falling back to all of them.
+_BIG_MOVERS_PER = 8
 # Rows rechecked per batch (the row data is gathered, so this bounds the copy).
 _RECHECK_ROWS = 2**15
 # A pass whose probe of this many rows finds more than half of them needing a full
@@ -473,7 +473,7 @@ def _move_centers(rows: _Rows, before: _Assignment, centers: torch.Tensor, chunk
     Tiers, cheapest first: (1) Hamerly's bounds (2010), no data read: a row keeps its label
     while its distance to its own centre (bounded from above, grown by that centre's move)
     stays below its bound to the others (shrunk by the largest move of another centre);
-    (2) exact scores against the fastest-moving 1/16 of the centres (``big``) only, all
+    (2) exact scores against the fastest-moving 1/8 of the centres (``big``) only, all
     other centres having moved at most ``rest``; (3) its own centre too; (4) all centres.
     When a probe shows that most rows would reach tier 4, one plain pass does it.
     """
@@ -485,7 +485,7 @@ def _move_centers(rows: _Rows, before: _Assignment, centers: torch.Tensor, chunk
     if k == 1:
         return _Assignment(centers, labels, upper, lower, before.distances.clone(), before.fresh & (moved == 0))
     failing = _unsure(upper, lower).nonzero().squeeze(1)
-    # the big movers: every centre that moved, up to 1/16 of them (late iterations move few)
+    # the big movers: every centre that moved, up to 1/8 of them (late iterations move few)
     n_big = max(1, min(math.ceil(k / _BIG_MOVERS_PER), int((moved > 0).sum())))
     values, order = moved.topk(min(k, n_big + 1))
     big, rest = order[:n_big].contiguous(), float(values[-1]) if n_big < k else 0.0
@@ -727,7 +727,7 @@ def kmeans(x: ArrayLike, k: int, *, metric: Metric = "cosine", init: Init = "kme
 
     x: [n, d] tensor, NumPy array or memmap (any float dtype; cosine normalises rows).
     k: 1..n clusters. metric: "cosine" (spherical k-means, unit centres) or "l2".
-    init: "kmeans++" (greedy k-means++ in rounds, on a random sample of 20 points per
+    init: "kmeans++" (greedy k-means++ in rounds, on a random sample of 10 points per
     cluster) or "random" (k distinct rows). max_iters: most Lloyd iterations; tol: stop once
     ||C_new - C_old||_F / ||C_old||_F < tol. seed: makes the run reproducible.
     chunk_size: rows scored per matmul (default from k and the device). device: where to
