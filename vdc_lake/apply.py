@@ -26,7 +26,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
@@ -236,15 +236,14 @@ def _flush(catalog: Catalog, run_id: int, results: list[dict[str, Any]], ops: di
 
 
 def _update_changed_images(catalog: Catalog, run_id: int, changed: list[dict], ops: dict[int, dict]) -> None:
-    from vdc_lake.scan import FACT_COLUMNS, FACT_TYPES
+    from vdc_lake.scan import fact_arrays, fact_assignments
 
     columns: dict[str, Any] = {
         "image_id": pa.array([ops[r["op_id"]]["image_id"] for r in changed], pa.int64()),
         "dst": [ops[r["op_id"]]["dst"] for r in changed],
     }
-    for name, typ in zip(FACT_COLUMNS, FACT_TYPES):
-        columns[name] = pa.array([r["facts"].get(name) for r in changed], typ)
-    assignments = ", ".join(f"{c} = f.{c}" for c in FACT_COLUMNS)
+    columns.update(fact_arrays([r["facts"] for r in changed]))
+    assignments = fact_assignments("f")
     with catalog.registered("changed_facts", pa.table(columns)):
         catalog.execute(
             f"""UPDATE images SET {assignments}, version = images.version + 1, updated_run = ?,
@@ -413,7 +412,7 @@ def restore(catalog: Catalog, *, run_id: int | None = None, dry_run: bool = Fals
 
 
 def _record_restore(catalog: Catalog, outcomes: list[tuple[dict, str]]) -> None:
-    from vdc_lake.scan import FACT_COLUMNS, FACT_TYPES
+    from vdc_lake.scan import fact_arrays, fact_assignments
 
     if not outcomes:
         return
@@ -423,9 +422,8 @@ def _record_restore(catalog: Catalog, outcomes: list[tuple[dict, str]]) -> None:
         "image_id": pa.array([op["image_id"] for op, _ in outcomes], pa.int64()),
         "src": [op["src"] for op, _ in outcomes],
     }
-    for name, typ in zip(FACT_COLUMNS, FACT_TYPES):
-        columns[name] = pa.array([f.get(name) for f in facts], typ)
-    assignments = ", ".join(f"{c} = r.{c}" for c in FACT_COLUMNS)
+    columns.update(fact_arrays(facts))
+    assignments = fact_assignments("r")
     with catalog.registered("restored_facts", pa.table(columns)), catalog.transaction():
         catalog.execute("UPDATE journal SET state = 'restored', ts = now() FROM restored_facts r "
                     "WHERE journal.op_id = r.op_id")
@@ -437,5 +435,3 @@ def _record_restore(catalog: Catalog, outcomes: list[tuple[dict, str]]) -> None:
                 WHERE images.image_id = r.image_id"""
         )
 
-
-DecisionSource = Callable[..., tuple[str, list[Any]]]

@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from vdc_lake import __version__
-from vdc_lake.errors import CatalogLockedError, CatalogNotFoundError, StageError
+from vdc_lake.errors import CatalogLockedError, CatalogNotFoundError
 
 DEFAULT_CATALOG = "vdc-lake.duckdb"
 READER_RETRY_SECONDS = 30.0
@@ -270,11 +270,3 @@ class Catalog:
             return np.zeros(0, dtype=np.int64)
         table = self.arrow(f"SELECT nextval('{sequence}') AS id FROM range(?)", [n])
         return table.column("id").to_numpy()
-
-    def require_rows(self, sql: str, message: str, params: Sequence[Any] | None = None) -> None:
-        if not self.scalar(sql, params):
-            raise StageError(message)
-
-
-def open_catalog(path: str | os.PathLike, *, read_only: bool = False) -> Catalog:
-    return Catalog(path, read_only=read_only, create=not read_only)

@@ -88,7 +88,9 @@ def _targets(catalog: Catalog, *, quick: bool, recheck: bool) -> pa.Table:
     return catalog.arrow(
         f"""
         SELECT i.image_id, i.version, i.root, i.rel_path, i.width, i.height, i.format, i.mode,
-               i.size_bytes, i.n_frames, i.exif_orientation, i.has_transparency, i.header_error
+               i.size_bytes, i.n_frames, i.exif_orientation, i.has_transparency, i.header_error,
+               EXISTS (SELECT 1 FROM embeddings e WHERE e.set_name = '{BUILTIN_SET}'
+                       AND e.image_id = i.image_id AND e.version = i.version) AS has_descriptor
         FROM images i WHERE i.present {already}
         ORDER BY i.image_id
         """
@@ -153,17 +155,7 @@ def _decode_pass(catalog: Catalog, run_id: int, targets: pa.Table, rules: dict, 
         if r["header_error"] is None and (r["width"] or 0) * (r["height"] or 0) <= max_pixels
     ]
     want_descriptor = bool(rules["builtin_descriptor"])
-    if want_descriptor:
-        have = catalog.arrow(
-            "SELECT image_id, version FROM embeddings WHERE set_name = ?", [BUILTIN_SET]
-        ).to_pylist()
-        have_set = {(h["image_id"], h["version"]) for h in have}
-    else:
-        have_set = set()
-    items = [
-        (os.path.join(r["root"], r["rel_path"]), want_descriptor and (r["image_id"], r["version"]) not in have_set)
-        for r in rows
-    ]
+    items = [(os.path.join(r["root"], r["rel_path"]), want_descriptor and not r["has_descriptor"]) for r in rows]
     catalog.release()
     mapper = get_mapper(backend, catalog_path=catalog.path)
     results = mapper(partial(_decode_one, max_pixels=max_pixels), items, workers=workers, desc="decode", quiet=quiet)

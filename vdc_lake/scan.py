@@ -120,6 +120,16 @@ def _classify(catalog: Catalog, listing: pa.Table, roots: list[str]) -> tuple[pa
     return work, listing.num_rows - work.num_rows, int(gone or 0)
 
 
+def fact_arrays(facts: list[dict]) -> dict[str, pa.Array]:
+    """Arrow columns (FACT_COLUMNS) of inspect_header results; shared by scan, apply and restore."""
+    return {name: pa.array([f.get(name) for f in facts], typ) for name, typ in zip(FACT_COLUMNS, FACT_TYPES)}
+
+
+def fact_assignments(alias: str) -> str:
+    """`col = alias.col, ...` for every fact column, for UPDATE ... FROM alias."""
+    return ", ".join(f"{c} = {alias}.{c}" for c in FACT_COLUMNS)
+
+
 def _facts_table(batch: list[tuple[dict, dict]]) -> pa.Table:
     arrays = {
         "root": pa.array([w["root"] for w, _ in batch], pa.string()),
@@ -128,8 +138,7 @@ def _facts_table(batch: list[tuple[dict, dict]]) -> pa.Table:
         "old_version": pa.array([w["old_version"] for w, _ in batch], pa.int32()),
         "old_hash": pa.array([w["old_hash"] for w, _ in batch], pa.string()),
     }
-    for name, typ in zip(FACT_COLUMNS, FACT_TYPES):
-        arrays[name] = pa.array([f.get(name) for _, f in batch], typ)
+    arrays.update(fact_arrays([f for _, f in batch]))
     return pa.table(arrays)
 
 
@@ -146,7 +155,7 @@ def _write_batch(catalog: Catalog, run_id: int, batch: list[tuple[dict, dict]], 
         )[0][0]
         changed = catalog.execute(
             f"""
-            UPDATE images SET {", ".join(f"{c} = f.{c}" for c in FACT_COLUMNS)},
+            UPDATE images SET {fact_assignments("f")},
                    present = true, version = images.version + 1, updated_run = ?
             FROM scan_facts f
             WHERE images.image_id = f.image_id AND f.content_hash IS DISTINCT FROM f.old_hash
