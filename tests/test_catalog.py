@@ -117,38 +117,73 @@ def test_second_writer_names_the_holding_process(catalog_path):
 
 
 def test_readers_query_while_a_writer_process_works(catalog_path):
-    """The writer commits batches and releases the file between them; readers get in between,
-    and the writer waits out readers that hold the file (DuckDB's lock is shared/exclusive)."""
-    n_batches = 15
+    """The writer commits batches and releases the file between them: a reader gets in between
+    any two batches and sees exactly the committed ones. Lock-step through pipes, no timing."""
+    n_batches = 6
     writer = _spawn(f"""
-        import time
+        import sys
         from vdc_lake.catalog import Catalog
         with Catalog({str(catalog_path)!r}) as c:
             c.execute("CREATE TABLE progress (batch INTEGER)")
             c.release()
-            print("ready", flush=True)
             for i in range({n_batches}):
                 c.execute("INSERT INTO progress VALUES (?)", [i])
                 c.release()
-                time.sleep(0.02)
+                print("committed", i, flush=True)
+                sys.stdin.readline()  # the next batch starts when the reader has looked
         print("done", flush=True)
     """)
     seen = []
     try:
-        assert writer.stdout.readline().strip() == "ready"
-        while writer.poll() is None:
+        for i in range(n_batches):
+            assert writer.stdout.readline().split() == ["committed", str(i)]
             with Catalog(catalog_path, read_only=True) as reader:
                 seen.append(reader.scalar("SELECT count(*) FROM progress"))
-                time.sleep(0.005)  # hold the file a moment, as a real query would
-            time.sleep(0.05)
-        out, err = writer.communicate(timeout=30)
+            writer.stdin.write("\n")
+            writer.stdin.flush()
+        out, err = writer.communicate(timeout=60)
     finally:
         if writer.poll() is None:
             writer.kill()
     assert writer.returncode == 0, err
     assert out.strip() == "done"
-    assert len(seen) >= 5
-    assert seen == sorted(seen)  # readers see committed batches only, never going back
-    assert len(set(seen)) > 1  # and they saw the writer progress
-    with Catalog(catalog_path, read_only=True) as reader:
-        assert reader.scalar("SELECT count(*) FROM progress") == n_batches
+    assert seen == list(range(1, n_batches + 1))
+
+
+def test_writer_waits_out_a_reader_holding_the_file(catalog_path):
+    """DuckDB's file lock is shared/exclusive: a writer that finds a reader's connection open
+    retries until the reader lets go, then commits; the reader never sees a partial write."""
+    writer = _spawn(f"""
+        import sys
+        from vdc_lake.catalog import Catalog
+        with Catalog({str(catalog_path)!r}) as c:
+            c.execute("CREATE TABLE progress (batch INTEGER)")
+            c.release()
+            print("ready", flush=True)
+            sys.stdin.readline()
+            print("inserting", flush=True)
+            c.execute("INSERT INTO progress VALUES (1)")
+        print("done", flush=True)
+    """)
+    reader = None
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        reader = Catalog(catalog_path, read_only=True)
+        assert reader.scalar("SELECT count(*) FROM progress") == 0  # the reader now holds the file
+        writer.stdin.write("\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == "inserting"
+        time.sleep(0.3)
+        assert writer.poll() is None  # still waiting for the file, not failed
+        assert reader.scalar("SELECT count(*) FROM progress") == 0
+        reader.close()
+        out, err = writer.communicate(timeout=60)
+    finally:
+        if reader is not None:
+            reader.close()
+        if writer.poll() is None:
+            writer.kill()
+    assert writer.returncode == 0, err
+    assert out.strip() == "done"
+    with Catalog(catalog_path, read_only=True) as r:
+        assert r.scalar("SELECT count(*) FROM progress") == 1

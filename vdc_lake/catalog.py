@@ -13,6 +13,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import random
 import socket
 import time
 from contextlib import contextmanager
@@ -142,7 +143,8 @@ class Catalog:
                     raise CatalogLockedError(
                         f"catalog {self.path} stayed busy for {READER_RETRY_SECONDS:.0f} s, held by {holder}: {e}"
                     ) from e
-                time.sleep(0.05)
+                # Jittered, so a polling reader cannot stay in phase with a writer's batches.
+                time.sleep(random.uniform(0.005, 0.05))
 
     # -- schema ------------------------------------------------------------------------------
     def _prepare(self) -> None:
