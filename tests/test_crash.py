@@ -160,7 +160,7 @@ def test_sigkill_during_apply_never_loses_a_file(workspace, run_cli):
     interrupted = 0
     for trial in range(N_TRIALS):
         ws.reset()
-        killed = _kill_after(ws.start_apply(), rng.uniform(0.0, window))
+        killed = _kill_after(ws.start_apply(), rng.uniform(0.0, 0.7 * window))
         interrupted += killed
         ws.assert_nothing_lost()
         if killed and trial % 3 == 0:  # kill the resuming run as well

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +16,14 @@ N_BASE = 40
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> tuple[Path, dict, float]:
-    """(root, manifest, seconds taken) for one small generated collection."""
+def sample(tmp_path_factory) -> tuple[Path, dict]:
+    """(root, manifest) for one small generated collection."""
     root = tmp_path_factory.mktemp("sample")
-    start = time.perf_counter()
-    manifest = make_sample_data(root, n_base=N_BASE, seed=0)
-    return root, manifest, time.perf_counter() - start
+    return root, make_sample_data(root, n_base=N_BASE, seed=0)
 
 
 def test_every_kind_is_planted_and_every_file_listed_once(sample):
-    root, manifest, _ = sample
+    root, manifest = sample
     assert json.loads((root / "manifest.json").read_text()) == manifest
     listed = manifest["clean"] + [p for kind in PROBLEM_KINDS for p in manifest[kind]]
     for kind in PROBLEM_KINDS:
@@ -40,12 +37,8 @@ def test_every_kind_is_planted_and_every_file_listed_once(sample):
     assert set(manifest["copy_of"].values()) <= set(manifest["clean"])
 
 
-def test_generation_is_fast(sample):
-    assert sample[2] < 20.0  # seconds; 1..2 s on one busy core
-
-
 def test_base_images_are_varied_photos(sample):
-    root, manifest, _ = sample
+    root, manifest = sample
     formats, sides = set(), []
     for rel in manifest["clean"]:
         with Image.open(root / rel) as img:
@@ -58,7 +51,7 @@ def test_base_images_are_varied_photos(sample):
 
 
 def test_truncated_jpeg_verifies_but_does_not_load(sample):
-    root, manifest, _ = sample
+    root, manifest = sample
     path = root / manifest["truncated_jpeg"][0]
     with Image.open(path) as img:
         assert img.format == "JPEG"
@@ -68,7 +61,7 @@ def test_truncated_jpeg_verifies_but_does_not_load(sample):
 
 
 def test_unreadable_files_are_not_identified(sample):
-    root, manifest, _ = sample
+    root, manifest = sample
     assert (root / manifest["zero_byte"][0]).stat().st_size == 0
     for rel in manifest["zero_byte"] + manifest["non_image"]:
         with pytest.raises(UnidentifiedImageError):
@@ -77,7 +70,7 @@ def test_unreadable_files_are_not_identified(sample):
 
 
 def test_bomb_is_small_and_refused_with_default_limits(sample, monkeypatch):
-    root, manifest, _ = sample
+    root, manifest = sample
     path = root / manifest["decompression_bomb"][0]
     assert path.stat().st_size < 100_000
     assert BOMB_SIDE**2 > 2 * PILLOW_DEFAULT_MAX_PIXELS
@@ -93,7 +86,7 @@ def _size(path: Path) -> tuple[int, int]:
 
 
 def test_size_problems_break_only_their_rule(sample):
-    root, manifest, _ = sample
+    root, manifest = sample
     (w, h), = [_size(root / p) for p in manifest["tiny"]]
     assert min(w, h) < 80
     for rel in manifest["panoramic"]:
@@ -107,7 +100,7 @@ def test_size_problems_break_only_their_rule(sample):
 
 
 def test_unusual_modes(sample):
-    root, manifest, _ = sample
+    root, manifest = sample
     with Image.open(root / manifest["cmyk"][0]) as img:
         assert (img.format, img.mode) == ("JPEG", "CMYK")
     with Image.open(root / manifest["sixteen_bit"][0]) as img:
@@ -124,7 +117,7 @@ def test_unusual_modes(sample):
 
 
 def test_exact_copies_are_byte_identical(sample):
-    root, manifest, _ = sample
+    root, manifest = sample
     for rel in manifest["exact_copy"]:
         original = manifest["copy_of"][rel]
         assert rel != original
@@ -137,7 +130,7 @@ def _rgb(path: Path) -> Image.Image:
 
 
 def test_resized_copies_are_scaled(sample):
-    root, manifest, _ = sample
+    root, manifest = sample
     for rel in manifest["resized_copy"]:
         w, h = _size(root / rel)
         ow, oh = _size(root / manifest["copy_of"][rel])
@@ -145,7 +138,7 @@ def test_resized_copies_are_scaled(sample):
 
 
 def test_rotated_copies_undo_with_recorded_angle(sample):
-    root, manifest, _ = sample
+    root, manifest = sample
     assert sorted(set(manifest["rotation_ccw"].values())) == [90, 180, 270]
     for rel, angle in manifest["rotation_ccw"].items():
         copy = _rgb(root / rel)
@@ -161,7 +154,7 @@ def test_rotated_copies_undo_with_recorded_angle(sample):
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(sample, tmp_path):
-    root, manifest, _ = sample
+    root, manifest = sample
     again = make_sample_data(tmp_path / "again", n_base=8, seed=0)
     assert again["clean"] == manifest["clean"][:8]  # base images are a prefix
     for rel in again["clean"] + ["broken/cut_off.jpg", "modes/anim.gif",
