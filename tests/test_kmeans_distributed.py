@@ -9,12 +9,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vdc_lake.kmeans import hierarchical_kmeans, kmeans
-from vdc_lake.kmeans_distributed import hierarchical_kmeans_distributed, kmeans_distributed, rank_rows
+from vdc_lake.kmeans_distributed import (
+    hierarchical_kmeans_distributed, kmeans_distributed, load_result, rank_rows, save_result,
+)
 
 # (name, metric, init, k): every case runs in the same two spawned processes
 CASES = [("cosine-kmeans++", "cosine", "kmeans++", 12), ("l2-random", "l2", "random", 7),
          ("l2-kmeans++", "l2", "kmeans++", 20)]
 LEVELS = [16, 4]
+RESAMPLED = dict(method="resampled", n_samples=[7, 2], n_resamples=3)
 
 
 def _blobs(n: int = 1501, d: int = 8, centers: int = 10, seed: int = 0) -> np.ndarray:
@@ -39,6 +42,10 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
             results[name] = kmeans_distributed(x, k, metric=metric, init=init, seed=3)
         results["empty-clusters"] = kmeans_distributed(_few_distinct(), 8, metric="l2", init="random", seed=0)
         results["hierarchy"] = hierarchical_kmeans_distributed(x, LEVELS, seed=5)
+        results["resampled"] = hierarchical_kmeans_distributed(x, LEVELS, seed=5, **RESAMPLED)
+        # odd row counts per rank and clusters smaller than n_samples
+        results["resampled-l2"] = hierarchical_kmeans_distributed(x[:301], [40, 6], seed=2, metric="l2",
+                                                                  method="resampled", n_samples=[9, 3], n_resamples=2)
         if rank == 0:
             torch.save(results, out)
     finally:
@@ -71,14 +78,36 @@ def test_empty_clusters_are_reseeded_as_in_the_single_process_kmeans(distributed
     _same(distributed_results["empty-clusters"], want)
 
 
-def test_hierarchy_matches_the_single_process_centers_method(distributed_results):
-    want = hierarchical_kmeans(_blobs(), LEVELS, method="centers", seed=5)
-    got = distributed_results["hierarchy"]
-    assert len(got) == len(want) == 2
+def _same_hierarchy(got, want) -> None:
+    assert len(got) == len(want)
     for got_level, want_level in zip(got.levels, want.levels):
         torch.testing.assert_close(got_level.centers, want_level.centers, rtol=1e-5, atol=1e-5)
         assert torch.equal(got_level.assignments, want_level.assignments)
         assert torch.equal(got_level.input_assignments, want_level.input_assignments)
+        torch.testing.assert_close(got_level.input_distances, want_level.input_distances, rtol=1e-4, atol=1e-5)
+
+
+def test_hierarchy_matches_the_single_process_centers_method(distributed_results):
+    _same_hierarchy(distributed_results["hierarchy"], hierarchical_kmeans(_blobs(), LEVELS, method="centers", seed=5))
+
+
+def test_hierarchy_matches_the_single_process_resampled_method(distributed_results):
+    want = hierarchical_kmeans(_blobs(), LEVELS, seed=5, **RESAMPLED)
+    centers_only = hierarchical_kmeans(_blobs(), LEVELS, method="centers", seed=5)
+    assert not torch.equal(want.levels[0].centers, centers_only.levels[0].centers)  # resampling moved them
+    _same_hierarchy(distributed_results["resampled"], want)
+
+
+def test_resampled_with_small_clusters_and_l2_matches(distributed_results):
+    want = hierarchical_kmeans(_blobs()[:301], [40, 6], seed=2, metric="l2", method="resampled",
+                               n_samples=[9, 3], n_resamples=2)
+    _same_hierarchy(distributed_results["resampled-l2"], want)
+
+
+def test_saved_result_loads_back_equal(distributed_results, tmp_path):
+    result = distributed_results["resampled"]
+    save_result(result, tmp_path / "clusters.npz")
+    _same_hierarchy(load_result(tmp_path / "clusters.npz"), result)
 
 
 def test_rank_rows_cover_every_row_once():

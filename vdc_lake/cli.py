@@ -660,17 +660,27 @@ def score(ctx: Context, head_path: str, set_name: str, name: str, activation: st
 @click.option("--tol", type=float, default=None, help="Relative change of the centres that stops [1e-4].")
 @click.option("--seed", type=int, default=None, help="[0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--nproc-per-node", type=int, default=1, show_default=True,
+              help="Processes per machine for torch.distributed k-means (one per GPU; gloo on CPU), via torchrun.")
+@click.option("--nnodes", type=int, default=1, show_default=True,
+              help="Machines for distributed k-means; this one is node 0 and prints the others' command.")
+@click.option("--rdzv-endpoint", default=None, help="HOST:PORT of this machine for --nnodes > 1.")
 @pass_ctx
 @handle_errors
-def cluster_command(ctx: Context, set_name: str, device: str, **options: Any) -> None:
+def cluster_command(ctx: Context, set_name: str, device: str, nproc_per_node: int, nnodes: int,
+                    rdzv_endpoint: str | None, **options: Any) -> None:
     """Hierarchical k-means of an embedding set; writes centres and every image's clusters.
 
-    An interrupted run with the same options resumes from its last finished step.
+    An interrupted run with the same options resumes from its last finished step
+    (single process) or reuses a finished distributed result.
 
     \b
-    Example:
+    Examples:
         vdc-lake cluster --set rope_i_vit_b16_pn_aps_c1_pe-core --n-clusters 45000 900 90 \\
             --method resampled --n-samples 10 5 3 --n-resamples 10
+        # the same on the 8 GPUs of this machine (torch.distributed, NCCL)
+        vdc-lake cluster --set rope_i_vit_b16_pn_aps_c1_pe-core --n-clusters 45000 900 90 \\
+            --method resampled --n-samples 10 5 3 --nproc-per-node 8
     """
     from vdc_lake.cluster import cluster
 
@@ -679,7 +689,8 @@ def cluster_command(ctx: Context, set_name: str, device: str, **options: Any) ->
         s = cluster(catalog, set_name, n_clusters=cfg["n_clusters"], method=cfg["method"],
                     n_samples=cfg["n_samples"], n_resamples=cfg["n_resamples"], metric=cfg["metric"],
                     init=cfg["init"], max_iters=cfg["max_iters"], tol=cfg["tol"], seed=cfg["seed"],
-                    device=device, quiet=ctx.quiet)
+                    device=device, nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
+                    quiet=ctx.quiet)
     click.echo(f"cluster run {s.run_id}: {s.n_images} images into {'/'.join(map(str, s.n_clusters))} clusters "
                f"in {s.seconds:.1f} s; mean level-0 distance {s.mean_distance_level0:.4f}"
                + (" (resumed)" if s.resumed_from else ""))

@@ -1,8 +1,10 @@
 """Cluster and sample stages: hierarchical k-means over an embedding set, then an exact-size sample.
 
 cluster: reads the set's current vectors, runs vdc_lake.kmeans.hierarchical_kmeans (resumable
-through a checkpoint folder next to the catalog, keyed by the run's parameters), and writes
-`clusters` (centres, parents, sizes) and `assignments` (every image at every level).
+through a checkpoint folder next to the catalog, keyed by the run's parameters), or with
+nproc_per_node > 1 launches vdc_lake.kmeans_distributed under torchrun (one process per GPU,
+or gloo CPU processes), and writes `clusters` (centres, parents, sizes) and `assignments`
+(every image at every level).
 sample: distributes a budget down the newest (or given) clustering with vdc_lake.sampling and
 writes exactly that many images to `samples`.
 """
@@ -11,6 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shlex
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,37 +102,105 @@ def _write_clustering(catalog: Catalog, run_id: int, vs: VectorSet, result: Any,
     return mean_level0
 
 
+def _torchrun_command(embeddings: Path, output: Path, params: dict[str, Any], *, nproc_per_node: int,
+                      nnodes: int, rdzv_endpoint: str | None, device: str, quiet: bool) -> list[str]:
+    """torchrun (as `python -m torch.distributed.run`) running vdc_lake.kmeans_distributed."""
+    if nnodes == 1:
+        launcher = ["--standalone", "--nnodes", "1"]
+    else:
+        launcher = ["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", str(rdzv_endpoint)]
+    args = ["--embeddings", str(embeddings), "--output", str(output),
+            "--n-clusters", *map(str, params["n_clusters"]), "--method", params["method"],
+            "--n-resamples", str(params["n_resamples"]), "--metric", params["metric"], "--init", params["init"],
+            "--max-iters", str(params["max_iters"]), "--tol", str(params["tol"]), "--seed", str(params["seed"]),
+            "--device", device]
+    if params["n_samples"]:
+        args += ["--n-samples", *map(str, params["n_samples"])]
+    if quiet:
+        args.append("--quiet")
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, "--nproc-per-node", str(nproc_per_node),
+            "-m", "vdc_lake.kmeans_distributed", *args]
+
+
+def _cluster_with_torchrun(vs: VectorSet, params: dict[str, Any], work: Path, *, nproc_per_node: int, nnodes: int,
+                           rdzv_endpoint: str | None, device: str, quiet: bool) -> Any:
+    """Export the vectors as .npy in ``work``, run torchrun, load rank 0's result.
+
+    A finished result in ``work`` (same parameters and vectors: the folder is keyed by them)
+    is loaded without running again. The .npy is removed once the result exists.
+    """
+    from vdc_lake.kmeans_distributed import load_result
+
+    output = work / "clusters.npz"
+    if not output.exists():
+        if nnodes > 1 and not rdzv_endpoint:
+            raise StageError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (this machine, reachable from the others)")
+        work.mkdir(parents=True, exist_ok=True)
+        embeddings = work / "embeddings.npy"
+        temporary = work / "embeddings.tmp.npy"
+        np.save(temporary, np.ascontiguousarray(vs.vectors, dtype=np.float32))
+        os.replace(temporary, embeddings)
+        command = _torchrun_command(embeddings, output, params, nproc_per_node=nproc_per_node, nnodes=nnodes,
+                                    rdzv_endpoint=rdzv_endpoint, device=device, quiet=quiet)
+        if nnodes > 1:
+            other = ["torchrun", *command[3:]]
+            print(f"run this on each of the other {nnodes - 1} nodes ({work} must be on storage they mount "
+                  f"at the same path):\n  {shlex.join(other)}", file=sys.stderr, flush=True)
+        returncode = subprocess.run(command).returncode
+        if returncode != 0 or not output.exists():
+            raise StageError(f"distributed k-means failed (torchrun exit code {returncode}); its output is above. "
+                             f"Command: {shlex.join(command)}")
+        embeddings.unlink(missing_ok=True)
+    return load_result(output)
+
+
 def cluster(catalog: Catalog, set_name: str, *, n_clusters: Sequence[int], method: str = "resampled",
             n_samples: Sequence[int] | None = None, n_resamples: int = 10, metric: str = "cosine",
             init: str = "kmeans++", max_iters: int = 50, tol: float = 1e-4, seed: int = 0, device: str = "auto",
+            nproc_per_node: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
             quiet: bool = False) -> ClusterSummary:
-    """Hierarchical k-means of the set's present images; resumes an interrupted identical run."""
+    """Hierarchical k-means of the set's present images; resumes an interrupted identical run.
+
+    nproc_per_node > 1 (or nnodes > 1): torch.distributed over that many processes per node
+    (NCCL on GPUs, gloo on the CPU), launched with torchrun; same result as one process up
+    to float rounding. Multi-node: this machine is node 0 and prints the command for the others.
+    """
     from vdc_lake.kmeans import hierarchical_kmeans
 
     params = {"set": set_name, "n_clusters": list(n_clusters), "method": method,
               "n_samples": list(n_samples) if n_samples else None, "n_resamples": n_resamples, "metric": metric,
               "init": init, "max_iters": max_iters, "tol": tol, "seed": seed}
+    if nproc_per_node < 1 or nnodes < 1:
+        raise StageError("--nproc-per-node and --nnodes must be at least 1")
+    distributed = nproc_per_node > 1 or nnodes > 1
     vs = read_vectors(catalog, "embeddings", set_name)
     if len(vs) <= max(n_clusters):
         raise StageError(f"set {set_name!r} has {len(vs)} vectors, fewer than the {max(n_clusters)} clusters "
                          "asked for; lower --n-clusters")
     checkpoint = _checkpoint_dir(catalog, params, vs)
     resumed = str(checkpoint) if checkpoint.exists() and any(checkpoint.iterdir()) else None
-    with catalog.run("cluster", dict(params, device=device, checkpoint=str(checkpoint))) as run_id:
+    run_params = dict(params, device=device, checkpoint=str(checkpoint))
+    if distributed:
+        run_params.update(nproc_per_node=nproc_per_node, nnodes=nnodes)
+    with catalog.run("cluster", run_params) as run_id:
         started = time.monotonic()
         catalog.release()
-        with progress_bar(None, "k-means", unit="step", quiet=quiet) as bar:
-            def progress(stage: str, step: int, total: int) -> None:
-                bar.set_description(f"k-means {stage}")
-                bar.total = total
-                bar.n = step
-                bar.refresh()
+        if distributed:
+            result = _cluster_with_torchrun(vs, params, checkpoint, nproc_per_node=nproc_per_node, nnodes=nnodes,
+                                            rdzv_endpoint=rdzv_endpoint, device=device, quiet=quiet)
+        else:
+            with progress_bar(None, "k-means", unit="step", quiet=quiet) as bar:
+                def progress(stage: str, step: int, total: int) -> None:
+                    bar.set_description(f"k-means {stage}")
+                    bar.total = total
+                    bar.n = step
+                    bar.refresh()
 
-            result = hierarchical_kmeans(
-                vs.vectors, list(n_clusters), method=method, n_samples=list(n_samples) if n_samples else None,
-                n_resamples=n_resamples, metric=metric, init=init, max_iters=max_iters, tol=tol, seed=seed,
-                device=None if device == "auto" else device, checkpoint_dir=checkpoint, progress=progress,
-            )
+                result = hierarchical_kmeans(
+                    vs.vectors, list(n_clusters), method=method, n_samples=list(n_samples) if n_samples else None,
+                    n_resamples=n_resamples, metric=metric, init=init, max_iters=max_iters, tol=tol, seed=seed,
+                    device=None if device == "auto" else device, checkpoint_dir=checkpoint, progress=progress,
+                )
         mean_distance = _write_clustering(catalog, run_id, vs, result, metric)
         summary = ClusterSummary(run_id, set_name, len(vs), list(n_clusters), round(time.monotonic() - started, 2),
                                  round(mean_distance, 6), resumed)
