@@ -1,6 +1,6 @@
-"""Ray backend: scan, sanitize and apply on Ray tasks give the catalog the local backend gives;
-a worker killed mid-shard is retried without duplicates or losses; a re-run resumes from the
-staged parts."""
+"""Ray backend: scan, sanitize, apply and predict on Ray tasks give the catalog the local backend
+gives; a worker killed mid-shard is retried without duplicates or losses; a re-run resumes from
+the staged parts."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vdc-lake[scale]'); Ray tests skipped")
 
 from tests.conftest import default_config  # noqa: E402
+from tests.tiny_models import PE_CORE, ROTNET, TINY_SPECS, make_tiny_model, write_test_images  # noqa: E402
 from vdc_lake import scan as scan_module  # noqa: E402
 from vdc_lake.apply import apply_plan, make_plan  # noqa: E402
 from vdc_lake.catalog import Catalog  # noqa: E402
@@ -25,6 +27,7 @@ from vdc_lake.files import inspect_header  # noqa: E402
 from vdc_lake.ray_backend import ray_map_ordered, staging_root  # noqa: E402
 from vdc_lake.sanitize import sanitize  # noqa: E402
 from vdc_lake.scan import scan  # noqa: E402
+from vdc_lake.sets import read_vectors  # noqa: E402
 
 # Set by a test before its function is shipped: cloudpickle copies these values to the workers.
 CRASH_MARKER = ""
@@ -163,3 +166,102 @@ def test_the_local_backend_does_not_import_ray():
     code = ("import sys, vdc_lake.scan, vdc_lake.sanitize, vdc_lake.apply, vdc_lake.parallel as p; "
             "p.get_mapper('local', catalog_path='c.duckdb'); assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _times_ten(items: list[int]) -> list[int]:
+    return [item * 10 for item in items]
+
+
+def _drops_one(items: list[int]) -> list[int]:
+    return [item * 10 for item in items[1:]]
+
+
+def test_a_batched_map_calls_the_function_once_per_shard_and_checks_its_length(tmp_path):
+    staging = tmp_path / "catalog.duckdb.staging"
+    results = ray_map_ordered(_times_ten, range(23), desc="map", quiet=True, staging_dir=staging, shard_size=5,
+                              batched=True, num_cpus=1, num_gpus=0)
+    assert list(results) == [i * 10 for i in range(23)]
+    with pytest.raises(StageError, match=r"_drops_one returned a list of 4 for 5 items"):
+        list(ray_map_ordered(_drops_one, range(10), desc="map", quiet=True, staging_dir=staging, shard_size=5,
+                             batched=True))
+
+
+def test_a_task_no_node_can_run_is_an_error_not_a_hang(tmp_path):
+    too_many = ray.cluster_resources().get("GPU", 0) + 1
+    with pytest.raises(StageError, match=rf"no live node of the Ray cluster has the 1 CPU and {too_many:g} GPU"):
+        list(ray_map_ordered(_times_ten, range(3), quiet=True, staging_dir=tmp_path, batched=True, num_gpus=too_many))
+
+
+# -- predict -------------------------------------------------------------------------------------
+
+N_PREDICT_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    for name in (PE_CORE, ROTNET):
+        make_tiny_model(folder, TINY_SPECS[name])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def predict_images(tmp_path_factory) -> Path:
+    """N_PREDICT_IMAGES small images and one PNG whose header reads but whose pixels do not."""
+    folder = tmp_path_factory.mktemp("predict_images")
+    good = write_test_images(folder, N_PREDICT_IMAGES)[1]
+    (folder / "truncated.png").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    return folder
+
+
+def _predict_twice(run_cli, images: Path, catalog: Path, backend: str, *args: str) -> tuple[str, str]:
+    """Scan images into a new catalog, then predict twice on backend: both outputs."""
+    scanned = run_cli(["scan", images], catalog)
+    assert scanned.exit_code == 0, scanned.output
+    outputs = []
+    for _ in range(2):
+        result = run_cli(["predict", *args, "--backend", backend], catalog)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    assert not staging_root(catalog).exists() or not any(staging_root(catalog).iterdir())
+    return outputs[0], outputs[1]
+
+
+@pytest.mark.parametrize("model, kind, table", [(PE_CORE, "embedding", "embeddings"),
+                                                (ROTNET, "rotation", "predictions")])
+def test_predict_on_ray_writes_the_set_the_local_backend_writes_and_reruns_compute_nothing(
+        run_cli, tmp_path, tiny_models_dir, predict_images, model, kind, table):
+    args = ["--model", model, "--kind", kind, "--models-dir", tiny_models_dir, "--device", "cpu",
+            "--num-workers", "0", "--batch-size", "4"]
+    sets = {}
+    for backend in ("local", "ray"):
+        first, again = _predict_twice(run_cli, predict_images, tmp_path / backend / "c.duckdb", backend, *args)
+        assert f"{N_PREDICT_IMAGES} of {N_PREDICT_IMAGES + 1} images written, 1 failed" in first
+        assert "cannot decode: image file is truncated" in first  # the worker's error reaches the summary
+        assert "0 of 1 images written, 1 failed" in again  # only the undecodable image is tried again
+        with Catalog(tmp_path / backend / "c.duckdb", read_only=True) as catalog:
+            sets[backend] = read_vectors(catalog, table, model)
+            assert catalog.scalar(f"SELECT count(*) FROM {table} WHERE set_name = ?", [model]) == N_PREDICT_IMAGES
+    local, on_ray = sets["local"], sets["ray"]
+    assert local.vectors.shape[0] == N_PREDICT_IMAGES
+    np.testing.assert_array_equal(on_ray.image_ids, local.image_ids)
+    np.testing.assert_array_equal(on_ray.versions, local.versions)
+    assert on_ray.vectors.dtype == np.float32
+    np.testing.assert_allclose(on_ray.vectors, local.vectors, rtol=0, atol=1e-5)
+    if kind == "rotation":
+        np.testing.assert_allclose(on_ray.vectors.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_builtin_predict_on_ray_equals_local_exactly(run_cli, tmp_path, predict_images):
+    sets = {}
+    for backend in ("local", "ray"):
+        first, again = _predict_twice(run_cli, predict_images, tmp_path / backend / "c.duckdb", backend,
+                                      "--model", "builtin", "--kind", "descriptor", "--num-workers", "2")
+        assert f"{N_PREDICT_IMAGES} of {N_PREDICT_IMAGES + 1} images written, 1 failed" in first
+        assert "0 of 1 images written, 1 failed" in again  # only the undecodable image is tried again
+        with Catalog(tmp_path / backend / "c.duckdb", read_only=True) as catalog:
+            sets[backend] = read_vectors(catalog, "embeddings", "builtin")
+    assert len(sets["local"]) == N_PREDICT_IMAGES
+    np.testing.assert_array_equal(sets["ray"].image_ids, sets["local"].image_ids)
+    np.testing.assert_array_equal(sets["ray"].versions, sets["local"].versions)
+    np.testing.assert_array_equal(sets["ray"].vectors, sets["local"].vectors)

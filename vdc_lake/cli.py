@@ -121,7 +121,7 @@ def cli(ctx: click.Context, catalog: str, config_file: str | None, quiet: bool) 
 # -- scan / sanitize ------------------------------------------------------------------------------
 
 def backend_options(func: Callable) -> Callable:
-    """--backend and --ray-address, shared by the per-file stages (scan, sanitize, apply)."""
+    """--backend and --ray-address, shared by the per-file stages (scan, sanitize, apply) and predict."""
     func = click.option("--ray-address", default=None,
                         help="Ray cluster for --backend ray [config scale.ray_address: local instance].")(func)
     return click.option("--backend", type=click.Choice(["local", "ray"]), default=None,
@@ -434,14 +434,18 @@ def restore(ctx: Context, run_id: int | None, dry_run: bool) -> None:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--fast-matmul", is_flag=True, help="Allow TF32 matmuls.")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format.")
+@backend_options
 @pass_ctx
 @handle_errors
 def predict(ctx: Context, model: str, tag: str | None, kind: str, set_name: str | None, models_dir: str | None,
             size: int | None, device: str | None, batch_size: int | None, num_workers: int | None, amp: bool,
-            amp_dtype: str, compile_: bool, fast_matmul: bool, channels_last: bool) -> None:
+            amp_dtype: str, compile_: bool, fast_matmul: bool, channels_last: bool, backend: str | None,
+            ray_address: str | None) -> None:
     """Run a birder model over present images that have no result yet for their current version.
 
-    Results are committed in batches: a killed run resumes where it stopped.
+    Results are committed in batches: a killed run resumes where it stopped. With --backend ray
+    the model runs in Ray tasks over shards of images, one GPU each when the device is cuda
+    (or auto and the cluster has GPUs).
 
     \b
     Example:
@@ -453,11 +457,12 @@ def predict(ctx: Context, model: str, tag: str | None, kind: str, set_name: str 
 
     cfg = ctx.config.section("predict", models_dir=models_dir, batch_size=batch_size, num_workers=num_workers,
                              device=device)
+    backend = _backend(ctx, backend, ray_address)
     with ctx.writer() as catalog:
         s = run_predict(catalog, model=model, tag=tag, kind=kind, set_name=set_name, models_dir=cfg["models_dir"],
                         size=size, device=cfg["device"], batch_size=cfg["batch_size"], num_workers=cfg["num_workers"],
                         amp=amp, amp_dtype=amp_dtype, compile=compile_, fast_matmul=fast_matmul,
-                        channels_last=channels_last, quiet=ctx.quiet)
+                        channels_last=channels_last, quiet=ctx.quiet, backend=backend)
     click.echo(f"predict run {s.run_id}: set {s.set_name} ({s.kind}): {s.written} of {s.todo} images written, "
                f"{s.failed} failed, {s.images_per_second} images/s")
     for error in s.errors:

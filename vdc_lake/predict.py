@@ -7,9 +7,11 @@ where it stopped with no duplicates.
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -18,7 +20,7 @@ import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.errors import StageError
-from vdc_lake.parallel import batched, map_ordered, progress_bar
+from vdc_lake.parallel import BACKENDS, get_mapper, progress_bar
 from vdc_lake.sets import missing_images, register_embedding_set, register_prediction_set, write_vectors
 
 BUILTIN_MODEL = "builtin"
@@ -69,85 +71,176 @@ def _register(catalog: Catalog, set_name: str, kind: str, model: str, dim: int, 
                                run_id=run_id)
 
 
+def _builtin_item(item: tuple[str, int]) -> np.ndarray | None:
+    """The builtin descriptor of (path, version); the version keys Ray's staging (see _infer_shard)."""
+    return _builtin_one(item[0])
+
+
 def _builtin_one(path: str) -> np.ndarray | None:
     from vdc_lake.files import decode_check
 
     return decode_check(path, max_pixels=1 << 62, with_descriptor=True).descriptor
 
 
-def _predict_builtin(catalog: Catalog, run_id: int, set_name: str, work: pa.Table, summary: PredictSummary,
-                     workers: int | None, quiet: bool) -> None:
-    rows = work.to_pylist()
-    catalog.release()
-    results = map_ordered(_builtin_one, [r["path"] for r in rows], workers=workers, desc="builtin", quiet=quiet)
-    for batch in batched(zip(rows, results), COMMIT_EVERY_IMAGES):
-        good = [(r, v) for r, v in batch if v is not None]
-        summary.failed += len(batch) - len(good)
-        if good:
-            with catalog.transaction():
-                write_vectors(catalog, "embeddings", set_name, run_id, np.array([r["image_id"] for r, _ in good]),
-                              np.array([r["version"] for r, _ in good]), np.stack([v for _, v in good]))
-            summary.written += len(good)
-        catalog.release()
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model and how to run it: all a Ray worker needs (picklable, hashable; Ray's staging
+    key hashes it, so changing the model or an option starts a fresh staging folder)."""
+
+    models_dir: str
+    model: str
+    tag: str | None
+    size: int | None
+    device: str
+    kind: str
+    batch_size: int
+    amp: bool
+    amp_dtype: str
+    channels_last: bool
+    fast_matmul: bool
+    compile: bool
+    num_workers: int | None
+
+    def load(self) -> Any:
+        from vdc_lake.models import load_model
+
+        return load_model(self.models_dir, self.model, tag=self.tag, device=self.device,
+                          size=None if self.size is None else (self.size, self.size))
+
+    def inference_options(self) -> dict[str, Any]:
+        return dict(kind=self.kind, batch_size=self.batch_size, num_workers=self.num_workers, amp=self.amp,
+                    amp_dtype=self.amp_dtype, compile=self.compile, fast_matmul=self.fast_matmul,
+                    channels_last=self.channels_last)
 
 
-def _predict_model(catalog: Catalog, run_id: int, loaded: Any, kind: str, set_name: str, work: pa.Table,
-                   summary: PredictSummary, options: dict[str, Any], commit_every: int, quiet: bool) -> None:
+# The model of the last spec a Ray worker process ran: loaded once per process, not per shard.
+_WORKER_MODELS: dict[ModelSpec, Any] = {}
+
+
+def _per_image(batches: Iterable[Any], order: list[int] | None) -> Iterator[np.ndarray | str]:
+    """run_inference's batches as one result per path, in order: the float32 output vector
+    (rotation columns put in ROTATION_ORDER by `order`) or the reason it could not be decoded."""
+    for batch in batches:
+        outputs = batch.outputs[:, order] if order is not None else batch.outputs
+        results: dict[int, np.ndarray | str] = dict(zip(batch.indices.tolist(), outputs))
+        results.update(zip(batch.failed.tolist(), batch.errors))
+        for index in sorted(results):  # a batch is a contiguous run of positions
+            yield results[index]
+
+
+def _rotation_order(loaded: Any, kind: str) -> list[int] | None:
+    return _rotation_columns(loaded.class_names) if kind == "rotation" else None
+
+
+def _infer_shard(spec: ModelSpec, items: list[tuple[str, int]]) -> list[np.ndarray | str]:
+    """Ray task body for a shard of (path, version): one result per path (see _per_image).
+    The version is not used here; it is in the items so that Ray's staging key (a hash of the
+    items) changes when a file does, and a staged result of older bytes is never ingested."""
+    paths = [path for path, _ in items]
     from vdc_lake.models import run_inference
 
+    if spec not in _WORKER_MODELS:
+        _WORKER_MODELS.clear()  # one model per worker process: free the previous one
+        _WORKER_MODELS[spec] = spec.load()
+    loaded = _WORKER_MODELS[spec]
+    batches = run_inference(loaded, paths, **spec.inference_options())
+    return list(_per_image(batches, _rotation_order(loaded, spec.kind)))
+
+
+def _ray_device(device: str) -> str:
+    """Device of predict's Ray tasks: "cuda" when asked for, or for "auto" when the cluster
+    has a GPU; else "cpu". Ray picks the task's GPU, so an index in "cuda:N" is dropped."""
+    if device == "auto":
+        from vdc_lake.ray_backend import cluster_gpus
+
+        return "cuda" if cluster_gpus() > 0 else "cpu"
+    return "cuda" if device.startswith("cuda") else device
+
+
+def _model_results_on_ray(catalog: Catalog, spec: ModelSpec, items: list[tuple[str, int]],
+                          quiet: bool) -> Iterator[Any]:
+    """Results of spec's model for paths (as _per_image gives them), computed by batched Ray
+    tasks: 1 GPU each on cuda, max(1, num_workers) CPUs for the decoding processes."""
+    from vdc_lake.ray_backend import ray_map_ordered, shard_size_for, staging_root
+
+    shard_size = math.ceil(shard_size_for(len(items)) / spec.batch_size) * spec.batch_size  # whole batches
+    return ray_map_ordered(partial(_infer_shard, spec), items, desc="predict", quiet=quiet,
+                           staging_dir=staging_root(catalog.path), shard_size=shard_size, batched=True,
+                           num_cpus=max(1, spec.num_workers or 1), num_gpus=1 if spec.device == "cuda" else 0)
+
+
+def _model_results(loaded: Any, spec: ModelSpec, paths: list[str], quiet: bool) -> Iterator[np.ndarray | str]:
+    """Results of the model loaded here for paths (as _per_image gives them), with a progress bar."""
+    from vdc_lake.models import run_inference
+
+    with progress_bar(len(paths), f"predict {spec.model}", unit="img", quiet=quiet) as bar:
+        yield from _per_image(run_inference(loaded, paths, progress=bar.update, **spec.inference_options()),
+                              _rotation_order(loaded, spec.kind))
+
+
+def _ingest(catalog: Catalog, run_id: int, kind: str, set_name: str, work: pa.Table,
+            results: Iterable[np.ndarray | str | None], summary: PredictSummary, commit_every: int) -> None:
+    """Write one result per work row, in order, to the set: a vector is written, anything else
+    (None, or an error string kept in summary.errors up to 10) counts as failed. Commits every
+    `commit_every` vectors and every COMMIT_EVERY_SECONDS, releasing the catalog in between."""
     ids = work.column("image_id").to_numpy()
     versions = work.column("version").to_numpy()
-    order = _rotation_columns(loaded.class_names) if kind == "rotation" else None
-    catalog.release()
-    pending: list[tuple[np.ndarray, np.ndarray]] = []
-    pending_n, last_commit = 0, time.monotonic()
-    with progress_bar(len(ids), f"predict {set_name}", unit="img", quiet=quiet) as bar:
-        for batch in run_inference(loaded, work.column("path").to_pylist(), kind=kind,
-                                   progress=lambda n: bar.update(n), **options):
-            outputs = batch.outputs[:, order] if order is not None else batch.outputs
-            pending.append((batch.indices, outputs))
-            pending_n += len(batch.indices)
-            summary.failed += len(batch.failed)
-            summary.errors.extend(batch.errors[: max(0, 10 - len(summary.errors))])
-            if pending_n >= commit_every or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
-                summary.written += _commit(catalog, run_id, kind, set_name, ids, versions, pending)
-                pending, pending_n, last_commit = [], 0, time.monotonic()
-    summary.written += _commit(catalog, run_id, kind, set_name, ids, versions, pending)
+    done: list[int] = []
+    vectors: list[np.ndarray] = []
+    last_commit = time.monotonic()
+    for row, result in enumerate(results):
+        if isinstance(result, np.ndarray):
+            done.append(row)
+            vectors.append(result)
+        else:
+            summary.failed += 1
+            if isinstance(result, str) and len(summary.errors) < 10:
+                summary.errors.append(result)
+        if len(done) >= commit_every or (done and time.monotonic() - last_commit > COMMIT_EVERY_SECONDS):
+            summary.written += _commit(catalog, run_id, kind, set_name, ids[done], versions[done], vectors)
+            done, vectors, last_commit = [], [], time.monotonic()
+    summary.written += _commit(catalog, run_id, kind, set_name, ids[done], versions[done], vectors)
 
 
 def _commit(catalog: Catalog, run_id: int, kind: str, set_name: str, ids: np.ndarray, versions: np.ndarray,
-            pending: list[tuple[np.ndarray, np.ndarray]]) -> int:
-    if not pending:
+            vectors: list[np.ndarray]) -> int:
+    if not vectors:
         return 0
-    index = np.concatenate([i for i, _ in pending])
-    outputs = np.concatenate([o for _, o in pending])
     with catalog.transaction():
-        write_vectors(catalog, KIND_TABLE[kind], set_name, run_id, ids[index], versions[index], outputs)
+        write_vectors(catalog, KIND_TABLE[kind], set_name, run_id, ids, versions, np.stack(vectors))
     catalog.release()
-    return len(index)
+    return len(vectors)
 
 
 def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, set_name: str | None = None,
             models_dir: str = "models", size: int | None = None, device: str = "auto", batch_size: int = 64,
             num_workers: int | None = None, amp: bool = False, amp_dtype: str = "bfloat16", compile: bool = False,
             fast_matmul: bool = False, channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES,
-            quiet: bool = False) -> PredictSummary:
+            quiet: bool = False, backend: str = "local") -> PredictSummary:
     """Compute `kind` outputs of `model` for every present image missing them; returns counts.
 
     Results are committed every `commit_every` images (and every 30 s), so a killed run loses
     at most that much work and a re-run continues with the images still missing.
+    backend "ray" runs the model in batched Ray tasks (a GPU each when the device is, or
+    resolves to, cuda) and the builtin descriptor in per-file Ray tasks; this process only
+    reads the work list and writes the results, as with "local".
     """
     if kind not in KIND_TABLE:
         raise StageError(f"unknown kind {kind!r}: use rotation, descriptor or embedding")
+    if backend not in BACKENDS:
+        raise StageError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}")
     builtin = model == BUILTIN_MODEL
     if builtin and kind != "descriptor":
         raise StageError("the builtin model only computes descriptors: use --kind descriptor")
-    loaded = None
+    loaded = spec = None
     if not builtin:
-        from vdc_lake.models import load_model
-
-        loaded = load_model(models_dir, model, tag=tag, device=device,
-                            size=None if size is None else (size, size))
+        spec = ModelSpec(os.path.abspath(models_dir), model, tag, size, device, kind, batch_size, amp, amp_dtype,
+                         channels_last, fast_matmul, compile, num_workers)
+        if backend == "ray":
+            spec = replace(spec, device=_ray_device(device))
+            loaded = replace(spec, device="cpu").load()  # here only for its name, classes and preprocessing
+        else:
+            loaded = spec.load()
     name = set_name or (BUILTIN_MODEL if builtin else loaded.name)
     params = {"model": model, "tag": tag, "kind": kind, "set": name, "size": size, "device": device,
               "batch_size": batch_size, "amp": amp, "amp_dtype": amp_dtype, "compile": compile}
@@ -166,12 +259,18 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
                       {"size": list(loaded.size), "rgb_stats": loaded.rgb_stats}, run_id)
         work = missing_images(catalog, KIND_TABLE[kind], name)
         summary.todo = work.num_rows
-        if builtin:
-            _predict_builtin(catalog, run_id, name, work, summary, num_workers, quiet)
-        elif work.num_rows:
-            options = dict(batch_size=batch_size, num_workers=num_workers, amp=amp, amp_dtype=amp_dtype,
-                           compile=compile, fast_matmul=fast_matmul, channels_last=channels_last)
-            _predict_model(catalog, run_id, loaded, kind, name, work, summary, options, commit_every, quiet)
+        if work.num_rows:
+            paths = work.column("path").to_pylist()
+            items = list(zip(paths, work.column("version").to_pylist()))
+            catalog.release()  # before workers fork (local) or while tasks run (ray)
+            if builtin:
+                mapper = get_mapper(backend, catalog_path=catalog.path)
+                results = mapper(_builtin_item, items, workers=num_workers, desc="builtin", quiet=quiet)
+            elif backend == "ray":
+                results = _model_results_on_ray(catalog, spec, items, quiet)
+            else:
+                results = _model_results(loaded, spec, paths, quiet)
+            _ingest(catalog, run_id, kind, name, work, results, summary, commit_every)
         summary.seconds = round(time.monotonic() - started, 3)
         summary.images_per_second = round(summary.written / summary.seconds, 1) if summary.seconds else 0.0
         catalog.finish_run(run_id, summary=asdict(summary))

@@ -112,8 +112,10 @@ def _header_findings(catalog: Catalog, run_id: int, rules: dict[str, Any]) -> in
     return int(catalog.execute(_rules_sql(), params)[0][0])
 
 
-def _decode_one(item: tuple[str, bool], *, max_pixels: int):
-    path, with_descriptor = item
+def _decode_one(item: tuple[str, int, bool], *, max_pixels: int):
+    """Decode check of (path, version, with_descriptor); the version is unused here but keys
+    the Ray backend's staging (a hash of the items), so a changed file is never taken from it."""
+    path, _, with_descriptor = item
     return decode_check(path, max_pixels=max_pixels, with_descriptor=with_descriptor)
 
 
@@ -155,7 +157,8 @@ def _decode_pass(catalog: Catalog, run_id: int, targets: pa.Table, rules: dict, 
         if r["header_error"] is None and (r["width"] or 0) * (r["height"] or 0) <= max_pixels
     ]
     want_descriptor = bool(rules["builtin_descriptor"])
-    items = [(os.path.join(r["root"], r["rel_path"]), want_descriptor and not r["has_descriptor"]) for r in rows]
+    items = [(os.path.join(r["root"], r["rel_path"]), r["version"], want_descriptor and not r["has_descriptor"])
+             for r in rows]
     catalog.release()
     mapper = get_mapper(backend, catalog_path=catalog.path)
     results = mapper(partial(_decode_one, max_pixels=max_pixels), items, workers=workers, desc="decode", quiet=quiet)
