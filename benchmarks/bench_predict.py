@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from vdc_lake.models import (  # noqa: E402
     LoadedModel,
-    device_normalizer,
     forward_fn,
     image_loader,
     load_model,

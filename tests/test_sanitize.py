@@ -6,8 +6,6 @@ import errno
 import os
 import re
 
-import pytest
-
 from tests.conftest import default_config
 from vdc_lake import files
 from vdc_lake.catalog import Catalog

@@ -306,6 +306,10 @@ def load_result(path: str | os.PathLike) -> HierarchicalKMeansResult:
     return _hierarchy(levels)
 
 
+def _print_progress(stage: str, step: int, total: int) -> None:
+    print(f"k-means {stage}: {step}/{total}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """torchrun entry point: cluster a .npy of embeddings; rank 0 writes an .npz (``load_result``)."""
     parser = argparse.ArgumentParser(prog="python -m vdc_lake.kmeans_distributed", description=__doc__.split("\n")[0])
@@ -330,14 +334,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
         x = np.load(args.embeddings, mmap_mode="r")
-        progress = None
-        if dist.get_rank() == 0 and not args.quiet:
-            def progress(stage: str, step: int, total: int) -> None:
-                print(f"k-means {stage}: {step}/{total}", file=sys.stderr, flush=True)
+        show = dist.get_rank() == 0 and not args.quiet
         result = hierarchical_kmeans_distributed(
             x, args.n_clusters, method=args.method, n_samples=args.n_samples, n_resamples=args.n_resamples,
             metric=args.metric, init=args.init, max_iters=args.max_iters, tol=args.tol, seed=args.seed,
-            progress=progress)  # device: cuda:LOCAL_RANK under NCCL, else the CPU
+            progress=_print_progress if show else None)  # device: cuda:LOCAL_RANK under NCCL, else the CPU
         if dist.get_rank() == 0:
             save_result(result, args.output)
     finally:

@@ -21,12 +21,15 @@ import pyarrow as pa
 from vdc_lake.catalog import Catalog
 from vdc_lake.errors import StageError
 from vdc_lake.parallel import BACKENDS, get_mapper, progress_bar
-from vdc_lake.sets import missing_images, register_embedding_set, register_prediction_set, write_vectors
+from vdc_lake.sets import (
+    BUILTIN_SET, missing_images, register_builtin_set, register_embedding_set, register_prediction_set, write_vectors,
+)
 
-BUILTIN_MODEL = "builtin"
+BUILTIN_MODEL = BUILTIN_SET
 COMMIT_EVERY_IMAGES = 4096
 COMMIT_EVERY_SECONDS = 30.0
 ROTATION_ORDER = ["0", "90", "180", "270"]
+PREDICT_SHARD_BATCHES = 16  # Ray backend: batches per task at least
 KIND_TABLE = {"rotation": "predictions", "descriptor": "embeddings", "embedding": "embeddings"}
 
 
@@ -163,7 +166,10 @@ def _model_results_on_ray(catalog: Catalog, spec: ModelSpec, items: list[tuple[s
     tasks: 1 GPU each on cuda, max(1, num_workers) CPUs for the decoding processes."""
     from vdc_lake.ray_backend import ray_map_ordered, shard_size_for, staging_root
 
-    shard_size = math.ceil(shard_size_for(len(items)) / spec.batch_size) * spec.batch_size  # whole batches
+    # Whole batches, and at least PREDICT_SHARD_BATCHES of them: each shard starts its decoding
+    # processes, and the model's first batches are slow, so small shards would pay that often.
+    batches = max(PREDICT_SHARD_BATCHES, math.ceil(shard_size_for(len(items)) / spec.batch_size))
+    shard_size = batches * spec.batch_size
     return ray_map_ordered(partial(_infer_shard, spec), items, desc="predict", quiet=quiet,
                            staging_dir=staging_root(catalog.path), shard_size=shard_size, batched=True,
                            num_cpus=max(1, spec.num_workers or 1), num_gpus=1 if spec.device == "cuda" else 0)
@@ -248,9 +254,7 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
         started = time.monotonic()
         summary = PredictSummary(run_id, name, kind)
         if builtin:
-            from vdc_lake.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_NAME
-
-            _register(catalog, name, kind, DESCRIPTOR_NAME, DESCRIPTOR_DIM, [], {"thumbnail": 32}, run_id)
+            register_builtin_set(catalog, run_id, name)
         else:
             from vdc_lake.models import output_dim
 

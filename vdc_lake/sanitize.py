@@ -22,10 +22,9 @@ import pyarrow as pa
 from vdc_lake.catalog import Catalog
 from vdc_lake.files import UNUSUAL_MODES, decode_check
 from vdc_lake.parallel import batched, get_mapper
-from vdc_lake.sets import register_embedding_set, write_vectors
+from vdc_lake.sets import BUILTIN_SET, register_builtin_set, write_vectors
 
 COMMIT_EVERY = 5000
-BUILTIN_SET = "builtin"
 
 # Header-fact rules: (rule, action, SQL condition over `t`, SQL detail expression).
 HEADER_RULES = [
@@ -119,13 +118,6 @@ def _decode_one(item: tuple[str, int, bool], *, max_pixels: int):
     return decode_check(path, max_pixels=max_pixels, with_descriptor=with_descriptor)
 
 
-def _register_builtin_set(catalog: Catalog, run_id: int) -> None:
-    from vdc_lake.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_NAME
-
-    register_embedding_set(catalog, BUILTIN_SET, kind="descriptor", model=DESCRIPTOR_NAME, dim=DESCRIPTOR_DIM,
-                           preprocessing={"source": "sanitize decode pass"}, run_id=run_id)
-
-
 def _write_decode_batch(catalog: Catalog, run_id: int, batch: list, summary: SanitizeSummary) -> None:
     bad = [(row, r.error) for row, r in batch if r.error]
     good = [(row, r.descriptor) for row, r in batch if r.descriptor is not None]
@@ -140,7 +132,7 @@ def _write_decode_batch(catalog: Catalog, run_id: int, batch: list, summary: San
                 "action": ["delete"] * len(bad),
             }))
         if good:
-            _register_builtin_set(catalog, run_id)
+            register_builtin_set(catalog, run_id)
             write_vectors(catalog, "embeddings", BUILTIN_SET, run_id,
                           np.array([row["image_id"] for row, _ in good]), np.array([row["version"] for row, _ in good]),
                           np.stack([d for _, d in good]))

@@ -147,7 +147,7 @@ def _write_batch(catalog: Catalog, run_id: int, batch: list[tuple[dict, dict]], 
     facts_sql = ", ".join(FACT_COLUMNS)
     with catalog.registered("scan_facts", facts), catalog.transaction():
         touched = catalog.execute(
-            f"""
+            """
             UPDATE images SET present = true, size_bytes = f.size_bytes, mtime_ns = f.mtime_ns
             FROM scan_facts f
             WHERE images.image_id = f.image_id AND f.content_hash IS NOT DISTINCT FROM f.old_hash

@@ -68,6 +68,18 @@ def register_embedding_set(catalog: Catalog, name: str, *, kind: str, model: str
                     [name, kind, model, dim, json.dumps(preprocessing or {}), run_id])
 
 
+BUILTIN_SET = "builtin"
+
+
+def register_builtin_set(catalog: Catalog, run_id: int, name: str = BUILTIN_SET) -> None:
+    """Register a set of the weight-free descriptor (sanitize's decode pass and
+    `predict --model builtin` write the same vectors; the default set is shared)."""
+    from vdc_lake.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_NAME, THUMBNAIL_SIZE
+
+    register_embedding_set(catalog, name, kind="descriptor", model=DESCRIPTOR_NAME, dim=DESCRIPTOR_DIM,
+                           preprocessing={"thumbnail": THUMBNAIL_SIZE, "grayscale": True}, run_id=run_id)
+
+
 def register_prediction_set(catalog: Catalog, name: str, *, kind: str, model: str | None,
                             class_names: list[str], preprocessing: dict[str, Any] | None, run_id: int) -> None:
     if catalog.scalar("SELECT count(*) FROM prediction_sets WHERE name = ?", [name]):
