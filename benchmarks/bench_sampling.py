@@ -5,6 +5,10 @@ Builds a 3-level tree like the walkthrough's hierarchical k-means (4,100,000 ima
 child), samples it to exactly 2,000,000 images with each allocation and strategy, checks
 the result (exact size, distinct, per-cluster quotas met) and prints the wall times.
 
+Then, end to end: the same tree as a clustering run in a real DuckDB catalog (images,
+assignments at every level) and `vdc_lake.cluster.sample`, which is what `vdc-lake sample`
+runs: reading the assignments out of the catalog, sampling, writing `samples`.
+
     python benchmarks/bench_sampling.py
     python benchmarks/bench_sampling.py --n 41000000 --total 20000000
 """
@@ -12,11 +16,19 @@ the result (exact size, distinct, per-cluster quotas met) and prints the wall ti
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
-from vdc_lake.sampling import hierarchical_allocation, hierarchical_sample
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
+
+from vdc_lake.catalog import Catalog  # noqa: E402
+from vdc_lake.cluster import sample  # noqa: E402
+from vdc_lake.sampling import hierarchical_allocation, hierarchical_sample  # noqa: E402
 
 
 def make_tree(n: int, sizes: list[int], seed: int) -> np.ndarray:
@@ -49,6 +61,7 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=2_000_000, help="images to sample")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (best shown)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-catalog", action="store_true", help="skip the end-to-end catalog measurement")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -71,6 +84,34 @@ def main() -> None:
             runs = " ".join(f"{t:.2f}" for t in times)
             verdict = check(assignments, picked, args.total, allocation)
             print(f"{allocation:<18} {strategy:<8} {min(times):>7.2f} {runs:<22} {verdict}")
+    if not args.no_catalog:
+        bench_catalog(assignments, distances, args.total, args.seed)
+
+
+def bench_catalog(assignments: np.ndarray, distances: np.ndarray, total: int, seed: int) -> None:
+    """Time cluster.sample on a catalog holding the tree as a clustering run."""
+    n, depth = assignments.shape
+    with tempfile.TemporaryDirectory(prefix="vdc-bench-sampling-") as tmp, Catalog(Path(tmp) / "c.duckdb") as c:
+        tick = time.perf_counter()
+        ids = np.arange(1, n + 1, dtype=np.int64)
+        with c.transaction():
+            c.insert_arrow("images", pa.table({
+                "image_id": ids, "root": pa.array(["/data"] * n), "rel_path": pa.array([f"{i}.jpg" for i in ids]),
+                "version": np.ones(n, np.int32), "present": np.ones(n, bool)}))
+            run = c.begin_run("cluster", {"benchmark": True})
+            for level in range(depth):
+                c.insert_arrow("assignments", pa.table({
+                    "run_id": np.full(n, run, np.int64), "image_id": ids, "version": np.ones(n, np.int32),
+                    "level": np.full(n, level, np.int32), "cluster_id": assignments[:, level].astype(np.int32),
+                    "distance": distances}))
+            c.finish_run(run)
+        print(f"\ncatalog with {n:,} images x {depth} levels built in {time.perf_counter() - tick:.1f} s")
+        tick = time.perf_counter()
+        summary = sample(c, total, cluster_run=run, seed=seed)
+        seconds = time.perf_counter() - tick
+        written = c.scalar("SELECT count(DISTINCT image_id) FROM samples WHERE run_id = ?", [summary.run_id])
+        print(f"vdc_lake.cluster.sample (vdc-lake sample) to {total:,}: {seconds:.2f} s; "
+              f"{written:,} distinct images written {'(exact)' if written == total else '(WRONG)'}")
 
 
 if __name__ == "__main__":

