@@ -65,7 +65,7 @@ def test_torchrun_processes_write_the_clustering_of_one_process(described, tmp_p
     assert not list(distributed.parent.glob(f"{distributed.name}.kmeans/*/embeddings*.npy"))
 
 
-def test_a_failed_torchrun_job_is_a_clear_error(described, tmp_path, run_cli):
+def test_several_nodes_without_a_rendezvous_endpoint_is_a_clear_error(described, tmp_path, run_cli):
     catalog = tmp_path / "c.duckdb"
     shutil.copy(described, catalog)
     result = run_cli(CLUSTER_ARGS + ["--nproc-per-node", "2", "--nnodes", "2"], catalog)
