@@ -60,7 +60,8 @@ def _checkpoint_dir(catalog: Catalog, params: dict[str, Any], vs: VectorSet) -> 
 
 
 def _distances_to_centers(x: np.ndarray, centers: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
-    """Distance of each row to its assigned centre, [n] float32 (cosine: 1 - cos; l2: squared)."""
+    """Distance of each row to its assigned centre, [n] float32 (cosine: 1 - cos; l2: squared),
+    as vdc_lake.kmeans measures it."""
     out = np.empty(len(x), np.float32)
     for start in range(0, len(x), 262144):
         rows = x[start:start + 262144]
@@ -93,9 +94,11 @@ def _write_clustering(catalog: Catalog, run_id: int, vs: VectorSet, result: Any,
                 "center": pa.FixedSizeListArray.from_arrays(pa.array(centers.reshape(-1)), centers.shape[1]).cast(
                     pa.list_(pa.float32())),
             }))
-            distances = _distances_to_centers(vs.vectors, centers, labels, metric)
-            if level == 0:
+            if level == 0:  # k-means gave each point's distance to its own centre, in the same metric
+                distances = lv.input_distances.numpy().astype(np.float32)
                 mean_level0 = float(distances.mean()) if len(distances) else 0.0
+            else:  # upper levels clustered centres: measure the images against their level-l centre
+                distances = _distances_to_centers(vs.vectors, centers, labels, metric)
             catalog.insert_arrow("assignments", per_image_table(
                 run_id, vs, level=np.full(len(vs), level, np.int32), cluster_id=labels.astype(np.int32),
                 distance=distances))

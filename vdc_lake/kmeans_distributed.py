@@ -88,19 +88,25 @@ def _all_reduce_sums(local: _Sums) -> _Sums:
     return _Sums(sums, counts)
 
 
+def _all_gather_padded(local: torch.Tensor, size: int, fill) -> list[torch.Tensor]:
+    """Every rank's ``local`` (at most ``size`` rows, padded with ``fill`` to exactly that), in rank order."""
+    padded = torch.full((size, *local.shape[1:]), fill, dtype=local.dtype, device=local.device)
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, padded)
+    return parts
+
+
+def _gather_padded(local: torch.Tensor, size: int, fill) -> torch.Tensor:
+    """``_all_gather_padded`` concatenated on the CPU, padding included (callers drop it by ``fill``)."""
+    return torch.cat(_all_gather_padded(local, size, fill)).cpu()
+
+
 def _farthest(rows: _ShardedRows, distances: torch.Tensor, m: int) -> torch.Tensor:
     """Global indices of the m rows farthest from their centre (ties: lower index first)."""
-    local_m = min(m, len(distances))
-    order = torch.argsort(distances, descending=True, stable=True)[:local_m]
-    pad = m - local_m
-    values = torch.cat([distances[order].to(torch.float64), torch.full((pad,), -1.0, dtype=torch.float64,
-                                                                        device=distances.device)])
-    ids = torch.cat([order + rows.offset, torch.full((pad,), -1, dtype=torch.int64, device=distances.device)])
-    all_values = [torch.empty_like(values) for _ in range(dist.get_world_size())]
-    all_ids = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
-    dist.all_gather(all_values, values)
-    dist.all_gather(all_ids, ids)
-    values, ids = torch.cat(all_values).cpu(), torch.cat(all_ids).cpu()
+    order = torch.argsort(distances, descending=True, stable=True)[:m]
+    values = _gather_padded(distances[order].to(torch.float64), m, -1.0)
+    ids = _gather_padded(order + rows.offset, m, -1)
     keep = ids >= 0
     values, ids = values[keep], ids[keep]
     order = torch.argsort(ids, stable=True)  # index ascending, then distance descending (stable)
@@ -140,13 +146,9 @@ def _lloyd(rows: _ShardedRows, centers: torch.Tensor, *, max_iters: int, tol: fl
 def _gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     """Concatenate every rank's block (rank order) into the [n, ...] whole, on the CPU."""
     world = dist.get_world_size()
-    size = max(stop - start for start, stop in (rank_rows(n, r, world) for r in range(world)))
-    padded = torch.zeros((size, *local.shape[1:]), dtype=local.dtype, device=local.device)
-    padded[: len(local)] = local
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[: stop - start].cpu() for part, (start, stop)
-                      in zip(parts, (rank_rows(n, r, world) for r in range(world)))])
+    blocks = [rank_rows(n, r, world) for r in range(world)]
+    parts = _all_gather_padded(local, max(stop - start for start, stop in blocks), 0)
+    return torch.cat([part[: stop - start].cpu() for part, (start, stop) in zip(parts, blocks)])
 
 
 def _sharded_rows(x: ArrayLike, metric: str, device: torch.device) -> _ShardedRows:
@@ -191,15 +193,6 @@ def kmeans_distributed(x: ArrayLike, k: int, *, metric: Metric = "cosine", init:
     return KMeansResult(centers.cpu(), labels, distances, n_iter)
 
 
-def _gather_padded(local: torch.Tensor, size: int, fill) -> torch.Tensor:
-    """All ranks' 1-d ``local`` (each at most ``size`` long), concatenated in rank order."""
-    padded = torch.full((size,), fill, dtype=local.dtype, device=local.device)
-    padded[: len(local)] = local
-    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, padded)
-    return torch.cat(parts)
-
-
 def _closest_per_cluster_global(rows: _ShardedRows, assignment: _Assignment, per_cluster: int,
                                 k: int) -> torch.Tensor:
     """``kmeans._closest_per_cluster`` over all ranks: global indices, sorted.
@@ -214,7 +207,7 @@ def _closest_per_cluster_global(rows: _ShardedRows, assignment: _Assignment, per
     labels = _gather_padded(assignment.labels[mine], size, -1)
     distances = _gather_padded(assignment.distances[mine].to(torch.float32), size, float("inf"))
     keep = ids >= 0
-    ids, labels, distances = ids[keep].cpu(), labels[keep].cpu(), distances[keep].cpu()
+    ids, labels, distances = ids[keep], labels[keep], distances[keep]
     return ids[_closest_per_cluster(labels, distances, per_cluster, k)]
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
+from vdc_lake.descriptor import DESCRIPTOR_NAME
 from vdc_lake.errors import StageError
 from vdc_lake.parallel import BACKENDS, get_mapper, progress_bar
 from vdc_lake.sets import (
@@ -139,9 +140,9 @@ def _infer_shard(spec: ModelSpec, items: list[tuple[str, int]]) -> list[np.ndarr
     """Ray task body for a shard of (path, version): one result per path (see _per_image).
     The version is not used here; it is in the items so that Ray's staging key (a hash of the
     items) changes when a file does, and a staged result of older bytes is never ingested."""
-    paths = [path for path, _ in items]
     from vdc_lake.models import run_inference
 
+    paths = [path for path, _ in items]
     if spec not in _WORKER_MODELS:
         _WORKER_MODELS.clear()  # one model per worker process: free the previous one
         _WORKER_MODELS[spec] = spec.load()
@@ -290,7 +291,7 @@ def embed_paths(catalog: Catalog, set_name: str, paths: list[str], *, models_dir
     model, kind, dim = rows[0]
     vectors = np.zeros((len(paths), dim), np.float32)
     ok = np.zeros(len(paths), bool)
-    if set_name == BUILTIN_MODEL or model == "builtin-dct":
+    if set_name == BUILTIN_MODEL or model == DESCRIPTOR_NAME:
         for i, path in enumerate(paths):
             v = _builtin_one(path)
             if v is not None:
