@@ -41,10 +41,15 @@ class Config:
     sources: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
+    def bundled(cls) -> Config:
+        """The bundled defaults alone (no vdc-lake.toml, no --config)."""
+        values = _bundled_defaults()
+        return cls(values, {(s, k): "default" for s, sec in values.items() for k in sec})
+
+    @classmethod
     def load(cls, config_file: Path | None = None, *, search_dir: Path | None = None) -> Config:
         """Bundled defaults, then `search_dir/vdc-lake.toml` if present, then `config_file`."""
-        values = _bundled_defaults()
-        config = cls(values, {(s, k): "default" for s, sec in values.items() for k in sec})
+        config = cls.bundled()
         local = Path(search_dir or Path.cwd()) / LOCAL_CONFIG_NAME
         if local.is_file():
             config.overlay(_read_toml(local), str(local))

@@ -1,7 +1,9 @@
 """Decisions: which SQL view feeds `plan`/`apply` for each stage, with its options.
 
 Each entry returns (SQL selecting image_id, version, action, reason; bound parameters;
-options the file operations need). Options left as None take the config's value.
+options the file operations need). Options left as None are passed to the decision macros
+as NULL, which take the catalog's settings (the effective config recorded there, see
+vdc_lake/settings.py): `plan`, `apply`, `status`, `curated` and a notebook read the same values.
 """
 
 from __future__ import annotations
@@ -29,36 +31,43 @@ def sanitize_decision(config: Config, **_: Any) -> DecisionQuery:
     return sql, [], options
 
 
+def _number(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def rotation_decision(config: Config, *, threshold: float | None = None, prediction_set: str | None = None,
                       **_: Any) -> DecisionQuery:
-    threshold = config.get("rotation_correction", "threshold", threshold)
     sql = ("SELECT image_id, version, action, reason, NULL AS params FROM rotation_actions(threshold := ?, prediction_set := ?) "
            "WHERE action <> 'none'")
-    return sql, [float(threshold), prediction_set], {"threshold": threshold}
+    return sql, [_number(threshold), prediction_set], {"threshold": threshold}
 
 
 def dedup_decision(config: Config, *, threshold: float | None = None, keep: str | None = None,
                    seed: int | None = None, embedding_set: str | None = None, **_: Any) -> DecisionQuery:
-    cfg = config.section("apply_deduplication", threshold=threshold, keep=keep, seed=seed)
     sql = ("SELECT image_id, version, action, reason, NULL AS params FROM dedup_actions(threshold := ?, keep := ?, seed := ?, "
            "embedding_set := ?) WHERE action = 'delete'")
-    return sql, [float(cfg["threshold"]), cfg["keep"], int(cfg["seed"]), embedding_set], cfg
+    return (sql, [_number(threshold), keep, None if seed is None else int(seed), embedding_set],
+            {"threshold": threshold, "keep": keep, "seed": seed})
 
 
 def examples_decision(config: Config, *, threshold: float | None = None, embedding_set: str | None = None,
                       **_: Any) -> DecisionQuery:
-    threshold = config.get("filter_by_examples", "threshold", threshold)
     sql = ("SELECT image_id, version, action, reason, NULL AS params FROM example_actions(threshold := ?, embedding_set := ?) "
            "WHERE action = 'delete'")
-    return sql, [float(threshold), embedding_set], {"threshold": threshold}
+    return sql, [_number(threshold), embedding_set], {"threshold": threshold}
 
 
 def score_decision(config: Config, *, name: str | None = None, min_score: float | None = None,
                    max_score: float | None = None, **_: Any) -> DecisionQuery:
-    if name is None:
-        raise PlanError("score decisions need --name (the score to filter on, e.g. aesthetic)")
-    if min_score is None and max_score is None:
-        raise PlanError("score decisions need --min-score and/or --max-score")
+    configured = config.section("filter_by_score")
+    name = name or configured["name"]
+    if not name:
+        raise PlanError("score decisions need --name (the score to filter on, e.g. aesthetic) "
+                        "or [filter_by_score] name in vdc-lake.toml")
+    if min_score is None and max_score is None and (name != configured["name"] or (
+            configured["min_score"] == float("-inf") and configured["max_score"] == float("inf"))):
+        raise PlanError("score decisions need --min-score and/or --max-score "
+                        "(or [filter_by_score] min_score / max_score for the configured name)")
     sql = ("SELECT image_id, version, action, reason, NULL AS params FROM score_actions(?, min_score := ?, max_score := ?) "
            "WHERE action = 'delete'")
     return sql, [name, min_score, max_score], {"name": name, "min_score": min_score, "max_score": max_score}

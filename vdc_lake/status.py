@@ -6,12 +6,14 @@ from typing import Any
 
 from vdc_lake.catalog import Catalog
 
-# What each stage's decision would do at its default parameters (plan STAGE shows details).
+# What each stage's decision would do at the catalog's settings (plan STAGE shows details).
 PENDING_VIEWS = {
     "sanitize": "SELECT action, count(*) FROM sanitize_actions GROUP BY action ORDER BY action",
     "rotation": "SELECT action, count(*) FROM rotation_actions() WHERE action <> 'none' GROUP BY action ORDER BY action",
     "dedup": "SELECT action, count(*) FROM dedup_actions() WHERE action = 'delete' GROUP BY action",
     "examples": "SELECT action, count(*) FROM example_actions() WHERE action = 'delete' GROUP BY action",
+    "score": "SELECT action, count(*) FROM score_actions(setting('filter_by_score', 'name')) "
+             "WHERE action = 'delete' GROUP BY action",
     "sample": "SELECT action, count(*) FROM sample_actions() WHERE action = 'delete' GROUP BY action",
 }
 
@@ -38,4 +40,16 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
         """,
         [recent_runs],
     )
-    return {"images": images, "pending": pending, "runs": runs}
+    settings = catalog.rows(
+        """
+        SELECT section || '.' || key, value, source FROM settings
+        WHERE section IN ('rotation_correction', 'apply_deduplication', 'filter_by_examples', 'filter_by_score')
+          AND key NOT IN ('metric')
+        UNION ALL
+        SELECT 'dedup apply threshold, set ' || set_name, apply_threshold::VARCHAR, apply_source
+        FROM dedup_thresholds WHERE set_name IS NOT NULL
+        ORDER BY 1
+        """
+    )
+    curated = catalog.scalar("SELECT count(*) FROM curated")
+    return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated}

@@ -1,23 +1,47 @@
--- Duplicate groups = connected components of (exact copies + near-duplicate edges under
--- `threshold`), one keeper per group. Changing threshold or keep is a new query, never a new
--- neighbour search. keep: random (seeded) | alphabetical | largest-resolution | largest-file;
--- ties fall back to the path, then image_id. embedding_set: NULL = every reported set.
+-- Duplicate groups = connected components of (exact copies + near-duplicate edges under the
+-- apply threshold), one keeper per group. Changing threshold or keep is a new query, never a
+-- new neighbour search.
+-- Parameters default to the catalog's settings (NULL = the setting): threshold to
+-- dedup_thresholds (the user's configured value, else each set's recommendation, else the
+-- bundled default: per edge, by its set), keep and seed to [apply_deduplication].
+-- keep: random (seeded) | alphabetical | largest-resolution | largest-file. Ties (and every
+-- strategy but random after its own key) go to the better file, in this order: more pixels,
+-- more bytes per pixel (less compressed), format (lossless PNG/TIFF/BMP > JPEG > WEBP > GIF >
+-- other), then path, then image_id. embedding_set: NULL = every reported set.
 -- Components use label propagation (a keyed recursive CTE): each node takes the smallest
 -- image_id reachable from it.
-CREATE OR REPLACE MACRO dedup_actions(threshold := 0.25, keep := 'largest-resolution', seed := 0,
+CREATE OR REPLACE MACRO dedup_actions(threshold := NULL, keep := NULL, seed := NULL,
                                       embedding_set := NULL) AS TABLE
-WITH RECURSIVE checked AS (
+WITH RECURSIVE chosen AS (
+    SELECT coalesce(keep, setting('apply_deduplication', 'keep')) AS keep_rule,
+           coalesce(seed, setting('apply_deduplication', 'seed')::BIGINT) AS seed_value
+),
+
+checked AS (
     SELECT CASE
-        WHEN keep IN ('random', 'alphabetical', 'largest-resolution', 'largest-file') THEN keep
-        ELSE error('unknown keep strategy ' || keep || ': use random, alphabetical, largest-resolution or largest-file')
-    END AS keep
+        WHEN c.keep_rule IN ('random', 'alphabetical', 'largest-resolution', 'largest-file') THEN c.keep_rule
+        ELSE error('unknown keep strategy ' || c.keep_rule || ': use random, alphabetical, largest-resolution or largest-file')
+    END AS keep_rule, c.seed_value
+    FROM chosen AS c
+),
+
+fallback AS (
+    SELECT apply_threshold FROM dedup_thresholds WHERE set_name IS NULL
+),
+
+near AS (
+    SELECT n.image_a, n.image_b, n.distance,
+           coalesce(threshold, t.apply_threshold, f.apply_threshold) AS limit_distance
+    FROM near_duplicate_edges AS n
+    CROSS JOIN fallback AS f
+    LEFT JOIN dedup_thresholds AS t ON t.set_name = n.set_name
+    WHERE embedding_set IS NULL OR n.set_name = embedding_set
 ),
 
 edges AS (
     SELECT image_a AS a, image_b AS b, distance FROM exact_duplicate_edges
     UNION ALL
-    SELECT image_a, image_b, distance FROM near_duplicate_edges
-    WHERE distance < threshold AND (embedding_set IS NULL OR set_name = embedding_set)
+    SELECT image_a, image_b, distance FROM near WHERE distance < limit_distance
 ),
 
 undirected AS (
@@ -44,8 +68,13 @@ closest AS (
 ),
 
 members AS (
-    SELECT c.label AS group_id, f.image_id, f.version, f.path, f.width, f.height, f.size_bytes,
-           d.distance AS nearest_distance
+    SELECT c.label AS group_id, f.image_id, f.version, f.path, f.width, f.height, f.size_bytes, f.format,
+           d.distance AS nearest_distance,
+           f.width::BIGINT * f.height AS pixels,
+           f.size_bytes / greatest(f.width::BIGINT * f.height, 1) AS bytes_per_pixel,
+           CASE upper(f.format) WHEN 'PNG' THEN 1 WHEN 'TIFF' THEN 1 WHEN 'BMP' THEN 1
+                                WHEN 'JPEG' THEN 2 WHEN 'MPO' THEN 2 WHEN 'WEBP' THEN 3 WHEN 'GIF' THEN 4
+                                ELSE 5 END AS format_rank
     FROM components AS c
     JOIN image_files AS f ON f.image_id = c.node
     JOIN closest AS d ON d.image_id = c.node
@@ -56,20 +85,32 @@ ranked AS (
         row_number() OVER (
             PARTITION BY m.group_id
             ORDER BY
-                CASE WHEN k.keep = 'random' THEN hash(m.image_id, seed) END,
-                CASE WHEN k.keep = 'largest-resolution' THEN -(m.width::BIGINT * m.height) END,
-                CASE WHEN k.keep = 'largest-file' THEN -m.size_bytes END,
+                CASE WHEN k.keep_rule = 'random' THEN hash(m.image_id, k.seed_value) END,
+                CASE WHEN k.keep_rule = 'alphabetical' THEN m.path END,
+                CASE WHEN k.keep_rule = 'largest-file' THEN -m.size_bytes END,
+                -m.pixels NULLS LAST, -m.bytes_per_pixel NULLS LAST, m.format_rank,
                 m.path, m.image_id
         ) AS rank_in_group
     FROM members AS m, checked AS k
 ),
 
+keepers AS (
+    SELECT group_id, image_id AS kept_image_id, path AS kept_path FROM ranked WHERE rank_in_group = 1
+),
+
 final AS (
-    SELECT group_id, image_id, version, path, group_size, rank_in_group, nearest_distance,
-        CASE WHEN rank_in_group = 1 THEN 'keep' ELSE 'delete' END AS action,
-        format('duplicate group {} of {} images (nearest at distance {:.4f}); kept by {}',
-               group_id, group_size, nearest_distance, (SELECT keep FROM checked)) AS reason
-    FROM ranked
+    SELECT r.group_id, r.image_id, r.version, r.path, r.group_size, r.rank_in_group, r.nearest_distance,
+        CASE WHEN r.rank_in_group = 1 THEN 'keep' ELSE 'delete' END AS action,
+        k.kept_image_id, k.kept_path,
+        CASE WHEN r.rank_in_group = 1
+             THEN format('kept from duplicate group {} of {} images (nearest at distance {:.4f}) by {}',
+                         r.group_id, r.group_size, r.nearest_distance, (SELECT keep_rule FROM checked))
+             ELSE format('duplicate of {} (image {}, kept by {}) in group {} of {} images; nearest at distance {:.4f}',
+                         k.kept_path, k.kept_image_id, (SELECT keep_rule FROM checked), r.group_id, r.group_size,
+                         r.nearest_distance)
+        END AS reason
+    FROM ranked AS r
+    JOIN keepers AS k ON k.group_id = r.group_id
 )
 
 SELECT * FROM final;

@@ -1,8 +1,10 @@
 -- Delete images closer than `threshold` (cosine distance) to an unwanted example, from the
--- newest `filter examples` run (of embedding_set, or of any set when NULL).
-CREATE OR REPLACE MACRO example_actions(threshold := 0.2, embedding_set := NULL) AS TABLE
+-- newest `filter examples` run (of embedding_set, or of any set when NULL). threshold: NULL =
+-- the catalog's setting filter_by_examples.threshold.
+CREATE OR REPLACE MACRO example_actions(threshold := NULL, embedding_set := NULL) AS TABLE
 WITH latest AS (
-    SELECT max(run_id) AS run_id
+    SELECT max(run_id) AS run_id,
+           coalesce(threshold, setting('filter_by_examples', 'threshold')::DOUBLE) AS max_distance
     FROM runs
     WHERE stage = 'filter-examples' AND status = 'done'
       AND (embedding_set IS NULL OR json_extract_string(params, '$.set') = embedding_set)
@@ -10,8 +12,8 @@ WITH latest AS (
 
 final AS (
     SELECT d.image_id, d.version, d.distance, d.example,
-        CASE WHEN d.distance < threshold THEN 'delete' ELSE 'none' END AS action,
-        format('distance {:.4f} to unwanted example {}', d.distance, d.example) AS reason
+        CASE WHEN d.distance < l.max_distance THEN 'delete' ELSE 'none' END AS action,
+        format('distance {:.4f} to unwanted example {} (threshold {})', d.distance, d.example, l.max_distance) AS reason
     FROM example_distances AS d
     JOIN latest AS l ON l.run_id = d.run_id
     JOIN image_files AS f ON f.image_id = d.image_id AND f.version = d.version

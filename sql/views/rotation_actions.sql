@@ -1,11 +1,13 @@
 -- Rotation decision (VDC semantics): rotate when the top class is not 0 degrees and its
 -- probability is above threshold. probs are ordered [0, 90, 180, 270]; class k means the
 -- stored pixels are turned k degrees counter-clockwise, so the fix turns them k degrees
--- clockwise (action rotate_k). prediction_set: NULL = newest rotation set.
-CREATE OR REPLACE MACRO rotation_actions(threshold := 0.75, prediction_set := NULL) AS TABLE
+-- clockwise (action rotate_k). prediction_set: NULL = newest rotation set; threshold: NULL =
+-- the catalog's setting rotation_correction.threshold.
+CREATE OR REPLACE MACRO rotation_actions(threshold := NULL, prediction_set := NULL) AS TABLE
 WITH chosen AS (
     SELECT coalesce(prediction_set,
-        (SELECT name FROM prediction_sets WHERE kind = 'rotation' ORDER BY created_run DESC LIMIT 1)) AS name
+        (SELECT name FROM prediction_sets WHERE kind = 'rotation' ORDER BY created_run DESC LIMIT 1)) AS name,
+        coalesce(threshold, setting('rotation_correction', 'threshold')::DOUBLE) AS min_probability
 ),
 
 latest AS (
@@ -17,15 +19,16 @@ latest AS (
 ),
 
 scored AS (
-    SELECT image_id, version, list_max(probs) AS confidence,
-           (list_position(probs, list_max(probs)) - 1) * 90 AS angle
-    FROM latest
+    SELECT l.image_id, l.version, list_max(l.probs) AS confidence,
+           (list_position(l.probs, list_max(l.probs)) - 1) * 90 AS angle, c.min_probability
+    FROM latest AS l
+    CROSS JOIN chosen AS c
 ),
 
 final AS (
     SELECT image_id, version, angle, confidence,
-        CASE WHEN angle <> 0 AND confidence > threshold THEN 'rotate_' || angle ELSE 'none' END AS action,
-        format('predicted {} degrees with probability {:.3f}', angle, confidence) AS reason
+        CASE WHEN angle <> 0 AND confidence > min_probability THEN 'rotate_' || angle ELSE 'none' END AS action,
+        format('predicted {} degrees with probability {:.3f} (threshold {})', angle, confidence, min_probability) AS reason
     FROM scored
 )
 

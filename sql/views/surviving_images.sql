@@ -1,0 +1,50 @@
+-- Present images that every decision except sampling keeps, at the catalog's settings:
+-- minus pending sanitize deletes, minus files that cannot be read at their current version,
+-- minus duplicates (dedup_actions(); exact copies included), minus images near unwanted
+-- examples (example_actions()) and outside the configured score range (score_actions() of
+-- filter_by_score.name). `vdc-lake sample` chooses among these; `curated` narrows them to the sample.
+CREATE OR REPLACE VIEW surviving_images AS
+WITH files AS (
+    SELECT image_id, version, path, root, rel_path, width, height, format, size_bytes, content_hash
+    FROM image_files
+),
+
+sanitize_deletes AS (
+    SELECT image_id, version FROM sanitize_actions WHERE action = 'delete'
+),
+
+latest_check AS (
+    SELECT image_id, version, max(run_id) AS run_id FROM sanitize_checks GROUP BY image_id, version
+),
+
+-- recorded with action 'none' (sanitize cannot delete what it cannot read), but not exportable
+unreadable AS (
+    SELECT DISTINCT f.image_id, f.version
+    FROM findings AS f
+    JOIN latest_check AS c ON c.image_id = f.image_id AND c.version = f.version AND c.run_id = f.run_id
+    WHERE f.rule IN ('unreadable', 'broken_symlink')
+),
+
+duplicate_deletes AS (
+    SELECT image_id, version FROM dedup_actions() WHERE action = 'delete'
+),
+
+example_deletes AS (
+    SELECT image_id, version FROM example_actions() WHERE action = 'delete'
+),
+
+score_deletes AS (
+    SELECT image_id, version FROM score_actions(setting('filter_by_score', 'name')) WHERE action = 'delete'
+),
+
+final AS (
+    SELECT f.*
+    FROM files AS f
+    WHERE NOT EXISTS (SELECT 1 FROM sanitize_deletes AS d WHERE d.image_id = f.image_id AND d.version = f.version)
+      AND NOT EXISTS (SELECT 1 FROM unreadable AS u WHERE u.image_id = f.image_id AND u.version = f.version)
+      AND NOT EXISTS (SELECT 1 FROM duplicate_deletes AS d WHERE d.image_id = f.image_id AND d.version = f.version)
+      AND NOT EXISTS (SELECT 1 FROM example_deletes AS e WHERE e.image_id = f.image_id AND e.version = f.version)
+      AND NOT EXISTS (SELECT 1 FROM score_deletes AS s WHERE s.image_id = f.image_id AND s.version = f.version)
+)
+
+SELECT * FROM final;
