@@ -84,9 +84,11 @@ class _WriterLock:
 class Catalog:
     """One catalog file. Use as a context manager; `con` opens the DuckDB connection on demand."""
 
-    def __init__(self, path: str | os.PathLike, *, read_only: bool = False, create: bool = True):
+    def __init__(self, path: str | os.PathLike, *, read_only: bool = False, create: bool = True,
+                 wait_seconds: float = READER_RETRY_SECONDS):
         self.path = Path(path).resolve()
         self.read_only = read_only
+        self.wait_seconds = wait_seconds  # how long to retry a busy file before CatalogLockedError
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock: _WriterLock | None = None
         if not self.path.exists() and (read_only or not create):
@@ -130,7 +132,7 @@ class Catalog:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         config = {"enable_external_access": "true"}
-        deadline = time.monotonic() + READER_RETRY_SECONDS
+        deadline = time.monotonic() + self.wait_seconds
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=self.read_only, config=config)
@@ -141,14 +143,17 @@ class Catalog:
                 if "lock" not in str(e).lower() or time.monotonic() > deadline:
                     holder = "a writer" if self.read_only else "a read-only connection (close it)"
                     raise CatalogLockedError(
-                        f"catalog {self.path} stayed busy for {READER_RETRY_SECONDS:.0f} s, held by {holder}: {e}"
+                        f"catalog {self.path} stayed busy for {self.wait_seconds:.0f} s, held by {holder}: {e}"
                     ) from e
                 # Jittered, so a polling reader cannot stay in phase with a writer's batches.
                 time.sleep(random.uniform(0.005, 0.05))
 
     # -- schema ------------------------------------------------------------------------------
     def _prepare(self) -> None:
+        from vdc_lake.settings import seed_settings
+
         self.migrate()
+        seed_settings(self)  # before the views: a fresh catalog's decision macros read the settings
         self.install_views()
         self._mark_interrupted_runs()
 
@@ -193,7 +198,12 @@ class Catalog:
 
     # -- runs --------------------------------------------------------------------------------
     def begin_run(self, stage: str, params: dict[str, Any]) -> int:
+        """Record a running stage; params also get the catalog's decision settings (key 'settings')."""
+        from vdc_lake.settings import decision_settings
+
         run_id = self.scalar("SELECT nextval('run_id_seq')")
+        if "settings" not in params:
+            params = {**params, "settings": decision_settings(self)}
         self.execute(
             "INSERT INTO runs (run_id, stage, params, started_at, status, tool_version, pid, host) "
             "VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",

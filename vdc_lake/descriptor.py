@@ -42,6 +42,12 @@ DESCRIPTOR_NAME = "builtin-dct"
 THUMBNAIL_SIZE = 32
 BLOCK = 12
 DESCRIPTOR_DIM = BLOCK * BLOCK - 1
+# Cosine-distance thresholds recorded with every builtin set (embedding_sets.apply_threshold /
+# report_threshold); dedup uses them unless the config sets its own. SSCD's 0.25 links
+# unrelated photos with this descriptor (~600 false pairs on real photos); 0.08 keeps false
+# pairs near zero while resized / recompressed copies stay well below it.
+DEDUP_APPLY_THRESHOLD = 0.08
+DEDUP_REPORT_THRESHOLD = 0.16
 # JPEG draft target: DCT-domain downscaling never goes below this, so 32 x 32 is still
 # an average of >= 2 x 2 decoded pixels.
 DRAFT_SIZE = (2 * THUMBNAIL_SIZE, 2 * THUMBNAIL_SIZE)

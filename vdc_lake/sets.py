@@ -55,17 +55,40 @@ def _vector_column(vectors: np.ndarray) -> pa.Array:
     return fixed.cast(pa.list_(pa.float32()))
 
 
+# SSCD (resnet_v1_50_c1_sscd): VDC's GLDv2 walkthrough applies at cosine distance 0.25, reports at 0.5.
+SSCD_DEDUP_THRESHOLDS = (0.25, 0.5)
+
+
+def recommended_dedup_thresholds(model: str | None) -> tuple[float | None, float | None]:
+    """(apply, report) cosine-distance thresholds known to suit the model's vectors, or (None, None)
+    without a recommendation (the config's [apply_deduplication] / [dedup] values apply)."""
+    from vdc_lake.descriptor import DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD, DESCRIPTOR_NAME
+
+    if model == DESCRIPTOR_NAME:
+        return DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD
+    if model and "sscd" in model.lower():
+        return SSCD_DEDUP_THRESHOLDS
+    return None, None
+
+
 def register_embedding_set(catalog: Catalog, name: str, *, kind: str, model: str | None, dim: int,
                            preprocessing: dict[str, Any] | None, run_id: int) -> None:
-    """Create the set's registry row, or check that an existing one has the same dimension."""
+    """Create the set's registry row (with the model's recommended dedup thresholds), or check
+    that an existing one has the same dimension (and fill in thresholds it lacks)."""
+    apply_threshold, report_threshold = recommended_dedup_thresholds(model)
     existing = catalog.rows("SELECT dim FROM embedding_sets WHERE name = ?", [name])
     if existing:
         if existing[0][0] != dim:
             raise StageError(f"embedding set {name!r} holds {existing[0][0]}-d vectors, not {dim}-d; "
                              "choose another --tag/--set name")
+        catalog.execute("UPDATE embedding_sets SET apply_threshold = coalesce(apply_threshold, ?), "
+                        "report_threshold = coalesce(report_threshold, ?) WHERE name = ?",
+                        [apply_threshold, report_threshold, name])
         return
-    catalog.execute("INSERT INTO embedding_sets VALUES (?, ?, ?, ?, ?, ?)",
-                    [name, kind, model, dim, json.dumps(preprocessing or {}), run_id])
+    catalog.execute("INSERT INTO embedding_sets (name, kind, model, dim, preprocessing, created_run, "
+                    "apply_threshold, report_threshold) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [name, kind, model, dim, json.dumps(preprocessing or {}), run_id, apply_threshold,
+                     report_threshold])
 
 
 BUILTIN_SET = "builtin"
