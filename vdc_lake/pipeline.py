@@ -9,7 +9,13 @@
     workers = 2                 # other keys become --options (true -> flag, list -> values)
 
 `apply` steps are dry runs unless the pipeline runs with --apply, so a first run shows
-every plan and changes nothing.
+every plan and changes nothing; in a dry run, `sql` steps that would write files (--output,
+COPY ... TO, EXPORT DATABASE, ATTACH, INSTALL) are skipped with a note.
+
+The whole file is checked before step 1 (`check_pipeline`): every step must name a known
+command with known options (the CLI parses each step's arguments without running it), a
+step may not pass --apply/--yes itself, and a `run` step may not run a pipeline that is
+already running (directly or through other files).
 """
 
 from __future__ import annotations
@@ -23,6 +29,12 @@ from typing import Any, Callable
 from vdc_lake.errors import ConfigError
 
 Invoke = Callable[[list[str]], tuple[bool, str]]
+# Parses one step's full argument list as the CLI would, without running it; raises
+# ConfigError (message without the step's name) when the command or an option is unknown.
+ParseStep = Callable[[list[str]], None]
+
+# Step keys that would let a step carry out changes in a dry run: only `run --apply` may.
+FORBIDDEN_KEYS = {"apply": "--apply", "yes": "--yes"}
 
 
 @dataclass
@@ -32,6 +44,11 @@ class StepResult:
     ok: bool
     seconds: float
     last_line: str
+    skipped: bool = False
+
+    @property
+    def status(self) -> str:
+        return "skipped" if self.skipped else "ok" if self.ok else "FAILED"
 
 
 @dataclass
@@ -45,6 +62,8 @@ class PipelineResult:
 
 
 def load_pipeline(path: str | Path) -> dict[str, Any]:
+    """The pipeline's TOML with a non-empty [[step]] list whose entries have a non-empty
+    `command`, list `args` and scalar or list option values."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -56,8 +75,17 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
     if not isinstance(steps, list) or not steps:
         raise ConfigError(f"pipeline {path} has no [[step]] entries")
     for i, step in enumerate(steps, 1):
+        where = f"pipeline {path}: step {i}"
         if not isinstance(step, dict) or "command" not in step:
-            raise ConfigError(f"pipeline {path}: step {i} has no `command`")
+            raise ConfigError(f"{where} has no `command`; add e.g. command = \"scan\"")
+        if not isinstance(step["command"], str) or not step["command"].split():
+            raise ConfigError(f"{where} has an empty `command`; give a vdc-lake command such as \"scan\" "
+                              "or \"dedup report\"")
+        if not isinstance(step.get("args", []), list):
+            raise ConfigError(f"{where} ({step['command']}): `args` must be a list, e.g. args = [\"images\"]")
+        for key, value in step.items():
+            if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
+                raise ConfigError(f"{where} ({step['command']}): `{key}` must be a value or a list of values")
     return data
 
 
@@ -81,12 +109,69 @@ def step_arguments(step: dict[str, Any], *, apply: bool) -> list[str]:
     return words + args + options
 
 
-def run_pipeline(path: str | Path, invoke: Invoke, *, apply: bool = False) -> PipelineResult:
-    """Run each step through `invoke(args) -> (ok, output)`; stop at the first failure."""
+def _step_label(path: str | Path, index: int, step: dict[str, Any]) -> str:
+    return f"pipeline {path}: step {index} ({step['command']})"
+
+
+def check_pipeline(path: str | Path, parse_step: ParseStep, *, _running: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Check the whole file before anything runs: commands, options, and `run` steps (each
+    nested pipeline is checked too; one already on the way from the outermost file is an
+    error, so a pipeline cannot run itself). Returns the loaded pipeline."""
+    here = Path(path).resolve()
+    chain = _running + (here,)
     data = load_pipeline(path)
+    for index, step in enumerate(data["step"], 1):
+        label = _step_label(path, index, step)
+        for key, flag in FORBIDDEN_KEYS.items():
+            if key in step:
+                raise ConfigError(f"{label}: a step cannot pass {flag}; run the pipeline with "
+                                  "`vdc-lake run FILE --apply` to carry out its apply steps")
+        try:
+            parse_step(step_arguments(step, apply=False))
+        except ConfigError as e:
+            raise ConfigError(f"{label}: {e}") from e
+        if step["command"].split() == ["run"]:
+            nested = Path(str(step["args"][0]))
+            if nested.resolve() in chain:
+                loop = " -> ".join(str(p) for p in chain[chain.index(nested.resolve()):] + (nested.resolve(),))
+                raise ConfigError(f"{label}: runs {nested}, which is already running ({loop}); "
+                                  "a pipeline cannot run itself")
+            try:
+                check_pipeline(nested, parse_step, _running=chain)
+            except ConfigError as e:
+                raise ConfigError(f"{label}: {e}") from e
+    return data
+
+
+def dry_run_skip(step: dict[str, Any]) -> str | None:
+    """Why a step is skipped in a dry run (it would write files), or None to run it."""
+    from vdc_lake.validate import statements_writing_files
+
+    if step["command"].split() != ["sql"]:
+        return None
+    if "output" in step:
+        return "skipped in a dry run: it writes --output; run with --apply to write it"
+    writers = sorted(set().union(*(statements_writing_files(str(a)) for a in step.get("args", []))))
+    if writers:
+        return f"skipped in a dry run: its SQL writes files ({', '.join(writers)}); run with --apply to write them"
+    return None
+
+
+def run_pipeline(path: str | Path, invoke: Invoke, *, apply: bool = False,
+                 parse_step: ParseStep | None = None, note: Callable[[str], None] | None = None) -> PipelineResult:
+    """Check the file (when parse_step is given), then run each step through
+    `invoke(args) -> (ok, output)`; stop at the first failure. In a dry run, steps that
+    would write files are skipped and `note` is told why."""
+    data = check_pipeline(path, parse_step) if parse_step is not None else load_pipeline(path)
     result = PipelineResult(str(path))
     for index, step in enumerate(data["step"], 1):
         args = step_arguments(step, apply=apply)
+        skip = None if apply else dry_run_skip(step)
+        if skip is not None:
+            if note is not None:
+                note(f"step {index} ({' '.join(args)}): {skip}")
+            result.steps.append(StepResult(index, " ".join(args), True, 0.0, skip, skipped=True))
+            continue
         started = time.monotonic()
         ok, output = invoke(args)
         lines = [line for line in output.strip().splitlines() if line.strip()]
