@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.errors import StageError
-from vdc_lake.sets import VectorSet, read_vectors
+from vdc_lake.sets import VectorSet, count_vectors, read_vectors
 
 SUPPORTED_METRICS = ("cosine",)
 # Up to this many vectors an exact all-pairs search on the CPU beats building an HNSW graph
@@ -64,11 +64,15 @@ def _check_metric(metric: str) -> None:
         raise StageError(f"metric {metric!r} is not supported for dedup; use cosine (SSCD's metric)")
 
 
+def _check_count(set_name: str, n: int) -> None:
+    if n < 2:
+        raise StageError(f"embedding set {set_name!r} has {n} vectors for present images; "
+                         "run `vdc-lake predict` (or sanitize for the builtin set) first")
+
+
 def _vectors(catalog: Catalog, set_name: str) -> VectorSet:
     vs = read_vectors(catalog, "embeddings", set_name)
-    if len(vs) < 2:
-        raise StageError(f"embedding set {set_name!r} has {len(vs)} vectors for present images; "
-                         "run `vdc-lake predict` (or sanitize for the builtin set) first")
+    _check_count(set_name, len(vs))
     return vs
 
 
@@ -82,7 +86,7 @@ def build_index(catalog: Catalog, set_name: str, *, center: bool, l2_normalize: 
         started = dt.datetime.now()
         vs = _vectors(catalog, set_name)
         catalog.release()
-        prepared, mean = neighbors.prepare_vectors(vs.vectors, center=center, l2_normalize=l2_normalize)
+        prepared, mean = neighbors.prepare_vectors(vs.vectors, center=center, l2_normalize=l2_normalize, copy=False)
         index = neighbors.build_index(prepared, vs.image_ids, metric="cos", dtype=dtype, threads=threads)
         folder = index_dir(catalog)
         folder.mkdir(parents=True, exist_ok=True)
@@ -144,11 +148,14 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
     _check_metric(metric)
     resolved = _resolve_device(device)
     record = latest_index(catalog, set_name)
-    vs = _vectors(catalog, set_name)
-    method = choose_method(method, len(vs), resolved)
-    if method == "ann" and (record is None or record.n_vectors != len(vs) or not Path(record.path).exists()):
+    n_vectors = count_vectors(catalog, "embeddings", set_name)
+    _check_count(set_name, n_vectors)
+    method = choose_method(method, n_vectors, resolved)
+    if method == "ann" and (record is None or record.n_vectors != n_vectors or not Path(record.path).exists()):
+        # before this stage reads the set: build_index holds its own copy while it runs
         build_index(catalog, set_name, center=center, l2_normalize=l2_normalize, dtype=dtype, quiet=quiet)
         record = latest_index(catalog, set_name)
+    vs = _vectors(catalog, set_name)
     if record is not None:
         center_arg = record.mean if record.center else False
         l2_normalize = record.l2_normalize
@@ -160,7 +167,7 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
     with catalog.run("dedup-report", params) as run_id:
         started = dt.datetime.now()
         catalog.release()
-        prepared, _ = neighbors.prepare_vectors(vs.vectors, center=center_arg, l2_normalize=l2_normalize)
+        prepared, _ = neighbors.prepare_vectors(vs.vectors, center=center_arg, l2_normalize=l2_normalize, copy=False)
         if method == "exact":
             pairs = neighbors.radius_pairs_exact(prepared, vs.image_ids, threshold=threshold, k=neighbors_k,
                                                  device=resolved)
@@ -181,7 +188,7 @@ def _write_edges(catalog: Catalog, run_id: int, set_name: str, vs: VectorSet, pa
     with catalog.transaction():
         catalog.insert_arrow("dup_edges", pa.table({
             "run_id": pa.array(np.full(len(a), run_id, np.int64)),
-            "set_name": pa.array([set_name] * len(a), pa.string()),
+            "set_name": pa.repeat(pa.scalar(set_name, pa.string()), len(a)),
             "image_a": pa.array(a),
             "image_b": pa.array(b),
             "version_a": pa.array(versions[np.searchsorted(ids, a)].astype(np.int32)),

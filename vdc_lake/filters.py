@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +18,7 @@ import torch
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.errors import StageError
-from vdc_lake.sets import per_image_table, read_vectors
+from vdc_lake.sets import VectorBatch, iter_vectors, per_image_table, set_dim
 
 CHUNK_ROWS = 65536
 
@@ -73,19 +73,37 @@ def filter_by_examples(catalog: Catalog, set_name: str, examples: str | Path, *,
         raise StageError(f"metric {metric!r} is not supported; use cosine")
     params = {"set": set_name, "examples": str(examples), "metric": metric}
     with catalog.run("filter-examples", params) as run_id:
-        vs = read_vectors(catalog, "embeddings", set_name)
+        dim = set_dim(catalog, "embeddings", set_name)
         example_vectors, names = _example_vectors(catalog, set_name, Path(examples), models_dir, device)
-        if example_vectors.shape[1] != vs.vectors.shape[1]:
+        if example_vectors.shape[1] != dim:
             raise StageError(f"examples are {example_vectors.shape[1]}-d but set {set_name!r} is "
-                             f"{vs.vectors.shape[1]}-d: embed them with the same model")
-        distance, nearest = nearest_distance(vs.vectors, example_vectors)
+                             f"{dim}-d: embed them with the same model")
+        rows, (distance, nearest) = _per_batch(
+            catalog, set_name, lambda batch: nearest_distance(batch.vectors, example_vectors), 2)
         with catalog.transaction():
             catalog.insert_arrow("example_distances", per_image_table(
-                run_id, vs, set_name=pa.array([set_name] * len(vs), pa.string()), distance=distance,
-                example=pa.array([names[i] for i in nearest], pa.string())))
-        summary = FilterSummary(run_id, set_name, len(vs), len(names))
+                run_id, rows, set_name=pa.repeat(pa.scalar(set_name, pa.string()), len(rows)), distance=distance,
+                example=pa.array(names, pa.string()).take(pa.array(nearest))))
+        summary = FilterSummary(run_id, set_name, len(rows), len(names))
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary
+
+
+def _per_batch(catalog: Catalog, set_name: str, compute: Callable[[VectorBatch], tuple[np.ndarray, ...]],
+               width: int) -> tuple[VectorBatch, list[np.ndarray]]:
+    """Run compute over the set's current vectors a batch at a time ([scale] vector_batch_rows);
+    returns the rows' ids (vectors empty) and compute's `width` per-row outputs joined, in that order.
+    Memory: one batch of vectors plus the per-row outputs, whatever the set's size."""
+    ids, versions, outputs = [], [], []
+    for batch in iter_vectors(catalog, "embeddings", set_name):
+        ids.append(batch.image_ids)
+        versions.append(batch.versions)
+        outputs.append(compute(batch))
+    dim = set_dim(catalog, "embeddings", set_name)
+    rows = VectorBatch(np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                       np.concatenate(versions) if versions else np.zeros(0, np.int32), np.zeros((0, dim), np.float32))
+    joined = [np.concatenate([o[i] for o in outputs]) if outputs else np.zeros(0) for i in range(width)]
+    return rows, joined
 
 
 def load_head(path: str | Path, *, activation: str = "none") -> torch.nn.Module:
@@ -136,21 +154,25 @@ def score_images(catalog: Catalog, set_name: str, head_path: str | Path, name: s
     params = {"set": set_name, "head": str(head_path), "name": name, "activation": activation,
               "l2_normalize": l2_normalize, "output_index": output_index}
     with catalog.run("score", params) as run_id:
-        vs = read_vectors(catalog, "embeddings", set_name)
-        scores = np.empty(len(vs), np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(vs), batch_size):
-                x = torch.tensor(vs.vectors[start:start + batch_size])
-                if l2_normalize:
-                    x = torch.nn.functional.normalize(x, dim=1)
-                try:
-                    out = head(x)
-                except RuntimeError as e:
-                    raise StageError(f"score head does not fit {vs.vectors.shape[1]}-d vectors of {set_name!r}: {e}") from e
-                scores[start:start + len(x)] = out.reshape(len(x), -1)[:, output_index].float().numpy()
+        def score_batch(batch: VectorBatch) -> tuple[np.ndarray]:
+            scores = np.empty(len(batch), np.float32)
+            with torch.inference_mode():
+                for start in range(0, len(batch), batch_size):
+                    x = torch.from_numpy(batch.vectors[start:start + batch_size])
+                    if l2_normalize:
+                        x = torch.nn.functional.normalize(x, dim=1)
+                    try:
+                        out = head(x)
+                    except RuntimeError as e:
+                        raise StageError(f"score head does not fit {batch.vectors.shape[1]}-d vectors of "
+                                         f"{set_name!r}: {e}") from e
+                    scores[start:start + len(x)] = out.reshape(len(x), -1)[:, output_index].float().numpy()
+            return (scores,)
+
+        rows, (scores,) = _per_batch(catalog, set_name, score_batch, 1)
         with catalog.transaction():
             catalog.insert_arrow("scores", per_image_table(
-                run_id, vs, name=pa.array([name] * len(vs), pa.string()), score=scores))
-        summary = FilterSummary(run_id, name, len(vs))
+                run_id, rows, name=pa.repeat(pa.scalar(name, pa.string()), len(rows)), score=scores))
+        summary = FilterSummary(run_id, name, len(rows))
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary

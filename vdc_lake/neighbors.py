@@ -106,37 +106,48 @@ class PairSet:
 
 
 def prepare_vectors(
-    x: np.ndarray, *, center: bool | np.ndarray, l2_normalize: bool
+    x: np.ndarray, *, center: bool | np.ndarray, l2_normalize: bool, copy: bool = True,
+    chunk_rows: int = 65_536,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Center then L2-normalise descriptors (the SSCD recipe).
 
-    x:        [n, d] float descriptors (not modified).
+    x:        [n, d] float descriptors (not modified unless copy=False).
     center:   True subtracts the mean of ``x``; an [d] array subtracts that mean (use the
               mean of a reference set so later batches are centred the same way);
               False leaves ``x`` uncentred.
+    copy:     False works in place when ``x`` is a writable C-contiguous float32 array (or
+              memmap): no second [n, d] array, for sets near the memory budget.
     Returns   (vectors [n, d] float32, mean [d] float32 or None when not centred).
     Rows of norm zero stay zero (their cosine distance to anything is then 1).
+    Works ``chunk_rows`` rows at a time, so temporaries stay small.
     """
-    x = np.asarray(x)
+    x = np.asarray(x) if not isinstance(x, np.memmap) else x
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"expected a numeric [n, d] array of descriptors, got shape {x.shape}")
-    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    in_place = not copy and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable
+    out = x if in_place else np.empty(x.shape, np.float32)
     mean = None
     if isinstance(center, np.ndarray):
         mean = np.asarray(center, dtype=np.float32)
-        if mean.shape != (out.shape[1],):
+        if mean.shape != (x.shape[1],):
             raise ValueError(
-                f"center has shape {mean.shape} but descriptors have {out.shape[1]} dims; "
+                f"center has shape {mean.shape} but descriptors have {x.shape[1]} dims; "
                 "pass the mean of descriptors from the same model"
             )
     elif center:
         # float64 accumulation: a float32 sum over millions of rows drifts.
-        mean = out.mean(axis=0, dtype=np.float64).astype(np.float32)
-    if mean is not None:
-        out -= mean
-    if l2_normalize:
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        np.divide(out, norms, out=out, where=norms > 0)
+        total = np.zeros(x.shape[1], np.float64)
+        for start in range(0, len(x), chunk_rows):
+            total += np.asarray(x[start:start + chunk_rows], np.float64).sum(axis=0)
+        mean = (total / max(len(x), 1)).astype(np.float32)
+    for start in range(0, len(x), chunk_rows):
+        rows = np.array(x[start:start + chunk_rows], dtype=np.float32)
+        if mean is not None:
+            rows -= mean
+        if l2_normalize:
+            norms = np.linalg.norm(rows, axis=1, keepdims=True)
+            np.divide(rows, norms, out=rows, where=norms > 0)
+        out[start:start + len(rows)] = rows
     return out, mean
 
 
@@ -417,12 +428,25 @@ def radius_pairs_exact(
 
 
 def _unit_rows_on(vectors: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """[n, d] L2-normalised rows on ``device`` in ``dtype``, moved in chunks."""
+    """[n, d] L2-normalised rows on ``device`` in ``dtype``, moved in chunks. Float32 rows on
+    the CPU that are unit length already (prepare_vectors' output) are used as they are, not
+    copied: the exact search then holds the set once."""
+    if device.type == "cpu" and dtype == torch.float32 and vectors.flags.writeable and _unit_rows(vectors):
+        return torch.from_numpy(vectors)
     out = torch.empty(vectors.shape, dtype=dtype, device=device)
     for s in range(0, len(vectors), 262_144):
         part = torch.from_numpy(vectors[s : s + 262_144]).to(device)
         out[s : s + len(part)] = torch.nn.functional.normalize(part, dim=1).to(dtype)
     return out
+
+
+def _unit_rows(vectors: np.ndarray, chunk_rows: int = 65_536) -> bool:
+    """Whether every row has norm 1 (to float32 rounding) or 0, checked chunk by chunk."""
+    for start in range(0, len(vectors), chunk_rows):
+        norms = np.linalg.norm(vectors[start:start + chunk_rows], axis=1)
+        if not np.all((np.abs(norms - 1.0) < 1e-5) | (norms == 0)):
+            return False
+    return True
 
 
 def _merge_top_k(best, best_cols, r0: int, sims, c0: int, floor: float) -> None:

@@ -2,12 +2,17 @@
 
 Vectors are stored as FLOAT[] rows in one long table per kind (`embeddings`, `predictions`)
 keyed by set name and (image_id, version); reads cast to FLOAT[dim] and take the flat Arrow
-buffer, which is far faster than fetchnumpy for arrays.
+buffer, which is far faster than fetchnumpy for arrays. Reads stream: one Arrow record batch
+at a time straight into a preallocated array (or a memmap beyond the memory budget), so a
+stage holds the one set it needs plus a batch, never a whole-table Arrow result.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,27 +25,41 @@ from vdc_lake.errors import StageError
 
 @dataclass
 class VectorSet:
-    """Vectors of one set for present images at their current version.
+    """Vectors of one set for present images at their current version, in image_id order.
 
-    image_ids [n] int64, versions [n] int32, vectors [n, d] float32, paths [n] (absolute).
+    image_ids [n] int64, versions [n] int32, vectors [n, d] float32: in memory, or a
+    np.memmap over an already-unlinked file next to the catalog when the set exceeds
+    [scale] memory_budget_gb (the space is freed when the array is).
     """
 
     name: str
     image_ids: np.ndarray
     versions: np.ndarray
     vectors: np.ndarray
-    paths: list[str]
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def __repr__(self) -> str:
-        return f"VectorSet({self.name!r}, n={len(self)}, dim={self.vectors.shape[1] if self.vectors.ndim == 2 else 0})"
+        spilled = ", spilled" if isinstance(self.vectors, np.memmap) else ""
+        return f"VectorSet({self.name!r}, n={len(self)}, dim={self.vectors.shape[1] if self.vectors.ndim == 2 else 0}{spilled})"
 
 
-def per_image_table(run_id: int, vs: VectorSet, **columns: Any) -> pa.Table:
+@dataclass
+class VectorBatch:
+    """One batch of a set's current vectors: image_ids [b] int64, versions [b] int32, vectors [b, d] float32."""
+
+    image_ids: np.ndarray
+    versions: np.ndarray
+    vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def per_image_table(run_id: int, vs: VectorSet | VectorBatch, **columns: Any) -> pa.Table:
     """An Arrow table of (run_id, image_id, version) for every row of vs, plus `columns`."""
-    n = len(vs)
+    n = len(vs.image_ids)
     return pa.table({
         "run_id": pa.array(np.full(n, run_id, np.int64)),
         "image_id": pa.array(vs.image_ids),
@@ -107,7 +126,8 @@ def register_prediction_set(catalog: Catalog, name: str, *, kind: str, model: st
                             class_names: list[str], preprocessing: dict[str, Any] | None, run_id: int) -> None:
     if catalog.scalar("SELECT count(*) FROM prediction_sets WHERE name = ?", [name]):
         return
-    catalog.execute("INSERT INTO prediction_sets VALUES (?, ?, ?, ?, ?, ?)",
+    catalog.execute("INSERT INTO prediction_sets (name, kind, model, class_names, preprocessing, created_run) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
                     [name, kind, model, class_names, json.dumps(preprocessing or {}), run_id])
 
 
@@ -136,29 +156,147 @@ def set_dim(catalog: Catalog, table: str, name: str) -> int:
     return int(catalog.scalar("SELECT len(class_names) FROM prediction_sets WHERE name = ?", [name]))
 
 
-def read_vectors(catalog: Catalog, table: str, name: str) -> VectorSet:
-    """Current-version vectors of present images; the newest run wins if computed twice."""
-    column = {"embeddings": "vector", "predictions": "probs"}[table]
-    dim = set_dim(catalog, table, name)
-    data = catalog.arrow(
+_TABLE_COLUMN = {"embeddings": "vector", "predictions": "probs"}
+
+
+def memory_budget_bytes(catalog: Catalog) -> int:
+    """[scale] memory_budget_gb in bytes; 0 means half of this machine's RAM."""
+    budget = float(catalog.scale["memory_budget_gb"])
+    if budget < 0:
+        raise StageError(f"[scale] memory_budget_gb = {budget} must be >= 0 (0 = half of RAM)")
+    if budget == 0:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    return int(budget * 1024**3)
+
+
+def batch_rows_setting(catalog: Catalog, batch_rows: int | None = None) -> int:
+    rows = int(batch_rows if batch_rows is not None else catalog.scale["vector_batch_rows"])
+    if rows < 1:
+        raise StageError(f"[scale] vector_batch_rows = {rows} must be at least 1")
+    return rows
+
+
+def _current_rows(catalog: Catalog, table: str, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rowid, image_id, version) of the set's current rows, in image_id order.
+
+    Current: the image is present and the row is for its current version; where one image
+    has several such rows (the set was computed twice), the newest run's (then the last
+    written) wins. Only the key columns move here; the newest-run pick is one numpy sort,
+    not a window function over every row.
+    """
+    keys = catalog.con.sql(
         f"""
-        SELECT e.image_id, e.version, i.root || '/' || i.rel_path AS path, e.{column}::FLOAT[{dim}] AS v
+        SELECT e.rowid AS row_id, e.image_id, e.version, e.run_id
         FROM {table} e JOIN images i ON i.image_id = e.image_id AND i.version = e.version AND i.present
         WHERE e.set_name = ?
-        QUALIFY row_number() OVER (PARTITION BY e.image_id ORDER BY e.run_id DESC) = 1
-        ORDER BY e.image_id
         """,
-        [name],
-    )
-    flat = data.column("v").combine_chunks()
-    vectors = flat.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
-    return VectorSet(
-        name=name,
-        image_ids=data.column("image_id").to_numpy(),
-        versions=data.column("version").to_numpy(),
-        vectors=vectors,
-        paths=data.column("path").to_pylist(),
-    )
+        params=[name],
+    ).to_arrow_table()
+    row_id = keys.column("row_id").to_numpy()
+    image_id = keys.column("image_id").to_numpy()
+    version = keys.column("version").to_numpy().astype(np.int32, copy=False)
+    run_id = keys.column("run_id").to_numpy()
+    del keys
+    order = np.lexsort((row_id, run_id, image_id))  # by image, then run, then row: the last of each image wins
+    image_id = image_id[order]
+    last = np.ones(len(order), bool)
+    last[:-1] = image_id[1:] != image_id[:-1]
+    keep = order[last]
+    return row_id[keep], image_id[last], version[keep]
+
+
+def count_vectors(catalog: Catalog, table: str, name: str) -> int:
+    """How many vectors read_vectors would return (reads only the key columns)."""
+    set_dim(catalog, table, name)
+    return len(_current_rows(catalog, table, name)[1])
+
+
+def _allocate(catalog: Catalog, n: int, dim: int, memory_budget: int | None) -> np.ndarray:
+    """An [n, dim] float32 array: in RAM, or a memmap next to the catalog beyond the budget.
+
+    The memmap's file is unlinked at once: the mapping keeps the space until the array is
+    freed, so a crash leaves nothing behind.
+    """
+    budget = memory_budget_bytes(catalog) if memory_budget is None else memory_budget
+    if n * dim * 4 <= budget or n == 0:
+        return np.empty((n, dim), np.float32)
+    folder = catalog.path.with_name(catalog.path.name + ".spill")
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, path = tempfile.mkstemp(prefix="vectors-", suffix=".f32", dir=folder)
+    try:
+        os.ftruncate(handle, n * dim * 4)
+        return np.memmap(path, np.float32, mode="r+", shape=(n, dim))
+    finally:
+        os.close(handle)
+        os.unlink(path)
+
+
+def _stream_rows(catalog: Catalog, table: str, name: str, dim: int, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """(row_id, v FLOAT[dim]) of every row of the set, a batch at a time: a plain scan, no join or sort."""
+    column = _TABLE_COLUMN[table]
+    reader = catalog.con.sql(
+        f"SELECT e.rowid AS row_id, e.{column}::FLOAT[{dim}] AS v FROM {table} e WHERE e.set_name = ?", params=[name]
+    ).to_arrow_reader(batch_rows)
+    for batch in reader:
+        if batch.num_rows:
+            yield batch
+
+
+def _batch_vectors(batch: pa.RecordBatch, dim: int) -> np.ndarray:
+    """[b, dim] float32 view of a FLOAT[dim] column (no copy)."""
+    return batch.column(1).flatten().to_numpy().reshape(-1, dim)
+
+
+def read_vectors(catalog: Catalog, table: str, name: str, *, batch_rows: int | None = None,
+                 memory_budget: int | None = None) -> VectorSet:
+    """Current-version vectors of present images, in image_id order (see _current_rows).
+
+    Streams the set in batches of batch_rows ([scale] vector_batch_rows) into one
+    preallocated float32 array, spilled to a memmap beyond memory_budget bytes ([scale]
+    memory_budget_gb): peak memory is the set's raw bytes plus one batch.
+    """
+    dim = set_dim(catalog, table, name)
+    batch_rows = batch_rows_setting(catalog, batch_rows)
+    row_ids, image_ids, versions = _current_rows(catalog, table, name)
+    by_row = np.argsort(row_ids)
+    sorted_rows = row_ids[by_row]
+    del row_ids
+    vectors = _allocate(catalog, len(image_ids), dim, memory_budget)
+    filled = 0
+    for batch in _stream_rows(catalog, table, name, dim, batch_rows):
+        rows = batch.column(0).to_numpy()
+        at = np.minimum(np.searchsorted(sorted_rows, rows), max(len(sorted_rows) - 1, 0))
+        wanted = sorted_rows[at] == rows if len(sorted_rows) else np.zeros(len(rows), bool)
+        block = _batch_vectors(batch, dim)
+        if wanted.all():
+            vectors[by_row[at]] = block
+        elif wanted.any():
+            vectors[by_row[at[wanted]]] = block[wanted]
+        filled += int(wanted.sum())
+    if filled != len(image_ids):
+        raise StageError(f"set {name!r} changed while it was read ({filled} of {len(image_ids)} vectors); "
+                         "run the command again once the other writer is done")
+    return VectorSet(name=name, image_ids=image_ids, versions=versions, vectors=vectors)
+
+
+def iter_vectors(catalog: Catalog, table: str, name: str, *, batch_rows: int | None = None) -> Iterator[VectorBatch]:
+    """The set's current vectors (as read_vectors picks them) in batches of at most batch_rows,
+    in storage order, for stages that need one row at a time (scores, distances to examples):
+    memory is one batch, whatever the set's size."""
+    dim = set_dim(catalog, table, name)
+    batch_rows = batch_rows_setting(catalog, batch_rows)
+    row_ids, image_ids, versions = _current_rows(catalog, table, name)
+    by_row = np.argsort(row_ids)
+    sorted_rows = row_ids[by_row]
+    del row_ids
+    for batch in _stream_rows(catalog, table, name, dim, batch_rows):
+        rows = batch.column(0).to_numpy()
+        at = np.minimum(np.searchsorted(sorted_rows, rows), max(len(sorted_rows) - 1, 0))
+        wanted = sorted_rows[at] == rows if len(sorted_rows) else np.zeros(len(rows), bool)
+        if not wanted.any():
+            continue
+        position = by_row[at[wanted]]
+        yield VectorBatch(image_ids[position], versions[position], np.array(_batch_vectors(batch, dim)[wanted]))
 
 
 def missing_images(catalog: Catalog, table: str, name: str) -> pa.Table:

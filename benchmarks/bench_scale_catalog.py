@@ -1,0 +1,149 @@
+"""A walkthrough's commands at N images: wall seconds and peak RSS of each, and the catalog size.
+
+    python benchmarks/bench_scale_catalog.py --n 500000 [--work /tmp/bench-scale] [--keep]
+
+Makes N distinct 32x32 random-noise JPEGs (a process pool; sanitize's minimum size is
+lowered to 16 px in the run's vdc-lake.toml so they pass), an N x 768 and an N x 512 birder
+`*_embeddings.parquet` (the PE-core and SSCD shapes; 1% of the 512-d rows are near copies
+of another row so dedup finds pairs), then runs each command a walkthrough user runs, as a
+CLI subprocess in the work folder:
+
+    scan, sanitize --quick, import (768), import (512), dedup report (method auto picks),
+    cluster --n-clusters 100 10 2 (set 768), sample --total N/2, export manifest, status, report
+
+Peak RSS is the child's ru_maxrss from os.wait4 (the largest process of its tree). "raw"
+is N x d x 4 bytes of the set a command moves; "bound" is 1.5 x raw + 1 GB (issue 12).
+Rows are printed as they finish; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SEED = 0
+SIDE = 32
+FILES_PER_FOLDER = 1000
+GB = 1024**3
+
+
+def _write_folder(args: tuple[str, int, int]) -> int:
+    """JPEGs start..stop-1 of one folder: random noise, so every file's bytes differ."""
+    from PIL import Image
+
+    root, start, stop = args
+    folder = Path(root) / f"{start // FILES_PER_FOLDER:05d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([SEED, start])
+    pixels = rng.integers(0, 256, (stop - start, SIDE, SIDE, 3), dtype=np.uint8)
+    for i in range(stop - start):
+        Image.fromarray(pixels[i]).save(folder / f"img_{start + i:08d}.jpg", "JPEG", quality=75)
+    return stop - start
+
+
+def make_images(root: Path, n: int, workers: int) -> None:
+    jobs = [(str(root), s, min(n, s + FILES_PER_FOLDER)) for s in range(0, n, FILES_PER_FOLDER)]
+    with ProcessPoolExecutor(workers) as pool:
+        for _ in pool.map(_write_folder, jobs, chunksize=8):
+            pass
+
+
+def image_paths(root: Path, start: int, stop: int) -> list[str]:
+    return [str(root / f"{i // FILES_PER_FOLDER:05d}" / f"img_{i:08d}.jpg") for i in range(start, stop)]
+
+
+def make_embeddings(path: Path, root: Path, n: int, dim: int, *, batch: int = 50_000) -> None:
+    """birder's embeddings parquet: sample (string), embedding fixed_size_list<float32>[dim],
+    written a batch at a time. Rows are loosely clustered; 1% repeat an earlier row plus noise."""
+    rng = np.random.default_rng([SEED, dim])
+    centres = rng.standard_normal((64, dim), dtype=np.float32)
+    schema = pa.schema([("sample", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, n, batch):
+            stop = min(n, start + batch)
+            x = centres[rng.integers(0, len(centres), stop - start)]
+            x += rng.standard_normal(x.shape, dtype=np.float32)
+            copies = rng.random(stop - start) < 0.01
+            copies[0] = False
+            x[copies] = x[np.flatnonzero(copies) - 1] + 0.01 * rng.standard_normal((copies.sum(), dim), np.float32)
+            values = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)
+            writer.write_table(pa.table({"sample": image_paths(root, start, stop), "embedding": values}, schema=schema))
+
+
+def run_command(args: list[str], cwd: Path, log) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS in bytes, exit code) of one CLI command."""
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "vdc_lake.cli", "-q", *args], cwd=cwd,
+                               stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return time.monotonic() - started, usage.ru_maxrss * 1024, process.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--work", type=Path, default=None, help="work folder [/tmp/bench-scale-N]")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--only", default="", help="comma-separated command names to run (others skipped)")
+    options = parser.parse_args()
+    n = options.n
+    work = options.work or Path(f"/tmp/bench-scale-{n}")
+    shutil.rmtree(work, ignore_errors=True)
+    images, out = work / "images", work / "out"
+    work.mkdir(parents=True)
+    (work / "vdc-lake.toml").write_text("[sanitize]\nmin_width = 16\nmin_height = 16\n")
+    started = time.monotonic()
+    make_images(images, n, options.workers)
+    pe = work / f"bench_rope_i_vit_b16_pn_aps_c1_pe-core_0_224px_crop1.0_{n}_embeddings.parquet"
+    sscd = work / f"bench_resnet_v1_50_c1_sscd_0_320px_crop1.0_{n}_embeddings.parquet"
+    make_embeddings(pe, images, n, 768)
+    make_embeddings(sscd, images, n, 512)
+    print(f"# N = {n:,}: data made in {time.monotonic() - started:.0f} s in {work}", flush=True)
+    raw768, raw512 = n * 768 * 4, n * 512 * 4
+    commands = [
+        ("scan", ["scan", str(images)], 0),
+        ("sanitize --quick", ["sanitize", "--quick"], 0),
+        ("import (768)", ["import", str(pe), "--set", "pe", "--kind", "embedding"], raw768),
+        ("import (512)", ["import", str(sscd), "--set", "sscd", "--kind", "embedding"], raw512),
+        ("dedup report (512)", ["dedup", "report", "--set", "sscd"], raw512),
+        ("cluster 100/10/2 (768)", ["cluster", "--set", "pe", "--n-clusters", "100", "10", "2"], raw768),
+        (f"sample {n // 2:,}", ["sample", "--total", str(n // 2)], 0),
+        ("export manifest", ["export", "--to", str(out / "export"), "--format", "manifest"], 0),
+        ("status", ["status"], 0),
+        ("report", ["report", "--out", str(out / "report")], 0),
+    ]
+    only = {c.strip() for c in options.only.split(",") if c.strip()}
+    print("| command | wall s | peak RSS GB | raw set GB | 1.5 x raw + 1 GB | within | exit |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    with open(work / "commands.log", "w") as log:
+        for name, args, raw in commands:
+            if only and name.split()[0] not in only:
+                continue
+            log.write(f"\n$ vdc-lake {' '.join(args)}\n")
+            log.flush()
+            seconds, rss, code = run_command(args, work, log)
+            bound = 1.5 * raw + GB
+            print(f"| {name} | {seconds:,.1f} | {rss / GB:.2f} | {raw / GB:.2f} | {bound / GB:.2f} | "
+                  f"{'yes' if rss <= bound else 'NO'} | {code} |", flush=True)
+    catalog = work / "vdc-lake.duckdb"
+    size = catalog.stat().st_size if catalog.exists() else 0
+    print(f"\ncatalog {catalog}: {size / GB:.2f} GB ({size / max(n, 1):,.0f} bytes per image); "
+          f"log: {work / 'commands.log'}", flush=True)
+    if not options.keep:
+        shutil.rmtree(images, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
