@@ -24,7 +24,8 @@ import duckdb
 import pyarrow as pa
 
 from vdc_lake import __version__
-from vdc_lake.errors import CatalogLockedError, CatalogNotFoundError
+from vdc_lake.config import _bundled_defaults
+from vdc_lake.errors import CatalogLockedError, CatalogNotFoundError, ConfigError
 
 DEFAULT_CATALOG = "vdc-lake.duckdb"
 READER_RETRY_SECONDS = 30.0
@@ -85,9 +86,11 @@ class Catalog:
     """One catalog file. Use as a context manager; `con` opens the DuckDB connection on demand."""
 
     def __init__(self, path: str | os.PathLike, *, read_only: bool = False, create: bool = True,
-                 wait_seconds: float = READER_RETRY_SECONDS):
+                 wait_seconds: float = READER_RETRY_SECONDS, scale: dict[str, Any] | None = None):
         self.path = Path(path).resolve()
         self.read_only = read_only
+        # The effective [scale] config: batch rows, memory budget, DuckDB's memory_limit/temp_directory.
+        self.scale = {**_bundled_defaults()["scale"], **(scale or {})}
         self.wait_seconds = wait_seconds  # how long to retry a busy file before CatalogLockedError
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock: _WriterLock | None = None
@@ -131,11 +134,17 @@ class Catalog:
         return self._con
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        config = {"enable_external_access": "true"}
+        config = {"enable_external_access": "true",
+                  "temp_directory": self.scale["duckdb_temp_directory"] or str(self.path) + ".tmp"}
+        if self.scale["duckdb_memory_limit"]:
+            config["memory_limit"] = str(self.scale["duckdb_memory_limit"])
         deadline = time.monotonic() + self.wait_seconds
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=self.read_only, config=config)
+            except (duckdb.ParserException, duckdb.InvalidInputException) as e:
+                raise ConfigError(f"[scale] duckdb_memory_limit = {config.get('memory_limit')!r} or "
+                                  f"duckdb_temp_directory is not valid: {e} (e.g. \"4GB\")") from e
             except duckdb.IOException as e:
                 # Reader: the writer is inside a write; it releases the file between batches.
                 # Writer: a reader has the file open (DuckDB's file lock is shared/exclusive),

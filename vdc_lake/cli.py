@@ -30,10 +30,10 @@ class Context:
 
     def writer(self, *, create: bool = False) -> Catalog:
         """Open for writing; only commands that register files (scan) may create the catalog."""
-        return Catalog(self.catalog_path, create=create)
+        return Catalog(self.catalog_path, create=create, scale=self.config.values["scale"])
 
     def reader(self) -> Catalog:
-        return Catalog(self.catalog_path, read_only=True)
+        return Catalog(self.catalog_path, read_only=True, scale=self.config.values["scale"])
 
 
 pass_ctx = click.make_pass_decorator(Context)
