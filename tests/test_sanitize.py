@@ -134,11 +134,17 @@ def test_quick_misses_the_truncated_jpeg_and_full_mode_catches_it(sample_tree, c
     assert full.checked == quick.checked and full.decoded > 0
     assert _findings(catalog_path)[truncated]["truncated"][0] == "delete"
     assert _actions(catalog_path)[truncated] == "delete"
+    found, actions = _findings(catalog_path), _actions(catalog_path)
 
-    again = _run(catalog_path, sample_tree.root)
-    assert (again.checked, again.findings) == (0, 0)  # every version already fully checked
+    again = _run(catalog_path, sample_tree.root)  # header rules judged again; decode verdicts cached
+    assert (again.checked, again.decoded, again.cached) == (full.checked, 0, full.decoded)
+    assert (_findings(catalog_path), _actions(catalog_path)) == (found, actions)
+    quick_again = _run(catalog_path, sample_tree.root, quick=True)  # --quick keeps the cached verdicts
+    assert (quick_again.decoded, quick_again.cached) == (0, full.decoded)
+    assert (_findings(catalog_path), _actions(catalog_path)) == (found, actions)
     recheck = _run(catalog_path, sample_tree.root, recheck=True)
-    assert recheck.checked == full.checked
+    assert (recheck.checked, recheck.decoded, recheck.cached) == (full.checked, full.decoded, 0)
+    assert (_findings(catalog_path), _actions(catalog_path)) == (found, actions)
 
 
 def test_rules_come_from_the_given_section(sample_tree, catalog_path):

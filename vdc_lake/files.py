@@ -2,16 +2,22 @@
 
 Pure functions of a path: no catalog, no printing. They never raise for a bad file; the
 problem comes back as `error = "rule: readable detail"`, which sanitize turns into a finding.
+
+Only bytes that were read and do not decode are "corrupt" (or "truncated"); a file that is
+missing or cannot be read (permissions, I/O errors) is "missing" / "unreadable": a finding
+that never deletes, since the file may be back and intact at the next check. Memory is
+bounded: headers are parsed from the open file (Pillow reads what it needs) and the hash
+streams in chunks, so a 3 GB file costs a chunk, not 3 GB.
 """
 
 from __future__ import annotations
 
-import io
+import errno
 import os
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import xxhash
@@ -23,13 +29,44 @@ EXIF_ORIENTATION_TAG = 0x0112
 HASH_CHUNK = 1 << 20
 
 
+# Decode-check rules and their actions: only a verdict on bytes that were read deletes.
+DECODE_ACTIONS = {"corrupt": "delete", "truncated": "delete", "missing": "none", "unreadable": "none"}
+
+
 def content_hash(path: str | os.PathLike) -> str:
     """xxh3-128 of the file's bytes, hex."""
-    h = xxhash.xxh3_128()
     with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return stream_hash(f)[0]
+
+
+def stream_hash(f: BinaryIO) -> tuple[str, int]:
+    """(xxh3-128 hex, bytes read) of an open binary file from its current position, read in
+    HASH_CHUNK pieces (memory stays at one chunk whatever the file's size)."""
+    h = xxhash.xxh3_128()
+    n = 0
+    while chunk := f.read(HASH_CHUNK):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+def is_io_error(e: BaseException) -> bool:
+    """True for an operating-system error (missing file, permission, EIO), false for a decoder's
+    complaint about the bytes (Pillow raises OSError without an errno for those)."""
+    return isinstance(e, OSError) and e.errno is not None
+
+
+def errno_text(e: OSError) -> str:
+    """`Permission denied, EACCES`: the error's text and errno name."""
+    code = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else type(e).__name__
+    return f"{e.strerror or type(e).__name__}, {code}"
+
+
+def io_error_text(e: OSError, doing: str = "read") -> str:
+    """`missing: ...` or `unreadable: ...` with the errno name, for a finding's rule and detail."""
+    if isinstance(e, FileNotFoundError):
+        return f"missing: the file is gone ({errno_text(e)}); it is checked again by the next run"
+    return f"unreadable: cannot {doing} the file ({errno_text(e)})"
 
 
 def _header_facts(img: Image.Image) -> dict[str, Any]:
@@ -72,7 +109,8 @@ def _file_kind(mode: int) -> str:
 
 
 def inspect_header(path: str) -> dict[str, Any]:
-    """Read a file once: size, content hash and Pillow header facts.
+    """Read a file once: size, content hash (streamed) and Pillow header facts (from the open
+    file: Pillow reads the header only, never the whole file into memory).
 
     Returns a dict with keys size_bytes, mtime_ns, content_hash, width, height, format, mode,
     exif_orientation, n_frames, has_transparency, header_error (None when readable).
@@ -86,33 +124,44 @@ def inspect_header(path: str) -> dict[str, Any]:
             facts["header_error"] = f"unreadable: not a regular file ({_file_kind(st.st_mode)})"
             return facts
         with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        facts.update(size_bytes=None, mtime_ns=None, header_error="broken_symlink: the link's target does not exist")
-        return facts
+            facts["content_hash"], n_bytes = stream_hash(f)
+            if not n_bytes:
+                facts["header_error"] = "zero_byte: the file is empty (0 bytes)"
+                return facts
+            f.seek(0)
+            facts["header_error"] = _read_header(f, facts)
+    except FileNotFoundError as e:
+        facts.update(size_bytes=None, mtime_ns=None, content_hash=None,
+                     header_error="broken_symlink: the link's target does not exist" if os.path.islink(path)
+                     else io_error_text(e))
     except OSError as e:
         facts.setdefault("size_bytes", None)
         facts.setdefault("mtime_ns", None)
+        facts["content_hash"] = None
         facts["header_error"] = f"unreadable: cannot read the file ({e.strerror or type(e).__name__})"
-        return facts
-    facts["content_hash"] = xxhash.xxh3_128_hexdigest(data)
-    if not data:
-        facts["header_error"] = "zero_byte: the file is empty (0 bytes)"
-        return facts
+    return facts
+
+
+def _read_header(f: BinaryIO, facts: dict[str, Any]) -> str | None:
+    """Parse the header of the open file into facts; returns the header error, if any.
+    An I/O error while parsing propagates (it says nothing about the bytes)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # bombs are judged by sanitize's limit
             try:
-                with Image.open(io.BytesIO(data)) as img:
+                with Image.open(f) as img:
                     facts.update(_header_facts(img))
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
     except UnidentifiedImageError:
-        facts["header_error"] = f"not_an_image: the bytes are {_describe_bytes(data)}, not a known image format"
+        f.seek(0)
+        return f"not_an_image: the bytes are {_describe_bytes(f.read(16))}, not a known image format"
     except Exception as e:  # noqa: BLE001 - any decoder failure is a finding, never a crash
-        facts["header_error"] = f"corrupt: the header cannot be parsed ({type(e).__name__}: {e})"
-    return facts
+        if is_io_error(e):
+            raise
+        return f"corrupt: the header cannot be parsed ({type(e).__name__}: {e})"
+    return None
 
 
 @dataclass
@@ -127,14 +176,19 @@ def decode_check(path: str, *, max_pixels: int, with_descriptor: bool) -> Decode
     """Fully decode the image at reduced scale (JPEG DCT scaling via `draft`) to catch truncation.
 
     A header-only `verify()` passes truncated JPEGs; decoding every scan does not. Images over
-    `max_pixels` are not decoded (they are already a decompression-bomb finding).
+    `max_pixels` are not decoded (they are already a decompression-bomb finding). A file that
+    cannot be opened or read gives a `missing` / `unreadable` error, never `corrupt`.
     """
     try:
-        with warnings.catch_warnings():
+        f = open(path, "rb")
+    except OSError as e:
+        return DecodeResult(io_error_text(e, "open"), None)
+    try:
+        with f, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                with Image.open(path) as img:
+                with Image.open(f) as img:
                     if img.width * img.height > max_pixels:
                         return DecodeResult(None, None)
                     if img.format == "JPEG":
@@ -144,12 +198,34 @@ def decode_check(path: str, *, max_pixels: int, with_descriptor: bool) -> Decode
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
     except OSError as e:
+        if is_io_error(e):
+            return DecodeResult(io_error_text(e), None)
         text = str(e)
         rule = "truncated" if "truncated" in text else "corrupt"
         return DecodeResult(f"{rule}: decoding failed ({text})", None)
     except Exception as e:  # noqa: BLE001
         return DecodeResult(f"corrupt: decoding failed ({type(e).__name__}: {e})", None)
     return DecodeResult(None, descriptor)
+
+
+class PixelLimitError(ValueError):
+    """An image has more pixels than the decompression-bomb limit allows to decode."""
+
+
+def check_pixels(path: str | os.PathLike, max_pixels: int) -> None:
+    """Raise PixelLimitError when the image's header gives more than max_pixels pixels.
+    Reads the header only; an unreadable header raises what Pillow raises."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as img:
+                pixels = img.width * img.height
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    if pixels > max_pixels:
+        raise PixelLimitError(f"{pixels:,} pixels exceed the limit of {max_pixels:,} (sanitize.max_pixels); "
+                              "not decoded")
 
 
 def _draft_size(width: int, height: int, with_descriptor: bool) -> tuple[int, int]:

@@ -3,6 +3,12 @@
 Encoders keep what they can of the original: JPEG quantisation tables and chroma subsampling
 (what Pillow's quality="keep" does, made explicit so it also works on resized pixels), the
 ICC profile and EXIF. Rotation writes EXIF orientation 1, since the pixels are now upright.
+
+TIFF keeps its metadata in the same tag directory as its layout (size, strips, compression),
+so its tags are never passed back as EXIF (they would describe the old pixels: libtiff fails
+with "encoder error -8", or writes the old size): only descriptive tags travel, with the
+original's compression. Pillow applies a TIFF's orientation tag when it loads the pixels, so a
+written TIFF is upright and carries no orientation tag.
 """
 
 from __future__ import annotations
@@ -12,9 +18,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from PIL import Image, JpegImagePlugin
+from PIL import Image, JpegImagePlugin, TiffImagePlugin
 
-TMP_SUFFIX = ".vdc-tmp"
+TMP_SUFFIX = ".vdc-tmp"       # apply's temp files (and backups being copied) end with this
+RESTORE_SUFFIX = ".vdc-restore"  # restore's temp files
+LEFTOVER_SUFFIXES = (TMP_SUFFIX, RESTORE_SUFFIX)  # never images: scan skips them
+# TIFF tags that describe the picture, not its layout: the only ones a rewritten TIFF keeps.
+TIFF_DESCRIPTIVE_TAGS = (
+    270,    # ImageDescription
+    271,    # Make
+    272,    # Model
+    282,    # XResolution
+    283,    # YResolution
+    296,    # ResolutionUnit
+    305,    # Software
+    306,    # DateTime
+    315,    # Artist
+    33432,  # Copyright
+)
+# Compressions Pillow writes, and the modes each accepts; any other is written as LZW (lossless).
+TIFF_COMPRESSIONS = {
+    "raw": None, "tiff_lzw": None, "tiff_adobe_deflate": None, "packbits": None,
+    "jpeg": ("RGB", "L", "CMYK", "YCbCr"), "group3": ("1",), "group4": ("1",),
+}
 # Rotation decisions name the clockwise correction, applied with Pillow's transpose.
 ROTATIONS = {
     "rotate_90": Image.Transpose.ROTATE_270,   # Pillow's ROTATE_n turns counter-clockwise
@@ -27,7 +53,34 @@ def _tmp_for(path: Path) -> Path:
     return path.with_name("." + path.name + TMP_SUFFIX)
 
 
-def _encoder_options(original: Image.Image, fmt: str) -> dict[str, Any]:
+def _descriptive_exif(original: Image.Image) -> Image.Exif:
+    """A TIFF's descriptive tags as EXIF, for writing it in another format."""
+    exif = Image.Exif()
+    tags = original.getexif()
+    for tag in TIFF_DESCRIPTIVE_TAGS:
+        if tag in tags:
+            exif[tag] = tags[tag]
+    return exif
+
+
+def _tiff_options(original: Image.Image, mode: str) -> dict[str, Any]:
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    for tag in TIFF_DESCRIPTIVE_TAGS:
+        if tag in original.tag_v2:
+            tags[tag] = original.tag_v2[tag]
+            tags.tagtype[tag] = original.tag_v2.tagtype[tag]
+    compression = original.info.get("compression") if original.format == "TIFF" else "tiff_lzw"
+    compression = {"tiff_jpeg": "jpeg", "tiff_deflate": "tiff_adobe_deflate"}.get(compression, compression)
+    if compression not in TIFF_COMPRESSIONS or mode not in (TIFF_COMPRESSIONS[compression] or (mode,)):
+        compression = "tiff_lzw"
+    options: dict[str, Any] = {"tiffinfo": tags, "compression": compression}
+    if compression == "jpeg":
+        options["quality"] = 95
+    return options
+
+
+def _encoder_options(original: Image.Image, fmt: str, mode: str | None = None) -> dict[str, Any]:
+    """Save options for pixels of `original` (in `mode`, default its own) written as `fmt`."""
     options: dict[str, Any] = {}
     icc = original.info.get("icc_profile")
     if icc:
@@ -39,8 +92,10 @@ def _encoder_options(original: Image.Image, fmt: str) -> dict[str, Any]:
             options["subsampling"] = sampling
     elif fmt == "JPEG":
         options["quality"] = 95
-    if fmt in ("JPEG", "WEBP", "PNG", "TIFF"):
-        exif = original.getexif()
+    if fmt == "TIFF":
+        options.update(_tiff_options(original, mode or original.mode))
+    elif fmt in ("JPEG", "WEBP", "PNG"):
+        exif = _descriptive_exif(original) if original.format == "TIFF" else original.getexif()
         if len(exif):
             options["exif"] = exif.tobytes()
     return options
@@ -72,6 +127,7 @@ def _fit_within(width: int, height: int, max_width: int, max_height: int) -> tup
 def resize_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
     """Shrink to fit max_width x max_height, keeping aspect ratio, format and encoder quality."""
     with Image.open(src) as img:
+        img.load()  # a TIFF's size can change on load (Pillow applies its orientation tag)
         size = _fit_within(img.width, img.height, int(options["max_width"]), int(options["max_height"]))
         fmt = _output_format(img)
         encoder = _encoder_options(img, fmt)
@@ -83,9 +139,9 @@ def recompress_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
     """Re-encode as WebP (VDC's choice for oversized files); dst is the new path, src is removed."""
     fmt = str(options.get("recompress_format", "WEBP")).upper()
     with Image.open(src) as img:
-        encoder = _encoder_options(img, fmt)
         img.load()
         image = img if img.mode in ("RGB", "RGBA", "L", "LA") else img.convert("RGBA" if "A" in img.mode else "RGB")
+        encoder = _encoder_options(img, fmt, image.mode)
     if fmt == "WEBP":
         encoder.update(quality=int(options.get("recompress_quality", 80)), method=6)
     write_atomic(image, dst, fmt, encoder)
@@ -99,7 +155,7 @@ def rotate_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
         fmt = _output_format(img)
         encoder = _encoder_options(img, fmt)
         rotated = img.transpose(ROTATIONS[options["action"]])
-    if "exif" in encoder:
+    if "exif" in encoder:  # JPEG, PNG, WebP (a TIFF carries no orientation tag once written)
         exif = Image.Exif()
         exif.load(encoder["exif"])
         exif[0x0112] = 1

@@ -442,16 +442,22 @@ def inference_transform(
 # ---------------------------------------------------------------------------- data loading
 
 
-def decode_rgb(path: str) -> torch.Tensor:
+def decode_rgb(path: str, max_pixels: int | None = None) -> torch.Tensor:
     """uint8 [3, h, w] RGB pixels of an image file, decoded like birder's default loader.
 
     torchvision's decoder first (JPEG/PNG/WebP/GIF, EXIF orientation not applied, as birder),
     Pillow for what it cannot read (TIFF, BMP). An animated GIF gives its first frame (birder
     would fail to batch its [frames, 3, h, w] tensor). 16-bit PNGs stay uint16, as in birder.
+    With max_pixels, the header is read first and an image over the limit is never decoded
+    (PixelLimitError): a decompression bomb costs a header read, not gigabytes.
     Raises on an undecodable file.
     """
     from torchvision.io import ImageReadMode, decode_image
 
+    if max_pixels is not None:
+        from vdc_lake.files import check_pixels
+
+        check_pixels(path, max_pixels)
     try:
         with warnings.catch_warnings():
             # torchvision 0.29 deprecates its decoders (for TorchCodec) with a warning on every
@@ -479,11 +485,13 @@ class ImageFileDataset(Dataset):
     failure (run_inference drops those rows from its outputs).
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable[[Any], torch.Tensor]):
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable[[Any], torch.Tensor],
+                 max_pixels: int | None = None):
         # One numpy bytes array, not a list of str: forked workers would otherwise touch (and
         # copy) every Python object's refcount page.
         self._paths = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
         self.transform = transform
+        self.max_pixels = max_pixels  # decompression-bomb limit; None: decode whatever the size
         self._blank: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -492,7 +500,7 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, str]:
         path = os.fsdecode(self._paths[index])
         try:
-            image = self.transform(decode_rgb(path))
+            image = self.transform(decode_rgb(path, self.max_pixels))
         except Exception as e:  # any decoder or transform failure is a per-file finding
             return index, self._blank_image(), f"cannot decode: {_one_line(e)}"
         blank = self._blank_image()
@@ -547,16 +555,18 @@ def image_loader(
     batch_size: int = 64,
     num_workers: int | None = None,
     prefetch_factor: int = 4,
+    max_pixels: int | None = None,
 ) -> DataLoader:
     """Batches (index int64 [b], images [b, 3, H, W], errors list[str]) for loaded's input.
 
     Images are float32 and normalised on CPU; on CUDA they are uint8 in pinned memory and
     `device_normalizer(loaded)` finishes them on the GPU. num_workers default: CPU count, <= 8.
+    Images over max_pixels (header) are not decoded: they come back as errors.
     """
     on_cuda = loaded.device.type == "cuda"
     workers = _default_workers() if num_workers is None else num_workers
     return DataLoader(
-        ImageFileDataset(paths, _worker_transform(loaded)),
+        ImageFileDataset(paths, _worker_transform(loaded), max_pixels),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -579,6 +589,7 @@ def run_inference(
     channels_last: bool = False,
     prefetch_factor: int = 4,
     progress: Callable[[int], Any] | None = None,
+    max_pixels: int | None = None,
 ) -> Iterator[InferenceBatch]:
     """InferenceBatch results for `paths`, in input order, computed on loaded.device.
 
@@ -591,13 +602,15 @@ def run_inference(
     non-blocking and each batch's results are read back only after the next batch is queued,
     so the GPU never waits on decoding or on the host. amp autocasts to amp_dtype; fast_matmul
     allows TF32 for the duration; channels_last converts loaded.net in place. progress(n) is
-    called with the number of images finished after each batch.
+    called with the number of images finished after each batch. An image whose header gives
+    more than max_pixels pixels is not decoded (a failed position, reason given).
     """
     _check_kind(loaded, kind)
     if amp_dtype not in ("bfloat16", "float16"):
         raise ModelError(f"unknown amp dtype {amp_dtype!r}: use bfloat16 or float16")
     loader = image_loader(
-        loaded, paths, batch_size=batch_size, num_workers=num_workers, prefetch_factor=prefetch_factor
+        loaded, paths, batch_size=batch_size, num_workers=num_workers, prefetch_factor=prefetch_factor,
+        max_pixels=max_pixels,
     )
     forward = forward_fn(loaded.net, kind)
     if compile:

@@ -3,6 +3,10 @@
 Incremental: only present images without a row for their current version in the target set
 are processed, and results are committed every few thousand images, so a killed run resumes
 where it stopped with no duplicates.
+
+Decompression bombs are never decoded: images whose stored size exceeds the pixel limit
+(sanitize.max_pixels), and images sanitize decided to delete, are skipped with a reason (the
+run's summary), and every decode re-checks the header against the limit.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from vdc_lake.descriptor import DESCRIPTOR_NAME
 from vdc_lake.errors import StageError
 from vdc_lake.parallel import BACKENDS, get_mapper, progress_bar
 from vdc_lake.sets import (
-    BUILTIN_SET, missing_images, register_builtin_set, register_embedding_set, register_prediction_set, write_vectors,
+    BUILTIN_SET, batch_rows_setting, missing_images, register_builtin_set, register_embedding_set,
+    register_prediction_set, write_vectors,
 )
 
 BUILTIN_MODEL = BUILTIN_SET
@@ -42,6 +47,9 @@ class PredictSummary:
     todo: int = 0
     written: int = 0
     failed: int = 0
+    skipped: int = 0       # blocked by sanitize (a pending delete, or over the pixel limit)
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    skipped_examples: list[str] = field(default_factory=list)
     seconds: float = 0.0
     images_per_second: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -75,15 +83,58 @@ def _register(catalog: Catalog, set_name: str, kind: str, model: str, dim: int, 
                                run_id=run_id)
 
 
-def _builtin_item(item: tuple[str, int]) -> np.ndarray | None:
+def _builtin_item(item: tuple[str, int], *, max_pixels: int) -> np.ndarray | None:
     """The builtin descriptor of (path, version); the version keys Ray's staging (see _infer_shard)."""
-    return _builtin_one(item[0])
+    return _builtin_one(item[0], max_pixels)
 
 
-def _builtin_one(path: str) -> np.ndarray | None:
+def _builtin_one(path: str, max_pixels: int) -> np.ndarray | None:
+    """The builtin descriptor, or None when the file does not decode or exceeds max_pixels."""
     from vdc_lake.files import decode_check
 
-    return decode_check(path, max_pixels=1 << 62, with_descriptor=True).descriptor
+    return decode_check(path, max_pixels=max_pixels, with_descriptor=True).descriptor
+
+
+def default_max_pixels() -> int:
+    """The bundled pixel limit (sanitize.max_pixels), for callers that pass none."""
+    from vdc_lake.config import _bundled_defaults
+
+    return int(_bundled_defaults()["sanitize"]["max_pixels"])
+
+
+def _skip_blocked(catalog: Catalog, work: pa.Table, max_pixels: int, summary: PredictSummary) -> pa.Table:
+    """work without the images nobody should decode: stored size over max_pixels (a
+    decompression bomb, sanitized or not) or a pending sanitize delete (corrupt, truncated,
+    not an image, ...). Each skipped image is counted in summary by its reason."""
+    indexed = work.append_column("row", pa.array(np.arange(work.num_rows, dtype=np.int64)))
+    with catalog.registered("predict_work", indexed):
+        blocked = catalog.arrow(
+            """
+            SELECT w.row, w.path,
+                   CASE WHEN i.width::BIGINT * i.height > $max_pixels THEN 'decompression_bomb'
+                        ELSE 'sanitize delete: ' || a.rules END AS reason,
+                   CASE WHEN i.width::BIGINT * i.height > $max_pixels
+                        THEN format('{:,} pixels ({}x{}) exceed the limit of {:,}', i.width::BIGINT * i.height,
+                                    i.width, i.height, $max_pixels)
+                        ELSE a.reason END AS detail
+            FROM predict_work AS w
+            JOIN images AS i ON i.image_id = w.image_id
+            LEFT JOIN (SELECT image_id, version, rules, reason FROM sanitize_actions WHERE action = 'delete') AS a
+                ON a.image_id = w.image_id AND a.version = w.version
+            WHERE i.width::BIGINT * i.height > $max_pixels OR a.image_id IS NOT NULL
+            ORDER BY w.row
+            """,
+            {"max_pixels": int(max_pixels)},
+        ).to_pylist()
+    if not blocked:
+        return work
+    summary.skipped = len(blocked)
+    for row in blocked:
+        summary.skipped_reasons[row["reason"]] = summary.skipped_reasons.get(row["reason"], 0) + 1
+    summary.skipped_examples = [f"{row['path']}: skipped, {row['reason']} ({row['detail']})" for row in blocked[:10]]
+    keep = np.ones(work.num_rows, bool)
+    keep[[row["row"] for row in blocked]] = False
+    return work.filter(pa.array(keep))
 
 
 @dataclass(frozen=True)
@@ -104,6 +155,7 @@ class ModelSpec:
     fast_matmul: bool
     compile: bool
     num_workers: int | None
+    max_pixels: int | None = None
 
     def load(self) -> Any:
         from vdc_lake.models import load_model
@@ -114,7 +166,7 @@ class ModelSpec:
     def inference_options(self) -> dict[str, Any]:
         return dict(kind=self.kind, batch_size=self.batch_size, num_workers=self.num_workers, amp=self.amp,
                     amp_dtype=self.amp_dtype, compile=self.compile, fast_matmul=self.fast_matmul,
-                    channels_last=self.channels_last)
+                    channels_last=self.channels_last, max_pixels=self.max_pixels)
 
 
 # The model of the last spec a Ray worker process ran: loaded once per process, not per shard.
@@ -223,8 +275,11 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
             models_dir: str = "models", size: int | None = None, device: str = "auto", batch_size: int = 64,
             num_workers: int | None = None, amp: bool = False, amp_dtype: str = "bfloat16", compile: bool = False,
             fast_matmul: bool = False, channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES,
-            quiet: bool = False, backend: str = "local") -> PredictSummary:
+            quiet: bool = False, backend: str = "local", max_pixels: int | None = None) -> PredictSummary:
     """Compute `kind` outputs of `model` for every present image missing them; returns counts.
+
+    Images over `max_pixels` (default: the bundled sanitize.max_pixels) or with a pending
+    sanitize delete are skipped (summary.skipped, by reason); no decode exceeds the limit.
 
     Results are committed every `commit_every` images (and every 30 s), so a killed run loses
     at most that much work and a re-run continues with the images still missing.
@@ -239,10 +294,11 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
     builtin = model == BUILTIN_MODEL
     if builtin and kind != "descriptor":
         raise StageError("the builtin model only computes descriptors: use --kind descriptor")
+    max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
     loaded = spec = None
     if not builtin:
         spec = ModelSpec(os.path.abspath(models_dir), model, tag, size, device, kind, batch_size, amp, amp_dtype,
-                         channels_last, fast_matmul, compile, num_workers)
+                         channels_last, fast_matmul, compile, num_workers, max_pixels)
         if backend == "ray":
             spec = replace(spec, device=_ray_device(device))
             loaded = replace(spec, device="cpu").load()  # here only for its name, classes and preprocessing
@@ -250,7 +306,8 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
             loaded = spec.load()
     name = set_name or (BUILTIN_MODEL if builtin else loaded.name)
     params = {"model": model, "tag": tag, "kind": kind, "set": name, "size": size, "device": device,
-              "batch_size": batch_size, "amp": amp, "amp_dtype": amp_dtype, "compile": compile}
+              "batch_size": batch_size, "amp": amp, "amp_dtype": amp_dtype, "compile": compile,
+              "max_pixels": max_pixels}
     with catalog.run("predict", params) as run_id:
         started = time.monotonic()
         summary = PredictSummary(run_id, name, kind)
@@ -262,7 +319,7 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
             _register(catalog, name, kind, loaded.name, output_dim(loaded, kind),
                       ROTATION_ORDER if kind == "rotation" else loaded.class_names,
                       {"size": list(loaded.size), "rgb_stats": loaded.rgb_stats}, run_id)
-        work = missing_images(catalog, KIND_TABLE[kind], name)
+        work = _skip_blocked(catalog, missing_images(catalog, KIND_TABLE[kind], name), max_pixels, summary)
         summary.todo = work.num_rows
         if work.num_rows:
             paths = work.column("path").to_pylist()
@@ -270,7 +327,8 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
             catalog.release()  # before workers fork (local) or while tasks run (ray)
             if builtin:
                 mapper = get_mapper(backend, catalog_path=catalog.path)
-                results = mapper(_builtin_item, items, workers=num_workers, desc="builtin", quiet=quiet)
+                results = mapper(partial(_builtin_item, max_pixels=max_pixels), items, workers=num_workers,
+                                 desc="builtin", quiet=quiet)
             elif backend == "ray":
                 results = _model_results_on_ray(catalog, spec, items, quiet)
             else:
@@ -283,8 +341,10 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
 
 
 def embed_paths(catalog: Catalog, set_name: str, paths: list[str], *, models_dir: str = "models",
-                device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Vectors for arbitrary files with the model that made `set_name`: (vectors [n, d], ok mask [n])."""
+                device: str = "auto", max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors for arbitrary files with the model that made `set_name`: (vectors [n, d], ok mask [n]).
+    A file over max_pixels (default: the bundled sanitize.max_pixels) is not decoded (not ok)."""
+    max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
     rows = catalog.rows("SELECT model, kind, dim FROM embedding_sets WHERE name = ?", [set_name])
     if not rows:
         raise StageError(f"no embedding set named {set_name!r}")
@@ -293,14 +353,14 @@ def embed_paths(catalog: Catalog, set_name: str, paths: list[str], *, models_dir
     ok = np.zeros(len(paths), bool)
     if set_name == BUILTIN_MODEL or model == DESCRIPTOR_NAME:
         for i, path in enumerate(paths):
-            v = _builtin_one(path)
+            v = _builtin_one(path, max_pixels)
             if v is not None:
                 vectors[i], ok[i] = v, True
         return vectors, ok
     from vdc_lake.models import load_model, run_inference
 
     loaded = load_model(models_dir, model, device=device)
-    for batch in run_inference(loaded, paths, kind=kind, num_workers=0):
+    for batch in run_inference(loaded, paths, kind=kind, num_workers=0, max_pixels=max_pixels):
         vectors[batch.indices] = batch.outputs
         ok[batch.indices] = True
     return vectors, ok
@@ -357,7 +417,7 @@ def import_results(catalog: Catalog, path: str, *, set_name: str | None = None, 
         summary = ImportSummary(run_id, name, kind)
         _register(catalog, name, kind, result.name.model if result.name else name, result.dim,
                   ROTATION_ORDER if kind == "rotation" else class_names, {"imported_from": str(path)}, run_id)
-        for batch in result.batches():
+        for batch in result.batches(batch_rows=batch_rows_setting(catalog)):
             matches = _match_samples(catalog, batch.samples)
             rows = matches.column("row").to_numpy()
             values = batch.values[:, order] if order is not None else batch.values

@@ -1,12 +1,19 @@
 """Sanitize: VDC's validation rules plus a full reduced-scale decode, as findings in the catalog.
 
 Header rules (dimensions, aspect ratio, file size, format, mode, frames, bombs) are one
-set-based SQL statement over the facts scan recorded. The decode check (skipped by --quick)
-reads each file once in a process pool and, in the same pass, computes the built-in
-descriptor, so near-exact copy detection costs no extra read.
+set-based SQL statement over the facts scan recorded, evaluated on EVERY run for every present
+image, so changing a limit (`sanitize --max-aspect-ratio 2`) takes effect at once without
+reading a file. The decode check (skipped by --quick) reads each file in a process pool and,
+in the same pass, computes the built-in descriptor, so near-exact copy detection costs no
+extra read. Decode verdicts (corrupt, truncated, or clean) are cached per image version: later
+runs copy them into their own findings instead of decoding again (--recheck decodes again).
+A file that was missing or unreadable at decode time gets a 'missing' / 'unreadable' finding
+with action 'none' and is decoded again by the next run: only bytes that were read and do not
+decode are ever 'corrupt' (delete).
 
-Actions follow VDC's priority, decided per image by sql/views/sanitize_actions.sql:
-delete > resize > recompress; findings with action 'none' are recorded only.
+Each run writes a sanitize_checks row for every present image and the findings of that run;
+actions follow VDC's priority, decided per image by sql/views/sanitize_actions.sql from the
+latest check: delete > resize > recompress; findings with action 'none' are recorded only.
 """
 
 from __future__ import annotations
@@ -20,18 +27,21 @@ import numpy as np
 import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
-from vdc_lake.files import UNUSUAL_MODES, decode_check
+from vdc_lake.files import DECODE_ACTIONS, UNUSUAL_MODES, decode_check
 from vdc_lake.parallel import batched, get_mapper
 from vdc_lake.sets import BUILTIN_SET, register_builtin_set, write_vectors
 
 COMMIT_EVERY = 5000
+# Decode verdicts on bytes that were read: cached per version and carried into later runs.
+CACHED_DECODE_RULES = sorted(rule for rule, action in DECODE_ACTIONS.items() if action != "none")
+# Header errors that say nothing about the bytes (scan could not read them): action 'none'.
+_NO_BYTES = ("t.header_error LIKE 'unreadable%' OR t.header_error LIKE 'broken_symlink%' "
+             "OR t.header_error LIKE 'missing%'")
 
 # Header-fact rules: (rule, action, SQL condition over `t`, SQL detail expression).
 HEADER_RULES = [
-    ("header_error", "delete", "t.header_error IS NOT NULL AND t.header_error NOT LIKE 'unreadable%' "
-     "AND t.header_error NOT LIKE 'broken_symlink%'", "t.header_error"),
-    ("unreadable", "none", "t.header_error LIKE 'unreadable%' OR t.header_error LIKE 'broken_symlink%'",
-     "t.header_error"),
+    ("header_error", "delete", f"t.header_error IS NOT NULL AND NOT ({_NO_BYTES})", "t.header_error"),
+    ("unreadable", "none", _NO_BYTES, "t.header_error"),
     ("decompression_bomb", "delete", "t.width::BIGINT * t.height > $max_pixels",
      "format('{:,} pixels ({}x{}) exceed the limit of {:,}', t.width::BIGINT * t.height, t.width, t.height, $max_pixels)"),
     ("format_not_allowed", "delete", "t.format IS NOT NULL AND NOT list_contains($allowed_formats, t.format)",
@@ -57,8 +67,9 @@ HEADER_RULES = [
 @dataclass
 class SanitizeSummary:
     run_id: int
-    checked: int = 0
-    decoded: int = 0
+    checked: int = 0       # present images whose header facts were judged by this run's rules
+    decoded: int = 0       # images decoded by this run
+    cached: int = 0        # images whose decode verdict was taken from an earlier run
     findings: int = 0
     images_with_findings: int = 0
     descriptors: int = 0
@@ -74,25 +85,40 @@ def _rules_sql() -> str:
         )
         parts.append(
             f"SELECT $run_id AS run_id, t.image_id, t.version, {rule_expr} AS rule, {detail_expr} AS detail, "
-            f"'{action}' AS action FROM sanitize_targets t WHERE ({condition})"
+            f"'{action}' AS action FROM images t WHERE t.present AND ({condition})"
         )
     return "INSERT INTO findings BY NAME " + "\nUNION ALL\n".join(parts)
 
 
-def _targets(catalog: Catalog, *, quick: bool, recheck: bool) -> pa.Table:
-    already = "" if recheck else (
-        "AND NOT EXISTS (SELECT 1 FROM sanitize_checks c WHERE c.image_id = i.image_id "
-        f"AND c.version = i.version {'' if quick else 'AND c.decoded'})"
+# Latest run whose check of (image, version) holds a decode verdict. A legacy run recorded
+# an I/O error (errno in the detail) as 'corrupt': such a check is no verdict, decode again.
+CACHED_CHECKS = f"""
+    SELECT c.image_id, c.version, max(c.run_id) AS run_id
+    FROM sanitize_checks c
+    WHERE c.decoded AND NOT EXISTS (
+        SELECT 1 FROM findings f WHERE f.run_id = c.run_id AND f.image_id = c.image_id
+          AND f.version = c.version AND f.rule IN ({", ".join(f"'{r}'" for r in CACHED_DECODE_RULES)})
+          AND f.detail LIKE '%[Errno %')
+    GROUP BY c.image_id, c.version
+"""
+
+
+def _decode_targets(catalog: Catalog, *, recheck: bool, max_pixels: int) -> pa.Table:
+    """Present images to decode: readable headers within the pixel limit, without a cached
+    decode verdict for their version (all of them with recheck)."""
+    cached = "" if recheck else (
+        f"AND NOT EXISTS (SELECT 1 FROM ({CACHED_CHECKS}) c WHERE c.image_id = i.image_id AND c.version = i.version)"
     )
     return catalog.arrow(
         f"""
-        SELECT i.image_id, i.version, i.root, i.rel_path, i.width, i.height, i.format, i.mode,
-               i.size_bytes, i.n_frames, i.exif_orientation, i.has_transparency, i.header_error,
+        SELECT i.image_id, i.version, i.root, i.rel_path,
                EXISTS (SELECT 1 FROM embeddings e WHERE e.set_name = '{BUILTIN_SET}'
                        AND e.image_id = i.image_id AND e.version = i.version) AS has_descriptor
-        FROM images i WHERE i.present {already}
+        FROM images i
+        WHERE i.present AND i.header_error IS NULL AND coalesce(i.width::BIGINT * i.height, 0) <= ? {cached}
         ORDER BY i.image_id
-        """
+        """,
+        [int(max_pixels)],
     )
 
 
@@ -111,6 +137,45 @@ def _header_findings(catalog: Catalog, run_id: int, rules: dict[str, Any]) -> in
     return int(catalog.execute(_rules_sql(), params)[0][0])
 
 
+def _record_checks(catalog: Catalog, run_id: int, decoded: pa.Table) -> tuple[int, int, int]:
+    """Carry cached decode verdicts into this run's findings and write a check row for every
+    present image. decoded: (image_id, verdict) of the images decoded by this run; verdict is
+    false where the file could not be read. Returns (checked, cached images, carried findings)."""
+    rules = ", ".join(f"'{r}'" for r in CACHED_DECODE_RULES)
+    with catalog.registered("sanitize_decoded", decoded), catalog.transaction():
+        catalog.execute(f"CREATE OR REPLACE TEMP TABLE sanitize_cached AS {CACHED_CHECKS}")
+        carried = catalog.execute(
+            f"""
+            INSERT INTO findings BY NAME
+            SELECT ? AS run_id, f.image_id, f.version, f.rule, f.detail, f.action
+            FROM findings f
+            JOIN sanitize_cached c ON c.image_id = f.image_id AND c.version = f.version AND c.run_id = f.run_id
+            JOIN images i ON i.image_id = f.image_id AND i.version = f.version AND i.present
+            WHERE f.rule IN ({rules}) AND i.header_error IS NULL
+              AND NOT EXISTS (SELECT 1 FROM sanitize_decoded d WHERE d.image_id = f.image_id)
+            """,
+            [run_id],
+        )[0][0]
+        checked = catalog.execute(
+            """
+            INSERT INTO sanitize_checks
+            SELECT ?, i.image_id, i.version, coalesce(d.verdict, c.image_id IS NOT NULL) AS decoded
+            FROM images i
+            LEFT JOIN sanitize_decoded d ON d.image_id = i.image_id
+            LEFT JOIN sanitize_cached c ON c.image_id = i.image_id AND c.version = i.version
+            WHERE i.present
+            """,
+            [run_id],
+        )[0][0]
+        cached = catalog.scalar(
+            """SELECT count(*) FROM sanitize_cached c JOIN images i
+               ON i.image_id = c.image_id AND i.version = c.version AND i.present
+               WHERE NOT EXISTS (SELECT 1 FROM sanitize_decoded d WHERE d.image_id = c.image_id)"""
+        )
+        catalog.execute("DROP TABLE sanitize_cached")
+    return int(checked), int(cached or 0), int(carried)
+
+
 def _decode_one(item: tuple[str, int, bool], *, max_pixels: int):
     """Decode check of (path, version, with_descriptor); the version is unused here but keys
     the Ray backend's staging (a hash of the items), so a changed file is never taken from it."""
@@ -119,7 +184,7 @@ def _decode_one(item: tuple[str, int, bool], *, max_pixels: int):
 
 
 def _write_decode_batch(catalog: Catalog, run_id: int, batch: list, summary: SanitizeSummary) -> None:
-    bad = [(row, r.error) for row, r in batch if r.error]
+    bad = [(row, r.error.split(":", 1)) for row, r in batch if r.error]
     good = [(row, r.descriptor) for row, r in batch if r.descriptor is not None]
     with catalog.transaction():
         if bad:
@@ -127,9 +192,9 @@ def _write_decode_batch(catalog: Catalog, run_id: int, batch: list, summary: San
                 "run_id": pa.array([run_id] * len(bad), pa.int64()),
                 "image_id": pa.array([row["image_id"] for row, _ in bad], pa.int64()),
                 "version": pa.array([row["version"] for row, _ in bad], pa.int32()),
-                "rule": [err.split(":", 1)[0] for _, err in bad],
-                "detail": [err.split(":", 1)[1].strip() for _, err in bad],
-                "action": ["delete"] * len(bad),
+                "rule": [rule for _, (rule, _) in bad],
+                "detail": [detail.strip() for _, (_, detail) in bad],
+                "action": [DECODE_ACTIONS.get(rule, "delete") for _, (rule, _) in bad],
             }))
         if good:
             register_builtin_set(catalog, run_id)
@@ -141,22 +206,28 @@ def _write_decode_batch(catalog: Catalog, run_id: int, batch: list, summary: San
     summary.descriptors += len(good)
 
 
+def _is_verdict(error: str | None) -> bool:
+    """Did the decode judge the bytes (clean, corrupt, truncated), rather than fail to read them?"""
+    return error is None or error.split(":", 1)[0] in CACHED_DECODE_RULES
+
+
 def _decode_pass(catalog: Catalog, run_id: int, targets: pa.Table, rules: dict, summary, workers, quiet,
-                 backend: str = "local") -> None:
+                 backend: str = "local") -> pa.Table:
+    """Decode targets, writing findings and descriptors in batches; returns (image_id, verdict)."""
     max_pixels = int(rules["max_pixels"])
-    rows = [
-        r for r in targets.to_pylist()
-        if r["header_error"] is None and (r["width"] or 0) * (r["height"] or 0) <= max_pixels
-    ]
+    rows = targets.to_pylist()
     want_descriptor = bool(rules["builtin_descriptor"])
     items = [(os.path.join(r["root"], r["rel_path"]), r["version"], want_descriptor and not r["has_descriptor"])
              for r in rows]
     catalog.release()
     mapper = get_mapper(backend, catalog_path=catalog.path)
     results = mapper(partial(_decode_one, max_pixels=max_pixels), items, workers=workers, desc="decode", quiet=quiet)
+    verdicts = []
     for batch in batched(zip(rows, results), COMMIT_EVERY):
         _write_decode_batch(catalog, run_id, batch, summary)
+        verdicts.extend(_is_verdict(r.error) for _, r in batch)
         catalog.release()
+    return pa.table({"image_id": targets.column("image_id"), "verdict": pa.array(verdicts, pa.bool_())})
 
 
 def sanitize(
@@ -169,26 +240,24 @@ def sanitize(
     quiet: bool = False,
     backend: str = "local",
 ) -> SanitizeSummary:
-    """Check present images not yet checked at their current version; write findings.
+    """Judge every present image by `rules` (header facts, every run) and decode the images
+    without a cached decode verdict for their version; write findings and checks.
 
-    `rules` is the effective [sanitize] config section. `quick` uses header facts only.
+    `rules` is the effective [sanitize] config section. `quick` decodes nothing (cached
+    verdicts still count); `recheck` decodes every image again.
     """
     params = dict(rules, quick=quick, recheck=recheck)
     with catalog.run("sanitize", params) as run_id:
         summary = SanitizeSummary(run_id)
-        targets = _targets(catalog, quick=quick, recheck=recheck)
-        summary.checked = targets.num_rows
-        with catalog.registered("sanitize_targets", targets), catalog.transaction():
-            summary.findings += _header_findings(catalog, run_id, rules)
-        if not quick and rules.get("check_corruption", True):
-            _decode_pass(catalog, run_id, targets, rules, summary, workers, quiet, backend)
         with catalog.transaction():
-            catalog.insert_arrow("sanitize_checks", pa.table({
-                "run_id": pa.array([run_id] * targets.num_rows, pa.int64()),
-                "image_id": targets.column("image_id"),
-                "version": targets.column("version"),
-                "decoded": pa.array([not quick] * targets.num_rows, pa.bool_()),
-            }))
+            summary.findings += _header_findings(catalog, run_id, rules)
+        decoded = pa.table({"image_id": pa.array([], pa.int64()), "verdict": pa.array([], pa.bool_())})
+        if not quick and rules.get("check_corruption", True):
+            targets = _decode_targets(catalog, recheck=recheck, max_pixels=int(rules["max_pixels"]))
+            if targets.num_rows:
+                decoded = _decode_pass(catalog, run_id, targets, rules, summary, workers, quiet, backend)
+        summary.checked, summary.cached, carried = _record_checks(catalog, run_id, decoded)
+        summary.findings += carried
         summary.images_with_findings = int(catalog.scalar(
             "SELECT count(DISTINCT image_id) FROM findings WHERE run_id = ?", [run_id]))
         catalog.finish_run(run_id, summary=asdict(summary))

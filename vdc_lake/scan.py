@@ -1,15 +1,25 @@
 """Scan: walk roots and keep the `images` table in step with the filesystem, incrementally.
 
 A re-scan lists every file (stat only), classifies it against the catalog in one SQL join,
-and reads only new files and files whose size or mtime changed. A changed file whose hash is
-the same keeps its version; different bytes bump the version, so every derived row computed
-on the old bytes drops out of the views. Files that vanished are marked not present.
+and reads only new files and files whose size or mtime changed (and files whose header could not
+be read last time: that may have been brief). A changed file whose hash is the same keeps its
+version; different bytes bump the version, so every derived row computed on the old bytes
+drops out of the views. Files that vanished are marked not present.
+
+What can never be an image is left out: the backup folder of any apply run (skipped with a
+note; a root inside one is refused) and apply/restore temp files (`*.vdc-tmp`,
+`*.vdc-restore`). What could not be listed is a finding of the scan run, not a crash and not
+a silent gap: a name that is not valid UTF-8 (`bad_filename`), a symlink back into its own
+folder or an ancestor (`symlink_loop`), a second way into a folder already listed
+(`duplicate_folder`), a folder that cannot be read (`unreadable_folder`). Such findings name
+no image: image_id and version are 0 (NO_IMAGE), the path is in the detail, the action 'none'.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -17,10 +27,14 @@ import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.errors import StageError
-from vdc_lake.files import inspect_header
+from vdc_lake.files import errno_text, inspect_header
+from vdc_lake.imageops import LEFTOVER_SUFFIXES
 from vdc_lake.parallel import batched, get_mapper, map_ordered  # noqa: F401 - tests reach INLINE_BELOW through it
 
 COMMIT_EVERY = 5000
+NO_IMAGE = 0  # image_id and version of a scan finding about a path that is not registered
+# Header errors that say nothing about the file's bytes: read such a file again at every scan.
+RETRY_HEADER_ERRORS = ("unreadable:%", "missing:%", "broken_symlink:%")
 FACT_COLUMNS = [
     "size_bytes", "mtime_ns", "content_hash", "width", "height", "format", "mode",
     "exif_orientation", "n_frames", "has_transparency", "header_error",
@@ -41,72 +55,198 @@ class ScanSummary:
     unchanged: int = 0
     gone: int = 0
     errors: int = 0        # files whose header could not be read (findings at sanitize)
+    problems: int = 0      # paths that could not be listed: findings of this run (NO_IMAGE)
+    notes: list[str] = field(default_factory=list)
 
 
-def walk_root(root: Path, extensions: set[str]) -> tuple[list[str], list[int], list[int]]:
-    """List image files under root: POSIX relative paths, sizes and mtimes (ns).
+@dataclass
+class RootListing:
+    """What walk_root found under one root: image files (POSIX relative paths, sizes and
+    mtimes in ns, -1 when stat failed), problems as (rule, detail) findings, and notes."""
+
+    rel_paths: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    mtimes: list[int] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    leftovers: int = 0
+
+
+def _printable(path: str) -> str:
+    """A path for a message: bytes that are not UTF-8 as \\xNN escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.scandir maps undecodable bytes to lone surrogates
+        return False
+    return True
+
+
+def walk_root(root: Path, extensions: set[str], *, backup_dirs: dict[tuple[int, int], str] | None = None
+              ) -> RootListing:
+    """List image files under root, folders in name order.
 
     Broken symlinks with an image extension are listed (size/mtime -1) so that sanitize can
-    report them; unreadable directories are skipped silently by design of os.scandir errors.
-    Symlinked directories are followed once each (a link to an ancestor does not loop).
+    report them. Real folders are walked first, symlinked folders after them, each folder once
+    (under its real path when it is inside root): a link back into its own folder or an
+    ancestor is a `symlink_loop` finding, another way into a listed folder `duplicate_folder`.
+    Folders in backup_dirs ((st_dev, st_ino) -> what they are) are skipped with a note;
+    apply/restore temp files are skipped and counted.
     """
-    rel_paths, sizes, mtimes = [], [], []
-    stack = [root]
+    backup_dirs = backup_dirs or {}
+    out = RootListing()
     prefix = len(str(root)) + 1
     root_stat = root.stat()
-    seen_dirs = {(root_stat.st_dev, root_stat.st_ino)}  # a symlink to an ancestor must not loop
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
+    seen: dict[tuple[int, int], str] = {(root_stat.st_dev, root_stat.st_ino): str(root)}  # first path of a folder
+    stack = [str(root)]
+    links: list[tuple[str, str, tuple[int, int]]] = []  # symlinked folders: (path, parent, key), walked last
+
+    def enter(path: str, parent: str, key: tuple[int, int]) -> bool:
+        if key in backup_dirs:
+            out.notes.append(f"skipped {path}: {backup_dirs[key]}, not images")
+        elif key in seen:
+            first = seen[key]
+            rule = "symlink_loop" if parent == first or parent.startswith(first + os.sep) else "duplicate_folder"
+            out.problems.append((rule, f"{path}: the same folder as {first}, listed there only"))
+        else:
+            seen[key] = path
+            return True
+        return False
+
+    while stack or links:
+        if not stack:
+            path, parent, key = links.pop(0)
+            if enter(path, parent, key):
+                stack.append(path)
             continue
-        for entry in entries:
-            try:
-                if entry.is_dir():
-                    st = entry.stat()
-                    if (st.st_dev, st.st_ino) not in seen_dirs:
-                        seen_dirs.add((st.st_dev, st.st_ino))
-                        stack.append(Path(entry.path))
-                    continue
-            except OSError:
-                continue
-            if os.path.splitext(entry.name)[1].lower() not in extensions:
-                continue
-            try:
+        folder = stack.pop()
+        subfolders = _walk_folder(folder, prefix, extensions, out, links)
+        stack.extend(path for path, key in reversed(subfolders) if enter(path, folder, key))
+    if out.leftovers:
+        out.notes.append(f"skipped {out.leftovers} temp file(s) of an interrupted apply or restore under {root} "
+                         f"({', '.join('*' + s for s in LEFTOVER_SUFFIXES)}): not images")
+    return out
+
+
+def _walk_folder(folder: str, prefix: int, extensions: set[str], out: RootListing,
+                 links: list[tuple[str, str, tuple[int, int]]]) -> list[tuple[str, tuple[int, int]]]:
+    """List one folder into out (files, problems); symlinked subfolders go to links; returns
+    the real subfolders as (path, (st_dev, st_ino)) in name order."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as e:
+        out.problems.append(("unreadable_folder", f"{folder}: cannot list the folder ({errno_text(e)}); "
+                             "its files are not listed"))
+        return []
+    subfolders = []
+    for entry in entries:
+        if not _is_utf8(entry.name):
+            out.problems.append(("bad_filename", f"{_printable(entry.path)}: the name is not valid UTF-8; "
+                                 "rename it (e.g. convmv -f latin1 -t utf8) to have it scanned"))
+            continue
+        if entry.name.endswith(LEFTOVER_SUFFIXES):
+            out.leftovers += 1
+            continue
+        try:
+            if entry.is_dir():
                 st = entry.stat()
-                size, mtime = st.st_size, st.st_mtime_ns
-            except OSError:
-                size, mtime = -1, -1  # broken link or vanished between listing and stat
-            rel_paths.append(entry.path[prefix:].replace(os.sep, "/"))
-            sizes.append(size)
-            mtimes.append(mtime)
-    return rel_paths, sizes, mtimes
+                key = (st.st_dev, st.st_ino)
+                if entry.is_symlink():
+                    links.append((entry.path, folder, key))
+                else:
+                    subfolders.append((entry.path, key))
+                continue
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                out.problems.append(("symlink_loop", f"{entry.path}: the link resolves to itself "
+                                     "(too many levels of symbolic links); not followed"))
+                continue
+            # otherwise listed below if it has an image name: scan and sanitize say why it fails
+        if os.path.splitext(entry.name)[1].lower() not in extensions:
+            continue
+        try:
+            st = entry.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1  # broken link or vanished between listing and stat
+        out.rel_paths.append(entry.path[prefix:].replace(os.sep, "/"))
+        out.sizes.append(size)
+        out.mtimes.append(mtime)
+    return subfolders
 
 
-def _listing(roots: Sequence[Path], extensions: set[str]) -> pa.Table:
+def _known_backup_dirs(catalog: Catalog) -> dict[str, int]:
+    """{resolved backup folder: apply run id} of every apply run that named one."""
+    rows = catalog.rows(
+        """SELECT json_extract_string(params, '$.backup_dir') AS folder, max(run_id)
+           FROM runs WHERE stage LIKE 'apply%' AND folder IS NOT NULL GROUP BY folder"""
+    )
+    return {str(Path(folder).expanduser().resolve()): run_id for folder, run_id in rows}
+
+
+def _backup_dirs_by_inode(known: dict[str, int]) -> dict[tuple[int, int], str]:
+    out = {}
+    for folder, run_id in known.items():
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue  # not there (yet): nothing to skip
+        out[(st.st_dev, st.st_ino)] = f"the backup folder of apply run {run_id}"
+    return out
+
+
+def _check_root_outside_backups(root: Path, known: dict[str, int]) -> None:
+    for folder, run_id in known.items():
+        if root == Path(folder) or root.is_relative_to(folder):
+            raise StageError(f"scan root {root} is inside {folder}, the backup folder of apply run {run_id}: "
+                             "backups are never images; scan the folders that hold your images")
+
+
+def _listing(roots: Sequence[Path], extensions: set[str], backup_dirs: dict[tuple[int, int], str]
+             ) -> tuple[pa.Table, list[RootListing]]:
     columns: dict[str, list] = {"root": [], "rel_path": [], "size_bytes": [], "mtime_ns": []}
+    walked = []
     for root in roots:
-        rel_paths, sizes, mtimes = walk_root(root, extensions)
-        columns["root"].extend([str(root)] * len(rel_paths))
-        columns["rel_path"].extend(rel_paths)
-        columns["size_bytes"].extend(sizes)
-        columns["mtime_ns"].extend(mtimes)
+        found = walk_root(root, extensions, backup_dirs=backup_dirs)
+        walked.append(found)
+        columns["root"].extend([str(root)] * len(found.rel_paths))
+        columns["rel_path"].extend(found.rel_paths)
+        columns["size_bytes"].extend(found.sizes)
+        columns["mtime_ns"].extend(found.mtimes)
     return pa.table(columns, schema=pa.schema([
         ("root", pa.string()), ("rel_path", pa.string()), ("size_bytes", pa.int64()), ("mtime_ns", pa.int64()),
-    ]))
+    ])), walked
+
+
+def _record_problems(catalog: Catalog, run_id: int, problems: list[tuple[str, str]]) -> None:
+    if not problems:
+        return
+    with catalog.transaction():
+        catalog.insert_arrow("findings", pa.table({
+            "run_id": pa.array([run_id] * len(problems), pa.int64()),
+            "image_id": pa.array([NO_IMAGE] * len(problems), pa.int64()),
+            "version": pa.array([NO_IMAGE] * len(problems), pa.int32()),
+            "rule": [rule for rule, _ in problems],
+            "detail": [detail for _, detail in problems],
+            "action": ["none"] * len(problems),
+        }))
 
 
 def _classify(catalog: Catalog, listing: pa.Table, roots: list[str]) -> tuple[pa.Table, int, int]:
     """Return (work rows: new or possibly changed files, unchanged count, gone count)."""
     with catalog.registered("scan_listing", listing):
         work = catalog.arrow(
-            """
+            f"""
             SELECT l.root, l.rel_path, i.image_id, i.content_hash AS old_hash, i.version AS old_version
             FROM scan_listing l
             LEFT JOIN images i ON i.root = l.root AND i.rel_path = l.rel_path
             WHERE i.image_id IS NULL OR NOT i.present
                OR i.size_bytes IS DISTINCT FROM l.size_bytes OR i.mtime_ns IS DISTINCT FROM l.mtime_ns
+               OR {" OR ".join(f"i.header_error LIKE '{p}'" for p in RETRY_HEADER_ERRORS)}
             """
         )
         gone = catalog.scalar(
@@ -191,16 +331,25 @@ def scan(
 ) -> ScanSummary:
     """Register image files under `roots` in the catalog; returns counts per outcome."""
     resolved = []
+    known_backups = _known_backup_dirs(catalog)
     for root in roots:
         path = Path(root).expanduser()
+        if not _is_utf8(str(path)):
+            raise StageError(f"scan root {_printable(str(path))} is not a valid UTF-8 path; rename it or scan "
+                             "a folder above it")
         if not path.is_dir():
             raise StageError(f"scan root {root} is not a directory; pass folders that hold images")
         resolved.append(path.resolve())
+        _check_root_outside_backups(resolved[-1], known_backups)
     ext = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
     params = {"roots": [str(r) for r in resolved], "extensions": sorted(ext), "workers": workers}
     with catalog.run("scan", params) as run_id:
         summary = ScanSummary(run_id)
-        listing = _listing(resolved, ext)
+        listing, walked = _listing(resolved, ext, _backup_dirs_by_inode(known_backups))
+        problems = [p for found in walked for p in found.problems]
+        _record_problems(catalog, run_id, problems)
+        summary.problems = len(problems)
+        summary.notes = [note for found in walked for note in found.notes]
         summary.listed = listing.num_rows
         work, summary.unchanged, summary.gone = _classify(catalog, listing, params["roots"])
         rows = work.to_pylist()
