@@ -212,7 +212,7 @@ def _read_manifest(to_dir: Path) -> list[dict]:
 
 def _check_tree(to_dir: Path, fmt: str, rows: list[dict]) -> None:
     exported = {p.relative_to(to_dir).as_posix() for p in to_dir.rglob("*") if p.is_file() or p.is_symlink()}
-    assert exported == {r["export_path"] for r in rows} | {"manifest.parquet", "manifest.csv"}
+    assert exported == {r["export_path"] for r in rows} | {"manifest.parquet", "manifest.csv", "export.json"}
     for r in rows:
         target = to_dir / r["export_path"]
         assert r["export_path"] == f"{Path(r['root']).name}/{r['rel_path']}"
@@ -261,18 +261,21 @@ def test_every_format_reads_back_as_the_curated_view(curation, tmp_path, fmt):
     catalog_path, root, _ = curation
     before = tree_hashes(root)
     to_dir = tmp_path / "export"
-    with Catalog(catalog_path) as catalog:
+    with Catalog(catalog_path, read_only=True) as catalog:
         summary = export(catalog, to_dir, fmt=fmt, shard_size_mb=1.0, quiet=True)
-        run = catalog.rows("SELECT stage, status, summary FROM runs WHERE run_id = ?", [summary.run_id])[0]
+        newest_run = catalog.scalar("SELECT max(run_id) FROM runs")
     curated = _curated(catalog_path)
     rows = _read_manifest(to_dir)
     assert [{c: r[c] for c in MANIFEST_COLUMNS} for r in rows] == curated
     assert [r["key"] for r in rows] == [image_key(r["image_id"]) for r in curated]
     assert summary.images == len(curated) and summary.skipped == 0 and summary.errors == []
-    assert run[:2] == ("export", "done") and json.loads(run[2])["images"] == len(curated)
+    record = json.loads((to_dir / "export.json").read_text())
+    assert summary.record == str(to_dir / "export.json")
+    assert record["summary"]["images"] == len(curated) and record["params"]["format"] == fmt
+    assert record["catalog"] == str(catalog_path.resolve()) and record["catalog_run"] == newest_run
     if fmt == "manifest":
         assert all(r["export_path"] is None for r in rows)
-        assert sorted(p.name for p in to_dir.iterdir()) == ["manifest.csv", "manifest.parquet"]
+        assert sorted(p.name for p in to_dir.iterdir()) == ["export.json", "manifest.csv", "manifest.parquet"]
     elif fmt == "webdataset":
         _check_shards(to_dir, rows, 1.0)
         assert summary.shards == len(list(to_dir.glob("*.tar")))
@@ -283,7 +286,7 @@ def test_every_format_reads_back_as_the_curated_view(curation, tmp_path, fmt):
 
 def test_a_view_given_as_a_query_or_macro_call_is_exported(curation, tmp_path):
     catalog_path, _, _ = curation
-    with Catalog(catalog_path) as catalog:
+    with Catalog(catalog_path, read_only=True) as catalog:
         direct = manifest_rows(catalog, "curated")
         looked_up = manifest_rows(catalog, "SELECT image_id FROM curated")
         assert looked_up.to_pylist() == direct.to_pylist()  # both ways agree on every column
@@ -298,7 +301,7 @@ def test_a_view_given_as_a_query_or_macro_call_is_exported(curation, tmp_path):
     ("no_such_view", "cannot read --view 'no_such_view'"),
 ])
 def test_a_view_without_image_id_is_refused(curation, tmp_path, view, message):
-    with Catalog(curation[0]) as catalog, pytest.raises(StageError, match=message):
+    with Catalog(curation[0], read_only=True) as catalog, pytest.raises(StageError, match=message):
         export(catalog, tmp_path / "out", view=view)
     assert not (tmp_path / "out").exists()
 

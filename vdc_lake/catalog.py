@@ -25,10 +25,27 @@ import pyarrow as pa
 
 from vdc_lake import __version__
 from vdc_lake.config import _bundled_defaults
-from vdc_lake.errors import CatalogLockedError, CatalogNotFoundError, ConfigError
+from vdc_lake.errors import (
+    CatalogAccessError,
+    CatalogDamagedError,
+    CatalogLockedError,
+    CatalogNotFoundError,
+    ConfigError,
+    NotACatalogError,
+    VdcLakeError,
+    disk_full_error,
+)
 
 DEFAULT_CATALOG = "vdc-lake.duckdb"
 READER_RETRY_SECONDS = 30.0
+# Up to this many image rows, opening a catalog checks exactly that image ids and paths are
+# unique; above it an approximate distinct count (HyperLogLog, ~1% error, 0.1 s per 10^7 rows)
+# decides whether to look closer, so opening stays cheap at scale.
+EXACT_CHECK_ROWS = 500_000
+# DuckDB's texts for a file that is not a database, a damaged one, and a write it may not make.
+_NOT_DUCKDB = "not a valid DuckDB database file"
+_DAMAGED = ("Could not read enough bytes", "Corrupt database file", "Failed to read database header")
+_NO_ACCESS = ("Permission denied", "Read-only file system")
 
 
 def sql_dir() -> Path:
@@ -44,6 +61,22 @@ def _now() -> dt.datetime:
     return dt.datetime.now()
 
 
+def _damaged(path: Path, what: str) -> CatalogDamagedError:
+    return CatalogDamagedError(f"catalog {path} is damaged: {what} (restore it from a copy)")
+
+
+def _write_refused(path: Path, error: OSError) -> Exception:
+    """The typed error for a failed write next to the catalog: a full disk, or no permission."""
+    full = disk_full_error(error)
+    if full is not None:
+        return full
+    return CatalogAccessError(
+        f"cannot write to the catalog's folder {path.parent} ({error.strerror or error}): make it writable "
+        "for this user or copy the catalog to a writable folder; commands that only read (status, sql, "
+        "export) work as they are"
+    )
+
+
 class _WriterLock:
     """An exclusive flock on CATALOG.lock; the file records who holds it."""
 
@@ -52,7 +85,10 @@ class _WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _write_refused(self.path, e) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -64,9 +100,13 @@ class _WriterLock:
                 "wait for that command to finish (or stop it), or open the catalog read-only"
             ) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now().isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError as e:
+            self.release()
+            raise _write_refused(self.path, e) from e
 
     @staticmethod
     def _read_holder(fd: int) -> dict[str, Any]:
@@ -86,20 +126,24 @@ class Catalog:
     """One catalog file. Use as a context manager; `con` opens the DuckDB connection on demand."""
 
     def __init__(self, path: str | os.PathLike, *, read_only: bool = False, create: bool = True,
-                 wait_seconds: float = READER_RETRY_SECONDS, scale: dict[str, Any] | None = None):
+                 scale: dict[str, Any] | None = None, wait_seconds: float = READER_RETRY_SECONDS):
         self.path = Path(path).resolve()
         self.read_only = read_only
+        self.wait_seconds = wait_seconds  # how long to retry a busy file before CatalogLockedError
         # The effective [scale] config: batch rows, memory budget, DuckDB's memory_limit/temp_directory.
         self.scale = {**_bundled_defaults()["scale"], **(scale or {})}
-        self.wait_seconds = wait_seconds  # how long to retry a busy file before CatalogLockedError
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock: _WriterLock | None = None
+        self._checked = False  # the first connection checks that this is a sound vdc-lake catalog
         if not self.path.exists() and (read_only or not create):
             raise CatalogNotFoundError(
                 f"no catalog at {self.path}; run `vdc-lake scan ROOT` first or pass --catalog PATH"
             )
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise _write_refused(self.path, e) from e
             self._lock = _WriterLock(self.path)
             self._lock.acquire()
             try:
@@ -131,6 +175,13 @@ class Catalog:
     def con(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
             self._con = self._connect()
+            if not self._checked:
+                try:
+                    self._check_contents()
+                except BaseException:
+                    self.release()
+                    raise
+                self._checked = True
         return self._con
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
@@ -145,17 +196,82 @@ class Catalog:
             except (duckdb.ParserException, duckdb.InvalidInputException) as e:
                 raise ConfigError(f"[scale] duckdb_memory_limit = {config.get('memory_limit')!r} or "
                                   f"duckdb_temp_directory is not valid: {e} (e.g. \"4GB\")") from e
-            except duckdb.IOException as e:
+            except duckdb.Error as e:
                 # Reader: the writer is inside a write; it releases the file between batches.
                 # Writer: a reader has the file open (DuckDB's file lock is shared/exclusive),
                 # e.g. `vdc-lake status` while a scan runs; it is gone in a moment.
-                if "lock" not in str(e).lower() or time.monotonic() > deadline:
-                    holder = "a writer" if self.read_only else "a read-only connection (close it)"
-                    raise CatalogLockedError(
-                        f"catalog {self.path} stayed busy for {self.wait_seconds:.0f} s, held by {holder}: {e}"
-                    ) from e
+                # Anything else (not a database, damaged, no permission, full disk) is final.
+                if "could not set lock" not in str(e).lower() or time.monotonic() > deadline:
+                    raise self._open_error(e) from e
                 # Jittered, so a polling reader cannot stay in phase with a writer's batches.
                 time.sleep(random.uniform(0.005, 0.05))
+
+    def _open_error(self, error: duckdb.Error) -> Exception:
+        """The typed error for a connection DuckDB refused."""
+        text = str(error)
+        first_line = text.splitlines()[0] if text else type(error).__name__
+        if "could not set lock" in text.lower():
+            holder = "a writer" if self.read_only else "a read-only connection (close it)"
+            return CatalogLockedError(
+                f"catalog {self.path} stayed busy for {self.wait_seconds:.0f} s, held by {holder}: {first_line}"
+            )
+        if _NOT_DUCKDB in text:
+            empty = self.path.is_file() and self.path.stat().st_size == 0
+            return NotACatalogError(
+                f"{self.path} is not a vdc-lake catalog ({'an empty file' if empty else 'not a DuckDB database file'}); "
+                "pass the right --catalog, or move this file away to start a new catalog there"
+            )
+        if any(marker in text for marker in _DAMAGED):
+            return _damaged(self.path, first_line)
+        return self._io_error(error) or CatalogAccessError(f"cannot open catalog {self.path}: {first_line}")
+
+    def _io_error(self, error: BaseException) -> Exception | None:
+        """A full disk or a refused write/read, as a typed error; None for anything else."""
+        full = disk_full_error(error)
+        if full is not None:
+            return full
+        text = str(error)
+        if any(marker in text for marker in _NO_ACCESS):
+            if self.read_only:
+                return CatalogAccessError(f"cannot read catalog {self.path} ({text.splitlines()[0]}): "
+                                          "run as a user who may read it, or copy it somewhere readable")
+            return _write_refused(self.path, PermissionError(text.splitlines()[0]))
+        return None
+
+    def _check_contents(self) -> None:
+        """Refuse a DuckDB file without vdc-lake's tables, a catalog of a newer schema, and one whose
+        images rows contradict each other (duplicate ids, two present rows for one path)."""
+        tables = [r[0] for r in self._con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+            "AND table_schema = 'main' ORDER BY table_name").fetchall()]
+        if "schema_migrations" not in tables:
+            if tables or self.read_only:
+                what = f"a DuckDB database with other tables: {', '.join(tables[:5])}" if tables else "an empty DuckDB database"
+                raise NotACatalogError(f"{self.path} is not a vdc-lake catalog ({what}); pass the right --catalog")
+            return  # a new catalog: migrations create the tables
+        if not self.read_only:
+            newest = self._con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0] or 0
+            known = max(int(p.name.split("_", 1)[0]) for p in (sql_dir() / "schema").glob("*.sql"))
+            if newest > known:
+                raise CatalogAccessError(f"catalog {self.path} has schema version {newest}, newer than this vdc-lake "
+                                         f"knows ({known}); upgrade vdc-lake to write to it")
+        if "images" in tables:
+            self._check_images()
+
+    def _check_images(self) -> None:
+        con = self._con
+        n = con.execute("SELECT count(*) FROM images").fetchall()[0][0]
+        if n > EXACT_CHECK_ROWS:
+            approx = con.execute("SELECT approx_count_distinct(image_id) FROM images").fetchall()[0][0]
+            if approx >= 0.95 * n:
+                return
+        ids, present, paths = con.execute(
+            "SELECT count(DISTINCT image_id), count(*) FILTER (WHERE present), "
+            "count(DISTINCT (root, rel_path)) FILTER (WHERE present) FROM images").fetchall()[0]
+        if ids < n:
+            raise _damaged(self.path, f"{n} image rows for {ids} image ids")
+        if paths < present:
+            raise _damaged(self.path, f"{present} present images for {paths} paths")
 
     # -- schema ------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -233,7 +349,10 @@ class Catalog:
         try:
             yield run_id
         except BaseException as e:
-            self.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")
+            try:
+                self.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")
+            except (duckdb.Error, VdcLakeError):
+                pass  # e.g. the disk is full: the next writer marks this run interrupted
             raise
 
     # -- I/O helpers -------------------------------------------------------------------------
@@ -244,23 +363,45 @@ class Catalog:
         try:
             yield con
         except BaseException:
-            con.execute("ROLLBACK").fetchall()
+            try:
+                con.execute("ROLLBACK").fetchall()
+            except duckdb.Error:
+                pass  # the connection is gone (a full disk invalidates it); the first error says why
             raise
-        con.execute("COMMIT").fetchall()
+        with self._translated():
+            con.execute("COMMIT").fetchall()
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Turn DuckDB's full-disk and damaged-file errors into typed ones; others pass unchanged."""
+        try:
+            yield
+        except duckdb.Error as e:
+            text = str(e)
+            if any(marker in text for marker in _DAMAGED):
+                raise _damaged(self.path, text.splitlines()[0]) from e
+            full = disk_full_error(e)
+            if full is None:
+                raise
+            raise full from e
 
     def execute(self, sql: str, params: Sequence[Any] | dict | None = None) -> list[tuple]:
         """Run a statement to completion (DuckDB 2 wants every result consumed); returns its rows."""
-        return self.con.execute(sql, params).fetchall()
+        with self._translated():
+            return self.con.execute(sql, params).fetchall()
 
     def rows(self, sql: str, params: Sequence[Any] | dict | None = None) -> list[tuple]:
-        return self.con.execute(sql, params).fetchall()
+        with self._translated():
+            return self.con.execute(sql, params).fetchall()
 
     def scalar(self, sql: str, params: Sequence[Any] | dict | None = None) -> Any:
-        rows = self.con.execute(sql, params).fetchall()
+        with self._translated():
+            rows = self.con.execute(sql, params).fetchall()
         return rows[0][0] if rows else None
 
     def arrow(self, sql: str, params: Sequence[Any] | dict | None = None) -> pa.Table:
-        return self.con.sql(sql, params=params).to_arrow_table()
+        with self._translated():
+            return self.con.sql(sql, params=params).to_arrow_table()
 
     def insert_arrow(self, table_name: str, data: pa.Table) -> int:
         """Bulk-insert an Arrow table by column name; returns the row count."""

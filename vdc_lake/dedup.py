@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
+from vdc_lake.confine import check_name, is_inside
 from vdc_lake.errors import StageError
 from vdc_lake.sets import VectorSet, count_vectors, read_vectors
 
@@ -81,6 +82,7 @@ def build_index(catalog: Catalog, set_name: str, *, center: bool, l2_normalize: 
     """Build and save a usearch (HNSW, cosine) index over the set's current vectors; register it."""
     from vdc_lake import neighbors
 
+    check_name(set_name)  # it becomes part of the index's file name
     params = {"set": set_name, "center": center, "l2_normalize": l2_normalize, "dtype": dtype}
     with catalog.run("dedup-index", params) as run_id:
         started = dt.datetime.now()
@@ -91,6 +93,9 @@ def build_index(catalog: Catalog, set_name: str, *, center: bool, l2_normalize: 
         folder = index_dir(catalog)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{set_name}-run{run_id}.usearch"
+        if not is_inside(path, folder):
+            raise StageError(f"refusing to write the index {path}: it resolves outside the catalog's index "
+                             f"folder {folder}; remove the link there and run again")
         neighbors.save_index(index, path)
         catalog.execute(
             "INSERT INTO ann_indexes VALUES (?, ?, ?, ?, ?, 'cosine', ?, ?, ?, ?, ?)",
@@ -111,8 +116,20 @@ def latest_index(catalog: Catalog, set_name: str) -> IndexRecord | None:
     )
     if not rows:
         return None
-    path, center, l2, mean, n = rows[0]
-    return IndexRecord(path, center, l2, None if mean is None else np.asarray(mean, np.float32), n)
+    recorded, center, l2, mean, n = rows[0]
+    return IndexRecord(str(_index_path(catalog, recorded)), center, l2,
+                       None if mean is None else np.asarray(mean, np.float32), n)
+
+
+def _index_path(catalog: Catalog, recorded: str) -> Path:
+    """Where a recorded index file is: always by its name inside the catalog's index folder, so
+    an edited ann_indexes row cannot make us read elsewhere (and a moved catalog folder still works)."""
+    folder = index_dir(catalog)
+    path = folder / Path(recorded).name
+    if not is_inside(path, folder) or path.resolve() == folder.resolve():
+        raise StageError(f"the index path {recorded!r} recorded in ann_indexes names no file in the catalog's "
+                         f"index folder {folder}; the catalog was edited: run `vdc-lake dedup index` to build a new index")
+    return path
 
 
 def _resolve_device(device: str) -> str:
@@ -145,6 +162,7 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
     """
     from vdc_lake import neighbors
 
+    check_name(set_name)
     _check_metric(metric)
     resolved = _resolve_device(device)
     record = latest_index(catalog, set_name)

@@ -12,10 +12,15 @@ Formats (every one also writes `manifest.parquet` and `manifest.csv`, one row pe
 A root's label is its folder name; roots that share a name get `-2`, `-3` ... in root order, so
 two scanned trees never write into each other. Files that changed since the last scan (their
 bytes no longer match the catalog) or vanished are skipped and reported, not exported.
+
+The catalog is only read, through exactly one SELECT, so a --view cannot change it; the export
+is recorded in TO/export.json. A catalog may come from someone else: an edited root or rel_path
+that would climb out of its root refuses the export, and every file is placed inside TO.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import io
 import json
@@ -36,8 +41,11 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import xxhash
 
+from vdc_lake import __version__
 from vdc_lake.catalog import Catalog
+from vdc_lake.confine import is_inside
 from vdc_lake.errors import StageError
+from vdc_lake.export_sql import single_select
 from vdc_lake.files import content_hash
 from vdc_lake.parallel import progress_bar, worker_count
 
@@ -54,12 +62,19 @@ MANIFEST_COLUMNS = [
     "content_hash", "leaf_cluster_id", "top_cluster_id", "cluster_run", "sample_run",
 ]
 _QUERY_START = re.compile(r"^\s*(\(|select\b|with\b|from\b|values\b|table\b)", re.IGNORECASE)
+# A view name, or a table-macro call: name(arguments). The whole text must still parse as one SELECT.
+_VIEW_CALL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\s*\(.*\))?", re.DOTALL)
+# A relative path part that climbs or is empty ('', '.', '..'), a leading '/', or a NUL byte.
+_UNSAFE_REL_PATH = r"(^|/)(\.\.?)?(/|$)|\x00"
+_SAFE_EXTENSION = re.compile(r"[a-z0-9]{1,10}")
+RECORD_NAME = "export.json"
 
 # Used when the source lacks some manifest columns (e.g. `SELECT image_id FROM ...`): the
 # current file facts, plus the newest cluster run and sample run the same way `curated` does.
 _LOOKUP_SQL = """
 WITH chosen AS (
-    SELECT DISTINCT image_id FROM ({source})
+    SELECT DISTINCT image_id FROM ({source}
+    )
 ),
 
 final AS (
@@ -78,7 +93,8 @@ SELECT * FROM final ORDER BY image_id
 # image, restricted to images present at the version the row names.
 _DIRECT_SQL = """
 SELECT {columns}
-FROM ({source}) AS s
+FROM ({source}
+) AS s
 WHERE EXISTS (SELECT 1 FROM image_files AS f WHERE f.image_id = s.image_id AND f.version = s.version)
 QUALIFY row_number() OVER (PARTITION BY s.image_id ORDER BY s.version DESC) = 1
 ORDER BY s.image_id
@@ -87,9 +103,12 @@ ORDER BY s.image_id
 
 @dataclass
 class ExportSummary:
-    """What one export wrote. `images` counts manifest rows; `skipped` files are listed in `errors`."""
+    """What one export wrote. `images` counts manifest rows; `skipped` files are listed in `errors`.
 
-    run_id: int
+    `record` is TO/export.json: the export's parameters, this summary and the catalog's newest run
+    at the time (an export only reads the catalog, so it is recorded beside what it wrote).
+    """
+
     to_dir: str
     fmt: str
     view: str
@@ -98,10 +117,11 @@ class ExportSummary:
     shards: int = 0
     skipped: int = 0
     manifest: str = ""
+    record: str = ""
     errors: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
-        return (f"ExportSummary(run_id={self.run_id}, fmt={self.fmt!r}, images={self.images}, "
+        return (f"ExportSummary(fmt={self.fmt!r}, images={self.images}, "
                 f"skipped={self.skipped}, to_dir={self.to_dir!r})")
 
 
@@ -112,12 +132,18 @@ def source_sql(view: str) -> str:
     view = view.strip().rstrip(";").strip()
     if not view:
         raise StageError("--view is empty; pass a view name (curated), a macro call or a SELECT")
-    return view if _QUERY_START.match(view) else f"SELECT * FROM {view}"
+    if _QUERY_START.match(view):
+        return view
+    if not _VIEW_CALL.fullmatch(view):
+        raise StageError(f"--view {view!r} is not a view name (letters, digits, _), a table-macro call "
+                         "(dedup_actions(threshold := 0.3)) or a SELECT")
+    return f"SELECT * FROM {view}"
 
 
 def _source_columns(catalog: Catalog, sql: str, view: str) -> list[str]:
+    single_select(catalog.con, sql, f"--view {view!r}")
     try:
-        columns = catalog.arrow(f"SELECT * FROM ({sql}) LIMIT 0").column_names
+        columns = catalog.arrow(f"SELECT * FROM ({sql}\n) LIMIT 0").column_names
     except duckdb.Error as e:
         raise StageError(f"cannot read --view {view!r}: {str(e).splitlines()[0]}; pass a view name "
                          "(curated), a table-macro call (dedup_actions(threshold := 0.3)) or a SELECT") from e
@@ -135,7 +161,25 @@ def manifest_rows(catalog: Catalog, view: str = "curated") -> pa.Table:
         query = _DIRECT_SQL.format(columns=", ".join(f"s.{c}" for c in MANIFEST_COLUMNS), source=sql)
     else:
         query = _LOOKUP_SQL.format(source=sql)
-    return catalog.arrow(query)
+    return catalog.arrow(single_select(catalog.con, query, f"--view {view!r}"))
+
+
+def _check_paths(table: pa.Table) -> None:
+    """Refuse a manifest whose roots are not absolute, normalised paths or whose rel_paths could
+    climb out of their root ('..', '.', empty parts, a leading '/'): only an edited or damaged
+    catalog holds such rows, and they would make the export read or write elsewhere."""
+    for root in pc.unique(table.column("root")).to_pylist():
+        if not (os.path.isabs(root) and os.path.normpath(root) == root and "\0" not in root):
+            raise StageError(f"export refused: the catalog names the scanned root {root!r}, which is not an "
+                             "absolute, normalised path; the catalog was edited or is damaged")
+    bad = table.filter(pc.match_substring_regex(table.column("rel_path"), _UNSAFE_REL_PATH))
+    if bad.num_rows:
+        example = bad.slice(0, 1).to_pylist()[0]
+        raise StageError(
+            f"export refused: the catalog names {bad.num_rows} files outside their scanned root (e.g. image "
+            f"{example['image_id']}: {example['rel_path']!r} under {example['root']}); the catalog was edited or "
+            "is damaged: restore it from a copy, or export a --view that leaves those images out"
+        )
 
 
 # -- destination ---------------------------------------------------------------------------------
@@ -166,11 +210,12 @@ def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool) -> Non
 
 def root_labels(roots: Iterable[str]) -> dict[str, str]:
     """{root: folder name inside the export}: the root's basename, `-2`, `-3` ... on collisions."""
-    reserved = {f"{MANIFEST_STEM}.parquet", f"{MANIFEST_STEM}.csv"}
+    reserved = {f"{MANIFEST_STEM}.parquet", f"{MANIFEST_STEM}.csv", RECORD_NAME}
     labels: dict[str, str] = {}
     used: set[str] = set()
     for root in sorted(set(roots)):
-        base = Path(root).name or "root"
+        base = Path(root).name
+        base = base if base not in ("", ".", "..") else "root"
         label, n = base, 1
         while label in used or label in reserved:
             n += 1
@@ -244,7 +289,12 @@ class _TreeWriter:
     def write(self, row: dict) -> tuple[str | None, str | None, int]:
         """(export path, error, bytes) for one manifest row; runs in a worker thread."""
         target = self.target(row)
-        error = _place(row["path"], self.to_dir / target, self.fmt, row["content_hash"])
+        dst = self.to_dir / target
+        # Resolved before any folder is made: a symlink on the way (say, a link to a folder that an
+        # earlier row of an edited catalog placed) must not lead outside --to. Nothing is replaced.
+        if not is_inside(dst.parent, self.to_dir) or os.path.lexists(dst):
+            return None, f"{row['path']}: refused, {dst} lies outside --to {self.to_dir} or exists already", 0
+        error = _place(row["path"], dst, self.fmt, row["content_hash"])
         return (None, error, 0) if error else (target, None, row["size_bytes"] or 0)
 
     def close(self) -> None:
@@ -316,8 +366,12 @@ def _read_verified(row: dict) -> tuple[bytes | None, str | None]:
 
 
 def _extension(rel_path: str, fmt: str | None) -> str:
-    ext = os.path.splitext(rel_path)[1].lower().lstrip(".")
-    return ext or (fmt or "bin").lower()
+    """The member's extension: the file's, else its format's; only [a-z0-9]{1,10} (a tar member
+    name from an edited catalog must not carry '/' or '..'), else 'bin'."""
+    for ext in (os.path.splitext(rel_path)[1].lower().lstrip("."), (fmt or "").lower()):
+        if _SAFE_EXTENSION.fullmatch(ext):
+            return ext
+    return "bin"
 
 
 class _WebDatasetWriter:
@@ -391,12 +445,13 @@ def _record(writer: _TreeWriter | _WebDatasetWriter, row: dict, result: tuple, s
 def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest", view: str = "curated",
            shard_size_mb: float = DEFAULT_SHARD_SIZE_MB, overwrite: bool = False,
            quiet: bool = False) -> ExportSummary:
-    """Write the images of `view` to `to_dir` as `fmt`, plus the manifest; records an `export` run.
+    """Write the images of `view` to `to_dir` as `fmt`, plus the manifest and TO/export.json.
 
-    view: a view or macro call name (curated, dedup_actions(threshold := 0.3)) or a query that
-    yields image_id. shard_size_mb: target WebDataset shard size, in MiB. The originals are only
-    read. Files changed or gone since the scan are skipped: left out of the manifest, counted in
-    `skipped` and described in `errors`.
+    view: a view or macro call name (curated, dedup_actions(threshold := 0.3)) or one SELECT that
+    yields image_id. shard_size_mb: target WebDataset shard size, in MiB. The catalog is only read
+    (open it read-only); the originals too. Every file is written inside `to_dir`. Files changed
+    or gone since the scan are skipped: left out of the manifest, counted in `skipped` and
+    described in `errors`.
     """
     if fmt not in FORMATS:
         raise StageError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -404,22 +459,29 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
         raise StageError(f"--shard-size-mb must be positive, got {shard_size_mb}")
     to_dir = Path(to_dir).expanduser().resolve()
     params = {"to": str(to_dir), "format": fmt, "view": view, "shard_size_mb": shard_size_mb, "overwrite": overwrite}
+    started = dt.datetime.now()
     table = manifest_rows(catalog, view)
+    _check_paths(table)
+    catalog_run = catalog.scalar("SELECT max(run_id) FROM runs")
     _prepare_destination(catalog, to_dir, overwrite)
-    with catalog.run("export", params) as run_id:
-        summary = ExportSummary(run_id, str(to_dir), fmt, view)
-        catalog.release()  # file work ahead; readers may open the catalog meanwhile
-        keys = [image_key(i) for i in table.column("image_id").to_pylist()]
-        table = table.append_column("key", pa.array(keys, pa.string()))
-        if fmt == "manifest":
-            placed = pa.nulls(table.num_rows, pa.string())
-            summary.bytes = int(pc.sum(table.column("size_bytes")).as_py() or 0)
-        else:
-            placed = _write_files(table, to_dir, fmt, int(shard_size_mb * 2**20), summary, quiet)
-        table = table.append_column("export_path", placed)
-        if summary.skipped:
-            table = table.filter(pc.is_valid(table.column("export_path")))
-        summary.images = table.num_rows
-        summary.manifest = str(_write_manifest(table, to_dir))
-        catalog.finish_run(run_id, summary=asdict(summary))
+    catalog.release()  # file work ahead; writers may open the catalog meanwhile
+    summary = ExportSummary(str(to_dir), fmt, view)
+    keys = [image_key(i) for i in table.column("image_id").to_pylist()]
+    table = table.append_column("key", pa.array(keys, pa.string()))
+    if fmt == "manifest":
+        placed = pa.nulls(table.num_rows, pa.string())
+        summary.bytes = int(pc.sum(table.column("size_bytes")).as_py() or 0)
+    else:
+        placed = _write_files(table, to_dir, fmt, int(shard_size_mb * 2**20), summary, quiet)
+    table = table.append_column("export_path", placed)
+    if summary.skipped:
+        table = table.filter(pc.is_valid(table.column("export_path")))
+    summary.images = table.num_rows
+    summary.manifest = str(_write_manifest(table, to_dir))
+    summary.record = str(to_dir / RECORD_NAME)
+    record = {"tool_version": __version__, "catalog": str(catalog.path), "catalog_run": catalog_run,
+              "started_at": started.isoformat(timespec="seconds"),
+              "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+              "params": params, "summary": asdict(summary)}
+    (to_dir / RECORD_NAME).write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
     return summary

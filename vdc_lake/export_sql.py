@@ -6,14 +6,30 @@ import io
 import json
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from vdc_lake.catalog import Catalog
-from vdc_lake.errors import VdcLakeError
+from vdc_lake.errors import StageError, VdcLakeError
 
 MAX_TABLE_ROWS = 1000
+
+
+def single_select(con: duckdb.DuckDBPyConnection, sql: str, what: str = "the query") -> str:
+    """`sql` if DuckDB parses it as exactly one SELECT (WITH/FROM/VALUES/TABLE forms included);
+    else StageError. Statements are split by DuckDB's own parser, so `...; DROP TABLE x` is caught."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as e:
+        raise StageError(f"{what} is not valid SQL: {str(e).splitlines()[0]}; pass one SELECT") from e
+    kinds = [s.type.name for s in statements]
+    if kinds != ["SELECT"]:
+        found = f"{len(kinds)} statements ({', '.join(kinds)})" if len(kinds) != 1 else f"a {kinds[0]} statement"
+        raise StageError(f"{what} must be exactly one SELECT statement, found {found}; "
+                         "remove everything but the SELECT")
+    return sql
 
 
 def _as_table_text(table: pa.Table) -> str:

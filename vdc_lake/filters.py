@@ -17,6 +17,7 @@ import pyarrow as pa
 import torch
 
 from vdc_lake.catalog import Catalog
+from vdc_lake.confine import check_name
 from vdc_lake.errors import StageError
 from vdc_lake.sets import VectorBatch, iter_vectors, per_image_table, set_dim
 
@@ -69,6 +70,7 @@ def _example_vectors(catalog: Catalog, set_name: str, examples: Path, models_dir
 def filter_by_examples(catalog: Catalog, set_name: str, examples: str | Path, *, metric: str = "cosine",
                        models_dir: str = "models", device: str = "auto") -> FilterSummary:
     """Store each present image's distance to its nearest unwanted example."""
+    check_name(set_name)
     if metric != "cosine":
         raise StageError(f"metric {metric!r} is not supported; use cosine")
     params = {"set": set_name, "examples": str(examples), "metric": metric}
@@ -150,6 +152,8 @@ def _mlp_from_state_dict(state: dict[str, Any], activation: str) -> torch.nn.Mod
 def score_images(catalog: Catalog, set_name: str, head_path: str | Path, name: str, *, activation: str = "none",
                  l2_normalize: bool = True, output_index: int = 0, batch_size: int = 65536) -> FilterSummary:
     """Run a head over the set's vectors and store one score per image under `name`."""
+    check_name(set_name)
+    check_name(name, "score name")
     head = load_head(head_path, activation=activation)
     params = {"set": set_name, "head": str(head_path), "name": name, "activation": activation,
               "l2_normalize": l2_normalize, "output_index": output_index}

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
+from vdc_lake.confine import check_name
 from vdc_lake.errors import StageError
 
 
@@ -94,6 +95,7 @@ def register_embedding_set(catalog: Catalog, name: str, *, kind: str, model: str
                            preprocessing: dict[str, Any] | None, run_id: int) -> None:
     """Create the set's registry row (with the model's recommended dedup thresholds), or check
     that an existing one has the same dimension (and fill in thresholds it lacks)."""
+    check_name(name)
     apply_threshold, report_threshold = recommended_dedup_thresholds(model)
     existing = catalog.rows("SELECT dim FROM embedding_sets WHERE name = ?", [name])
     if existing:
@@ -124,6 +126,7 @@ def register_builtin_set(catalog: Catalog, run_id: int, name: str = BUILTIN_SET)
 
 def register_prediction_set(catalog: Catalog, name: str, *, kind: str, model: str | None,
                             class_names: list[str], preprocessing: dict[str, Any] | None, run_id: int) -> None:
+    check_name(name)
     if catalog.scalar("SELECT count(*) FROM prediction_sets WHERE name = ?", [name]):
         return
     catalog.execute("INSERT INTO prediction_sets (name, kind, model, class_names, preprocessing, created_run) "

@@ -1,0 +1,36 @@
+"""Names and paths checked before they reach the filesystem.
+
+A catalog may come from someone else, so a set name, a relative path or an index path read from
+it is never trusted to name a file: names follow one rule, and every path we write or read on a
+catalog's behalf is resolved (symlinks included) and must lie inside the folder it belongs to.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from vdc_lake.errors import InvalidNameError
+
+NAME_RULE = "1-64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_name(name: object, what: str = "set name") -> str:
+    """`name` if it follows NAME_RULE (safe as a file name part); else InvalidNameError."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidNameError(f"{what} {name!r} is not allowed: use {NAME_RULE} (e.g. builtin, sscd_v2)")
+    return name
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether `path`, resolved (symlinks included, missing tail allowed), lies in `folder` (resolved)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def is_plain_relative(rel_path: str) -> bool:
+    """A POSIX relative path with no '..', '.' or empty parts and no NUL: it cannot climb out of its root."""
+    if not rel_path or rel_path.startswith("/") or "\0" in rel_path:
+        return False
+    return all(part not in ("", ".", "..") for part in rel_path.split("/"))
