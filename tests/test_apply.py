@@ -128,6 +128,7 @@ def test_apply_with_backup_then_restore_is_byte_identical(sanitized, catalog_pat
         assert rows[rel]["present"] is True, rel
         assert rows[rel]["content_hash"] == before["content_hash"], rel
         assert rows[rel]["image_id"] == before["image_id"], rel
+        assert rows[rel]["version"] == before["version"], rel  # the same bytes: the same version again
     assert {j["state"] for j in _journal(catalog_path)} == {"restored"}
 
 
@@ -161,8 +162,10 @@ def test_no_backup_must_be_explicit_and_cannot_be_restored(sanitized, catalog_pa
         summary = apply_plan(catalog, plan, backup_dir=None, no_backup=True, quiet=True)
         assert summary.done == 9
         assert catalog.scalar("SELECT count(*) FROM journal WHERE backup IS NOT NULL") == 0
+        dry = restore(catalog, dry_run=True, quiet=True)
         back = restore(catalog, quiet=True)
-    assert (back.restored, back.failed) == (0, 9)
+    assert (dry.restored, dry.no_backup, dry.failed) == (0, 9, 0)  # the dry run tells the truth
+    assert (back.restored, back.no_backup, back.failed) == (0, 9, 0)
     assert back.errors[0].endswith(": changed with --no-backup; nothing to restore from")
     assert not tree.path(DELETED[0]).exists()
 

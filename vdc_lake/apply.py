@@ -2,27 +2,41 @@
 
 Protocol for each planned operation (rows of a decision view):
 
-1. plan: every operation is written to `journal` as `planned` (with the expected checksum and
-   the backup path) in one transaction before any file is touched;
-2. backup: copy to BACKUP_DIR/run-N/<root>/<rel_path> through a temp file, fsync, rename,
-   then re-read and verify the checksum;
-3. act: write the result to a temp file in the same directory and `os.replace` it over the
-   original (atomic on POSIX), or unlink for delete;
-4. journal `done` and the catalog row (version bump, new facts) are committed in batches.
+1. plan: every operation is written to `journal` as `planned` (with the expected checksum, the
+   backup path and what the file was: `params.file` holds its mode, owner, group, times, symlink
+   target and hard-link siblings) in one transaction before any file is touched;
+2. check: the paths must lie in the image's scanned root (resolved, symlinks included) and the
+   backup path in the backup folder; the current bytes must be the planned ones, and before a
+   delete the reason is checked again (a decode failure is decoded again; a file that cannot be
+   read is never deleted);
+3. backup: copy to BACKUP_DIR/run-N/<root>/<rel_path> through a temp file, fsync, rename,
+   then re-read and verify the checksum (a symlink is backed up as the link itself);
+4. act: write the result to a temp file in the same directory and `os.replace` it over the
+   original (atomic on POSIX), or unlink for delete; a rewritten file gets the original's mode,
+   owner, group and times back (temp files are private until then);
+5. journal `done` and the catalog row (version bump, new facts) are committed in batches.
 
 The filesystem plus the plan is enough to tell where a killed run stopped: an operation is
 done when its backup verifies and the source no longer has the planned checksum (or is gone).
 So a crash at any moment leaves each file untouched or done with a verified backup, and
-re-running `apply` finishes the interrupted operations first. `restore` copies backups back
-and refuses any backup path that escapes the run's backup root.
+re-running `apply` finishes the interrupted operations first.
+
+`restore` puts back what was there (bytes, symlink, hard link, mode, owner, times) and makes
+the image's earlier version current again, with every row derived from it. It refuses backups
+outside the backup folder and paths outside the scanned root, and leaves alone a file the user
+changed after apply unless forced (then the user's version is kept next to the backup as
+`NAME.vdc-user-STAMP`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,13 +45,20 @@ from typing import Any
 import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
+from vdc_lake.confine import is_inside, is_plain_relative
 from vdc_lake.errors import PlanError
-from vdc_lake.files import content_hash, inspect_header
-from vdc_lake.imageops import ACTIONS
+from vdc_lake.files import content_hash, decode_check, inspect_header
+from vdc_lake.imageops import ACTIONS, RESTORE_SUFFIX
+from vdc_lake.leftovers import remove_leftovers, remove_leftovers_of
 from vdc_lake.parallel import get_mapper, progress_bar
 
 FLUSH_EVERY_OPS = 256
 FLUSH_EVERY_SECONDS = 2.0
+USER_COPY_INFIX = ".vdc-user-"
+# Sanitize rules whose verdict comes from decoding the bytes: checked again before a delete.
+DECODE_RULES = ("corrupt", "truncated")
+# Rules that say nothing about the bytes (the file could not be read): never a reason to delete.
+IO_RULES = ("missing", "unreadable")
 
 
 @dataclass
@@ -74,10 +95,164 @@ class ApplySummary:
 
 @dataclass
 class RestoreSummary:
+    """Outcome counts of a restore (or, with dry_run, what it would do)."""
+
     restored: int = 0
     already_original: int = 0
+    no_backup: int = 0      # changed by a --no-backup run: cannot be restored
+    conflicts: int = 0      # changed by the user since apply: left alone (restore --force)
     failed: int = 0
+    kept_aside: list[str] = field(default_factory=list)  # the user's versions that --force kept
     errors: list[str] = field(default_factory=list)
+
+
+# -- confinement ----------------------------------------------------------------------------------
+
+def _entry_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether the directory entry `path` lies in `folder`: its parent resolved (symlinks included),
+    its name a plain name. A symlink that is the entry itself is not followed: it is what we act on."""
+    path = Path(path)
+    return path.name not in ("", ".", "..") and is_inside(path.parent, folder)
+
+
+def _rel_in_root(path: str, root: str) -> str | None:
+    """path's part under root when it is a plain relative path (no '..'), else None."""
+    if not path.startswith(root.rstrip("/") + "/"):
+        return None
+    rel = path[len(root.rstrip("/")) + 1:]
+    return rel if is_plain_relative(rel) else None
+
+
+def check_backup_dir(roots: list[str], backup_dir: str | os.PathLike, what: str = "--backup-dir") -> Path:
+    """The backup folder, resolved; PlanError when it lies inside or contains a scanned root
+    (checked as given and resolved, so a symlink into a root is refused too)."""
+    given = Path(os.path.abspath(os.path.expanduser(backup_dir)))
+    real = Path(os.path.realpath(given))
+    for root in roots:
+        root_real = Path(os.path.realpath(root))
+        suggestion = root_real.parent / f"{root_real.name}-backup"
+        for candidate in (given, real):
+            for r in (Path(root), root_real):
+                if candidate.is_relative_to(r):
+                    raise PlanError(
+                        f"{what} {backup_dir} lies inside the scanned root {root}: its backups would be scanned "
+                        f"as images; choose a folder outside every scanned root (e.g. {suggestion})")
+                if r.is_relative_to(candidate):
+                    raise PlanError(
+                        f"{what} {backup_dir} contains the scanned root {root}; choose a folder outside every "
+                        f"scanned root (e.g. {suggestion})")
+    return real
+
+
+def _scanned_roots(catalog: Catalog) -> list[str]:
+    return [r for (r,) in catalog.rows("SELECT DISTINCT root FROM images ORDER BY root")]
+
+
+def _confinement_error(op: dict[str, Any], backup_root: str | None) -> str | None:
+    """Why op's paths may not be touched (None when they may): src and dst in the image's scanned
+    root, the backup exactly where apply puts it inside backup_root."""
+    root = op.get("root")
+    if not root:
+        return f"op {op['op_id']}: image {op['image_id']} has no scanned root in the catalog"
+    paths = [op["src"]] + ([op["dst"]] if op.get("dst") and op["dst"] != op["src"] else [])
+    for path in paths:
+        if _rel_in_root(path, root) is None or not _entry_inside(path, root):
+            return (f"op {op['op_id']}: {path} lies outside the scanned root {root} (resolved: "
+                    f"{os.path.realpath(Path(path).parent)}); vdc-lake only changes files inside their root")
+    if op.get("backup") is not None:
+        expected = _backup_path(Path(backup_root or "/nonexistent"), op["run_id"], root, _rel_in_root(op["src"], root))
+        if op["backup"] != str(expected) or not _entry_inside(op["backup"], backup_root or "/nonexistent"):
+            return f"op {op['op_id']}: backup path {op['backup']} escapes the backup root {backup_root}"
+    return None
+
+
+# -- what a file was --------------------------------------------------------------------------------
+
+def file_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """What restore needs to give back besides the bytes: the symlink target (`link`, None for a
+    regular file) and mode, uid, gid, atime_ns, mtime_ns, dev, ino, nlink (of what a link points
+    to; absent for a broken link)."""
+    meta: dict[str, Any] = {"link": None}
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            meta["link"] = os.readlink(path)
+            st = os.stat(path)
+    except OSError:
+        return meta
+    meta.update(mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid, atime_ns=st.st_atime_ns,
+                mtime_ns=st.st_mtime_ns, dev=st.st_dev, ino=st.st_ino, nlink=st.st_nlink)
+    return meta
+
+
+def _add_hard_links(catalog: Catalog, rows: list[dict[str, Any]], metas: list[dict[str, Any]]) -> None:
+    """For files with more than one link, record the catalogued paths that are the same inode
+    (they have the same bytes, so the same content_hash): restore links the file to them again."""
+    linked = [(r, m) for r, m in zip(rows, metas) if m["link"] is None and m.get("nlink", 1) > 1]
+    if not linked:
+        return
+    hashes = sorted({r["checksum"] for r, _ in linked if r["checksum"]})
+    candidates: dict[str, list[str]] = {}
+    for checksum, path in catalog.rows(
+            "SELECT content_hash, root || '/' || rel_path FROM images WHERE present AND list_contains(?, content_hash)",
+            [hashes]):
+        candidates.setdefault(checksum, []).append(path)
+    for row, meta in linked:
+        siblings = []
+        for path in candidates.get(row["checksum"], []):
+            if path == row["src"]:
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (meta["dev"], meta["ino"]):
+                siblings.append(path)
+        meta["hardlinks"] = siblings
+
+
+def _set_metadata(path: Path, meta: dict[str, Any]) -> None:
+    """Give a regular file the recorded owner, group, mode and times, as far as the OS allows
+    (chown needs root or the same owner; an EPERM leaves the owner as it is)."""
+    if "mode" not in meta:
+        return
+    with contextlib.suppress(OSError):
+        os.chown(path, meta["uid"], meta["gid"])
+    with contextlib.suppress(OSError):  # after chown, which may clear set-id bits
+        os.chmod(path, meta["mode"])
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(meta["atime_ns"], meta["mtime_ns"]))
+
+
+@contextlib.contextmanager
+def _private_files():
+    """New files (temp outputs) are readable by their owner only until their mode is set."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _current_checksum(path: Path) -> str | None:
+    """Checksum of what path holds now (through a symlink); None for a broken symlink.
+    Raises OSError when it cannot be read, ValueError for something that is not a regular file."""
+    if path.is_symlink() and not path.exists():
+        return None
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path} is not a regular file")
+    return content_hash(path)
+
+
+def _holds_bytes(path: Path, checksum: str | None, meta: dict[str, Any]) -> bool:
+    """Whether path is what the journal says it was: the same symlink, or a regular file with checksum."""
+    try:
+        if meta.get("link") is not None:
+            return path.is_symlink() and os.readlink(path) == meta["link"]
+        return not path.is_symlink() and _current_checksum(path) == checksum
+    except (OSError, ValueError):
+        return False
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -114,12 +289,21 @@ def _backup_path(backup_root: Path, run_id: int, root: str, rel_path: str) -> Pa
     return backup_root / f"run-{run_id}" / root.lstrip("/") / rel_path
 
 
-def _journal_rows(plan: Plan, run_id: int, backup_root: Path | None, op_ids) -> pa.Table:
+def _journal_rows(catalog: Catalog, plan: Plan, run_id: int, backup_root: Path | None,
+                  max_pixels: int | None) -> pa.Table:
+    """The plan's journal rows (op_id 0: numbered when inserted). Each row's params hold the
+    operation's options, the decision's reason and what the file is now (`file`, for restore)."""
     rows = plan.ops.to_pylist()
     now = dt.datetime.now()
-    params = [dict(plan.options, **json.loads(r["op_params"] or "{}")) for r in rows]
+    metas = [file_metadata(r["src"]) for r in rows]
+    _add_hard_links(catalog, rows, metas)
+    params = [{**plan.options, **json.loads(r["op_params"] or "{}"), "reason": r["reason"], "file": m}
+              for r, m in zip(rows, metas)]
+    if max_pixels:
+        for p in params:
+            p.setdefault("max_pixels", max_pixels)
     return pa.table({
-        "op_id": pa.array(op_ids, pa.int64()),
+        "op_id": pa.array([0] * len(rows), pa.int64()),
         "run_id": pa.array([run_id] * len(rows), pa.int64()),
         "image_id": pa.array([r["image_id"] for r in rows], pa.int64()),
         "version": pa.array([r["version"] for r in rows], pa.int32()),
@@ -146,6 +330,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a read-only copy (mode 0444) can be fsynced this way too
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _verified(path: Path, checksum: str) -> bool:
     try:
         return content_hash(path) == checksum
@@ -153,57 +345,106 @@ def _verified(path: Path, checksum: str) -> bool:
         return False
 
 
-def make_backup(src: Path, backup: Path, checksum: str) -> None:
-    """Copy src to backup (temp + fsync + rename) and verify the copy's checksum."""
+def _backup_ok(op: dict[str, Any], meta: dict[str, Any]) -> bool:
+    return op["backup"] is None or _holds_bytes(Path(op["backup"]), op["checksum_before"], meta)
+
+
+def make_backup(src: Path, backup: Path, checksum: str | None, meta: dict[str, Any] | None = None) -> None:
+    """Copy src to backup (temp + fsync + rename) and verify the copy: the same bytes, owner,
+    mode and times, or for a symlink the link itself (its target is not copied)."""
+    meta = meta or {"link": None}
     backup.parent.mkdir(parents=True, exist_ok=True)
     tmp = backup.with_name(backup.name + ".vdc-tmp")
-    shutil.copy2(src, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    tmp.unlink(missing_ok=True)
+    if meta.get("link") is not None:
+        os.symlink(meta["link"], tmp)
+    else:
+        shutil.copy2(src, tmp)
+        _set_metadata(tmp, meta)
+        _fsync_file(tmp)
     os.replace(tmp, backup)
     _fsync_dir(backup.parent)
-    if not _verified(backup, checksum):
+    if not _holds_bytes(backup, checksum, meta):
         raise OSError(f"backup {backup} does not match the original's checksum")
 
 
-def _already_done(op: dict[str, Any], src: Path, dst: Path) -> bool:
+def _already_done(op: dict[str, Any], meta: dict[str, Any], src: Path, dst: Path) -> bool:
     """After a crash: has this operation's atomic step already happened?"""
-    backup_ok = op["backup"] is None or _verified(Path(op["backup"]), op["checksum_before"])
-    if not backup_ok:
+    if not _backup_ok(op, meta):
         return False
     if op["action"] == "delete" or dst != src:
-        return not src.exists() and (op["action"] == "delete" or dst.exists())
+        return not os.path.lexists(src) and (op["action"] == "delete" or dst.exists())
+    if meta.get("link") is not None:
+        return os.path.lexists(src) and not src.is_symlink()  # the link was replaced by the output
     return src.exists() and not _verified(src, op["checksum_before"])
 
 
+def _skipped(op: dict[str, Any], error: str) -> dict[str, Any]:
+    return {"op_id": op["op_id"], "state": "skipped", "error": error}
+
+
+def _reason_no_longer_holds(op: dict[str, Any], src: Path, options: dict[str, Any]) -> str | None:
+    """Before a delete: check the decision's reason on the current bytes again. Returns why it no
+    longer holds (the delete is skipped), or None. The checksum was already found unchanged."""
+    rules = set(re.findall(r"(?:^|; )([a-z_]+): ", options.get("reason") or ""))
+    if rules & set(IO_RULES):
+        return "the file could not be read when it was checked, which is no reason to delete it"
+    if "broken_symlink" in rules and not (src.is_symlink() and not src.exists()):
+        return "the symlink is no longer broken"
+    if rules & set(DECODE_RULES):
+        result = decode_check(str(src), max_pixels=int(options.get("max_pixels") or 0) or _pixel_limit(),
+                              with_descriptor=False)
+        if result.error is None:
+            return "the file decodes completely now"
+        if result.error.split(":", 1)[0] not in DECODE_RULES:
+            return f"the file cannot be read now ({result.error}), which is no reason to delete it"
+    return None
+
+
+def _pixel_limit() -> int:
+    from PIL import Image
+
+    return int(Image.MAX_IMAGE_PIXELS or 1 << 62)
+
+
 def execute_op(op: dict[str, Any]) -> dict[str, Any]:
-    """Carry out one journaled operation (options from its journal row); returns the journal update."""
+    """Carry out one journaled operation (options from its journal row); returns the journal update.
+
+    op carries its journal row plus `root` (the image's scanned root) and `backup_root`."""
     src, dst = Path(op["src"]), Path(op["dst"] or op["src"])
     options = json.loads(op["params"] or "{}")
+    meta = options.get("file") or {"link": None}
     try:
-        if _already_done(op, src, dst):
-            return _finished(op, dst, resumed=True)
-        if not src.exists():
-            return {"op_id": op["op_id"], "state": "skipped", "error": f"{src} no longer exists; run `vdc-lake scan`"}
-        if op["backup"] is not None:
-            backup = Path(op["backup"])
-            if not _verified(backup, op["checksum_before"]):
-                if content_hash(src) != op["checksum_before"]:
-                    return {"op_id": op["op_id"], "state": "skipped",
-                            "error": f"{src} changed since it was scanned; run `vdc-lake scan` and plan again"}
-                make_backup(src, backup, op["checksum_before"])
-        elif content_hash(src) != op["checksum_before"]:
-            return {"op_id": op["op_id"], "state": "skipped",
-                    "error": f"{src} changed since it was scanned; run `vdc-lake scan` and plan again"}
-        ACTIONS[op["action"]].run(src, dst, options)
-        return _finished(op, dst, resumed=False)
+        refused = _confinement_error(op, op.get("backup_root"))
+        if refused:
+            return _skipped(op, f"refused {refused}")
+        if _already_done(op, meta, src, dst):
+            return _finished(op, meta, dst, resumed=True)
+        if not os.path.lexists(src):
+            return _skipped(op, f"{src} no longer exists; run `vdc-lake scan`")
+        try:
+            current = _current_checksum(src)
+        except (OSError, ValueError) as e:
+            return _skipped(op, f"{src} cannot be read now ({getattr(e, 'strerror', None) or e}); nothing done")
+        if current != op["checksum_before"] or (meta.get("link") is not None and not _holds_bytes(src, None, meta)):
+            return _skipped(op, f"{src} changed since it was scanned; run `vdc-lake scan` and plan again")
+        if op["action"] == "delete":
+            why = _reason_no_longer_holds(op, src, options)
+            if why:
+                return _skipped(op, f"skipped: reason no longer holds for {src}: {why}")
+        if op["backup"] is not None and not _backup_ok(op, meta):
+            make_backup(src, Path(op["backup"]), op["checksum_before"], meta)
+        with _private_files():
+            ACTIONS[op["action"]].run(src, dst, options)
+        return _finished(op, meta, dst, resumed=False)
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; it is journaled
         return {"op_id": op["op_id"], "state": "failed", "error": f"{type(e).__name__}: {e}"}
 
 
-def _finished(op: dict[str, Any], dst: Path, *, resumed: bool) -> dict[str, Any]:
+def _finished(op: dict[str, Any], meta: dict[str, Any], dst: Path, *, resumed: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"op_id": op["op_id"], "state": "done", "error": None, "resumed": resumed}
     if op["action"] != "delete":
+        _set_metadata(dst, meta)
         result["facts"] = inspect_header(str(dst))
         result["checksum_after"] = result["facts"]["content_hash"]
     return result
@@ -253,6 +494,17 @@ def _update_changed_images(catalog: Catalog, run_id: int, changed: list[dict], o
         )
 
 
+def _journal_ops(catalog: Catalog, where: str, params: list[Any]) -> list[dict[str, Any]]:
+    """Journal rows with the image's scanned root and the run's backup folder (both from the catalog)."""
+    return catalog.arrow(
+        f"""SELECT j.*, i.root AS root, json_extract_string(r.params, '$.backup_dir') AS backup_root
+            FROM journal j JOIN runs r USING (run_id)
+            LEFT JOIN (SELECT image_id, any_value(root) AS root FROM images GROUP BY image_id) i USING (image_id)
+            WHERE {where}""",
+        params,
+    ).to_pylist()
+
+
 def _run_ops(catalog: Catalog, run_id: int, ops: list[dict], summary: ApplySummary, quiet: bool,
              backend: str = "local"):
     by_id = {op["op_id"]: op for op in ops}
@@ -296,10 +548,14 @@ def unfinished_count(catalog: Catalog) -> int:
 def resume_unfinished(catalog: Catalog, *, quiet: bool = False, backend: str = "local") -> ApplySummary:
     """Finish every operation left `planned` by a killed apply, in its own run."""
     summary = ApplySummary(run_id=None)
+    remove_leftovers(catalog)  # temp files a killed or failed apply left next to its files
     runs = catalog.rows("SELECT DISTINCT run_id FROM journal WHERE state = 'planned' ORDER BY run_id")
+    roots = _scanned_roots(catalog)
     for (run_id,) in runs:
-        ops = catalog.arrow("SELECT * FROM journal WHERE run_id = ? AND state = 'planned' ORDER BY op_id",
-                            [run_id]).to_pylist()
+        ops = sorted(_journal_ops(catalog, "j.run_id = ? AND j.state = 'planned'", [run_id]), key=lambda o: o["op_id"])
+        recorded = ops[0]["backup_root"] if ops else None
+        if recorded is not None:
+            check_backup_dir(roots, recorded, f"the backup folder of apply run {run_id}")
         summary.planned += len(ops)
         _run_ops(catalog, run_id, ops, summary, quiet, backend)
         catalog.execute("UPDATE runs SET status = 'done', finished_at = now() WHERE run_id = ?", [run_id])
@@ -315,10 +571,12 @@ def apply_plan(
     quiet: bool = False,
     backend: str = "local",
 ) -> ApplySummary:
-    """Carry out a plan with the journaled protocol. Unfinished earlier operations run first."""
+    """Carry out a plan with the journaled protocol. Unfinished earlier operations run first.
+
+    The backup folder must lie outside every scanned root (PlanError otherwise)."""
     if backup_dir is None and not no_backup:
         raise PlanError("apply needs --backup-dir DIR (or an explicit --no-backup to change files without a copy)")
-    backup_root = None if no_backup else Path(backup_dir).expanduser().resolve()
+    backup_root = None if no_backup else check_backup_dir(_scanned_roots(catalog), backup_dir)
     resumed = resume_unfinished(catalog, quiet=quiet, backend=backend)
     if len(plan) == 0:
         return ApplySummary(None, resumed=resumed.done, skipped=resumed.skipped, failed=resumed.failed,
@@ -327,91 +585,205 @@ def apply_plan(
     with catalog.run(f"apply:{plan.decision}", options) as run_id:
         summary = ApplySummary(run_id, planned=len(plan))
         summary.resumed = resumed.done
+        rows = _journal_rows(catalog, plan, run_id, backup_root, _sanitize_pixel_limit(catalog))
         with catalog.transaction():
             op_ids = catalog.next_ids("op_id_seq", len(plan))
-            catalog.insert_arrow("journal", _journal_rows(plan, run_id, backup_root, op_ids))
-        ops = catalog.arrow("SELECT * FROM journal WHERE run_id = ? ORDER BY op_id", [run_id]).to_pylist()
+            catalog.insert_arrow("journal", rows.set_column(0, "op_id", pa.array(op_ids, pa.int64())))
+        ops = sorted(_journal_ops(catalog, "j.run_id = ?", [run_id]), key=lambda o: o["op_id"])
         _run_ops(catalog, run_id, ops, summary, quiet, backend)
         summary.errors = resumed.errors + summary.errors
         catalog.finish_run(run_id, summary=asdict(summary), status="done")
     return summary
 
 
+def _sanitize_pixel_limit(catalog: Catalog) -> int | None:
+    """The decompression-bomb limit of the newest sanitize run (decode checks before a delete use it)."""
+    value = catalog.scalar("SELECT json_extract_string(params, '$.max_pixels') FROM runs "
+                           "WHERE stage = 'sanitize' ORDER BY run_id DESC LIMIT 1")
+    return int(value) if value else None
+
+
 # -- restore ------------------------------------------------------------------------------------
 
-def _restore_ops(catalog: Catalog, run_id: int | None) -> list[dict[str, Any]]:
-    where = "AND j.run_id = ?" if run_id is not None else ""
-    ops = catalog.arrow(
-        f"""SELECT j.*, json_extract_string(r.params, '$.backup_dir') AS backup_root
-            FROM journal j JOIN runs r USING (run_id)
-            WHERE j.state IN ('done', 'planned', 'failed') {where}
-            ORDER BY j.op_id DESC""",
-        [run_id] if run_id is not None else [],
-    ).to_pylist()
+def _restore_ops(catalog: Catalog, run_id: int | None, backup_dir: str | os.PathLike | None) -> list[dict[str, Any]]:
+    """The operations to undo, newest first, each with the backup path to restore from.
+
+    Refuses (PlanError, before any file is touched) an operation whose paths leave the image's
+    scanned root, or whose backup is not where apply puts it inside the backup folder: the
+    folder given (`backup_dir`, the user's word) or else the run's recorded one, which must lie
+    outside every scanned root."""
     if run_id is not None and not catalog.scalar("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]):
         raise PlanError(f"there is no run {run_id}; list runs with `vdc-lake sql \"SELECT * FROM runs\"`")
+    where = "j.state IN ('done', 'planned', 'failed')" + (" AND j.run_id = ?" if run_id is not None else "")
+    ops = sorted(_journal_ops(catalog, where, [run_id] if run_id is not None else []),
+                 key=lambda o: o["op_id"], reverse=True)
+    roots = _scanned_roots(catalog)
+    given = check_backup_dir(roots, backup_dir) if backup_dir is not None else None
+    checked: set[str] = set()
     for op in ops:
-        if op["backup"] is None:
-            continue
-        root = Path(op["backup_root"] or "/nonexistent").resolve()
-        if not Path(op["backup"]).resolve().is_relative_to(root):
-            raise PlanError(
-                f"refusing to restore op {op['op_id']}: backup path {op['backup']} escapes the backup root {root}"
-            )
+        if op["backup"] is not None and given is not None:
+            recorded, op["backup_root"] = op["backup"], str(given)
+            rel = _rel_in_root(op["src"], op["root"] or "")
+            tail = str(_backup_path(Path("/"), op["run_id"], op["root"] or "", rel or ""))
+            if rel is not None and recorded.endswith(tail):
+                op["backup"] = str(_backup_path(given, op["run_id"], op["root"], rel))
+            else:
+                op["backup"] = recorded  # not apply's layout: refused below
+        elif op["backup"] is not None and op["backup_root"] not in checked:
+            check_backup_dir(roots, op["backup_root"] or "/", f"the backup folder of apply run {op['run_id']}")
+            checked.add(op["backup_root"])
+            op["backup_root"] = str(Path(os.path.realpath(op["backup_root"])))
+        elif op["backup"] is not None:
+            op["backup_root"] = str(Path(os.path.realpath(op["backup_root"])))
+        refused = _confinement_error(op, op["backup_root"])
+        if refused:
+            raise PlanError(f"refusing to restore {refused}")
     return ops
 
 
-def _restore_one(op: dict[str, Any]) -> tuple[str, str | None]:
-    """Returns (outcome, error): outcome is restored | original | failed."""
+def _user_changed(op: dict[str, Any], meta: dict[str, Any]) -> list[Path]:
+    """Paths where the bytes are not what apply left (the user's later edits, or a new file where
+    apply deleted one); an interrupted operation (no checksum_after) counts as apply's own."""
     src, dst = Path(op["src"]), Path(op["dst"] or op["src"])
-    if src.exists() and _verified(src, op["checksum_before"]) and (dst == src or not dst.exists()):
-        return "original", None
-    if op["backup"] is None:
-        return "failed", f"{src}: changed with --no-backup; nothing to restore from"
-    backup = Path(op["backup"])
-    if not _verified(backup, op["checksum_before"]):
-        if src.exists() and _verified(src, op["checksum_before"]):
-            if dst != src and dst.exists():
-                dst.unlink()
+    changed = []
+    if op["action"] == "delete" or dst != src:
+        if os.path.lexists(src) and not _holds_bytes(src, op["checksum_before"], meta):
+            changed.append(src)
+    if op["action"] != "delete" and os.path.lexists(dst) and op["checksum_after"] is not None:
+        if dst.is_symlink() or not _verified(dst, op["checksum_after"]):
+            changed.append(dst)
+    return changed
+
+
+def _classify(op: dict[str, Any], force: bool) -> tuple[str, str | None]:
+    """What restore would do with op: original | restore | no_backup | conflict | failed, and why."""
+    src, dst = Path(op["src"]), Path(op["dst"] or op["src"])
+    meta = (json.loads(op["params"] or "{}").get("file")) or {"link": None}
+    if _holds_bytes(src, op["checksum_before"], meta):
+        if dst == src or not os.path.lexists(dst):
             return "original", None
-        return "failed", f"{src}: backup {backup} is missing or does not match the original checksum"
-    tmp = src.with_name(src.name + ".vdc-restore")
+        if op["state"] != "done":
+            return "cleanup", None  # an interrupted recompress: only its output is left to remove
+    if op["backup"] is None:
+        return "no_backup", f"{src}: changed with --no-backup; nothing to restore from"
+    if not _backup_ok(op, meta):
+        return "failed", f"{src}: backup {op['backup']} is missing or does not match the original checksum"
+    changed = _user_changed(op, meta)
+    if changed and not force:
+        return "conflict", (f"{', '.join(map(str, changed))}: changed since apply run {op['run_id']}; not restored "
+                            "(`vdc-lake restore --force` restores it and keeps your version next to the backup)")
+    return "restore", None
+
+
+def _keep_aside(path: Path, backup: Path, stamp: str) -> Path:
+    """Copy the user's version of path next to the backup (the backup folder is outside every root)."""
+    aside = backup.with_name(f"{path.name}{USER_COPY_INFIX}{stamp}")
+    shutil.copy2(path, aside, follow_symlinks=False)
+    if not aside.is_symlink():
+        _fsync_file(aside)
+    _fsync_dir(aside.parent)
+    return aside
+
+
+def _link_sibling(op: dict[str, Any], meta: dict[str, Any]) -> str | None:
+    """A catalogued hard link of the original (same root) that still holds the original bytes."""
+    for path in meta.get("hardlinks") or []:
+        if _rel_in_root(path, op["root"]) is None or not _entry_inside(path, op["root"]):
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_dev == meta.get("dev") and _verified(Path(path), op["checksum_before"]):
+            return path
+    return None
+
+
+def _put_back(op: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Make src what it was (the link, a hard link to its sibling, or a copy of the backup with
+    the recorded owner, mode and times) through a temp entry + os.replace; remove dst if it moved."""
+    src, dst = Path(op["src"]), Path(op["dst"] or op["src"])
     src.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(backup, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    tmp = src.with_name(src.name + RESTORE_SUFFIX)
+    tmp.unlink(missing_ok=True)
+    sibling = _link_sibling(op, meta) if meta.get("link") is None else None
+    if meta.get("link") is not None:
+        os.symlink(meta["link"], tmp)
+    elif sibling is not None:
+        os.link(sibling, tmp)
+    else:
+        with _private_files():
+            shutil.copy2(op["backup"], tmp)
+        _set_metadata(tmp, meta)
+        _fsync_file(tmp)
     os.replace(tmp, src)
-    if dst != src and dst.exists():
+    if dst != src and os.path.lexists(dst):
         dst.unlink()
-    return "restored", None
+    _fsync_dir(src.parent)
 
 
-def restore(catalog: Catalog, *, run_id: int | None = None, dry_run: bool = False, quiet: bool = False):
-    """Undo one apply run (or every run, newest first) from its verified backups."""
-    ops = _restore_ops(catalog, run_id)
+def restore(catalog: Catalog, *, run_id: int | None = None, dry_run: bool = False, quiet: bool = False,
+            force: bool = False, backup_dir: str | os.PathLike | None = None) -> RestoreSummary:
+    """Undo one apply run (or every run, newest first) from its verified backups.
+
+    A file the user changed since apply is left alone unless `force` (then the user's version is
+    kept next to the backup as NAME.vdc-user-STAMP). `backup_dir` names the backup folder (when
+    the catalog's record is not to be trusted, or the folder moved). With dry_run nothing changes
+    and the summary says what would happen."""
+    ops = _restore_ops(catalog, run_id, backup_dir)
     summary = RestoreSummary()
-    if dry_run:
-        summary.restored = len(ops)
-        return summary
-    catalog.release()
+    if not dry_run:
+        catalog.release()
+        remove_leftovers_of(ops)  # temp files a killed or failed restore left (its rows are still `done`)
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     outcomes: list[tuple[dict, str]] = []
-    with progress_bar(len(ops), "restore", quiet=quiet) as bar:
+    with progress_bar(len(ops), "restore", quiet=quiet or dry_run) as bar:
         for op in ops:
-            outcome, error = _restore_one(op)
+            outcome, error = _classify(op, force)
+            if outcome == "cleanup":
+                if not dry_run:
+                    Path(op["dst"]).unlink(missing_ok=True)
+                outcome = "original"
+            elif outcome == "restore" and not dry_run:
+                outcome, error = _restore_one(op, summary, stamp)
             outcomes.append((op, outcome))
-            if outcome == "restored":
-                summary.restored += 1
-            elif outcome == "original":
-                summary.already_original += 1
-            else:
-                summary.failed += 1
-                summary.errors.append(error)
+            _tally(summary, outcome, error)
             bar.update()
-    _record_restore(catalog, [(op, o) for op, o in outcomes if o != "failed"])
+    if not dry_run:
+        _record_restore(catalog, [(op, o) for op, o in outcomes if o in ("restore", "original")])
     return summary
 
 
+def _restore_one(op: dict[str, Any], summary: RestoreSummary, stamp: str) -> tuple[str, str | None]:
+    meta = (json.loads(op["params"] or "{}").get("file")) or {"link": None}
+    try:
+        for path in _user_changed(op, meta):
+            summary.kept_aside.append(str(_keep_aside(path, Path(op["backup"]), stamp)))
+        _put_back(op, meta)
+    except OSError as e:
+        return "failed", f"{op['src']}: {type(e).__name__}: {e}"
+    return "restore", None
+
+
+def _tally(summary: RestoreSummary, outcome: str, error: str | None) -> None:
+    if outcome == "restore":
+        summary.restored += 1
+    elif outcome == "original":
+        summary.already_original += 1
+    elif outcome == "no_backup":
+        summary.no_backup += 1
+    elif outcome == "conflict":
+        summary.conflicts += 1
+    else:
+        summary.failed += 1
+    if error:
+        summary.errors.append(error)
+
+
 def _record_restore(catalog: Catalog, outcomes: list[tuple[dict, str]]) -> None:
+    """Journal `restored`; each image's row from its oldest undone operation: the bytes of the
+    version it was planned on make that version current again (and drop rows derived from the
+    versions apply made, which no file holds any more); other bytes get a new version."""
     from vdc_lake.scan import fact_arrays, fact_assignments
 
     if not outcomes:
@@ -421,17 +793,41 @@ def _record_restore(catalog: Catalog, outcomes: list[tuple[dict, str]]) -> None:
         "op_id": pa.array([op["op_id"] for op, _ in outcomes], pa.int64()),
         "image_id": pa.array([op["image_id"] for op, _ in outcomes], pa.int64()),
         "src": [op["src"] for op, _ in outcomes],
+        "planned_version": pa.array([op["version"] for op, _ in outcomes], pa.int32()),
+        "same_bytes": pa.array([f["content_hash"] is not None and f["content_hash"] == op["checksum_before"]
+                                for (op, _), f in zip(outcomes, facts)], pa.bool_()),
     }
     columns.update(fact_arrays(facts))
     assignments = fact_assignments("r")
     with catalog.registered("restored_facts", pa.table(columns)), catalog.transaction():
         catalog.execute("UPDATE journal SET state = 'restored', ts = now() FROM restored_facts r "
-                    "WHERE journal.op_id = r.op_id")
-        # The newest op per image decides the row; bytes changed back, so the version moves on.
+                        "WHERE journal.op_id = r.op_id")
+        oldest = "SELECT * FROM restored_facts QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY op_id) = 1"
+        _drop_superseded_rows(catalog, oldest)
         catalog.execute(
-            f"""UPDATE images SET {assignments}, present = true, version = images.version + 1,
+            f"""UPDATE images SET {assignments}, present = true,
+                       version = CASE WHEN r.same_bytes THEN r.planned_version ELSE images.version + 1 END,
                        rel_path = substr(r.src, length(images.root) + 2)
-                FROM (SELECT * FROM restored_facts QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY op_id) = 1) r
+                FROM ({oldest}) r
                 WHERE images.image_id = r.image_id"""
         )
 
+
+def _drop_superseded_rows(catalog: Catalog, oldest_sql: str) -> None:
+    """Delete rows derived from versions newer than the one a restore makes current again: no
+    file holds those bytes now, and the next change must not find them under its version number."""
+    columns: dict[str, set[str]] = {}
+    for table, column in catalog.rows(
+            """SELECT c.table_name, c.column_name FROM information_schema.columns c
+               JOIN information_schema.tables t USING (table_catalog, table_schema, table_name)
+               WHERE t.table_type = 'BASE TABLE' AND c.table_schema = 'main'
+                 AND c.table_name NOT IN ('images', 'journal')"""):
+        columns.setdefault(table, set()).add(column)
+    for table, cols in sorted(columns.items()):
+        pairs = [(i, v) for i, v in (("image_id", "version"), ("image_a", "version_a"), ("image_b", "version_b"))
+                 if {i, v} <= cols]
+        for image_col, version_col in pairs:
+            catalog.execute(
+                f"""DELETE FROM "{table}" WHERE EXISTS (
+                        SELECT 1 FROM ({oldest_sql}) r WHERE r.same_bytes AND r.image_id = "{table}".{image_col}
+                                                         AND "{table}".{version_col} > r.planned_version)""")
