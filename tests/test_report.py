@@ -206,7 +206,8 @@ def test_report_shows_every_section_from_the_decision_views(report_dir):
     assert "before: predicted 90°" in page and "after: rotate 90° clockwise" in page
     assert 'class="card delete"' in page and 'class="card keep"' in page
     assert page.count("<svg ") >= 3  # rotation confidence, pair distances, cluster sizes
-    assert "apply 0.25" in page and "report 0.5" in page and "threshold 0.75" in page
+    # the builtin set's own dedup thresholds (no config sets them), the bundled rotation threshold
+    assert "apply 0.08" in page and "report 0.16" in page and "threshold 0.75" in page
     assert "Sample run" in page and "no sample run yet" not in page
     thumbs = set(re.findall(r'src="(thumbs/[^"]+)"', page))
     assert thumbs and all((report_dir / t).is_file() for t in thumbs)

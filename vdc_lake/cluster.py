@@ -212,8 +212,9 @@ def cluster(catalog: Catalog, set_name: str, *, n_clusters: Sequence[int], metho
 
 
 def _clustered_images(catalog: Catalog, cluster_run: int) -> tuple[pa.Table, np.ndarray]:
-    """(present images of the run: image_id, version, level-0 distance; their [n, L] cluster
-    ids), one row per image. One column per level by a filtered aggregate: a plain hash
+    """(images of the run that every upstream decision keeps (surviving_images: not deleted by
+    sanitize, readable, not a removed duplicate, example or score) with image_id, version,
+    level-0 distance; their [n, L] cluster ids), one row per image. One column per level by a filtered aggregate: a plain hash
     aggregation, where list(... ORDER BY level) sorts every group (`vdc-lake sample` of
     4.1M images: 3.7 s instead of 5.7 s)."""
     depth = int(catalog.scalar("SELECT coalesce(max(level) + 1, 0) FROM assignments WHERE run_id = ?",
@@ -224,7 +225,7 @@ def _clustered_images(catalog: Catalog, cluster_run: int) -> tuple[pa.Table, np.
         SELECT a.image_id, a.version,
                max(a.distance) FILTER (WHERE a.level = 0) AS distance{', ' + levels if levels else ''}
         FROM assignments a
-        JOIN image_files f ON f.image_id = a.image_id AND f.version = a.version
+        JOIN surviving_images f ON f.image_id = a.image_id AND f.version = a.version
         WHERE a.run_id = ?
         GROUP BY a.image_id, a.version
         ORDER BY a.image_id
@@ -241,24 +242,35 @@ def _clustered_images(catalog: Catalog, cluster_run: int) -> tuple[pa.Table, np.
     return data.select(["image_id", "version", "distance"]), matrix
 
 
-def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allocation: str = "water-filling",
-           strategy: str = "random", seed: int = 0) -> SampleSummary:
-    """Select exactly `total` present images, balanced down the cluster hierarchy."""
+def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allocation: str,
+           strategy: str, seed: int) -> SampleSummary:
+    """Select exactly `total` images, balanced down the cluster hierarchy, among the clustered
+    images that the catalog's current decisions keep (surviving_images), so `curated` and
+    `export` hold exactly `total` afterwards."""
     from vdc_lake.sampling import hierarchical_sample
 
+    if isinstance(total, bool) or int(total) != total or total < 1:
+        raise StageError(f"--total must be a whole number >= 1, not {total!r}")
     if cluster_run is None:
         cluster_run = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage = 'cluster' AND status = 'done'")
         if cluster_run is None:
             raise StageError("no clustering to sample from: run `vdc-lake cluster --set NAME` first")
     data, matrix = _clustered_images(catalog, cluster_run)
     if data.num_rows < total:
-        raise StageError(f"asked for {total:,} images but only {data.num_rows:,} present images are clustered "
-                         f"in run {cluster_run}; lower --total")
+        clustered = int(catalog.scalar(
+            "SELECT count(DISTINCT a.image_id) FROM assignments a JOIN image_files f "
+            "ON f.image_id = a.image_id AND f.version = a.version WHERE a.run_id = ?", [cluster_run]) or 0)
+        raise StageError(f"asked for {total:,} images but only {data.num_rows:,} of the {clustered:,} present images "
+                         f"clustered in run {cluster_run} survive the pending sanitize, dedup, example and score "
+                         f"decisions; use --total {data.num_rows:,} or less")
     distances = data.column("distance").to_numpy(zero_copy_only=False)
     params = {"total": total, "cluster_run": cluster_run, "allocation": allocation, "strategy": strategy, "seed": seed}
     with catalog.run("sample", params) as run_id:
         chosen = hierarchical_sample(matrix, total, allocation=allocation, strategy=strategy,
                                      distances=distances, seed=seed)
+        if len(chosen) != total:  # the allocation is exact by construction; never record a short sample
+            raise StageError(f"sampling selected {len(chosen):,} images instead of {total:,}; "
+                             "nothing was recorded (please report this)")
         with catalog.transaction():
             catalog.insert_arrow("samples", pa.table({
                 "run_id": pa.array(np.full(len(chosen), run_id, np.int64)),
@@ -266,7 +278,7 @@ def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allo
                 "version": pa.array(data.column("version").to_numpy()[chosen].astype(np.int32)),
             }))
         top = np.bincount(matrix[chosen, -1]) if len(chosen) else np.zeros(0, int)
-        not_clustered = int(catalog.scalar("SELECT count(*) FROM image_files") or 0) - data.num_rows
+        not_clustered = int(catalog.scalar("SELECT count(*) FROM surviving_images") or 0) - data.num_rows
         summary = SampleSummary(run_id, int(cluster_run), total, data.num_rows, not_clustered,
                                 {int(i): int(c) for i, c in enumerate(top) if c})
         catalog.finish_run(run_id, summary=asdict(summary))

@@ -147,8 +147,10 @@ def _thumbs(rows: Sequence[dict]) -> list[Thumb]:
     return [Thumb(r["image_id"], r["version"], r["path"]) for r in rows]
 
 
-def _funnel(catalog: Catalog, *, dedup_threshold: float, rotation_threshold: float) -> list[tuple[str, int, str]]:
-    """[(stage, images left, note)]: each stage removes from what the previous one left."""
+def _funnel(catalog: Catalog, *, dedup_threshold: float | None, rotation_threshold: float) -> list[tuple[str, int, str]]:
+    """[(stage, images left, note)]: each stage removes from what the previous one left.
+    dedup_threshold None: the catalog's per-set thresholds (as `curated`), so with no override
+    the last row equals `curated`."""
     has_rotation = bool(catalog.scalar("SELECT count(*) FROM prediction_sets WHERE kind = 'rotation'"))
     sample_run = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage = 'sample' AND status = 'done'")
     filter_run = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage = 'filter-examples' AND status = 'done'")
@@ -179,6 +181,8 @@ def _funnel(catalog: Catalog, *, dedup_threshold: float, rotation_threshold: flo
             SELECT d.* FROM deduplicated AS d
             WHERE NOT EXISTS (SELECT 1 FROM example_actions() AS e
                               WHERE e.image_id = d.image_id AND e.version = d.version AND e.action = 'delete')
+              AND NOT EXISTS (SELECT 1 FROM score_actions(setting('filter_by_score', 'name')) AS e
+                              WHERE e.image_id = d.image_id AND e.version = d.version AND e.action = 'delete')
         ),
         sampled AS (
             SELECT f.* FROM filtered AS f
@@ -188,16 +192,18 @@ def _funnel(catalog: Catalog, *, dedup_threshold: float, rotation_threshold: flo
         SELECT (SELECT count(*) FROM present), (SELECT count(*) FROM sanitized), (SELECT n FROM rotated),
                (SELECT count(*) FROM deduplicated), (SELECT count(*) FROM filtered), (SELECT count(*) FROM sampled)
         """,
-        {"rotation": float(rotation_threshold), "dedup": float(dedup_threshold), "sample_run": sample_run},
+        {"rotation": float(rotation_threshold), "dedup": None if dedup_threshold is None else float(dedup_threshold),
+         "sample_run": sample_run},
     )[0]
     scanned, sanitized, rotated, deduplicated, filtered, sampled = (int(v or 0) for v in row)
+    examples_threshold = catalog.scalar("SELECT setting('filter_by_examples', 'threshold')")
     return [
         ("scanned", scanned, "present images"),
         ("sanitized ok", sanitized, "without a pending sanitize delete or an unreadable finding"),
         ("rotated", sanitized, f"{rotated:,} to be turned upright (probability > {rotation_threshold:g})"
          if has_rotation else "no rotation predictions yet: run vdc-lake predict --kind rotation"),
-        ("deduplicated", deduplicated, f"duplicates removed at distance < {dedup_threshold:g}"),
-        ("filtered", filtered, "unwanted-example filter at its default threshold" if filter_run
+        ("deduplicated", deduplicated, f"duplicates removed at distance < {_describe_apply(catalog, dedup_threshold)}"),
+        ("filtered", filtered, f"unwanted-example filter at threshold {examples_threshold}" if filter_run
          else "no filter run yet: run vdc-lake filter examples"),
         ("sampled", sampled, f"in sample run {sample_run}" if sample_run
          else "no sample run yet: run vdc-lake sample --total N"),
@@ -298,7 +304,7 @@ groups AS (
     FROM members GROUP BY group_id
 ),
 picked AS (
-    SELECT * FROM groups ORDER BY abs(spread - $apply), group_id LIMIT $groups
+    SELECT * FROM groups ORDER BY abs(spread - $order_at), group_id LIMIT $groups
 ),
 final AS (
     SELECT m.*, p.group_size, p.spread, (SELECT count(*) FROM groups) AS n_groups,
@@ -306,12 +312,34 @@ final AS (
     FROM members AS m JOIN picked AS p ON p.group_id = m.group_id
     WHERE m.rank_in_group <= $per_group
 )
-SELECT * FROM final ORDER BY abs(spread - $apply), group_id, rank_in_group
+SELECT * FROM final ORDER BY abs(spread - $order_at), group_id, rank_in_group
 """
 
 
-def _distance_histograms(catalog: Catalog, dedup_threshold: float, report_threshold: float) -> list[str]:
-    """Per embedding set: a histogram of the newest report's pair distances, thresholds marked."""
+def _set_thresholds(catalog: Catalog, set_name: str | None, dedup_threshold: float | None,
+                    report_threshold: float | None) -> tuple[float, float]:
+    """(apply, report) for one set: the given override, else the catalog's (dedup_thresholds view)."""
+    from vdc_lake.settings import dedup_thresholds
+
+    resolved = dedup_thresholds(catalog, set_name)
+    return (resolved["apply_threshold"] if dedup_threshold is None else dedup_threshold,
+            resolved["report_threshold"] if report_threshold is None else report_threshold)
+
+
+def _describe_apply(catalog: Catalog, dedup_threshold: float | None) -> str:
+    """'0.25', or the per-set values of the catalog: '0.08 (set builtin), 0.25 (set sscd)'."""
+    if dedup_threshold is not None:
+        return f"{dedup_threshold:g}"
+    rows = catalog.rows("SELECT DISTINCT t.set_name, t.apply_threshold FROM near_duplicate_edges AS e "
+                        "JOIN dedup_thresholds AS t ON t.set_name = e.set_name ORDER BY 1")
+    if not rows:
+        return f"{_set_thresholds(catalog, None, None, None)[0]:g}"
+    return ", ".join(f"{value:g} (set {name})" for name, value in rows)
+
+
+def _distance_histograms(catalog: Catalog, dedup_threshold: float | None, report_threshold: float | None) -> list[str]:
+    """Per embedding set: a histogram of the newest report's pair distances, thresholds marked
+    (the given ones, else the set's own from the catalog's settings)."""
     runs = catalog.rows(
         """SELECT json_extract_string(params, '$.set') AS set_name, max(run_id), arg_max(params, run_id)
            FROM runs WHERE stage = 'dedup-report' AND status = 'done' GROUP BY ALL ORDER BY 1"""
@@ -324,27 +352,35 @@ def _distance_histograms(catalog: Catalog, dedup_threshold: float, report_thresh
         distances = catalog.arrow("SELECT distance FROM near_duplicate_edges WHERE set_name = ?",
                                   [set_name]).column(0).to_numpy()
         searched = json.loads(params or "{}").get("threshold")
-        hi = max(float(searched or 0), report_threshold, dedup_threshold, float(distances.max(initial=0.0))) * 1.05
+        apply_at, report_at = _set_thresholds(catalog, set_name, dedup_threshold, report_threshold)
+        hi = max(float(searched or 0), report_at, apply_at, float(distances.max(initial=0.0))) * 1.05
         body.append(f"<h3>Pair distances, set {_e(set_name)} <small>(report run {run_id}, "
                     f"{len(distances):,} pairs under {_e(searched)})</small></h3>")
         body.append(svg_histogram(distances, lo=0.0, hi=hi, x_label="pair distance", markers=[
-            (dedup_threshold, f"apply {dedup_threshold:g}", "#c0392b"),
-            (report_threshold, f"report {report_threshold:g}", "#2471a3")]))
+            (apply_at, f"apply {apply_at:g}", "#c0392b"),
+            (report_at, f"report {report_at:g}", "#2471a3")]))
     return body
 
 
-def _duplicates_section(catalog: Catalog, dedup_threshold: float, report_threshold: float, examples: int) -> Section:
+def _duplicates_section(catalog: Catalog, dedup_threshold: float | None, report_threshold: float | None,
+                        examples: int) -> Section:
     section = Section("duplicates", "Duplicates")
     section.body.extend(_distance_histograms(catalog, dedup_threshold, report_threshold))
+    if report_threshold is None:  # groups up to the largest report threshold of the reported sets
+        sets = [r[0] for r in catalog.rows("SELECT DISTINCT set_name FROM near_duplicate_edges")] or [None]
+        report_threshold = max(_set_thresholds(catalog, name, None, None)[1] for name in sets)
+    order_at = dedup_threshold if dedup_threshold is not None else _set_thresholds(catalog, None, None, None)[0]
     members = catalog.arrow(_DUPLICATE_GROUPS_SQL, {
-        "report": float(report_threshold), "apply": float(dedup_threshold), "groups": DUPLICATE_GROUPS_SHOWN,
+        "report": float(report_threshold), "apply": None if dedup_threshold is None else float(dedup_threshold),
+        "order_at": float(order_at), "groups": DUPLICATE_GROUPS_SHOWN,
         "per_group": max(int(examples), 2)}).to_pylist()
+    apply_text = _describe_apply(catalog, dedup_threshold)
     if not members:
         section.body.append(_note(f"no duplicate groups at distance < {report_threshold:g}"))
         return section
     section.body.append(f"<p>{members[0]['n_groups']:,} groups at distance &lt; {report_threshold:g} (report "
                         f"threshold); {int(members[0]['n_removed']):,} images removed at the apply threshold "
-                        f"{dedup_threshold:g}. Groups whose largest distance is nearest the apply threshold come "
+                        f"{apply_text}. Groups whose largest distance is nearest the apply threshold come "
                         "first; a green frame is kept, a red one removed at the apply threshold.</p>")
     groups: dict[int, list[dict]] = {}
     for m in members:
@@ -354,7 +390,7 @@ def _duplicates_section(catalog: Catalog, dedup_threshold: float, report_thresho
         section.body.append(f"<div><h3>group {group[0]['group_id']} <small>({_count(group[0]['group_size'], 'image')}"
                             f", largest distance {group[0]['spread']:.4f})</small></h3>")
         section.body.append(Gallery([
-            (t, f"{m['action_at_apply']} at {dedup_threshold:g} · nearest {m['nearest_distance']:.4f}",
+            (t, f"{m['action_at_apply']} at {apply_text} · nearest {m['nearest_distance']:.4f}",
              "delete" if m["action_at_apply"] == "delete" else "keep")
             for m, t in zip(group, _thumbs(group))
         ]))
@@ -552,16 +588,22 @@ def _page(catalog: Catalog, stages: list[tuple[str, int, str]], sections: list[S
     return "\n".join(parts)
 
 
-def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: int = 8,
-                 dedup_threshold: float = 0.25, report_threshold: float = 0.5, rotation_threshold: float = 0.75,
-                 thumb_size: int = THUMB_SIZE, workers: int | None = None, quiet: bool = False) -> Path:
+def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: int | None = None,
+                 dedup_threshold: float | None = None, report_threshold: float | None = None,
+                 rotation_threshold: float | None = None, thumb_size: int = THUMB_SIZE, workers: int | None = None,
+                 quiet: bool = False) -> Path:
     """Write out_dir/index.html and out_dir/thumbs/*.jpg; returns the index.html path.
 
     thumbnails: example images per rule, duplicate group and cluster (0: numbers only).
     dedup_threshold: the apply threshold (distance) whose deletions the funnel counts;
     report_threshold: duplicate groups are shown up to this distance; rotation_threshold:
-    minimum probability of a rotation correction. Reads the catalog only.
+    minimum probability of a rotation correction. None (each): the catalog's settings, the
+    values `plan`, `status` and `curated` use (dedup: per embedding set). Reads the catalog only.
     """
+    if thumbnails is None:
+        thumbnails = int(catalog.scalar("SELECT setting('report', 'thumbnails')"))
+    if rotation_threshold is None:
+        rotation_threshold = float(catalog.scalar("SELECT setting('rotation_correction', 'threshold')"))
     out_dir = Path(out_dir)
     (out_dir / "thumbs").mkdir(parents=True, exist_ok=True)
     stages = _funnel(catalog, dedup_threshold=dedup_threshold, rotation_threshold=rotation_threshold)
