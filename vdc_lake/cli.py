@@ -29,11 +29,30 @@ class Context:
         self.quiet = quiet
 
     def writer(self, *, create: bool = False) -> Catalog:
-        """Open for writing; only commands that register files (scan) may create the catalog."""
-        return Catalog(self.catalog_path, create=create, scale=self.config.values["scale"])
+        """Open for writing; only commands that register files (scan) may create the catalog.
+        The effective config becomes the catalog's settings (what the decision views read)."""
+        from vdc_lake.settings import changed_note, record_settings
+
+        catalog = Catalog(self.catalog_path, create=create, scale=self.config.values["scale"])
+        try:
+            self._note(changed_note(record_settings(catalog, self.config)))
+        except BaseException:
+            catalog.close()
+            raise
+        return catalog
 
     def reader(self) -> Catalog:
+        """Open read-only, after recording the effective config as the catalog's settings when
+        it differs and no other command holds the catalog (see vdc_lake.settings)."""
+        from vdc_lake.settings import sync_settings
+
+        self._note(sync_settings(self.catalog_path, self.config))
         return Catalog(self.catalog_path, read_only=True, scale=self.config.values["scale"])
+
+    @staticmethod
+    def _note(text: str | None) -> None:
+        if text:
+            click.echo(text, err=True)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -223,6 +242,9 @@ def status(ctx: Context) -> None:
     echo_table(report["images"], ["images", "count"])
     click.echo()
     echo_table(report["pending"], ["stage", "action", "images"])
+    click.echo(f"curated (what export writes): {report['curated']} images")
+    click.echo()
+    echo_table(report["settings"], ["decision setting", "value", "source"])
     click.echo()
     echo_table(report["runs"], ["run", "stage", "status", "started", "seconds"])
 
@@ -727,7 +749,8 @@ def sample_command(ctx: Context, total: int, cluster_run: int | None, allocation
         s = sample(catalog, total, cluster_run=cluster_run, allocation=cfg["allocation"], strategy=cfg["strategy"],
                    seed=cfg["seed"])
     click.echo(f"sample run {s.run_id}: {s.total} of {s.available} clustered images selected "
-               f"(cluster run {s.cluster_run}); {s.not_clustered} present images were not clustered")
+               f"(cluster run {s.cluster_run}; images the pending decisions remove are left out); "
+               f"{s.not_clustered} surviving images were not clustered")
 
 
 # -- export and report ------------------------------------------------------------------------------
