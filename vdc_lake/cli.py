@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -17,16 +18,50 @@ import click
 from vdc_lake import __version__
 from vdc_lake.catalog import DEFAULT_CATALOG, Catalog
 from vdc_lake.config import Config
-from vdc_lake.errors import VdcLakeError
+from vdc_lake import validate
+from vdc_lake.errors import VdcLakeError, disk_full_error
 
 
 class Context:
-    """What every command needs: the catalog path, the effective config, quiet mode."""
+    """What every command needs: the catalog path, the effective config, quiet mode.
 
-    def __init__(self, catalog_path: str, config_file: str | None, quiet: bool):
+    --catalog, --config and -q are accepted before or after the command name (the later one
+    wins), so the config is read on first use, once every option is known, and checked
+    against vdc_lake.validate's rules.
+    """
+
+    def __init__(self, catalog_path: str, config_file: str | None, quiet: bool, *, catalog_explicit: bool = False):
         self.catalog_path = catalog_path
-        self.config = Config.load(Path(config_file) if config_file else None)
+        self.config_file = config_file
         self.quiet = quiet
+        self.catalog_explicit = catalog_explicit  # given as an option or env, not the default
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            config = Config.load(Path(self.config_file) if self.config_file else None)
+            validate.check_config(config.describe())
+            self._config = config
+        return self._config
+
+    def section(self, section: str, names: dict[str, str] | None = None, **cli_values: Any) -> dict[str, Any]:
+        """A config section with the given CLI values (None = not given) on top, checked by
+        vdc_lake.validate: a bad value is named by its option (--min-width, or `names`) when it
+        came from the command line, by its file and key when it came from a config file."""
+        merged = self.config.section(section, **cli_values)
+        given = {key for key, value in cli_values.items() if value is not None and value != ()}
+
+        def name_of(key: str) -> str:
+            if key in given:
+                return (names or {}).get(key, "--" + key.replace("_", "-"))
+            return validate.config_origin(section, key, self.config.sources.get((section, key)))
+
+        return validate.check_section(section, merged, name_of)
+
+    def get(self, section: str, key: str, cli_value: Any = None, name: str | None = None) -> Any:
+        """One effective option value (CLI > config file > default), checked like `section`."""
+        return self.section(section, {key: name} if name else None, **{key: cli_value})[key]
 
     def writer(self, *, create: bool = False) -> Catalog:
         """Open for writing; only commands that register files (scan) may create the catalog.
@@ -93,15 +128,96 @@ class IntList(click.Option):
             raise click.BadParameter(f"expected whole numbers, got {value!r}", ctx=ctx, param=self) from None
 
 
+DEBUG_ENV = "VDC_LAKE_DEBUG"  # =1: show the traceback of an error instead of one line
+
+
+def _os_error_message(e: OSError) -> str:
+    import errno
+
+    where = f"{e.filename}: " if e.filename else ""
+    fix = {errno.ENOSPC: "free some space and run the command again (it resumes where it stopped)",
+           errno.EDQUOT: "free some space and run the command again (it resumes where it stopped)",
+           errno.EACCES: "check the permissions of that path",
+           errno.EPERM: "check the permissions and owner of that path",
+           errno.EROFS: "that file system is mounted read-only; choose another path",
+           errno.ENOENT: "check the path"}.get(e.errno or 0, "check the path and run the command again")
+    return f"{where}{(e.strerror or str(e)).lower()}; {fix}"
+
+
+def error_message(e: BaseException) -> str | None:
+    """One line for an error of a known failure class, or None for an unexpected one (a bug)."""
+    import duckdb
+
+    if isinstance(e, VdcLakeError):
+        return str(e)
+    full = disk_full_error(e)  # an OSError or a DuckDB error; names the device and the file written
+    if full is not None:
+        return str(full)
+    if isinstance(e, OSError):
+        return _os_error_message(e)
+    if isinstance(e, duckdb.Error):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"catalog query failed: {first}"
+    if isinstance(e, (ValueError, MemoryError)):
+        return " ".join(str(e).split()) or type(e).__name__
+    return None
+
+
 def handle_errors(func: Callable) -> Callable:
+    """Turn typed errors, and errors of known failure classes (ValueError from a kernel, a
+    DuckDB error from a macro, an OSError such as a full disk), into one `Error:` line.
+    VDC_LAKE_DEBUG=1 shows the traceback instead."""
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except VdcLakeError as e:
-            raise click.ClickException(str(e)) from e
+        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
+            raise
+        except Exception as e:
+            message = error_message(e)
+            if message is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            raise click.ClickException(message) from e
 
     return wrapper
+
+
+def _override_context(attribute: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(click_ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        obj = click_ctx.find_object(Context)
+        if obj is None or value in (None, False):
+            return
+        setattr(obj, attribute, value)
+        if attribute == "catalog_path":
+            obj.catalog_explicit = True
+        elif attribute == "config_file":
+            obj._config = None
+
+    return callback
+
+
+def _common_options() -> list[click.Option]:
+    """--catalog, --config, -q after a command name: they override the ones before it."""
+    return [
+        click.Option(["--catalog"], default=None, expose_value=False, callback=_override_context("catalog_path"),
+                     help="The DuckDB catalog file (overrides the one given before the command)."),
+        click.Option(["--config", "config_file"], type=click.Path(dir_okay=False), default=None, expose_value=False,
+                     callback=_override_context("config_file"), help="TOML file overriding the defaults."),
+        click.Option(["-q", "--quiet"], is_flag=True, default=False, expose_value=False,
+                     callback=_override_context("quiet"), help="No progress bars."),
+    ]
+
+
+class Group(click.Group):
+    """A click group whose commands (and sub-groups' commands) all take the common options."""
+
+    group_class = type  # sub-groups are Groups too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            taken = {opt for param in cmd.params for opt in param.opts}
+            cmd.params.extend(o for o in _common_options() if not set(o.opts) & taken)
+        super().add_command(cmd, name)
 
 
 def echo_table(rows: list[tuple], headers: list[str]) -> None:
@@ -114,7 +230,7 @@ def echo_table(rows: list[tuple], headers: list[str]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--catalog", default=DEFAULT_CATALOG, show_default=True, envvar="VDC_LAKE_CATALOG",
               help="The DuckDB catalog file (env VDC_LAKE_CATALOG).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
@@ -134,7 +250,8 @@ def cli(ctx: click.Context, catalog: str, config_file: str | None, quiet: bool) 
         vdc-lake plan sanitize
         vdc-lake apply sanitize --backup-dir backup --apply
     """
-    ctx.obj = Context(catalog, config_file, quiet)
+    explicit = ctx.get_parameter_source("catalog") not in (click.core.ParameterSource.DEFAULT, None)
+    ctx.obj = Context(catalog, config_file, quiet, catalog_explicit=explicit)
 
 
 # -- scan / sanitize ------------------------------------------------------------------------------
@@ -149,7 +266,7 @@ def backend_options(func: Callable) -> Callable:
 
 def _backend(ctx: Context, backend: str | None, ray_address: str | None) -> str:
     """The effective backend; joins (or starts) the Ray cluster when it is 'ray'."""
-    backend = ctx.config.get("scale", "backend", backend)
+    backend = ctx.get("scale", "backend", backend)
     if backend == "ray":
         from vdc_lake.ray_backend import connect
 
@@ -174,7 +291,7 @@ def scan(ctx: Context, roots: tuple[str, ...], workers: int | None, backend: str
     """
     from vdc_lake.scan import scan as scan_roots
 
-    cfg = ctx.config.section("scan", workers=workers)
+    cfg = ctx.section("scan", workers=workers)
     backend = _backend(ctx, backend, ray_address)
     with ctx.writer(create=True) as catalog:
         s = scan_roots(catalog, roots, extensions=cfg["extensions"], workers=cfg["workers"], quiet=ctx.quiet,
@@ -212,8 +329,8 @@ def sanitize(ctx: Context, quick: bool, recheck: bool, workers: int | None, back
     """
     from vdc_lake.sanitize import sanitize as run_sanitize
 
-    effective = ctx.config.section("sanitize", **rules)
-    workers = ctx.config.get("scan", "workers", workers)
+    effective = ctx.section("sanitize", **rules)
+    workers = ctx.get("scan", "workers", workers)
     backend = _backend(ctx, backend, ray_address)
     with ctx.writer() as catalog:
         s = run_sanitize(catalog, effective, quick=quick, recheck=recheck, workers=workers, quiet=ctx.quiet,
@@ -328,6 +445,7 @@ def _plan(ctx: Context, catalog: Catalog, stage: str, options: dict[str, Any]):
     from vdc_lake.apply import make_plan
     from vdc_lake.decisions import decision_query
 
+    validate.check_decision_options(catalog, stage, **options)
     source_sql, params, op_options = decision_query(stage, ctx.config, **options)
     return make_plan(catalog, stage, source_sql, params, op_options)
 
@@ -345,7 +463,8 @@ def _echo_plan(plan: Any, examples: int) -> None:
 
 @cli.command()
 @click.argument("stage")
-@click.option("--examples", type=int, default=5, show_default=True, help="How many example operations to show.")
+@click.option("--examples", type=click.IntRange(min=0), default=5, show_default=True,
+              help="How many example operations to show.")
 @decision_options
 @pass_ctx
 @handle_errors
@@ -371,7 +490,7 @@ def plan(ctx: Context, stage: str, examples: int, **decision: Any) -> None:
 @click.option("--apply", "do_apply", is_flag=True, help="Really change files (default: dry run).")
 @click.option("--yes", is_flag=True, help="Same as --apply, for scripts.")
 @click.option("--no-backup", is_flag=True, help="Change files without keeping a copy (cannot be restored).")
-@click.option("--examples", type=int, default=5, show_default=True)
+@click.option("--examples", type=click.IntRange(min=0), default=5, show_default=True)
 @backend_options
 @decision_options
 @pass_ctx
@@ -417,26 +536,43 @@ def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes:
 @cli.command()
 @click.option("--run", "run_id", type=int, default=None, help="Undo only this apply run (default: all, newest first).")
 @click.option("--dry-run", is_flag=True, help="Only count what would be restored.")
+@click.option("--force", is_flag=True,
+              help="Also restore files changed since apply; your version is kept next to its backup (NAME.vdc-user-STAMP).")
+@click.option("--backup-dir", type=click.Path(file_okay=False), default=None,
+              help="The backup folder to restore from (default: the one each run recorded); backups outside it are refused.")
 @pass_ctx
 @handle_errors
-def restore(ctx: Context, run_id: int | None, dry_run: bool) -> None:
-    """Undo apply runs from their verified backups; refuses backups outside the backup root.
+def restore(ctx: Context, run_id: int | None, dry_run: bool, force: bool, backup_dir: str | None) -> None:
+    """Undo apply runs from their verified backups: bytes, symlinks, hard links, mode, owner and the
+    earlier image version with its analysis. Refuses backups outside the backup folder and paths
+    outside the scanned roots; leaves alone files changed since apply unless --force.
 
     \b
     Example:
         vdc-lake restore --run 7
+        vdc-lake restore --run 7 --backup-dir /mnt/backup/sanitize --dry-run
         vdc-lake restore            # everything, newest run first
     """
     from vdc_lake.apply import restore as restore_runs
 
     with ctx.writer() as catalog:
-        s = restore_runs(catalog, run_id=run_id, dry_run=dry_run, quiet=ctx.quiet)
+        validate.check_run(catalog, run_id, "apply", finished=False)
+        s = restore_runs(catalog, run_id=run_id, dry_run=dry_run, quiet=ctx.quiet, force=force,
+                         backup_dir=backup_dir)
     verb = "would restore" if dry_run else "restored"
-    click.echo(f"{verb} {s.restored} files; {s.already_original} already original; {s.failed} failed")
+    parts = [f"{verb} {s.restored} files", f"{s.already_original} already original"]
+    if s.no_backup:
+        parts.append(f"{s.no_backup} files cannot be restored (run used --no-backup)")
+    if s.conflicts:
+        parts.append(f"{s.conflicts} changed since apply, left alone (--force restores them)")
+    click.echo("; ".join(parts + [f"{s.failed} failed"]))
+    for path in s.kept_aside[:20]:
+        click.echo(f"  your version kept: {path}", err=True)
     for error in s.errors[:20]:
         click.echo(f"  {error}", err=True)
-    if s.failed:
-        raise click.ClickException(f"{s.failed} files could not be restored")
+    not_restored = s.failed + s.no_backup + s.conflicts
+    if not_restored and not dry_run:
+        raise click.ClickException(f"{not_restored} files could not be restored")
 
 # -- models and predictions ------------------------------------------------------------------------
 
@@ -447,7 +583,7 @@ def restore(ctx: Context, run_id: int | None, dry_run: bool) -> None:
               help="rotation: 4 class probabilities; descriptor: logits (SSCD); embedding: pooled features.")
 @click.option("--set", "set_name", default=None, help="Name of the result set [the model name].")
 @click.option("--models-dir", default=None, help="Folder of birder checkpoints [config predict.models_dir: models].")
-@click.option("--size", type=int, default=None, help="Input resolution override (default: the model's).")
+@click.option("--size", type=click.IntRange(min=1), default=None, help="Input resolution override (default: the model's).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[auto]")
 @click.option("--batch-size", type=int, default=None, help="[config predict.batch_size: 64]")
 @click.option("--num-workers", type=int, default=None, help="Decoding processes [config predict.num_workers].")
@@ -477,8 +613,8 @@ def predict(ctx: Context, model: str, tag: str | None, kind: str, set_name: str 
     """
     from vdc_lake.predict import predict as run_predict
 
-    cfg = ctx.config.section("predict", models_dir=models_dir, batch_size=batch_size, num_workers=num_workers,
-                             device=device)
+    cfg = ctx.section("predict", models_dir=models_dir, batch_size=batch_size, num_workers=num_workers,
+                      device=device)
     backend = _backend(ctx, backend, ray_address)
     with ctx.writer() as catalog:
         s = run_predict(catalog, model=model, tag=tag, kind=kind, set_name=set_name, models_dir=cfg["models_dir"],
@@ -536,7 +672,7 @@ def models_list(ctx: Context, models_dir: str | None) -> None:
     """
     from vdc_lake.models import list_models
 
-    folder = ctx.config.get("predict", "models_dir", models_dir)
+    folder = ctx.get("predict", "models_dir", models_dir)
     rows = [(m.name, m.kind or m.task or "", "x".join(map(str, m.size)) if m.size else "", m.num_classes,
              m.embedding_size, "yes" if m.loads else f"no: {m.error}") for m in list_models(folder)]
     if not rows:
@@ -570,7 +706,7 @@ def dedup_index(ctx: Context, set_name: str, center: bool | None, l2_normalize: 
     """
     from vdc_lake.dedup import build_index
 
-    cfg = ctx.config.section("dedup", center=center, l2_normalize=l2_normalize, index_dtype=dtype)
+    cfg = ctx.section("dedup", {"index_dtype": "--dtype"}, center=center, l2_normalize=l2_normalize, index_dtype=dtype)
     with ctx.writer() as catalog:
         s = build_index(catalog, set_name, center=cfg["center"], l2_normalize=cfg["l2_normalize"],
                         dtype=cfg["index_dtype"], quiet=ctx.quiet)
@@ -595,8 +731,9 @@ def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, me
                  exact: bool, device: str, neighbors: int | None) -> None:
     """Write every pair of the set under the report threshold to dup_edges.
 
-    Then pick the apply threshold and keep rule in SQL, without searching again:
-    dedup_actions(threshold := 0.25, keep := 'largest-resolution').
+    Without --report-threshold: [dedup] report_threshold when your config sets it, else the
+    set's recommendation (builtin and SSCD record theirs), else the bundled default. Then pick
+    the apply threshold and keep rule in SQL, without searching again: dedup_actions(threshold := T).
 
     \b
     Example:
@@ -605,8 +742,12 @@ def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, me
     """
     from vdc_lake.dedup import report
 
-    cfg = ctx.config.section("dedup", report_threshold=report_threshold, metric=metric, neighbors=neighbors)
+    cfg = ctx.section("dedup", report_threshold=report_threshold, metric=metric, neighbors=neighbors)
     with ctx.writer() as catalog:
+        if report_threshold is None:  # the configured value if the user set one, else the set's recommendation
+            from vdc_lake.settings import dedup_thresholds
+
+            cfg["report_threshold"] = dedup_thresholds(catalog, set_name)["report_threshold"]
         s = report(catalog, set_name, threshold=cfg["report_threshold"], metric=cfg["metric"],
                    method="exact" if exact else method,
                    device=device, neighbors_k=cfg["neighbors"], center=cfg["center"],
@@ -640,8 +781,8 @@ def filter_examples(ctx: Context, set_name: str, examples_path: str, metric: str
 
     with ctx.writer() as catalog:
         s = filter_by_examples(catalog, set_name, examples_path,
-                               metric=ctx.config.get("filter_by_examples", "metric", metric),
-                               models_dir=ctx.config.get("predict", "models_dir", models_dir))
+                               metric=ctx.get("filter_by_examples", "metric", metric),
+                               models_dir=ctx.get("predict", "models_dir", models_dir))
     click.echo(f"filter run {s.run_id}: {s.n_images} images compared with {s.n_examples} examples")
 
 
@@ -653,7 +794,7 @@ def filter_examples(ctx: Context, set_name: str, examples_path: str, metric: str
 @click.option("--activation", type=click.Choice(["none", "relu", "gelu"]), default="none", show_default=True,
               help="Between Linear layers of a state-dict head.")
 @click.option("--l2-normalize/--no-l2-normalize", default=True, show_default=True)
-@click.option("--output-index", type=int, default=0, show_default=True, help="Which output column is the score.")
+@click.option("--output-index", type=click.IntRange(min=0), default=0, show_default=True, help="Which output column is the score.")
 @pass_ctx
 @handle_errors
 def score(ctx: Context, head_path: str, set_name: str, name: str, activation: str, l2_normalize: bool,
@@ -687,9 +828,9 @@ def score(ctx: Context, head_path: str, set_name: str, name: str, activation: st
 @click.option("--tol", type=float, default=None, help="Relative change of the centres that stops [1e-4].")
 @click.option("--seed", type=int, default=None, help="[0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--nproc-per-node", type=int, default=1, show_default=True,
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes per machine for torch.distributed k-means (one per GPU; gloo on CPU), via torchrun.")
-@click.option("--nnodes", type=int, default=1, show_default=True,
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Machines for distributed k-means; this one is node 0 and prints the others' command.")
 @click.option("--rdzv-endpoint", default=None, help="HOST:PORT of this machine for --nnodes > 1.")
 @pass_ctx
@@ -711,7 +852,13 @@ def cluster_command(ctx: Context, set_name: str, device: str, nproc_per_node: in
     """
     from vdc_lake.cluster import cluster
 
-    cfg = ctx.config.section("hierarchical_kmeans", **options)
+    cfg = ctx.section("hierarchical_kmeans", **options)
+    if cfg["method"] == "resampled":
+        explicit = options.get("n_samples") is not None or ctx.config.sources.get(
+            ("hierarchical_kmeans", "n_samples"), "default") != "default"
+        cfg["n_samples"], note = validate.fit_levels(cfg["n_clusters"], cfg["n_samples"], explicit=explicit)
+        if note:
+            click.echo(note, err=True)
     with ctx.writer() as catalog:
         s = cluster(catalog, set_name, n_clusters=cfg["n_clusters"], method=cfg["method"],
                     n_samples=cfg["n_samples"], n_resamples=cfg["n_resamples"], metric=cfg["metric"],
@@ -724,8 +871,8 @@ def cluster_command(ctx: Context, set_name: str, device: str, nproc_per_node: in
 
 
 @cli.command("sample")
-@click.option("--total", type=int, required=True, help="Exactly how many images to select.")
-@click.option("--cluster-run", type=int, default=None, help="Clustering to sample from [newest].")
+@click.option("--total", type=click.IntRange(min=1), required=True, help="Exactly how many images to select (>= 1).")
+@click.option("--cluster-run", type=int, default=None, help="Clustering to sample from [newest]; a finished cluster run.")
 @click.option("--allocation", type=click.Choice(["water-filling", "largest-remainder"]), default=None,
               help="[water-filling]")
 @click.option("--strategy", type=click.Choice(["random", "closest"]), default=None,
@@ -744,8 +891,9 @@ def sample_command(ctx: Context, total: int, cluster_run: int | None, allocation
     """
     from vdc_lake.cluster import sample
 
-    cfg = ctx.config.section("hierarchical_sampling", allocation=allocation, strategy=strategy, seed=seed)
+    cfg = ctx.section("hierarchical_sampling", allocation=allocation, strategy=strategy, seed=seed)
     with ctx.writer() as catalog:
+        validate.check_run(catalog, cluster_run, "cluster", name="--cluster-run")
         s = sample(catalog, total, cluster_run=cluster_run, allocation=cfg["allocation"], strategy=cfg["strategy"],
                    seed=cfg["seed"])
     click.echo(f"sample run {s.run_id}: {s.total} of {s.available} clustered images selected "
@@ -784,18 +932,23 @@ def export_command(ctx: Context, to_dir: str, fmt: str | None, view: str, shard_
     """
     from vdc_lake.export import export
 
-    cfg = ctx.config.section("export", format=fmt, shard_size_mb=shard_size_mb)
-    with ctx.writer() as catalog:
+    cfg = ctx.section("export", format=fmt, shard_size_mb=shard_size_mb)
+    with ctx.reader() as catalog:  # export only reads the catalog; it is recorded in TO/export.json
         s = export(catalog, to_dir, fmt=cfg["format"], view=view, shard_size_mb=cfg["shard_size_mb"],
                    overwrite=overwrite, quiet=ctx.quiet)
     shards = f" in {s.shards} shards" if s.fmt == "webdataset" else ""
-    click.echo(f"export run {s.run_id}: {s.images} images ({s.bytes / 2**20:,.1f} MiB){shards} as {s.fmt} "
-               f"to {s.to_dir}; manifest {s.manifest}")
+    click.echo(f"export: {s.images} images ({s.bytes / 2**20:,.1f} MiB){shards} as {s.fmt} "
+               f"to {s.to_dir}; manifest {s.manifest}; record {s.record}")
     for error in s.errors:
         click.echo(f"  {error}", err=True)
     if s.skipped:
         raise click.ClickException(f"{s.skipped} files were skipped (changed or gone since the last scan); "
                                    "run `vdc-lake scan` and export again")
+
+
+def _given(ctx: Context, section: str, key: str, value: Any, name: str | None = None) -> Any:
+    """A command-line value, checked; None when not given (the catalog's setting applies)."""
+    return None if value is None else ctx.get(section, key, value, name)
 
 
 @cli.command("report")
@@ -828,15 +981,16 @@ def report_command(ctx: Context, out_dir: str, thumbnails: int | None, dedup_thr
     """
     from vdc_lake.report import build_report
 
-    config = ctx.config
     with ctx.reader() as catalog:
         index = build_report(
             catalog, out_dir,
-            thumbnails=config.get("report", "thumbnails", thumbnails),
-            dedup_threshold=config.get("apply_deduplication", "threshold", dedup_threshold),
-            report_threshold=config.get("dedup", "report_threshold", report_threshold),
-            rotation_threshold=config.get("rotation_correction", "threshold", rotation_threshold),
-            workers=config.get("scan", "workers", workers), quiet=ctx.quiet)
+            # Options not given are None: the report then reads the catalog's settings, as plan/status/curated do.
+            thumbnails=_given(ctx, "report", "thumbnails", thumbnails),
+            dedup_threshold=_given(ctx, "apply_deduplication", "threshold", dedup_threshold, "--dedup-threshold"),
+            report_threshold=_given(ctx, "dedup", "report_threshold", report_threshold),
+            rotation_threshold=_given(ctx, "rotation_correction", "threshold", rotation_threshold,
+                                      "--rotation-threshold"),
+            workers=ctx.get("scan", "workers", workers), quiet=ctx.quiet)
     click.echo(f"report written to {index}; open it in a browser")
 
 # -- pipelines ---------------------------------------------------------------------------------------
@@ -856,6 +1010,8 @@ class _Tee(io.TextIOBase):
 
 
 def _invoke_step(base: list[str]) -> Callable[[list[str]], tuple[bool, str]]:
+    """Run one pipeline step as `vdc-lake BASE... ARGS...`; every error becomes a failed step
+    (its message shown once, as the pipeline's last line), never an exit of `run`."""
     from contextlib import redirect_stdout
 
     def invoke(args: list[str]) -> tuple[bool, str]:
@@ -866,48 +1022,79 @@ def _invoke_step(base: list[str]) -> Callable[[list[str]], tuple[bool, str]]:
                 cli.main(args=base + args, prog_name="vdc-lake", standalone_mode=False)
             return True, tee.copy.getvalue()
         except click.ClickException as e:
-            click.echo(f"Error: {e.format_message()}", err=True)
-            return False, e.format_message()
+            message = e.format_message()
         except click.exceptions.Exit as e:
             return e.exit_code == 0, tee.copy.getvalue()
         except click.Abort:
-            return False, "aborted"
+            message = "aborted"
+        except Exception as e:  # a bug in a step: the table still shows where the pipeline stopped
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            message = error_message(e) or (f"internal error ({type(e).__name__}: {e}); "
+                                           f"run the step again with {DEBUG_ENV}=1 to see the traceback")
+        click.echo(f"  step failed: {message}", err=True)
+        return False, message
 
     return invoke
+
+
+def _parse_step(args: list[str]) -> None:
+    """Parse a pipeline step's arguments as `vdc-lake ARGS` would, without running it."""
+    from vdc_lake.errors import ConfigError
+
+    command: click.Command = cli
+    words, path = list(args), []
+    while isinstance(command, click.Group):
+        known = ", ".join(sorted(command.commands))
+        if not words:
+            raise ConfigError(f"`{' '.join(path)}` needs a subcommand: one of {known}")
+        name = words.pop(0)
+        if name not in command.commands:
+            raise ConfigError(f"unknown command {' '.join(path + [name])!r}; known commands: {known}")
+        path.append(name)
+        command = command.commands[name]
+    try:
+        command.make_context(" ".join(path), words, parent=None)
+    except click.exceptions.Exit:
+        pass
+    except click.ClickException as e:
+        raise ConfigError(" ".join(e.format_message().split())) from e
 
 
 @cli.command("run")
 @click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
 @click.option("--apply", "do_apply", is_flag=True, help="Let apply steps change files (default: dry run).")
-@click.pass_context
+@pass_ctx
 @handle_errors
-def run_command(click_ctx: click.Context, pipeline: str, do_apply: bool) -> None:
+def run_command(ctx: Context, pipeline: str, do_apply: bool) -> None:
     """Run the steps of a pipeline TOML file in order; stop at the first failure.
+
+    The whole file is checked first (commands, options, pipelines that run themselves).
+    In a dry run, apply steps only plan and `sql` steps that would write files are skipped.
 
     \b
     Example:
         vdc-lake run examples/quickstart.toml            # dry run
         vdc-lake run examples/quickstart.toml --apply
     """
-    from vdc_lake.pipeline import load_pipeline, run_pipeline
+    from vdc_lake.pipeline import check_pipeline, run_pipeline
 
-    ctx: Context = click_ctx.obj
-    source = click_ctx.parent.get_parameter_source("catalog") if click_ctx.parent else None
     catalog = ctx.catalog_path
-    settings = load_pipeline(pipeline).get("pipeline", {})
-    if source in (click.core.ParameterSource.DEFAULT, None) and "catalog" in settings:
+    settings = check_pipeline(pipeline, _parse_step).get("pipeline", {})
+    if not ctx.catalog_explicit and "catalog" in settings:
         catalog = settings["catalog"]
-    base = ["--catalog", catalog] + (["--quiet"] if ctx.quiet else [])
-    result = run_pipeline(pipeline, _invoke_step(base), apply=do_apply)
+    base = (["--catalog", str(catalog)] + (["--config", ctx.config_file] if ctx.config_file else [])
+            + (["--quiet"] if ctx.quiet else []))
+    result = run_pipeline(pipeline, _invoke_step(base), apply=do_apply,
+                          note=lambda text: click.echo(f"note: {text}", err=True))
     click.echo()
-    echo_table([(s.index, s.command, "ok" if s.ok else "FAILED", s.seconds, s.last_line[:80]) for s in result.steps],
+    echo_table([(s.index, s.command, s.status, s.seconds, s.last_line[:80]) for s in result.steps],
                ["step", "command", "status", "seconds", "result"])
     if not result.ok:
         failed = result.steps[-1]
         raise click.ClickException(f"pipeline stopped at step {failed.index} ({failed.command}): {failed.last_line}")
     if not do_apply:
         click.echo("dry run: apply steps changed nothing; add --apply to carry them out")
-
 
 
 def main() -> None:

@@ -200,6 +200,10 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else str(value)
 
 
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
 def _show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return " ".join(map(str, value)) if value else "(nothing)"
@@ -312,8 +316,8 @@ def check_run(catalog: Any, run_id: int | None, stage: str, *, name: str = "--ru
                             + (" AND status = 'done'" if finished else ""))
     hint = f"newest: {newest}" if newest is not None else f"there is none yet: run `vdc-lake {stage}` first"
     if not right_stage:
-        raise InvalidValueError(f"{name} {run_id} is a {actual} run, not a{'n' if stage[0] in 'aeiou' else ''} "
-                                f"{stage} run; give a {stage} run ({hint})")
+        raise InvalidValueError(f"{name} {run_id} is {_a(actual)} run, not {_a(stage)} run; "
+                                f"give {_a(stage)} run ({hint})")
     if finished and status != "done":
         raise InvalidValueError(f"{name} {run_id}: {stage} run {run_id} did not finish (status {status}); "
                                 f"give a finished {stage} run ({hint})")

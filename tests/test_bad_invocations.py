@@ -1,0 +1,208 @@
+"""Bad invocations of every command: one `Error:` line that names the valid values, no traceback,
+and nothing recorded as done in the catalog. One catalog is built per module (scan, sanitize,
+dedup report, cluster, sample, apply) and shared by every case."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vdc_lake.catalog import Catalog
+from vdc_lake.cli import cli
+
+RUNS = {"scan": 1, "sanitize": 2, "dedup-report": 3, "cluster": 4, "sample": 5, "apply": 6}
+
+
+def invoke(catalog: Path, args: list, *, config: Path | None = None):
+    argv = ["--catalog", str(catalog), "-q"] + (["--config", str(config)] if config else [])
+    return CliRunner().invoke(cli, argv + [str(a) for a in args], prog_name="vdc-lake", catch_exceptions=True)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, sample_template):
+    """(folder, catalog) after scan, sanitize, dedup report, cluster, sample and apply sanitize."""
+    work = tmp_path_factory.mktemp("bad_invocations")
+    root = work / "data"
+    shutil.copytree(sample_template.root, root, symlinks=True)
+    catalog = work / "catalog.duckdb"
+    cwd = os.getcwd()
+    os.chdir(work)  # no stray vdc-lake.toml
+    try:
+        for args in (["scan", root, "--workers", "2"], ["sanitize", "--workers", "2"],
+                     ["dedup", "report", "--set", "builtin"],
+                     ["cluster", "--set", "builtin", "--n-clusters", "4", "2", "--n-samples", "3", "2",
+                      "--n-resamples", "2", "--device", "cpu"],
+                     ["sample", "--total", "20"],
+                     ["apply", "sanitize", "--backup-dir", work / "backup", "--apply"]):
+            result = invoke(catalog, args)
+            assert result.exit_code == 0, result.output
+    finally:
+        os.chdir(cwd)
+    with Catalog(catalog, read_only=True) as c:
+        stages = dict(c.rows("SELECT stage, run_id FROM runs"))
+    assert stages == {"scan": 1, "sanitize": 2, "dedup-report": 3, "cluster": 4, "sample": 5, "apply:sanitize": 6}
+    (work / "examples").mkdir()
+    return work, catalog
+
+
+def _pipeline(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+PIPELINES = {
+    "cluster_bad_levels.toml": '[[step]]\ncommand = "status"\n\n[[step]]\ncommand = "cluster"\nset = "builtin"\n'
+                               'n_clusters = [3, 12]\n',
+    "self.toml": '[[step]]\ncommand = "status"\n\n[[step]]\ncommand = "run"\nargs = ["self.toml"]\n',
+    "a.toml": '[[step]]\ncommand = "run"\nargs = ["b.toml"]\n',
+    "b.toml": '[[step]]\ncommand = "run"\nargs = ["a.toml"]\n',
+    "empty_command.toml": '[[step]]\ncommand = ""\n',
+    "unknown_option.toml": '[[step]]\ncommand = "sanitize"\nmin_widht = 300\n',
+    "unknown_command.toml": '[[step]]\ncommand = "sanitise"\n',
+    "apply_in_step.toml": '[[step]]\ncommand = "apply"\nargs = ["sanitize"]\nyes = true\nno_backup = true\n',
+    "sample_zero.toml": '[[step]]\ncommand = "sample"\ntotal = 0\n',
+}
+
+CONFIGS = {
+    "dedup_threshold.toml": "[apply_deduplication]\nthreshold = 5\n",
+    "min_width_text.toml": '[sanitize]\nmin_width = "wide"\n',
+    "sizes.toml": "[sanitize]\nmin_width = 5000\nmax_width = 100\n",
+    "n_clusters.toml": "[hierarchical_kmeans]\nn_clusters = [3, 12]\n",
+}
+
+# (args, a fragment of the one Error: line, config file or None)
+CASES = [
+    # scan
+    (["scan", "data", "--workers", "-1"], "--workers must be a whole number of processes (0 = one per CPU core) >= 0, not -1", None),
+    (["scan", "no/such/folder"], "is not a directory", None),
+    # sanitize
+    (["sanitize", "--min-width", "5000", "--max-width", "100"], "--min-width (5000) must not exceed --max-width (100)", None),
+    (["sanitize", "--max-file-size-mb", "0"], "--max-file-size-mb must be a size in MB > 0, not 0.0", None),
+    (["sanitize", "--min-aspect-ratio", "nan"], "--min-aspect-ratio must be an aspect ratio (width / height) > 0, not nan", None),
+    (["sanitize", "--max-pixels", "0"], "--max-pixels must be a whole number of pixels >= 1, not 0", None),
+    # predict
+    (["predict", "--model", "builtin", "--kind", "descriptor", "--batch-size", "0"], "--batch-size must be a whole number of images >= 1", None),
+    (["predict", "--model", "builtin", "--kind", "descriptor", "--num-workers", "-1"], "--num-workers must be", None),
+    (["predict", "--model", "builtin", "--kind", "descriptor", "--size", "0"], "'--size'", None),
+    # dedup
+    (["dedup", "index", "--set", "nosuch"], "nosuch", None),
+    (["dedup", "report", "--set", "builtin", "--report-threshold", "-1"], "--report-threshold must be a cosine distance between 0 and 2, not -1.0", None),
+    (["dedup", "report", "--set", "builtin", "--neighbors", "0"], "--neighbors must be a whole number of neighbours >= 1, not 0", None),
+    # filter, score
+    (["filter", "examples", "--set", "nosuch", "--examples", "examples"], "nosuch", None),
+    (["score", "--head", "no-such-head.pt", "--set", "builtin", "--name", "aesthetic"], "no-such-head.pt", None),
+    # cluster
+    (["cluster", "--set", "builtin", "--n-clusters", "3", "12"], "--n-clusters must be one or more whole numbers >= 1, largest first", None),
+    (["cluster", "--set", "builtin", "--n-clusters", "4", "2", "--n-samples", "5", "3", "2"], "--n-samples has 3 values but --n-clusters has 2 levels; give one count per level, e.g. --n-samples 5 3", None),
+    (["cluster", "--set", "builtin", "--n-clusters", "100000"], "100000", None),
+    (["cluster", "--set", "builtin", "--max-iters", "0"], "--max-iters must be a whole number of iterations >= 1, not 0", None),
+    (["cluster", "--set", "builtin", "--nproc-per-node", "0"], "'--nproc-per-node'", None),
+    (["cluster", "--set", "builtin"], "[hierarchical_kmeans] n_clusters in", "n_clusters.toml"),
+    # sample
+    (["sample", "--total", "0"], "'--total': 0 is not in the range x>=1", None),
+    (["sample", "--total", "-5"], "'--total': -5 is not in the range x>=1", None),
+    (["sample", "--total", "10", "--cluster-run", "1"], "--cluster-run 1 is a scan run, not a cluster run; give a cluster run (newest: 4)", None),
+    (["sample", "--total", "100000"], "100,000", None),
+    # plan
+    (["plan", "sample", "--run", "99"], "there is no run 99", None),
+    (["plan", "sample", "--run", "1"], "--run 1 is a scan run, not a sample run; give a sample run (newest: 5)", None),
+    (["plan", "dedup", "--threshold", "5"], "--threshold must be a cosine distance between 0 and 2, not 5.0", None),
+    (["plan", "dedup", "--threshold", "nan"], "--threshold must be a cosine distance between 0 and 2, not nan", None),
+    (["plan", "dedup", "--threshold", "-1"], "--threshold must be a cosine distance between 0 and 2, not -1.0", None),
+    (["plan", "rotation", "--threshold", "1.5"], "--threshold must be a probability between 0 and 1, not 1.5", None),
+    (["plan", "dedup", "--set", "nosuch"], "--set 'nosuch': no embedding set of that name; known embedding sets: builtin", None),
+    (["plan", "score", "--name", "nosuch", "--min-score", "1"], "--name 'nosuch': no score of that name", None),
+    (["plan", "examples", "--threshold", "inf"], "--threshold must be a cosine distance between 0 and 2, not inf", None),
+    (["plan", "nosuch"], "unknown stage 'nosuch'", None),
+    (["plan", "sanitize", "--examples", "-1"], "'--examples'", None),
+    (["plan", "dedup"], "[apply_deduplication] threshold in", "dedup_threshold.toml"),
+    # apply
+    (["apply", "sample", "--run", "1", "--backup-dir", "backup2"], "--run 1 is a scan run, not a sample run", None),
+    (["apply", "dedup", "--keep", "nosuch"], "'--keep'", None),
+    (["apply", "dedup", "--threshold", "3", "--backup-dir", "backup2", "--apply"], "--threshold must be a cosine distance between 0 and 2, not 3.0", None),
+    # restore
+    (["restore", "--run", "1"], "--run 1 is a scan run, not an apply run; give an apply run (newest: 6)", None),
+    (["restore", "--run", "99"], "there is no run 99", None),
+    (["restore", "--run", "0"], "--run must be a run id >= 1, not 0", None),
+    # export, report
+    (["export", "--to", "out", "--shard-size-mb", "0"], "--shard-size-mb must be a size in MB > 0, not 0.0", None),
+    (["export", "--to", "out", "--format", "nosuch"], "'--format'", None),
+    (["report", "--out", "report", "--report-threshold", "-1"], "--report-threshold must be a cosine distance between 0 and 2, not -1.0", None),
+    (["report", "--out", "report", "--thumbnails", "-1"], "--thumbnails must be a whole number of images >= 0, not -1", None),
+    (["report", "--out", "report", "--rotation-threshold", "2"], "--rotation-threshold must be a probability between 0 and 1, not 2.0", None),
+    # sql
+    (["sql", "SELEC 1"], "query failed", None),
+    (["sql", "SELECT * FROM dedup_actions(keep := 'nosuch')"], "query failed", None),
+    # run: a failing step shows run's table; a bad file is refused before step 1
+    (["run", "cluster_bad_levels.toml"], "pipeline stopped at step 2 (cluster --set builtin --n-clusters 3 12): --n-clusters must be", None),
+    (["run", "self.toml"], "step 2 (run): runs self.toml, which is already running", None),
+    (["run", "a.toml"], "runs a.toml, which is already running", None),
+    (["run", "empty_command.toml"], "step 1 has an empty `command`", None),
+    (["run", "unknown_option.toml"], "step 1 (sanitize): No such option '--min-widht'", None),
+    (["run", "unknown_command.toml"], "step 1 (sanitise): unknown command 'sanitise'; known commands: ", None),
+    (["run", "apply_in_step.toml"], "step 1 (apply): a step cannot pass --yes", None),
+    (["run", "sample_zero.toml"], "step 1 (sample): Invalid value for '--total': 0 is not in the range x>=1", None),
+    # config
+    (["config", "show"], "[apply_deduplication] threshold in", "dedup_threshold.toml"),
+    (["config", "show"], "[sanitize] min_width in", "min_width_text.toml"),
+    (["status"], "[sanitize] min_width in", "sizes.toml"),
+]
+
+
+@pytest.mark.parametrize("args, fragment, config", CASES, ids=[" ".join(c[0])[:60] + (f" [{c[2]}]" if c[2] else "")
+                                                              for c in CASES])
+def test_bad_invocation_is_one_error_line(built, monkeypatch, args, fragment, config):
+    folder, catalog = built
+    monkeypatch.chdir(folder)
+    for name, text in PIPELINES.items():
+        _pipeline(folder, name, text)
+    config_path = None
+    if config:
+        config_path = folder / config
+        config_path.write_text(CONFIGS[config])
+    with Catalog(catalog, read_only=True) as c:
+        runs_before = c.rows("SELECT run_id, status FROM runs WHERE status = 'done' ORDER BY run_id")
+
+    result = invoke(catalog, args, config=config_path)
+
+    assert result.exit_code not in (0, None), result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    assert fragment in errors[0], result.output
+    with Catalog(catalog, read_only=True) as c:
+        assert c.rows("SELECT run_id, status FROM runs WHERE status = 'done' ORDER BY run_id") == runs_before
+    assert not (folder / "out").exists() and not (folder / "report").exists()
+
+
+def test_config_file_and_option_get_the_same_rule(built, monkeypatch):
+    """The same bad value from the command line and from vdc-lake.toml: the same words, each naming its origin."""
+    folder, catalog = built
+    monkeypatch.chdir(folder)
+    from_cli = invoke(catalog, ["plan", "dedup", "--threshold", "5"]).output
+    local = folder / "vdc-lake.toml"
+    local.write_text("[apply_deduplication]\nthreshold = 5.0\n")
+    try:
+        from_file = invoke(catalog, ["plan", "dedup"]).output
+    finally:
+        local.unlink()
+    rule = "must be a cosine distance between 0 and 2, not 5.0"
+    assert from_cli == f"Error: --threshold {rule}\n"
+    assert from_file.endswith(f"Error: [apply_deduplication] threshold in {local} {rule}\n")
+
+
+def test_unexpected_errors_show_a_traceback_with_debug(built, monkeypatch):
+    folder, catalog = built
+    monkeypatch.chdir(folder)
+    args = ["cluster", "--set", "builtin", "--n-clusters", "100000"]
+    assert invoke(catalog, args).output.count("Error:") == 1
+    monkeypatch.setenv("VDC_LAKE_DEBUG", "1")
+    result = invoke(catalog, args)
+    assert result.exit_code != 0 and result.exception is not None and not isinstance(result.exception, SystemExit)

@@ -1,0 +1,122 @@
+"""Every SQL query of README.md runs on the quickstart catalog and shows what the README says.
+
+The quickstart is built once for the module as examples/quickstart.sh does it: the sample data,
+`vdc-lake run examples/quickstart.toml` (dry run), then again with --apply.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from examples.make_sample_data import make_sample_data
+from tests.test_quickstart import REPO, SAMPLE_TOTAL
+from vdc_lake.catalog import Catalog
+from vdc_lake.cli import cli
+
+README = REPO / "README.md"
+
+
+def readme_queries() -> dict[int, str]:
+    """{number: SQL} of the numbered queries (`-- N. title` then the statement) in README sql blocks."""
+    blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), re.S)
+    queries: dict[int, str] = {}
+    for block in blocks:
+        for number, body in re.findall(r"^-- (\d+)\. [^\n]*\n(.*?)(?=^-- \d+\. |\Z)", block, re.S | re.M):
+            queries[int(number)] = body.strip()
+    return queries
+
+
+def run(args: list, catalog: Path | None = None):
+    argv = (["--catalog", str(catalog)] if catalog else []) + ["-q"] + [str(a) for a in args]
+    return CliRunner().invoke(cli, argv, prog_name="vdc-lake", catch_exceptions=True)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> Path:
+    """The catalog after the quickstart (dry run, then --apply), built in a fresh folder."""
+    work = tmp_path_factory.mktemp("readme")
+    make_sample_data(work / "data/quickstart/images")
+    (work / "data/quickstart/images/manifest.json").unlink()
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        for extra in ([], ["--apply"]):
+            result = run(["run", REPO / "examples/quickstart.toml", *extra])
+            assert result.exit_code == 0, result.output
+    finally:
+        os.chdir(cwd)
+    return work / "data/quickstart/catalog.duckdb"
+
+
+@pytest.fixture(scope="module")
+def answers(quickstart) -> dict[int, list[tuple]]:
+    with Catalog(quickstart, read_only=True) as catalog:
+        return {number: catalog.rows(sql) for number, sql in readme_queries().items()}
+
+
+def test_the_readme_has_its_five_queries():
+    assert sorted(readme_queries()) == [1, 2, 3, 4, 5]
+
+
+def test_1_why_was_this_image_removed(answers):
+    """The truncated JPEG was deleted by the sanitize apply run, with its backup and parameters."""
+    rows = answers[1]
+    assert len(rows) == 1
+    action, state, ts, stage, params, src, backup = rows[0]
+    assert (action, state, stage) == ("delete", "done", "apply:sanitize")
+    assert src.endswith("broken/cut_off.jpg") and backup and '"backup_dir"' in params
+
+
+def test_2_findings_by_rule(answers, quickstart):
+    rows = answers[2]
+    with Catalog(quickstart, read_only=True) as catalog:
+        assert sum(n for _, _, n in rows) == catalog.scalar("SELECT count(*) FROM findings")
+    assert [n for _, _, n in rows] == sorted((n for _, _, n in rows), reverse=True)
+    assert {"truncated", "not_an_image"} & {rule for rule, _, _ in rows} or len(rows) > 3
+
+
+def test_3_removals_grow_with_the_threshold(answers):
+    rows = answers[3]
+    assert [float(t) for t, _ in rows] == [0.05, 0.1, 0.25, 0.4]
+    removed = [n for _, n in rows]
+    assert removed == sorted(removed) and removed[-1] > 0
+
+
+def test_4_largest_groups_list_every_member(answers):
+    rows = answers[4]
+    assert 0 < len(rows) <= 10
+    sizes = [size for _, size, _ in rows]
+    assert sizes == sorted(sizes, reverse=True)
+    assert all(len(paths) == size >= 2 for _, size, paths in rows)
+
+
+def test_5_images_per_top_cluster_add_up_to_the_sample(answers, quickstart):
+    """Two cluster runs (dry run and --apply) must not count the sample twice."""
+    rows = answers[5]
+    with Catalog(quickstart, read_only=True) as catalog:
+        assert catalog.scalar("SELECT count(*) FROM runs WHERE stage = 'cluster'") == 2
+    assert sum(n for _, n in rows) == SAMPLE_TOTAL
+    assert [n for _, n in rows] == sorted((n for _, n in rows), reverse=True)
+
+
+def test_common_options_work_before_and_after_the_command(quickstart, tmp_path, monkeypatch):
+    """The README: every command takes --catalog, --config and -q, before or after its name."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "strict.toml"
+    config.write_text("[sanitize]\nmin_width = 300\n")
+    query = "SELECT count(*) AS n FROM images WHERE present"
+    before = CliRunner().invoke(cli, ["--catalog", str(quickstart), "-q", "sql", query, "--format", "csv"])
+    after = CliRunner().invoke(cli, ["sql", query, "--format", "csv", "--catalog", str(quickstart), "-q"])
+    assert before.exit_code == after.exit_code == 0, after.output
+    assert before.output == after.output == f"n\n{SAMPLE_TOTAL}\n"
+    shown = CliRunner().invoke(cli, ["config", "show", "--config", str(config)])
+    assert re.search(rf"^sanitize\.min_width\s+300\s+{re.escape(str(config))}$", shown.output, re.M)
+    # after the command wins over before it
+    other = tmp_path / "missing.duckdb"
+    result = CliRunner().invoke(cli, ["--catalog", str(quickstart), "status", "--catalog", str(other)])
+    assert result.exit_code == 1 and f"no catalog at {other}" in result.output
