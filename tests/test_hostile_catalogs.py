@@ -1,0 +1,314 @@
+"""Catalogs that are not what they claim (issue 11): files that are no catalog, damaged catalogs,
+a folder the user may not write, a full disk, and the temp files an interrupted run leaves.
+
+Every case ends in one `Error:` line naming what is wrong and the fix, never a traceback.
+Permission cases run as `nobody` through setpriv (the suite runs as root in CI, and root ignores
+permissions); full-disk cases mount a small tmpfs. Each is skipped only where that is impossible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import duckdb
+import pyarrow.compute as pc
+import pytest
+
+from tests.conftest import default_config, tree_hashes
+from vdc_lake import catalog as catalog_module
+from vdc_lake.apply import Plan, apply_plan, make_plan, restore
+from vdc_lake.catalog import Catalog
+from vdc_lake.decisions import decision_query
+from vdc_lake.errors import CatalogDamagedError, DiskFullError, NotACatalogError
+from vdc_lake.leftovers import remove_leftovers_of
+from vdc_lake.sanitize import sanitize
+from vdc_lake.scan import scan
+
+NOBODY = 65534
+
+
+def _cli_fails(result, start: str) -> str:
+    """Exit code 1, one `Error:` line starting with `start`, no traceback; returns the line."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"Error: {start}"), result.output
+    return last
+
+
+def _images_catalog(path: Path, n: int = 299) -> None:
+    """A real catalog with n image rows, checkpointed a few times so the file spans many blocks."""
+    with Catalog(path) as catalog:
+        for start in range(0, n, 100):
+            catalog.execute(
+                "INSERT INTO images (image_id, root, rel_path, version, present) "
+                "SELECT range, '/data', 'img_' || range || '.jpg', 1, true FROM range(?, ?)",
+                [start, min(n, start + 100)])
+            catalog.execute("CHECKPOINT")
+
+
+# -- files that are not catalogs -------------------------------------------------------------------
+
+def _write_not_a_catalog(path: Path, kind: str) -> None:
+    if kind == "garbage":
+        path.write_bytes(os.urandom(64 * 1024))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("image,label\n" * 500)
+    else:  # someone's DuckDB database
+        con = duckdb.connect(str(path))
+        con.execute("CREATE TABLE measurements AS SELECT range AS x FROM range(10)")
+        con.close()
+
+
+@pytest.mark.parametrize("kind, why", [
+    ("garbage", "not a DuckDB database file"),
+    ("empty", "an empty file"),
+    ("text", "not a DuckDB database file"),
+    ("duckdb", "a DuckDB database with other tables: measurements"),
+])
+def test_a_file_that_is_not_a_catalog_is_named_so_and_left_unchanged(tmp_path, run_cli, kind, why):
+    path = tmp_path / f"{kind}.duckdb"
+    _write_not_a_catalog(path, kind)
+    before = path.read_bytes()
+    fix = ("pass the right --catalog" if kind == "duckdb"
+           else "pass the right --catalog, or move this file away to start a new catalog there")
+    message = f"{path} is not a vdc-lake catalog ({why}); {fix}"
+    for read_only in (True, False):
+        with pytest.raises(NotACatalogError) as err:
+            with Catalog(path, read_only=read_only) as catalog:
+                catalog.scalar("SELECT count(*) FROM images")
+        assert str(err.value) == message
+    for args in (["status"], ["sanitize"]):  # a reader and a writer command
+        assert _cli_fails(run_cli(args, path), "") == f"Error: {message}"
+    assert path.read_bytes() == before  # no migration was written into someone else's file
+    assert not Path(f"{path}.wal").exists()
+
+
+# -- damaged catalogs ------------------------------------------------------------------------------
+
+def test_a_truncated_catalog_is_damaged(tmp_path, run_cli):
+    path = tmp_path / "catalog.duckdb"
+    _images_catalog(path, n=5000)
+    os.truncate(path, path.stat().st_size // 2)
+    for read_only in (True, False):
+        with pytest.raises(CatalogDamagedError) as err:
+            with Catalog(path, read_only=read_only) as catalog:
+                catalog.scalar("SELECT count(*) FROM images")
+        assert str(err.value).startswith(f"catalog {path} is damaged: ")
+        assert str(err.value).endswith(" (restore it from a copy)")
+    _cli_fails(run_cli(["status"], path), f"catalog {path} is damaged: ")
+
+
+@pytest.mark.parametrize("exact_check_rows", [catalog_module.EXACT_CHECK_ROWS, 10])
+def test_duplicate_image_rows_are_damaged(tmp_path, run_cli, monkeypatch, exact_check_rows):
+    """598 image rows for 299 paths (what a half-truncated catalog replayed into) is refused by
+    the exact check and, on a large catalog, by the approximate one that triggers it."""
+    monkeypatch.setattr(catalog_module, "EXACT_CHECK_ROWS", exact_check_rows)
+    path = tmp_path / "catalog.duckdb"
+    _images_catalog(path)
+    clean = tmp_path / "clean.duckdb"
+    shutil.copyfile(path, clean)
+    with Catalog(clean, read_only=True) as catalog:  # a sound catalog opens, also on the approximate path
+        assert catalog.scalar("SELECT count(*) FROM images") == 299
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO images SELECT * FROM images")
+    con.close()
+    message = f"catalog {path} is damaged: 598 image rows for 299 image ids (restore it from a copy)"
+    for read_only in (True, False):
+        with pytest.raises(CatalogDamagedError) as err:
+            Catalog(path, read_only=read_only).scalar("SELECT 1")
+        assert str(err.value) == message
+    assert _cli_fails(run_cli(["status"], path), "") == f"Error: {message}"
+
+
+def test_two_present_images_at_one_path_are_damaged(tmp_path):
+    path = tmp_path / "catalog.duckdb"
+    _images_catalog(path, n=3)
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE images SET rel_path = 'img_0.jpg' WHERE image_id = 1")
+    con.close()
+    with pytest.raises(CatalogDamagedError) as err:
+        Catalog(path, read_only=True).scalar("SELECT 1")
+    assert str(err.value) == f"catalog {path} is damaged: 3 present images for 2 distinct paths (restore it from a copy)"
+
+
+# -- a folder the user may not write ---------------------------------------------------------------
+
+def _as_nobody(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    code = "import sys; from vdc_lake.cli import cli; cli(sys.argv[1:], prog_name='vdc-lake')"
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                           sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "HOME": str(cwd)}, timeout=120)
+
+
+@contextlib.contextmanager
+def _world_readable_dir():
+    """A temp folder `nobody` can enter (pytest's tmp_path lies under a root-only folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="vdc-hostile-", dir="/tmp"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_read_only_folder_gives_one_error_line_and_reading_still_works(tmp_path):
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as another user")
+    with _world_readable_dir() as folder:
+        path = folder / "catalog.duckdb"
+        _images_catalog(path, n=3)
+        probe = _as_nobody(["--catalog", str(path), "-q", "sql", "SELECT 1 AS one"], folder)
+        if probe.returncode != 0 and "No module named" in probe.stderr:
+            pytest.skip("the virtual environment is not readable by nobody")
+        assert probe.returncode == 0, probe.stderr  # reading works in a folder we may not write
+        before = path.read_bytes()
+        result = _as_nobody(["--catalog", str(path), "-q", "sanitize"], folder)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"Error: cannot write to the catalog's folder {folder} (Permission denied): make it writable for "
+            "this user or copy the catalog to a writable folder; commands that only read (status, sql, "
+            "export) work as they are")
+        assert path.read_bytes() == before
+
+
+# -- a full disk -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _small_tmpfs(size: str):
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = Path(tempfile.mkdtemp(prefix="vdc-full-", dir="/tmp"))
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
+
+
+def _fill(folder: Path) -> Path:
+    """Write a file until the device is full; returns it (delete it to free the space)."""
+    filler = folder / "filler.bin"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_under_the_catalog_gives_one_error_line_and_the_rerun_works(sample_tree, tmp_path, run_cli):
+    with _small_tmpfs("16m") as mount:
+        path = mount / "catalog.duckdb"
+        config = default_config(tmp_path)
+        with Catalog(path) as catalog:
+            scan(catalog, [sample_tree.root], extensions=config.values["scan"]["extensions"], workers=2, quiet=True)
+        filler = _fill(mount)
+        line = _cli_fails(run_cli(["sanitize", "--workers", "2"], path), f"no space left on {mount} (writing {mount}/")
+        assert line.endswith("): free space there and re-run the command")
+        with pytest.raises(DiskFullError, match=f"^no space left on {mount} "):
+            with Catalog(path) as catalog:
+                catalog.execute("INSERT INTO runs SELECT * FROM runs")
+                catalog.execute("CHECKPOINT")
+        filler.unlink()
+        result = run_cli(["sanitize", "--workers", "2"], path)
+        assert result.exit_code == 0, result.output
+        with Catalog(path, read_only=True) as catalog:  # not damaged, and the rerun did the work
+            assert catalog.scalar("SELECT count(*) FROM sanitize_checks") > 0
+
+
+def _sanitized(sample_tree, catalog_path: Path):
+    config = default_config(catalog_path.parent)
+    with Catalog(catalog_path) as catalog:
+        scan(catalog, [sample_tree.root], extensions=config.values["scan"]["extensions"], workers=2, quiet=True)
+        sanitize(catalog, config.section("sanitize"), workers=2, quiet=True)
+
+
+def _delete_plan(catalog: Catalog, catalog_path: Path) -> Plan:
+    source_sql, params, options = decision_query("sanitize", default_config(catalog_path.parent))
+    plan = make_plan(catalog, "sanitize", source_sql, params, options)
+    return Plan(plan.decision, plan.ops.filter(pc.equal(plan.ops["action"], "delete")), plan.options)
+
+
+def _leftovers(*folders: Path) -> list[str]:
+    return sorted(str(p) for folder in folders for p in folder.rglob("*")
+                  if p.name.endswith((".vdc-tmp", ".vdc-restore")))
+
+
+def test_a_full_backup_disk_fails_cleanly_and_the_next_apply_removes_its_temp_files(sample_tree, tmp_path):
+    catalog_path = tmp_path / "catalog.duckdb"
+    _sanitized(sample_tree, catalog_path)
+    original = tree_hashes(sample_tree.root)
+    with _small_tmpfs("1m") as backup:
+        filler = _fill(backup)
+        with Catalog(catalog_path) as catalog:
+            summary = apply_plan(catalog, _delete_plan(catalog, catalog_path), backup_dir=backup, quiet=True)
+        assert summary.failed > 0  # (an empty file's backup needs no space and may succeed)
+        assert any("No space left on device" in e for e in summary.errors)
+        now = tree_hashes(sample_tree.root)  # no backup, no delete: only done operations removed files
+        assert len(set(original) - set(now)) == summary.done and all(now[p] == original[p] for p in now)
+        filler.unlink()
+        with Catalog(catalog_path) as catalog:  # the next apply (nothing new planned) cleans up
+            apply_plan(catalog, Plan("sanitize", _delete_plan(catalog, catalog_path).ops.slice(0, 0), {}),
+                       backup_dir=backup, quiet=True)
+        assert _leftovers(backup, sample_tree.root) == []
+
+
+# -- leftovers of a killed restore ----------------------------------------------------------------
+
+def test_restore_removes_what_a_killed_restore_left_and_nothing_else(sample_tree, tmp_path):
+    catalog_path = tmp_path / "catalog.duckdb"
+    _sanitized(sample_tree, catalog_path)
+    original = tree_hashes(sample_tree.root)
+    backup = tmp_path / "backup"
+    with Catalog(catalog_path) as catalog:
+        summary = apply_plan(catalog, _delete_plan(catalog, catalog_path), backup_dir=backup, quiet=True)
+        ops = catalog.arrow("SELECT src, backup FROM journal WHERE state = 'done' ORDER BY op_id").to_pylist()
+    assert summary.done == len(ops) > 1
+    # What a restore killed between its copy and its rename leaves, and an apply killed mid-backup.
+    planted = [Path(ops[0]["src"] + ".vdc-restore"), Path(ops[1]["backup"] + ".vdc-tmp")]
+    for path in planted:
+        path.write_bytes(b"half a file")
+    unrelated = sample_tree.root / "notes.txt.vdc-tmp"  # not named by the journal: not ours to remove
+    unrelated.write_bytes(b"someone else's")
+    with Catalog(catalog_path) as catalog:
+        restore(catalog, quiet=True)
+    assert not any(p.exists() for p in planted)
+    assert unrelated.read_bytes() == b"someone else's"
+    unrelated.unlink()
+    assert tree_hashes(sample_tree.root) == original
+
+
+def test_leftovers_are_removed_only_inside_the_operation_s_root_and_backup_folder(tmp_path):
+    root, backup, outside = tmp_path / "root", tmp_path / "backup", tmp_path / "outside"
+    for folder in (root, backup, outside):
+        folder.mkdir()
+    inside = [root / "a.jpg.vdc-restore", root / ".a.jpg.vdc-tmp", backup / "a.jpg.vdc-tmp"]
+    escaped = [outside / "x.jpg.vdc-restore", outside / "x.jpg.vdc-tmp"]
+    for path in inside + escaped:
+        path.write_bytes(b"x")
+    (root / "link.jpg.vdc-tmp").symlink_to(outside / "x.jpg.vdc-tmp")  # a link is never followed
+    ops = [{"src": str(root / "a.jpg"), "dst": None, "backup": str(backup / "a.jpg"),
+            "root": str(root), "backup_root": str(backup)},
+           # an edited journal row: paths outside its root and backup folder
+           {"src": str(outside / "x.jpg"), "dst": str(root / "link.jpg"), "backup": str(outside / "x.jpg"),
+            "root": str(root), "backup_root": str(backup)}]
+    removed = remove_leftovers_of(ops)
+    assert sorted(removed) == sorted(str(p) for p in inside)
+    assert all(p.exists() for p in escaped) and (root / "link.jpg.vdc-tmp").is_symlink()
