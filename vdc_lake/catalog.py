@@ -177,7 +177,8 @@ class Catalog:
             self._con = self._connect()
             if not self._checked:
                 try:
-                    self._check_contents()
+                    with self._translated():
+                        self._check_contents()
                 except BaseException:
                     self.release()
                     raise
@@ -271,7 +272,7 @@ class Catalog:
         if ids < n:
             raise _damaged(self.path, f"{n} image rows for {ids} image ids")
         if paths < present:
-            raise _damaged(self.path, f"{present} present images for {paths} paths")
+            raise _damaged(self.path, f"{present} present images for {paths} distinct paths")
 
     # -- schema ------------------------------------------------------------------------------
     def _prepare(self) -> None:
