@@ -299,6 +299,11 @@ def scan(ctx: Context, roots: tuple[str, ...], workers: int | None, backend: str
     click.echo(f"scan run {s.run_id}: {s.listed} files listed: {s.new} new, {s.changed} changed, "
                f"{s.touched} touched (same bytes), {s.unchanged} unchanged, {s.gone} gone, "
                f"{s.errors} unreadable headers")
+    for note in s.notes:
+        click.echo(f"  note: {note}")
+    if s.problems:
+        click.echo(f"  {s.problems} path(s) not listed (odd names, symlink loops, unreadable folders): "
+                   f"vdc-lake sql \"SELECT rule, detail FROM findings WHERE run_id = {s.run_id}\"")
 
 
 @cli.command()
