@@ -492,6 +492,9 @@ def _update_changed_images(catalog: Catalog, run_id: int, changed: list[dict], o
                 FROM changed_facts f WHERE images.image_id = f.image_id""",
             [run_id],
         )
+    from vdc_lake.predict import carry_rotated_results  # results a predict pass computed on these turned pixels
+
+    carry_rotated_results(catalog, [ops[r["op_id"]] for r in changed])
 
 
 def _journal_ops(catalog: Catalog, where: str, params: list[Any]) -> list[dict[str, Any]]:

@@ -590,6 +590,8 @@ def run_inference(
     prefetch_factor: int = 4,
     progress: Callable[[int], Any] | None = None,
     max_pixels: int | None = None,
+    decode: str = "auto",
+    draft_min_size: int = 0,
 ) -> Iterator[InferenceBatch]:
     """InferenceBatch results for `paths`, in input order, computed on loaded.device.
 
@@ -597,55 +599,33 @@ def run_inference(
 
     kind: "rotation" -> softmax probabilities [b, 4]; "descriptor" -> raw logits [b, classes]
     (SSCD: 512); "embedding" -> birder's pooled embedding [b, embedding_size].
-    Decoding runs in num_workers DataLoader processes (see image_loader). On CUDA, workers
-    ship uint8 pixels to pinned memory, normalisation happens on the GPU, copies are
-    non-blocking and each batch's results are read back only after the next batch is queued,
-    so the GPU never waits on decoding or on the host. amp autocasts to amp_dtype; fast_matmul
-    allows TF32 for the duration; channels_last converts loaded.net in place. progress(n) is
-    called with the number of images finished after each batch. An image whose header gives
-    more than max_pixels pixels is not decoded (a failed position, reason given).
+    This is a decode pass with one model (run_pass): decoding runs in num_workers DataLoader
+    processes; on the CPU they also resize, on CUDA they ship uint8 pixels (or, with decode
+    gpu/auto, JPEG bytes for nvJPEG) to pinned memory and resizing and normalisation happen on
+    the GPU, copies are non-blocking and each batch's results are read back only after the next
+    batch is queued, so the GPU never waits on decoding or on the host. amp autocasts to
+    amp_dtype; fast_matmul allows TF32 for the duration; channels_last converts loaded.net in
+    place. progress(n) is called with the number of images finished after each batch. An image
+    whose header gives more than max_pixels pixels is not decoded (a failed position, reason
+    given). draft_min_size: JPEG DCT scaling (draft_size_for; 0: full decode, as birder).
     """
-    _check_kind(loaded, kind)
-    if amp_dtype not in ("bfloat16", "float16"):
-        raise ModelError(f"unknown amp dtype {amp_dtype!r}: use bfloat16 or float16")
-    loader = image_loader(
-        loaded, paths, batch_size=batch_size, num_workers=num_workers, prefetch_factor=prefetch_factor,
-        max_pixels=max_pixels,
+    batches = run_pass(
+        [PassModel(loaded, kind)], paths, decode=decode, batch_size=batch_size, num_workers=num_workers, amp=amp,
+        amp_dtype=amp_dtype, compile=compile, fast_matmul=fast_matmul, channels_last=channels_last,
+        prefetch_factor=prefetch_factor, progress=progress, max_pixels=max_pixels, draft_min_size=draft_min_size,
     )
-    forward = forward_fn(loaded.net, kind)
-    if compile:
-        forward = torch.compile(forward)
-    if channels_last:
-        loaded.net.to(memory_format=torch.channels_last)
-    autocast = torch.autocast(loaded.device.type, dtype=getattr(torch, amp_dtype), enabled=amp)
-    precision = "high" if (fast_matmul or amp) else None
-    return _inference_batches(loaded, loader, forward, autocast, precision, channels_last, progress)
+    return _single_model_batches(batches)
 
 
-def _inference_batches(
-    loaded: LoadedModel,
-    loader: DataLoader,
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    autocast: torch.autocast,
-    precision: str | None,
-    channels_last: bool,
-    progress: Callable[[int], Any] | None,
-) -> Iterator[InferenceBatch]:
-    normalize = device_normalizer(loaded)
-    with _matmul_precision(precision):
-        pending: _PendingBatch | None = None
-        for index, images, errors in loader:
-            inputs = images.to(loaded.device, non_blocking=True)
-            with torch.inference_mode(), autocast:
-                x = normalize(inputs)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                current = _PendingBatch.start(forward(x), index, errors)
-            if pending is not None:  # read back batch i-1 while batch i runs
-                yield pending.finish(progress)
-            pending = current
-        if pending is not None:
-            yield pending.finish(progress)
+def _single_model_batches(batches: Iterator[PassBatch]) -> Iterator[InferenceBatch]:
+    for batch in batches:
+        ok = batch.done[0]
+        yield InferenceBatch(
+            indices=batch.indices[ok],
+            outputs=np.ascontiguousarray(batch.outputs[0][ok]),
+            failed=batch.indices[~ok],
+            errors=[e for e, done in zip(batch.errors, ok) if not done],
+        )
 
 
 def _check_kind(loaded: LoadedModel, kind: str) -> None:
@@ -711,42 +691,6 @@ def _normalizer(
     return lambda x: x.to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
 
 
-@dataclass
-class _PendingBatch:
-    """A batch whose outputs are still being computed / copied to the host."""
-
-    outputs: torch.Tensor
-    index: torch.Tensor
-    errors: list[str]
-    ready: torch.cuda.Event | None
-
-    @classmethod
-    def start(cls, outputs: torch.Tensor, index: torch.Tensor, errors: list[str]) -> _PendingBatch:
-        if outputs.device.type != "cuda":
-            return cls(outputs, index, errors, None)
-        host = torch.empty(outputs.shape, dtype=outputs.dtype, pin_memory=True)
-        host.copy_(outputs, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
-        return cls(host, index, errors, ready)
-
-    def finish(self, progress: Callable[[int], Any] | None) -> InferenceBatch:
-        if self.ready is not None:
-            self.ready.synchronize()
-        ok = np.array([e == "" for e in self.errors], dtype=bool)
-        index = self.index.numpy().astype(np.int64)
-        outputs = self.outputs.numpy()
-        batch = InferenceBatch(
-            indices=index[ok],
-            outputs=np.ascontiguousarray(outputs[ok], dtype=np.float32),
-            failed=index[~ok],
-            errors=[e for e in self.errors if e],
-        )
-        if progress is not None:
-            progress(len(index))
-        return batch
-
-
 @contextmanager
 def _matmul_precision(precision: str | None) -> Iterator[None]:
     """Set torch's float32 matmul precision for the block (TF32 on Ampere+), then restore it."""
@@ -760,3 +704,523 @@ def _matmul_precision(precision: str | None) -> Iterator[None]:
     finally:
         torch.set_float32_matmul_precision(before)
 
+
+
+# ---------------------------------------------------------------------------- one decode, several models
+#
+# A decode pass feeds every model of a `predict` from one decode of each image. Workers decode
+# (JPEG at reduced DCT scale when the file is far larger than any model needs: `draft_size`) and
+# either resize for every model themselves (CPU device: the workers are the parallel compute) or
+# ship the uint8 image (CUDA: resized per model on the device, or JPEG bytes that nvJPEG decodes
+# there). Each model's resize is birder's own preset steps on the same uint8 pixels, so a model
+# computes the same numbers in a pass as alone. With a rotation model and a threshold, the
+# rotation model runs first and the other models see each image turned by its predicted angle.
+
+DECODE_MODES: tuple[str, ...] = ("auto", "cpu", "gpu")
+GPU_JPEG_MODES = ("RGB", "L")  # JPEG colour modes nvJPEG decodes like libjpeg; CMYK/YCCK go to the CPU
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class PassModel:
+    """One model of a decode pass and the kind of output it gives (see run_inference)."""
+
+    loaded: LoadedModel
+    kind: str
+
+
+@dataclass
+class PassBatch:
+    """One batch of a decode pass, rows in input order.
+
+    indices: int64 [b] positions in the pass's paths; outputs[m]: float32 [b, d_m] for model m,
+    valid where done[m] (a row is not done when the model was not asked for it, or the image
+    did not decode); errors: [b] "" or why the image did not decode; angles: int16 [b] degrees
+    clockwise the image was turned for the non-rotation models (0: as stored)."""
+
+    indices: np.ndarray
+    outputs: list[np.ndarray]
+    done: np.ndarray
+    errors: list[str]
+    angles: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __repr__(self) -> str:
+        return f"PassBatch(n={len(self.indices)}, done={self.done.sum(axis=1).tolist()}, rotated={int((self.angles != 0).sum())})"
+
+
+def preprocessing_steps(loaded: LoadedModel) -> tuple[Callable[[torch.Tensor], torch.Tensor],
+                                                       Callable[[torch.Tensor], torch.Tensor]]:
+    """birder's preset split in two: (resize: uint8 [..., 3, h, w] -> uint8 [..., 3, H, W],
+    normalise: uint8 [..., 3, H, W] -> float32), the very transforms birder composes."""
+    from torchvision.transforms import v2
+
+    steps = _gpu_split(loaded.transform)
+    if steps is None:
+        raise ModelError(f"birder's inference preset for {loaded.name} no longer ends with ToDtype, Normalize; "
+                         "vdc-lake needs an update for this birder version")
+    return v2.Compose(steps[:-2]), v2.Compose(steps[-2:])
+
+
+def draft_size_for(models: Sequence[LoadedModel], min_size: int) -> int | None:
+    """Side (px) a JPEG may be reduced to by DCT scaling in a pass: the largest model input, and
+    at least min_size (0: never reduce). Keeping min_size above every model's input makes a
+    model's inputs independent of the other models of its pass."""
+    if min_size <= 0:
+        return None
+    return max([min_size] + [max(m.size) for m in models])
+
+
+def decode_for_pass(path: str, *, max_pixels: int | None = None, draft_size: int | None = None) -> torch.Tensor:
+    """uint8 [3, h, w] RGB pixels as decode_rgb gives them, but a JPEG whose sides are both at
+    least twice draft_size is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
+    sides >= draft_size (Pillow's draft). Other files decode exactly like birder's loader."""
+    if max_pixels is not None:
+        from vdc_lake.files import check_pixels
+
+        check_pixels(path, max_pixels)
+    if draft_size:
+        drafted = _draft_decode(path, draft_size)
+        if drafted is not None:
+            return drafted
+    pixels = decode_rgb(path)
+    if pixels.dtype != torch.uint8:  # a 16-bit PNG: every model takes 8-bit pixels
+        from torchvision.transforms.v2.functional import to_dtype
+
+        pixels = to_dtype(pixels, torch.uint8, scale=True)
+    return pixels
+
+
+def _draft_decode(path: str, draft_size: int) -> torch.Tensor | None:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.format != "JPEG" or min(image.size) < 2 * draft_size:
+            return None
+        full = image.size
+        image.draft("RGB", (draft_size, draft_size))
+        if image.size == full:
+            return None
+        array = np.array(image.convert("RGB"))
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _gpu_jpeg_bytes(path: str, max_pixels: int | None) -> torch.Tensor | None:
+    """The file's bytes as uint8 [n] when nvJPEG should decode it (a baseline or progressive
+    JPEG in RGB or greyscale, within max_pixels), else None (decode it on the CPU)."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(JPEG_MAGIC):
+        return None
+    try:
+        import io
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    ok = image.format == "JPEG" and image.mode in GPU_JPEG_MODES
+                    pixels = image.width * image.height
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+    except Exception:  # the CPU path reports why it does not decode
+        return None
+    if not ok or (max_pixels is not None and pixels > max_pixels):
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+class PassDataset(Dataset):
+    """Item i -> dict(index, error, inputs, full, jpeg) of paths[i] for a decode pass; never raises.
+
+    inputs: uint8 [3, H_m, W_m] for each of `resizes` (zeros when the image did not decode);
+    full: the decoded uint8 [3, h, w] when ship_full (the main process resizes it: on the
+    device, or after turning it); jpeg: the file's bytes when gpu_jpeg and nvJPEG can decode
+    it (inputs and full are then empty); error: "" or a one-line reason.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], resizes: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+                 sizes: Sequence[tuple[int, int]], *, ship_full: bool, gpu_jpeg: bool = False,
+                 max_pixels: int | None = None, draft_size: int | None = None):
+        self._paths = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)  # see ImageFileDataset
+        self.resizes = list(resizes)
+        self.blanks = [torch.zeros(3, *size, dtype=torch.uint8) for size in sizes]
+        self.ship_full, self.gpu_jpeg = ship_full, gpu_jpeg
+        self.max_pixels, self.draft_size = max_pixels, draft_size
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def path(self, index: int) -> str:
+        return os.fsdecode(self._paths[index])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"index": index, "error": "", "inputs": tuple(self.blanks), "full": None, "jpeg": None}
+        path = self.path(index)
+        try:
+            if self.gpu_jpeg:
+                item["jpeg"] = _gpu_jpeg_bytes(path, self.max_pixels)
+                if item["jpeg"] is not None:
+                    return item
+            pixels = decode_for_pass(path, max_pixels=self.max_pixels, draft_size=self.draft_size)
+            item["inputs"] = tuple(self._resized(pixels))
+        except Exception as e:  # any decoder or transform failure is a per-file finding
+            item["error"] = f"cannot decode: {_one_line(e)}"
+            return item
+        if self.ship_full:
+            item["full"] = pixels
+        return item
+
+    def _resized(self, pixels: torch.Tensor) -> Iterator[torch.Tensor]:
+        for resize, blank in zip(self.resizes, self.blanks):
+            image = resize(pixels)
+            if image.shape != blank.shape:
+                raise ValueError(f"unexpected decoded shape {tuple(image.shape)}")
+            yield image
+
+
+def _collate_pass(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "index": torch.tensor([item["index"] for item in items], dtype=torch.int64),
+        "errors": [item["error"] for item in items],
+        "inputs": tuple(torch.stack(images) for images in zip(*(item["inputs"] for item in items))),
+        "full": [item["full"] for item in items],
+        "jpeg": [item["jpeg"] for item in items],
+    }
+
+
+def resolve_decode(decode: str, device: torch.device) -> str:
+    """"cpu" or "gpu" for a --decode choice. auto: gpu when the device is CUDA and torchvision's
+    nvJPEG decoder works there (JPEG files then decode on the GPU, every other file on the CPU),
+    else cpu. gpu without CUDA is an error."""
+    if decode not in DECODE_MODES:
+        raise ModelError(f"unknown decode mode {decode!r}: use {', '.join(DECODE_MODES)}")
+    if decode == "cpu":
+        return "cpu"
+    if device.type != "cuda":
+        if decode == "gpu":
+            raise ModelError("--decode gpu needs a CUDA device (nvJPEG): use --device cuda, or --decode cpu")
+        return "cpu"
+    if decode == "gpu" or _nvjpeg_works(device):
+        return "gpu"
+    return "cpu"
+
+
+@functools.cache
+def _nvjpeg_works(device: torch.device) -> bool:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, format="JPEG")
+    data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+    try:
+        return decode_jpegs_on_device([data], device)[0] is not None
+    except Exception:
+        return False
+
+
+def decode_jpegs_on_device(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """uint8 [3, h, w] RGB on `device` for each JPEG's bytes (uint8 [n] on the CPU), decoded by
+    nvJPEG in one batched call; EXIF orientation is not applied (as on the CPU, like birder).
+    A file nvJPEG cannot decode gives None (the caller decodes it on the CPU): the batch is
+    retried one file at a time when the batched call fails."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not datas:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return list(decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device))
+        except Exception:
+            pass
+        decoded: list[torch.Tensor | None] = []
+        for data in datas:
+            try:
+                decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except Exception:
+                decoded.append(None)
+    return decoded
+
+
+def rotate_clockwise(image: torch.Tensor, angle: int) -> torch.Tensor:
+    """image [..., h, w] turned `angle` degrees clockwise (a multiple of 90), like the apply
+    engine's rotate_<angle> turns the stored pixels."""
+    return torch.rot90(image, -(int(angle) // 90) % 4, dims=(-2, -1)) if angle % 360 else image
+
+
+def rotation_angles(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Clockwise correction in degrees per row of probs [n, 4] ordered [0, 90, 180, 270]: the top
+    class's angle when it is not 0 and its probability is above threshold, else 0. Same rule
+    and tie-break (first maximum) as sql/views/rotation_actions.sql; compared in float64 like DuckDB."""
+    probs = np.asarray(probs, dtype=np.float32)
+    top = probs.argmax(axis=1)
+    confident = probs[np.arange(len(probs)), top].astype(np.float64) > float(threshold)
+    return np.where(confident & (top != 0), top * 90, 0).astype(np.int16)
+
+
+def _resize_on(images: list[torch.Tensor], resize: Callable[[torch.Tensor], torch.Tensor],
+               size: tuple[int, int]) -> torch.Tensor:
+    """uint8 [n, 3, H, W]: each image resized with `resize`, images of one shape in one call."""
+    out = torch.empty((len(images), 3, *size), dtype=torch.uint8, device=images[0].device)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    for rows in groups.values():
+        out[rows] = resize(torch.stack([images[i] for i in rows]))
+    return out
+
+
+@dataclass
+class _PassStep:
+    """What the pass needs per model: its preprocessing and compiled forward."""
+
+    model: PassModel
+    resize: Callable[[torch.Tensor], torch.Tensor]
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    rotation_order: list[int] | None  # columns of its probs as [0, 90, 180, 270] (the rotation model)
+
+
+def run_pass(
+    models: Sequence[PassModel],
+    paths: Sequence[str | os.PathLike],
+    *,
+    needs: np.ndarray | None = None,
+    rotation: int | None = None,
+    rotate_threshold: float | None = None,
+    known_rotation: np.ndarray | None = None,
+    decode: str = "auto",
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    amp: bool = False,
+    amp_dtype: str = "bfloat16",
+    compile: bool = False,
+    fast_matmul: bool = False,
+    channels_last: bool = False,
+    prefetch_factor: int = 4,
+    progress: Callable[[int], Any] | None = None,
+    max_pixels: int | None = None,
+    draft_min_size: int = 0,
+) -> Iterator[PassBatch]:
+    """PassBatch results of every model for `paths`, each image decoded once, in input order.
+
+    needs: bool [n_models, n_paths], which model must run on which image (default: all).
+    rotation: index of the rotation model in `models`; with rotate_threshold, the other models
+    see each image turned clockwise by its predicted angle when the probability is above the
+    threshold (rotation_angles). Where the rotation model is not needed for an image another
+    model needs, its probabilities come from known_rotation float32 [n_paths, 4] ([0, 90, 180,
+    270]; NaN: unknown, then the rotation model runs anyway and its row is marked done).
+    decode: "auto" | "cpu" | "gpu" (resolve_decode). All models must be on one device.
+    draft_min_size: see draft_size_for (0: JPEGs decode at full size, as birder's loader).
+    Other options as run_inference; ModelError before anything runs when they do not fit.
+    """
+    if not models:
+        raise ModelError("a decode pass needs at least one model")
+    device = models[0].loaded.device
+    if any(m.loaded.device != device for m in models):
+        raise ModelError("the models of one pass must be on one device")
+    for m in models:
+        _check_kind(m.loaded, m.kind)
+    if amp_dtype not in ("bfloat16", "float16"):
+        raise ModelError(f"unknown amp dtype {amp_dtype!r}: use bfloat16 or float16")
+    if rotation is not None and models[rotation].kind != "rotation":
+        raise ModelError(f"{models[rotation].loaded.name} is not run as a rotation model (kind 'rotation')")
+    n = len(paths)
+    needs = np.ones((len(models), n), bool) if needs is None else np.asarray(needs, bool)
+    turning = rotation is not None and rotate_threshold is not None and len(models) > 1
+    if turning:
+        known = np.full((n, 4), np.nan, np.float32) if known_rotation is None else np.asarray(known_rotation, np.float32)
+        others = np.delete(needs, rotation, axis=0).any(axis=0)
+        needs = needs.copy()
+        needs[rotation] |= others & np.isnan(known).any(axis=1)  # an angle nobody stored: compute it
+    on_cuda = device.type == "cuda"
+    gpu_decode = resolve_decode(decode, device) == "gpu"
+    steps = []
+    for m in models:
+        resize, normalize = preprocessing_steps(m.loaded)
+        forward = forward_fn(m.loaded.net, m.kind)
+        if compile:
+            forward = torch.compile(forward)
+        if channels_last:
+            m.loaded.net.to(memory_format=torch.channels_last)
+        order = _rotation_order(m.loaded) if m.kind == "rotation" else None
+        steps.append(_PassStep(m, resize, normalize, forward, order))
+    dataset = PassDataset(
+        paths, [] if on_cuda else [s.resize for s in steps], [m.loaded.size for m in models],
+        ship_full=on_cuda or turning, gpu_jpeg=gpu_decode, max_pixels=max_pixels,
+        draft_size=draft_size_for([m.loaded for m in models], draft_min_size),
+    )
+    workers = _default_workers() if num_workers is None else num_workers
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=on_cuda,
+                        prefetch_factor=prefetch_factor if workers > 0 else None, collate_fn=_collate_pass)
+    autocast = torch.autocast(device.type, dtype=getattr(torch, amp_dtype), enabled=amp)
+    precision = "high" if (fast_matmul or amp) else None
+    context = _PassContext(steps, dataset, device, needs, rotation if turning else None,
+                           rotate_threshold, known if turning else None, max_pixels)
+    return _pass_batches(context, loader, autocast, precision, channels_last, progress)
+
+
+def _rotation_order(loaded: LoadedModel) -> list[int]:
+    names = list(loaded.class_names)
+    if sorted(names) != sorted(ROTATION_CLASSES):
+        return list(range(4))  # birder's train_rotnet order
+    return [names.index(c) for c in ROTATION_CLASSES]
+
+
+@dataclass
+class _PassContext:
+    steps: list[_PassStep]
+    dataset: PassDataset
+    device: torch.device
+    needs: np.ndarray
+    rotation: int | None
+    threshold: float | None
+    known: np.ndarray | None
+    max_pixels: int | None
+
+
+def _pass_batches(context: _PassContext, loader: DataLoader, autocast: torch.autocast, precision: str | None,
+                  channels_last: bool, progress: Callable[[int], Any] | None) -> Iterator[PassBatch]:
+    with _matmul_precision(precision):
+        pending: _PendingPass | None = None
+        for batch in loader:
+            with torch.inference_mode(), autocast:
+                current = _run_pass_batch(context, batch, channels_last)
+            if pending is not None:  # read back batch i-1 while batch i runs
+                yield pending.finish(progress)
+            pending = current
+        if pending is not None:
+            yield pending.finish(progress)
+
+
+def _device_images(context: _PassContext, batch: dict[str, Any], errors: list[str]) -> list[torch.Tensor | None]:
+    """The batch's decoded images on the device (None where the image did not decode): shipped
+    pixels copied, JPEG bytes decoded by nvJPEG, and what nvJPEG refuses decoded here on the CPU."""
+    index = batch["index"].tolist()
+    images: list[torch.Tensor | None] = [None] * len(index)
+    jpeg_rows = [row for row, data in enumerate(batch["jpeg"]) if data is not None]
+    decoded = decode_jpegs_on_device([batch["jpeg"][row] for row in jpeg_rows], context.device)
+    for row, image in zip(jpeg_rows, decoded):
+        if image is None:
+            try:
+                image = decode_for_pass(context.dataset.path(index[row]), max_pixels=context.max_pixels,
+                                        draft_size=context.dataset.draft_size).to(context.device)
+            except Exception as e:
+                errors[row] = f"cannot decode: {_one_line(e)}"
+        images[row] = image
+    for row, full in enumerate(batch["full"]):
+        if full is not None:
+            images[row] = full.to(context.device, non_blocking=True)
+    return images
+
+
+def _run_pass_batch(context: _PassContext, batch: dict[str, Any], channels_last: bool) -> _PendingPass:
+    errors = list(batch["errors"])
+    index = batch["index"].numpy()
+    on_cuda = context.device.type == "cuda"
+    images = _device_images(context, batch, errors) if (on_cuda or context.rotation is not None) else None
+    ok = np.array([e == "" for e in errors], bool)
+    angles = np.zeros(len(index), np.int16)
+    order = list(range(len(context.steps)))
+    if context.rotation is not None:
+        order.remove(context.rotation)
+        order.insert(0, context.rotation)
+    outputs: list[tuple[np.ndarray, torch.Tensor] | None] = [None] * len(context.steps)
+    for m in order:
+        step = context.steps[m]
+        rows = np.flatnonzero(ok & context.needs[m, index])
+        if m == context.rotation:
+            probs = None
+            if len(rows):
+                probs = _forward_rows(step, context, batch, images, rows, angles, m, channels_last)
+                outputs[m] = (rows, probs)
+            angles = _pass_angles(context, index, ok, rows, probs)
+            continue
+        if len(rows):
+            outputs[m] = (rows, _forward_rows(step, context, batch, images, rows, angles, m, channels_last))
+    return _PendingPass.start(index, outputs, [s.model for s in context.steps], errors, angles)
+
+
+def _pass_angles(context: _PassContext, index: np.ndarray, ok: np.ndarray, rows: np.ndarray,
+                 probs: torch.Tensor | None) -> np.ndarray:
+    """Clockwise angle per batch row for the models after the rotation model."""
+    known = context.known[index].copy()
+    if probs is not None:
+        order = context.steps[context.rotation].rotation_order
+        known[rows] = probs.float().cpu().numpy()[:, order]
+    angles = np.zeros(len(index), np.int16)
+    usable = ok & ~np.isnan(known).any(axis=1)
+    angles[usable] = rotation_angles(known[usable], context.threshold)
+    return angles
+
+
+def _forward_rows(step: _PassStep, context: _PassContext, batch: dict[str, Any], images: list[torch.Tensor | None] | None,
+                  rows: np.ndarray, angles: np.ndarray, m: int, channels_last: bool) -> torch.Tensor:
+    """The model's outputs [len(rows), d] on the device for the batch rows `rows`."""
+    turned = [] if m == context.rotation else [r for r in rows if angles[r]]
+    if images is None or (batch["inputs"] and not turned and context.device.type != "cuda"):
+        x = batch["inputs"][m][torch.from_numpy(rows)]  # resized by the workers
+    elif context.device.type != "cuda" and batch["inputs"]:
+        x = batch["inputs"][m][torch.from_numpy(rows)].clone()
+        x[[int(np.flatnonzero(rows == r)[0]) for r in turned]] = _resize_on(
+            [rotate_clockwise(images[r], int(angles[r])) for r in turned], step.resize, step.model.loaded.size)
+    else:
+        pixels = [images[r] if m == context.rotation else rotate_clockwise(images[r], int(angles[r])) for r in rows]
+        x = _resize_on(pixels, step.resize, step.model.loaded.size)
+    x = step.normalize(x.to(context.device, non_blocking=True))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return step.forward(x)
+
+
+@dataclass
+class _PendingPass:
+    """A batch whose outputs are still being computed / copied to the host."""
+
+    index: np.ndarray
+    outputs: list[tuple[np.ndarray, torch.Tensor] | None]
+    dims: list[int]
+    errors: list[str]
+    angles: np.ndarray
+    ready: torch.cuda.Event | None
+
+    @classmethod
+    def start(cls, index: np.ndarray, outputs: list[tuple[np.ndarray, torch.Tensor] | None],
+              models: list[PassModel], errors: list[str], angles: np.ndarray) -> _PendingPass:
+        dims = [output_dim(m.loaded, m.kind) for m in models]
+        ready = None
+        hosted: list[tuple[np.ndarray, torch.Tensor] | None] = []
+        for item in outputs:
+            if item is None or item[1].device.type != "cuda":
+                hosted.append(item)
+                continue
+            host = torch.empty(item[1].shape, dtype=item[1].dtype, pin_memory=True)
+            host.copy_(item[1], non_blocking=True)
+            hosted.append((item[0], host))
+        if any(item is not None and item[1].is_pinned() for item in hosted):
+            ready = torch.cuda.Event()
+            ready.record()
+        return cls(index, hosted, dims, errors, angles, ready)
+
+    def finish(self, progress: Callable[[int], Any] | None) -> PassBatch:
+        if self.ready is not None:
+            self.ready.synchronize()
+        b = len(self.index)
+        outputs = [np.zeros((b, d), np.float32) for d in self.dims]
+        done = np.zeros((len(self.dims), b), bool)
+        for m, item in enumerate(self.outputs):
+            if item is not None:
+                rows, values = item
+                outputs[m][rows] = values.float().numpy()
+                done[m, rows] = True
+        if progress is not None:
+            progress(b)
+        return PassBatch(self.index.astype(np.int64), outputs, done, self.errors, self.angles)

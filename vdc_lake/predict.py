@@ -156,6 +156,8 @@ class ModelSpec:
     compile: bool
     num_workers: int | None
     max_pixels: int | None = None
+    decode: str = "auto"
+    draft_min_size: int = 0
 
     def load(self) -> Any:
         from vdc_lake.models import load_model
@@ -166,7 +168,8 @@ class ModelSpec:
     def inference_options(self) -> dict[str, Any]:
         return dict(kind=self.kind, batch_size=self.batch_size, num_workers=self.num_workers, amp=self.amp,
                     amp_dtype=self.amp_dtype, compile=self.compile, fast_matmul=self.fast_matmul,
-                    channels_last=self.channels_last, max_pixels=self.max_pixels)
+                    channels_last=self.channels_last, max_pixels=self.max_pixels, decode=self.decode,
+                    draft_min_size=self.draft_min_size)
 
 
 # The model of the last spec a Ray worker process ran: loaded once per process, not per shard.
@@ -228,15 +231,6 @@ def _model_results_on_ray(catalog: Catalog, spec: ModelSpec, items: list[tuple[s
                            num_cpus=max(1, spec.num_workers or 1), num_gpus=1 if spec.device == "cuda" else 0)
 
 
-def _model_results(loaded: Any, spec: ModelSpec, paths: list[str], quiet: bool) -> Iterator[np.ndarray | str]:
-    """Results of the model loaded here for paths (as _per_image gives them), with a progress bar."""
-    from vdc_lake.models import run_inference
-
-    with progress_bar(len(paths), f"predict {spec.model}", unit="img", quiet=quiet) as bar:
-        yield from _per_image(run_inference(loaded, paths, progress=bar.update, **spec.inference_options()),
-                              _rotation_order(loaded, spec.kind))
-
-
 def _ingest(catalog: Catalog, run_id: int, kind: str, set_name: str, work: pa.Table,
             results: Iterable[np.ndarray | str | None], summary: PredictSummary, commit_every: int) -> None:
     """Write one result per work row, in order, to the set: a vector is written, anything else
@@ -271,11 +265,37 @@ def _commit(catalog: Catalog, run_id: int, kind: str, set_name: str, ids: np.nda
     return len(vectors)
 
 
+@dataclass(frozen=True)
+class PredictRequest:
+    """One model of a predict pass: birder weights name (or 'builtin'), kind, and optionally its
+    tag, result set name (default: the model's name) and input size (default: the model's)."""
+
+    model: str
+    kind: str
+    tag: str | None = None
+    set_name: str | None = None
+    size: int | None = None
+
+
+def _check_request(request: PredictRequest) -> None:
+    if request.kind not in KIND_TABLE:
+        raise StageError(f"unknown kind {request.kind!r}: use rotation, descriptor or embedding")
+    if request.model == BUILTIN_MODEL and request.kind != "descriptor":
+        raise StageError("the builtin model only computes descriptors: use --kind descriptor")
+
+
+def _run_params(request: PredictRequest, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A predict run's params: the same keys whether the set was computed alone or in a pass."""
+    return {"model": request.model, "tag": request.tag, "kind": request.kind, "set": name, "size": request.size,
+            **options}
+
+
 def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, set_name: str | None = None,
             models_dir: str = "models", size: int | None = None, device: str = "auto", batch_size: int = 64,
             num_workers: int | None = None, amp: bool = False, amp_dtype: str = "bfloat16", compile: bool = False,
             fast_matmul: bool = False, channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES,
-            quiet: bool = False, backend: str = "local", max_pixels: int | None = None) -> PredictSummary:
+            quiet: bool = False, backend: str = "local", max_pixels: int | None = None, decode: str = "auto",
+            draft_min_size: int = 0) -> PredictSummary:
     """Compute `kind` outputs of `model` for every present image missing them; returns counts.
 
     Images over `max_pixels` (default: the bundled sanitize.max_pixels) or with a pending
@@ -285,40 +305,49 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
     at most that much work and a re-run continues with the images still missing.
     backend "ray" runs the model in batched Ray tasks (a GPU each when the device is, or
     resolves to, cuda) and the builtin descriptor in per-file Ray tasks; this process only
-    reads the work list and writes the results, as with "local".
+    reads the work list and writes the results, as with "local". A birder model on "local" is
+    a decode pass with one model (predict_pass), so it computes what a pass with others does.
+    decode ("auto" | "cpu" | "gpu") and draft_min_size: see vdc_lake.models.run_pass.
     """
-    if kind not in KIND_TABLE:
-        raise StageError(f"unknown kind {kind!r}: use rotation, descriptor or embedding")
+    request = PredictRequest(model, kind, tag, set_name, size)
+    _check_request(request)
     if backend not in BACKENDS:
         raise StageError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}")
+    options = dict(models_dir=models_dir, device=device, batch_size=batch_size, num_workers=num_workers, amp=amp,
+                   amp_dtype=amp_dtype, compile=compile, fast_matmul=fast_matmul, channels_last=channels_last,
+                   commit_every=commit_every, quiet=quiet, max_pixels=max_pixels, decode=decode,
+                   draft_min_size=draft_min_size)
+    if model != BUILTIN_MODEL and backend == "local":
+        return predict_pass(catalog, [request], **options)[0]
+    return _predict_alone(catalog, request, backend=backend, **options)
+
+
+def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str, device: str, batch_size: int,
+                   num_workers: int | None, amp: bool, amp_dtype: str, compile: bool, fast_matmul: bool,
+                   channels_last: bool, commit_every: int, quiet: bool, backend: str, max_pixels: int | None,
+                   decode: str, draft_min_size: int) -> PredictSummary:
+    """The builtin descriptor (its own decode), or a model on Ray: one set, one run."""
+    model, kind, size = request.model, request.kind, request.size
     builtin = model == BUILTIN_MODEL
-    if builtin and kind != "descriptor":
-        raise StageError("the builtin model only computes descriptors: use --kind descriptor")
     max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
     loaded = spec = None
     if not builtin:
-        spec = ModelSpec(os.path.abspath(models_dir), model, tag, size, device, kind, batch_size, amp, amp_dtype,
-                         channels_last, fast_matmul, compile, num_workers, max_pixels)
-        if backend == "ray":
-            spec = replace(spec, device=_ray_device(device))
-            loaded = replace(spec, device="cpu").load()  # here only for its name, classes and preprocessing
-        else:
-            loaded = spec.load()
-    name = set_name or (BUILTIN_MODEL if builtin else loaded.name)
-    params = {"model": model, "tag": tag, "kind": kind, "set": name, "size": size, "device": device,
-              "batch_size": batch_size, "amp": amp, "amp_dtype": amp_dtype, "compile": compile,
-              "max_pixels": max_pixels}
+        spec = ModelSpec(os.path.abspath(models_dir), model, request.tag, size, device, kind, batch_size, amp,
+                         amp_dtype, channels_last, fast_matmul, compile, num_workers, max_pixels, decode,
+                         draft_min_size)
+        spec = replace(spec, device=_ray_device(device))
+        loaded = replace(spec, device="cpu").load()  # here only for its name, classes and preprocessing
+    name = request.set_name or (BUILTIN_MODEL if builtin else loaded.name)
+    params = _run_params(request, name, dict(
+        device=device, batch_size=batch_size, amp=amp, amp_dtype=amp_dtype, compile=compile, max_pixels=max_pixels,
+        decode=decode, draft_min_size=draft_min_size, rotate_threshold=None, rotation_set=None, pass_sets=[name]))
     with catalog.run("predict", params) as run_id:
         started = time.monotonic()
         summary = PredictSummary(run_id, name, kind)
         if builtin:
             register_builtin_set(catalog, run_id, name)
         else:
-            from vdc_lake.models import output_dim
-
-            _register(catalog, name, kind, loaded.name, output_dim(loaded, kind),
-                      ROTATION_ORDER if kind == "rotation" else loaded.class_names,
-                      {"size": list(loaded.size), "rgb_stats": loaded.rgb_stats}, run_id)
+            _register_model_set(catalog, name, kind, loaded, run_id)
         work = _skip_blocked(catalog, missing_images(catalog, KIND_TABLE[kind], name), max_pixels, summary)
         summary.todo = work.num_rows
         if work.num_rows:
@@ -329,15 +358,284 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
                 mapper = get_mapper(backend, catalog_path=catalog.path)
                 results = mapper(partial(_builtin_item, max_pixels=max_pixels), items, workers=num_workers,
                                  desc="builtin", quiet=quiet)
-            elif backend == "ray":
-                results = _model_results_on_ray(catalog, spec, items, quiet)
             else:
-                results = _model_results(loaded, spec, paths, quiet)
+                results = _model_results_on_ray(catalog, spec, items, quiet)
             _ingest(catalog, run_id, kind, name, work, results, summary, commit_every)
-        summary.seconds = round(time.monotonic() - started, 3)
-        summary.images_per_second = round(summary.written / summary.seconds, 1) if summary.seconds else 0.0
-        catalog.finish_run(run_id, summary=asdict(summary))
+        _finish(catalog, summary, started)
     return summary
+
+
+def _register_model_set(catalog: Catalog, name: str, kind: str, loaded: Any, run_id: int) -> None:
+    from vdc_lake.models import output_dim
+
+    _register(catalog, name, kind, loaded.name, output_dim(loaded, kind),
+              ROTATION_ORDER if kind == "rotation" else loaded.class_names,
+              {"size": list(loaded.size), "rgb_stats": loaded.rgb_stats}, run_id)
+
+
+def _finish(catalog: Catalog, summary: PredictSummary, started: float) -> None:
+    summary.seconds = round(time.monotonic() - started, 3)
+    summary.images_per_second = round(summary.written / summary.seconds, 1) if summary.seconds else 0.0
+    catalog.finish_run(summary.run_id, summary=asdict(summary))
+
+
+# -- one decode pass, several models ----------------------------------------------------------
+
+def predict_pass(catalog: Catalog, requests: list[PredictRequest], *, models_dir: str = "models",
+                 device: str = "auto", decode: str = "auto", rotate_threshold: float | None = None,
+                 draft_min_size: int = 0, batch_size: int = 64, num_workers: int | None = None, amp: bool = False,
+                 amp_dtype: str = "bfloat16", compile: bool = False, fast_matmul: bool = False,
+                 channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES, quiet: bool = False,
+                 backend: str = "local", max_pixels: int | None = None) -> list[PredictSummary]:
+    """Run several models over the present images in one decode pass; one summary per request.
+
+    Each set gets its own predict run (params as if computed alone, plus the pass's sets) and
+    exactly the rows a run of that model alone would write; the pass decodes each image that
+    any set misses once and runs each model only on the images its set misses. Commits write
+    every set together, so a killed pass resumes per set with no duplicates.
+
+    rotate_threshold: with one rotation request and others, the other models see each image
+    turned clockwise by the rotation model's predicted angle when its probability is above
+    the threshold (rotation_actions' rule), and table applied_rotations records it; None: no
+    turning. Where the rotation set already holds an image's probabilities, those are used.
+    The builtin descriptor (it decodes on its own) and backend "ray" run each request alone,
+    one after the other, without turning.
+    """
+    for request in requests:
+        _check_request(request)
+    if backend not in BACKENDS:
+        raise StageError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}")
+    if not requests:
+        raise StageError("predict needs at least one --model with its --kind")
+    options = dict(models_dir=models_dir, device=device, batch_size=batch_size, num_workers=num_workers, amp=amp,
+                   amp_dtype=amp_dtype, compile=compile, fast_matmul=fast_matmul, channels_last=channels_last,
+                   commit_every=commit_every, quiet=quiet, max_pixels=max_pixels, decode=decode,
+                   draft_min_size=draft_min_size)
+    alone = [r for r in requests if r.model == BUILTIN_MODEL or backend == "ray"]
+    together = [r for r in requests if r not in alone]
+    summaries: dict[int, PredictSummary] = {}
+    if together:
+        for request, summary in zip(together, _predict_together(catalog, together, rotate_threshold, **options)):
+            summaries[id(request)] = summary
+    for request in alone:
+        summaries[id(request)] = _predict_alone(catalog, request, backend=backend, **options)
+    return [summaries[id(r)] for r in requests]
+
+
+@dataclass
+class _PassSet:
+    """One set of a pass: its request, loaded model, summary (with its run) and work."""
+
+    request: PredictRequest
+    loaded: Any
+    name: str
+    summary: PredictSummary | None = None
+    work: pa.Table | None = None  # (image_id, version, path) its set misses
+
+
+def _predict_together(catalog: Catalog, requests: list[PredictRequest], rotate_threshold: float | None, *,
+                      models_dir: str, device: str, batch_size: int, num_workers: int | None, amp: bool,
+                      amp_dtype: str, compile: bool, fast_matmul: bool, channels_last: bool, commit_every: int,
+                      quiet: bool, max_pixels: int | None, decode: str, draft_min_size: int) -> list[PredictSummary]:
+    from contextlib import ExitStack
+
+    from vdc_lake.models import load_model, resolve_device
+
+    max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
+    torch_device = resolve_device(device)
+    sets = []
+    for r in requests:
+        loaded = load_model(os.path.abspath(models_dir), r.model, tag=r.tag, device=torch_device,
+                            size=None if r.size is None else (r.size, r.size))
+        sets.append(_PassSet(r, loaded, r.set_name or loaded.name))
+    names = [s.name for s in sets]
+    if len(set(names)) < len(names):
+        raise StageError(f"two models of one pass write the same set ({', '.join(names)}); give each its own --set")
+    rotation = _turning_model(sets, rotate_threshold)
+    pass_options = dict(device=device, batch_size=batch_size, amp=amp, amp_dtype=amp_dtype, compile=compile,
+                        max_pixels=max_pixels, decode=decode, draft_min_size=draft_min_size,
+                        rotate_threshold=rotate_threshold if rotation is not None else None,
+                        rotation_set=sets[rotation].name if rotation is not None else None, pass_sets=names)
+    with ExitStack() as runs:
+        started = time.monotonic()
+        for s in sets:
+            run_id = runs.enter_context(catalog.run("predict", _run_params(s.request, s.name, pass_options)))
+            s.summary = PredictSummary(run_id, s.name, s.request.kind)
+            _register_model_set(catalog, s.name, s.request.kind, s.loaded, run_id)
+            table = KIND_TABLE[s.request.kind]
+            work = _skip_blocked(catalog, missing_images(catalog, table, s.name), max_pixels, s.summary)
+            s.summary.todo = work.num_rows
+            s.work = work
+        images = _pass_images([s.work for s in sets])
+        if images.num_rows:
+            ids = images.column("image_id").to_numpy()
+            needs = np.stack([np.isin(ids, s.work.column("image_id").to_numpy()) for s in sets])
+            known = _known_rotation(catalog, sets[rotation].name, ids) if rotation is not None else None
+            catalog.release()  # before the decoding workers fork
+            from vdc_lake.models import PassModel, run_pass
+
+            label = "+".join(s.loaded.name for s in sets)
+            with progress_bar(images.num_rows, f"predict {label}", unit="img", quiet=quiet) as bar:
+                batches = run_pass(
+                    [PassModel(s.loaded, s.request.kind) for s in sets], images.column("path").to_pylist(),
+                    needs=needs, rotation=rotation, rotate_threshold=rotate_threshold, known_rotation=known,
+                    decode=decode, batch_size=batch_size, num_workers=num_workers, amp=amp, amp_dtype=amp_dtype,
+                    compile=compile, fast_matmul=fast_matmul, channels_last=channels_last, progress=bar.update,
+                    max_pixels=max_pixels, draft_min_size=draft_min_size)
+                _ingest_pass(catalog, sets, images, needs, batches, commit_every)
+        for s in sets:
+            _finish(catalog, s.summary, started)
+    return [s.summary for s in sets]
+
+
+def _turning_model(sets: list[_PassSet], rotate_threshold: float | None) -> int | None:
+    """Index of the pass's rotation model when it turns images for the others, else None."""
+    rotations = [i for i, s in enumerate(sets) if s.request.kind == "rotation"]
+    if rotate_threshold is None or not rotations or len(sets) == len(rotations):
+        return None
+    if len(rotations) > 1:
+        raise StageError("a pass that turns images in memory takes one rotation model; run the others in "
+                         "their own predict, or pass --rotate-threshold 1 to turn no image")
+    if not 0.0 <= float(rotate_threshold) <= 1.0:
+        raise StageError(f"--rotate-threshold {rotate_threshold} is not a probability: use 0..1 (1 turns no image)")
+    return rotations[0]
+
+
+def _pass_images(works: list[pa.Table]) -> pa.Table:
+    """(image_id, version, path) of every image some set of the pass misses, by image_id."""
+    table = pa.concat_tables([w.select(["image_id", "version", "path"]) for w in works])
+    if table.num_rows == 0:
+        return table
+    ids = table.column("image_id").to_numpy()
+    _, first = np.unique(ids, return_index=True)  # sorted by image_id
+    return table.take(pa.array(first))
+
+
+def _known_rotation(catalog: Catalog, set_name: str, ids: np.ndarray) -> np.ndarray:
+    """float32 [n, 4] probabilities ([0, 90, 180, 270]) the rotation set holds for the current
+    version of each image in ids, the newest run's as rotation_actions reads them; NaN: none."""
+    known = np.full((len(ids), 4), np.nan, np.float32)
+    table = pa.table({"image_id": pa.array(ids, pa.int64()), "row": pa.array(np.arange(len(ids), dtype=np.int64))})
+    with catalog.registered("pass_images", table):
+        stored = catalog.arrow(
+            """
+            SELECT w.row, p.probs::FLOAT[4] AS probs
+            FROM pass_images AS w
+            JOIN images AS i ON i.image_id = w.image_id AND i.present
+            JOIN predictions AS p ON p.image_id = i.image_id AND p.version = i.version AND p.set_name = ?
+            QUALIFY row_number() OVER (PARTITION BY p.image_id ORDER BY p.run_id DESC, p.rowid DESC) = 1
+            """,
+            [set_name],
+        )
+    if stored.num_rows:
+        rows = stored.column("row").to_numpy()
+        known[rows] = stored.column("probs").combine_chunks().flatten().to_numpy().reshape(-1, 4)
+    return known
+
+
+@dataclass
+class _Pending:
+    """Rows of one set waiting for the next commit."""
+
+    rows: list[int] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    angles: list[int] = field(default_factory=list)
+
+
+def _ingest_pass(catalog: Catalog, sets: list[_PassSet], images: pa.Table, needs: np.ndarray,
+                 batches: Iterable[Any], commit_every: int) -> None:
+    """Write each PassBatch's rows to their sets; commit every set together every
+    `commit_every` images of the pass (and every COMMIT_EVERY_SECONDS)."""
+    ids = images.column("image_id").to_numpy()
+    versions = images.column("version").to_numpy()
+    pending = [_Pending() for _ in sets]
+    waiting, last_commit = 0, time.monotonic()
+    for batch in batches:
+        for m, s in enumerate(sets):
+            summary = s.summary
+            for row, position in enumerate(batch.indices):
+                if batch.done[m, row]:
+                    pending[m].rows.append(int(position))
+                    pending[m].vectors.append(batch.outputs[m][row])
+                    pending[m].angles.append(0 if s.request.kind == "rotation" else int(batch.angles[row]))
+                elif needs[m, position]:
+                    summary.failed += 1
+                    if batch.errors[row] and len(summary.errors) < 10:
+                        summary.errors.append(batch.errors[row])
+        waiting += len(batch)
+        if waiting >= commit_every or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
+            _commit_pass(catalog, sets, pending, ids, versions)
+            pending, waiting, last_commit = [_Pending() for _ in sets], 0, time.monotonic()
+    _commit_pass(catalog, sets, pending, ids, versions)
+
+
+def _commit_pass(catalog: Catalog, sets: list[_PassSet], pending: list[_Pending], ids: np.ndarray,
+                 versions: np.ndarray) -> None:
+    """One transaction: every set's waiting rows and the rotations they were computed on."""
+    if not any(p.rows for p in pending):
+        return
+    turned: list[pa.Table] = []
+    with catalog.transaction():
+        for s, p in zip(sets, pending):
+            if not p.rows:
+                continue
+            rows = np.asarray(p.rows, np.int64)
+            s.summary.written += write_vectors(catalog, KIND_TABLE[s.request.kind], s.name, s.summary.run_id,
+                                               ids[rows], versions[rows], np.stack(p.vectors))
+            angles = np.asarray(p.angles, np.int16)
+            if angles.any():
+                at = angles != 0
+                turned.append(pa.table({
+                    "run_id": pa.array(np.full(int(at.sum()), s.summary.run_id, np.int64)),
+                    "image_id": pa.array(ids[rows[at]].astype(np.int64)),
+                    "version": pa.array(versions[rows[at]].astype(np.int32)),
+                    "angle": pa.array(angles[at]),
+                }))
+        if turned:
+            catalog.insert_arrow("applied_rotations", pa.concat_tables(turned))
+    catalog.release()
+
+
+def carry_rotated_results(catalog: Catalog, ops: Iterable[dict[str, Any]]) -> int:
+    """After `apply rotation` turned files: give each turned image's new version the results a
+    predict pass computed on pixels turned the same way (applied_rotations), since they were
+    computed on exactly the new version's pixels (for lossless formats; a JPEG is re-encoded by
+    the turn, within its quantisation). Only a set's current row (newest run) at the old
+    version is carried, under its own run_id. Call inside the transaction that bumps the
+    versions, after the bump. ops: dicts with image_id, version (the old one) and action
+    (rotate_90/180/270; other actions are ignored). Returns the number of rows carried."""
+    turned = [(int(op["image_id"]), int(op["version"]), int(op["action"].split("_")[1]))
+              for op in ops if str(op.get("action", "")).startswith("rotate_")]
+    if not turned:
+        return 0
+    table = pa.table({
+        "image_id": pa.array([t[0] for t in turned], pa.int64()),
+        "old_version": pa.array([t[1] for t in turned], pa.int32()),
+        "angle": pa.array([t[2] for t in turned], pa.int16()),
+    })
+    carried = 0
+    with catalog.registered("rotated_images", table):
+        for result_table, column in (("embeddings", "vector"), ("predictions", "probs")):
+            rows = catalog.execute(
+                f"""
+                INSERT INTO {result_table} (set_name, image_id, version, run_id, {column})
+                WITH current AS (
+                    SELECT r.set_name, r.image_id, r.run_id, r.{column}, t.angle
+                    FROM {result_table} AS r
+                    JOIN rotated_images AS t ON t.image_id = r.image_id AND t.old_version = r.version
+                    QUALIFY row_number() OVER (PARTITION BY r.set_name, r.image_id ORDER BY r.run_id DESC, r.rowid DESC) = 1
+                )
+                SELECT c.set_name, c.image_id, i.version, c.run_id, c.{column}
+                FROM current AS c
+                JOIN images AS i ON i.image_id = c.image_id
+                JOIN rotated_images AS t ON t.image_id = c.image_id
+                WHERE i.version <> t.old_version
+                  AND EXISTS (SELECT 1 FROM applied_rotations AS a WHERE a.run_id = c.run_id AND a.image_id = c.image_id
+                              AND a.version = t.old_version AND a.angle = c.angle)
+                """
+            )
+            carried += int(rows[0][0]) if rows else 0
+    return carried
 
 
 def embed_paths(catalog: Catalog, set_name: str, paths: list[str], *, models_dir: str = "models",

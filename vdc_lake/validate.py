@@ -176,6 +176,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("predict", "batch_size"): Number(1, integer=True, what="a whole number of images"),
     ("predict", "num_workers"): Number(0, integer=True, what="a whole number of processes (0 = in the main process)"),
     ("predict", "device"): Choice(("auto", "cpu", "cuda")),
+    ("predict", "decode"): Choice(("auto", "cpu", "gpu")),
+    ("predict", "draft_min_size"): Number(0, integer=True, what="a side in pixels (0 = never reduce)"),
     ("apply", "jpeg_quality"): JpegQuality(),
     ("export", "format"): Choice(("manifest", "symlink", "hardlink", "copy", "webdataset")),
     ("export", "shard_size_mb"): Number(0, what="a size in MB", lo_open=True),
