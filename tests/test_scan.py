@@ -136,8 +136,17 @@ def test_symlinked_folders_are_walked_once(sample_tree, catalog_path):
     assert summary.listed == len(sample_tree.all_files())
     paths = list(image_rows(catalog_path))
     assert not [p for p in paths if "/loop/" in p]
-    n_modes = len([p for p in sample_tree.all_files() if p.startswith("modes/")])
-    assert len([p for p in paths if p.startswith(("modes/", "modes_link/"))]) == n_modes
+    modes = [p for p in sample_tree.all_files() if p.startswith("modes/")]
+    assert sorted(p for p in paths if p.startswith(("modes/", "modes_link/"))) == modes  # the real path wins
+    with Catalog(catalog_path, read_only=True) as catalog:
+        findings = catalog.rows("SELECT rule, detail, action FROM findings WHERE run_id = ? ORDER BY rule",
+                                [summary.run_id])
+    root = sample_tree.root.resolve()
+    assert findings == [
+        ("duplicate_folder", f"{root}/modes_link: the same folder as {root}/modes, listed there only", "none"),
+        ("symlink_loop", f"{root}/scenes/loop: the same folder as {root}, listed there only", "none"),
+    ]
+    assert summary.problems == 2
 
 
 def test_scan_root_must_be_a_folder(tmp_path, catalog_path):
