@@ -307,8 +307,10 @@ def scan(ctx: Context, roots: tuple[str, ...], workers: int | None, backend: str
 
 
 @cli.command()
-@click.option("--quick", is_flag=True, help="Header facts only: no full decode (misses truncated files).")
-@click.option("--recheck", is_flag=True, help="Check images again even if this version was checked.")
+@click.option("--quick", is_flag=True, help="Decode nothing new: header rules only, earlier decode verdicts kept "
+              "(misses truncated files never decoded).")
+@click.option("--recheck", is_flag=True, help="Decode images again even if this version was decoded "
+              "(header rules are judged on every run anyway).")
 @click.option("--workers", type=int, default=None, help="Parallel decoders [config scan.workers].")
 @click.option("--min-width", type=int, default=None, help="[config sanitize.min_width: 80]")
 @click.option("--min-height", type=int, default=None, help="[config sanitize.min_height: 80]")
@@ -325,7 +327,9 @@ def sanitize(ctx: Context, quick: bool, recheck: bool, workers: int | None, back
              ray_address: str | None, **rules: Any) -> None:
     """Validate present images with VDC's rules plus a full reduced-scale decode; record findings.
 
-    Each image gets one action in the sanitize_actions view (delete > resize > recompress).
+    Header rules (sizes, aspect ratio, file size, format, pixels) are judged on every run, so a
+    changed limit takes effect at once; decode verdicts are kept per file version. Each image
+    gets one action in the sanitize_actions view (delete > resize > recompress).
 
     \b
     Example:
