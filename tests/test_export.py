@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from examples.make_sample_data import make_sample_data
 from vdc_lake.catalog import Catalog
 from vdc_lake.config import Config
 from vdc_lake.errors import StageError
-from vdc_lake.export import MANIFEST_COLUMNS, export, image_key, manifest_rows, root_labels
+from vdc_lake.export import MANIFEST_COLUMNS, _extension, export, image_key, manifest_rows, root_labels
 from vdc_lake.sanitize import sanitize
 from vdc_lake.scan import scan
 from vdc_lake.sets import register_prediction_set, write_vectors
@@ -343,3 +344,90 @@ def test_roots_with_the_same_name_and_files_changed_since_the_scan(tmp_path):
     assert {r["export_path"].split("/")[0] for r in rows} == {"photos", "photos-2"}
     assert (tmp_path / "out" / "photos-2" / "scenes" / "scene_0001.jpg").exists()
     assert not list((tmp_path / "out").rglob("*.part"))
+
+
+# -- a catalog or a --view from someone else ------------------------------------------------------------
+
+def _writable_copy(catalog_path: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "catalog.duckdb"
+    shutil.copyfile(catalog_path, copy)
+    return copy
+
+
+@pytest.mark.parametrize("view, message", [
+    ("SELECT image_id FROM curated; DROP TABLE findings",
+     "must be exactly one SELECT statement, found 2 statements (SELECT, DROP)"),
+    ("dedup_actions(threshold := 0.3)); DROP TABLE findings; SELECT (1", "--view "),
+    ("curated; DROP TABLE findings", "is not a view name"),
+    ("COPY (SELECT 1) TO 'stolen.csv'", "is not a view name"),
+    ("curated WHERE true", "is not a view name"),
+])
+def test_a_view_that_is_not_one_select_is_refused_and_changes_nothing(curation, tmp_path, view, message):
+    copy = _writable_copy(curation[0], tmp_path)
+    with Catalog(copy) as catalog:  # even through a writer, the statement check stops it
+        n_findings = catalog.scalar("SELECT count(*) FROM findings")
+        with pytest.raises(StageError, match=re.escape(message)):
+            export(catalog, tmp_path / "out", view=view)
+    with Catalog(copy, read_only=True) as catalog:
+        assert catalog.scalar("SELECT count(*) FROM findings") == n_findings
+    assert not (tmp_path / "out").exists() and not (tmp_path / "stolen.csv").exists()
+
+
+def test_the_export_command_reads_the_catalog_and_refuses_a_drop(curation, tmp_path, run_cli):
+    copy = _writable_copy(curation[0], tmp_path)
+    view = "SELECT image_id FROM curated; DROP TABLE findings"
+    result = run_cli(["export", "--to", tmp_path / "out", "--view", view], copy)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output == (f"Error: --view {view!r} must be exactly one SELECT statement, found 2 statements "
+                             "(SELECT, DROP); remove everything but the SELECT\n")
+    with Catalog(copy, read_only=True) as catalog:
+        assert catalog.scalar("SELECT count(*) FROM findings") > 0
+    # A writer holding the catalog (between its batches) does not stop an export: it only reads.
+    with Catalog(copy) as writer:
+        writer.release()
+        result = run_cli(["export", "--to", tmp_path / "out", "--format", "manifest"], copy)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "export.json").exists()
+
+
+@pytest.mark.parametrize("column, value, fmt, message", [
+    ("rel_path", "'../../escape.jpg'", "copy", "the catalog names 1 files outside their scanned root (e.g. image"),
+    ("rel_path", "'/etc/escape.jpg'", "symlink", "the catalog names 1 files outside their scanned root"),
+    ("rel_path", "'scenes/./../../escape.jpg'", "webdataset", "the catalog names 1 files outside their scanned root"),
+    ("root", "root || '/../..'", "hardlink", "which is not an absolute, normalised path"),
+])
+def test_an_edited_path_refuses_the_export_before_anything_is_written(curation, tmp_path, column, value, fmt,
+                                                                       message):
+    copy = _writable_copy(curation[0], tmp_path)
+    with Catalog(copy) as catalog:
+        first = catalog.scalar("SELECT min(image_id) FROM curated")
+        catalog.execute(f"UPDATE images SET {column} = {value} WHERE image_id = ?", [first])
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with Catalog(copy, read_only=True) as catalog, pytest.raises(StageError, match=re.escape(message)):
+        export(catalog, tmp_path / "out" / "to", fmt=fmt, view="image_files")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no --to, no escape.jpg
+
+
+def test_a_folder_link_placed_by_an_earlier_row_is_never_followed(curation, tmp_path):
+    """One edited row names a folder ('scenes'), so the symlink export links TO/data/scenes to the
+    original folder; a later row under it must not create anything inside the scanned root."""
+    catalog_path, root, _ = curation
+    copy = _writable_copy(catalog_path, tmp_path)
+    with Catalog(copy) as catalog:
+        a, b = [r[0] for r in catalog.rows("SELECT image_id FROM image_files ORDER BY image_id LIMIT 2")]
+        catalog.execute("UPDATE images SET rel_path = 'scenes', content_hash = NULL WHERE image_id = ?", [a])
+        catalog.execute("UPDATE images SET rel_path = 'scenes/made_by_export/ghost.jpg' WHERE image_id = ?", [b])
+    before = sorted(str(p) for p in root.rglob("*"))
+    with Catalog(copy, read_only=True) as catalog:
+        summary = export(catalog, tmp_path / "out", fmt="symlink", view=f"SELECT image_id FROM image_files "
+                         f"WHERE image_id IN ({a}, {b})", quiet=True)
+    assert summary.skipped >= 1
+    assert sorted(str(p) for p in root.rglob("*")) == before
+    assert not (root / "scenes" / "made_by_export").exists()
+
+
+def test_webdataset_member_extensions_come_only_from_safe_characters():
+    assert _extension("a/b.JPG", "JPEG") == "jpg"
+    assert _extension("a/noext", "PNG") == "png"
+    assert _extension("a/noext", "../../evil") == "bin"  # a format from an edited catalog
+    assert _extension("a/b.j/g", None) == "bin"
