@@ -263,3 +263,79 @@ def test_readers_work_while_a_writer_holds_the_catalog(scanned, catalog_path, ru
             f'[\n {{\n  "n": {len(scanned.all_files())}\n }}\n]\n')
         assert "present" in _ok(run_cli(["status"], catalog_path))
         assert writer.scalar("SELECT count(*) FROM runs") == 1  # and the writer carries on after them
+
+
+# -- pipelines and common options ---------------------------------------------------------------------
+
+def _write_pipeline(path, steps: str, catalog=None):
+    head = f'[pipeline]\ncatalog = "{catalog}"\n\n' if catalog else ""
+    path.write_text(head + steps)
+    return path
+
+
+def test_dry_run_pipeline_skips_sql_steps_that_write_files(scanned, catalog_path, run_cli, tmp_path):
+    copied, output = tmp_path / "copied.csv", tmp_path / "output.csv"
+    pipeline = _write_pipeline(tmp_path / "p.toml", f'''
+[[step]]
+command = "sql"
+args = ["SELECT 1 AS one; COPY (SELECT rel_path FROM images) TO '{copied}' (HEADER)"]
+
+[[step]]
+command = "sql"
+args = ["SELECT count(*) AS n FROM images"]
+format = "csv"
+output = "{output}"
+
+[[step]]
+command = "sql"
+args = ["SELECT count(*) AS n FROM images"]
+''')
+    out = _ok(run_cli(["run", pipeline], catalog_path))
+    assert not copied.exists() and not output.exists()
+    assert "note: step 1 (sql SELECT 1 AS one; COPY" in out and "its SQL writes files (COPY)" in out
+    assert re.search(r"^1\s+sql .*\s+skipped\s+0\.0\s+skipped in a dry run", out, re.M)
+    assert re.search(r"^2\s+sql .*\s+skipped\s", out, re.M)
+    assert re.search(r"^3\s+sql .*\s+ok\s", out, re.M)
+
+    _ok(run_cli(["run", pipeline, "--apply"], catalog_path))
+    assert len(copied.read_text().splitlines()) == len(scanned.all_files()) + 1
+    assert output.read_text().splitlines()[1] == str(len(scanned.all_files()))
+
+
+def test_pipeline_steps_get_the_config_and_may_run_other_pipelines(scanned, catalog_path, run_cli, tmp_path):
+    inner = _write_pipeline(tmp_path / "inner.toml", '[[step]]\ncommand = "sanitize"\nquick = true\n')
+    outer = _write_pipeline(tmp_path / "outer.toml", f'[[step]]\ncommand = "run"\nargs = ["{inner}"]\n')
+    config = tmp_path / "wide.toml"
+    config.write_text("[sanitize]\nmin_width = 300\n")
+    _ok(run_cli(["run", outer], catalog_path, config=config))
+    run_id, stage, status, params = _runs(catalog_path)[-1]
+    assert (stage, status) == ("sanitize", "done") and json.loads(params)["min_width"] == 300
+
+
+def test_a_pipeline_is_checked_before_its_first_step(scanned, catalog_path, run_cli, tmp_path):
+    pipeline = _write_pipeline(tmp_path / "p.toml", '[[step]]\ncommand = "sanitize"\n\n'
+                               '[[step]]\ncommand = "cluster"\nset = "builtin"\nn_clustres = [4, 2]\n')
+    result = run_cli(["run", pipeline], catalog_path)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: pipeline {pipeline}: step 2 (cluster): No such option '--n-clustres'")
+    assert [r[1] for r in _runs(catalog_path)] == ["scan"]  # step 1 did not run
+
+
+def test_cluster_fits_the_default_n_samples_to_the_levels_asked_for(scanned, catalog_path, run_cli):
+    _ok(run_cli(["sanitize"], catalog_path))
+    result = run_cli(["cluster", "--set", "builtin", "--n-clusters", "4", "2", "--n-resamples", "2",
+                      "--device", "cpu"], catalog_path)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("note: n_samples 10 5 3 (default) has 3 values for 2 levels; using 10 5 "
+                                    "(pass --n-samples to choose)\n")
+    params = json.loads(_runs(catalog_path)[-1][3])
+    assert (params["n_clusters"], params["n_samples"]) == ([4, 2], [10, 5])
+    with Catalog(catalog_path, read_only=True) as catalog:
+        assert catalog.rows("SELECT level, count(*) FROM clusters GROUP BY level ORDER BY level") == [(0, 4), (1, 2)]
+
+
+def test_common_options_after_the_command_override_the_ones_before(scanned, catalog_path, run_cli, tmp_path):
+    other = tmp_path / "other.duckdb"
+    result = run_cli(["status", "--catalog", other], catalog_path)
+    _fails(result, f"no catalog at {other}; run `vdc-lake scan ROOT` first or pass --catalog PATH")
+    assert "present" in _ok(run_cli(["status", "--catalog", catalog_path, "-q"], other))
