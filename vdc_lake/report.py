@@ -262,7 +262,9 @@ def _rotation_section(catalog: Catalog, threshold: float, examples: int) -> Sect
     section.body.append(_table(["predicted angle", "images"], [(f"{a}°", f"{n:,}") for a, n in by_angle]))
     turned = catalog.arrow("SELECT confidence FROM rotation_actions(threshold := ?) WHERE angle <> 0",
                            [float(threshold)]).column(0).to_numpy()
-    n_corrections = int(np.count_nonzero(turned > threshold))
+    # counted by the view, as plan counts them (float32 probabilities compared in numpy can differ)
+    n_corrections = int(catalog.scalar("SELECT count(*) FROM rotation_actions(threshold := ?) WHERE action <> 'none'",
+                                       [float(threshold)]))
     section.body.append(f"<p>{n_corrections:,} images would be turned upright at probability &gt; {threshold:g}. "
                         "Probability of the predicted angle, for images not predicted upright:</p>")
     section.body.append(svg_histogram(turned, lo=0.0, hi=1.0, x_label="probability of the predicted (non-zero) angle",
