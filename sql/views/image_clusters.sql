@@ -4,11 +4,17 @@ WITH newest_cluster AS (
     SELECT max(run_id) AS run_id FROM runs WHERE stage = 'cluster' AND status = 'done'
 ),
 
+-- The top level from the small clusters table, not a window over every assignment row.
+top AS (
+    SELECT n.run_id, max(c.level) AS top_level
+    FROM newest_cluster AS n JOIN clusters AS c ON c.run_id = n.run_id
+    GROUP BY n.run_id
+),
+
 cluster_levels AS (
-    SELECT a.run_id, a.image_id, a.version, a.level, a.cluster_id,
-           max(a.level) OVER (PARTITION BY a.run_id) AS top_level
+    SELECT a.run_id, a.image_id, a.version, a.level, a.cluster_id, t.top_level
     FROM assignments AS a
-    JOIN newest_cluster AS n ON n.run_id = a.run_id
+    JOIN top AS t ON t.run_id = a.run_id
 ),
 
 final AS (

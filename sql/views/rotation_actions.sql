@@ -15,7 +15,13 @@ latest AS (
     FROM predictions AS p
     JOIN chosen AS c ON p.set_name = c.name
     JOIN image_files AS f ON f.image_id = p.image_id AND f.version = p.version
-    QUALIFY row_number() OVER (PARTITION BY p.image_id ORDER BY p.run_id DESC) = 1
+    -- An image predicted twice keeps its newest row: an anti-join on the key columns, not a
+    -- window that sorts every prediction row (the common case is one row per image).
+    WHERE NOT EXISTS (
+        SELECT 1 FROM predictions AS q
+        WHERE q.set_name = p.set_name AND q.image_id = p.image_id AND q.version = p.version
+          AND (q.run_id > p.run_id OR (q.run_id = p.run_id AND q.rowid > p.rowid))
+    )
 ),
 
 scored AS (
