@@ -6,6 +6,7 @@ import pytest
 from vdc_lake.neighbors import (
     PairSet,
     build_index,
+    cap_pairs_per_image,
     choose_keepers,
     connected_components,
     open_index,
@@ -141,19 +142,49 @@ def test_exact_finds_the_same_pairs_with_uneven_tiles(data, ann_pairs):
     np.testing.assert_array_equal(exact.distance, ann_pairs.distance)
 
 
-def test_exact_keeps_top_k_per_row_and_reports_progress():
-    # 6 copies of one vector: with k=2 each row keeps just 2 of its 5 copies.
+def test_exact_returns_every_pair_of_a_group_and_reports_progress():
+    # 6 copies of one vector: all 15 pairs come back (a range search, not the k nearest)
     rng = np.random.default_rng(2)
     x = _unit(rng.standard_normal((40, 32))).astype(np.float32)
     x[10:16] = x[10]
     calls = []
     pairs = radius_pairs_exact(
-        x, np.arange(40), threshold=0.1, k=2, tile_rows=7,
+        x, np.arange(40), threshold=0.1, tile_rows=7,
         progress=lambda done, total: calls.append((done, total)),
     )
-    assert set(pairs.a.tolist()) | set(pairs.b.tolist()) == set(range(10, 16))
-    assert np.bincount(np.r_[pairs.a, pairs.b], minlength=40)[10:16].min() >= 2
+    assert _pair_set(pairs) == {(a, b) for a in range(10, 16) for b in range(a + 1, 16)}
     assert calls[-1] == (21, 21) and len(calls) == 21  # 6 x 6 blocks, upper triangle
+    assert len(pairs.truncated) == 0
+
+
+def test_cap_keeps_each_images_nearest_pairs_and_names_the_cut_images():
+    # row 0 close to rows 1..8 at rising distances; rows 1..8 far from each other
+    rng = np.random.default_rng(5)
+    base = _unit(rng.standard_normal((1, 64)))
+    others = _unit(rng.standard_normal((20, 64)))
+    others -= (others @ base.T) * base
+    others = _unit(others)
+    cos = 1 - np.linspace(0.01, 0.08, 8)
+    x = np.vstack([base, cos[:, None] * base + np.sqrt(1 - cos[:, None] ** 2) * others[:8], others[8:]])
+    x = x.astype(np.float32)
+    keys = np.arange(len(x)) * 10
+    full = radius_pairs_exact(x, keys, threshold=0.1)
+    assert {(0, b) for b in range(10, 90, 10)} <= _pair_set(full)
+    # reference: each image's 3 nearest pairs (ties: smaller partner), union over images
+    by_image = {}
+    for a, b, d in zip(full.a.tolist(), full.b.tolist(), full.distance.tolist()):
+        by_image.setdefault(a, []).append((d, b, (a, b)))
+        by_image.setdefault(b, []).append((d, a, (a, b)))
+    expected = {p for lst in by_image.values() for _, _, p in sorted(lst)[:3]}
+    cut = sorted(k for k, lst in by_image.items() if len(lst) > 3)
+    assert 0 in cut and len(expected) < len(full)
+    for capped in (radius_pairs_exact(x, keys, threshold=0.1, max_pairs_per_image=3, tile_rows=4),
+                   cap_pairs_per_image(full, 3)):
+        _assert_well_formed(capped)
+        assert _pair_set(capped) == expected
+        assert capped.truncated.tolist() == cut
+        assert {(0, 10), (0, 20), (0, 30)} <= _pair_set(capped)  # row 0's nearest
+    assert _pair_set(cap_pairs_per_image(full, None)) == _pair_set(full)
 
 
 def test_pairs_are_reported_in_key_space(data, ann_pairs):

@@ -783,10 +783,16 @@ def dedup() -> None:
 @click.option("--l2-normalize/--no-l2-normalize", default=None, help="[config dedup.l2_normalize: true]")
 @click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "i8"]), default=None,
               help="Index storage [config dedup.index_dtype: i8].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="The device `dedup report --method auto` will run on (a GPU makes the index unused).")
+@click.option("--force", is_flag=True, help="Build even when `dedup report --method auto` would not use it.")
 @pass_ctx
 @handle_errors
-def dedup_index(ctx: Context, set_name: str, center: bool | None, l2_normalize: bool | None, dtype: str | None) -> None:
-    """Build a usearch HNSW index (cosine) over the set, saved next to the catalog.
+def dedup_index(ctx: Context, set_name: str, center: bool | None, l2_normalize: bool | None, dtype: str | None,
+                device: str, force: bool) -> None:
+    """Build a usearch HNSW index (cosine) over the set, saved next to the catalog, when
+    `dedup report --method auto` will use it (large sets on a CPU); else say why not.
+    `dedup report` builds the index it needs by itself: this step is optional.
 
     \b
     Example:
@@ -797,7 +803,11 @@ def dedup_index(ctx: Context, set_name: str, center: bool | None, l2_normalize: 
     cfg = ctx.section("dedup", {"index_dtype": "--dtype"}, center=center, l2_normalize=l2_normalize, index_dtype=dtype)
     with ctx.writer() as catalog:
         s = build_index(catalog, set_name, center=cfg["center"], l2_normalize=cfg["l2_normalize"],
-                        dtype=cfg["index_dtype"], quiet=ctx.quiet)
+                        dtype=cfg["index_dtype"], quiet=ctx.quiet, device=device, force=force)
+    if s.skipped:
+        click.echo(f"index not built: `dedup report --method auto` will run the exact search ({s.skipped}); "
+                   "--force builds it anyway (for --method ann)")
+        return
     click.echo(f"index run {s.run_id}: {s.n_vectors} x {s.dim} vectors of {s.set_name} -> {s.path} "
                f"({s.seconds:.1f} s)")
 
@@ -807,17 +817,35 @@ def dedup_index(ctx: Context, set_name: str, center: bool | None, l2_normalize: 
 @click.option("--report-threshold", type=float, default=None, help="Keep pairs under this distance [0.5].")
 @click.option("--metric", type=click.Choice(["cosine"]), default=None, help="[cosine]")
 @click.option("--method", type=click.Choice(["auto", "ann", "exact"]), default="auto", show_default=True,
-              help="exact: tiled matmul + top-k in torch; ann: usearch HNSW index; auto: exact on a GPU "
-                   "or up to 200k vectors on the CPU, ann beyond.")
+              help="exact: tiled matmul in torch, every pair; ann: usearch HNSW index (approximate); auto: "
+                   "exact on a GPU, with --backend ray or up to 200k vectors on the CPU, ann beyond. "
+                   "The report says which it picked and why.")
 @click.option("--exact", is_flag=True, help="Same as --method exact.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto uses the exact search on a GPU when one is available.")
-@click.option("--neighbors", type=int, default=None, help="Neighbours examined per image [16].")
+@click.option("--center/--no-center", default=None,
+              help="Subtract the set's mean before the search (SSCD's recipe) [config dedup.center: false].")
+@click.option("--l2-normalize/--no-l2-normalize", default=None, help="[config dedup.l2_normalize: true]")
+@click.option("--max-pairs-per-image", type=int, default=None,
+              help="Keep each image's nearest this many pairs; a warning counts the images that had more "
+                   "[config dedup.max_pairs_per_image: 1000].")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "tf32", "fp32"]), default=None,
+              help="Exact search scores, re-checked exactly near the threshold: the pairs are the same "
+                   "[config dedup.precision: auto = bf16 on a GPU, fp32 on a CPU].")
+@click.option("--neighbors", type=int, default=None,
+              help="ANN: neighbours asked for first, widened while the farthest is under the threshold "
+                   "[config dedup.neighbors: 16].")
+@backend_options
 @pass_ctx
 @handle_errors
 def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, metric: str | None, method: str,
-                 exact: bool, device: str, neighbors: int | None) -> None:
-    """Write every pair of the set under the report threshold to dup_edges.
+                 exact: bool, device: str, center: bool | None, l2_normalize: bool | None,
+                 max_pairs_per_image: int | None, precision: str | None, neighbors: int | None,
+                 backend: str | None, ray_address: str | None) -> None:
+    """Write every pair of the set under the report threshold to dup_edges (a range search).
+
+    With --backend ray the exact search runs as tiles (block pairs) over the Ray cluster's GPUs,
+    resumable per tile.
 
     Without --report-threshold: [dedup] report_threshold when your config sets it, else the
     set's recommendation (builtin and SSCD record theirs), else the bundled default. Then pick
@@ -830,7 +858,9 @@ def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, me
     """
     from vdc_lake.dedup import report
 
-    cfg = ctx.section("dedup", report_threshold=report_threshold, metric=metric, neighbors=neighbors)
+    cfg = ctx.section("dedup", report_threshold=report_threshold, metric=metric, neighbors=neighbors, center=center,
+                      l2_normalize=l2_normalize, max_pairs_per_image=max_pairs_per_image, precision=precision)
+    backend = _backend(ctx, backend, ray_address)
     with ctx.writer() as catalog:
         if report_threshold is None:  # the configured value if the user set one, else the set's recommendation
             from vdc_lake.settings import dedup_thresholds
@@ -839,9 +869,19 @@ def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, me
         s = report(catalog, set_name, threshold=cfg["report_threshold"], metric=cfg["metric"],
                    method="exact" if exact else method,
                    device=device, neighbors_k=cfg["neighbors"], center=cfg["center"],
-                   l2_normalize=cfg["l2_normalize"], dtype=cfg["index_dtype"], quiet=ctx.quiet)
+                   l2_normalize=cfg["l2_normalize"], dtype=cfg["index_dtype"],
+                   max_pairs_per_image=cfg["max_pairs_per_image"], precision=cfg["precision"], backend=backend,
+                   ray_tile_rows=cfg["ray_tile_rows"], quiet=ctx.quiet)
+    click.echo(f"method {s.method}: {s.reason}")
     click.echo(f"report run {s.run_id}: {s.pairs} pairs under {s.threshold} among {s.n_vectors} images "
                f"({s.method}, {s.seconds:.1f} s)")
+    if s.approximate:
+        click.echo("note: the ANN search can miss pairs its graph does not reach (recall in benchmarks/RESULTS.md); "
+                   "--method exact finds every pair", err=True)
+    if s.truncated_images:
+        click.echo(f"Warning: {s.truncated_images} images have more than {s.max_pairs_per_image} pairs under "
+                   f"{s.threshold} (a large group of near-copies?); each kept its {s.max_pairs_per_image} nearest. "
+                   "Raise --max-pairs-per-image to keep them all", err=True)
 
 
 @cli.group("filter")

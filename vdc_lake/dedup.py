@@ -7,6 +7,7 @@ then groups and picks keepers in SQL, so trying another threshold costs a query,
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import pyarrow as pa
 from vdc_lake.catalog import Catalog
 from vdc_lake.confine import check_name, is_inside
 from vdc_lake.errors import StageError
-from vdc_lake.sets import VectorSet, count_vectors, read_vectors
+from vdc_lake.sets import VectorSet, count_vectors, read_vectors, set_dim
 
 SUPPORTED_METRICS = ("cosine",)
 # Up to this many vectors an exact all-pairs search on the CPU beats building an HNSW graph
@@ -28,16 +29,23 @@ EXACT_CPU_MAX_VECTORS = 200_000
 
 @dataclass
 class IndexSummary:
-    run_id: int
+    """A built index; run_id None and `skipped` saying why when the report would not use it."""
+
+    run_id: int | None
     set_name: str
     path: str
     n_vectors: int
     dim: int
     seconds: float
+    skipped: str | None = None
 
 
 @dataclass
 class ReportSummary:
+    """A finished report. reason: why `method` was picked (one line). truncated_images: images
+    with more than max_pairs_per_image pairs under the threshold (only their nearest kept).
+    approximate: the ANN path, which can miss pairs the HNSW graph does not reach."""
+
     run_id: int
     set_name: str
     method: str
@@ -45,6 +53,14 @@ class ReportSummary:
     pairs: int
     threshold: float
     seconds: float
+    reason: str = ""
+    backend: str = "local"
+    precision: str | None = None
+    center: bool = False
+    l2_normalize: bool = True
+    max_pairs_per_image: int | None = None
+    truncated_images: int = 0
+    approximate: bool = False
 
 
 @dataclass
@@ -78,11 +94,22 @@ def _vectors(catalog: Catalog, set_name: str) -> VectorSet:
 
 
 def build_index(catalog: Catalog, set_name: str, *, center: bool, l2_normalize: bool, dtype: str,
-                threads: int = 0, quiet: bool = False) -> IndexSummary:
-    """Build and save a usearch (HNSW, cosine) index over the set's current vectors; register it."""
+                threads: int = 0, quiet: bool = False, device: str = "auto", force: bool = False) -> IndexSummary:
+    """Build and save a usearch (HNSW, cosine) index over the set's current vectors; register it.
+
+    Only when `dedup report --method auto` would use it (choose_method on this device): else
+    nothing is built and the summary's `skipped` says why, unless force (for --method ann).
+    """
     from vdc_lake import neighbors
 
     check_name(set_name)  # it becomes part of the index's file name
+    if not force:
+        n_vectors = count_vectors(catalog, "embeddings", set_name)
+        _check_count(set_name, n_vectors)
+        method, reason = choose_method("auto", n_vectors, _resolve_device(device))
+        if method != "ann":
+            return IndexSummary(None, set_name, "", n_vectors, set_dim(catalog, "embeddings", set_name), 0.0,
+                                skipped=reason)
     params = {"set": set_name, "center": center, "l2_normalize": l2_normalize, "dtype": dtype}
     with catalog.run("dedup-index", params) as run_id:
         started = dt.datetime.now()
@@ -142,61 +169,132 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def choose_method(method: str, n_vectors: int, device: str) -> str:
-    """auto -> exact on a GPU or for small sets on the CPU, else the usearch ANN index."""
+def choose_method(method: str, n_vectors: int, device: str, backend: str = "local") -> tuple[str, str]:
+    """(method, why in one line): auto -> exact on a GPU, on a Ray cluster or for small sets on
+    the CPU, else the usearch ANN index."""
     if method not in ("auto", "ann", "exact"):
         raise StageError(f"unknown search method {method!r}: use auto, ann or exact")
+    if backend == "ray":
+        if method == "ann":
+            raise StageError("--backend ray runs the exact search only (tiles over the cluster); "
+                             "use --method exact or auto, or --backend local for the ANN index")
+        return "exact", "--backend ray splits the exact search into tiles over the cluster"
     if method != "auto":
-        return method
-    return "exact" if device == "cuda" or n_vectors <= EXACT_CPU_MAX_VECTORS else "ann"
+        return method, f"--method {method} was asked for"
+    if device == "cuda":
+        return "exact", "a GPU is available: exact tiled search (bf16 scores, fp32 re-check), every pair"
+    if n_vectors <= EXACT_CPU_MAX_VECTORS:
+        return "exact", (f"{n_vectors:,} vectors <= {EXACT_CPU_MAX_VECTORS:,} on the CPU: the exact search "
+                         "costs less than building an HNSW index, and finds every pair")
+    return "ann", (f"{n_vectors:,} vectors > {EXACT_CPU_MAX_VECTORS:,} on the CPU: usearch HNSW index "
+                   "(approximate; --method exact or a GPU finds every pair)")
+
+
+def _check_search_options(max_pairs_per_image: int | None, precision: str, ray_tile_rows: int | None) -> None:
+    from vdc_lake.neighbors import PRECISIONS
+
+    if max_pairs_per_image is not None and (isinstance(max_pairs_per_image, bool) or int(max_pairs_per_image) < 1):
+        raise StageError(f"max_pairs_per_image must be a whole number >= 1, not {max_pairs_per_image}")
+    if precision not in ("auto",) + PRECISIONS:
+        raise StageError(f"precision must be auto, {', '.join(PRECISIONS)}, not {precision!r}")
+    if ray_tile_rows is not None and int(ray_tile_rows) < 1:
+        raise StageError(f"ray_tile_rows must be a whole number >= 1, not {ray_tile_rows}")
+
+
+def _usable_index(record: IndexRecord | None, n_vectors: int, center: bool, l2_normalize: bool) -> bool:
+    return (record is not None and record.n_vectors == n_vectors and Path(record.path).exists()
+            and bool(record.center) == center and bool(record.l2_normalize) == l2_normalize)
 
 
 def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "cosine", method: str = "auto",
            device: str = "auto", neighbors_k: int = 16, center: bool = False, l2_normalize: bool = True,
-           dtype: str = "f16", quiet: bool = False) -> ReportSummary:
+           dtype: str = "i8", max_pairs_per_image: int | None = None, precision: str = "auto",
+           backend: str = "local", ray_tile_rows: int | None = None,
+           quiet: bool = False) -> ReportSummary:
     """Find every pair of the set under `threshold` and write them to dup_edges under a new run.
 
-    method: exact (tiled matmul + top-k in torch), ann (the set's newest usearch index, built
-    now if none matches the current vectors) or auto (see choose_method). With an index, its
-    preprocessing (centering, L2) is used, so distances agree with what was indexed.
+    A range search: exact (tiled matmul in torch: every pair; bf16/tf32 scores re-checked in
+    fp32 near the threshold) or ann (the set's newest usearch index with the same centring and
+    L2 normalisation, built now if none matches; each image's search widens from neighbors_k
+    until its farthest neighbour is beyond the threshold), or auto (choose_method: the summary
+    says which and why). center / l2_normalize prepare the vectors for either method.
+    max_pairs_per_image (None: no cap) keeps each image's nearest pairs only; the summary
+    counts the images cut. backend "ray": the exact search as tiles of ray_tile_rows rows over
+    the Ray cluster joined by the caller (vdc_lake.ray_backend.range_search), resumable per tile.
     """
     from vdc_lake import neighbors
 
     check_name(set_name)
     _check_metric(metric)
-    resolved = _resolve_device(device)
-    record = latest_index(catalog, set_name)
+    _check_search_options(max_pairs_per_image, precision, ray_tile_rows)
+    resolved = _resolve_device(device) if backend != "ray" else device
     n_vectors = count_vectors(catalog, "embeddings", set_name)
     _check_count(set_name, n_vectors)
-    method = choose_method(method, n_vectors, resolved)
-    if method == "ann" and (record is None or record.n_vectors != n_vectors or not Path(record.path).exists()):
+    method, reason = choose_method(method, n_vectors, resolved, backend)
+    record = latest_index(catalog, set_name) if method == "ann" else None
+    if method == "ann" and not _usable_index(record, n_vectors, center, l2_normalize):
         # before this stage reads the set: build_index holds its own copy while it runs
-        build_index(catalog, set_name, center=center, l2_normalize=l2_normalize, dtype=dtype, quiet=quiet)
+        build_index(catalog, set_name, center=center, l2_normalize=l2_normalize, dtype=dtype, quiet=quiet,
+                    force=True)
         record = latest_index(catalog, set_name)
+        reason += "; built an index with this centring / L2 normalisation"
     vs = _vectors(catalog, set_name)
-    if record is not None:
-        center_arg = record.mean if record.center else False
-        l2_normalize = record.l2_normalize
-    else:
-        center_arg = center
-    params = {"set": set_name, "threshold": threshold, "metric": metric, "method": method, "device": resolved,
-              "neighbors": neighbors_k, "center": bool(record.center if record else center),
-              "l2_normalize": l2_normalize, "index": record.path if record else None}
+    center_arg = (record.mean if record is not None and record.mean is not None else True) if center else False
+    resolved_precision = None if method == "ann" else (
+        precision if precision != "auto" else neighbors.default_precision("cuda" if resolved == "cuda" else "cpu"))
+    params = {"set": set_name, "threshold": threshold, "metric": metric, "method": method, "reason": reason,
+              "device": resolved, "backend": backend, "precision": resolved_precision, "neighbors": neighbors_k,
+              "center": center, "l2_normalize": l2_normalize, "max_pairs_per_image": max_pairs_per_image,
+              "index": record.path if record else None}
     with catalog.run("dedup-report", params) as run_id:
         started = dt.datetime.now()
         catalog.release()
         prepared, _ = neighbors.prepare_vectors(vs.vectors, center=center_arg, l2_normalize=l2_normalize, copy=False)
-        if method == "exact":
-            pairs = neighbors.radius_pairs_exact(prepared, vs.image_ids, threshold=threshold, k=neighbors_k,
-                                                 device=resolved)
+        if method == "exact" and backend == "ray":
+            from vdc_lake import ray_backend
+
+            pairs = ray_backend.range_search(
+                prepared, vs.image_ids, threshold=threshold, staging_dir=ray_backend.staging_root(catalog.path),
+                tile_rows=ray_tile_rows or n_vectors, precision=None if precision == "auto" else precision,
+                max_pairs_per_image=max_pairs_per_image, quiet=quiet)
+        elif method == "exact":
+            with _progress("dedup exact", "block", quiet) as progress:
+                pairs = neighbors.radius_pairs_exact(prepared, vs.image_ids, threshold=threshold, device=resolved,
+                                                     precision=resolved_precision,
+                                                     max_pairs_per_image=max_pairs_per_image, progress=progress)
         else:
             index = neighbors.open_index(record.path, view=True)
-            pairs = neighbors.radius_pairs_ann(index, prepared, vs.image_ids, threshold=threshold, k=neighbors_k)
+            with _progress("dedup ann", "image", quiet) as progress:
+                pairs = neighbors.radius_pairs_ann(index, prepared, vs.image_ids, threshold=threshold, k=neighbors_k,
+                                                   max_pairs_per_image=max_pairs_per_image, progress=progress)
         _write_edges(catalog, run_id, set_name, vs, pairs)
         seconds = (dt.datetime.now() - started).total_seconds()
-        summary = ReportSummary(run_id, set_name, method, len(vs), len(pairs), threshold, seconds)
+        summary = ReportSummary(run_id, set_name, method, len(vs), len(pairs), threshold, seconds, reason=reason,
+                                backend=backend, precision=resolved_precision, center=center,
+                                l2_normalize=l2_normalize, max_pairs_per_image=max_pairs_per_image,
+                                truncated_images=len(pairs.truncated), approximate=method == "ann")
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary
+
+
+@contextlib.contextmanager
+def _progress(desc: str, unit: str, quiet: bool):
+    """A progress(done, total) callback drawing one bar (silent with quiet)."""
+    from vdc_lake.parallel import progress_bar
+
+    state = {"bar": None, "done": 0}
+
+    def progress(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = progress_bar(total, desc, unit=unit, quiet=quiet)
+        state["bar"].update(done - state["done"])
+        state["done"] = done
+
+    try:
+        yield progress
+    finally:
+        if state["bar"] is not None:
+            state["bar"].close()
 
 
 def _write_edges(catalog: Catalog, run_id: int, set_name: str, vs: VectorSet, pairs) -> None:

@@ -9,15 +9,25 @@ Pure array-in / array-out kernels; the dedup stage owns the catalog I/O.
     labels = connected_components(row_a, row_b, n)      # row numbers, not keys
     keep = choose_keepers(labels, keep="largest-resolution", width=w, height=h, paths=p)
 
-Distances are cosine distances, ``1 - cos(x, y)``, in [0, 2]. Both pair finders return a
-``PairSet`` of every pair under the threshold found among each vector's ``k`` nearest
-neighbours, with the distance recomputed exactly in float32 from the vectors, so a
-threshold means the same thing whatever the index precision. Report once at a loose
-threshold, then tighten with ``PairSet.below`` (a filter, no search).
+Distances are cosine distances, ``1 - cos(x, y)``, in [0, 2]. Both pair finders are range
+searches: they return a ``PairSet`` of EVERY pair under the threshold (the exact one
+provably, the ANN one as far as the graph finds them: it widens each vector's search until
+its farthest neighbour is beyond the threshold). Every returned distance is the exact
+cosine distance of the float32 vectors (``cosine_distances``: float64 arithmetic, rounded
+to float32 once), so a threshold means the same thing whatever the index or matmul
+precision. Report once at a loose threshold, then tighten with ``PairSet.below`` (a filter,
+no search).
+
+A pathological group (thousands of near-identical images) would make the pair list
+quadratic; ``max_pairs_per_image`` keeps each image's nearest ``max_pairs_per_image`` pairs
+(a pair stays when it is among the nearest of either of its images, so at most
+``max_pairs_per_image`` x n pairs in all) and ``PairSet.truncated`` names the images that had
+more.
 
 Progress callbacks are ``progress(done: int, total: int)``; their return value is ignored.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -65,8 +75,10 @@ DEFAULT_EXPANSION_ADD = 128
 DEFAULT_EXPANSION_SEARCH = 64
 DEFAULT_K = 16
 DEFAULT_BATCH_SIZE = 16_384
-# Index distances are quantised (f16/bf16/i8) or low-precision (bf16 matmul); candidates
-# within this much of the threshold are re-scored exactly before the final cut.
+# usearch's distances are quantised (i8 rounds each unit component to 1/127: the dot moves
+# by up to ||x||_1 / 254 <= sqrt(512) / 254 = 0.089 at d=512); candidates within this much of
+# the threshold are re-scored exactly before the final cut. The exact path's margin is
+# derived per precision instead (score_error_bound).
 CANDIDATE_SLACK = 0.1
 _INDEX_DTYPES = ("f32", "f16", "bf16", "i8")
 
@@ -77,25 +89,29 @@ class PairSet:
 
     a, b:      [m] int64 keys, ``a < b``, each pair once, sorted by (a, b).
     distance:  [m] float32 cosine distance ``1 - cos`` in [0, 2].
+    truncated: [t] int64 sorted keys of images that had more pairs under the threshold than
+               the per-image cap: only their nearest pairs are here (cap_pairs_per_image).
     """
 
     a: np.ndarray
     b: np.ndarray
     distance: np.ndarray
+    truncated: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.a)
 
     def __repr__(self) -> str:
+        cut = f", {len(self.truncated)} images truncated" if len(self.truncated) else ""
         if len(self) == 0:
-            return "PairSet(0 pairs)"
+            return f"PairSet(0 pairs{cut})"
         lo, hi = float(self.distance.min()), float(self.distance.max())
-        return f"PairSet({len(self)} pairs, distance {lo:.4f}..{hi:.4f})"
+        return f"PairSet({len(self)} pairs, distance {lo:.4f}..{hi:.4f}{cut})"
 
     def below(self, threshold: float) -> "PairSet":
         """The pairs with ``distance < threshold``: a filter, no search is repeated."""
         keep = self.distance < np.float32(threshold)
-        return PairSet(self.a[keep], self.b[keep], self.distance[keep])
+        return PairSet(self.a[keep], self.b[keep], self.distance[keep], self.truncated)
 
     @classmethod
     def empty(cls) -> "PairSet":
@@ -259,56 +275,84 @@ def radius_pairs_ann(
     *,
     threshold: float,
     k: int = DEFAULT_K,
+    max_pairs_per_image: int | None = None,
     threads: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None,
 ) -> PairSet:
-    """Pairs closer than ``threshold`` among each vector's ``k`` approximate neighbours.
+    """Every pair closer than ``threshold`` that the HNSW graph finds (a range search).
 
     index:     built from exactly these ``vectors`` and ``keys`` (build_index).
     vectors:   [n, d] float queries, also used to recompute the distances exactly.
     keys:      [n] their keys. threshold: cosine distance, pairs with distance < threshold.
-    k:         neighbours per vector, not counting itself. A group of more than k + 1
-               near-copies yields only some of its pairs; overlapping neighbour lists
-               usually still join it into one component, but raise k when groups are big.
-    Returns a PairSet of keys with exact float32 distances; progress counts query rows.
+    k:         neighbours asked for first. A vector whose k-th neighbour is still within
+               threshold + CANDIDATE_SLACK (index distance) is searched again with 2k, 4k,
+               ... until its list ends beyond the threshold, covers the set, or reaches
+               ``max_pairs_per_image`` (None: no cap); vectors stopped by the cap are in
+               ``PairSet.truncated``. HNSW is approximate: a pair the graph does not reach
+               is missed whatever k (recall in benchmarks/RESULTS.md); radius_pairs_exact
+               misses none.
+    Returns a PairSet of keys with exact distances (cosine_distances), capped per image by
+    cap_pairs_per_image; progress counts query rows.
     """
     vectors, keys = _check_vectors_keys(vectors, keys)
-    _check_threshold_k(threshold, k)
+    _check_threshold(threshold)
+    _check_cap(max_pairs_per_image)
+    if k < 1:
+        raise ValueError(f"k (neighbours per vector) must be at least 1, got {k}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     n = len(vectors)
     row_of = _KeyRows(keys)
-    found_a, found_b = [], []
+    limit = threshold + CANDIDATE_SLACK
+    found_a, found_b, cut = [], [], []
     for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        matches = index.search(vectors[start:stop], k + 1, threads=threads)
-        rows, cols = _close_candidates(matches, start, threshold + CANDIDATE_SLACK)
-        found_a.append(rows)
-        found_b.append(row_of(cols))
+        queries = np.arange(start, min(start + batch_size, n))
+        wanted = k if max_pairs_per_image is None else min(k, max_pairs_per_image)
+        while len(queries):
+            wanted = min(wanted, n - 1)
+            matches = index.search(vectors[queries], wanted + 1, threads=threads)
+            rows, cols, still_close = _close_candidates(matches, queries, limit, wanted + 1)
+            found_a.append(rows)
+            found_b.append(row_of(cols))
+            queries = queries[still_close]
+            if wanted >= n - 1:
+                break
+            if max_pairs_per_image is not None and wanted >= max_pairs_per_image:
+                cut.append(keys[queries])
+                break
+            wanted = 2 * wanted if max_pairs_per_image is None else min(2 * wanted, max_pairs_per_image)
         if progress is not None:
-            progress(stop, n)
-    return _exact_pairs(vectors, keys, found_a, found_b, threshold)
+            progress(min(start + batch_size, n), n)
+    pairs = _exact_pairs(vectors, keys, found_a, found_b, threshold)
+    return cap_pairs_per_image(pairs, max_pairs_per_image, truncated=cut)
 
 
-def _check_threshold_k(threshold: float, k: int) -> None:
-    if not (math.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold is a cosine distance > 0 (e.g. 0.5), got {threshold}")
-    if k < 1:
-        raise ValueError(f"k (neighbours per vector) must be at least 1, got {k}")
+def _check_threshold(threshold: float) -> None:
+    if not (math.isfinite(threshold) and 0 < threshold <= 2):
+        raise ValueError(f"threshold is a cosine distance in (0, 2] (e.g. 0.5), got {threshold}")
 
 
-def _close_candidates(matches, start: int, limit: float) -> tuple[np.ndarray, np.ndarray]:
-    """(query rows [c], neighbour keys [c]) of matches under ``limit``, self included."""
+def _check_cap(max_pairs_per_image: int | None) -> None:
+    if max_pairs_per_image is not None and max_pairs_per_image < 1:
+        raise ValueError(f"max_pairs_per_image must be at least 1 (or None for no cap), got {max_pairs_per_image}")
+
+
+def _close_candidates(matches, queries: np.ndarray, limit: float,
+                      asked: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query rows [c], neighbour keys [c]) of matches under ``limit``, self included, and
+    [len(queries)] bool: the query got all ``asked`` results and the last is under ``limit``
+    (its list may go on under the threshold)."""
     # usearch returns Matches (no counts) instead of BatchMatches for a single query.
     counts = getattr(matches, "counts", None)
     counts = np.asarray([len(matches.keys)] if counts is None else counts)
     keys = np.asarray(matches.keys).astype(np.int64).reshape(len(counts), -1)
     dist = np.asarray(matches.distances).reshape(keys.shape)
     valid = np.arange(keys.shape[1]) < counts[:, None]
-    rows = np.broadcast_to(np.arange(start, start + len(keys))[:, None], keys.shape)
+    rows = np.broadcast_to(queries[:, None], keys.shape)
     close = valid & (dist < limit)
-    return rows[close], keys[close]
+    still_close = (counts >= asked) & close[:, -1] if keys.shape[1] else np.zeros(len(counts), bool)
+    return rows[close], keys[close], still_close
 
 
 class _KeyRows:
@@ -351,15 +395,18 @@ def _exact_pairs(vectors, keys, rows_a: list, rows_b: list, threshold: float) ->
 def cosine_distances(
     vectors: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray, *, chunk: int = 65_536
 ) -> np.ndarray:
-    """Exact float32 cosine distance ``1 - cos`` between row pairs.
+    """Exact cosine distance ``1 - cos`` between row pairs: THE distance of every PairSet.
 
     vectors: [n, d]; rows_a, rows_b: [m] row numbers. Returns [m] float32 in [0, 2]
     (rounding below 0 is clipped). A zero row is at distance 1 from everything.
+    Computed in float64 from the float32 values and rounded once, so it does not depend on
+    the order of the sum (the exact torch path computes the same numbers on its device).
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     out = np.empty(len(rows_a), np.float32)
     for s in range(0, len(rows_a), chunk):
-        xa, xb = vectors[rows_a[s : s + chunk]], vectors[rows_b[s : s + chunk]]
+        xa = vectors[rows_a[s : s + chunk]].astype(np.float64)
+        xb = vectors[rows_b[s : s + chunk]].astype(np.float64)
         dot = np.einsum("ij,ij->i", xa, xb)
         norm = np.sqrt(np.einsum("ij,ij->i", xa, xa) * np.einsum("ij,ij->i", xb, xb))
         cos = np.divide(dot, norm, out=np.zeros_like(dot), where=norm > 0)
@@ -367,7 +414,99 @@ def cosine_distances(
     return out
 
 
+def cap_pairs_per_image(pairs: PairSet, max_pairs_per_image: int | None, *,
+                        truncated: list[np.ndarray] | None = None) -> PairSet:
+    """Keep each image's ``max_pairs_per_image`` nearest pairs (None: keep all).
+
+    A pair stays when it is among the nearest of EITHER of its images (ties: the smaller
+    partner key), so every image keeps its own nearest ones and there are at most
+    ``max_pairs_per_image`` x n pairs in all. The result's ``truncated`` is the sorted union
+    of ``pairs.truncated``, ``truncated`` (key arrays) and the images that had more.
+    Capping a superset of a capped set's pairs gives the same set, so tiles may be capped
+    on their own before a final cap over their union.
+    """
+    cut = [pairs.truncated] + list(truncated or [])
+    if max_pairs_per_image is None or len(pairs) == 0:
+        return PairSet(pairs.a, pairs.b, pairs.distance, _sorted_keys(cut))
+    m = len(pairs)
+    ends = np.concatenate([pairs.a, pairs.b])
+    partner = np.concatenate([pairs.b, pairs.a])
+    order = np.lexsort((partner, np.tile(pairs.distance, 2), ends))
+    sorted_ends = ends[order]
+    first = np.ones(2 * m, bool)
+    first[1:] = sorted_ends[1:] != sorted_ends[:-1]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(2 * m), 0))
+    rank = np.arange(2 * m) - group_start
+    keep = np.zeros(m, bool)
+    keep[order[rank < max_pairs_per_image] % m] = True
+    cut.append(sorted_ends[rank == max_pairs_per_image])
+    return PairSet(pairs.a[keep], pairs.b[keep], pairs.distance[keep], _sorted_keys(cut))
+
+
+def _sorted_keys(parts: list[np.ndarray]) -> np.ndarray:
+    parts = [np.asarray(p, np.int64) for p in parts if len(p)]
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+
+def merge_pair_sets(parts: list[PairSet], max_pairs_per_image: int | None = None) -> PairSet:
+    """One PairSet from the PairSets of disjoint tiles (each pair found in one tile only):
+    concatenated, sorted by (a, b), capped per image over the whole set."""
+    if not parts:
+        return PairSet.empty()
+    a = np.concatenate([p.a for p in parts])
+    b = np.concatenate([p.b for p in parts])
+    dist = np.concatenate([p.distance for p in parts])
+    order = np.lexsort((b, a))
+    merged = PairSet(a[order], b[order], dist[order], _sorted_keys([p.truncated for p in parts]))
+    return cap_pairs_per_image(merged, max_pairs_per_image)
+
+
 # --------------------------------------------------------------------------- exact (torch)
+
+# Unit roundoff (inputs, output) of a tile's similarity scores for each matmul precision:
+# bf16 keeps 8 significant bits, tf32 11, fp32 24. tf32 and fp32 write fp32 outputs.
+_UNIT_ROUNDOFF = {"bf16": (2.0**-8, 2.0**-8), "tf32": (2.0**-11, 2.0**-24), "fp32": (0.0, 2.0**-24)}
+PRECISIONS = tuple(_UNIT_ROUNDOFF)
+_MATMUL_DTYPE = {"bf16": torch.bfloat16, "tf32": torch.float32, "fp32": torch.float32}
+# Rows whose norm is this close to 1 are used as unit rows without renormalising them.
+_UNIT_TOLERANCE = 1e-5
+# The re-check margin is this times score_error_bound: the bound is worst-case already; the
+# factor covers a BLAS that rounds once more than modelled (e.g. a split-K partial sum).
+RECHECK_SAFETY = 1.25
+
+
+def score_error_bound(precision: str, dim: int) -> float:
+    """Largest |tile score - exact cosine| for rows of ``dim`` dims, in cosine units.
+
+    The tile scores are dot products of the rows normalised in fp32 and rounded to the
+    matmul's input format (unit roundoff u_in), accumulated in fp32, written in the output
+    format (u_out). Rounding the inputs moves each product x_i y_i by at most
+    (2 u_in + u_in^2) |x_i y_i|, and sum |x_i y_i| <= |x| |y| = 1 (Cauchy-Schwarz), so the dot
+    moves by at most 2 u_in + u_in^2 WHATEVER the dimension; writing the output adds u_out
+    (|score| <= 1). The fp32 parts (normalising each row, accumulating ``dim`` products in
+    any order) add at most (2 dim + 8) 2^-24 (gamma_dim bounds, again with sum |x_i y_i| <= 1),
+    and rows taken as unit within _UNIT_TOLERANCE add 2 * _UNIT_TOLERANCE.
+      bf16, dim 512: 2^-7 + 2^-16 + 2^-8 + 1032 * 2^-24 + 2e-5 = 0.0118
+      tf32, dim 512: 2^-10 + 2^-22 + 2^-24 + ...               = 0.0011
+      fp32, dim 512:                                             0.00008
+    A pair whose exact distance is under the threshold t therefore scores above
+    1 - t - bound in the tile; every pair scoring above 1 - t - margin (margin =
+    RECHECK_SAFETY * bound) is re-scored exactly, so the result equals an fp32 search's.
+    """
+    if precision not in _UNIT_ROUNDOFF:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    u_in, u_out = _UNIT_ROUNDOFF[precision]
+    return 2 * u_in + u_in**2 + u_out + (2 * dim + 8) * 2.0**-24 + 2 * _UNIT_TOLERANCE
+
+
+def default_precision(device: str | torch.device) -> str:
+    """bf16 tensor cores on CUDA; fp32 on the CPU, where bf16 matmuls are slower, not faster."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def default_tile_rows(device: str | torch.device) -> int:
+    """Edge of one block of similarities: 16384^2 bf16 = 512 MB on a GPU, 4096^2 fp32 on a CPU."""
+    return 16_384 if torch.device(device).type == "cuda" else 4096
 
 
 def radius_pairs_exact(
@@ -375,56 +514,161 @@ def radius_pairs_exact(
     keys: np.ndarray,
     *,
     threshold: float,
-    k: int = DEFAULT_K,
     device: str | torch.device = "cpu",
+    precision: str | None = None,
     tile_rows: int | None = None,
-    dtype: torch.dtype | None = None,
+    max_pairs_per_image: int | None = None,
     progress: Progress | None = None,
 ) -> PairSet:
-    """Exact ``k`` nearest neighbours by tiled matrix products, then the radius cut.
+    """EVERY pair closer than ``threshold``, by tiled matrix products (an exact range search).
 
     vectors:   [n, d] float; keys: [n] unique keys. threshold: cosine distance.
-    device:    "cpu", "cuda" or a torch.device; the matrix lives there, [n, d] in ``dtype``.
-    dtype:     matmul precision; None means bfloat16 on CUDA, float32 on CPU (CPU bf16
-               matmuls are slow). Final distances are recomputed in float32 either way.
-    tile_rows: edge of the square [tile_rows, tile_rows] block of similarities computed at
-               once (None: 16384 on CUDA, 4096 on CPU); never n x n. The similarity matrix
-               is symmetric, so only blocks on and above the diagonal are computed, each
-               feeding the top-k of its rows and of its columns: n^2 d FLOP, not 2 n^2 d.
-    Returns the same PairSet as radius_pairs_ann would with a perfect index;
-    progress counts blocks.
+    device:    "cpu", "cuda" or a torch.device; the set lives there ([n, d] in the matmul
+               dtype for the scores, plus the float32 rows for the re-check).
+    precision: "bf16", "tf32" or "fp32" for the scores (None: default_precision). Every
+               pair scoring within the margin of the threshold (score_error_bound) is
+               re-scored exactly (cosine_distances' arithmetic, on the device), so the
+               pairs and distances are the same at every precision.
+    tile_rows: edge of the square block of similarities computed at once (None:
+               default_tile_rows); never n x n. Only blocks on and above the diagonal are
+               computed (i < j): n^2 d FLOP, not 2 n^2 d.
+    max_pairs_per_image: cap_pairs_per_image's cap (None: every pair).
+    Returns a PairSet of keys; progress counts blocks.
     """
     vectors, keys = _check_vectors_keys(vectors, keys)
-    _check_threshold_k(threshold, k)
+    found = block_pairs_exact(vectors, keys, None, None, threshold=threshold, device=device,
+                              precision=precision, tile_rows=tile_rows,
+                              max_pairs_per_image=max_pairs_per_image, progress=progress)
+    return merge_pair_sets([found], max_pairs_per_image)
+
+
+def block_pairs_exact(
+    vectors_a: np.ndarray,
+    keys_a: np.ndarray,
+    vectors_b: np.ndarray | None,
+    keys_b: np.ndarray | None,
+    *,
+    threshold: float,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+    tile_rows: int | None = None,
+    max_pairs_per_image: int | None = None,
+    progress: Progress | None = None,
+) -> PairSet:
+    """The pairs under ``threshold`` between two blocks of a set: one tile of a search
+    spread over machines (vdc_lake.ray_backend), or the whole set when B is None.
+
+    vectors_a [na, d], keys_a [na]; vectors_b [nb, d], keys_b [nb], rows disjoint from A's;
+    B None: the pairs within A (i < j). Other arguments as radius_pairs_exact. Returns a
+    PairSet (a < b, unsorted), capped within the blocks: merge_pair_sets over every block
+    pair of a set gives radius_pairs_exact's result.
+    """
+    vectors_a, keys_a = _check_vectors_keys(vectors_a, keys_a)
+    same = vectors_b is None
+    if not same:
+        vectors_b, keys_b = _check_vectors_keys(vectors_b, keys_b)
+        if vectors_b.shape[1] != vectors_a.shape[1]:
+            raise ValueError(f"blocks of {vectors_a.shape[1]} and {vectors_b.shape[1]} dims; pass one set's rows")
+    _check_threshold(threshold)
+    _check_cap(max_pairs_per_image)
     device = torch.device(device)
-    cuda = device.type == "cuda"
-    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
-    tile = tile_rows or (16_384 if cuda else 4096)
+    precision = precision or default_precision(device)
+    margin = RECHECK_SAFETY * score_error_bound(precision, vectors_a.shape[1])
+    tile = tile_rows or default_tile_rows(device)
     if tile < 1:
         raise ValueError("tile_rows must be at least 1")
-    matrix = _unit_rows_on(vectors, device, dtype)
-    floor = 1.0 - (threshold + CANDIDATE_SLACK)  # similarity below which nothing matters
-    n = len(vectors)
-    best = torch.full((n, k), -math.inf, device=device)
-    best_cols = torch.full((n, k), -1, dtype=torch.long, device=device)
-    starts = range(0, n, tile)
-    total, done = len(starts) * (len(starts) + 1) // 2, 0
-    for i0 in starts:
-        rows = matrix[i0 : i0 + tile]
-        for j0 in range(i0, n, tile):
-            sims = rows @ matrix[j0 : j0 + tile].T  # in the matmul dtype: float32 is 2x
-            if i0 == j0:
-                sims.fill_diagonal_(-math.inf)  # a vector is not its own neighbour
-            _merge_top_k(best, best_cols, i0, sims, j0, floor)
-            if j0 != i0:
-                _merge_top_k(best, best_cols, j0, sims.T, i0, floor)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-    hit = best >= floor
-    found_a = hit.nonzero()[:, 0].cpu().numpy()
-    found_b = best_cols[hit].cpu().numpy()
-    return _exact_pairs(vectors, keys, [found_a], [found_b], threshold)
+    with _matmul_precision(precision, device):
+        a = _Block(vectors_a, device, precision)
+        b = a if same else _Block(vectors_b, device, precision)
+        found = _search_blocks(a, b, same, threshold, margin, tile, progress)
+    ka, kb = keys_a[found[0]], (keys_a if same else keys_b)[found[1]]
+    pairs = PairSet(np.minimum(ka, kb), np.maximum(ka, kb), found[2])
+    return cap_pairs_per_image(pairs, max_pairs_per_image)
+
+
+class _Block:
+    """Rows of a block on the device: unit rows in the matmul dtype (the scores) and the
+    float32 rows with their float64 squared norms (the exact re-check)."""
+
+    def __init__(self, vectors: np.ndarray, device: torch.device, precision: str):
+        self.unit = _unit_rows_on(vectors, device, _MATMUL_DTYPE[precision])
+        self.exact = torch.from_numpy(vectors) if device.type == "cpu" else _to_device(vectors, device)
+        self.sq_norm = torch.cat([(part.double() ** 2).sum(1) for part in self.exact.split(65_536)])
+
+    def __len__(self) -> int:
+        return len(self.unit)
+
+
+def _search_blocks(a: _Block, b: _Block, same: bool, threshold: float, margin: float, tile: int,
+                   progress: Progress | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows of a [m], rows of b [m], exact distance [m] float32) of the pairs under threshold."""
+    starts_a = range(0, len(a), tile)
+    blocks = [(i0, j0) for i0 in starts_a for j0 in range(i0 if same else 0, len(b), tile)]
+    limit = np.float32(threshold)
+    rows_a, rows_b, dists = [], [], []
+    for done, (i0, j0) in enumerate(blocks, 1):
+        sims = a.unit[i0 : i0 + tile] @ b.unit[j0 : j0 + tile].T
+        hit = sims >= _floor_in(sims.dtype, 1.0 - threshold - margin)
+        if same and i0 == j0:
+            hit.triu_(1)  # each pair once, and not a vector with itself
+        r, c = hit.nonzero(as_tuple=True)
+        del sims, hit
+        if len(r):
+            r, c = r + i0, c + j0
+            dist = _exact_distances(a, b, r, c)
+            close = dist < torch.tensor(limit, device=dist.device)
+            rows_a.append(r[close].cpu().numpy())
+            rows_b.append(c[close].cpu().numpy())
+            dists.append(dist[close].cpu().numpy())
+        if progress is not None:
+            progress(done, len(blocks))
+    if not rows_a:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return np.concatenate(rows_a), np.concatenate(rows_b), np.concatenate(dists)
+
+
+def _floor_in(dtype: torch.dtype, floor: float) -> float:
+    """``floor`` lowered to a value of ``dtype`` not above it: comparing a bf16 tensor with a
+    Python float rounds the float to bf16, which could otherwise raise the floor."""
+    value = torch.tensor(floor, dtype=torch.float64).to(dtype)
+    if float(value) > floor:
+        value = torch.nextafter(value, torch.tensor(-math.inf, dtype=dtype))
+    return float(value)
+
+
+def _exact_distances(a: _Block, b: _Block, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """cosine_distances of row pairs (r of a, c of b), in float64 on the device, as float32."""
+    out = []
+    for s in range(0, len(r), 262_144):
+        ri, ci = r[s : s + 262_144], c[s : s + 262_144]
+        dot = (a.exact[ri].double() * b.exact[ci].double()).sum(1)
+        norm = (a.sq_norm[ri] * b.sq_norm[ci]).sqrt()
+        cos = torch.where(norm > 0, dot / torch.where(norm > 0, norm, 1.0), 0.0)
+        out.append((1.0 - cos).clamp(0.0, 2.0).float())
+    return torch.cat(out)
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision: str, device: torch.device):
+    """fp32 accumulation and the asked-for input rounding for the duration of a search (the
+    error bound assumes both); torch's global settings are restored after."""
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    cuda = torch.backends.cuda.matmul
+    reduced = cuda.allow_bf16_reduced_precision_reduction
+    cuda.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+        cuda.allow_bf16_reduced_precision_reduction = reduced
+
+
+def _to_device(vectors: np.ndarray, device: torch.device) -> torch.Tensor:
+    out = torch.empty(vectors.shape, dtype=torch.float32, device=device)
+    for s in range(0, len(vectors), 262_144):
+        out[s : s + 262_144] = torch.from_numpy(np.ascontiguousarray(vectors[s : s + 262_144])).to(device)
+    return out
 
 
 def _unit_rows_on(vectors: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -435,39 +679,18 @@ def _unit_rows_on(vectors: np.ndarray, device: torch.device, dtype: torch.dtype)
         return torch.from_numpy(vectors)
     out = torch.empty(vectors.shape, dtype=dtype, device=device)
     for s in range(0, len(vectors), 262_144):
-        part = torch.from_numpy(vectors[s : s + 262_144]).to(device)
+        part = torch.from_numpy(np.ascontiguousarray(vectors[s : s + 262_144])).to(device)
         out[s : s + len(part)] = torch.nn.functional.normalize(part, dim=1).to(dtype)
     return out
 
 
 def _unit_rows(vectors: np.ndarray, chunk_rows: int = 65_536) -> bool:
-    """Whether every row has norm 1 (to float32 rounding) or 0, checked chunk by chunk."""
+    """Whether every row has norm 1 (to _UNIT_TOLERANCE) or 0, checked chunk by chunk."""
     for start in range(0, len(vectors), chunk_rows):
         norms = np.linalg.norm(vectors[start:start + chunk_rows], axis=1)
-        if not np.all((np.abs(norms - 1.0) < 1e-5) | (norms == 0)):
+        if not np.all((np.abs(norms - 1.0) < _UNIT_TOLERANCE) | (norms == 0)):
             return False
     return True
-
-
-def _merge_top_k(best, best_cols, r0: int, sims, c0: int, floor: float) -> None:
-    """Fold a block of similarities into the running top-k of its rows, in place.
-
-    best, best_cols: [n, k] running similarities (float32, -inf when empty) and columns.
-    sims:  [r, c] similarities of rows r0.. against columns c0..
-    Only rows whose best similarity in the block reaches ``floor`` pay for a top-k: with
-    a tight threshold that is a small fraction of them.
-    """
-    hit = (sims.amax(dim=1) >= floor).nonzero().squeeze(1)
-    if len(hit) == 0:
-        return
-    k = best.shape[1]
-    vals, idx = sims[hit].topk(min(k, sims.shape[1]), dim=1)
-    rows = hit + r0
-    merged = torch.cat([best[rows], vals.float()], dim=1)
-    merged_cols = torch.cat([best_cols[rows], idx + c0], dim=1)
-    top, pos = merged.topk(k, dim=1)
-    best[rows] = top
-    best_cols[rows] = merged_cols.gather(1, pos)
 
 
 # --------------------------------------------------------------------------- groups

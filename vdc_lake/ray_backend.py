@@ -275,3 +275,171 @@ def _remove_stage_folders(folder: Path) -> None:
     for stale in folder.parent.glob(f"{stage}-*"):
         if stale.name.rsplit("-", 1)[0] == stage:
             shutil.rmtree(stale, ignore_errors=True)
+
+
+# -- the exact near-duplicate search as tiles ------------------------------------------------------
+#
+# The set's [n, d] rows are cut into blocks of tile_rows; a tile is one block pair (I <= J) and
+# one Ray task (a GPU each when the cluster has GPUs), running neighbors.block_pairs_exact on
+# its two blocks: the same kernel, precision and re-check as the local search, so the union of
+# the tiles' pairs is the local search's result. Workers read the blocks from the staged
+# vectors (STAGING/dedup-tiles-<key>/vectors.npy, memory-mapped; shared storage on a cluster)
+# and write their pairs to tile-IIIII-JJJJJ.parquet; the driver merges every part once and the
+# dedup stage ingests the result in one transaction. <key> hashes the vectors, keys and search
+# parameters, so a crashed or interrupted report, run again, recomputes only missing tiles.
+
+TILE_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("distance", pa.float32())])
+
+
+def range_staging_folder(staging_dir: str | os.PathLike, vectors, keys, *, threshold: float, tile_rows: int,
+                         precision: str | None, max_pairs_per_image: int | None) -> Path:
+    """The staging folder of one tiled search: the same inputs give the same folder."""
+    import numpy as np
+
+    h = xxhash.xxh3_128()
+    h.update(pickle.dumps((vectors.shape, float(threshold), int(tile_rows), precision, max_pairs_per_image),
+                          protocol=5))
+    h.update(np.ascontiguousarray(keys, np.int64).tobytes())
+    for start in range(0, len(vectors), 65_536):
+        h.update(np.ascontiguousarray(vectors[start:start + 65_536], np.float32).tobytes())
+    return Path(staging_dir) / f"dedup-tiles-{h.hexdigest()[:16]}"
+
+
+def tile_part_path(folder: Path, i: int, j: int) -> Path:
+    return folder / f"tile-{i:05d}-{j:05d}.parquet"
+
+
+def range_search(vectors, keys, *, threshold: float, staging_dir: str | os.PathLike, tile_rows: int,
+                 precision: str | None = None, max_pairs_per_image: int | None = None,
+                 max_retries: int = MAX_RETRIES, quiet: bool = False):
+    """Every pair of ``vectors`` under ``threshold`` (neighbors.radius_pairs_exact's result),
+    computed as Ray tasks over block pairs of ``tile_rows`` rows.
+
+    vectors [n, d] float32 (prepared: centred / normalised as wanted), keys [n] int64.
+    precision: None = neighbors.default_precision of the task's device (bf16 on a GPU).
+    Tiles whose part exists in the staging folder are not recomputed; the folder is removed
+    once every part has been merged. Returns a neighbors.PairSet.
+    """
+    import numpy as np
+
+    from vdc_lake import neighbors
+
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    keys = np.ascontiguousarray(keys, np.int64)
+    if tile_rows < 1:
+        raise StageError(f"tile_rows must be at least 1, got {tile_rows}")
+    folder = range_staging_folder(staging_dir, vectors, keys, threshold=threshold, tile_rows=tile_rows,
+                                  precision=precision, max_pairs_per_image=max_pairs_per_image)
+    folder.mkdir(parents=True, exist_ok=True)
+    _stage_array(folder / "vectors.npy", vectors)
+    _stage_array(folder / "keys.npy", keys)
+    starts = range(0, len(vectors), tile_rows)
+    tiles = [(i, j) for i in range(len(starts)) for j in range(i, len(starts))]
+    missing = [t for t in tiles if not tile_part_path(folder, *t).exists()]
+    with progress_bar(len(tiles), "dedup tiles", quiet=quiet) as bar:
+        bar.update(len(tiles) - len(missing))
+        if missing:
+            _run_tiles(folder, missing, tile_rows, threshold, precision, max_pairs_per_image, max_retries, bar)
+    parts = [_read_tile(tile_part_path(folder, *t)) for t in tiles]
+    result = neighbors.merge_pair_sets(parts, max_pairs_per_image)
+    _remove_stage_folders(folder)
+    return result
+
+
+def _stage_array(path: Path, array) -> None:
+    """Write ``array`` as .npy once (temp name, then rename); a staged file is kept on resume."""
+    import numpy as np
+
+    if path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _run_tiles(folder: Path, tiles: list[tuple[int, int]], tile_rows: int, threshold: float,
+               precision: str | None, max_pairs_per_image: int | None, max_retries: int, bar) -> None:
+    ray = _ray()
+    connect()
+    resources = {"num_gpus": 1} if cluster_gpus() > 0 else {"num_cpus": 1}
+    task = ray.remote(max_retries=max_retries, retry_exceptions=False, max_calls=0, **resources)(range_tile)
+    window = IN_FLIGHT_PER_CPU * _task_slots(ray, resources)
+    queue = iter(tiles)
+    pending: dict[Any, tuple[int, int]] = {}
+    while True:
+        while len(pending) < window and (tile := next(queue, None)) is not None:
+            pending[task.remote(str(folder), tile[0], tile[1], tile_rows, threshold, precision,
+                                max_pairs_per_image)] = tile
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=1)
+        tile = pending.pop(done[0])
+        try:
+            ray.get(done[0])
+        except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in several types
+            for ref in pending:
+                ray.cancel(ref)
+            cause = getattr(e, "cause", None) or e
+            raise StageError(
+                f"{folder.name}: tile {tile} failed ({type(cause).__name__}: "
+                f"{str(cause).splitlines()[0] if str(cause) else ''}); finished tiles are kept: fix the cause "
+                "and run the report again to resume"
+            ) from e
+        bar.update()
+
+
+_BLOCKS: dict[tuple[str, int], Any] = {}  # per worker process: the last blocks read (a row block is reused)
+
+
+def _block(folder: str, start: int, stop: int):
+    import numpy as np
+
+    key = (folder, start)
+    if key not in _BLOCKS:
+        while len(_BLOCKS) >= 2:
+            _BLOCKS.pop(next(iter(_BLOCKS)))
+        vectors = np.load(Path(folder) / "vectors.npy", mmap_mode="r")
+        keys = np.load(Path(folder) / "keys.npy", mmap_mode="r")
+        _BLOCKS[key] = (np.array(vectors[start:stop]), np.array(keys[start:stop]))
+    return _BLOCKS[key]
+
+
+def range_tile(folder: str, i: int, j: int, tile_rows: int, threshold: float, precision: str | None,
+               max_pairs_per_image: int | None) -> int:
+    """The Ray task: pairs between blocks i and j (within block i when i == j), written as one
+    part; returns the pair count. Skips the work when the part exists (a late retry)."""
+    import torch
+
+    from vdc_lake import neighbors
+
+    target = tile_part_path(Path(folder), i, j)
+    if target.exists():
+        return -1
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    va, ka = _block(folder, i * tile_rows, (i + 1) * tile_rows)
+    if i == j:
+        pairs = neighbors.block_pairs_exact(va, ka, None, None, threshold=threshold, device=device,
+                                            precision=precision, max_pairs_per_image=max_pairs_per_image)
+    else:
+        vb, kb = _block(folder, j * tile_rows, (j + 1) * tile_rows)
+        pairs = neighbors.block_pairs_exact(va, ka, vb, kb, threshold=threshold, device=device,
+                                            precision=precision, max_pairs_per_image=max_pairs_per_image)
+    table = pa.table({"a": pairs.a, "b": pairs.b, "distance": pairs.distance}, schema=TILE_SCHEMA)
+    table = table.replace_schema_metadata({"truncated": pairs.truncated.tobytes().hex()})
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, target)
+    return len(pairs)
+
+
+def _read_tile(path: Path):
+    import numpy as np
+
+    from vdc_lake.neighbors import PairSet
+
+    table = pq.read_table(path, schema=TILE_SCHEMA)
+    meta = (pq.read_schema(path).metadata or {}).get(b"truncated", b"")
+    truncated = np.frombuffer(bytes.fromhex(meta.decode()), np.int64) if meta else np.empty(0, np.int64)
+    return PairSet(table.column("a").to_numpy(), table.column("b").to_numpy(),
+                   table.column("distance").to_numpy(), truncated)
