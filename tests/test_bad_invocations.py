@@ -88,7 +88,7 @@ CASES = [
     # predict
     (["predict", "--model", "builtin", "--kind", "descriptor", "--batch-size", "0"], "--batch-size must be a whole number of images >= 1", None),
     (["predict", "--model", "builtin", "--kind", "descriptor", "--num-workers", "-1"], "--num-workers must be", None),
-    (["predict", "--model", "builtin", "--kind", "descriptor", "--size", "0"], "'--size'", None),
+    (["predict", "--model", "builtin", "--kind", "descriptor", "--size", "0"], "--size", None),
     # dedup
     (["dedup", "index", "--set", "nosuch"], "nosuch", None),
     (["dedup", "report", "--set", "builtin", "--report-threshold", "-1"], "--report-threshold must be a cosine distance between 0 and 2, not -1.0", None),
@@ -206,3 +206,19 @@ def test_unexpected_errors_show_a_traceback_with_debug(built, monkeypatch):
     monkeypatch.setenv("VDC_LAKE_DEBUG", "1")
     result = invoke(catalog, args)
     assert result.exit_code != 0 and result.exception is not None and not isinstance(result.exception, SystemExit)
+
+
+def test_the_library_applies_the_same_rules(tmp_path):
+    from vdc_lake.config import Config
+    from vdc_lake.decisions import decision_query
+    from vdc_lake.errors import InvalidValueError
+
+    (tmp_path / "vdc-lake.toml").write_text("[rotation_correction]\nthreshold = 1.5\n")
+    with pytest.raises(InvalidValueError, match=r"^\[rotation_correction\] threshold in .*vdc-lake\.toml must be "
+                                                r"a probability between 0 and 1, not 1\.5$"):
+        Config.load(search_dir=tmp_path)
+    config = Config.bundled()
+    with pytest.raises(InvalidValueError, match=r"^--threshold must be a cosine distance between 0 and 2, not 5$"):
+        decision_query("dedup", config, threshold=5)
+    with pytest.raises(InvalidValueError, match=r"^--min-score \(3\) must not exceed --max-score \(1\)$"):
+        decision_query("score", config, name="aesthetic", min_score=3.0, max_score=1.0)

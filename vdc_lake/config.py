@@ -55,6 +55,9 @@ class Config:
             config.overlay(_read_toml(local), str(local))
         if config_file is not None:
             config.overlay(_read_toml(Path(config_file)), str(config_file))
+        from vdc_lake.validate import check_config
+
+        check_config(config.describe())  # each value by its rule, naming the file and key
         return config
 
     def overlay(self, data: dict[str, Any], source: str) -> None:

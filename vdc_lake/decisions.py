@@ -91,4 +91,7 @@ DECISIONS: dict[str, Callable[..., DecisionQuery]] = {
 def decision_query(stage: str, config: Config, **options: Any) -> DecisionQuery:
     if stage not in DECISIONS:
         raise PlanError(f"unknown stage {stage!r}; choose one of: {', '.join(sorted(DECISIONS))}")
+    from vdc_lake.validate import check_decision_values
+
+    check_decision_values(stage, **options)  # the same rules as the CLI and the config file
     return DECISIONS[stage](config, **options)

@@ -54,6 +54,17 @@ class Number:
 
 
 @dataclass(frozen=True)
+class Bound:
+    """A score bound: any number but NaN (-inf / inf = no bound)."""
+
+    def requirement(self) -> str:
+        return "a number (-inf or inf for no bound)"
+
+    def ok(self, value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
+
+
+@dataclass(frozen=True)
 class Choice:
     choices: tuple[str, ...]
 
@@ -121,7 +132,7 @@ class JpegQuality:
         return value == "keep" or Number(1, 100, integer=True).ok(value)
 
 
-Rule = Number | Choice | Flag | Text | Levels | Extensions | JpegQuality
+Rule = Number | Bound | Choice | Flag | Text | Levels | Extensions | JpegQuality
 
 COSINE_DISTANCE = Number(0, 2, what="a cosine distance")
 PROBABILITY = Number(0, 1, what="a probability")
@@ -136,6 +147,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("scan", "workers"): WORKERS,
     ("scale", "backend"): Choice(("local", "ray")),
     ("scale", "ray_address"): Text(),
+    ("scale", "memory_budget_gb"): Number(0, what="a size in GB (0 = half of the RAM)"),
+    ("scale", "vector_batch_rows"): Number(1, integer=True, what="a whole number of rows"),
+    ("scale", "duckdb_memory_limit"): Text(),
+    ("scale", "duckdb_temp_directory"): Text(),
     ("sanitize", "min_width"): PIXELS,
     ("sanitize", "min_height"): PIXELS,
     ("sanitize", "max_width"): PIXELS,
@@ -160,6 +175,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("apply_deduplication", "seed"): SEED,
     ("filter_by_examples", "metric"): Choice(("cosine",)),
     ("filter_by_examples", "threshold"): COSINE_DISTANCE,
+    ("filter_by_score", "name"): Text(),
+    ("filter_by_score", "min_score"): Bound(),
+    ("filter_by_score", "max_score"): Bound(),
     ("hierarchical_kmeans", "n_clusters"): Levels(1, shrinking=True),
     ("hierarchical_kmeans", "method"): Choice(("centers", "resampled")),
     ("hierarchical_kmeans", "n_samples"): Levels(0),
@@ -188,6 +206,7 @@ RULES: dict[tuple[str, str], Rule] = {
 ORDERED_PAIRS: dict[str, list[tuple[str, str]]] = {
     "sanitize": [("min_width", "max_width"), ("min_height", "max_height"),
                  ("min_aspect_ratio", "max_aspect_ratio")],
+    "filter_by_score": [("min_score", "max_score")],
 }
 
 # Options that are not config keys, shared by several commands.
@@ -195,7 +214,7 @@ TOTAL = Number(1, integer=True, what="a whole number of images")
 RUN_ID = Number(1, integer=True, what="a run id")
 EXAMPLES_SHOWN = Number(0, integer=True, what="a whole number of examples")
 PROCESSES = Number(1, integer=True, what="a whole number")
-SCORE = Number(what="a finite number")
+SCORE = Bound()
 
 
 def _num(value: float) -> str:
@@ -359,24 +378,28 @@ DECISION_THRESHOLDS = {
 }
 
 
-def check_decision_options(catalog: Any, stage: str, *, threshold: float | None = None,
-                           seed: int | None = None, embedding_set: str | None = None,
-                           prediction_set: str | None = None, name: str | None = None,
-                           min_score: float | None = None, max_score: float | None = None,
-                           run: int | None = None, **_: Any) -> None:
-    """The options of `plan/apply STAGE` (see vdc_lake.decisions) against their rules and the catalog."""
+def check_decision_values(stage: str, *, threshold: float | None = None, seed: int | None = None,
+                          min_score: float | None = None, max_score: float | None = None, **_: Any) -> None:
+    """The values given to `plan/apply STAGE` (see vdc_lake.decisions), by their config rules."""
     if threshold is not None and stage in DECISION_THRESHOLDS:
         check_value(*DECISION_THRESHOLDS[stage], threshold, "--threshold")
-    if seed is not None:
-        check(SEED, seed, "--seed")
+    check(SEED, seed, "--seed")
+    if stage == "score":
+        check(SCORE, min_score, "--min-score")
+        check(SCORE, max_score, "--max-score")
+        check_order("--min-score", min_score, "--max-score", max_score)
+
+
+def check_decision_options(catalog: Any, stage: str, *, embedding_set: str | None = None,
+                           prediction_set: str | None = None, name: str | None = None,
+                           run: int | None = None, **values: Any) -> None:
+    """The options of `plan/apply STAGE`: values by their rules, names and runs against the catalog."""
+    check_decision_values(stage, **values)
     if stage == "rotation":
         check_set(catalog, "predictions", prediction_set)
     elif stage in ("dedup", "examples"):
         check_set(catalog, "embeddings", embedding_set)
     elif stage == "score":
-        check(SCORE, min_score, "--min-score")
-        check(SCORE, max_score, "--max-score")
-        check_order("--min-score", min_score, "--max-score", max_score)
         check_score_name(catalog, name)
     elif stage == "sample":
         check_run(catalog, run, "sample")
