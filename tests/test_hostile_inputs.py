@@ -25,7 +25,7 @@ import vdc_lake
 from tests.conftest import default_config
 from vdc_lake.catalog import Catalog
 from vdc_lake.errors import StageError
-from vdc_lake.files import PixelLimitError, content_hash, decode_check
+from vdc_lake.files import PixelLimitError, check_pixels, content_hash, decode_check
 from vdc_lake.imageops import ACTIONS, ROTATIONS
 from vdc_lake.predict import predict
 from vdc_lake.sanitize import sanitize
@@ -223,6 +223,11 @@ def test_only_bytes_that_do_not_decode_are_corrupt(tmp_path):
     assert gone.error.startswith("missing: the file is gone (No such file or directory, ENOENT)")
     folder = decode_check(str(tmp_path), max_pixels=10**8, with_descriptor=False)
     assert folder.error.startswith("unreadable: ")  # EISDIR: an I/O error, not a verdict on bytes
+    os.mkfifo(tmp_path / "pipe.png")  # swapped in after scan: must not block the decoder forever
+    pipe = decode_check(str(tmp_path / "pipe.png"), max_pixels=10**8, with_descriptor=False)
+    assert pipe.error == "unreadable: not a regular file (a named pipe)"
+    with pytest.raises(OSError, match="not a regular file"):
+        check_pixels(tmp_path / "pipe.png", 10**8)
 
 
 # -- issue 10 item 6: a changed limit takes effect without --recheck ------------------------------

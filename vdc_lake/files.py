@@ -50,6 +50,18 @@ def stream_hash(f: BinaryIO) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+def _nonblocking(path: str, flags: int) -> int:
+    """open()'s opener: a named pipe put where an image was must not block the reader forever
+    (O_NONBLOCK changes nothing for regular files); callers then check the type with fstat."""
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def _not_regular(f: BinaryIO) -> str | None:
+    """What the open file is when it is not a regular file (`a named pipe`), else None."""
+    mode = os.fstat(f.fileno()).st_mode
+    return None if stat.S_ISREG(mode) else _file_kind(mode)
+
+
 def is_io_error(e: BaseException) -> bool:
     """True for an operating-system error (missing file, permission, EIO), false for a decoder's
     complaint about the bytes (Pillow raises OSError without an errno for those)."""
@@ -123,7 +135,10 @@ def inspect_header(path: str) -> dict[str, Any]:
             # Reading a named pipe would block forever; devices and sockets are no images either.
             facts["header_error"] = f"unreadable: not a regular file ({_file_kind(st.st_mode)})"
             return facts
-        with open(path, "rb") as f:
+        with open(path, "rb", opener=_nonblocking) as f:
+            if kind := _not_regular(f):  # replaced since the stat above
+                facts["header_error"] = f"unreadable: not a regular file ({kind})"
+                return facts
             facts["content_hash"], n_bytes = stream_hash(f)
             if not n_bytes:
                 facts["header_error"] = "zero_byte: the file is empty (0 bytes)"
@@ -180,11 +195,13 @@ def decode_check(path: str, *, max_pixels: int, with_descriptor: bool) -> Decode
     cannot be opened or read gives a `missing` / `unreadable` error, never `corrupt`.
     """
     try:
-        f = open(path, "rb")
+        f = open(path, "rb", opener=_nonblocking)
     except OSError as e:
         return DecodeResult(io_error_text(e, "open"), None)
     try:
         with f, warnings.catch_warnings():
+            if kind := _not_regular(f):  # a pipe swapped in: reading would block forever
+                return DecodeResult(f"unreadable: not a regular file ({kind})", None)
             warnings.simplefilter("ignore")
             limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
@@ -219,8 +236,11 @@ def check_pixels(path: str | os.PathLike, max_pixels: int) -> None:
         warnings.simplefilter("ignore")
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            with Image.open(path) as img:
-                pixels = img.width * img.height
+            with open(path, "rb", opener=_nonblocking) as f:
+                if kind := _not_regular(f):
+                    raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
+                with Image.open(f) as img:
+                    pixels = img.width * img.height
         finally:
             Image.MAX_IMAGE_PIXELS = limit
     if pixels > max_pixels:
