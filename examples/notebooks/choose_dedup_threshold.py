@@ -10,50 +10,115 @@
 # %% [markdown]
 # # Choosing a dedup threshold
 #
-# `vdc-lake dedup report --report-threshold 0.5` stored every pair under 0.5 once. Everything
-# below is a query over the catalog: trying another threshold never searches neighbours again.
-# Open with `jupytext --to notebook choose_dedup_threshold.py`, or run it as a script.
+# Answers: how far apart are the pairs `dedup report` found, how many images each apply
+# threshold would remove, and what the pairs just under a threshold look like.
+# `dedup report` stored every pair under its report threshold once; everything below is a query
+# over the catalog, so trying another threshold never searches neighbours again. It works on a
+# dry-run catalog and on one where `apply dedup` already ran (removed images are shown from
+# their backups). Open with `jupytext --to notebook choose_dedup_threshold.py`, or run it as a
+# script (`VDC_LAKE_CATALOG=... python choose_dedup_threshold.py`).
 
 # %%
 import os
 
 import duckdb
+import matplotlib.pyplot as plt
+import numpy as np
+
+from vdc_lake.notebook import apply_threshold, image_grid, original_or_backup_sql
 
 CATALOG = os.environ.get("VDC_LAKE_CATALOG", "data/quickstart/catalog.duckdb")
 con = duckdb.connect(CATALOG, read_only=True)
 
+# The newest finished report run per embedding set, and the threshold it searched to.
+reports = con.sql("""
+    SELECT run_id, json_extract_string(params, '$.set') AS set_name,
+           json_extract(params, '$.threshold')::DOUBLE AS report_threshold
+    FROM runs WHERE stage = 'dedup-report' AND status = 'done'
+    QUALIFY row_number() OVER (PARTITION BY set_name ORDER BY run_id DESC) = 1
+""").fetchall()
+print(reports)
+APPLY = apply_threshold(con)
+print("apply threshold in the catalog's settings:", APPLY)
+
 # %% [markdown]
 # ## How far apart are reported pairs?
+# Every stored pair of the newest report runs (including pairs whose image `apply` already
+# removed), on a log scale so a crowded bin does not hide the rest.
 
 # %%
-con.sql("""
-    SELECT round(distance, 2) AS bucket, count(*) AS pairs
-    FROM near_duplicate_edges
-    GROUP BY ALL ORDER BY bucket
-""").show()
+distances = np.array([d for (d,) in con.execute("""
+    SELECT e.distance FROM dup_edges AS e
+    JOIN (SELECT json_extract_string(params, '$.set') AS set_name, max(run_id) AS run_id
+          FROM runs WHERE stage = 'dedup-report' AND status = 'done' GROUP BY ALL) AS r
+      ON r.run_id = e.run_id AND r.set_name = e.set_name
+""").fetchall()], dtype=np.float64)
+print(f"{len(distances)} pairs")
+fig, ax = plt.subplots(figsize=(7, 3))
+if len(distances):
+    ax.hist(distances, bins=50)
+    ax.set_yscale("log")
+ax.axvline(APPLY, color="red", label=f"apply threshold {APPLY:g}")
+for _, set_name, report_threshold in reports:
+    ax.axvline(report_threshold, color="grey", linestyle="--", label=f"report threshold {report_threshold:g} ({set_name})")
+ax.set_xlabel("distance")
+ax.set_ylabel("pairs (log)")
+ax.legend(fontsize=8)
+plt.show()
 
 # %% [markdown]
 # ## How many images would each threshold remove?
+# Pending deletions come from `dedup_actions(threshold := t)`; deletions `apply dedup` already
+# carried out come from the journal (they no longer show up as pending).
 
 # %%
-con.sql("""
+already_removed = con.execute("""
+    SELECT count(DISTINCT j.image_id) FROM journal AS j JOIN runs AS r ON r.run_id = j.run_id
+    WHERE r.stage = 'apply:dedup' AND j.action = 'delete' AND j.state = 'done'
+""").fetchall()[0][0]
+candidates = sorted({0.02, 0.05, 0.1, 0.15, 0.25, 0.4, APPLY})
+per_threshold = con.execute("""
     SELECT t.threshold,
-           (SELECT count(*) FROM dedup_actions(threshold := t.threshold) WHERE action = 'delete') AS removed,
+           (SELECT count(*) FROM dedup_actions(threshold := t.threshold) WHERE action = 'delete') AS pending,
            (SELECT count(DISTINCT group_id) FROM dedup_actions(threshold := t.threshold)) AS groups
-    FROM (VALUES (0.02), (0.05), (0.1), (0.25), (0.4)) AS t(threshold)
-""").show()
+    FROM unnest($1::DOUBLE[]) AS t(threshold) ORDER BY t.threshold
+""", [candidates]).fetchall()
+for threshold, pending, groups in per_threshold:
+    print(f"threshold {threshold:<5g} pending deletions {pending:>5}  groups {groups:>5}")
+print("already removed by apply dedup:", already_removed)
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.plot([t for t, _, _ in per_threshold], [p + already_removed for _, p, _ in per_threshold], marker="o")
+ax.axvline(APPLY, color="red", label=f"apply threshold {APPLY:g}")
+ax.set_xlabel("apply threshold")
+ax.set_ylabel("images removed (pending + applied)")
+ax.legend(fontsize=8)
+plt.show()
 
 # %% [markdown]
-# ## Look at groups just under a candidate threshold
-# Pairs near the threshold are where mistakes happen: check their paths (or `vdc-lake report`).
+# ## Pairs just under a candidate threshold
+# Mistakes happen near the threshold: each row shows a pair (left image, right image) with the
+# closest-to-the-threshold pairs first. Removed images are drawn from their backups.
 
 # %%
-candidate = 0.25
-con.sql("""
-    SELECT group_id, group_size, nearest_distance, action, path
-    FROM dedup_actions(threshold := $t)
-    WHERE group_id IN (SELECT group_id FROM dedup_actions(threshold := $t)
-                       WHERE nearest_distance BETWEEN $t * 0.8 AND $t)
-    ORDER BY group_id, rank_in_group
-    LIMIT 40
-""", params={"t": candidate}).show()
+candidate = APPLY
+pairs = con.execute(f"""
+    WITH newest AS (
+        SELECT json_extract_string(params, '$.set') AS set_name, max(run_id) AS run_id
+        FROM runs WHERE stage = 'dedup-report' AND status = 'done' GROUP BY ALL
+    ), near AS (
+        SELECT e.image_a, e.image_b, e.distance FROM dup_edges AS e
+        JOIN newest AS n ON n.run_id = e.run_id AND n.set_name = e.set_name
+        WHERE e.distance < $1 ORDER BY e.distance DESC LIMIT 6
+    )
+    SELECT n.distance,
+           (SELECT {original_or_backup_sql()} FROM (SELECT n.image_a AS image_id) AS x) AS path_a,
+           (SELECT {original_or_backup_sql()} FROM (SELECT n.image_b AS image_id) AS x) AS path_b
+    FROM near AS n ORDER BY n.distance DESC
+""", [candidate]).fetchall()
+if pairs:
+    paths = [p for _, a, b in pairs for p in (a, b)]
+    titles = [f"{os.path.basename(p or '(missing)')}\n{d:.3f}" for d, a, b in pairs for p in (a, b)]
+    image_grid(paths, titles, columns=4)
+    plt.show()
+else:
+    print(f"no pair under {candidate:g}")

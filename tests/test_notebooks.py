@@ -1,0 +1,75 @@
+"""The example notebooks run, as scripts, against the quickstart catalog: after the dry run and
+after the pipeline was applied (so they cannot rot)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from examples.make_sample_data import make_sample_data
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "examples/notebooks").glob("*.py"))
+
+
+def run_notebook(notebook: Path, catalog: Path, cwd: Path) -> str:
+    env = {**os.environ, "VDC_LAKE_CATALOG": str(catalog), "MPLBACKEND": "Agg",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, str(notebook)], cwd=cwd, env=env, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> tuple[dict[str, str], dict[str, str]]:
+    """Each notebook's output on the quickstart catalog after the dry run, and after --apply."""
+    work = tmp_path_factory.mktemp("quickstart")
+    make_sample_data(work / "data/quickstart/images")
+    (work / "data/quickstart/images/manifest.json").unlink()
+    catalog = work / "data/quickstart/catalog.duckdb"
+    outputs = []
+    for extra in ([], ["--apply"]):
+        done = subprocess.run([sys.executable, "-m", "vdc_lake.cli", "-q", "--catalog", str(catalog), "run",
+                               str(REPO / "examples/quickstart.toml"), *extra],
+                              cwd=work, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs.append({nb.name: run_notebook(nb, catalog, work) for nb in NOTEBOOKS})
+    return outputs[0], outputs[1]
+
+
+def test_there_are_notebooks():
+    assert {nb.name for nb in NOTEBOOKS} >= {"choose_dedup_threshold.py", "explore_clusters.py"}
+
+
+def _pending_and_applied(output: str, threshold_line: str) -> tuple[int, int]:
+    pending = next(int(line.split()[4]) for line in output.splitlines() if line.startswith(threshold_line))
+    applied = next(int(line.split(":")[1]) for line in output.splitlines()
+                   if line.startswith("already removed by apply dedup"))
+    return pending, applied
+
+
+def test_dedup_notebook_counts_the_same_deletions_before_and_after_apply(quickstart):
+    dry, applied = quickstart
+    before, after = dry["choose_dedup_threshold.py"], applied["choose_dedup_threshold.py"]
+    apply_line = next(line for line in before.splitlines() if line.startswith("apply threshold"))
+    threshold = float(apply_line.rsplit(":", 1)[1])
+    row = f"threshold {threshold:<5g}"
+    pending_before, applied_before = _pending_and_applied(before, row)
+    pending_after, applied_after = _pending_and_applied(after, row)
+    assert applied_before == 0 and pending_before > 0
+    # after apply the deletions moved from pending to the journal: the notebook shows them, not zeros
+    assert pending_after == 0 and applied_after > 0
+    pairs = [next(line for line in out.splitlines() if line.endswith(" pairs")) for out in (before, after)]
+    assert pairs[0] == pairs[1] != "0 pairs"  # the stored pairs stay visible after apply
+
+
+def test_cluster_notebook_shows_levels_and_allocation(quickstart):
+    dry, applied = quickstart
+    for output in (dry["explore_clusters.py"], applied["explore_clusters.py"]):
+        assert "cluster run" in output and "cluster run None" not in output
+        assert "level 0:" in output
