@@ -40,9 +40,7 @@ class Context:
     @property
     def config(self) -> Config:
         if self._config is None:
-            config = Config.load(Path(self.config_file) if self.config_file else None)
-            validate.check_config(config.describe())
-            self._config = config
+            self._config = Config.load(Path(self.config_file) if self.config_file else None)  # checked there
         return self._config
 
     def section(self, section: str, names: dict[str, str] | None = None, **cli_values: Any) -> dict[str, Any]:
