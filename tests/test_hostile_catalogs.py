@@ -25,7 +25,7 @@ from vdc_lake import catalog as catalog_module
 from vdc_lake.apply import Plan, apply_plan, make_plan, restore
 from vdc_lake.catalog import Catalog
 from vdc_lake.decisions import decision_query
-from vdc_lake.errors import CatalogDamagedError, DiskFullError, NotACatalogError
+from vdc_lake.errors import CatalogDamagedError, DiskFullError, NotACatalogError, StageError
 from vdc_lake.leftovers import remove_leftovers_of
 from vdc_lake.sanitize import sanitize
 from vdc_lake.scan import scan
@@ -45,12 +45,13 @@ def _cli_fails(result, start: str) -> str:
 
 def _images_catalog(path: Path, n: int = 299) -> None:
     """A real catalog with n image rows, checkpointed a few times so the file spans many blocks."""
+    chunk = max(100, n // 5)
     with Catalog(path) as catalog:
-        for start in range(0, n, 100):
+        for start in range(0, n, chunk):
             catalog.execute(
                 "INSERT INTO images (image_id, root, rel_path, version, present) "
                 "SELECT range, '/data', 'img_' || range || '.jpg', 1, true FROM range(?, ?)",
-                [start, min(n, start + 100)])
+                [start, min(n, start + chunk)])
             catalog.execute("CHECKPOINT")
 
 
@@ -213,12 +214,13 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
-def test_a_full_disk_under_the_catalog_gives_one_error_line_and_the_rerun_works(sample_tree, tmp_path, run_cli):
+def test_a_full_disk_under_the_catalog_gives_one_error_line_and_the_rerun_works(tmp_path, run_cli):
     with _small_tmpfs("16m") as mount:
         path = mount / "catalog.duckdb"
         config = default_config(tmp_path)
         with Catalog(path) as catalog:
-            scan(catalog, [sample_tree.root], extensions=config.values["scan"]["extensions"], workers=2, quiet=True)
+            scan(catalog, [_small_images(tmp_path / "images", 4)], extensions=config.values["scan"]["extensions"],
+                 workers=1, quiet=True)
         filler = _fill(mount)
         line = _cli_fails(run_cli(["sanitize", "--workers", "2"], path), f"no space left on {mount} (writing {mount}/")
         assert line.endswith("): free space there and re-run the command")
@@ -233,11 +235,21 @@ def test_a_full_disk_under_the_catalog_gives_one_error_line_and_the_rerun_works(
             assert catalog.scalar("SELECT count(*) FROM sanitize_checks") > 0
 
 
-def _sanitized(sample_tree, catalog_path: Path):
+def _sanitized(tmp_path: Path, catalog_path: Path) -> Path:
+    """Six small images, four under the default minimum size (sanitize deletes them), scanned and
+    sanitized with the defaults; returns the image root."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "small").mkdir(parents=True)
+    for i in range(6):
+        size = (40 + i, 50) if i < 4 else (120 + i, 100)
+        Image.new("RGB", size, (30 * i, 200 - 30 * i, 60)).save(root / ("small" if i < 4 else "") / f"im{i}.png")
     config = default_config(catalog_path.parent)
     with Catalog(catalog_path) as catalog:
-        scan(catalog, [sample_tree.root], extensions=config.values["scan"]["extensions"], workers=2, quiet=True)
-        sanitize(catalog, config.section("sanitize"), workers=2, quiet=True)
+        scan(catalog, [root], extensions=config.values["scan"]["extensions"], workers=1, quiet=True)
+        sanitize(catalog, config.section("sanitize"), workers=1, quiet=True)
+    return root
 
 
 def _delete_plan(catalog: Catalog, catalog_path: Path) -> Plan:
@@ -251,31 +263,31 @@ def _leftovers(*folders: Path) -> list[str]:
                   if p.name.endswith((".vdc-tmp", ".vdc-restore")))
 
 
-def test_a_full_backup_disk_fails_cleanly_and_the_next_apply_removes_its_temp_files(sample_tree, tmp_path):
+def test_a_full_backup_disk_fails_cleanly_and_the_next_apply_removes_its_temp_files(tmp_path):
     catalog_path = tmp_path / "catalog.duckdb"
-    _sanitized(sample_tree, catalog_path)
-    original = tree_hashes(sample_tree.root)
+    root = _sanitized(tmp_path, catalog_path)
+    original = tree_hashes(root)
     with _small_tmpfs("1m") as backup:
         filler = _fill(backup)
         with Catalog(catalog_path) as catalog:
             summary = apply_plan(catalog, _delete_plan(catalog, catalog_path), backup_dir=backup, quiet=True)
         assert summary.failed > 0  # (an empty file's backup needs no space and may succeed)
         assert any("No space left on device" in e for e in summary.errors)
-        now = tree_hashes(sample_tree.root)  # no backup, no delete: only done operations removed files
+        now = tree_hashes(root)  # no backup, no delete: only done operations removed files
         assert len(set(original) - set(now)) == summary.done and all(now[p] == original[p] for p in now)
         filler.unlink()
         with Catalog(catalog_path) as catalog:  # the next apply (nothing new planned) cleans up
             apply_plan(catalog, Plan("sanitize", _delete_plan(catalog, catalog_path).ops.slice(0, 0), {}),
                        backup_dir=backup, quiet=True)
-        assert _leftovers(backup, sample_tree.root) == []
+        assert _leftovers(backup, root) == []
 
 
 # -- leftovers of a killed restore ----------------------------------------------------------------
 
-def test_restore_removes_what_a_killed_restore_left_and_nothing_else(sample_tree, tmp_path):
+def test_restore_removes_what_a_killed_restore_left_and_nothing_else(tmp_path):
     catalog_path = tmp_path / "catalog.duckdb"
-    _sanitized(sample_tree, catalog_path)
-    original = tree_hashes(sample_tree.root)
+    root = _sanitized(tmp_path, catalog_path)
+    original = tree_hashes(root)
     backup = tmp_path / "backup"
     with Catalog(catalog_path) as catalog:
         summary = apply_plan(catalog, _delete_plan(catalog, catalog_path), backup_dir=backup, quiet=True)
@@ -285,14 +297,14 @@ def test_restore_removes_what_a_killed_restore_left_and_nothing_else(sample_tree
     planted = [Path(ops[0]["src"] + ".vdc-restore"), Path(ops[1]["backup"] + ".vdc-tmp")]
     for path in planted:
         path.write_bytes(b"half a file")
-    unrelated = sample_tree.root / "notes.txt.vdc-tmp"  # not named by the journal: not ours to remove
+    unrelated = root / "notes.txt.vdc-tmp"  # not named by the journal: not ours to remove
     unrelated.write_bytes(b"someone else's")
     with Catalog(catalog_path) as catalog:
         restore(catalog, quiet=True)
     assert not any(p.exists() for p in planted)
     assert unrelated.read_bytes() == b"someone else's"
     unrelated.unlink()
-    assert tree_hashes(sample_tree.root) == original
+    assert tree_hashes(root) == original
 
 
 def test_leftovers_are_removed_only_inside_the_operation_s_root_and_backup_folder(tmp_path):
@@ -312,3 +324,71 @@ def test_leftovers_are_removed_only_inside_the_operation_s_root_and_backup_folde
     removed = remove_leftovers_of(ops)
     assert sorted(removed) == sorted(str(p) for p in inside)
     assert all(p.exists() for p in escaped) and (root / "link.jpg.vdc-tmp").is_symlink()
+
+
+# -- set names and index files -----------------------------------------------------------------------
+
+RULE = "use 1-64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit (e.g. builtin, sscd_v2)"
+
+
+def _small_images(root: Path, n: int) -> Path:
+    from PIL import Image
+
+    root.mkdir()
+    for i in range(n):
+        Image.new("RGB", (96 + 8 * i, 96), (40 * i, 255 - 40 * i, 90)).save(root / f"im{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def scanned_once(tmp_path_factory) -> Path:
+    """A catalog of two small images, scanned; shared by tests that must not change it."""
+    folder = tmp_path_factory.mktemp("scanned_once")
+    path = folder / "catalog.duckdb"
+    with Catalog(path) as catalog:
+        scan(catalog, [_small_images(folder / "images", 2)], extensions=[".png"], workers=1, quiet=True)
+    return path
+
+
+@pytest.fixture
+def predicted(tmp_path, run_cli) -> Path:
+    """A catalog of a few small images with builtin descriptors (set 'builtin')."""
+    root = _small_images(tmp_path / "images", 6)
+    path = tmp_path / "catalog.duckdb"
+    for args in (["scan", root], ["predict", "--model", "builtin", "--kind", "descriptor"]):
+        result = run_cli(args, path)
+        assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.mark.parametrize("args, what", [
+    (["predict", "--model", "builtin", "--kind", "descriptor", "--set", "../../x"], "set name '../../x'"),
+    (["dedup", "index", "--set", "../../x"], "set name '../../x'"),
+    (["dedup", "report", "--set", "a/b"], "set name 'a/b'"),
+    (["score", "--set", "builtin", "--head", "head.pt", "--name", "../evil"], "score name '../evil'"),
+])
+def test_a_set_or_score_name_that_could_name_a_path_is_refused(scanned_once, run_cli, args, what):
+    top = scanned_once.parent.parent  # the session's temp folder: '../../x' would land under it
+    before = sorted(str(p) for p in top.rglob("*"))
+    assert _cli_fails(run_cli(args, scanned_once), "") == f"Error: {what} is not allowed: {RULE}"
+    assert sorted(str(p) for p in top.rglob("*")) == before  # not a file written anywhere
+
+
+def test_index_files_stay_in_the_catalog_folder_whatever_ann_indexes_says(predicted, tmp_path):
+    from vdc_lake.dedup import build_index, index_dir, latest_index, report
+
+    with Catalog(predicted) as catalog:
+        built = build_index(catalog, "builtin", center=False, l2_normalize=True, dtype="f32", force=True, quiet=True)
+        assert Path(built.path).parent == index_dir(catalog)
+        planted = tmp_path / "elsewhere" / "evil.usearch"  # what an edited row points at: never read
+        planted.parent.mkdir()
+        planted.write_bytes(b"not an index")
+        catalog.execute("UPDATE ann_indexes SET path = ?", [str(planted)])
+        assert latest_index(catalog, "builtin").path == str(index_dir(catalog) / "evil.usearch")
+        summary = report(catalog, "builtin", threshold=0.5, method="ann", device="cpu", quiet=True)
+        assert summary.method == "ann"  # a fresh index was built in the index folder and used
+        assert planted.read_bytes() == b"not an index"
+        assert all(p.parent == index_dir(catalog) for p in tmp_path.rglob("*.usearch") if p != planted)
+        catalog.execute("UPDATE ann_indexes SET path = '/'")
+        with pytest.raises(StageError, match="names no file in the catalog's index folder"):
+            latest_index(catalog, "builtin")
