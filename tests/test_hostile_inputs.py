@@ -309,6 +309,16 @@ def test_every_decode_honours_the_pixel_limit(tmp_path):
     assert "exceed the limit of 89,478,485" in error
     # The builtin descriptor's decode (predict --model builtin, sanitize, filter examples).
     assert decode_check(str(bomb), max_pixels=89_478_485, with_descriptor=True).descriptor is None
+    # apply's file operations (default: the bundled sanitize.max_pixels); the file is left as it was.
+    before = content_hash(bomb)
+    for operation in ("resize", "rotate_90", "recompress"):
+        with pytest.raises(PixelLimitError):
+            ACTIONS[operation].run(bomb, bomb.with_suffix(".webp") if operation == "recompress" else bomb,
+                                   {"max_width": 3200, "max_height": 3200})
+    assert content_hash(bomb) == before and not bomb.with_suffix(".webp").exists()
+    ACTIONS["resize"].run(bomb, bomb, {"max_width": 100, "max_height": 100, "max_pixels": 200_000_000})
+    with Image.open(bomb) as small:  # a configured limit above the default is honoured
+        assert small.size == (100, 100)
 
 
 # -- item 9: headers with bounded memory ----------------------------------------------------------

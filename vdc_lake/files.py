@@ -16,6 +16,8 @@ import errno
 import os
 import stat
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -229,11 +231,20 @@ class PixelLimitError(ValueError):
     """An image has more pixels than the decompression-bomb limit allows to decode."""
 
 
-def check_pixels(path: str | os.PathLike, max_pixels: int) -> None:
-    """Raise PixelLimitError when the image's header gives more than max_pixels pixels.
-    Reads the header only; an unreadable header raises what Pillow raises."""
+def default_max_pixels() -> int:
+    """The bundled decompression-bomb limit (sanitize.max_pixels), for callers given none."""
+    from vdc_lake.config import _bundled_defaults
+
+    return int(_bundled_defaults()["sanitize"]["max_pixels"])
+
+
+@contextmanager
+def open_image(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image]:
+    """Image.open for decoding, refusing (PixelLimitError) an image whose header gives more
+    than max_pixels pixels before any pixel is read; inside, this limit replaces Pillow's own
+    (which would warn, or refuse at twice its value, whatever the configured limit)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
             with open(path, "rb", opener=_nonblocking) as f:
@@ -241,11 +252,19 @@ def check_pixels(path: str | os.PathLike, max_pixels: int) -> None:
                     raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
                 with Image.open(f) as img:
                     pixels = img.width * img.height
+                    if pixels > max_pixels:
+                        raise PixelLimitError(f"{pixels:,} pixels exceed the limit of {max_pixels:,} "
+                                              "(sanitize.max_pixels); not decoded")
+                    yield img
         finally:
             Image.MAX_IMAGE_PIXELS = limit
-    if pixels > max_pixels:
-        raise PixelLimitError(f"{pixels:,} pixels exceed the limit of {max_pixels:,} (sanitize.max_pixels); "
-                              "not decoded")
+
+
+def check_pixels(path: str | os.PathLike, max_pixels: int) -> None:
+    """Raise PixelLimitError when the image's header gives more than max_pixels pixels.
+    Reads the header only; an unreadable header raises what Pillow raises."""
+    with open_image(path, max_pixels):
+        pass
 
 
 def _draft_size(width: int, height: int, with_descriptor: bool) -> tuple[int, int]:

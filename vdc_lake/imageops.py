@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 from PIL import Image, JpegImagePlugin, TiffImagePlugin
 
+from vdc_lake.files import default_max_pixels, open_image
+
 TMP_SUFFIX = ".vdc-tmp"       # apply's temp files (and backups being copied) end with this
 RESTORE_SUFFIX = ".vdc-restore"  # restore's temp files
 LEFTOVER_SUFFIXES = (TMP_SUFFIX, RESTORE_SUFFIX)  # never images: scan skips them
@@ -124,9 +126,15 @@ def _fit_within(width: int, height: int, max_width: int, max_height: int) -> tup
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def _open(src: Path, options: dict[str, Any]):
+    """Open src for decoding within the pixel limit (options' max_pixels, else sanitize's default):
+    a decompression bomb fails the operation (journaled) instead of filling memory."""
+    return open_image(src, int(options.get("max_pixels") or default_max_pixels()))
+
+
 def resize_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
     """Shrink to fit max_width x max_height, keeping aspect ratio, format and encoder quality."""
-    with Image.open(src) as img:
+    with _open(src, options) as img:
         img.load()  # a TIFF's size can change on load (Pillow applies its orientation tag)
         size = _fit_within(img.width, img.height, int(options["max_width"]), int(options["max_height"]))
         fmt = _output_format(img)
@@ -138,7 +146,7 @@ def resize_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
 def recompress_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
     """Re-encode as WebP (VDC's choice for oversized files); dst is the new path, src is removed."""
     fmt = str(options.get("recompress_format", "WEBP")).upper()
-    with Image.open(src) as img:
+    with _open(src, options) as img:
         img.load()
         image = img if img.mode in ("RGB", "RGBA", "L", "LA") else img.convert("RGBA" if "A" in img.mode else "RGB")
         encoder = _encoder_options(img, fmt, image.mode)
@@ -151,7 +159,7 @@ def recompress_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
 
 def rotate_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
     """Turn the stored pixels clockwise by the action's angle; EXIF orientation becomes 1."""
-    with Image.open(src) as img:
+    with _open(src, options) as img:
         fmt = _output_format(img)
         encoder = _encoder_options(img, fmt)
         rotated = img.transpose(ROTATIONS[options["action"]])
