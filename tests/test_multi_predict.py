@@ -1,0 +1,235 @@
+"""Several models in one decode pass: same results as separate runs, rotation in memory, results
+carried to the turned files by `apply rotation`, resume after a kill, and GPU JPEG decoding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.tiny_models import PE_CORE, ROTNET, SSCD, make_tiny_models, write_test_images
+from vdc_lake.catalog import Catalog
+from vdc_lake.cli import cli
+from vdc_lake.pipeline import step_arguments
+from vdc_lake.sets import read_vectors
+
+N_IMAGES = 10
+MODELS = [(ROTNET, "rotation", "predictions"), (SSCD, "descriptor", "embeddings"), (PE_CORE, "embedding", "embeddings")]
+CPU = ["--device", "cpu", "--decode", "cpu", "--num-workers", "0", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """The tiny models; the rotation net's classifier (all zeros: every angle 0.25) gets random
+    weights, so that it predicts angles other than 0 and the pass turns images."""
+    folder = tmp_path_factory.mktemp("models")
+    make_tiny_models(folder)
+    checkpoint = torch.load(folder / f"{ROTNET}.pt", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    weight = checkpoint["state"]["classifier.weight"]
+    checkpoint["state"]["classifier.weight"] = torch.randn(weight.shape, generator=generator) * 2
+    torch.save(checkpoint, folder / f"{ROTNET}.pt")
+    return folder
+
+
+def _scan(tmp_path, images):
+    catalog = tmp_path / "catalog.duckdb"
+    result = CliRunner().invoke(cli, ["--catalog", str(catalog), "-q", "scan", str(images)])
+    assert result.exit_code == 0, result.output
+    return catalog
+
+
+@pytest.fixture()
+def mixed(tmp_path):
+    """JPEGs and PNGs, and one file that is not an image (scan records it; nobody decodes it)."""
+    images = tmp_path / "images"
+    write_test_images(images, N_IMAGES)
+    (images / "broken.jpg").write_bytes(b"not an image")
+    return _scan(tmp_path, images)
+
+
+@pytest.fixture()
+def pngs(tmp_path):
+    """Lossless files, so a turned file holds exactly the pixels turned in memory."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(N_IMAGES):
+        Image.fromarray(rng.integers(0, 256, size=(80, 112, 3), dtype=np.uint8)).save(images / f"p{i:02d}.png")
+    return _scan(tmp_path, images)
+
+
+def invoke(catalog, *args):
+    result = CliRunner().invoke(cli, ["--catalog", str(catalog), "-q", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def vectors(catalog, table, name):
+    with Catalog(catalog, read_only=True) as c:
+        vs = read_vectors(c, table, name)
+    return dict(zip(vs.image_ids.tolist(), vs.vectors))
+
+
+def test_one_pass_equals_three_separate_runs(mixed, models_dir):
+    for model, kind, _ in MODELS:
+        invoke(mixed, "predict", "--model", model, "--kind", kind, "--set", f"alone_{kind}",
+               "--models-dir", models_dir, *CPU)
+    # the pass as a pipeline step writes it: lists become one option with several values
+    step = {"command": "predict", "model": [m for m, _, _ in MODELS], "kind": [k for _, k, _ in MODELS],
+            "set": [f"pass_{k}" for _, k, _ in MODELS], "models_dir": str(models_dir), "device": "cpu",
+            "decode": "cpu", "num_workers": 0, "batch_size": 4, "rotate_threshold": 1.0}
+    output = invoke(mixed, *step_arguments(step, apply=False))
+    assert output.count(f"{N_IMAGES} of {N_IMAGES} images written, 0 failed") == 3, output
+    for _, kind, table in MODELS:
+        alone, together = vectors(mixed, table, f"alone_{kind}"), vectors(mixed, table, f"pass_{kind}")
+        assert len(alone) == N_IMAGES and alone.keys() == together.keys()
+        diff = max(np.abs(alone[i] - together[i]).max() for i in alone)
+        assert diff <= 1e-4, (kind, diff)
+    with Catalog(mixed, read_only=True) as c:
+        runs = c.rows("SELECT json_extract_string(params, '$.set'), json_keys(params), "
+                      "json_extract_string(params, '$.decode') FROM runs WHERE stage = 'predict' ORDER BY run_id")
+    assert [r[0] for r in runs] == [f"alone_{k}" for _, k, _ in MODELS] + [f"pass_{k}" for _, k, _ in MODELS]
+    assert all(keys == runs[0][1] for _, keys, _ in runs)  # the same params as separate runs
+    assert {r[2] for r in runs} == {"cpu"}
+    again = invoke(mixed, *step_arguments(step, apply=False))
+    assert again.count("0 of 0 images written") == 3, again
+
+
+def _turned(catalog):
+    with Catalog(catalog, read_only=True) as c:
+        return dict(c.rows("SELECT image_id, any_value(angle) FROM applied_rotations GROUP BY image_id"))
+
+
+def test_rotation_in_memory_is_what_apply_rotation_writes(pngs, models_dir, tmp_path):
+    args = ["predict", "--models-dir", models_dir, *CPU, "--rotate-threshold", "0"]
+    for model, kind, _ in MODELS:
+        args += ["--model", model, "--kind", kind]
+    invoke(pngs, *args)
+    turned = _turned(pngs)
+    with Catalog(pngs, read_only=True) as c:
+        actions = dict(c.rows("SELECT image_id, action FROM rotation_actions(threshold := 0.0)"))
+    # the pass turned exactly what apply will turn, by the same angle
+    assert turned and {i: f"rotate_{a}" for i, a in turned.items()} == {i: a for i, a in actions.items() if a != "none"}
+    before = {name: vectors(pngs, table, name) for name, _, table in MODELS[1:]}
+
+    invoke(pngs, "apply", "rotation", "--threshold", "0", "--backup-dir", tmp_path / "backup", "--apply")
+    with Catalog(pngs, read_only=True) as c:
+        versions = dict(c.rows("SELECT image_id, version FROM images WHERE present"))
+    assert {i for i, v in versions.items() if v > 1} == set(turned)
+    output = invoke(pngs, "predict", "--models-dir", models_dir, *CPU, "--model", SSCD, "--kind", "descriptor",
+                    "--model", PE_CORE, "--kind", "embedding")
+    assert output.count("0 of 0 images written") == 2, output  # the pass's results are current
+    for name, kind, table in MODELS[1:]:
+        carried = vectors(pngs, table, name)
+        assert carried.keys() == before[name].keys()
+        for i in carried:  # turned images: the very vectors of the pass, now for the new version
+            np.testing.assert_array_equal(carried[i], before[name][i])
+        # computed from the turned files themselves: what the pass computed in memory
+        invoke(pngs, "predict", "--models-dir", models_dir, *CPU, "--model", name, "--kind", kind,
+               "--set", f"from_files_{kind}")
+        from_files = vectors(pngs, table, f"from_files_{kind}")
+        diff = max(np.abs(from_files[i] - carried[i]).max() for i in carried)
+        assert diff <= 1e-4, (kind, diff)
+
+
+def test_killed_pass_resumes_each_set_without_duplicates(mixed, models_dir):
+    # The child commits every 4 images and SIGKILLs itself right after its second commit.
+    script = textwrap.dedent(f"""
+        import os, signal
+        import vdc_lake.predict as p
+        from vdc_lake.catalog import Catalog
+        original, commits = p._commit_pass, []
+        def commit_then_die(*args):
+            original(*args)
+            commits.append(1)
+            if len(commits) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        p._commit_pass = commit_then_die
+        requests = [p.PredictRequest(m, k) for m, k in {[(m, k) for m, k, _ in MODELS]!r}]
+        with Catalog({str(mixed)!r}) as catalog:
+            p.predict_pass(catalog, requests, models_dir={str(models_dir)!r}, device="cpu", decode="cpu",
+                           rotate_threshold=0.0, batch_size=4, num_workers=0, commit_every=4, quiet=True)
+    """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert child.returncode == -9, child.stderr
+    with Catalog(mixed, read_only=True) as c:
+        done = {name: c.scalar(f"SELECT count(*) FROM {table} WHERE set_name = ?", [name]) for name, _, table in MODELS}
+    assert all(0 < n < N_IMAGES for n in done.values()), done
+    args = ["predict", "--models-dir", models_dir, *CPU, "--rotate-threshold", "0"]
+    for model, kind, _ in MODELS:
+        args += ["--model", model, "--kind", kind]
+    output = invoke(mixed, *args)
+    for name, _, _ in MODELS:
+        left = N_IMAGES - done[name]
+        assert f"set {name}" in output and f"{left} of {left} images written" in output, output
+    with Catalog(mixed, read_only=True) as c:
+        for name, _, table in MODELS:
+            total, distinct = c.rows(f"SELECT count(*), count(DISTINCT image_id) FROM {table} WHERE set_name = ?",
+                                     [name])[0]
+            assert total == distinct == N_IMAGES
+        statuses = [r[0] for r in c.rows("SELECT status FROM runs WHERE stage = 'predict' ORDER BY run_id")]
+        duplicated = c.scalar("SELECT count(*) - count(DISTINCT (run_id, image_id)) FROM applied_rotations")
+    assert statuses == ["interrupted"] * 3 + ["done"] * 3
+    assert duplicated == 0
+
+
+def test_kinds_must_pair_with_models(mixed, models_dir):
+    result = CliRunner().invoke(cli, ["--catalog", str(mixed), "predict", "--model", SSCD, "--model", PE_CORE,
+                                      "--kind", "descriptor", "--models-dir", str(models_dir)])
+    assert result.exit_code == 2
+    assert "2 --model and 1 --kind" in result.output
+    result = CliRunner().invoke(cli, ["--catalog", str(mixed), "predict", "--model", SSCD, "--model", PE_CORE,
+                                      "--kind", "descriptor", "embedding", "--set", "only_one",
+                                      "--models-dir", str(models_dir)])
+    assert result.exit_code == 2 and "--set was given 1 times for 2 --model" in result.output
+    with Catalog(mixed, read_only=True) as c:
+        assert c.scalar("SELECT count(*) FROM runs WHERE stage = 'predict'") == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU JPEG decoding needs CUDA (nvJPEG)")
+def test_gpu_decode_matches_the_cpu_decode(tmp_path, models_dir):
+    from vdc_lake.models import PassModel, _gpu_jpeg_bytes, decode_for_pass, decode_jpegs_on_device, load_model, run_pass
+
+    rng = np.random.default_rng(3)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((320, 240), Image.BICUBIC))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(smooth).save(tmp_path / "rgb.jpg", quality=90)
+    Image.fromarray(smooth).save(tmp_path / "oriented.jpg", quality=90, exif=exif.tobytes())
+    Image.fromarray(smooth).convert("L").save(tmp_path / "grey.jpg", quality=90)
+    Image.fromarray(smooth).save(tmp_path / "progressive.jpg", quality=90, progressive=True)
+    Image.fromarray(smooth).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
+    Image.fromarray(smooth).save(tmp_path / "lossless.png")
+    (tmp_path / "corrupt.jpg").write_bytes((tmp_path / "rgb.jpg").read_bytes()[:200])
+    device = torch.device("cuda")
+    for name in ("rgb.jpg", "oriented.jpg", "grey.jpg", "progressive.jpg"):
+        data = _gpu_jpeg_bytes(str(tmp_path / name), None)
+        assert data is not None, name
+        (gpu,) = decode_jpegs_on_device([data], device)
+        if gpu is None:  # nvJPEG refused it: the pass decodes it on the CPU instead
+            continue
+        cpu = decode_for_pass(str(tmp_path / name))
+        assert gpu.shape == cpu.shape, name  # EXIF orientation not applied on either
+        assert (gpu.cpu().float() - cpu.float()).abs().mean() < 2.0, name
+    assert _gpu_jpeg_bytes(str(tmp_path / "cmyk.jpg"), None) is None  # CMYK: CPU
+    assert _gpu_jpeg_bytes(str(tmp_path / "lossless.png"), None) is None
+    assert decode_jpegs_on_device([torch.frombuffer(bytearray((tmp_path / "corrupt.jpg").read_bytes()),
+                                                    dtype=torch.uint8)], device) == [None]
+
+    paths = sorted(str(p) for p in tmp_path.iterdir() if p.is_file())
+    loaded = load_model(models_dir, SSCD, device="cuda")
+    results = {}
+    for decode in ("cpu", "gpu"):
+        batches = list(run_pass([PassModel(loaded, "descriptor")], paths, decode=decode, batch_size=4, num_workers=0))
+        results[decode] = (np.concatenate([b.done[0] for b in batches]), np.concatenate([b.outputs[0] for b in batches]))
+    cpu_done, cpu_out = results["cpu"]
+    gpu_done, gpu_out = results["gpu"]
+    assert (cpu_done == gpu_done).all() and cpu_done.sum() == len(paths) - 1  # only the corrupt file fails
+    assert np.abs(cpu_out - gpu_out)[cpu_done].mean() < 0.05 * np.abs(cpu_out[cpu_done]).mean()
