@@ -339,3 +339,12 @@ def test_common_options_after_the_command_override_the_ones_before(scanned, cata
     result = run_cli(["status", "--catalog", other], catalog_path)
     _fails(result, f"no catalog at {other}; run `vdc-lake scan ROOT` first or pass --catalog PATH")
     assert "present" in _ok(run_cli(["status", "--catalog", catalog_path, "-q"], other))
+
+
+def test_false_in_a_pipeline_step_passes_the_off_switch(scanned, catalog_path, run_cli, tmp_path):
+    pipeline = _write_pipeline(tmp_path / "p.toml", '[[step]]\ncommand = "sanitize"\nquick = false\n\n'
+                               '[[step]]\ncommand = "dedup index"\nset = "builtin"\nl2_normalize = false\nforce = true\n')
+    out = _ok(run_cli(["run", pipeline], catalog_path))
+    assert "$ vdc-lake sanitize\n" in out and "$ vdc-lake dedup index --set builtin --no-l2-normalize --force\n" in out
+    stage, params = _runs(catalog_path)[-1][1], json.loads(_runs(catalog_path)[-1][3])
+    assert stage == "dedup-index" and params["l2_normalize"] is False

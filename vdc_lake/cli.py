@@ -1187,6 +1187,19 @@ def _parse_step(args: list[str]) -> None:
         raise ConfigError(" ".join(e.format_message().split())) from e
 
 
+def _resolve(words: list[str]) -> click.Command | None:
+    command: click.Command | None = cli
+    for word in words:
+        command = command.commands.get(word) if isinstance(command, click.Group) else None
+    return command
+
+
+def _off_switches(command: str) -> set[str]:
+    """The --no-x switches of a command ("dedup index" -> {"--no-center", "--no-l2-normalize"})."""
+    found = _resolve(command.split())
+    return {opt for p in (found.params if found else []) for opt in getattr(p, "secondary_opts", [])}
+
+
 @cli.command("run")
 @click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
 @click.option("--apply", "do_apply", is_flag=True, help="Let apply steps change files (default: dry run).")
@@ -1206,12 +1219,12 @@ def run_command(ctx: Context, pipeline: str, do_apply: bool) -> None:
     from vdc_lake.pipeline import check_pipeline, run_pipeline
 
     catalog = ctx.catalog_path
-    settings = check_pipeline(pipeline, _parse_step).get("pipeline", {})
+    settings = check_pipeline(pipeline, _parse_step, off_switches=_off_switches).get("pipeline", {})
     if not ctx.catalog_explicit and "catalog" in settings:
         catalog = settings["catalog"]
     base = (["--catalog", str(catalog)] + (["--config", ctx.config_file] if ctx.config_file else [])
             + (["--quiet"] if ctx.quiet else []))
-    result = run_pipeline(pipeline, _invoke_step(base), apply=do_apply,
+    result = run_pipeline(pipeline, _invoke_step(base), apply=do_apply, off_switches=_off_switches,
                           note=lambda text: click.echo(f"note: {text}", err=True))
     click.echo()
     echo_table([(s.index, s.command, s.status, s.seconds, s.last_line[:80]) for s in result.steps],

@@ -6,7 +6,8 @@
     [[step]]
     command = "scan"            # any vdc-lake command, "dedup report" style for groups
     args = ["data/quickstart/images"]
-    workers = 2                 # other keys become --options (true -> flag, list -> values)
+    workers = 2                 # other keys become --options (true -> flag, list -> values,
+                                # false -> --no-KEY where the command has it, else nothing)
 
 `apply` steps are dry runs unless the pipeline runs with --apply, so a first run shows
 every plan and changes nothing; in a dry run, `sql` steps that would write files (--output,
@@ -32,6 +33,10 @@ Invoke = Callable[[list[str]], tuple[bool, str]]
 # Parses one step's full argument list as the CLI would, without running it; raises
 # ConfigError (message without the step's name) when the command or an option is unknown.
 ParseStep = Callable[[list[str]], None]
+
+# The off switches of a command ("dedup index" -> {"--no-center", ...}): `center = false` in a
+# step passes --no-center to it; for a plain flag false passes nothing.
+OffSwitches = Callable[[str], set[str]]
 
 # Step keys that would let a step carry out changes in a dry run: only `run --apply` may.
 FORBIDDEN_KEYS = {"apply": "--apply", "yes": "--yes"}
@@ -89,17 +94,19 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def step_arguments(step: dict[str, Any], *, apply: bool) -> list[str]:
+def step_arguments(step: dict[str, Any], *, apply: bool, off_switches: OffSwitches | None = None) -> list[str]:
     """CLI arguments for one step: command words, positional args, then --options."""
     words = str(step["command"]).split()
     args = [str(a) for a in step.get("args", [])]
+    off = off_switches(" ".join(words)) if off_switches is not None else set()
     options: list[str] = []
     for key, value in step.items():
         if key in ("command", "args"):
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
-            options += [flag] if value else []
+            negated = "--no-" + key.replace("_", "-")
+            options += [flag] if value else [negated] if negated in off else []
         elif isinstance(value, list):
             options += [flag] + [str(v) for v in value]
         else:
@@ -113,7 +120,8 @@ def _step_label(path: str | Path, index: int, step: dict[str, Any]) -> str:
     return f"pipeline {path}: step {index} ({step['command']})"
 
 
-def check_pipeline(path: str | Path, parse_step: ParseStep, *, _running: tuple[Path, ...] = ()) -> dict[str, Any]:
+def check_pipeline(path: str | Path, parse_step: ParseStep, *, off_switches: OffSwitches | None = None,
+                   _running: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Check the whole file before anything runs: commands, options, and `run` steps (each
     nested pipeline is checked too; one already on the way from the outermost file is an
     error, so a pipeline cannot run itself). Returns the loaded pipeline."""
@@ -127,7 +135,7 @@ def check_pipeline(path: str | Path, parse_step: ParseStep, *, _running: tuple[P
                 raise ConfigError(f"{label}: a step cannot pass {flag}; run the pipeline with "
                                   "`vdc-lake run FILE --apply` to carry out its apply steps")
         try:
-            parse_step(step_arguments(step, apply=False))
+            parse_step(step_arguments(step, apply=False, off_switches=off_switches))
         except ConfigError as e:
             raise ConfigError(f"{label}: {e}") from e
         if step["command"].split() == ["run"]:
@@ -137,7 +145,7 @@ def check_pipeline(path: str | Path, parse_step: ParseStep, *, _running: tuple[P
                 raise ConfigError(f"{label}: runs {nested}, which is already running ({loop}); "
                                   "a pipeline cannot run itself")
             try:
-                check_pipeline(nested, parse_step, _running=chain)
+                check_pipeline(nested, parse_step, off_switches=off_switches, _running=chain)
             except ConfigError as e:
                 raise ConfigError(f"{label}: {e}") from e
     return data
@@ -157,15 +165,16 @@ def dry_run_skip(step: dict[str, Any]) -> str | None:
     return None
 
 
-def run_pipeline(path: str | Path, invoke: Invoke, *, apply: bool = False,
-                 parse_step: ParseStep | None = None, note: Callable[[str], None] | None = None) -> PipelineResult:
+def run_pipeline(path: str | Path, invoke: Invoke, *, apply: bool = False, parse_step: ParseStep | None = None,
+                 off_switches: OffSwitches | None = None, note: Callable[[str], None] | None = None) -> PipelineResult:
     """Check the file (when parse_step is given), then run each step through
     `invoke(args) -> (ok, output)`; stop at the first failure. In a dry run, steps that
     would write files are skipped and `note` is told why."""
-    data = check_pipeline(path, parse_step) if parse_step is not None else load_pipeline(path)
+    data = (check_pipeline(path, parse_step, off_switches=off_switches) if parse_step is not None
+            else load_pipeline(path))
     result = PipelineResult(str(path))
     for index, step in enumerate(data["step"], 1):
-        args = step_arguments(step, apply=apply)
+        args = step_arguments(step, apply=apply, off_switches=off_switches)
         skip = None if apply else dry_run_skip(step)
         if skip is not None:
             if note is not None:
