@@ -3,6 +3,9 @@ recomputation, rotation by each predicted angle, example and score filters; appl
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -286,3 +289,213 @@ def test_dedup_report_ann_and_exact_find_the_same_copies(sample_tree, catalog_pa
     for kind in ("resized_copy", "recompressed_copy"):
         for copy in sample_tree.kind(kind):
             assert frozenset((copy, sample_tree.manifest["copy_of"][copy])) in pairs, copy
+
+
+# -- one source of truth for decision parameters (issue 10 item 1) -----------------------------------
+
+def _bundled_text() -> dict[tuple[str, str], str]:
+    from vdc_lake.config import Config
+    from vdc_lake.settings import setting_text
+
+    return {(s, k): setting_text(v) for s, k, v, _ in Config.bundled().describe()}
+
+
+def test_a_fresh_catalog_holds_defaults_toml_and_every_macro_parameter_defaults_to_it(tmp_path):
+    import duckdb
+
+    from vdc_lake.catalog import sql_dir
+
+    catalog = tmp_path / "fresh.duckdb"
+    Catalog(catalog).close()
+    bundled = _bundled_text()
+    with duckdb.connect(str(catalog), read_only=True) as con:  # what a notebook sees
+        stored = {(s, k): v for s, k, v in con.execute("SELECT section, key, value FROM settings").fetchall()}
+        thresholds = con.execute("SELECT apply_threshold, report_threshold FROM dedup_thresholds "
+                                 "WHERE set_name IS NULL").fetchone()
+        keep, seed = con.execute("SELECT setting('apply_deduplication', 'keep'), "
+                                 "setting('apply_deduplication', 'seed')::INTEGER").fetchone()
+        rotation = con.execute("SELECT setting('rotation_correction', 'threshold')::DOUBLE").fetchone()[0]
+        examples = con.execute("SELECT setting('filter_by_examples', 'threshold')::DOUBLE").fetchone()[0]
+    assert stored == bundled
+    assert thresholds == (float(bundled["apply_deduplication", "threshold"]), float(bundled["dedup", "report_threshold"]))
+    assert (keep, str(seed)) == (bundled["apply_deduplication", "keep"], bundled["apply_deduplication", "seed"])
+    assert rotation == float(bundled["rotation_correction", "threshold"])
+    assert examples == float(bundled["filter_by_examples", "threshold"])
+    # No macro carries a default of its own: every optional parameter is NULL (= the setting).
+    for path in sorted((sql_dir() / "views").glob("*.sql")):
+        for signature in re.findall(r"CREATE OR REPLACE MACRO \w+\((.*?)\) AS", path.read_text(), re.S):
+            defaults = re.findall(r":=\s*([^,)]+)", signature)
+            assert all(d.strip() == "NULL" for d in defaults), (path.name, defaults)
+
+
+def _all_commands(group, prefix=()):
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _all_commands(command, prefix + (name,))
+        else:
+            yield prefix + (name,), command
+
+
+def test_help_texts_and_stage_signatures_carry_no_default_of_their_own():
+    """Defaults live in defaults.toml only: --help shows them from there, stage functions that
+    have a literal default agree with it, and no source file writes one into a help text."""
+    import ast
+    from pathlib import Path
+
+    import vdc_lake
+    from vdc_lake.cli import cli
+
+    bundled = _bundled_text()
+    shown = 0
+    for name, command in _all_commands(cli):
+        for param in command.params:
+            text = getattr(param, "help", None) or ""
+            for section, key, value in re.findall(r"\[config ([a-z_]+)\.([a-z_]+): (\[[^\]]*\]|[^\];]*)", text):
+                expected = bundled[section, key]
+                assert value in (expected, f'"{expected}"'), (name, param.name, value, expected)
+                shown += 1
+            assert not re.search(r"\[-?\d[\d.e-]*\]", text), (name, param.name, text)  # a bare [0.75]
+    assert shown >= 30
+    package = Path(vdc_lake.__file__).parent
+    source = (package / "cli.py").read_text()
+    assert not re.search(r"\[config [a-z_]+\.[a-z_]+: ", source)  # help texts take values through _cfg()
+    keys: dict[str, set] = {}
+    for (section, key), value in bundled.items():
+        keys.setdefault(key, set()).add(value)
+    aliases = {"dtype": "index_dtype", "neighbors_k": "neighbors", "fmt": "format"}
+    stage_modules = ("cluster", "dedup", "predict", "report", "export", "filters", "sanitize", "scan", "apply")
+    from vdc_lake.settings import setting_text
+
+    unrelated = {("dedup", "method"), ("filters", "batch_size")}  # same name, not that option
+    disagree = []
+    for module in stage_modules:
+        tree = ast.parse((package / f"{module}.py").read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+                continue
+            args = node.args
+            pairs = list(zip(args.args[len(args.args) - len(args.defaults):], args.defaults))
+            pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+            for arg, default in pairs:
+                key = aliases.get(arg.arg, arg.arg)
+                if key in keys and isinstance(default, ast.Constant) and default.value is not None \
+                        and (module, arg.arg) not in unrelated and setting_text(default.value) not in keys[key]:
+                    disagree.append((module, node.name, arg.arg, default.value, sorted(keys[key])))
+    assert disagree == []
+
+
+def test_a_busy_catalog_is_read_with_its_settings_and_the_command_says_so(graph_catalog, run_cli, in_tmp_cwd):
+    catalog, _ = graph_catalog
+    (in_tmp_cwd / "vdc-lake.toml").write_text("[rotation_correction]\nthreshold = 0.9\n")
+    with Catalog(catalog) as busy:  # another command holds the writer lock
+        busy.release()
+        result = run_cli(["status"], catalog)
+    assert result.exit_code == 0, result.output
+    assert "note: the config differs from the catalog's settings (rotation_correction.threshold: 0.75 -> 0.9" \
+        in result.output
+    with Catalog(catalog, read_only=True) as c:
+        assert c.scalar("SELECT setting('rotation_correction', 'threshold')") == "0.75"
+    result = run_cli(["plan", "rotation"], catalog)  # the catalog is free: the config is recorded first
+    assert result.exit_code == 0, result.output
+    assert "settings recorded in the catalog: rotation_correction.threshold: 0.75 -> 0.9" in result.output
+    with Catalog(catalog, read_only=True) as c:
+        value, source = c.rows("SELECT value, source FROM settings WHERE section = 'rotation_correction'")[0]
+        assert (value, source) == ("0.9", str(in_tmp_cwd / "vdc-lake.toml"))
+    # CLI options are for one invocation: they are recorded in the run, not in the settings.
+    with Catalog(catalog) as c:
+        run_id = c.begin_run("probe", {"threshold": 0.1})
+        c.finish_run(run_id)
+        params = json.loads(c.scalar("SELECT params FROM runs WHERE run_id = ?", [run_id]))
+    assert params["threshold"] == 0.1 and params["settings"]["rotation_correction.threshold"] == "0.9"
+
+
+# -- each embedding set's own dedup thresholds (issue 10 item 7) -------------------------------------
+
+def _deleted(catalog) -> set[str]:
+    with Catalog(catalog, read_only=True) as c:
+        return {r[0] for r in c.rows("SELECT rel_path FROM dedup_actions() JOIN images USING (image_id) "
+                                     "WHERE action = 'delete'")}
+
+
+def test_a_set_records_its_thresholds_and_an_explicit_config_value_wins(graph_catalog, run_cli, in_tmp_cwd):
+    from vdc_lake.descriptor import DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD
+    from vdc_lake.sets import register_builtin_set
+
+    catalog, ids = graph_catalog
+    with Catalog(catalog) as c:
+        run_id = c.begin_run("predict", {"set": "builtin"})
+        register_builtin_set(c, run_id)
+        c.finish_run(run_id)
+        assert c.rows("SELECT apply_threshold, report_threshold FROM embedding_sets") == [
+            (DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD)]
+    _report(catalog, ids, [("a.png", "b.png", 0.05), ("c.png", "d.png", 0.12), ("e.png", "f.png", 0.3)], "builtin")
+    _report(catalog, ids, [("g.png", "h.png", 0.2)], "other")  # no recommendation: the bundled 0.25
+    assert _deleted(catalog) == {"a.png", "g.png"}  # the larger image of each pair is kept
+    (in_tmp_cwd / "vdc-lake.toml").write_text("[apply_deduplication]\nthreshold = 0.15\n")
+    result = run_cli(["plan", "dedup"], catalog)
+    assert result.exit_code == 0 and "plan dedup: 2 operations" in result.output, result.output
+    assert _deleted(catalog) == {"a.png", "c.png"}  # the user's value, for every set
+    with Catalog(catalog, read_only=True) as c:
+        assert c.rows("SELECT apply_threshold, apply_source FROM dedup_thresholds WHERE set_name = 'builtin'") == [
+            (0.15, str(in_tmp_cwd / "vdc-lake.toml"))]
+
+
+# -- keep-rule ties and the kept image in the plan (issue 10 item 8) ----------------------------------
+
+def test_equal_resolution_keeps_the_better_file_and_the_plan_names_it(tmp_path, run_cli):
+    from PIL import ImageDraw, ImageEnhance
+
+    from examples.make_sample_data import photo
+    from vdc_lake.descriptor import DEDUP_REPORT_THRESHOLD
+
+    root = tmp_path / "t"
+    (root / "a_copies").mkdir(parents=True)
+    (root / "originals").mkdir()
+    original = photo(np.random.default_rng(5), 480, 360)
+    original.save(root / "originals" / "photo.jpg", quality=95)
+    copy = ImageEnhance.Brightness(original).enhance(1.15)
+    ImageDraw.Draw(copy).text((12, 330), "www.example.com", fill=(255, 255, 255))
+    copy.save(root / "a_copies" / "photo.webp", quality=50)  # same size, sorts first, worse file
+    catalog = tmp_path / "c.duckdb"
+    for args in (["scan", root], ["sanitize"], ["dedup", "report", "--set", "builtin"]):
+        assert run_cli(args, catalog).exit_code == 0
+    with Catalog(catalog, read_only=True) as c:
+        rows = c.rows("SELECT action, path, kept_path FROM dedup_actions() ORDER BY action")
+        searched = json.loads(c.scalar("SELECT params FROM runs WHERE stage = 'dedup-report'"))["threshold"]
+    original_path = str((root / "originals" / "photo.jpg").resolve())
+    assert rows == [("delete", str((root / "a_copies" / "photo.webp").resolve()), original_path),
+                    ("keep", original_path, original_path)]
+    assert searched == DEDUP_REPORT_THRESHOLD  # the builtin set's own report threshold
+    result = run_cli(["plan", "dedup"], catalog)
+    assert f"duplicate of {original_path} (image " in result.output, result.output
+
+
+# -- sampling among the images the other decisions keep (issue 10 item 5) ------------------------------
+
+def test_sample_chooses_among_surviving_images_and_export_holds_the_total(sample_tree, catalog_path, run_cli):
+    from vdc_lake.cluster import sample
+    from vdc_lake.errors import StageError
+
+    for args in (["scan", sample_tree.root], ["sanitize"], ["dedup", "report", "--set", "builtin"],
+                 ["cluster", "--set", "builtin", "--n-clusters", "4", "2", "--method", "centers"]):
+        assert run_cli(args, catalog_path).exit_code == 0, args
+    with Catalog(catalog_path, read_only=True) as c:
+        clustered = c.scalar("SELECT count(DISTINCT image_id) FROM assignments")
+        survivors = c.scalar("SELECT count(DISTINCT a.image_id) FROM assignments a JOIN surviving_images s "
+                             "USING (image_id, version)")
+    assert 10 < survivors < clustered  # pending sanitize / dedup deletes among the clustered images
+    result = run_cli(["sample", "--total", survivors + 1], catalog_path)
+    assert result.exit_code == 1
+    assert f"only {survivors} of the {clustered} present images clustered in run" in result.output
+    result = run_cli(["sample", "--total", survivors], catalog_path)
+    assert result.exit_code == 0, result.output
+    with Catalog(catalog_path, read_only=True) as c:
+        assert c.scalar("SELECT count(*) FROM curated") == survivors
+        assert c.scalar("SELECT count(*) FROM samples s JOIN surviving_images USING (image_id, version) "
+                        "WHERE s.run_id = (SELECT max(run_id) FROM samples)") == survivors
+    with Catalog(catalog_path) as c:
+        for total in (0, -5):
+            with pytest.raises(StageError, match=">= 1"):
+                sample(c, total, allocation="water-filling", strategy="random", seed=0)

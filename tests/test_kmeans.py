@@ -231,24 +231,25 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, stage, step):
 
 def test_checkpoint_refuses_other_arguments_or_data(tmp_path):
     x = _hierarchy_data()
-    hierarchical_kmeans(x, [40, 5], checkpoint_dir=tmp_path, seed=0)
+    hierarchical_kmeans(x, [40, 5], method="centers", checkpoint_dir=tmp_path, seed=0)
     assert (tmp_path / "hierarchical_kmeans.pt").exists()
     with pytest.raises(ValueError, match=r"other arguments or data \(n_clusters: saved \[40, 5\], now \[40, 6\]"):
-        hierarchical_kmeans(x, [40, 6], checkpoint_dir=tmp_path, seed=0)
+        hierarchical_kmeans(x, [40, 6], method="centers", checkpoint_dir=tmp_path, seed=0)
     with pytest.raises(ValueError, match="data"):
-        hierarchical_kmeans(x + 1, [40, 5], checkpoint_dir=tmp_path, seed=0)
+        hierarchical_kmeans(x + 1, [40, 5], method="centers", checkpoint_dir=tmp_path, seed=0)
     calls = []
-    hierarchical_kmeans(x, [40, 5], checkpoint_dir=tmp_path, seed=0, progress=lambda *a: calls.append(a))
+    hierarchical_kmeans(x, [40, 5], method="centers", checkpoint_dir=tmp_path, seed=0,
+                        progress=lambda *a: calls.append(a))
     assert calls == []  # a finished run is read back, not recomputed
 
 
 def test_hierarchy_rejects_bad_arguments():
     x = _hierarchy_data()
     with pytest.raises(ValueError, match="must shrink from level to level"):
-        hierarchical_kmeans(x, [10, 20])
+        hierarchical_kmeans(x, [10, 20], method="centers")
     with pytest.raises(ValueError, match="needs n_samples"):
         hierarchical_kmeans(x, [10, 5], method="resampled")
     with pytest.raises(ValueError, match="exceeds the 1500 points"):
-        hierarchical_kmeans(x, [4000, 5])
+        hierarchical_kmeans(x, [4000, 5], method="centers")
     with pytest.raises(ValueError, match="method must be"):
         hierarchical_kmeans(x, [10, 5], method="resample")

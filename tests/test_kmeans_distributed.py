@@ -41,7 +41,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
         for name, metric, init, k in CASES:
             results[name] = kmeans_distributed(x, k, metric=metric, init=init, seed=3)
         results["empty-clusters"] = kmeans_distributed(_few_distinct(), 8, metric="l2", init="random", seed=0)
-        results["hierarchy"] = hierarchical_kmeans_distributed(x, LEVELS, seed=5)
+        results["hierarchy"] = hierarchical_kmeans_distributed(x, LEVELS, method="centers", seed=5)
         results["resampled"] = hierarchical_kmeans_distributed(x, LEVELS, seed=5, **RESAMPLED)
         # odd row counts per rank and clusters smaller than n_samples
         results["resampled-l2"] = hierarchical_kmeans_distributed(x[:301], [40, 6], seed=2, metric="l2",

@@ -891,7 +891,7 @@ def _hierarchy(levels: list[dict]) -> HierarchicalKMeansResult:
 
 
 def hierarchical_kmeans(
-    x: ArrayLike, n_clusters: Sequence[int], *, method: Method = "centers",
+    x: ArrayLike, n_clusters: Sequence[int], *, method: Method,
     n_samples: Sequence[int] | None = None, n_resamples: int = 10, metric: Metric = "cosine",
     init: Init = "kmeans++", max_iters: int = 50, tol: float = 1e-4, seed: int = 0,
     chunk_size: int | None = None, device: str | torch.device | None = None,

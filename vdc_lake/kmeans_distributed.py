@@ -224,7 +224,7 @@ def _resample(rows: _ShardedRows, assignment: _Assignment, per_cluster: int, *, 
 
 
 def hierarchical_kmeans_distributed(
-    x: ArrayLike, n_clusters: Sequence[int], *, method: Method = "centers", n_samples: Sequence[int] | None = None,
+    x: ArrayLike, n_clusters: Sequence[int], *, method: Method, n_samples: Sequence[int] | None = None,
     n_resamples: int = 10, metric: Metric = "cosine", init: Init = "kmeans++", max_iters: int = 50,
     tol: float = 1e-4, seed: int = 0, chunk_size: int | None = None, device: str | torch.device | None = None,
     progress: Progress | None = None,
@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vdc_lake.kmeans_distributed", description=__doc__.split("\n")[0])
     parser.add_argument("--embeddings", required=True, help="float [n, d] .npy (memory-mapped by every rank)")
     parser.add_argument("--n-clusters", type=int, nargs="+", required=True, help="clusters per level, finest first")
-    parser.add_argument("--method", choices=["centers", "resampled"], default="centers")
+    parser.add_argument("--method", choices=["centers", "resampled"], required=True)
     parser.add_argument("--n-samples", type=int, nargs="+", default=None,
                         help="points per centre kept by resampling, per level (method resampled)")
     parser.add_argument("--n-resamples", type=int, default=10)
