@@ -222,3 +222,39 @@ def test_the_library_applies_the_same_rules(tmp_path):
         decision_query("dedup", config, threshold=5)
     with pytest.raises(InvalidValueError, match=r"^--min-score \(3\) must not exceed --max-score \(1\)$"):
         decision_query("score", config, name="aesthetic", min_score=3.0, max_score=1.0)
+
+
+def test_validate_rules_on_their_own(tmp_path):
+    from vdc_lake import validate
+    from vdc_lake.errors import InvalidValueError
+
+    with Catalog(tmp_path / "c.duckdb", create=True) as catalog:
+        done = catalog.begin_run("sample", {})
+        catalog.finish_run(done)
+        failed = catalog.begin_run("sample", {})
+        catalog.finish_run(failed, status="failed", error="killed")
+        interrupted = catalog.begin_run("apply:dedup", {})  # never finished: restore may undo it
+        assert validate.check_run(catalog, done, "sample") == done
+        with pytest.raises(InvalidValueError, match=rf"^--run {failed}: sample run {failed} did not finish "
+                                                    rf"\(status failed\); give a finished sample run \(newest: {done}\)$"):
+            validate.check_run(catalog, failed, "sample")
+        assert validate.check_run(catalog, interrupted, "apply", finished=False) == interrupted
+        with pytest.raises(InvalidValueError, match="there is none yet: run `vdc-lake cluster` first"):
+            validate.check_run(catalog, done, "cluster", name="--cluster-run")
+    assert validate.fit_levels([100, 10, 5, 2], [10, 5, 3], explicit=False)[0] == [10, 5, 3, 3]
+    assert validate.fit_levels([12], [10, 5, 3], explicit=False)[0] == [10]
+    with pytest.raises(InvalidValueError, match=r"--n-samples has 3 values but --n-clusters has 1 levels"):
+        validate.fit_levels([12], [10, 5, 3], explicit=True)
+    assert validate.statements_writing_files("SELECT 1; COPY (SELECT 1) TO 'x.csv'; EXPORT DATABASE 'd'") == \
+        ["COPY", "EXPORT"]
+    assert validate.statements_writing_files("SELECT * FROM read_csv('x.csv')") == []
+
+
+def test_a_pipeline_with_unknown_tables_or_keys_is_refused(built, monkeypatch):
+    folder, catalog = built
+    monkeypatch.chdir(folder)
+    (folder / "typo.toml").write_text('[pipeline]\ncatalgo = "x.duckdb"\n\n[[step]]\ncommand = "status"\n')
+    result = invoke(catalog, ["run", "typo.toml"])
+    assert result.output == ("Error: pipeline typo.toml: unknown key 'catalgo' in [pipeline]; known keys: catalog\n")
+    (folder / "typo.toml").write_text('[[steps]]\ncommand = "status"\n')
+    assert invoke(catalog, ["run", "typo.toml"]).output.startswith("Error: pipeline typo.toml: unknown table 'steps'")

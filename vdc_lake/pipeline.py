@@ -38,6 +38,9 @@ ParseStep = Callable[[list[str]], None]
 # step passes --no-center to it; for a plain flag false passes nothing.
 OffSwitches = Callable[[str], set[str]]
 
+# Keys of the [pipeline] table.
+PIPELINE_KEYS = ("catalog",)
+
 # Step keys that would let a step carry out changes in a dry run: only `run --apply` may.
 FORBIDDEN_KEYS = {"apply": "--apply", "yes": "--yes"}
 
@@ -76,6 +79,13 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read pipeline {path}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"pipeline {path} is not valid TOML: {e}") from e
+    unknown = sorted(set(data) - {"pipeline", "step"})
+    if unknown:
+        raise ConfigError(f"pipeline {path}: unknown table {unknown[0]!r}; a pipeline has [pipeline] and [[step]] only")
+    settings = data.get("pipeline", {})
+    if not isinstance(settings, dict) or set(settings) - set(PIPELINE_KEYS):
+        bad = sorted(set(settings) - set(PIPELINE_KEYS)) if isinstance(settings, dict) else ["pipeline"]
+        raise ConfigError(f"pipeline {path}: unknown key {bad[0]!r} in [pipeline]; known keys: {', '.join(PIPELINE_KEYS)}")
     steps = data.get("step")
     if not isinstance(steps, list) or not steps:
         raise ConfigError(f"pipeline {path} has no [[step]] entries")
