@@ -22,6 +22,16 @@ from vdc_lake import validate
 from vdc_lake.errors import VdcLakeError, disk_full_error
 
 
+_BUNDLED = Config.bundled().values
+
+
+def _cfg(section: str, key: str, note: str = "") -> str:
+    """'[config SECTION.KEY: VALUE]' for a --help text, VALUE from defaults.toml (defined once there)."""
+    value = _BUNDLED[section][key]
+    shown = json.dumps(value) if isinstance(value, (bool, list)) or value == "" else str(value)
+    return f"[config {section}.{key}: {shown}{note}]"
+
+
 class Context:
     """What every command needs: the catalog path, the effective config, quiet mode.
 
@@ -257,9 +267,9 @@ def cli(ctx: click.Context, catalog: str, config_file: str | None, quiet: bool) 
 def backend_options(func: Callable) -> Callable:
     """--backend and --ray-address, shared by the per-file stages (scan, sanitize, apply) and predict."""
     func = click.option("--ray-address", default=None,
-                        help="Ray cluster for --backend ray [config scale.ray_address: local instance].")(func)
+                        help=f"Ray cluster for --backend ray {_cfg('scale', 'ray_address', '; empty: a local instance')}.")(func)
     return click.option("--backend", type=click.Choice(["local", "ray"]), default=None,
-                        help="Where per-file work runs [config scale.backend: local].")(func)
+                        help=f"Where per-file work runs {_cfg('scale', 'backend')}.")(func)
 
 
 def _backend(ctx: Context, backend: str | None, ray_address: str | None) -> str:
@@ -310,14 +320,14 @@ def scan(ctx: Context, roots: tuple[str, ...], workers: int | None, backend: str
 @click.option("--recheck", is_flag=True, help="Decode images again even if this version was decoded "
               "(header rules are judged on every run anyway).")
 @click.option("--workers", type=int, default=None, help="Parallel decoders [config scan.workers].")
-@click.option("--min-width", type=int, default=None, help="[config sanitize.min_width: 80]")
-@click.option("--min-height", type=int, default=None, help="[config sanitize.min_height: 80]")
-@click.option("--max-width", type=int, default=None, help="[config sanitize.max_width: 3200]")
-@click.option("--max-height", type=int, default=None, help="[config sanitize.max_height: 3200]")
-@click.option("--min-aspect-ratio", type=float, default=None, help="[config sanitize.min_aspect_ratio: 0.15]")
-@click.option("--max-aspect-ratio", type=float, default=None, help="[config sanitize.max_aspect_ratio: 6.667]")
-@click.option("--max-file-size-mb", type=float, default=None, help="[config sanitize.max_file_size_mb: 10]")
-@click.option("--max-pixels", type=int, default=None, help="Decompression-bomb limit [config: 89478485].")
+@click.option("--min-width", type=int, default=None, help=f"{_cfg('sanitize', 'min_width')}")
+@click.option("--min-height", type=int, default=None, help=f"{_cfg('sanitize', 'min_height')}")
+@click.option("--max-width", type=int, default=None, help=f"{_cfg('sanitize', 'max_width')}")
+@click.option("--max-height", type=int, default=None, help=f"{_cfg('sanitize', 'max_height')}")
+@click.option("--min-aspect-ratio", type=float, default=None, help=f"{_cfg('sanitize', 'min_aspect_ratio')}")
+@click.option("--max-aspect-ratio", type=float, default=None, help=f"{_cfg('sanitize', 'max_aspect_ratio')}")
+@click.option("--max-file-size-mb", type=float, default=None, help=f"{_cfg('sanitize', 'max_file_size_mb')}")
+@click.option("--max-pixels", type=int, default=None, help=f"Decompression-bomb limit {_cfg('sanitize', 'max_pixels')}.")
 @backend_options
 @pass_ctx
 @handle_errors
@@ -427,10 +437,12 @@ def decision_options(func: Callable) -> Callable:
     """Options that parameterise a stage's decision view (each stage uses the ones it needs)."""
     options = [
         click.option("--threshold", type=float, default=None,
-                     help="rotation: min probability [0.75]; dedup: max distance [0.25]; examples: max distance [0.2]."),
+                     help="rotation: min probability; dedup: max distance; examples: max distance [the catalog's settings: "
+                          "rotation_correction.threshold, apply_deduplication.threshold (else the set's own), "
+                          "filter_by_examples.threshold]."),
         click.option("--keep", type=click.Choice(["random", "alphabetical", "largest-resolution", "largest-file"]),
-                     default=None, help="dedup: which image of a group survives [largest-resolution]."),
-        click.option("--seed", type=int, default=None, help="dedup --keep random: the seed [0]."),
+                     default=None, help=f"dedup: which image of a group survives {_cfg('apply_deduplication', 'keep')}."),
+        click.option("--seed", type=int, default=None, help=f"dedup --keep random: the seed {_cfg('apply_deduplication', 'seed')}."),
         click.option("--set", "set_name", default=None, help="rotation/dedup/examples: only this set (default: newest/all)."),
         click.option("--name", default=None, help="score: which score to filter on."),
         click.option("--min-score", type=float, default=None, help="score: remove images below this."),
@@ -643,18 +655,18 @@ def _predict_requests(model: tuple[str, ...], kind: tuple[str, ...], tag: tuple[
                    "(pooled features).")
 @click.option("--tag", cls=EachModel, help="birder tag, when --model is a bare network name (one per --model).")
 @click.option("--set", "set_name", cls=EachModel, help="Name of the result set [the model name] (one per --model).")
-@click.option("--models-dir", default=None, help="Folder of birder checkpoints [config predict.models_dir: models].")
+@click.option("--models-dir", default=None, help=f"Folder of birder checkpoints {_cfg('predict', 'models_dir')}.")
 @click.option("--size", cls=EachModel, help="Input resolution override [the model's] (one per --model).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="[auto]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help=f"{_cfg('predict', 'device')}")
 @click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default=None,
               help="Where JPEGs are decoded; auto: on the GPU (nvJPEG) when the device is CUDA, else the CPU. "
-                   "Files nvJPEG cannot read always decode on the CPU [config predict.decode: auto].")
+                   f"Files nvJPEG cannot read always decode on the CPU {_cfg('predict', 'decode')}.")
 @click.option("--rotate-threshold", type=float, default=None,
               help="With a rotation model in the pass, the other models see each image turned by its predicted "
                    "angle when the probability is above this; 1 turns none [config rotation_correction.threshold].")
 @click.option("--draft-min-size", type=int, default=None,
-              help="JPEG DCT-scaled decoding never below this side (px) [config predict.draft_min_size: 448; 0: off].")
-@click.option("--batch-size", type=int, default=None, help="[config predict.batch_size: 64]")
+              help=f"JPEG DCT-scaled decoding never below this side (px) {_cfg('predict', 'draft_min_size', '; 0: off')}.")
+@click.option("--batch-size", type=int, default=None, help=f"{_cfg('predict', 'batch_size')}")
 @click.option("--num-workers", type=int, default=None, help="Decoding processes [config predict.num_workers].")
 @click.option("--amp", is_flag=True, help="Mixed precision (autocast).")
 @click.option("--amp-dtype", type=click.Choice(["bfloat16", "float16"]), default="bfloat16", show_default=True)
@@ -746,7 +758,7 @@ def models() -> None:
 
 
 @models.command("list")
-@click.option("--models-dir", default=None, help="[config predict.models_dir: models]")
+@click.option("--models-dir", default=None, help=f"{_cfg('predict', 'models_dir')}")
 @pass_ctx
 @handle_errors
 def models_list(ctx: Context, models_dir: str | None) -> None:
@@ -778,9 +790,9 @@ def dedup() -> None:
 @dedup.command("index")
 @click.option("--set", "set_name", required=True, help="Embedding set (e.g. builtin, resnet_v1_50_c1_sscd).")
 @click.option("--center/--no-center", default=None, help="Subtract the set's mean first [config dedup.center].")
-@click.option("--l2-normalize/--no-l2-normalize", default=None, help="[config dedup.l2_normalize: true]")
+@click.option("--l2-normalize/--no-l2-normalize", default=None, help=f"{_cfg('dedup', 'l2_normalize')}")
 @click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "i8"]), default=None,
-              help="Index storage [config dedup.index_dtype: i8].")
+              help=f"Index storage {_cfg('dedup', 'index_dtype')}.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="The device `dedup report --method auto` will run on (a GPU makes the index unused).")
 @click.option("--force", is_flag=True, help="Build even when `dedup report --method auto` would not use it.")
@@ -812,8 +824,9 @@ def dedup_index(ctx: Context, set_name: str, center: bool | None, l2_normalize: 
 
 @dedup.command("report")
 @click.option("--set", "set_name", required=True, help="Embedding set to search.")
-@click.option("--report-threshold", type=float, default=None, help="Keep pairs under this distance [0.5].")
-@click.option("--metric", type=click.Choice(["cosine"]), default=None, help="[cosine]")
+@click.option("--report-threshold", type=float, default=None, help="Keep pairs under this distance [config dedup.report_threshold when your config sets it, "
+                   "else the set's own (builtin, SSCD), else the bundled default].")
+@click.option("--metric", type=click.Choice(["cosine"]), default=None, help=f"{_cfg('dedup', 'metric')}")
 @click.option("--method", type=click.Choice(["auto", "ann", "exact"]), default="auto", show_default=True,
               help="exact: tiled matmul in torch, every pair; ann: usearch HNSW index (approximate); auto: "
                    "exact on a GPU, with --backend ray or up to 200k vectors on the CPU, ann beyond. "
@@ -822,17 +835,17 @@ def dedup_index(ctx: Context, set_name: str, center: bool | None, l2_normalize: 
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto uses the exact search on a GPU when one is available.")
 @click.option("--center/--no-center", default=None,
-              help="Subtract the set's mean before the search (SSCD's recipe) [config dedup.center: false].")
-@click.option("--l2-normalize/--no-l2-normalize", default=None, help="[config dedup.l2_normalize: true]")
+              help=f"Subtract the set's mean before the search (SSCD's recipe) {_cfg('dedup', 'center')}.")
+@click.option("--l2-normalize/--no-l2-normalize", default=None, help=f"{_cfg('dedup', 'l2_normalize')}")
 @click.option("--max-pairs-per-image", type=int, default=None,
               help="Keep each image's nearest this many pairs; a warning counts the images that had more "
-                   "[config dedup.max_pairs_per_image: 1000].")
+                   f"{_cfg('dedup', 'max_pairs_per_image')}.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "tf32", "fp32"]), default=None,
               help="Exact search scores, re-checked exactly near the threshold: the pairs are the same "
-                   "[config dedup.precision: auto = bf16 on a GPU, fp32 on a CPU].")
+                   f"{_cfg('dedup', 'precision', '; auto = bf16 on a GPU, fp32 on a CPU')}.")
 @click.option("--neighbors", type=int, default=None,
               help="ANN: neighbours asked for first, widened while the farthest is under the threshold "
-                   "[config dedup.neighbors: 16].")
+                   f"{_cfg('dedup', 'neighbors')}.")
 @backend_options
 @pass_ctx
 @handle_errors
@@ -891,7 +904,7 @@ def filter_group() -> None:
 @click.option("--set", "set_name", required=True, help="Embedding set the examples are compared in.")
 @click.option("--examples", "examples_path", required=True, type=click.Path(exists=True),
               help="Folder of unwanted example images, or a birder embeddings file.")
-@click.option("--metric", type=click.Choice(["cosine"]), default=None, help="[cosine]")
+@click.option("--metric", type=click.Choice(["cosine"]), default=None, help=f"{_cfg('filter_by_examples', 'metric')}")
 @click.option("--models-dir", default=None, help="[config predict.models_dir]")
 @pass_ctx
 @handle_errors
@@ -944,15 +957,16 @@ def score(ctx: Context, head_path: str, set_name: str, name: str, activation: st
 
 @cli.command("cluster")
 @click.option("--set", "set_name", required=True, help="Embedding set to cluster.")
-@click.option("--n-clusters", cls=IntList, help="Clusters per level, finest first: --n-clusters 1000 50 5.")
-@click.option("--method", type=click.Choice(["centers", "resampled"]), default=None, help="[resampled]")
-@click.option("--n-samples", cls=IntList, help="Points per centre kept by resampling, per level: 10 5 3.")
-@click.option("--n-resamples", type=int, default=None, help="[10]")
-@click.option("--metric", type=click.Choice(["cosine", "l2"]), default=None, help="[cosine]")
-@click.option("--init", type=click.Choice(["kmeans++", "random"]), default=None, help="[kmeans++]")
-@click.option("--max-iters", type=int, default=None, help="[50]")
-@click.option("--tol", type=float, default=None, help="Relative change of the centres that stops [1e-4].")
-@click.option("--seed", type=int, default=None, help="[0]")
+@click.option("--n-clusters", cls=IntList, help=f"Clusters per level, finest first, e.g. --n-clusters 45000 900 90 {_cfg('hierarchical_kmeans', 'n_clusters')}.")
+@click.option("--method", type=click.Choice(["centers", "resampled"]), default=None, help=f"{_cfg('hierarchical_kmeans', 'method')}")
+@click.option("--n-samples", cls=IntList, help="Points per centre kept by resampling, one per level "
+              f"{_cfg('hierarchical_kmeans', 'n_samples', '; cut or extended to the --n-clusters levels')}.")
+@click.option("--n-resamples", type=int, default=None, help=f"{_cfg('hierarchical_kmeans', 'n_resamples')}")
+@click.option("--metric", type=click.Choice(["cosine", "l2"]), default=None, help=f"{_cfg('hierarchical_kmeans', 'metric')}")
+@click.option("--init", type=click.Choice(["kmeans++", "random"]), default=None, help=f"{_cfg('hierarchical_kmeans', 'init')}")
+@click.option("--max-iters", type=int, default=None, help=f"{_cfg('hierarchical_kmeans', 'max_iters')}")
+@click.option("--tol", type=float, default=None, help=f"Relative change of the centres that stops {_cfg('hierarchical_kmeans', 'tol')}.")
+@click.option("--seed", type=int, default=None, help=f"{_cfg('hierarchical_kmeans', 'seed')}")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes per machine for torch.distributed k-means (one per GPU; gloo on CPU), via torchrun.")
@@ -1000,10 +1014,10 @@ def cluster_command(ctx: Context, set_name: str, device: str, nproc_per_node: in
 @click.option("--total", type=click.IntRange(min=1), required=True, help="Exactly how many images to select (>= 1).")
 @click.option("--cluster-run", type=int, default=None, help="Clustering to sample from [newest]; a finished cluster run.")
 @click.option("--allocation", type=click.Choice(["water-filling", "largest-remainder"]), default=None,
-              help="[water-filling]")
+              help=f"{_cfg('hierarchical_sampling', 'allocation')}")
 @click.option("--strategy", type=click.Choice(["random", "closest"]), default=None,
-              help="Inside a leaf cluster: random, or closest to the centre [random].")
-@click.option("--seed", type=int, default=None, help="[0]")
+              help=f"Inside a leaf cluster: random, or closest to the centre {_cfg('hierarchical_sampling', 'strategy')}.")
+@click.option("--seed", type=int, default=None, help=f"{_cfg('hierarchical_sampling', 'seed')}")
 @pass_ctx
 @handle_errors
 def sample_command(ctx: Context, total: int, cluster_run: int | None, allocation: str | None, strategy: str | None,
@@ -1034,11 +1048,11 @@ def sample_command(ctx: Context, total: int, cluster_run: int | None, allocation
               help="Destination folder; created, and it must be empty unless --overwrite.")
 @click.option("--format", "fmt", type=click.Choice(["manifest", "symlink", "hardlink", "copy", "webdataset"]),
               default=None, help="manifest: parquet + csv only; symlink/hardlink/copy: a tree per root; "
-                                 "webdataset: tar shards [config export.format: manifest].")
+                                 f"webdataset: tar shards {_cfg('export', 'format')}.")
 @click.option("--view", default="curated", show_default=True,
               help="What to export: a view, a table-macro call or a SELECT that yields image_id.")
 @click.option("--shard-size-mb", type=float, default=None,
-              help="WebDataset shard size [config export.shard_size_mb: 1024].")
+              help=f"WebDataset shard size {_cfg('export', 'shard_size_mb')}.")
 @click.option("--overwrite", is_flag=True,
               help="Empty a non-empty destination first (never one holding scanned images).")
 @pass_ctx
@@ -1082,13 +1096,15 @@ def _given(ctx: Context, section: str, key: str, value: Any, name: str | None = 
               help="Folder for index.html and thumbs/ (created; files there are replaced).")
 @click.option("--thumbnails", type=int, default=None,
               help="Example images per rule, duplicate group and cluster; 0 = numbers only "
-                   "[config report.thumbnails: 8].")
+                   f"{_cfg('report', 'thumbnails')}.")
 @click.option("--dedup-threshold", type=float, default=None,
-              help="Apply threshold counted in the funnel [config apply_deduplication.threshold: 0.25].")
+              help="Apply threshold counted in the funnel [the catalog's settings: apply_deduplication.threshold, "
+                   "else each set's own].")
 @click.option("--report-threshold", type=float, default=None,
-              help="Duplicate groups are shown up to this distance [config dedup.report_threshold: 0.5].")
+              help="Duplicate groups are shown up to this distance [the catalog's settings: dedup.report_threshold, "
+                   "else each set's own].")
 @click.option("--rotation-threshold", type=float, default=None,
-              help="Minimum probability of a correction [config rotation_correction.threshold: 0.75].")
+              help="Minimum probability of a correction [the catalog's settings: rotation_correction.threshold].")
 @click.option("--workers", type=int, default=None, help="Thumbnail processes [config scan.workers].")
 @pass_ctx
 @handle_errors

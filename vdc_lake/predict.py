@@ -292,10 +292,10 @@ def _run_params(request: PredictRequest, name: str, options: dict[str, Any]) -> 
 
 def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, set_name: str | None = None,
             models_dir: str = "models", size: int | None = None, device: str = "auto", batch_size: int = 64,
-            num_workers: int | None = None, amp: bool = False, amp_dtype: str = "bfloat16", compile: bool = False,
+            num_workers: int | None = 2, amp: bool = False, amp_dtype: str = "bfloat16", compile: bool = False,
             fast_matmul: bool = False, channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES,
             quiet: bool = False, backend: str = "local", max_pixels: int | None = None, decode: str = "auto",
-            draft_min_size: int = 0) -> PredictSummary:
+            draft_min_size: int = 448) -> PredictSummary:
     """Compute `kind` outputs of `model` for every present image missing them; returns counts.
 
     Images over `max_pixels` (default: the bundled sanitize.max_pixels) or with a pending
@@ -383,7 +383,7 @@ def _finish(catalog: Catalog, summary: PredictSummary, started: float) -> None:
 
 def predict_pass(catalog: Catalog, requests: list[PredictRequest], *, models_dir: str = "models",
                  device: str = "auto", decode: str = "auto", rotate_threshold: float | None = None,
-                 draft_min_size: int = 0, batch_size: int = 64, num_workers: int | None = None, amp: bool = False,
+                 draft_min_size: int = 448, batch_size: int = 64, num_workers: int | None = 2, amp: bool = False,
                  amp_dtype: str = "bfloat16", compile: bool = False, fast_matmul: bool = False,
                  channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES, quiet: bool = False,
                  backend: str = "local", max_pixels: int | None = None) -> list[PredictSummary]:
