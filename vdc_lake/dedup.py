@@ -240,8 +240,10 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
         reason += "; built an index with this centring / L2 normalisation"
     vs = _vectors(catalog, set_name)
     center_arg = (record.mean if record is not None and record.mean is not None else True) if center else False
-    resolved_precision = None if method == "ann" else (
-        precision if precision != "auto" else neighbors.default_precision("cuda" if resolved == "cuda" else "cpu"))
+    if method == "ann" or (backend == "ray" and precision == "auto"):
+        resolved_precision = None  # ray: each task's device decides (bf16 on a GPU, fp32 on a CPU)
+    else:
+        resolved_precision = precision if precision != "auto" else neighbors.default_precision(resolved)
     params = {"set": set_name, "threshold": threshold, "metric": metric, "method": method, "reason": reason,
               "device": resolved, "backend": backend, "precision": resolved_precision, "neighbors": neighbors_k,
               "center": center, "l2_normalize": l2_normalize, "max_pairs_per_image": max_pairs_per_image,

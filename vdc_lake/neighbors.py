@@ -592,7 +592,10 @@ class _Block:
 
     def __init__(self, vectors: np.ndarray, device: torch.device, precision: str):
         self.unit = _unit_rows_on(vectors, device, _MATMUL_DTYPE[precision])
-        self.exact = torch.from_numpy(vectors) if device.type == "cpu" else _to_device(vectors, device)
+        if device.type != "cpu":
+            self.exact = _to_device(vectors, device)
+        else:  # torch wants a writable array to share (a read-only memmap is copied)
+            self.exact = torch.from_numpy(vectors if vectors.flags.writeable else np.array(vectors))
         self.sq_norm = torch.cat([(part.double() ** 2).sum(1) for part in self.exact.split(65_536)])
 
     def __len__(self) -> int:
