@@ -225,3 +225,56 @@ def test_exif_orientation_is_not_applied_like_birder(tmp_path):
     exif[0x0112] = 6  # "rotate 90 CW to display"
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "o.jpg", exif=exif.tobytes())
     assert tuple(decode_rgb(str(tmp_path / "o.jpg")).shape) == (3, 20, 30)
+
+
+def test_draft_decoding_keeps_every_side_at_least_the_draft_size(tmp_path):
+    """A JPEG far larger than the pass needs decodes at DCT scale; small ones and PNGs decode like birder."""
+    from vdc_lake.models import decode_for_pass, decode_rgb, draft_size_for
+
+    rng = np.random.default_rng(0)
+    big = np.asarray(Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((1000, 760)))
+    Image.fromarray(big).save(tmp_path / "big.jpg", quality=90)
+    Image.fromarray(big).save(tmp_path / "big.png")
+    drafted = decode_for_pass(str(tmp_path / "big.jpg"), draft_size=180)
+    assert tuple(drafted.shape) == (3, 190, 250)  # 1/4 scale: 1/8 would give 95 < 180
+    assert tuple(decode_for_pass(str(tmp_path / "big.jpg"), draft_size=200).shape) == (3, 380, 500)
+    assert (drafted.float().mean() - decode_rgb(str(tmp_path / "big.jpg")).float().mean()).abs() < 2
+    assert tuple(decode_for_pass(str(tmp_path / "big.jpg"), draft_size=400).shape) == (3, 760, 1000)  # 1/2: 380 < 400
+    assert torch.equal(decode_for_pass(str(tmp_path / "big.png"), draft_size=200), decode_rgb(str(tmp_path / "big.png")))
+    assert draft_size_for([], 0) is None
+
+
+def test_rotation_angles_follow_rotation_actions():
+    from vdc_lake.models import rotation_angles
+
+    probs = np.array([[0.1, 0.7, 0.1, 0.1],    # 90 above 0.5
+                      [0.1, 0.1, 0.5, 0.3],    # 180 at the threshold: not above it
+                      [0.9, 0.05, 0.05, 0.0],  # upright
+                      [0.1, 0.1, 0.4, 0.4],    # a tie: the first maximum (180)
+                      [0.0, 0.0, 0.0, 1.0]], np.float32)
+    assert rotation_angles(probs, 0.5).tolist() == [90, 0, 0, 0, 270]
+    assert rotation_angles(probs, 0.3).tolist() == [90, 180, 0, 180, 270]
+    # float32 probabilities against a float64 threshold, as DuckDB compares them (0.1f > 0.1)
+    assert rotation_angles(np.array([[0.0, np.float32(0.1), 0.0, 0.0]], np.float32), 0.1).tolist() == [90]
+
+
+@pytest.mark.parametrize("action", ["rotate_90", "rotate_180", "rotate_270"])
+def test_turning_in_memory_is_what_apply_writes(tmp_path, action):
+    from pathlib import Path
+
+    from vdc_lake.imageops import ACTIONS
+    from vdc_lake.models import decode_rgb, rotate_clockwise
+
+    pixels = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    ACTIONS[action].run(Path(tmp_path / "a.png"), Path(tmp_path / "b.png"), {})
+    turned = rotate_clockwise(decode_rgb(str(tmp_path / "a.png")), int(action.split("_")[1]))
+    assert torch.equal(turned, decode_rgb(str(tmp_path / "b.png")))
+
+
+def test_gpu_decode_needs_cuda():
+    from vdc_lake.models import resolve_decode
+
+    assert resolve_decode("auto", torch.device("cpu")) == "cpu"
+    with pytest.raises(ModelError, match="--decode gpu needs a CUDA device"):
+        resolve_decode("gpu", torch.device("cpu"))
