@@ -431,3 +431,15 @@ def test_webdataset_member_extensions_come_only_from_safe_characters():
     assert _extension("a/noext", "PNG") == "png"
     assert _extension("a/noext", "../../evil") == "bin"  # a format from an edited catalog
     assert _extension("a/b.j/g", None) == "bin"
+
+
+@pytest.mark.parametrize("fmt", ["copy", "webdataset"])
+def test_a_full_destination_stops_the_export_with_one_error_and_no_half_files(curation, fmt):
+    from test_hostile_catalogs import _small_tmpfs
+
+    from vdc_lake.errors import DiskFullError
+
+    with _small_tmpfs("1m") as mount, Catalog(curation[0], read_only=True) as catalog:
+        with pytest.raises(DiskFullError, match=f"^no space left on {mount} \\(writing {mount}/out/"):
+            export(catalog, mount / "out", fmt=fmt, shard_size_mb=0.25, quiet=True)
+        assert not [p for p in mount.rglob("*") if p.name.endswith(".part")]

@@ -236,7 +236,10 @@ class Catalog:
             if self.read_only:
                 return CatalogAccessError(f"cannot read catalog {self.path} ({text.splitlines()[0]}): "
                                           "run as a user who may read it, or copy it somewhere readable")
-            return _write_refused(self.path, PermissionError(text.splitlines()[0]))
+            return CatalogAccessError(
+                f"cannot write to catalog {self.path} ({text.splitlines()[0]}): make it and its folder writable "
+                "for this user or copy the catalog to a writable folder; commands that only read (status, sql, "
+                "export) work as they are")
         return None
 
     def _check_contents(self) -> None:

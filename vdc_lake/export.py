@@ -44,7 +44,7 @@ import xxhash
 from vdc_lake import __version__
 from vdc_lake.catalog import Catalog
 from vdc_lake.confine import is_inside
-from vdc_lake.errors import StageError
+from vdc_lake.errors import StageError, disk_full_error
 from vdc_lake.export_sql import single_select
 from vdc_lake.files import content_hash
 from vdc_lake.parallel import progress_bar, worker_count
@@ -259,14 +259,21 @@ def _place(src: str, dst: Path, fmt: str, expected_hash: str | None) -> str | No
         if e.errno == errno.EXDEV:
             raise StageError(f"cannot hard-link {src} into {dst.parent}: another filesystem; "
                              "use --format symlink or --format copy") from e
+        full = disk_full_error(e)
+        if full is not None:  # every later file would fail the same way: stop here
+            raise full from e
         return f"{src}: {e.strerror or e}"
     return None
 
 
 def _verified_copy(src: str, dst: Path, expected_hash: str | None) -> str | None:
     tmp = dst.with_name(f".{dst.name}.part")
-    shutil.copy2(src, tmp)
-    written = content_hash(tmp)
+    try:
+        shutil.copy2(src, tmp)
+        written = content_hash(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half copy (say, on a full disk) is not left in --to
+        raise
     if expected_hash is not None and written != expected_hash:
         tmp.unlink()
         if content_hash(src) != expected_hash:
@@ -298,6 +305,9 @@ class _TreeWriter:
         return (None, error, 0) if error else (target, None, row["size_bytes"] or 0)
 
     def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
         pass
 
 
@@ -352,6 +362,16 @@ class _ShardWriter:
             os.replace(self._part(self.count - 1), self.to_dir / self.shard_name(self.count - 1))
             self._tar = None
 
+    def abort(self) -> None:
+        """Drop the open shard (after an error): its .part file goes, finished shards stay."""
+        if self._tar is not None:
+            tar, self._tar = self._tar, None
+            try:
+                tar.close()
+            except OSError:
+                pass  # e.g. the disk is full; the file is removed below anyway
+            self._part(self.count - 1).unlink(missing_ok=True)
+
 
 def _read_verified(row: dict) -> tuple[bytes | None, str | None]:
     """The file's bytes, or an error when it cannot be read or no longer matches the catalog."""
@@ -385,11 +405,21 @@ class _WebDatasetWriter:
 
     def finish_row(self, row: dict, data: bytes) -> str:
         record = {k: v for k, v in row.items() if k != "export_path"}
-        self.shards.add(row["key"], _extension(row["rel_path"], row["format"]), data, record)
+        try:
+            self.shards.add(row["key"], _extension(row["rel_path"], row["format"]), data, record)
+        except OSError as e:
+            e.filename = e.filename or str(self.shards.to_dir / record.get("export_path", ""))  # tarfile names none
+            full = disk_full_error(e)
+            if full is not None:
+                raise full from e
+            raise
         return record["export_path"]
 
     def close(self) -> None:
         self.shards.close()
+
+    def abort(self) -> None:
+        self.shards.abort()
 
 
 # -- manifest ------------------------------------------------------------------------------------
@@ -417,8 +447,10 @@ def _write_files(table: pa.Table, to_dir: Path, fmt: str, shard_bytes: int, summ
                 for row, result in zip(rows, _in_order(writer.write, rows, pool, 4 * threads)):
                     placed.append(_record(writer, row, result, summary))
                     bar.update()
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abort()  # no half-written shard is renamed into place
+        raise
+    writer.close()
     if isinstance(writer, _WebDatasetWriter):
         summary.shards = writer.shards.count
     return pa.array(placed, pa.string())
