@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from vdc_lake.catalog import Catalog, sql_dir
-from vdc_lake.errors import CatalogLockedError, CatalogNotFoundError
+from vdc_lake.errors import CatalogLockedError, CatalogNotFoundError, NotACatalogError
 
 LOCKED = re.compile(
     r"^catalog (?P<path>\S+) is in use by PID (?P<pid>\d+) on (?P<host>\S+) since "
@@ -187,3 +187,27 @@ def test_writer_waits_out_a_reader_holding_the_file(catalog_path):
     assert out.strip() == "done"
     with Catalog(catalog_path, read_only=True) as r:
         assert r.scalar("SELECT count(*) FROM progress") == 1
+
+
+def test_a_busy_file_is_told_apart_from_a_file_that_is_no_catalog(catalog_path, tmp_path):
+    """Only DuckDB's lock conflict means "busy"; the retry gives up after wait_seconds."""
+    holder = _spawn(f"""
+        import sys
+        from vdc_lake.catalog import Catalog
+        with Catalog({str(catalog_path)!r}) as c:
+            c.scalar("SELECT 1")  # keeps the DuckDB file open, as a writer inside a write does
+            print("ready", flush=True)
+            sys.stdin.readline()
+    """)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(CatalogLockedError) as err:
+            Catalog(catalog_path, read_only=True, wait_seconds=0.5).scalar("SELECT 1")
+        assert str(err.value).startswith(f"catalog {catalog_path} stayed busy for 0.5 s, held by a writer: "
+                                         "IO Error: Could not set lock on file")
+    finally:
+        holder.communicate("\n", timeout=30)
+    garbage = tmp_path / "garbage.duckdb"
+    garbage.write_bytes(b"\x00" * 4096)
+    with pytest.raises(NotACatalogError, match="is not a vdc-lake catalog"):
+        Catalog(garbage, read_only=True, wait_seconds=0.5).scalar("SELECT 1")

@@ -214,7 +214,7 @@ class Catalog:
         if "could not set lock" in text.lower():
             holder = "a writer" if self.read_only else "a read-only connection (close it)"
             return CatalogLockedError(
-                f"catalog {self.path} stayed busy for {self.wait_seconds:.0f} s, held by {holder}: {first_line}"
+                f"catalog {self.path} stayed busy for {self.wait_seconds:g} s, held by {holder}: {first_line}"
             )
         if _NOT_DUCKDB in text:
             empty = self.path.is_file() and self.path.stat().st_size == 0
