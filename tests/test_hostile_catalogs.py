@@ -180,6 +180,12 @@ def test_a_read_only_folder_gives_one_error_line_and_reading_still_works(tmp_pat
             "this user or copy the catalog to a writable folder; commands that only read (status, sql, "
             "export) work as they are")
         assert path.read_bytes() == before
+        # A config that differs from the catalog's settings cannot be recorded here: a note, not an error.
+        (folder / "vdc-lake.toml").write_text("[sanitize]\nmax_aspect_ratio = 1.2\n")
+        result = _as_nobody(["--catalog", str(path), "-q", "status"], folder)
+        assert result.returncode == 0, result.stderr
+        assert "the catalog is busy or read-only, so this command uses the catalog's settings" in result.stderr
+        assert path.read_bytes() == before
 
 
 # -- a full disk -----------------------------------------------------------------------------------

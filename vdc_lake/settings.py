@@ -25,7 +25,7 @@ import duckdb
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.config import Config
-from vdc_lake.errors import CatalogLockedError
+from vdc_lake.errors import CatalogAccessError, CatalogLockedError, DiskFullError
 
 # Sections whose values change what a decision view selects; recorded in every run's params.
 DECISION_SECTIONS = ("rotation_correction", "dedup", "apply_deduplication", "filter_by_examples", "filter_by_score")
@@ -119,7 +119,8 @@ def sync_settings(catalog_path: str, config: Config) -> str | None:
     try:
         with Catalog(catalog_path, scale=scale, wait_seconds=SYNC_WAIT_SECONDS) as catalog:
             done = record_settings(catalog, config)
-    except (CatalogLockedError, OSError, duckdb.IOException, duckdb.PermissionException):
+    except (CatalogLockedError, CatalogAccessError, DiskFullError, OSError, duckdb.IOException,
+            duckdb.PermissionException):
         return (f"note: the config differs from the catalog's settings ({pending[0]}"
                 f"{f' and {len(pending) - 1} more' if len(pending) > 1 else ''}); the catalog is busy or "
                 "read-only, so this command uses the catalog's settings; the next writing command records the config")
