@@ -177,6 +177,26 @@ def test_file_moved_away_during_sanitize_is_missing_not_corrupt(tmp_path):
     assert _decoded(catalog, "photo_1.jpg") is True
 
 
+def test_a_missing_file_an_older_version_called_corrupt_is_decoded_again(tmp_path):
+    root = tmp_path / "images"
+    for i in range(2):
+        _image(root / f"photo_{i}.jpg", seed=i)
+    catalog = tmp_path / "catalog.duckdb"
+    _scan(catalog, root)
+    first = _sanitize(catalog)
+    with Catalog(catalog) as cat:  # what vdc-lake before this fix recorded for a file moved away
+        cat.execute("""INSERT INTO findings SELECT ?, image_id, version, 'corrupt',
+                       'decoding failed ([Errno 2] No such file or directory: ''x'')', 'delete'
+                       FROM images WHERE rel_path = 'photo_1.jpg'""", [first.run_id])
+    assert _actions(catalog) == {"photo_1.jpg": "delete"}
+
+    again = _sanitize(catalog)
+
+    assert (again.decoded, again.cached) == (1, 1)
+    assert _latest_findings(catalog, "photo_1.jpg") == {}
+    assert _actions(catalog) == {}
+
+
 def test_unreadable_file_and_folder_as_a_user(nobody_dir):
     images = nobody_dir / "images"
     for i in range(3):

@@ -90,36 +90,41 @@ def _rules_sql() -> str:
     return "INSERT INTO findings BY NAME " + "\nUNION ALL\n".join(parts)
 
 
-# Latest run whose check of (image, version) holds a decode verdict. A legacy run recorded
-# an I/O error (errno in the detail) as 'corrupt': such a check is no verdict, decode again.
-CACHED_CHECKS = f"""
-    SELECT c.image_id, c.version, max(c.run_id) AS run_id
-    FROM sanitize_checks c
-    WHERE c.decoded AND NOT EXISTS (
-        SELECT 1 FROM findings f WHERE f.run_id = c.run_id AND f.image_id = c.image_id
-          AND f.version = c.version AND f.rule IN ({", ".join(f"'{r}'" for r in CACHED_DECODE_RULES)})
-          AND f.detail LIKE '%[Errno %')
-    GROUP BY c.image_id, c.version
-"""
-
-
-def _decode_targets(catalog: Catalog, *, recheck: bool, max_pixels: int) -> pa.Table:
-    """Present images to decode: readable headers within the pixel limit, without a cached
-    decode verdict for their version (all of them with recheck)."""
-    cached = "" if recheck else (
-        f"AND NOT EXISTS (SELECT 1 FROM ({CACHED_CHECKS}) c WHERE c.image_id = i.image_id AND c.version = i.version)"
-    )
+def _cached_verdicts(catalog: Catalog) -> pa.Table:
+    """(image_id, run_id) of present images whose latest check (run_id) holds a decode verdict
+    for their current version: its corrupt/truncated findings stand, no need to decode again.
+    A legacy run recorded an I/O error (errno in the detail) as 'corrupt': no verdict."""
+    rules = ", ".join(f"'{r}'" for r in CACHED_DECODE_RULES)
     return catalog.arrow(
         f"""
-        SELECT i.image_id, i.version, i.root, i.rel_path,
-               EXISTS (SELECT 1 FROM embeddings e WHERE e.set_name = '{BUILTIN_SET}'
-                       AND e.image_id = i.image_id AND e.version = i.version) AS has_descriptor
-        FROM images i
-        WHERE i.present AND i.header_error IS NULL AND coalesce(i.width::BIGINT * i.height, 0) <= ? {cached}
-        ORDER BY i.image_id
-        """,
-        [int(max_pixels)],
+        WITH latest AS (
+            SELECT image_id, version, max(run_id) AS run_id, arg_max(decoded, run_id) AS decoded
+            FROM sanitize_checks GROUP BY image_id, version
+        )
+        SELECT l.image_id, l.run_id
+        FROM latest l JOIN images i ON i.image_id = l.image_id AND i.version = l.version AND i.present
+        WHERE l.decoded AND NOT EXISTS (
+            SELECT 1 FROM findings f WHERE f.run_id = l.run_id AND f.image_id = l.image_id
+              AND f.version = l.version AND f.rule IN ({rules}) AND f.detail LIKE '%[Errno %')
+        """
     )
+
+
+def _decode_targets(catalog: Catalog, cached: pa.Table, *, max_pixels: int) -> pa.Table:
+    """Present images to decode: readable headers within the pixel limit, not in `cached`."""
+    with catalog.registered("sanitize_cached", cached):
+        return catalog.arrow(
+            f"""
+            SELECT i.image_id, i.version, i.root, i.rel_path,
+                   EXISTS (SELECT 1 FROM embeddings e WHERE e.set_name = '{BUILTIN_SET}'
+                           AND e.image_id = i.image_id AND e.version = i.version) AS has_descriptor
+            FROM images i
+            WHERE i.present AND i.header_error IS NULL AND coalesce(i.width::BIGINT * i.height, 0) <= ?
+              AND NOT EXISTS (SELECT 1 FROM sanitize_cached c WHERE c.image_id = i.image_id)
+            ORDER BY i.image_id
+            """,
+            [int(max_pixels)],
+        )
 
 
 def _header_findings(catalog: Catalog, run_id: int, rules: dict[str, Any]) -> int:
@@ -137,22 +142,22 @@ def _header_findings(catalog: Catalog, run_id: int, rules: dict[str, Any]) -> in
     return int(catalog.execute(_rules_sql(), params)[0][0])
 
 
-def _record_checks(catalog: Catalog, run_id: int, decoded: pa.Table) -> tuple[int, int, int]:
-    """Carry cached decode verdicts into this run's findings and write a check row for every
-    present image. decoded: (image_id, verdict) of the images decoded by this run; verdict is
-    false where the file could not be read. Returns (checked, cached images, carried findings)."""
+def _record_checks(catalog: Catalog, run_id: int, cached: pa.Table, decoded: pa.Table) -> tuple[int, int]:
+    """Carry the cached decode verdicts' findings into this run and write a check row for every
+    present image. cached: (image_id, run_id) from _cached_verdicts; decoded: (image_id, verdict)
+    of the images decoded by this run (verdict false where the file could not be read).
+    Returns (checked images, carried findings)."""
     rules = ", ".join(f"'{r}'" for r in CACHED_DECODE_RULES)
-    with catalog.registered("sanitize_decoded", decoded), catalog.transaction():
-        catalog.execute(f"CREATE OR REPLACE TEMP TABLE sanitize_cached AS {CACHED_CHECKS}")
+    with catalog.registered("sanitize_cached", cached), catalog.registered("sanitize_decoded", decoded), \
+            catalog.transaction():
         carried = catalog.execute(
             f"""
             INSERT INTO findings BY NAME
             SELECT ? AS run_id, f.image_id, f.version, f.rule, f.detail, f.action
-            FROM findings f
-            JOIN sanitize_cached c ON c.image_id = f.image_id AND c.version = f.version AND c.run_id = f.run_id
-            JOIN images i ON i.image_id = f.image_id AND i.version = f.version AND i.present
-            WHERE f.rule IN ({rules}) AND i.header_error IS NULL
-              AND NOT EXISTS (SELECT 1 FROM sanitize_decoded d WHERE d.image_id = f.image_id)
+            FROM sanitize_cached c
+            JOIN images i ON i.image_id = c.image_id
+            JOIN findings f ON f.run_id = c.run_id AND f.image_id = c.image_id AND f.version = i.version
+            WHERE f.rule IN ({rules})
             """,
             [run_id],
         )[0][0]
@@ -162,18 +167,12 @@ def _record_checks(catalog: Catalog, run_id: int, decoded: pa.Table) -> tuple[in
             SELECT ?, i.image_id, i.version, coalesce(d.verdict, c.image_id IS NOT NULL) AS decoded
             FROM images i
             LEFT JOIN sanitize_decoded d ON d.image_id = i.image_id
-            LEFT JOIN sanitize_cached c ON c.image_id = i.image_id AND c.version = i.version
+            LEFT JOIN sanitize_cached c ON c.image_id = i.image_id
             WHERE i.present
             """,
             [run_id],
         )[0][0]
-        cached = catalog.scalar(
-            """SELECT count(*) FROM sanitize_cached c JOIN images i
-               ON i.image_id = c.image_id AND i.version = c.version AND i.present
-               WHERE NOT EXISTS (SELECT 1 FROM sanitize_decoded d WHERE d.image_id = c.image_id)"""
-        )
-        catalog.execute("DROP TABLE sanitize_cached")
-    return int(checked), int(cached or 0), int(carried)
+    return int(checked), int(carried)
 
 
 def _decode_one(item: tuple[str, int, bool], *, max_pixels: int):
@@ -204,6 +203,10 @@ def _write_decode_batch(catalog: Catalog, run_id: int, batch: list, summary: San
     summary.findings += len(bad)
     summary.decoded += len(batch)
     summary.descriptors += len(good)
+
+
+_EMPTY_CACHED = pa.table({"image_id": pa.array([], pa.int64()), "run_id": pa.array([], pa.int64())})
+_EMPTY_DECODED = pa.table({"image_id": pa.array([], pa.int64()), "verdict": pa.array([], pa.bool_())})
 
 
 def _is_verdict(error: str | None) -> bool:
@@ -251,12 +254,15 @@ def sanitize(
         summary = SanitizeSummary(run_id)
         with catalog.transaction():
             summary.findings += _header_findings(catalog, run_id, rules)
-        decoded = pa.table({"image_id": pa.array([], pa.int64()), "verdict": pa.array([], pa.bool_())})
-        if not quick and rules.get("check_corruption", True):
-            targets = _decode_targets(catalog, recheck=recheck, max_pixels=int(rules["max_pixels"]))
+        decode = not quick and rules.get("check_corruption", True)
+        cached = _cached_verdicts(catalog) if not (decode and recheck) else _EMPTY_CACHED
+        decoded = _EMPTY_DECODED
+        if decode:
+            targets = _decode_targets(catalog, cached, max_pixels=int(rules["max_pixels"]))
             if targets.num_rows:
                 decoded = _decode_pass(catalog, run_id, targets, rules, summary, workers, quiet, backend)
-        summary.checked, summary.cached, carried = _record_checks(catalog, run_id, decoded)
+        summary.cached = cached.num_rows
+        summary.checked, carried = _record_checks(catalog, run_id, cached, decoded)
         summary.findings += carried
         summary.images_with_findings = int(catalog.scalar(
             "SELECT count(DISTINCT image_id) FROM findings WHERE run_id = ?", [run_id]))
