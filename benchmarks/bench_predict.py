@@ -13,11 +13,23 @@ subprocess, same images, model, batch size, workers and precision flags) and pri
 own samples/s and our e2e / birder ratio.
 
 Models: the three tiny walkthrough stand-ins from tests/tiny_models.py by default (small
-resolution, so decoding dominates), or real ones: --models-dir models --model NAME (repeat).
+resolution, so decoding dominates), --real-size for the same three networks at their real size
+and resolution with random weights (no download; the speed is the real nets'), or real ones:
+--models-dir models --model NAME (repeat).
+
+--multi measures the walkthrough's three models together: one decode pass with all three
+(vdc_lake.models.run_pass, rotation in memory at --rotate-threshold) against three separate
+passes (run_inference each) and, with --compare-birder, three runs of birder's own predict;
+per-model rates and the combined rate (images through all three models per second: for
+separate runs 1 / sum(1 / rate)). The GPU targets: each model alone model/e2e <= 1.1, the pass
+>= 0.9 x the combined model-only rate, >= 3 x birder's three runs combined.
 
     python benchmarks/bench_predict.py
+    python benchmarks/bench_predict.py --multi --n 32 --repeat 1 --compare-birder      # CPU smoke run
     python benchmarks/bench_predict.py --device cuda --amp --compare-birder \\
         --models-dir models --model rope_i_vit_b16_pn_aps_c1_pe-core --model resnet_v1_50_c1_sscd
+    python benchmarks/bench_predict.py --multi --real-size --device cuda --amp --compile --fast-matmul \\
+        --decode auto --n 4000 --megapixels 0.25 --batch-size 256 --workers 12 --compare-birder
 """
 
 from __future__ import annotations
@@ -40,10 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from vdc_lake.models import (  # noqa: E402
     LoadedModel,
+    PassModel,
     forward_fn,
     image_loader,
     load_model,
     run_inference,
+    run_pass,
 )
 
 KIND_FLAGS = {"rotation": "--save-output", "descriptor": "--save-logits", "embedding": "--save-embeddings"}
@@ -108,6 +122,7 @@ def end_to_end_rate(loaded: LoadedModel, kind: str, paths: list[Path], args: arg
     options = dict(
         kind=kind, batch_size=args.batch_size, num_workers=args.workers, amp=args.amp,
         compile=args.compile, fast_matmul=args.fast_matmul, channels_last=args.channels_last,
+        decode=args.decode, draft_min_size=args.draft_min_size,
     )
     for _ in run_inference(loaded, paths[: args.batch_size], **options):  # warm-up (and compile)
         pass
@@ -153,6 +168,65 @@ def bench_model(name: str, models_dir: Path, paths: list[Path], work: Path, args
     return row
 
 
+def pass_rate(models: list[tuple[LoadedModel, str]], paths: list[Path], args: argparse.Namespace) -> float:
+    """images/s of one decode pass running every model on every image (rotation in memory when
+    one of them is a rotation model), worker start-up included."""
+    pass_models = [PassModel(loaded, kind) for loaded, kind in models]
+    kinds = [kind for _, kind in models]
+    rotation = kinds.index("rotation") if "rotation" in kinds else None
+    options = dict(
+        rotation=rotation, rotate_threshold=args.rotate_threshold, decode=args.decode, batch_size=args.batch_size,
+        num_workers=args.workers, amp=args.amp, compile=args.compile, fast_matmul=args.fast_matmul,
+        channels_last=args.channels_last, draft_min_size=args.draft_min_size,
+    )
+    for _ in run_pass(pass_models, paths[: args.batch_size], **options):  # warm-up (and compile)
+        pass
+    start = time.perf_counter()
+    count = sum(len(batch) for batch in run_pass(pass_models, paths, **options))
+    synchronize(models[0][0].device)
+    return count / (time.perf_counter() - start)
+
+
+def combined(rates: list[float]) -> float:
+    """Images/s through every model when each runs on its own: 1 / sum(1 / rate)."""
+    return 1.0 / sum(1.0 / r for r in rates)
+
+
+def bench_multi(names: list[str], models_dir: Path, paths: list[Path], work: Path, args: argparse.Namespace) -> None:
+    best = lambda measure: max(measure() for _ in range(args.repeat))  # noqa: E731
+    rows = [bench_model(name, models_dir, paths, work, args) for name in names]
+    models = [(load_model(models_dir, name, device=args.device), row["kind"]) for name, row in zip(names, rows)]
+    together = best(lambda: pass_rate(models, paths, args))
+    print_table(rows, args)
+    print()
+    header = ["combined (3 models)", "img/s", "vs model-only", "vs birder"]
+    model_only = combined([r["model_only"] for r in rows])
+    lines = [("model only (floor)", model_only), ("three separate passes", combined([r["e2e"] for r in rows])),
+             ("one pass", together)]
+    if args.compare_birder:
+        lines.append(("birder predict x3", combined([r["birder"] for r in rows])))
+    cells = [[label, f"{rate:.1f}", f"{rate / model_only:.2f}",
+              f"{rate / combined([r['birder'] for r in rows]):.2f}" if args.compare_birder else ""]
+             for label, rate in lines]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for row in cells:
+        print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def real_size_models(models_dir: Path) -> list[str]:
+    """The three walkthrough networks at their real size and resolution, random weights."""
+    from tests.tiny_models import TINY_SPECS, TinySpec, make_tiny_model
+
+    real_sizes = {"resnet_v1_50_c1_sscd": 320, "rope_vit_reg8_so150m_p14_swiglu_rms_ap_rotnet-capi": 252,
+                  "rope_i_vit_b16_pn_aps_c1_pe-core": 224}
+    for name, side in real_sizes.items():
+        tiny = TINY_SPECS[name]
+        make_tiny_model(models_dir, TinySpec(tiny.network, tiny.tag, tiny.class_names, (side, side), tiny.rgb_mode, None))
+    return list(real_sizes)
+
+
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     header = ["model", "size", "kind", "loader img/s", "model img/s", "e2e img/s", "model/e2e"]
     if args.compare_birder:
@@ -173,10 +247,16 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=512, help="number of synthetic JPEGs (default 512)")
+    parser.add_argument("--images", "--n", type=int, default=512, help="number of synthetic JPEGs (default 512)")
     parser.add_argument("--megapixels", type=float, default=0.5, help="size of each JPEG (default 0.5 MP)")
     parser.add_argument("--models-dir", type=Path, help="real birder models (default: build the tiny ones)")
     parser.add_argument("--model", action="append", help="model name in --models-dir (repeatable)")
+    parser.add_argument("--real-size", action="store_true",
+                        help="the three walkthrough nets at real size and resolution, random weights")
+    parser.add_argument("--multi", action="store_true", help="also: all models in one pass vs separate passes")
+    parser.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"], help="where JPEGs decode")
+    parser.add_argument("--rotate-threshold", type=float, default=0.75, help="--multi: rotation in memory above this")
+    parser.add_argument("--draft-min-size", type=int, default=448, help="JPEG draft decoding floor (0: off)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
@@ -198,19 +278,23 @@ def main() -> None:
         work = Path(tmp)
         (work / "images").mkdir()
         paths = write_synthetic_jpegs(work / "images", args.images, megapixels=args.megapixels)
-        if args.models_dir is None:
+        if args.real_size:
+            models_dir, names = work / "models", real_size_models(work / "models")
+        elif args.models_dir is None:
             from tests.tiny_models import make_tiny_models
 
             models_dir, names = work / "models", list(make_tiny_models(work / "models"))
         else:
             models_dir, names = args.models_dir, args.model or []
-        rows = [bench_model(name, models_dir, paths, work, args) for name in names]
-    print(
-        f"\n{args.images} JPEGs of {args.megapixels} MP, device {args.device}, batch {args.batch_size}, "
-        f"{args.workers} workers, torch threads {torch.get_num_threads()}, amp {args.amp}, compile {args.compile}, "
-        f"best of {args.repeat}"
-    )
-    print_table(rows, args)
+        print(
+            f"\n{args.images} JPEGs of {args.megapixels} MP, device {args.device}, decode {args.decode}, batch "
+            f"{args.batch_size}, {args.workers} workers, torch threads {torch.get_num_threads()}, amp {args.amp}, "
+            f"compile {args.compile}, best of {args.repeat}"
+        )
+        if args.multi:
+            bench_multi(names, models_dir, paths, work, args)
+        else:
+            print_table([bench_model(name, models_dir, paths, work, args) for name in names], args)
 
 
 if __name__ == "__main__":
