@@ -28,8 +28,6 @@ from vdc_lake.imageops import ROTATIONS
 from vdc_lake.parallel import map_ordered
 
 THUMB_SIZE = 160
-# Thumbnails are not decoded above this many pixels (a decompression bomb gets a placeholder).
-MAX_THUMB_PIXELS = 89_478_485
 PLACEHOLDERS = {"missing": "file missing", "undecodable": "cannot decode", "too_large": "too large"}
 CLUSTERS_SHOWN = 6
 DUPLICATE_GROUPS_SHOWN = 12
@@ -52,8 +50,9 @@ def _thumb_name(image_id: int, version: int, suffix: str = "") -> str:
     return f"thumbs/{image_id}-{version}{suffix}.jpg"
 
 
-def make_thumbnail(item: tuple[str, str], *, size: int = THUMB_SIZE) -> str:
-    """Write a `size` px JPEG thumbnail of item = (image path, thumbnail path).
+def make_thumbnail(item: tuple[str, str], *, size: int = THUMB_SIZE, max_pixels: int | None = None) -> str:
+    """Write a `size` px JPEG thumbnail of item = (image path, thumbnail path); an image of more
+    than max_pixels pixels (None: Pillow's decompression-bomb limit) is not decoded.
 
     Returns "ok", or the placeholder kind ("missing", "undecodable", "too_large") when none was written.
     """
@@ -70,7 +69,7 @@ def make_thumbnail(item: tuple[str, str], *, size: int = THUMB_SIZE) -> str:
         return "undecodable"
     try:
         with img:
-            if img.width * img.height > MAX_THUMB_PIXELS:
+            if img.width * img.height > (max_pixels or Image.MAX_IMAGE_PIXELS or float("inf")):
                 return "too_large"
             img.draft("RGB", (size, size))
             img.thumbnail((size, size))
@@ -113,12 +112,13 @@ def _rotated_thumbnail(out_dir: Path, before: str, action: str, image_id: int, v
 
 
 def write_thumbnails(out_dir: Path, thumbs: Iterable[Thumb], *, size: int, workers: int | None,
-                     quiet: bool) -> dict[tuple[int, int], str]:
+                     quiet: bool, max_pixels: int | None = None) -> dict[tuple[int, int], str]:
     """Thumbnail every distinct image once; returns {(image_id, version): src relative to out_dir}."""
     unique = {(t.image_id, t.version): t.path for t in thumbs}
     keys = sorted(unique)
     items = [(unique[k], str(out_dir / _thumb_name(*k))) for k in keys]
-    results = map_ordered(partial(make_thumbnail, size=size), items, workers=workers, desc="thumbnails",
+    results = map_ordered(partial(make_thumbnail, size=size, max_pixels=max_pixels), items, workers=workers,
+                          desc="thumbnails",
                           quiet=quiet)
     return {k: (_thumb_name(*k) if status == "ok" else _placeholder(out_dir, status, size))
             for k, status in zip(keys, results)}
@@ -368,9 +368,9 @@ def _duplicates_section(catalog: Catalog, dedup_threshold: float | None, report_
                         examples: int) -> Section:
     section = Section("duplicates", "Duplicates")
     section.body.extend(_distance_histograms(catalog, dedup_threshold, report_threshold))
-    if report_threshold is None:  # groups up to the largest report threshold of the reported sets
+    if report_threshold is None:  # groups up to the largest report (or apply) threshold of the reported sets
         sets = [r[0] for r in catalog.rows("SELECT DISTINCT set_name FROM near_duplicate_edges")] or [None]
-        report_threshold = max(_set_thresholds(catalog, name, None, None)[1] for name in sets)
+        report_threshold = max(max(_set_thresholds(catalog, name, dedup_threshold, None)) for name in sets)
     order_at = dedup_threshold if dedup_threshold is not None else _set_thresholds(catalog, None, None, None)[0]
     members = catalog.arrow(_DUPLICATE_GROUPS_SQL, {
         "report": float(report_threshold), "apply": None if dedup_threshold is None else float(dedup_threshold),
@@ -620,8 +620,10 @@ def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: in
         for section in sections:
             section.body = [b for b in section.body if not isinstance(b, Gallery)]
     wanted = [item[0] for s in sections for b in s.body if isinstance(b, Gallery) for item in b.items]
+    # the decompression-bomb limit of the catalog's settings (sanitize.max_pixels), as sanitize applies it
+    max_pixels = int(catalog.scalar("SELECT setting('sanitize', 'max_pixels')"))
     catalog.release()  # no open DuckDB handle across the fork of the thumbnail pool
-    sources = write_thumbnails(out_dir, wanted, size=thumb_size, workers=workers, quiet=quiet)
+    sources = write_thumbnails(out_dir, wanted, size=thumb_size, workers=workers, quiet=quiet, max_pixels=max_pixels)
     index = out_dir / "index.html"
     index.write_text(_page(catalog, stages, sections, sources, out_dir), encoding="utf-8")
     return index
