@@ -443,3 +443,24 @@ def test_a_full_destination_stops_the_export_with_one_error_and_no_half_files(cu
         with pytest.raises(DiskFullError, match=f"^no space left on {mount} \\(writing {mount}/out/"):
             export(catalog, mount / "out", fmt=fmt, shard_size_mb=0.25, quiet=True)
         assert not [p for p in mount.rglob("*") if p.name.endswith(".part")]
+
+
+@pytest.mark.parametrize("fmt", ["copy", "webdataset"])
+def test_a_row_without_a_content_hash_is_not_copied(curation, tmp_path, fmt):
+    """An edited catalog naming a file elsewhere (a secret) with no hash to check it against:
+    the export leaves it out instead of carrying it away."""
+    secret_root = tmp_path / "home"
+    secret_root.mkdir()
+    (secret_root / "id_rsa").write_bytes(b"PRIVATE KEY")
+    copy = _writable_copy(curation[0], tmp_path)
+    with Catalog(copy) as catalog:
+        first = catalog.scalar("SELECT min(image_id) FROM image_files")
+        catalog.execute("UPDATE images SET root = ?, rel_path = 'id_rsa', content_hash = NULL WHERE image_id = ?",
+                        [str(secret_root), first])
+    with Catalog(copy, read_only=True) as catalog:
+        summary = export(catalog, tmp_path / "out", fmt=fmt, view=f"SELECT image_id FROM image_files "
+                         f"WHERE image_id = {first}", quiet=True)
+    assert summary.images == 0 and summary.skipped == 1
+    assert summary.errors == [f"{secret_root}/id_rsa: the catalog holds no content hash for it, so a copy cannot "
+                              "be verified; run `vdc-lake scan`"]
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and b"PRIVATE" in p.read_bytes()]

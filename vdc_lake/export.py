@@ -266,7 +266,15 @@ def _place(src: str, dst: Path, fmt: str, expected_hash: str | None) -> str | No
     return None
 
 
+def _unverifiable(src: str) -> str:
+    # Only bytes the catalog vouches for are copied: a row with no hash (say, an edited catalog
+    # naming a file it never scanned) cannot make the export carry some other file away.
+    return f"{src}: the catalog holds no content hash for it, so a copy cannot be verified; run `vdc-lake scan`"
+
+
 def _verified_copy(src: str, dst: Path, expected_hash: str | None) -> str | None:
+    if expected_hash is None:
+        return _unverifiable(src)
     tmp = dst.with_name(f".{dst.name}.part")
     try:
         shutil.copy2(src, tmp)
@@ -274,7 +282,7 @@ def _verified_copy(src: str, dst: Path, expected_hash: str | None) -> str | None
     except BaseException:
         tmp.unlink(missing_ok=True)  # a half copy (say, on a full disk) is not left in --to
         raise
-    if expected_hash is not None and written != expected_hash:
+    if written != expected_hash:
         tmp.unlink()
         if content_hash(src) != expected_hash:
             return f"{src}: changed since the last scan; run `vdc-lake scan` and export again"
@@ -375,12 +383,14 @@ class _ShardWriter:
 
 def _read_verified(row: dict) -> tuple[bytes | None, str | None]:
     """The file's bytes, or an error when it cannot be read or no longer matches the catalog."""
+    if row["content_hash"] is None:
+        return None, _unverifiable(row["path"])
     try:
         with open(row["path"], "rb") as f:
             data = f.read()
     except OSError as e:
         return None, f"{row['path']}: {e.strerror or e}"
-    if row["content_hash"] is not None and xxhash.xxh3_128_hexdigest(data) != row["content_hash"]:
+    if xxhash.xxh3_128_hexdigest(data) != row["content_hash"]:
         return None, f"{row['path']}: changed since the last scan; run `vdc-lake scan` and export again"
     return data, None
 
