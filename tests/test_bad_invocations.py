@@ -1,6 +1,6 @@
 """Bad invocations of every command: one `Error:` line that names the valid values, no traceback,
 and nothing recorded as done in the catalog. One catalog is built per module (scan, sanitize,
-dedup report, cluster, sample, apply) and shared by every case."""
+cluster, sample, apply) and shared by every case."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from click.testing import CliRunner
 from vdc_lake.catalog import Catalog
 from vdc_lake.cli import cli
 
-RUNS = {"scan": 1, "sanitize": 2, "dedup-report": 3, "cluster": 4, "sample": 5, "apply": 6}
-
 
 def invoke(catalog: Path, args: list, *, config: Path | None = None):
     argv = ["--catalog", str(catalog), "-q"] + (["--config", str(config)] if config else [])
@@ -24,7 +22,7 @@ def invoke(catalog: Path, args: list, *, config: Path | None = None):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, sample_template):
-    """(folder, catalog) after scan, sanitize, dedup report, cluster, sample and apply sanitize."""
+    """(folder, catalog) after scan (run 1), sanitize (2), cluster (3), sample (4) and apply sanitize (5)."""
     work = tmp_path_factory.mktemp("bad_invocations")
     root = work / "data"
     shutil.copytree(sample_template.root, root, symlinks=True)
@@ -33,7 +31,6 @@ def built(tmp_path_factory, sample_template):
     os.chdir(work)  # no stray vdc-lake.toml
     try:
         for args in (["scan", root, "--workers", "2"], ["sanitize", "--workers", "2"],
-                     ["dedup", "report", "--set", "builtin"],
                      ["cluster", "--set", "builtin", "--n-clusters", "4", "2", "--n-samples", "3", "2",
                       "--n-resamples", "2", "--device", "cpu"],
                      ["sample", "--total", "20"],
@@ -44,7 +41,7 @@ def built(tmp_path_factory, sample_template):
         os.chdir(cwd)
     with Catalog(catalog, read_only=True) as c:
         stages = dict(c.rows("SELECT stage, run_id FROM runs"))
-    assert stages == {"scan": 1, "sanitize": 2, "dedup-report": 3, "cluster": 4, "sample": 5, "apply:sanitize": 6}
+    assert stages == {"scan": 1, "sanitize": 2, "cluster": 3, "sample": 4, "apply:sanitize": 5}
     (work / "examples").mkdir()
     return work, catalog
 
@@ -106,11 +103,11 @@ CASES = [
     # sample
     (["sample", "--total", "0"], "'--total': 0 is not in the range x>=1", None),
     (["sample", "--total", "-5"], "'--total': -5 is not in the range x>=1", None),
-    (["sample", "--total", "10", "--cluster-run", "1"], "--cluster-run 1 is a scan run, not a cluster run; give a cluster run (newest: 4)", None),
+    (["sample", "--total", "10", "--cluster-run", "1"], "--cluster-run 1 is a scan run, not a cluster run; give a cluster run (newest: 3)", None),
     (["sample", "--total", "100000"], "100,000", None),
     # plan
     (["plan", "sample", "--run", "99"], "there is no run 99", None),
-    (["plan", "sample", "--run", "1"], "--run 1 is a scan run, not a sample run; give a sample run (newest: 5)", None),
+    (["plan", "sample", "--run", "1"], "--run 1 is a scan run, not a sample run; give a sample run (newest: 4)", None),
     (["plan", "dedup", "--threshold", "5"], "--threshold must be a cosine distance between 0 and 2, not 5.0", None),
     (["plan", "dedup", "--threshold", "nan"], "--threshold must be a cosine distance between 0 and 2, not nan", None),
     (["plan", "dedup", "--threshold", "-1"], "--threshold must be a cosine distance between 0 and 2, not -1.0", None),
@@ -126,7 +123,7 @@ CASES = [
     (["apply", "dedup", "--keep", "nosuch"], "'--keep'", None),
     (["apply", "dedup", "--threshold", "3", "--backup-dir", "backup2", "--apply"], "--threshold must be a cosine distance between 0 and 2, not 3.0", None),
     # restore
-    (["restore", "--run", "1"], "--run 1 is a scan run, not an apply run; give an apply run (newest: 6)", None),
+    (["restore", "--run", "1"], "--run 1 is a scan run, not an apply run; give an apply run (newest: 5)", None),
     (["restore", "--run", "99"], "there is no run 99", None),
     (["restore", "--run", "0"], "--run must be a run id >= 1, not 0", None),
     # export, report
