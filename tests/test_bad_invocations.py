@@ -255,3 +255,13 @@ def test_a_pipeline_with_unknown_tables_or_keys_is_refused(built, monkeypatch):
     assert result.output == ("Error: pipeline typo.toml: unknown key 'catalgo' in [pipeline]; known keys: catalog\n")
     (folder / "typo.toml").write_text('[[steps]]\ncommand = "status"\n')
     assert invoke(catalog, ["run", "typo.toml"]).output.startswith("Error: pipeline typo.toml: unknown table 'steps'")
+
+
+def test_every_config_option_has_a_rule_and_the_defaults_pass_it():
+    from vdc_lake import validate
+    from vdc_lake.config import Config
+
+    described = Config.bundled().describe()
+    missing = [f"{s}.{k}" for s, k, _, _ in described if (s, k) not in validate.RULES]
+    assert missing == [], f"add a rule to vdc_lake/validate.py RULES for {missing}"
+    validate.check_config(described)

@@ -124,6 +124,15 @@ class Extensions:
 
 
 @dataclass(frozen=True)
+class Formats:
+    def requirement(self) -> str:
+        return 'a list of Pillow format names such as ["JPEG", "PNG"]'
+
+    def ok(self, value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+
+
+@dataclass(frozen=True)
 class JpegQuality:
     def requirement(self) -> str:
         return '"keep" or a whole number between 1 and 100'
@@ -132,7 +141,7 @@ class JpegQuality:
         return value == "keep" or Number(1, 100, integer=True).ok(value)
 
 
-Rule = Number | Bound | Choice | Flag | Text | Levels | Extensions | JpegQuality
+Rule = Number | Bound | Choice | Flag | Text | Levels | Extensions | Formats | JpegQuality
 
 COSINE_DISTANCE = Number(0, 2, what="a cosine distance")
 PROBABILITY = Number(0, 1, what="a probability")
@@ -151,6 +160,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("scale", "vector_batch_rows"): Number(1, integer=True, what="a whole number of rows"),
     ("scale", "duckdb_memory_limit"): Text(),
     ("scale", "duckdb_temp_directory"): Text(),
+    ("sanitize", "allowed_formats"): Formats(),
     ("sanitize", "min_width"): PIXELS,
     ("sanitize", "min_height"): PIXELS,
     ("sanitize", "max_width"): PIXELS,
@@ -170,6 +180,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("dedup", "index_dtype"): Choice(("f32", "f16", "bf16", "i8")),
     ("dedup", "neighbors"): Number(1, integer=True, what="a whole number of neighbours"),
     ("dedup", "report_threshold"): COSINE_DISTANCE,
+    ("dedup", "max_pairs_per_image"): Number(1, integer=True, what="a whole number of pairs"),
+    ("dedup", "precision"): Choice(("auto", "bf16", "tf32", "fp32")),
+    ("dedup", "ray_tile_rows"): Number(1, integer=True, what="a whole number of rows"),
     ("apply_deduplication", "threshold"): COSINE_DISTANCE,
     ("apply_deduplication", "keep"): Choice(KEEP_RULES),
     ("apply_deduplication", "seed"): SEED,
