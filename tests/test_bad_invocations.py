@@ -86,10 +86,13 @@ CASES = [
     (["predict", "--model", "builtin", "--kind", "descriptor", "--batch-size", "0"], "--batch-size must be a whole number of images >= 1", None),
     (["predict", "--model", "builtin", "--kind", "descriptor", "--num-workers", "-1"], "--num-workers must be", None),
     (["predict", "--model", "builtin", "--kind", "descriptor", "--size", "0"], "--size", None),
+    (["predict", "--model", "builtin", "--kind", "descriptor", "--rotate-threshold", "2"], "--rotate-threshold must be a probability between 0 and 1, not 2.0", None),
+    (["predict", "--model", "builtin", "--kind", "descriptor", "--draft-min-size", "-1"], "--draft-min-size must be", None),
     # dedup
     (["dedup", "index", "--set", "nosuch"], "nosuch", None),
     (["dedup", "report", "--set", "builtin", "--report-threshold", "-1"], "--report-threshold must be a cosine distance between 0 and 2, not -1.0", None),
     (["dedup", "report", "--set", "builtin", "--neighbors", "0"], "--neighbors must be a whole number of neighbours >= 1, not 0", None),
+    (["dedup", "report", "--set", "builtin", "--max-pairs-per-image", "0"], "--max-pairs-per-image must be a whole number of pairs >= 1, not 0", None),
     # filter, score
     (["filter", "examples", "--set", "nosuch", "--examples", "examples"], "nosuch", None),
     (["score", "--head", "no-such-head.pt", "--set", "builtin", "--name", "aesthetic"], "no-such-head.pt", None),

@@ -208,8 +208,6 @@ RULES: dict[tuple[str, str], Rule] = {
     ("predict", "num_workers"): Number(0, integer=True, what="a whole number of processes (0 = in the main process)"),
     ("predict", "device"): Choice(("auto", "cpu", "cuda")),
     ("predict", "decode"): Choice(("auto", "cpu", "gpu")),
-    ("predict", "draft_min_size"): Number(0, integer=True, what="a whole number of pixels (0 = off)"),
-    ("predict", "decode"): Choice(("auto", "cpu", "gpu")),
     ("predict", "draft_min_size"): Number(0, integer=True, what="a side in pixels (0 = never reduce)"),
     ("apply", "jpeg_quality"): JpegQuality(),
     ("export", "format"): Choice(("manifest", "symlink", "hardlink", "copy", "webdataset")),
