@@ -422,12 +422,18 @@ def execute_op(op: dict[str, Any]) -> dict[str, Any]:
             return _finished(op, meta, dst, resumed=True)
         if not os.path.lexists(src):
             return _skipped(op, f"{src} no longer exists; run `vdc-lake scan`")
-        try:
-            current = _current_checksum(src)
-        except (OSError, ValueError) as e:
-            return _skipped(op, f"{src} cannot be read now ({getattr(e, 'strerror', None) or e}); nothing done")
-        if current != op["checksum_before"] or (meta.get("link") is not None and not _holds_bytes(src, None, meta)):
-            return _skipped(op, f"{src} changed since it was scanned; run `vdc-lake scan` and plan again")
+        if meta.get("link") is not None and op["action"] == "delete":
+            # Deleting a symlink removes the link only: it must be the same link; its target may
+            # have been changed or removed meanwhile (even by this run).
+            if not _holds_bytes(src, None, meta):
+                return _skipped(op, f"{src} changed since it was scanned; run `vdc-lake scan` and plan again")
+        else:
+            try:
+                current = _current_checksum(src)
+            except (OSError, ValueError) as e:
+                return _skipped(op, f"{src} cannot be read now ({getattr(e, 'strerror', None) or e}); nothing done")
+            if current != op["checksum_before"] or (meta.get("link") is not None and not _holds_bytes(src, None, meta)):
+                return _skipped(op, f"{src} changed since it was scanned; run `vdc-lake scan` and plan again")
         if op["action"] == "delete":
             why = _reason_no_longer_holds(op, src, options)
             if why:
