@@ -233,3 +233,41 @@ def test_gpu_decode_matches_the_cpu_decode(tmp_path, models_dir):
     gpu_done, gpu_out = results["gpu"]
     assert (cpu_done == gpu_done).all() and cpu_done.sum() == len(paths) - 1  # only the corrupt file fails
     assert np.abs(cpu_out - gpu_out)[cpu_done].mean() < 0.05 * np.abs(cpu_out[cpu_done]).mean()
+
+
+def test_device_side_branch_equals_worker_resizing(tmp_path, models_dir):
+    """What CUDA runs (workers ship JPEG bytes or whole images; the main process decodes the
+    bytes in batches, falls back per file, turns and resizes per model), run here on the CPU,
+    gives the same numbers as the CPU path where the workers resize."""
+    from torch.utils.data import DataLoader
+
+    import vdc_lake.models as m
+
+    paths = [str(p) for p in write_test_images(tmp_path / "images", 7)]
+    Image.fromarray(np.zeros((30, 40), np.uint8)).convert("CMYK").save(tmp_path / "images" / "cmyk.jpg")
+    (tmp_path / "images" / "cut.jpg").write_bytes(open(paths[0], "rb").read()[:300])  # nvJPEG and libjpeg refuse it
+    paths += [str(tmp_path / "images" / "cmyk.jpg"), str(tmp_path / "images" / "cut.jpg")]
+    models = [m.PassModel(m.load_model(models_dir, name), kind) for name, kind, _ in MODELS]
+
+    def collect(batches):
+        batches = list(batches)
+        return (np.concatenate([b.done for b in batches], axis=1), np.concatenate([b.angles for b in batches]),
+                [np.concatenate([b.outputs[i] for b in batches]) for i in range(len(models))])
+
+    workers = collect(m.run_pass(models, paths, rotation=0, rotate_threshold=0.0, decode="cpu", batch_size=4,
+                                 num_workers=0))
+    steps = []
+    for model in models:
+        resize, normalize = m.preprocessing_steps(model.loaded)
+        order = m._rotation_order(model.loaded) if model.kind == "rotation" else None
+        steps.append(m._PassStep(model, resize, normalize, m.forward_fn(model.loaded.net, model.kind), order))
+    dataset = m.PassDataset(paths, [], [model.loaded.size for model in models], ship_full=True, gpu_jpeg=True)
+    loader = DataLoader(dataset, batch_size=4, num_workers=0, collate_fn=m._collate_pass)
+    context = m._PassContext(steps, dataset, torch.device("cpu"), np.ones((3, len(paths)), bool), 0, 0.0,
+                             np.full((len(paths), 4), np.nan, np.float32), None)
+    device_side = collect(m._pass_batches(context, loader, torch.autocast("cpu", enabled=False), None, False, None))
+    done, angles, outputs = workers
+    assert (device_side[0] == done).all() and done.sum(axis=1).tolist() == [len(paths) - 1] * 3
+    assert (device_side[1] == angles).all() and (angles != 0).any()
+    for i in range(len(models)):
+        np.testing.assert_allclose(device_side[2][i][done[i]], outputs[i][done[i]], rtol=0, atol=1e-5)

@@ -849,7 +849,7 @@ class PassDataset(Dataset):
                  max_pixels: int | None = None, draft_size: int | None = None):
         self._paths = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)  # see ImageFileDataset
         self.resizes = list(resizes)
-        self.blanks = [torch.zeros(3, *size, dtype=torch.uint8) for size in sizes]
+        self.blanks = [torch.zeros(3, *size, dtype=torch.uint8) for size in sizes] if self.resizes else []
         self.ship_full, self.gpu_jpeg = ship_full, gpu_jpeg
         self.max_pixels, self.draft_size = max_pixels, draft_size
 
@@ -1125,8 +1125,8 @@ def _device_images(context: _PassContext, batch: dict[str, Any], errors: list[st
 def _run_pass_batch(context: _PassContext, batch: dict[str, Any], channels_last: bool) -> _PendingPass:
     errors = list(batch["errors"])
     index = batch["index"].numpy()
-    on_cuda = context.device.type == "cuda"
-    images = _device_images(context, batch, errors) if (on_cuda or context.rotation is not None) else None
+    resized = bool(batch["inputs"])  # by the workers (CPU device), else here from the decoded images
+    images = _device_images(context, batch, errors) if (not resized or context.rotation is not None) else None
     ok = np.array([e == "" for e in errors], bool)
     angles = np.zeros(len(index), np.int16)
     order = list(range(len(context.steps)))
@@ -1165,13 +1165,13 @@ def _pass_angles(context: _PassContext, index: np.ndarray, ok: np.ndarray, rows:
 def _forward_rows(step: _PassStep, context: _PassContext, batch: dict[str, Any], images: list[torch.Tensor | None] | None,
                   rows: np.ndarray, angles: np.ndarray, m: int, channels_last: bool) -> torch.Tensor:
     """The model's outputs [len(rows), d] on the device for the batch rows `rows`."""
-    turned = [] if m == context.rotation else [r for r in rows if angles[r]]
-    if images is None or (batch["inputs"] and not turned and context.device.type != "cuda"):
-        x = batch["inputs"][m][torch.from_numpy(rows)]  # resized by the workers
-    elif context.device.type != "cuda" and batch["inputs"]:
-        x = batch["inputs"][m][torch.from_numpy(rows)].clone()
-        x[[int(np.flatnonzero(rows == r)[0]) for r in turned]] = _resize_on(
-            [rotate_clockwise(images[r], int(angles[r])) for r in turned], step.resize, step.model.loaded.size)
+    turned = [] if m == context.rotation else [i for i, r in enumerate(rows) if angles[r]]
+    if batch["inputs"]:  # resized by the workers; images they did not see turned are resized here
+        x = batch["inputs"][m][torch.from_numpy(rows)]
+        if turned:
+            x = x.clone()
+            x[turned] = _resize_on([rotate_clockwise(images[rows[i]], int(angles[rows[i]])) for i in turned],
+                                   step.resize, step.model.loaded.size)
     else:
         pixels = [images[r] if m == context.rotation else rotate_clockwise(images[r], int(angles[r])) for r in rows]
         x = _resize_on(pixels, step.resize, step.model.loaded.size)
