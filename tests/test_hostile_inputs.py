@@ -336,9 +336,11 @@ def test_every_decode_honours_the_pixel_limit(tmp_path):
             ACTIONS[operation].run(bomb, bomb.with_suffix(".webp") if operation == "recompress" else bomb,
                                    {"max_width": 3200, "max_height": 3200})
     assert content_hash(bomb) == before and not bomb.with_suffix(".webp").exists()
-    ACTIONS["resize"].run(bomb, bomb, {"max_width": 100, "max_height": 100, "max_pixels": 200_000_000})
-    with Image.open(bomb) as small:  # a configured limit above the default is honoured
-        assert small.size == (100, 100)
+    with pytest.raises(PixelLimitError):  # the configured limit (the plan's options) wins
+        ACTIONS["resize"].run(ok, ok, {"max_width": 60, "max_height": 60, "max_pixels": 10_000})
+    ACTIONS["resize"].run(ok, ok, {"max_width": 60, "max_height": 60, "max_pixels": 12_000})
+    with Image.open(ok) as small:
+        assert small.size == (60, 50)
 
 
 # -- item 9: headers with bounded memory ----------------------------------------------------------
