@@ -14,12 +14,16 @@ number; defaults of vdc_lake.neighbors, threads = os.cpu_count() = 2):
     method                        n  build s search s total s  cpu s  r<.04  r<.1  r<.25  r<.5
     usearch i8 M=32 ef=128/64  100k    385.9   188.3   574.2  492.4  1.000 1.000 1.000 0.987
     exact torch cpu k=16       100k      0.0   110.8   110.8   99.6  1.000 1.000 1.000 1.000
-    precision 1.000 and no non-planted pair under 0.5 for both.
+    precision 1.000 and no non-planted pair under 0.5 for both. (The exact row is the former
+    top-k kernel; the range search and --walkthrough figures are in benchmarks/RESULTS.md.)
 
 Usage:
+    python benchmarks/bench_dedup.py --walkthrough --n 104000 # dedup index + report --method auto
+                                                              # --center --l2-normalize on a catalog
     python benchmarks/bench_dedup.py                          # 100k x 512, usearch + exact CPU
     python benchmarks/bench_dedup.py --dtype i8 --expansion-search 128
-    python benchmarks/bench_dedup.py --n 4000000 --device cuda --no-ann   # exact on a GPU
+    python benchmarks/bench_dedup.py --n 4000000 --device cuda --no-ann   # exact on a GPU (bf16)
+    python benchmarks/bench_dedup.py --n 4000000 --device cuda --no-ann --precision fp32
 """
 
 import argparse
@@ -107,7 +111,7 @@ def run_exact(args, x, keys):
 
     with Clock() as search:
         pairs = neighbors.radius_pairs_exact(
-            x, keys, threshold=args.report, k=args.k, device=args.device
+            x, keys, threshold=args.report, device=args.device, precision=args.precision
         )
         if torch.device(args.device).type == "cuda":
             torch.cuda.synchronize()
@@ -146,7 +150,78 @@ def parse_args():
     p.add_argument("--exact-n", type=int, default=None,
                    help="rows for the exact path (default: all on cuda, min(n, 20000) on cpu)")
     p.add_argument("--device", default="cpu", help="exact path device: cpu or cuda")
+    p.add_argument("--precision", default=None, choices=list(neighbors.PRECISIONS),
+                   help="exact path scores (default: bf16 on cuda, fp32 on cpu; re-checked exactly)")
+    p.add_argument("--walkthrough", action="store_true",
+                   help="the walkthrough's order through the dedup stage on a real catalog: `dedup index` "
+                        "(built only if the report will use it), then `dedup report --method auto --center "
+                        "--l2-normalize`; recall of the planted pairs at each threshold")
     return p.parse_args()
+
+
+def make_catalog(path, x: np.ndarray) -> np.ndarray:
+    """A catalog holding one present image per row of x and the set "bench" ([n, d] vectors);
+    returns the image ids (row i is image ids[i])."""
+    import pyarrow as pa
+
+    from vdc_lake.catalog import Catalog
+    from vdc_lake.sets import register_embedding_set, write_vectors
+
+    n = len(x)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    with Catalog(path, create=True) as catalog:
+        run_id = catalog.begin_run("bench", {})
+        catalog.insert_arrow("images", pa.table({
+            "image_id": ids, "root": pa.repeat(pa.scalar("/bench"), n),
+            "rel_path": pa.array([f"{i:08d}.jpg" for i in ids]), "version": np.ones(n, np.int32),
+            "present": np.ones(n, bool)}))
+        register_embedding_set(catalog, "bench", kind="descriptor", model=None, dim=x.shape[1],
+                               preprocessing=None, run_id=run_id)
+        for s in range(0, n, 65_536):
+            write_vectors(catalog, "embeddings", "bench", run_id, ids[s:s + 65_536], np.ones(min(65_536, n - s)),
+                          x[s:s + 65_536])
+        catalog.finish_run(run_id)
+    return ids
+
+
+def run_walkthrough(args, x, rows):
+    """`dedup index` then `dedup report --method auto --center --l2-normalize` through the stage
+    functions the CLI calls; prints one row per step and the recall of the planted pairs."""
+    import tempfile
+    from pathlib import Path
+
+    from vdc_lake import dedup
+    from vdc_lake.catalog import Catalog
+    from vdc_lake.config import Config
+
+    cfg = Config.load().section("dedup")
+    folder = Path(tempfile.mkdtemp(prefix="bench-dedup-"))
+    ids = make_catalog(folder / "c.duckdb", x)
+    with Catalog(folder / "c.duckdb") as catalog:
+        with Clock() as index_clock:
+            built = dedup.build_index(catalog, "bench", center=True, l2_normalize=True, dtype=cfg["index_dtype"],
+                                      device=args.device, quiet=True)
+        with Clock() as report_clock:
+            summary = dedup.report(catalog, "bench", threshold=args.report, method="auto", device=args.device,
+                                   center=True, l2_normalize=True, dtype=cfg["index_dtype"],
+                                   max_pairs_per_image=cfg["max_pairs_per_image"], precision=cfg["precision"],
+                                   neighbors_k=cfg["neighbors"], quiet=True)
+        edges = catalog.arrow("SELECT image_a, image_b, distance FROM dup_edges WHERE run_id = ?", [summary.run_id])
+    # truth: the planted pairs' exact distances after the same centring + L2 normalisation
+    prepared, _ = neighbors.prepare_vectors(x, center=True, l2_normalize=True)
+    found = neighbors.PairSet(edges.column("image_a").to_numpy() - 1, edges.column("image_b").to_numpy() - 1,
+                              edges.column("distance").to_numpy())
+    s = score(found, prepared, rows, args.report)
+    step = "index: " + (f"skipped ({built.skipped.split(':')[0]})" if built.skipped else f"built {built.path}")
+    print(f"{step:<60} {index_clock.wall:>7.1f} s wall {index_clock.cpu:>7.1f} cpu-s")
+    print(f"report: {summary.method} ({summary.reason})")
+    print(f"{'report: ' + summary.method + ', ' + str(summary.pairs) + ' pairs':<60} {report_clock.wall:>7.1f} s wall "
+          f"{report_clock.cpu:>7.1f} cpu-s")
+    total = index_clock.wall + report_clock.wall
+    recalls = "  ".join(f"r<{t} {s[f'r<{t}']:.4f}" for t in RECALL_THRESHOLDS)
+    print(f"walkthrough total {total:.1f} s wall, {index_clock.cpu + report_clock.cpu:.1f} cpu-s; {recalls}; "
+          f"precision {s['precision']:.4f}, other {s['non-planted']}, truncated images {summary.truncated_images}")
+    return ids
 
 
 def main():
@@ -156,6 +231,10 @@ def main():
           f"report < {args.report}, seed {args.seed}; {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}")
     x, rows = make_dataset(args.n, args.d, n_pairs, args.max_distance, args.seed)
+    if args.walkthrough:
+        run_walkthrough(args, x, rows)
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
+        return
     keys = np.arange(args.n, dtype=np.int64)
     header = (f"{'method':<34} {'n':>9} {'build s':>7} {'search s':>7} {'total s':>7} "
               f"{'cpu s':>7}  " + " ".join(f"{'r<' + str(t):>7}" for t in RECALL_THRESHOLDS)
@@ -174,7 +253,7 @@ def main():
                                    args.max_distance, args.seed)
             keys = np.arange(exact_n, dtype=np.int64)
         pairs, build, search = run_exact(args, x, keys)
-        name = f"exact torch {args.device} k={args.k}"
+        name = f"exact torch {args.device} {args.precision or neighbors.default_precision(args.device)}"
         lines.append(row(name, exact_n, build, search, score(pairs, x, rows, args.report)))
         print(lines[-1], flush=True)
     print(f"\nload average after: {os.getloadavg()[0]:.1f}  (cpu s = process CPU time, all threads;"

@@ -6,6 +6,7 @@ no HNSW index built when the report will not use it."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -163,9 +164,23 @@ def test_ray_tiles_equal_the_local_search_and_resume_from_staged_tiles(crowded, 
 # ------------------------------------------------------------------ the dedup stage
 
 
-def _catalog_with_builtin(sample_tree, catalog_path, run_cli):
-    assert run_cli(["scan", sample_tree.root], catalog_path).exit_code == 0
-    assert run_cli(["sanitize"], catalog_path).exit_code == 0
+@pytest.fixture(scope="module")
+def builtin_template(sample_template, tmp_path_factory):
+    """A catalog of the sample collection, scanned and sanitized once (builtin descriptors);
+    tests copy the file (the dedup stage reads no image)."""
+    from click.testing import CliRunner
+
+    from vdc_lake.cli import cli
+
+    path = tmp_path_factory.mktemp("builtin") / "c.duckdb"
+    for args in (["scan", str(sample_template.root)], ["sanitize"]):
+        result = CliRunner().invoke(cli, ["--catalog", str(path), "-q", *args])
+        assert result.exit_code == 0, result.output
+    return path
+
+
+def _catalog_with_builtin(builtin_template, catalog_path):
+    shutil.copyfile(builtin_template, catalog_path)
 
 
 def _edges(catalog_path, run_id=None):
@@ -174,8 +189,8 @@ def _edges(catalog_path, run_id=None):
         return set(c.rows("SELECT image_a, image_b, distance FROM dup_edges WHERE run_id = ?", [run_id]))
 
 
-def test_index_is_not_built_when_the_report_does_not_use_it(sample_tree, catalog_path, run_cli):
-    _catalog_with_builtin(sample_tree, catalog_path, run_cli)
+def test_index_is_not_built_when_the_report_does_not_use_it(builtin_template, catalog_path, run_cli):
+    _catalog_with_builtin(builtin_template, catalog_path)
     # the walkthrough's order: index, then report with the auto method, centring in the search
     result = run_cli(["dedup", "index", "--set", "builtin", "--center", "--l2-normalize"], catalog_path)
     assert result.exit_code == 0, result.output
@@ -195,8 +210,8 @@ def test_index_is_not_built_when_the_report_does_not_use_it(sample_tree, catalog
         assert c.scalar("SELECT count(*) FROM ann_indexes") == 1
 
 
-def test_report_centres_in_the_search_without_an_index(sample_tree, catalog_path, run_cli):
-    _catalog_with_builtin(sample_tree, catalog_path, run_cli)
+def test_report_centres_in_the_search_without_an_index(builtin_template, catalog_path, run_cli):
+    _catalog_with_builtin(builtin_template, catalog_path)
     result = run_cli(["dedup", "report", "--set", "builtin", "--report-threshold", "0.6", "--center",
                       "--method", "exact"], catalog_path)
     assert result.exit_code == 0, result.output
@@ -211,8 +226,8 @@ def test_report_centres_in_the_search_without_an_index(sample_tree, catalog_path
     assert uncentred.keys() != truth.keys()  # centring changed the answer: it was applied
 
 
-def test_cap_warns_and_ray_report_equals_local(sample_tree, catalog_path, run_cli, tmp_path, ray_instance):
-    _catalog_with_builtin(sample_tree, catalog_path, run_cli)
+def test_cap_warns_and_ray_report_equals_local(builtin_template, catalog_path, run_cli, tmp_path, ray_instance):
+    _catalog_with_builtin(builtin_template, catalog_path)
     config = tmp_path / "small_tiles.toml"
     config.write_text("[dedup]\nray_tile_rows = 16\n")
     runs = {}
