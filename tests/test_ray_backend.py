@@ -63,7 +63,9 @@ def _content(catalog_path: Path, replacements: dict[str, str]) -> dict[str, list
         "images": "SELECT * EXCLUDE (first_run, updated_run, mtime_ns) FROM images ORDER BY image_id",
         "findings": "SELECT * EXCLUDE (run_id) FROM findings ORDER BY image_id, version, rule, detail",
         "embeddings": "SELECT * EXCLUDE (run_id) FROM embeddings WHERE set_name = 'builtin' ORDER BY image_id, version",
-        "journal": "SELECT * EXCLUDE (run_id, ts) FROM journal ORDER BY op_id",
+        # params.file records each copy's own inode, owner and times (what restore gives back)
+        "journal": "SELECT * EXCLUDE (run_id, ts, params), json_merge_patch(params, '{\"file\": null}') AS params "
+                   "FROM journal ORDER BY op_id",
         "sanitize_checks": "SELECT * EXCLUDE (run_id) FROM sanitize_checks ORDER BY image_id, version",
     }
     with Catalog(catalog_path, read_only=True) as catalog:

@@ -356,13 +356,17 @@ def make_backup(src: Path, backup: Path, checksum: str | None, meta: dict[str, A
     backup.parent.mkdir(parents=True, exist_ok=True)
     tmp = backup.with_name(backup.name + ".vdc-tmp")
     tmp.unlink(missing_ok=True)
-    if meta.get("link") is not None:
-        os.symlink(meta["link"], tmp)
-    else:
-        shutil.copy2(src, tmp)
-        _set_metadata(tmp, meta)
-        _fsync_file(tmp)
-    os.replace(tmp, backup)
+    try:
+        if meta.get("link") is not None:
+            os.symlink(meta["link"], tmp)
+        else:
+            shutil.copy2(src, tmp)
+            _set_metadata(tmp, meta)
+            _fsync_file(tmp)
+        os.replace(tmp, backup)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a copy behind
+        raise
     _fsync_dir(backup.parent)
     if not _holds_bytes(backup, checksum, meta):
         raise OSError(f"backup {backup} does not match the original's checksum")
@@ -716,16 +720,20 @@ def _put_back(op: dict[str, Any], meta: dict[str, Any]) -> None:
     tmp = src.with_name(src.name + RESTORE_SUFFIX)
     tmp.unlink(missing_ok=True)
     sibling = _link_sibling(op, meta) if meta.get("link") is None else None
-    if meta.get("link") is not None:
-        os.symlink(meta["link"], tmp)
-    elif sibling is not None:
-        os.link(sibling, tmp)
-    else:
-        with _private_files():
-            shutil.copy2(op["backup"], tmp)
-        _set_metadata(tmp, meta)
-        _fsync_file(tmp)
-    os.replace(tmp, src)
+    try:
+        if meta.get("link") is not None:
+            os.symlink(meta["link"], tmp)
+        elif sibling is not None:
+            os.link(sibling, tmp)
+        else:
+            with _private_files():
+                shutil.copy2(op["backup"], tmp)
+            _set_metadata(tmp, meta)
+            _fsync_file(tmp)
+        os.replace(tmp, src)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a copy behind
+        raise
     if dst != src and os.path.lexists(dst):
         dst.unlink()
     _fsync_dir(src.parent)
