@@ -107,7 +107,7 @@ def bench_catalog(assignments: np.ndarray, distances: np.ndarray, total: int, se
             c.finish_run(run)
         print(f"\ncatalog with {n:,} images x {depth} levels built in {time.perf_counter() - tick:.1f} s")
         tick = time.perf_counter()
-        summary = sample(c, total, cluster_run=run, seed=seed)
+        summary = sample(c, total, cluster_run=run, allocation="water-filling", strategy="random", seed=seed)
         seconds = time.perf_counter() - tick
         written = c.scalar("SELECT count(DISTINCT image_id) FROM samples WHERE run_id = ?", [summary.run_id])
         print(f"vdc_lake.cluster.sample (vdc-lake sample) to {total:,}: {seconds:.2f} s; "
