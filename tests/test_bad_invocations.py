@@ -137,6 +137,7 @@ CASES = [
     (["report", "--out", "report", "--rotation-threshold", "2"], "--rotation-threshold must be a probability between 0 and 1, not 2.0", None),
     # sql
     (["sql", "SELEC 1"], "query failed", None),
+    (["sql", "SELECT 1", "--format", "csv", "--output", "no/such/dir/x.csv"], "no/such/dir/x.csv: no such file or directory; check the path", None),
     (["sql", "SELECT * FROM dedup_actions(keep := 'nosuch')"], "query failed", None),
     # run: a failing step shows run's table; a bad file is refused before step 1
     (["run", "cluster_bad_levels.toml"], "pipeline stopped at step 2 (cluster --set builtin --n-clusters 3 12): --n-clusters must be", None),
