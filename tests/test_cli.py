@@ -348,3 +348,14 @@ def test_false_in_a_pipeline_step_passes_the_off_switch(scanned, catalog_path, r
     assert "$ vdc-lake sanitize\n" in out and "$ vdc-lake dedup index --set builtin --no-l2-normalize --force\n" in out
     stage, params = _runs(catalog_path)[-1][1], json.loads(_runs(catalog_path)[-1][3])
     assert stage == "dedup-index" and params["l2_normalize"] is False
+
+
+@pytest.mark.parametrize("name", ["quickstart.toml", "gldv2.toml"])
+def test_the_example_pipelines_pass_the_check(name):
+    from pathlib import Path
+
+    from vdc_lake.cli import _off_switches, _parse_step
+    from vdc_lake.pipeline import check_pipeline
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    assert len(check_pipeline(examples / name, _parse_step, off_switches=_off_switches)["step"]) == 10
