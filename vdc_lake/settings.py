@@ -91,12 +91,20 @@ def record_settings(catalog: Catalog, config: Config) -> list[str]:
     return changes(stored, config)
 
 
-def decision_settings(catalog: Catalog) -> dict[str, str]:
-    """{'section.key': value} of the decision sections, for a run's params."""
+def decision_settings(catalog: Catalog) -> dict[str, Any]:
+    """{'section.key': value} of the decision sections, plus {'dedup_thresholds.SET': {apply,
+    apply_source, report, report_source}} per embedding set: what a run's params record."""
     placeholders = ", ".join("?" for _ in DECISION_SECTIONS)
     rows = catalog.rows(f"SELECT section, key, value FROM settings WHERE section IN ({placeholders}) "
                         "ORDER BY section, key", list(DECISION_SECTIONS))
-    return {f"{section}.{key}": value for section, key, value in rows}
+    out: dict[str, Any] = {f"{section}.{key}": value for section, key, value in rows}
+    # the dedup thresholds in force per embedding set (a set's own unless the config sets one)
+    for name, apply_at, apply_source, report_at, report_source in catalog.rows(
+            "SELECT set_name, apply_threshold, apply_source, report_threshold, report_source FROM dedup_thresholds "
+            "WHERE set_name IS NOT NULL ORDER BY set_name"):
+        out[f"dedup_thresholds.{name}"] = {"apply": apply_at, "apply_source": apply_source,
+                                           "report": report_at, "report_source": report_source}
+    return out
 
 
 def sync_settings(catalog_path: str, config: Config) -> str | None:
