@@ -505,7 +505,7 @@ def plan(ctx: Context, stage: str, examples: int, **decision: Any) -> None:
 @cli.command()
 @click.argument("stage")
 @click.option("--backup-dir", type=click.Path(file_okay=False), default=None,
-              help="Where originals are copied (verified) before they change.")
+              help="Where originals are copied (verified) before they change; outside every scanned root.")
 @click.option("--apply", "do_apply", is_flag=True, help="Really change files (default: dry run).")
 @click.option("--yes", is_flag=True, help="Same as --apply, for scripts.")
 @click.option("--no-backup", is_flag=True, help="Change files without keeping a copy (cannot be restored).")
