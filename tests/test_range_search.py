@@ -78,11 +78,27 @@ def test_exact_range_search_returns_every_pair_under_the_threshold(crowded):
     assert len(pairs.truncated) == 0
 
 
-def test_ann_widens_its_search_until_every_pair_is_found(crowded):
+@pytest.fixture(scope="module")
+def crowded_index(crowded):
+    x, keys, _ = crowded
+    return build_index(x, keys, threads=1)
+
+
+def test_ann_widens_its_search_until_every_pair_is_found(crowded, crowded_index):
     x, keys, truth = crowded
-    index = build_index(x, keys, threads=1)
-    pairs = radius_pairs_ann(index, x, keys, threshold=THRESHOLD, k=16, threads=1)
+    pairs = radius_pairs_ann(crowded_index, x, keys, threshold=THRESHOLD, k=16, threads=1)
     assert _as_dict(pairs).keys() == truth.keys()  # k=16 alone would keep ~16 per image
+    assert len(pairs.truncated) == 0
+
+
+def test_ann_cap_names_every_image_it_cut(crowded, crowded_index):
+    x, keys, truth = crowded
+    pairs = radius_pairs_ann(crowded_index, x, keys, threshold=THRESHOLD, max_pairs_per_image=50, threads=1)
+    degree = np.bincount(np.searchsorted(keys, np.array(list(truth)).ravel()), minlength=len(keys))
+    assert set(keys[degree > 50].tolist()) <= set(pairs.truncated.tolist())
+    found = np.bincount(np.searchsorted(keys, np.r_[pairs.a, pairs.b]), minlength=len(keys))
+    assert np.all(found >= np.minimum(degree, 50))  # each image keeps (at least) its own nearest
+    assert len(pairs) < len(truth) and _as_dict(pairs).keys() <= truth.keys()
 
 
 def _near_threshold_pairs(n_pairs=1000, d=32, seed=3):
