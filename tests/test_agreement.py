@@ -25,7 +25,7 @@ from PIL import Image
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.cli import cli
-from vdc_lake.sets import read_vectors, register_prediction_set, write_vectors
+from vdc_lake.sets import register_prediction_set, write_vectors
 
 # Each decision: (how `status` names it, the config override, the SQL counting its deletes or
 # corrections at the catalog's settings, as a notebook would write it).

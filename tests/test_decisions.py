@@ -317,7 +317,8 @@ def test_a_fresh_catalog_holds_defaults_toml_and_every_macro_parameter_defaults_
         rotation = con.execute("SELECT setting('rotation_correction', 'threshold')::DOUBLE").fetchone()[0]
         examples = con.execute("SELECT setting('filter_by_examples', 'threshold')::DOUBLE").fetchone()[0]
     assert stored == bundled
-    assert thresholds == (float(bundled["apply_deduplication", "threshold"]), float(bundled["dedup", "report_threshold"]))
+    assert thresholds == (float(bundled["apply_deduplication", "threshold"]),
+                          float(bundled["dedup", "report_threshold"]))
     assert (keep, str(seed)) == (bundled["apply_deduplication", "keep"], bundled["apply_deduplication", "seed"])
     assert rotation == float(bundled["rotation_correction", "threshold"])
     assert examples == float(bundled["filter_by_examples", "threshold"])

@@ -147,7 +147,8 @@ def _thumbs(rows: Sequence[dict]) -> list[Thumb]:
     return [Thumb(r["image_id"], r["version"], r["path"]) for r in rows]
 
 
-def _funnel(catalog: Catalog, *, dedup_threshold: float | None, rotation_threshold: float) -> list[tuple[str, int, str]]:
+def _funnel(catalog: Catalog, *, dedup_threshold: float | None,
+            rotation_threshold: float) -> list[tuple[str, int, str]]:
     """[(stage, images left, note)]: each stage removes from what the previous one left.
     dedup_threshold None: the catalog's per-set thresholds (as `curated`), so with no override
     the last row equals `curated`."""
