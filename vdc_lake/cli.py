@@ -1093,28 +1093,35 @@ def _given(ctx: Context, section: str, key: str, value: Any, name: str | None = 
 
 @cli.command("report")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for index.html and thumbs/ (created; files there are replaced).")
+              help="Folder for index.html, the gallery pages and thumbs/ (created; files there are replaced).")
 @click.option("--thumbnails", type=int, default=None,
-              help="Example images per rule, duplicate group and cluster; 0 = numbers only "
+              help="Example images per block of index.html (rule, decision, cluster); 0 = numbers only "
                    f"{_cfg('report', 'thumbnails')}.")
+@click.option("--page-size", type=int, default=None,
+              help=f"Items per gallery page {_cfg('report', 'page_size')}.")
+@click.option("--max-pages", type=int, default=None,
+              help=f"Pages per gallery; longer lists say 'N of M shown' {_cfg('report', 'max_pages')}.")
 @click.option("--dedup-threshold", type=float, default=None,
-              help="Apply threshold counted in the funnel [the catalog's settings: apply_deduplication.threshold, "
-                   "else each set's own].")
+              help="Apply threshold of the funnel and the dedup gallery [the catalog's settings: "
+                   "apply_deduplication.threshold, else each set's own].")
 @click.option("--report-threshold", type=float, default=None,
-              help="Duplicate groups are shown up to this distance [the catalog's settings: dedup.report_threshold, "
-                   "else each set's own].")
+              help="Near misses (pairs the apply threshold keeps) are shown up to this distance "
+                   "[every pair the newest dedup report stored].")
 @click.option("--rotation-threshold", type=float, default=None,
               help="Minimum probability of a correction [the catalog's settings: rotation_correction.threshold].")
 @click.option("--workers", type=int, default=None, help="Thumbnail processes [config scan.workers].")
 @pass_ctx
 @handle_errors
-def report_command(ctx: Context, out_dir: str, thumbnails: int | None, dedup_threshold: float | None,
-                   report_threshold: float | None, rotation_threshold: float | None, workers: int | None) -> None:
-    """Write a static HTML report (OUT/index.html + thumbnails) to choose thresholds by eye.
+def report_command(ctx: Context, out_dir: str, thumbnails: int | None, page_size: int | None,
+                   max_pages: int | None, dedup_threshold: float | None, report_threshold: float | None,
+                   rotation_threshold: float | None, workers: int | None) -> None:
+    """Write a static HTML report (OUT/index.html, gallery pages, thumbnails) to review decisions.
 
-    Funnel per stage, sanitize findings with examples, rotation before/after pairs, duplicate
-    groups and the pair-distance histogram, cluster sizes and members, sampling per cluster.
-    Reads the catalog only; no network, no JavaScript.
+    Funnel and planned operations per decision (as status/plan count them), thresholds in
+    force, pair-distance histogram, cluster hierarchy, sample per top cluster, apply history
+    from the journal; every planned operation on paged galleries, nearest the threshold first,
+    each removed duplicate beside the image it loses to. Reads the catalog only; no network,
+    no JavaScript.
 
     \b
     Example:
@@ -1128,6 +1135,8 @@ def report_command(ctx: Context, out_dir: str, thumbnails: int | None, dedup_thr
             catalog, out_dir,
             # Options not given are None: the report then reads the catalog's settings, as plan/status/curated do.
             thumbnails=_given(ctx, "report", "thumbnails", thumbnails),
+            page_size=_given(ctx, "report", "page_size", page_size),
+            max_pages=_given(ctx, "report", "max_pages", max_pages),
             dedup_threshold=_given(ctx, "apply_deduplication", "threshold", dedup_threshold, "--dedup-threshold"),
             report_threshold=_given(ctx, "dedup", "report_threshold", report_threshold),
             rotation_threshold=_given(ctx, "rotation_correction", "threshold", rotation_threshold,

@@ -213,6 +213,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("export", "format"): Choice(("manifest", "symlink", "hardlink", "copy", "webdataset")),
     ("export", "shard_size_mb"): Number(0, what="a size in MB", lo_open=True),
     ("report", "thumbnails"): Number(0, integer=True, what="a whole number of images"),
+    ("report", "page_size"): Number(1, integer=True, what="a whole number of items"),
+    ("report", "max_pages"): Number(1, integer=True, what="a whole number of pages"),
 }
 
 # Pairs within a section where the first may not exceed the second.
