@@ -182,7 +182,7 @@ def choose_method(method: str, n_vectors: int, device: str, backend: str = "loca
     if method != "auto":
         return method, f"--method {method} was asked for"
     if device == "cuda":
-        return "exact", "a GPU is available: exact tiled search (bf16 scores, fp32 re-check), every pair"
+        return "exact", "a GPU is available: the exact tiled search finds every pair faster than an index"
     if n_vectors <= EXACT_CPU_MAX_VECTORS:
         return "exact", (f"{n_vectors:,} vectors <= {EXACT_CPU_MAX_VECTORS:,} on the CPU: the exact search "
                          "costs less than building an HNSW index, and finds every pair")
