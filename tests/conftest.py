@@ -121,3 +121,30 @@ def run_cli(in_tmp_cwd) -> Callable[..., Result]:
         return runner.invoke(cli, argv + [str(a) for a in args], prog_name="vdc-lake", catch_exceptions=True)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def quickstart_catalogs(tmp_path_factory) -> tuple[Path, Path]:
+    """The quickstart built once per test session as examples/quickstart.sh does it: the sample
+    data, `vdc-lake run examples/quickstart.toml` (dry run), then again with --apply. Returns (a copy
+    of the catalog as the dry run left it, the catalog after --apply). Read them only."""
+    from examples.make_sample_data import make_sample_data
+    from vdc_lake.cli import cli
+
+    repo = Path(__file__).resolve().parent.parent
+    work = tmp_path_factory.mktemp("quickstart")
+    make_sample_data(work / "data/quickstart/images")
+    (work / "data/quickstart/images/manifest.json").unlink()
+    catalog, dry = work / "data/quickstart/catalog.duckdb", work / "dry-run.duckdb"
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        for extra in ([], ["--apply"]):
+            result = CliRunner().invoke(cli, ["-q", "run", str(repo / "examples/quickstart.toml"), *extra],
+                                        prog_name="vdc-lake", catch_exceptions=True)
+            assert result.exit_code == 0, result.output
+            if not extra:
+                shutil.copyfile(catalog, dry)
+    finally:
+        os.chdir(cwd)
+    return dry, catalog

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from examples.make_sample_data import make_sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "examples/notebooks").glob("*.py"))
@@ -26,20 +25,11 @@ def run_notebook(notebook: Path, catalog: Path, cwd: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory) -> tuple[dict[str, str], dict[str, str]]:
+def quickstart(quickstart_catalogs) -> tuple[dict[str, str], dict[str, str]]:
     """Each notebook's output on the quickstart catalog after the dry run, and after --apply."""
-    work = tmp_path_factory.mktemp("quickstart")
-    make_sample_data(work / "data/quickstart/images")
-    (work / "data/quickstart/images/manifest.json").unlink()
-    catalog = work / "data/quickstart/catalog.duckdb"
-    outputs = []
-    for extra in ([], ["--apply"]):
-        done = subprocess.run([sys.executable, "-m", "vdc_lake.cli", "-q", "--catalog", str(catalog), "run",
-                               str(REPO / "examples/quickstart.toml"), *extra],
-                              cwd=work, capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
-        outputs.append({nb.name: run_notebook(nb, catalog, work) for nb in NOTEBOOKS})
-    return outputs[0], outputs[1]
+    dry, applied = quickstart_catalogs
+    return tuple({nb.name: run_notebook(nb, catalog, catalog.parent) for nb in NOTEBOOKS}
+                 for catalog in (dry, applied))
 
 
 def test_there_are_notebooks():

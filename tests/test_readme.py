@@ -1,6 +1,6 @@
 """Every SQL query of README.md runs on the quickstart catalog and shows what the README says.
 
-The quickstart is built once for the module as examples/quickstart.sh does it: the sample data,
+The quickstart is built once for the session (conftest.quickstart_catalogs) as examples/quickstart.sh does it: the sample data,
 `vdc-lake run examples/quickstart.toml` (dry run), then again with --apply. Queries about what
 would be removed read the catalog as the dry run left it (every image still there); queries
 about what was removed and sampled read it after --apply (two cluster and sample runs).
@@ -8,15 +8,12 @@ about what was removed and sampled read it after --apply (two cluster and sample
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from examples.make_sample_data import make_sample_data
 from tests.test_quickstart import REPO, SAMPLE_TOTAL
 from vdc_lake.catalog import Catalog
 from vdc_lake.cli import cli
@@ -44,23 +41,9 @@ ON_DRY_RUN = {2, 3, 4}
 
 
 @pytest.fixture(scope="module")
-def catalogs(tmp_path_factory) -> tuple[Path, Path]:
+def catalogs(quickstart_catalogs) -> tuple[Path, Path]:
     """(a copy of the catalog after the quickstart's dry run, the catalog after --apply)."""
-    work = tmp_path_factory.mktemp("readme")
-    make_sample_data(work / "data/quickstart/images")
-    (work / "data/quickstart/images/manifest.json").unlink()
-    catalog, dry = work / "data/quickstart/catalog.duckdb", work / "dry-run.duckdb"
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        for extra in ([], ["--apply"]):
-            result = run(["run", REPO / "examples/quickstart.toml", *extra])
-            assert result.exit_code == 0, result.output
-            if not extra:
-                shutil.copyfile(catalog, dry)
-    finally:
-        os.chdir(cwd)
-    return dry, catalog
+    return quickstart_catalogs
 
 
 @pytest.fixture(scope="module")
