@@ -158,6 +158,13 @@ def test_a_backup_folder_inside_or_around_a_root_is_refused(ws):
     assert _journal(ws.catalog) == {}
 
 
+def test_the_dry_run_of_apply_refuses_a_backup_folder_inside_a_root_too(ws, run_cli):
+    result = run_cli(["apply", "sanitize", "--backup-dir", ws.root / "_backup"], ws.catalog)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1].startswith(
+        f"Error: --backup-dir {ws.root / '_backup'} lies inside the scanned root {ws.root.resolve()}")
+
+
 # -- 2. just before a delete, the reason is checked again ---------------------------------------------
 
 def _add_finding(catalog_path: Path, rel_path: str, rule: str, detail: str) -> None:
@@ -372,3 +379,5 @@ def test_a_restored_image_gets_its_earlier_version_and_analysis_back(ws):
     assert back.failed == 0, back.errors
     assert state() == before
     assert stale == 0  # rows of the versions restore undid are gone: a later change cannot inherit them
+    a, b = os.stat(ws.root / "sub/tiny_b.jpg"), os.stat(ws.root / "tiny_b_hardlink.jpg")
+    assert a.st_ino == b.st_ino  # dedup deleted one name of a hard-linked pair: it is linked again

@@ -144,6 +144,11 @@ def check_backup_dir(roots: list[str], backup_dir: str | os.PathLike, what: str 
     return real
 
 
+def check_backup_folder(catalog: Catalog, backup_dir: str | os.PathLike) -> Path:
+    """check_backup_dir against the catalog's scanned roots (a dry run checks it too)."""
+    return check_backup_dir(_scanned_roots(catalog), backup_dir)
+
+
 def _scanned_roots(catalog: Catalog) -> list[str]:
     return [r for (r,) in catalog.rows("SELECT DISTINCT root FROM images ORDER BY root")]
 
@@ -589,7 +594,7 @@ def apply_plan(
     The backup folder must lie outside every scanned root (PlanError otherwise)."""
     if backup_dir is None and not no_backup:
         raise PlanError("apply needs --backup-dir DIR (or an explicit --no-backup to change files without a copy)")
-    backup_root = None if no_backup else check_backup_dir(_scanned_roots(catalog), backup_dir)
+    backup_root = None if no_backup else check_backup_folder(catalog, backup_dir)
     resumed = resume_unfinished(catalog, quiet=quiet, backend=backend)
     if len(plan) == 0:
         return ApplySummary(None, resumed=resumed.done, skipped=resumed.skipped, failed=resumed.failed,

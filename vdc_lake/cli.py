@@ -527,7 +527,7 @@ def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes:
         vdc-lake apply dedup --threshold 0.25 --keep largest-resolution --backup-dir backup/dedup --apply
         vdc-lake restore --run 7
     """
-    from vdc_lake.apply import apply_plan
+    from vdc_lake.apply import apply_plan, check_backup_folder
 
     from vdc_lake.apply import unfinished_count
 
@@ -540,6 +540,8 @@ def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes:
         _echo_plan(the_plan, examples)
         if not (do_apply or yes):
             click.echo("dry run: nothing changed; add --apply to carry this out")
+            if backup_dir is not None and not no_backup:
+                check_backup_folder(catalog, backup_dir)
             return
         s = apply_plan(catalog, the_plan, backup_dir=backup_dir, no_backup=no_backup, quiet=ctx.quiet,
                        backend=_backend(ctx, backend, ray_address))
