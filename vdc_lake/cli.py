@@ -539,9 +539,9 @@ def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes:
         the_plan = _plan(ctx, catalog, stage, _decision_kwargs(**decision))
         _echo_plan(the_plan, examples)
         if not (do_apply or yes):
-            click.echo("dry run: nothing changed; add --apply to carry this out")
             if backup_dir is not None and not no_backup:
                 check_backup_folder(catalog, backup_dir)
+            click.echo("dry run: nothing changed; add --apply to carry this out")
             return
         s = apply_plan(catalog, the_plan, backup_dir=backup_dir, no_backup=no_backup, quiet=ctx.quiet,
                        backend=_backend(ctx, backend, ray_address))
