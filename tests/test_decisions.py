@@ -500,3 +500,20 @@ def test_sample_chooses_among_surviving_images_and_export_holds_the_total(sample
         for total in (0, -5):
             with pytest.raises(StageError, match=">= 1"):
                 sample(c, total, allocation="water-filling", strategy="random", seed=0)
+
+
+def test_keep_ties_break_by_bytes_per_pixel_then_format_then_path(graph_catalog):
+    catalog, ids = graph_catalog
+    _report(catalog, ids, [("a.png", "b.png", 0.01), ("c.png", "d.png", 0.01), ("e.png", "f.png", 0.01)])
+    facts = {  # (width, height, size_bytes, format): equal pixels in every pair
+        "a.png": (100, 100, 5000, "WEBP"), "b.png": (100, 100, 9000, "JPEG"),  # more bytes per pixel wins
+        "c.png": (100, 100, 9000, "WEBP"), "d.png": (100, 100, 9000, "PNG"),   # then the lossless format
+        "e.png": (100, 100, 9000, "JPEG"), "f.png": (100, 100, 9000, "JPEG"),  # then the path
+    }
+    with Catalog(catalog) as c:
+        for name, (w, h, size, fmt) in facts.items():
+            c.execute("UPDATE images SET width = ?, height = ?, size_bytes = ?, format = ? WHERE image_id = ?",
+                      [w, h, size, fmt, ids[name]])
+    for keep in ("largest-resolution", "largest-file"):
+        _, kept = _groups(catalog, threshold=0.05, keep=keep)
+        assert kept == {"b.png", "d.png", "e.png"}, keep
