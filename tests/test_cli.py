@@ -359,3 +359,18 @@ def test_the_example_pipelines_pass_the_check(name):
 
     examples = Path(__file__).resolve().parent.parent / "examples"
     assert len(check_pipeline(examples / name, _parse_step, off_switches=_off_switches)["step"]) == 10
+
+
+def test_every_output_location_is_named_output_or_o_and_the_old_names_still_work(scanned, catalog_path, run_cli,
+                                                                                 tmp_path):
+    for command, old in [(["export", "--format", "manifest"], "--to"), (["report", "--thumbnails", "0"], "--out")]:
+        for j, flag in enumerate(("--output", "-o", old)):
+            folder = tmp_path / f"{command[0]}-{j}"
+            result = run_cli([*command, flag, folder], catalog_path)
+            assert result.exit_code == 0, result.output
+            assert (folder / ("manifest.parquet" if command[0] == "export" else "index.html")).is_file()
+    for j, flag in enumerate(("--output", "-o")):
+        out = tmp_path / f"q{j}.csv"
+        result = run_cli(["sql", "SELECT 42 AS answer", "--format", "csv", flag, out], catalog_path)
+        assert result.exit_code == 0, result.output
+        assert out.read_text().replace('"', "").split() == ["answer", "42"]

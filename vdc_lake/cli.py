@@ -387,7 +387,8 @@ def status(ctx: Context) -> None:
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
               show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to a file instead of stdout.")
+@click.option("--output", "-o", "output", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file instead of stdout.")
 @click.option("--write", is_flag=True, help="Open the catalog read-write (for UPDATE/CREATE statements).")
 @pass_ctx
 @handle_errors
@@ -1046,8 +1047,8 @@ def sample_command(ctx: Context, total: int, cluster_run: int | None, allocation
 # -- export and report ------------------------------------------------------------------------------
 
 @cli.command("export")
-@click.option("--to", "to_dir", required=True, type=click.Path(file_okay=False),
-              help="Destination folder; created, and it must be empty unless --overwrite.")
+@click.option("--output", "-o", "--to", "to_dir", required=True, type=click.Path(file_okay=False),
+              help="Destination folder; created, and it must be empty unless --overwrite (--to: older name).")
 @click.option("--format", "fmt", type=click.Choice(["manifest", "symlink", "hardlink", "copy", "webdataset"]),
               default=None, help="manifest: parquet + csv only; symlink/hardlink/copy: a tree per root; "
                                  f"webdataset: tar shards {_cfg('export', 'format')}.")
@@ -1068,9 +1069,9 @@ def export_command(ctx: Context, to_dir: str, fmt: str | None, view: str, shard_
 
     \b
     Example:
-        vdc-lake export --to out/curated --format symlink
-        vdc-lake export --to out/shards --format webdataset --shard-size-mb 512
-        vdc-lake export --to out/c3 --view "SELECT image_id FROM curated WHERE top_cluster_id = 3"
+        vdc-lake export -o out/curated --format symlink
+        vdc-lake export -o out/shards --format webdataset --shard-size-mb 512
+        vdc-lake export -o out/c3 --view "SELECT image_id FROM curated WHERE top_cluster_id = 3"
     """
     from vdc_lake.export import export
 
@@ -1094,8 +1095,8 @@ def _given(ctx: Context, section: str, key: str, value: Any, name: str | None = 
 
 
 @cli.command("report")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for index.html, the gallery pages and thumbs/ (created; files there are replaced).")
+@click.option("--output", "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for index.html, the gallery pages and thumbs/ (created; files there are replaced; --out: older name)")
 @click.option("--thumbnails", type=int, default=None,
               help="Example images per block of index.html (rule, decision, cluster); 0 = numbers only "
                    f"{_cfg('report', 'thumbnails')}.")
@@ -1127,8 +1128,8 @@ def report_command(ctx: Context, out_dir: str, thumbnails: int | None, page_size
 
     \b
     Example:
-        vdc-lake report --out report/
-        vdc-lake report --out report/ --dedup-threshold 0.2 --rotation-threshold 0.9
+        vdc-lake report -o report/
+        vdc-lake report -o report/ --dedup-threshold 0.2 --rotation-threshold 0.9
     """
     from vdc_lake.report import build_report
 
