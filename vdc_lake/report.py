@@ -146,6 +146,8 @@ class Card:
     css: str = ""
     link: str | None = None  # the file the picture links to (the original, or its backup)
     label: str | None = None  # shown above the file name ("removed", "kept", ...)
+    image_id: int | None = None  # the catalog image shown, if it is one
+    planned: bool = False  # the image a planned operation acts on (data-planned in the HTML)
 
 
 @dataclass
@@ -205,7 +207,7 @@ def _image_card(row: dict, *, lines: Sequence[str], css: str = "", label: str | 
     """A card for a catalog image; row holds {prefix}image_id, {prefix}version, {prefix}path."""
     image_id, version, path = row[f"{prefix}image_id"], row[f"{prefix}version"], row[f"{prefix}path"]
     thumb = image_thumb(image_id, version if version is not None else 0, path, turn)
-    return Card(thumb, [f"image {image_id}", *lines], css, path, label)
+    return Card(thumb, [f"image {image_id}", *lines], css, path, label, int(image_id))
 
 
 def _funnel(catalog: Catalog, *, dedup_threshold: float | None,
@@ -497,14 +499,16 @@ def _history_cards(op: dict, backup_dir: str | None) -> list[Card]:
         lines.append("picture and link: the backup")
     before = Card(Thumb(f"op-{op['op_id']}", before_path), lines,
                   "delete" if op["action"] == "delete" else "before", before_path,
-                  "removed" if op["action"] == "delete" else "before")
+                  "removed" if op["action"] == "delete" else "before", int(op["image_id"]))
     cards = [before]
     if op["action"] != "delete" and op["state"] == "done":
         cards.append(Card(Thumb(f"op-{op['op_id']}-after", op["dst"] or op["src"]), [f"after {op['action']}"],
                           "after", op["dst"] or op["src"], "after"))
     elif op["action"] == "delete" and op["kept_image_id"] is not None:
         cards.append(_image_card({"image_id": op["kept_image_id"], "version": op["kept_version"],
-                                  "path": op["kept_path"]}, lines=["kept in its place"], css="keep", label="kept"))
+                                  "path": op["kept_path"]},
+                                 lines=["kept in its place" if op["kept_present"] else "kept then, removed since"],
+                                 css="keep", label="kept"))
     return cards
 
 
@@ -533,12 +537,13 @@ def apply_history(catalog: Catalog, limits: Limits) -> list[ApplyRun]:
         kept = {}
         wanted = sorted({k for k in kept_ids.values() if k is not None})
         if wanted:
-            kept = {i: (v, p) for i, v, p in catalog.rows(
-                "SELECT image_id, version, path FROM image_files WHERE list_contains(?, image_id)", [wanted])}
+            kept = {i: (v, p, present) for i, v, p, present in catalog.rows(
+                "SELECT image_id, version, root || '/' || rel_path, present FROM images "
+                "WHERE list_contains(?, image_id)", [wanted])}
         for op in ops:
             k = kept.get(kept_ids[op["op_id"]])
             op.update(kept_image_id=kept_ids[op["op_id"]] if k else None, kept_version=k[0] if k else None,
-                      kept_path=k[1] if k else None)
+                      kept_path=k[1] if k else None, kept_present=bool(k and k[2]))
         total = int(ops[0]["total"]) if ops else 0
         gallery = Paged(f"history-{run_id}", f"Apply run {run_id} ({stage})",
                         f"<p>Operations of apply run {run_id}, started {_e(started)}: each original as it was "
@@ -1087,7 +1092,9 @@ def _card_html(card: Card, sources: dict[str, str]) -> str:
         name = f'<a href="{_e(url)}">{name}</a>'
     label = f"<b>{_e(card.label)}</b><br>" if card.label else ""
     lines = "".join(f"<br>{_e(line)}" for line in card.lines if line)
-    return (f'<figure class="card {_e(card.css)}" data-image-path="{_e(card.link or card.thumb.path or "")}">'
+    data = "" if card.image_id is None else f' data-image-id="{card.image_id}"'
+    data += ' data-planned="1"' if card.planned else ""
+    return (f'<figure class="card {_e(card.css)}"{data} data-image-path="{_e(card.link or card.thumb.path or "")}">'
             f"{picture}<figcaption>{label}{name}{lines}</figcaption></figure>")
 
 
@@ -1223,6 +1230,9 @@ def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: in
         "score": score_gallery(catalog, limits),
         "sample": sample_gallery(catalog, limits),
     }
+    for gallery in galleries.values():
+        for item in gallery.items if gallery else []:
+            item[0].planned = True
     near = near_miss_gallery(catalog, dedup_threshold, report_threshold, limits)
     history = apply_history(catalog, limits)
     tree = cluster_tree(catalog)
