@@ -47,10 +47,12 @@ def _scan(tmp_path, images):
 
 @pytest.fixture()
 def mixed(tmp_path):
-    """JPEGs and PNGs, and one file that is not an image (scan records it; nobody decodes it)."""
+    """JPEGs and PNGs, a file that is not an image (scan records it; nobody decodes it) and a
+    truncated JPEG (its header reads; every decode of it fails)."""
     images = tmp_path / "images"
-    write_test_images(images, N_IMAGES)
+    paths = write_test_images(images, N_IMAGES)
     (images / "broken.jpg").write_bytes(b"not an image")
+    (images / "cut.jpg").write_bytes(paths[0].read_bytes()[:1000])
     return _scan(tmp_path, images)
 
 
@@ -86,7 +88,7 @@ def test_one_pass_equals_three_separate_runs(mixed, models_dir):
             "set": [f"pass_{k}" for _, k, _ in MODELS], "models_dir": str(models_dir), "device": "cpu",
             "decode": "cpu", "num_workers": 0, "batch_size": 4, "rotate_threshold": 1.0}
     output = invoke(mixed, *step_arguments(step, apply=False))
-    assert output.count(f"{N_IMAGES} of {N_IMAGES} images written, 0 failed") == 3, output
+    assert output.count(f"{N_IMAGES} of {N_IMAGES + 1} images written, 1 failed") == 3, output
     for _, kind, table in MODELS:
         alone, together = vectors(mixed, table, f"alone_{kind}"), vectors(mixed, table, f"pass_{kind}")
         assert len(alone) == N_IMAGES and alone.keys() == together.keys()
@@ -99,7 +101,7 @@ def test_one_pass_equals_three_separate_runs(mixed, models_dir):
     assert all(keys == runs[0][1] for _, keys, _ in runs)  # the same params as separate runs
     assert {r[2] for r in runs} == {"cpu"}
     again = invoke(mixed, *step_arguments(step, apply=False))
-    assert again.count("0 of 0 images written") == 3, again
+    assert again.count("0 of 1 images written, 1 failed") == 3, again  # only the truncated file is tried again
 
 
 def _turned(catalog):
@@ -168,7 +170,7 @@ def test_killed_pass_resumes_each_set_without_duplicates(mixed, models_dir):
     output = invoke(mixed, *args)
     for name, _, _ in MODELS:
         left = N_IMAGES - done[name]
-        assert f"set {name}" in output and f"{left} of {left} images written" in output, output
+        assert f"set {name}" in output and f"{left} of {left + 1} images written, 1 failed" in output, output
     with Catalog(mixed, read_only=True) as c:
         for name, _, table in MODELS:
             total, distinct = c.rows(f"SELECT count(*), count(DISTINCT image_id) FROM {table} WHERE set_name = ?",

@@ -535,11 +535,12 @@ def _known_rotation(catalog: Catalog, set_name: str, ids: np.ndarray) -> np.ndar
 
 @dataclass
 class _Pending:
-    """Rows of one set waiting for the next commit."""
+    """Rows of one set waiting for the next commit, as blocks: positions in the pass's images,
+    their vectors and the angle (clockwise) each was computed on."""
 
-    rows: list[int] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
     vectors: list[np.ndarray] = field(default_factory=list)
-    angles: list[int] = field(default_factory=list)
+    angles: list[np.ndarray] = field(default_factory=list)
 
 
 def _ingest_pass(catalog: Catalog, sets: list[_PassSet], images: pa.Table, needs: np.ndarray,
@@ -552,16 +553,15 @@ def _ingest_pass(catalog: Catalog, sets: list[_PassSet], images: pa.Table, needs
     waiting, last_commit = 0, time.monotonic()
     for batch in batches:
         for m, s in enumerate(sets):
-            summary = s.summary
-            for row, position in enumerate(batch.indices):
-                if batch.done[m, row]:
-                    pending[m].rows.append(int(position))
-                    pending[m].vectors.append(batch.outputs[m][row])
-                    pending[m].angles.append(0 if s.request.kind == "rotation" else int(batch.angles[row]))
-                elif needs[m, position]:
-                    summary.failed += 1
-                    if batch.errors[row] and len(summary.errors) < 10:
-                        summary.errors.append(batch.errors[row])
+            done = batch.done[m]
+            pending[m].rows.append(batch.indices[done])
+            pending[m].vectors.append(batch.outputs[m][done])
+            turned = batch.angles[done] if s.request.kind != "rotation" else np.zeros(int(done.sum()), np.int16)
+            pending[m].angles.append(turned)
+            failed = np.flatnonzero(~done & needs[m, batch.indices])
+            s.summary.failed += len(failed)
+            room = 10 - len(s.summary.errors)
+            s.summary.errors += [batch.errors[i] for i in failed if batch.errors[i]][:max(room, 0)]
         waiting += len(batch)
         if waiting >= commit_every or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
             _commit_pass(catalog, sets, pending, ids, versions)
@@ -572,24 +572,24 @@ def _ingest_pass(catalog: Catalog, sets: list[_PassSet], images: pa.Table, needs
 def _commit_pass(catalog: Catalog, sets: list[_PassSet], pending: list[_Pending], ids: np.ndarray,
                  versions: np.ndarray) -> None:
     """One transaction: every set's waiting rows and the rotations they were computed on."""
-    if not any(p.rows for p in pending):
+    blocks = [(s, np.concatenate(p.rows), p) for s, p in zip(sets, pending) if p.rows]
+    if not any(len(rows) for _, rows, _ in blocks):
         return
     turned: list[pa.Table] = []
     with catalog.transaction():
-        for s, p in zip(sets, pending):
-            if not p.rows:
+        for s, rows, p in blocks:
+            if not len(rows):
                 continue
-            rows = np.asarray(p.rows, np.int64)
             s.summary.written += write_vectors(catalog, KIND_TABLE[s.request.kind], s.name, s.summary.run_id,
-                                               ids[rows], versions[rows], np.stack(p.vectors))
-            angles = np.asarray(p.angles, np.int16)
-            if angles.any():
-                at = angles != 0
+                                               ids[rows], versions[rows], np.concatenate(p.vectors))
+            angles = np.concatenate(p.angles)
+            at = angles != 0
+            if at.any():
                 turned.append(pa.table({
                     "run_id": pa.array(np.full(int(at.sum()), s.summary.run_id, np.int64)),
                     "image_id": pa.array(ids[rows[at]].astype(np.int64)),
                     "version": pa.array(versions[rows[at]].astype(np.int32)),
-                    "angle": pa.array(angles[at]),
+                    "angle": pa.array(angles[at].astype(np.int16)),
                 }))
         if turned:
             catalog.insert_arrow("applied_rotations", pa.concat_tables(turned))
