@@ -41,6 +41,7 @@ from vdc_lake.errors import VdcLakeError
 RESULT_KINDS = ("output", "logits", "embeddings", "results")
 METADATA_COLUMNS = ("sample", "label", "label_name", "prediction")
 RESULTS_DESC_COLUMNS = 4  # birder Results.num_desc_cols: sample, label, label_name, prediction
+PARQUET_READ_BUFFER = 4 << 20
 _NAME_KINDS = ("detection_features", "features", "embeddings", "logits", "output", "sparse")
 _NAME_FLAGS = ("sc", "tta", "float16", "bfloat16")
 _NAME_CORE = re.compile(
@@ -214,7 +215,10 @@ class ResultFile:
     def _record_batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
         try:
             if self.format == "parquet":
-                yield from pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows)
+                # No pre-buffering: it reads whole row groups ahead (birder writes one per chunk of
+                # predictions, hundreds of MB for 768-d rows); a small read buffer streams pages.
+                parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=PARQUET_READ_BUFFER)
+                yield from parquet.iter_batches(batch_size=batch_rows)
             else:
                 skip_rows = 1 if self.kind == "results" else 0
                 yield from _open_csv(self.path, skip_rows=skip_rows, float_columns=self.value_columns)
