@@ -273,3 +273,21 @@ def test_device_side_branch_equals_worker_resizing(tmp_path, models_dir):
     assert (device_side[1] == angles).all() and (angles != 0).any()
     for i in range(len(models)):
         np.testing.assert_allclose(device_side[2][i][done[i]], outputs[i][done[i]], rtol=0, atol=1e-5)
+
+
+def test_stored_rotation_turns_the_images_without_running_the_rotation_model(tmp_path, models_dir):
+    """A pass whose rotation set already holds an image's probabilities turns it by those."""
+    from vdc_lake.models import PassModel, load_model, run_pass
+
+    paths = [str(p) for p in write_test_images(tmp_path / "images", 6)]
+    models = [PassModel(load_model(models_dir, ROTNET), "rotation"), PassModel(load_model(models_dir, SSCD), "descriptor")]
+    options = dict(rotation=0, rotate_threshold=0.0, decode="cpu", batch_size=4, num_workers=0)
+    first = list(run_pass(models, paths, **options))
+    probs = np.concatenate([b.outputs[0] for b in first])
+    needs = np.array([[False] * 6, [True] * 6])
+    second = list(run_pass(models, paths, needs=needs, known_rotation=probs, **options))
+    assert not np.concatenate([b.done[0] for b in second]).any()  # the rotation model did not run
+    angles = np.concatenate([b.angles for b in first])
+    assert (angles != 0).any() and (np.concatenate([b.angles for b in second]) == angles).all()
+    np.testing.assert_array_equal(np.concatenate([b.outputs[1] for b in second]),
+                                  np.concatenate([b.outputs[1] for b in first]))
