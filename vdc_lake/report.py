@@ -484,7 +484,12 @@ class ApplyRun:
 
 
 def _backups_present(backups: list[str | None], folder: str | None) -> int:
-    return sum(1 for b in backups if _inside(b, folder) and os.path.isfile(b))
+    """Backups that exist in the run's backup folder (a lexical check: counting resolves no links,
+    and only the pictures shown are read, after a full check)."""
+    if not folder:
+        return 0
+    base = os.path.normpath(folder).rstrip(os.sep) + os.sep
+    return sum(1 for b in backups if b and os.path.normpath(b).startswith(base) and os.path.isfile(b))
 
 
 def _history_cards(op: dict, backup_dir: str | None) -> list[Card]:
@@ -758,6 +763,7 @@ class ClusterTree:
     top_level: int
     size: dict[tuple[int, int], int]
     children: dict[tuple[int, int], list[tuple[int, int]]]
+    parent: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
 
     def tops(self) -> list[tuple[int, int]]:
         return sorted((k for k in self.size if k[0] == self.top_level), key=lambda k: (-self.size[k], k[1]))
@@ -780,7 +786,8 @@ def cluster_tree(catalog: Catalog) -> ClusterTree | None:
     for lv, cid, parent, _ in sorted(rows, key=lambda r: (-r[3], r[1])):
         if parent is not None:
             children.setdefault((lv + 1, parent), []).append((lv, cid))
-    return ClusterTree(run_id, max(lv for lv, *_ in rows), size, children)
+    parent = {child: node for node, kids in children.items() for child in kids}
+    return ClusterTree(run_id, max(lv for lv, *_ in rows), size, children, parent)
 
 
 def cluster_gallery(catalog: Catalog, tree: ClusterTree, limits: Limits) -> tuple[Paged, dict[tuple[int, int], int]]:
@@ -814,10 +821,9 @@ def cluster_gallery(catalog: Catalog, tree: ClusterTree, limits: Limits) -> tupl
 
 
 def _ancestors(tree: ClusterTree, leaf: tuple[int, int]) -> list[tuple[int, int]]:
-    parent_of = {child: parent for parent, kids in tree.children.items() for child in kids}
     chain, node = [], leaf
-    while node in parent_of:
-        node = parent_of[node]
+    while node in tree.parent:
+        node = tree.parent[node]
         chain.append(node)
     return chain[::-1]
 
@@ -847,12 +853,14 @@ def _clusters_section(catalog: Catalog, tree: ClusterTree | None, gallery: Paged
     tops = tree.tops()
     section.body.append(f"<h3>Hierarchy <small>({_e(shown(min(len(tops), limits.page_size), len(tops), 'top-level cluster'))}"
                         "; open one to see its children)</small></h3>")
-    section.body.append('<div class="tree">' + "".join(_tree_html(tree, top, page_of, limits)
+    section.body.append('<div class="tree">' + "".join(_tree_html(tree, top, page_of, limits.page_size)
                                                         for top in tops[:limits.page_size]) + "</div>")
     return section
 
 
-def _tree_html(tree: ClusterTree, node: tuple[int, int], page_of: dict[tuple[int, int], int], limits: Limits) -> str:
+def _tree_html(tree: ClusterTree, node: tuple[int, int], page_of: dict[tuple[int, int], int], cap: int) -> str:
+    """A cluster and its children (at most `cap` of them; below the top level at most 10, so a
+    deep tree stays a few thousand lines), as nested <details>."""
     level, cid = node
     kids = tree.children.get(node, [])
     if level == 0:
@@ -860,9 +868,9 @@ def _tree_html(tree: ClusterTree, node: tuple[int, int], page_of: dict[tuple[int
         link = (f' · <a href="{_page_name("clusters", page)}#leaf-{cid}">members</a>' if page
                 else " · members not shown (page cap)")
         return f'<div class="leaf">level 0 cluster {cid} ({tree.size[node]:,} images){link}</div>'
-    inner = "".join(_tree_html(tree, kid, page_of, limits) for kid in kids[:limits.page_size])
+    inner = "".join(_tree_html(tree, kid, page_of, min(cap, 10)) for kid in kids[:cap])
     return (f"<details><summary>level {level} cluster {cid} ({tree.size[node]:,} images, "
-            f"{_e(shown(min(len(kids), limits.page_size), len(kids), 'child'))})</summary>{inner}</details>")
+            f"{_e(shown(min(len(kids), cap), len(kids), 'child'))})</summary>{inner}</details>")
 
 
 def _sampling_section(catalog: Catalog, limits: Limits, gallery: Paged) -> Section:
