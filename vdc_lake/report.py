@@ -16,6 +16,7 @@ every string taken from the catalog is escaped. Reads the catalog only.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import html
 import json
 import math
@@ -38,7 +39,7 @@ from vdc_lake.parallel import map_ordered
 
 THUMB_SIZE = 160
 PLACEHOLDERS = {"missing": "file missing", "undecodable": "cannot decode", "too_large": "too large",
-                "outside": "not shown (outside)"}
+                "outside": "not read (outside)"}
 HISTOGRAM_BINS = 40
 
 
@@ -71,10 +72,13 @@ def make_thumbnail(item: tuple[str | None, str, str | None], *, size: int = THUM
     None); an image of more than max_pixels pixels (None: Pillow's decompression-bomb limit) is
     not decoded.
 
-    Returns "ok", or the placeholder kind ("missing", "undecodable", "too_large") when none was written.
+    Returns "ok", or the placeholder kind ("missing", "undecodable", "too_large"; "outside" for no
+    path: a file the catalog names outside the folders it may be read from) when none was written.
     """
     src, dst, turn = item
-    if not src or not os.path.isfile(src):
+    if not src:
+        return "outside"
+    if not os.path.isfile(src):
         return "missing"
     try:
         with warnings.catch_warnings():
@@ -405,7 +409,7 @@ def examples_gallery(catalog: Catalog, limits: Limits) -> Paged:
         removed = _image_card(r, lines=[r["reason"]], css="delete", label="removed")
         example = r["example"] or ""
         inside = _inside(example, folder)
-        thumb = Thumb("example-" + str(abs(hash(example)) % 10**12), example if inside else None)
+        thumb = Thumb("example-" + hashlib.sha1(example.encode()).hexdigest()[:16], example if inside else None)
         paged.items.append([removed, Card(thumb, [f"example {example}"], "example", example if inside else None,
                                           "unwanted example")])
     return paged
@@ -698,6 +702,9 @@ def _describe_apply(catalog: Catalog, dedup_threshold: float | None) -> str:
         return f"{dedup_threshold:g}"
     rows = catalog.rows("SELECT DISTINCT t.set_name, t.apply_threshold FROM near_duplicate_edges AS e "
                         "JOIN dedup_thresholds AS t ON t.set_name = e.set_name ORDER BY 1")
+    if not rows:  # no pairs among present images: the registered sets' thresholds, else the fallback
+        rows = catalog.rows("SELECT set_name, apply_threshold FROM dedup_thresholds WHERE set_name IS NOT NULL "
+                            "ORDER BY 1")
     if not rows:
         return f"{catalog.scalar('SELECT apply_threshold FROM dedup_thresholds WHERE set_name IS NULL'):g}"
     return ", ".join(f"{value:g} (set {name})" for name, value in rows)
