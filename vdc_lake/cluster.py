@@ -6,7 +6,8 @@ nproc_per_node > 1 launches vdc_lake.kmeans_distributed under torchrun (one proc
 or gloo CPU processes), and writes `clusters` (centres, parents, sizes) and `assignments`
 (every image at every level).
 sample: distributes a budget down the newest (or given) clustering with vdc_lake.sampling and
-writes exactly that many images to `samples`.
+writes exactly that many images to `samples`; images kept by override are always among them
+(they count toward the budget).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class SampleSummary:
     available: int
     not_clustered: int = 0
     per_top_cluster: dict[int, int] = field(default_factory=dict)
+    kept_by_override: int = 0
 
 
 def _checkpoint_dir(catalog: Catalog, params: dict[str, Any], vs: VectorSet) -> Path:
@@ -242,11 +244,21 @@ def _clustered_images(catalog: Catalog, cluster_run: int) -> tuple[pa.Table, np.
     return data.select(["image_id", "version", "distance"]), matrix
 
 
+def _kept_by_override(catalog: Catalog) -> pa.Table:
+    """(image_id, version) of the surviving images the user kept by override (override_actions)."""
+    return catalog.arrow(
+        "SELECT s.image_id, s.version FROM surviving_images s JOIN override_actions o "
+        "ON o.image_id = s.image_id AND o.version = s.version WHERE o.override = 'keep' ORDER BY s.image_id")
+
+
 def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allocation: str,
            strategy: str, seed: int) -> SampleSummary:
     """Select exactly `total` images, balanced down the cluster hierarchy, among the clustered
     images that the catalog's current decisions keep (surviving_images), so `curated` and
-    `export` hold exactly `total` afterwards."""
+    `export` hold exactly `total` afterwards.
+
+    Images kept by override are always selected, clustered or not, and count toward `total`;
+    the rest of the budget is balanced over the clusters among the other clustered survivors."""
     from vdc_lake.sampling import hierarchical_sample
 
     if isinstance(total, bool) or int(total) != total or total < 1:
@@ -256,30 +268,42 @@ def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allo
         if cluster_run is None:
             raise StageError("no clustering to sample from: run `vdc-lake cluster --set NAME` first")
     data, matrix = _clustered_images(catalog, cluster_run)
-    if data.num_rows < total:
+    forced = _kept_by_override(catalog)
+    if forced.num_rows > total:
+        raise StageError(f"{forced.num_rows:,} images are kept by override, more than --total {total:,}; "
+                         f"use --total {forced.num_rows:,} or more, or clear overrides (`vdc-lake override list`)")
+    is_forced = np.isin(data.column("image_id").to_numpy(), forced.column("image_id").to_numpy())
+    pool = np.flatnonzero(~is_forced)
+    if len(pool) + forced.num_rows < total:
         clustered = int(catalog.scalar(
             "SELECT count(DISTINCT a.image_id) FROM assignments a JOIN image_files f "
             "ON f.image_id = a.image_id AND f.version = a.version WHERE a.run_id = ?", [cluster_run]) or 0)
-        raise StageError(f"asked for {total:,} images but only {data.num_rows:,} of the {clustered:,} present images "
-                         f"clustered in run {cluster_run} survive the pending sanitize, dedup, example and score "
-                         f"decisions; use --total {data.num_rows:,} or less")
+        available = len(pool) + forced.num_rows
+        kept = f" (with the {forced.num_rows:,} kept by override)" if forced.num_rows else ""
+        raise StageError(f"asked for {total:,} images but only {available:,}{kept} of the {clustered:,} present images "
+                         f"clustered in run {cluster_run} survive the pending sanitize, dedup, example, score and "
+                         f"override decisions; use --total {available:,} or less")
     distances = data.column("distance").to_numpy(zero_copy_only=False)
     params = {"total": total, "cluster_run": cluster_run, "allocation": allocation, "strategy": strategy, "seed": seed}
     with catalog.run("sample", params) as run_id:
-        chosen = hierarchical_sample(matrix, total, allocation=allocation, strategy=strategy,
-                                     distances=distances, seed=seed)
-        if len(chosen) != total:  # the allocation is exact by construction; never record a short sample
-            raise StageError(f"sampling selected {len(chosen):,} images instead of {total:,}; "
+        budget = total - forced.num_rows
+        picked = pool[hierarchical_sample(matrix[pool], budget, allocation=allocation, strategy=strategy,
+                                          distances=distances[pool], seed=seed)] if budget else pool[:0]
+        if len(picked) != budget:  # the allocation is exact by construction; never record a short sample
+            raise StageError(f"sampling selected {len(picked) + forced.num_rows:,} images instead of {total:,}; "
                              "nothing was recorded (please report this)")
         with catalog.transaction():
             catalog.insert_arrow("samples", pa.table({
-                "run_id": pa.array(np.full(len(chosen), run_id, np.int64)),
-                "image_id": pa.array(data.column("image_id").to_numpy()[chosen]),
-                "version": pa.array(data.column("version").to_numpy()[chosen].astype(np.int32)),
+                "run_id": pa.array(np.full(total, run_id, np.int64)),
+                "image_id": pa.array(np.concatenate([forced.column("image_id").to_numpy(),
+                                                     data.column("image_id").to_numpy()[picked]]).astype(np.int64)),
+                "version": pa.array(np.concatenate([forced.column("version").to_numpy(),
+                                                    data.column("version").to_numpy()[picked]]).astype(np.int32)),
             }))
+        chosen = np.sort(np.concatenate([picked, np.flatnonzero(is_forced)]))
         top = np.bincount(matrix[chosen, -1]) if len(chosen) else np.zeros(0, int)
         not_clustered = int(catalog.scalar("SELECT count(*) FROM surviving_images") or 0) - data.num_rows
         summary = SampleSummary(run_id, int(cluster_run), total, data.num_rows, not_clustered,
-                                {int(i): int(c) for i, c in enumerate(top) if c})
+                                {int(i): int(c) for i, c in enumerate(top) if c}, forced.num_rows)
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary

@@ -4,6 +4,9 @@ Each entry returns (SQL selecting image_id, version, action, reason; bound param
 options the file operations need). Options left as None are passed to the decision macros
 as NULL, which take the catalog's settings (the effective config recorded there, see
 vdc_lake/settings.py): `plan`, `apply`, `status`, `curated` and a notebook read the same values.
+The user's overrides (the `overrides` table, see vdc_lake/overrides.py) are honoured inside the
+views themselves: an image kept by override is in no stage's deletes, and `override` is a stage
+of its own that deletes the images dropped by override.
 """
 
 from __future__ import annotations
@@ -14,18 +17,24 @@ from vdc_lake.config import Config
 from vdc_lake.errors import PlanError
 
 DecisionQuery = tuple[str, list[Any], dict[str, Any]]
+# The [sanitize] options a file operation needs (resize, recompress, the decode pixel limit).
+SANITIZE_OP_OPTIONS = ("max_width", "max_height", "max_pixels", "recompress_format", "recompress_quality")
 
 
 def sanitize_decision(config: Config, **_: Any) -> DecisionQuery:
-    # Resize limits and the recompress format come from the sanitize run that found the image,
-    # so `sanitize --max-width 2000` then `apply sanitize` resizes to 2000, whatever the config says now.
+    # Resize limits, the pixel limit (decompression bombs: what a resize may decode) and the
+    # recompress format come from the sanitize run that found the image, so `sanitize --max-width
+    # 2000` then `apply sanitize` resizes to 2000, whatever the config says now.
     rules = config.section("sanitize")
-    options = {key: rules[key] for key in ("max_width", "max_height", "recompress_format", "recompress_quality")}
+    options = {key: rules[key] for key in SANITIZE_OP_OPTIONS}
     sql = """
         SELECT a.image_id, a.version, a.action, a.reason,
-               json_object('max_width', r.params->'$.max_width', 'max_height', r.params->'$.max_height',
-                           'recompress_format', r.params->'$.recompress_format',
-                           'recompress_quality', r.params->'$.recompress_quality') AS params
+               -- merged into {} so that a value the run did not record drops out (the config's stays)
+               json_merge_patch('{}', json_object(
+                   'max_width', r.params->'$.max_width', 'max_height', r.params->'$.max_height',
+                   'max_pixels', r.params->'$.max_pixels',
+                   'recompress_format', r.params->'$.recompress_format',
+                   'recompress_quality', r.params->'$.recompress_quality')) AS params
         FROM sanitize_actions a JOIN runs r ON r.run_id = a.run_id
     """
     return sql, [], options
@@ -78,6 +87,13 @@ def sample_decision(config: Config, *, run: int | None = None, **_: Any) -> Deci
     return sql, [run], {"sample_run": run}
 
 
+def override_decision(config: Config, **_: Any) -> DecisionQuery:
+    # The user's `vdc-lake override drop`: the override_actions view holds only the overrides
+    # still in force (the image's current bytes are the ones judged, or apply's own results of them).
+    sql = "SELECT image_id, version, action, reason, NULL AS params FROM override_actions WHERE action = 'delete'"
+    return sql, [], {}
+
+
 DECISIONS: dict[str, Callable[..., DecisionQuery]] = {
     "sanitize": sanitize_decision,
     "rotation": rotation_decision,
@@ -85,6 +101,7 @@ DECISIONS: dict[str, Callable[..., DecisionQuery]] = {
     "examples": examples_decision,
     "score": score_decision,
     "sample": sample_decision,
+    "override": override_decision,
 }
 
 

@@ -45,6 +45,10 @@ class InvalidNameError(VdcLakeError):
     """A set, score or view name breaks the naming rule."""
 
 
+class OverrideError(VdcLakeError):
+    """An override names images the catalog does not hold, or its CSV file is malformed."""
+
+
 def disk_full_error(error: BaseException) -> DiskFullError | None:
     """A DiskFullError for an OSError ENOSPC/EDQUOT or a DuckDB "No space left on device"; else None."""
     import errno

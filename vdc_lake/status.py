@@ -15,6 +15,7 @@ PENDING_VIEWS = {
     "score": "SELECT action, count(*) FROM score_actions(setting('filter_by_score', 'name')) "
              "WHERE action = 'delete' GROUP BY action",
     "sample": "SELECT action, count(*) FROM sample_actions() WHERE action = 'delete' GROUP BY action",
+    "override": "SELECT action, count(*) FROM override_actions WHERE action = 'delete' GROUP BY action",
 }
 
 
@@ -52,4 +53,7 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
         """
     )
     curated = catalog.scalar("SELECT count(*) FROM curated")
-    return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated}
+    # the user's overrides in force (keep: no decision removes the image; drop: the override stage deletes it)
+    overrides = catalog.rows("SELECT override, count(*) FROM override_actions GROUP BY override ORDER BY override")
+    return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated,
+            "overrides": overrides}

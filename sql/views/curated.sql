@@ -1,7 +1,9 @@
 -- What survives every decision at the catalog's settings: surviving_images (sanitize,
 -- unreadable files, duplicates, unwanted examples, score range) and, once a sampling run has
 -- finished, only the images the newest one selected (`vdc-lake sample` chooses among
--- surviving_images, so this holds exactly its total while the settings stay). Cluster ids
+-- surviving_images, so this holds exactly its total while the settings stay) plus the images
+-- kept by override (sampling counts them toward its total; one kept after the sampling run is
+-- added to it). Dropped-by-override images are not in surviving_images. Cluster ids
 -- come from the newest finished cluster run (NULL before any). This is what `vdc-lake export`
 -- writes by default.
 CREATE OR REPLACE VIEW curated AS
@@ -17,6 +19,8 @@ final AS (
     LEFT JOIN sampled_images AS s ON s.image_id = v.image_id AND s.version = v.version
     LEFT JOIN image_clusters AS c ON c.image_id = v.image_id AND c.version = v.version
     WHERE n.run_id IS NULL OR s.image_id IS NOT NULL
+       OR EXISTS (SELECT 1 FROM override_actions AS o
+                  WHERE o.image_id = v.image_id AND o.version = v.version AND o.override = 'keep')
 )
 
 SELECT * FROM final;

@@ -8,6 +8,10 @@
 -- strategy but random after its own key) go to the better file, in this order: more pixels,
 -- more bytes per pixel (less compressed), format (lossless PNG/TIFF/BMP > JPEG > WEBP > GIF >
 -- other), then path, then image_id. embedding_set: NULL = every reported set.
+-- Overrides (override_actions) come first: an image kept by override is never deleted and is its
+-- group's keeper (the others are deleted as its duplicates; several kept images in one group
+-- are all kept, the best of them by the rules above is the keeper), and an image dropped by
+-- override is never chosen as keeper while another member is not dropped.
 -- Components use label propagation (a keyed recursive CTE): each node takes the smallest
 -- image_id reachable from it.
 CREATE OR REPLACE MACRO dedup_actions(threshold := NULL, keep := NULL, seed := NULL,
@@ -80,35 +84,49 @@ members AS (
     JOIN closest AS d ON d.image_id = c.node
 ),
 
+overridden AS (
+    SELECT m.*, o.override, o.reason AS override_reason,
+           CASE o.override WHEN 'keep' THEN 0 WHEN 'drop' THEN 2 ELSE 1 END AS override_rank
+    FROM members AS m
+    LEFT JOIN override_actions AS o ON o.image_id = m.image_id AND o.version = m.version
+),
+
 ranked AS (
     SELECT m.*, count(*) OVER (PARTITION BY m.group_id) AS group_size,
         row_number() OVER (
             PARTITION BY m.group_id
             ORDER BY
+                m.override_rank,
                 CASE WHEN k.keep_rule = 'random' THEN hash(m.image_id, k.seed_value) END,
                 CASE WHEN k.keep_rule = 'alphabetical' THEN m.path END,
                 CASE WHEN k.keep_rule = 'largest-file' THEN -m.size_bytes END,
                 -m.pixels NULLS LAST, -m.bytes_per_pixel NULLS LAST, m.format_rank,
                 m.path, m.image_id
         ) AS rank_in_group
-    FROM members AS m, checked AS k
+    FROM overridden AS m, checked AS k
 ),
 
 keepers AS (
-    SELECT group_id, image_id AS kept_image_id, path AS kept_path FROM ranked WHERE rank_in_group = 1
+    SELECT group_id, image_id AS kept_image_id, path AS kept_path,
+           CASE WHEN override = 'keep' THEN 'override' ELSE (SELECT keep_rule FROM checked) END AS kept_by
+    FROM ranked WHERE rank_in_group = 1
 ),
 
 final AS (
     SELECT r.group_id, r.image_id, r.version, r.path, r.group_size, r.rank_in_group, r.nearest_distance,
-        CASE WHEN r.rank_in_group = 1 THEN 'keep' ELSE 'delete' END AS action,
+        CASE WHEN r.rank_in_group = 1 OR r.override = 'keep' THEN 'keep' ELSE 'delete' END AS action,
         k.kept_image_id, k.kept_path,
-        CASE WHEN r.rank_in_group = 1
+        CASE WHEN r.override = 'keep'
+             THEN format('{}; in duplicate group {} of {} images (nearest at distance {:.4f})',
+                         r.override_reason, r.group_id, r.group_size, r.nearest_distance)
+             WHEN r.rank_in_group = 1
              THEN format('kept from duplicate group {} of {} images (nearest at distance {:.4f}) by {}',
-                         r.group_id, r.group_size, r.nearest_distance, (SELECT keep_rule FROM checked))
+                         r.group_id, r.group_size, r.nearest_distance, k.kept_by)
              ELSE format('duplicate of {} (image {}, kept by {}) in group {} of {} images; nearest at distance {:.4f}',
-                         k.kept_path, k.kept_image_id, (SELECT keep_rule FROM checked), r.group_id, r.group_size,
+                         k.kept_path, k.kept_image_id, k.kept_by, r.group_id, r.group_size,
                          r.nearest_distance)
-        END AS reason
+        END AS reason,
+        r.override
     FROM ranked AS r
     JOIN keepers AS k ON k.group_id = r.group_id
 )

@@ -1,4 +1,6 @@
--- Remove every present image not selected by a sampling run (sample_run NULL = newest).
+-- Remove every present image not selected by a sampling run (sample_run NULL = newest), except
+-- the images kept by override (override_actions): `vdc-lake sample` puts those in the sample
+-- (they count toward --total), and one kept after the sampling run is kept all the same.
 CREATE OR REPLACE MACRO sample_actions(sample_run := NULL) AS TABLE
 WITH chosen AS (
     SELECT coalesce(sample_run,
@@ -13,12 +15,14 @@ selected AS (
 
 final AS (
     SELECT f.image_id, f.version,
-        CASE WHEN s.image_id IS NULL THEN 'delete' ELSE 'keep' END AS action,
-        CASE WHEN s.image_id IS NULL THEN format('not selected by sample run {}', c.run_id)
-             ELSE format('selected by sample run {}', c.run_id) END AS reason
+        CASE WHEN s.image_id IS NULL AND o.image_id IS NULL THEN 'delete' ELSE 'keep' END AS action,
+        CASE WHEN s.image_id IS NOT NULL THEN format('selected by sample run {}', c.run_id)
+             WHEN o.image_id IS NOT NULL THEN format('{}; not selected by sample run {}', o.reason, c.run_id)
+             ELSE format('not selected by sample run {}', c.run_id) END AS reason
     FROM image_files AS f
     CROSS JOIN chosen AS c
     LEFT JOIN selected AS s ON s.image_id = f.image_id AND s.version = f.version
+    LEFT JOIN override_actions AS o ON o.image_id = f.image_id AND o.version = f.version AND o.override = 'keep'
     WHERE c.run_id IS NOT NULL
 )
 

@@ -1,7 +1,13 @@
 -- One sanitize action per present image, from the latest check of its current version.
 -- VDC's priority: delete > resize > recompress; 'none' findings are recorded, not acted on.
+-- An image kept by override (override_actions) loses its delete findings only: a resize or
+-- recompress finding still applies to it (keeping an image does not mean keeping it oversized).
 CREATE OR REPLACE VIEW sanitize_actions AS
-WITH latest_check AS (
+WITH kept AS (
+    SELECT image_id, version FROM override_actions WHERE override = 'keep'
+),
+
+latest_check AS (
     SELECT image_id, version, max(run_id) AS run_id
     FROM sanitize_checks
     GROUP BY image_id, version
@@ -13,6 +19,8 @@ actionable AS (
     JOIN latest_check AS c
         ON c.image_id = f.image_id AND c.version = f.version AND c.run_id = f.run_id
     WHERE f.action <> 'none'
+      AND NOT (f.action = 'delete'
+               AND EXISTS (SELECT 1 FROM kept AS k WHERE k.image_id = f.image_id AND k.version = f.version))
 ),
 
 final AS (

@@ -2,7 +2,9 @@
 -- minus pending sanitize deletes, minus files that cannot be read at their current version,
 -- minus duplicates (dedup_actions(); exact copies included), minus images near unwanted
 -- examples (example_actions()) and outside the configured score range (score_actions() of
--- filter_by_score.name). `vdc-lake sample` chooses among these; `curated` narrows them to the sample.
+-- filter_by_score.name), minus images dropped by override (override_actions). Images kept by
+-- override are never among those decisions' deletes, but a file that cannot be read stays out.
+-- `vdc-lake sample` chooses among these; `curated` narrows them to the sample.
 CREATE OR REPLACE VIEW surviving_images AS
 WITH files AS (
     SELECT image_id, version, path, root, rel_path, width, height, format, size_bytes, content_hash
@@ -17,12 +19,17 @@ latest_check AS (
     SELECT image_id, version, max(run_id) AS run_id FROM sanitize_checks GROUP BY image_id, version
 ),
 
--- recorded with action 'none' (sanitize cannot delete what it cannot read), but not exportable
+-- recorded with action 'none' (sanitize cannot delete what it cannot read), but not exportable;
+-- 'missing': the file was gone when sanitize decoded it
 unreadable AS (
     SELECT DISTINCT f.image_id, f.version
     FROM findings AS f
     JOIN latest_check AS c ON c.image_id = f.image_id AND c.version = f.version AND c.run_id = f.run_id
-    WHERE f.rule IN ('unreadable', 'broken_symlink')
+    WHERE f.rule IN ('unreadable', 'broken_symlink', 'missing')
+),
+
+dropped AS (
+    SELECT image_id, version FROM override_actions WHERE override = 'drop'
 ),
 
 duplicate_deletes AS (
@@ -45,6 +52,7 @@ final AS (
       AND NOT EXISTS (SELECT 1 FROM duplicate_deletes AS d WHERE d.image_id = f.image_id AND d.version = f.version)
       AND NOT EXISTS (SELECT 1 FROM example_deletes AS e WHERE e.image_id = f.image_id AND e.version = f.version)
       AND NOT EXISTS (SELECT 1 FROM score_deletes AS s WHERE s.image_id = f.image_id AND s.version = f.version)
+      AND NOT EXISTS (SELECT 1 FROM dropped AS o WHERE o.image_id = f.image_id AND o.version = f.version)
 )
 
 SELECT * FROM final;
