@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import html
-import json
 import math
 import os
 import re
@@ -200,6 +199,11 @@ def shown(n: int, total: int, noun: str = "") -> str:
     if noun:
         noun = " " + (noun if total == 1 else "children" if noun == "child" else noun + "s")
     return f"{n:,}{noun}" if n >= total else f"{n:,} of {total:,}{noun} shown"
+
+
+def _first(gallery: Paged, limits: Limits, noun: str) -> str:
+    """How many of a gallery's items the index shows (its first `thumbnails`)."""
+    return shown(min(len(gallery.items), limits.thumbnails), gallery.total, noun)
 
 
 def _file_name(path: str | None) -> str:
@@ -688,7 +692,7 @@ def _rotation_section(catalog: Catalog, threshold: float, limits: Limits, galler
                                       markers=[(threshold, f"threshold {threshold:g}", "#c0392b")], log_counts=True))
     if gallery.items:
         section.body.append(f"<p>Before / after, nearest the threshold first "
-                            f"({_e(shown(min(len(gallery.items), limits.thumbnails), gallery.total, 'correction'))}"
+                            f"({_e(_first(gallery, limits, 'correction'))}"
                             "):</p>")
         section.body.append(Grid(gallery.items[:limits.thumbnails]))
     else:
@@ -755,7 +759,7 @@ def _duplicates_section(catalog: Catalog, dedup_threshold: float | None, limits:
             section.body.append(f'<p>Apply run {run.run_id} already removed {done:,} duplicates: '
                                 f'<a href="{_e(_page_name(run.gallery.slug, 1))}">its operations</a>.</p>')
     if gallery.items:
-        section.body.append(f"<p>Nearest the threshold first ({_e(shown(min(len(gallery.items), limits.thumbnails), gallery.total, 'deletion'))}):</p>")
+        section.body.append(f"<p>Nearest the threshold first ({_e(_first(gallery, limits, 'deletion'))}):</p>")
         section.body.append(Grid(gallery.items[:limits.thumbnails]))
     elif not any(r.stage == "apply:dedup" for r in history):
         section.body.append(_note(f"no duplicates at the apply threshold {apply_text}"))
@@ -807,7 +811,8 @@ def cluster_gallery(catalog: Catalog, tree: ClusterTree, limits: Limits) -> tupl
         for r in catalog.arrow(
                 """WITH ranked AS (
                        SELECT a.cluster_id, a.image_id, a.version, f.path, a.distance,
-                              row_number() OVER (PARTITION BY a.cluster_id ORDER BY a.distance NULLS LAST, a.image_id) AS rank
+                              row_number() OVER (PARTITION BY a.cluster_id
+                                                 ORDER BY a.distance NULLS LAST, a.image_id) AS rank
                        FROM assignments AS a JOIN image_files AS f ON f.image_id = a.image_id AND f.version = a.version
                        WHERE a.run_id = $run AND a.level = 0 AND list_contains($ids, a.cluster_id))
                    SELECT * FROM ranked WHERE rank <= $k ORDER BY cluster_id, rank""",
@@ -858,7 +863,8 @@ def _clusters_section(catalog: Catalog, tree: ClusterTree | None, gallery: Paged
     section.body.append(svg_histogram(sizes, lo=float(lo), hi=float(hi), bins=max(1, min(HISTOGRAM_BINS, hi - lo)),
                                       x_label="images per cluster (bars: number of clusters)"))
     tops = tree.tops()
-    section.body.append(f"<h3>Hierarchy <small>({_e(shown(min(len(tops), limits.page_size), len(tops), 'top-level cluster'))}"
+    listed = shown(min(len(tops), limits.page_size), len(tops), "top-level cluster")
+    section.body.append(f"<h3>Hierarchy <small>({_e(listed)}"
                         "; open one to see its children)</small></h3>")
     section.body.append('<div class="tree">' + "".join(_tree_html(tree, top, page_of, limits.page_size)
                                                         for top in tops[:limits.page_size]) + "</div>")
@@ -922,9 +928,9 @@ def _sampling_section(catalog: Catalog, limits: Limits, gallery: Paged) -> Secti
         section.body.append(f"<h3>top cluster {_e(r['cluster_id'])} <small>(kept: "
                             f"{_e(shown(len(r['kept_examples'] or []), r['selected']))}; dropped: "
                             f"{_e(shown(len(r['dropped_examples'] or []), dropped))})</small></h3>")
-        section.body.append(Grid([[_image_card(e, lines=[], css="keep", label="kept")] for e in r["kept_examples"] or []]
-                                 + [[_image_card(e, lines=[], css="delete", label="dropped")]
-                                    for e in r["dropped_examples"] or []]))
+        kept = [[_image_card(e, lines=[], css="keep", label="kept")] for e in r["kept_examples"] or []]
+        dropped = [[_image_card(e, lines=[], css="delete", label="dropped")] for e in r["dropped_examples"] or []]
+        section.body.append(Grid(kept + dropped))
     if len(rows) > limits.page_size:
         section.body.append(_note(f"examples of {shown(limits.page_size, len(rows), 'top cluster')}"))
     return section
@@ -946,7 +952,7 @@ def _history_section(history: list[ApplyRun], limits: Limits) -> Section:
     for run in history:
         if run.gallery.items:
             section.body.append(f"<h3>apply run {run.run_id} ({_e(run.stage)}) <small>"
-                                f"({_e(shown(min(len(run.gallery.items), limits.thumbnails), run.gallery.total, 'operation'))})"
+                                f"({_e(_first(run.gallery, limits, 'operation'))})"
                                 "</small></h3>")
             section.body.append(Grid(run.gallery.items[:limits.thumbnails]))
     return section
@@ -1270,7 +1276,6 @@ def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: in
     wanted += [c.thumb for s in sections for b in s.body if isinstance(b, Grid) for item in b.items for c in item]
     max_pixels = int(_setting(catalog, "sanitize", "max_pixels"))  # sanitize's decompression-bomb limit
     applied = _applied_summary(history)
-    index_html = None
     catalog.release()  # no open DuckDB handle across the fork of the thumbnail pool
     sources = write_thumbnails(out_dir, wanted, size=thumb_size, workers=workers, quiet=quiet, max_pixels=max_pixels)
     for gallery in paged:
