@@ -11,7 +11,10 @@ Preprocessing is birder's `inference_preset` (bicubic resize to the model size, 
 1.0, normalise with the checkpoint's RGB stats) on images decoded like birder's default "tv"
 loader (torchvision `decode_image`, RGB, EXIF orientation NOT applied), so outputs match
 `python -m birder.scripts.predict`. Formats torchvision cannot decode (TIFF, BMP) fall back
-to Pillow, as birder's "pil" loader would read them.
+to Pillow, as birder's "pil" loader would read them. Inference is a decode pass (run_pass):
+each image is decoded once for any number of models, each of which applies its own preset
+steps to those pixels; JPEGs far larger than every model decode at reduced DCT scale only
+when asked (draft_min_size), and on CUDA they can decode on the GPU (nvJPEG).
 
 Three inference kinds: "rotation" (softmax over the 4 classes 0/90/180/270), "descriptor"
 (raw logits; SSCD's 512-d copy-detection descriptor) and "embedding" (birder's pooled
