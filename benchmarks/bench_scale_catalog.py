@@ -1,6 +1,6 @@
 """A walkthrough's commands at N images: wall seconds and peak RSS of each, and the catalog size.
 
-    python benchmarks/bench_scale_catalog.py --n 500000 [--work /tmp/bench-scale] [--keep]
+    python benchmarks/bench_scale_catalog.py --n 500000 [--work DIR] [--keep] [--reuse --only cluster,dedup]
 
 Makes N distinct 32x32 random-noise JPEGs (a process pool; sanitize's minimum size is
 lowered to 16 px in the run's vdc-lake.toml so they pass), an N x 768 and an N x 512 birder
@@ -64,14 +64,16 @@ def image_paths(root: Path, start: int, stop: int) -> list[str]:
 
 def make_embeddings(path: Path, root: Path, n: int, dim: int, *, batch: int = 50_000) -> None:
     """birder's embeddings parquet: sample (string), embedding fixed_size_list<float32>[dim],
-    written a batch at a time. Rows are loosely clustered; 1% repeat an earlier row plus noise."""
+    written a batch at a time. Rows are loosely clustered (0.5 x one of 64 centres + unit noise:
+    cosine distance ~0.8 within a cluster, so a 0.5 report holds only the planted pairs); 1%
+    repeat the previous row plus 1% noise."""
     rng = np.random.default_rng([SEED, dim])
     centres = rng.standard_normal((64, dim), dtype=np.float32)
     schema = pa.schema([("sample", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
     with pq.ParquetWriter(path, schema) as writer:
         for start in range(0, n, batch):
             stop = min(n, start + batch)
-            x = centres[rng.integers(0, len(centres), stop - start)]
+            x = 0.5 * centres[rng.integers(0, len(centres), stop - start)]
             x += rng.standard_normal(x.shape, dtype=np.float32)
             copies = rng.random(stop - start) < 0.01
             copies[0] = False
@@ -96,21 +98,25 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="work folder [/tmp/bench-scale-N]")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
-    parser.add_argument("--only", default="", help="comma-separated command names to run (others skipped)")
+    parser.add_argument("--only", default="", help="comma-separated first words of the commands to run, in "
+                        "this order (e.g. cluster,dedup); the others are skipped")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the work folder's images, parquets and catalog (run with --keep before)")
     options = parser.parse_args()
     n = options.n
     work = options.work or Path(f"/tmp/bench-scale-{n}")
-    shutil.rmtree(work, ignore_errors=True)
     images, out = work / "images", work / "out"
-    work.mkdir(parents=True)
-    (work / "vdc-lake.toml").write_text("[sanitize]\nmin_width = 16\nmin_height = 16\n")
-    started = time.monotonic()
-    make_images(images, n, options.workers)
     pe = work / f"bench_rope_i_vit_b16_pn_aps_c1_pe-core_0_224px_crop1.0_{n}_embeddings.parquet"
     sscd = work / f"bench_resnet_v1_50_c1_sscd_0_320px_crop1.0_{n}_embeddings.parquet"
-    make_embeddings(pe, images, n, 768)
-    make_embeddings(sscd, images, n, 512)
-    print(f"# N = {n:,}: data made in {time.monotonic() - started:.0f} s in {work}", flush=True)
+    if not options.reuse:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        (work / "vdc-lake.toml").write_text("[sanitize]\nmin_width = 16\nmin_height = 16\n")
+        started = time.monotonic()
+        make_images(images, n, options.workers)
+        make_embeddings(pe, images, n, 768)
+        make_embeddings(sscd, images, n, 512)
+        print(f"# N = {n:,}: data made in {time.monotonic() - started:.0f} s in {work}", flush=True)
     raw768, raw512 = n * 768 * 4, n * 512 * 4
     commands = [
         ("scan", ["scan", str(images)], 0),
@@ -124,13 +130,13 @@ def main() -> None:
         ("status", ["status"], 0),
         ("report", ["report", "--out", str(out / "report")], 0),
     ]
-    only = {c.strip() for c in options.only.split(",") if c.strip()}
+    only = [c.strip() for c in options.only.split(",") if c.strip()]
+    if only:
+        commands = [c for word in only for c in commands if c[0].split()[0] == word]
     print("| command | wall s | peak RSS GB | raw set GB | 1.5 x raw + 1 GB | within | exit |")
     print("|---|---|---|---|---|---|---|", flush=True)
-    with open(work / "commands.log", "w") as log:
+    with open(work / "commands.log", "a") as log:
         for name, args, raw in commands:
-            if only and name.split()[0] not in only:
-                continue
             log.write(f"\n$ vdc-lake {' '.join(args)}\n")
             log.flush()
             seconds, rss, code = run_command(args, work, log)
@@ -141,7 +147,7 @@ def main() -> None:
     size = catalog.stat().st_size if catalog.exists() else 0
     print(f"\ncatalog {catalog}: {size / GB:.2f} GB ({size / max(n, 1):,.0f} bytes per image); "
           f"log: {work / 'commands.log'}", flush=True)
-    if not options.keep:
+    if not options.keep and not options.reuse:
         shutil.rmtree(images, ignore_errors=True)
 
 
