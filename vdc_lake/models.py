@@ -810,9 +810,10 @@ def _draft_decode(path: str, draft_size: int) -> torch.Tensor | None:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def _gpu_jpeg_bytes(path: str, max_pixels: int | None) -> torch.Tensor | None:
-    """The file's bytes as uint8 [n] when nvJPEG should decode it (a baseline or progressive
-    JPEG in RGB or greyscale, within max_pixels), else None (decode it on the CPU)."""
+def _gpu_jpeg_bytes(path: str, max_pixels: int | None) -> bytes | None:
+    """The file's bytes when nvJPEG should decode it (a baseline or progressive JPEG in RGB or
+    greyscale, within max_pixels), else None (decode it on the CPU). Plain bytes, so the
+    DataLoader does not pin them (nvJPEG reads them from pageable memory)."""
     from PIL import Image
 
     with open(path, "rb") as f:
@@ -835,7 +836,7 @@ def _gpu_jpeg_bytes(path: str, max_pixels: int | None) -> torch.Tensor | None:
         return None
     if not ok or (max_pixels is not None and pixels > max_pixels):
         return None
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return data
 
 
 class PassDataset(Dataset):
@@ -922,15 +923,14 @@ def _nvjpeg_works(device: torch.device) -> bool:
 
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, format="JPEG")
-    data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
     try:
-        return decode_jpegs_on_device([data], device)[0] is not None
+        return decode_jpegs_on_device([buffer.getvalue()], device)[0] is not None
     except Exception:
         return False
 
 
-def decode_jpegs_on_device(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """uint8 [3, h, w] RGB on `device` for each JPEG's bytes (uint8 [n] on the CPU), decoded by
+def decode_jpegs_on_device(datas: Sequence[bytes | torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """uint8 [3, h, w] RGB on `device` for each JPEG's bytes (or uint8 [n] on the CPU), decoded by
     nvJPEG in one batched call; EXIF orientation is not applied (as on the CPU, like birder).
     A file nvJPEG cannot decode gives None (the caller decodes it on the CPU): the batch is
     retried one file at a time when the batched call fails."""
@@ -938,6 +938,7 @@ def decode_jpegs_on_device(datas: Sequence[torch.Tensor], device: torch.device) 
 
     if not datas:
         return []
+    datas = [torch.frombuffer(bytearray(d), dtype=torch.uint8) if isinstance(d, bytes) else d for d in datas]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
