@@ -31,6 +31,7 @@ from vdc_lake.apply import apply_plan, make_plan
 from vdc_lake.catalog import Catalog
 from vdc_lake.config import Config
 from vdc_lake.decisions import decision_query
+from vdc_lake.overrides import set_overrides
 from vdc_lake.report import build_report, svg_histogram
 from vdc_lake.scan import scan
 from vdc_lake.status import catalog_status
@@ -208,6 +209,19 @@ def _add_filter_runs(catalog: Catalog, examples_dir: Path) -> None:
                     "AND key = 'min_score'", [str(SCORE_CUT)])
 
 
+OVERRIDE_REASON = '<b>"mine"</b> & yours'
+
+
+def _add_overrides(catalog: Catalog) -> tuple[int, int]:
+    """`override keep` on an image dedup would delete, `override drop` on one every decision keeps:
+    (kept id, dropped id)."""
+    keep = catalog.scalar("SELECT min(image_id) FROM dedup_actions() WHERE action = 'delete'")
+    drop = catalog.scalar("SELECT max(image_id) FROM curated")
+    set_overrides(catalog, [str(keep)], "keep", reason=OVERRIDE_REASON)
+    set_overrides(catalog, [str(drop)], "drop", reason=OVERRIDE_REASON)
+    return keep, drop
+
+
 @pytest.fixture(scope="module")
 def curated_catalog(tmp_path_factory) -> Path:
     """The export tests' catalog (sample data through every stage, fake model stages), an example
@@ -220,6 +234,7 @@ def curated_catalog(tmp_path_factory) -> Path:
         scan(catalog, [root], extensions=[".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"],
              workers=1, quiet=True)
         _add_filter_runs(catalog, base / "examples")
+        _add_overrides(catalog)
     return catalog_path
 
 
@@ -297,6 +312,7 @@ DECISION_DELETES = {
     "examples": "SELECT image_id FROM example_actions() WHERE action = 'delete'",
     "score": "SELECT image_id FROM score_actions(setting('filter_by_score', 'name')) WHERE action = 'delete'",
     "sample": "SELECT image_id FROM sample_actions() WHERE action = 'delete'",
+    "override": "SELECT image_id FROM override_actions WHERE action = 'delete'",
 }
 
 
@@ -307,8 +323,11 @@ def test_every_planned_operation_of_every_decision_is_in_the_pages(curated_catal
         kept = dict(catalog.rows("SELECT image_id, kept_image_id FROM dedup_actions() WHERE action = 'delete'"))
         dedup_order = [r[0] for r in catalog.rows("SELECT image_id FROM dedup_actions() WHERE action = 'delete' "
                                                   "ORDER BY nearest_distance DESC, group_id, image_id")]
+        curated = catalog.scalar("SELECT count(*) FROM curated")
     assert all(planned.values())  # every decision plans something in this catalog
     index = (report_dir / "index.html").read_text(encoding="utf-8")
+    funnel = re.search(r'<table class="funnel">.*?</table>', index, re.S).group(0)
+    assert int(re.findall(r"<tr><td>[^<]+</td><td>([\d,]+)</td>", funnel)[-1].replace(",", "")) == curated
     for stage, ids in planned.items():
         assert sorted(_planned_in_pages(report_dir, stage)) == ids, stage
         # the index's count is the count `status` gives
@@ -326,6 +345,12 @@ def test_every_planned_operation_of_every_decision_is_in_the_pages(curated_catal
     assert "before: predicted 90°" in rotation_html and "after: rotate 90° clockwise" in rotation_html
     examples_html = (report_dir / "examples-1.html").read_text(encoding="utf-8")
     assert "unwanted.png" in examples_html and "to unwanted example" in examples_html
+    # overrides: the drop is a planned operation, the keep is shown too (and dedup no longer deletes it)
+    with Catalog(curated_catalog, read_only=True) as catalog:
+        kept = catalog.scalar("SELECT image_id FROM override_actions WHERE override = 'keep'")
+    override_html = (report_dir / "override-1.html").read_text(encoding="utf-8")
+    assert "kept by override" in override_html and f'data-image-id="{kept}"' in override_html
+    assert kept not in planned["dedup"]
 
 
 def test_index_shows_every_section_and_the_catalogs_thresholds(report_dir):
@@ -362,6 +387,7 @@ def test_index_shows_every_section_and_the_catalogs_thresholds(report_dir):
 def test_a_hostile_file_name_is_escaped_everywhere(report_dir):
     texts = "".join(p.read_text(encoding="utf-8") for p in report_dir.glob("*.html"))
     assert HOSTILE_NAME not in texts and "<script>" not in texts
+    assert OVERRIDE_REASON not in texts and html.escape(OVERRIDE_REASON, quote=True) in texts
     assert html.escape(HOSTILE_NAME, quote=True) in texts  # shown, as text
     assert quote(HOSTILE_NAME) in texts  # and linked (file:// URL, percent-encoded)
 

@@ -170,6 +170,11 @@ class Paged:
     total: int  # items in the full list (the pages hold at most page_size * max_pages of them)
     items: list[list[Card]] = field(default_factory=list)
     blocks: list[tuple[int, str]] = field(default_factory=list)  # (item index, HTML) headings between items
+    planned: int | None = None  # planned operations among the total, when not every item is one
+
+    @property
+    def operations(self) -> int:
+        return self.total if self.planned is None else self.planned
 
 
 @dataclass
@@ -237,7 +242,7 @@ def _funnel(catalog: Catalog, *, dedup_threshold: float | None,
                               JOIN (SELECT image_id, version, max(run_id) AS run_id FROM sanitize_checks
                                     GROUP BY ALL) AS c USING (image_id, version, run_id)
                               WHERE f.image_id = p.image_id AND f.version = p.version
-                                AND f.rule IN ('unreadable', 'broken_symlink'))
+                                AND f.rule IN ('unreadable', 'broken_symlink', 'missing'))
         ),
         rotated AS (
             SELECT count(*) AS n FROM rotation_actions(threshold := $rotation) AS r
@@ -256,18 +261,24 @@ def _funnel(catalog: Catalog, *, dedup_threshold: float | None,
               AND NOT EXISTS (SELECT 1 FROM score_actions(setting('filter_by_score', 'name')) AS e
                               WHERE e.image_id = d.image_id AND e.version = d.version AND e.action = 'delete')
         ),
-        sampled AS (
+        overridden AS (
             SELECT f.* FROM filtered AS f
-            WHERE $sample_run IS NULL OR EXISTS (SELECT 1 FROM samples AS s WHERE s.run_id = $sample_run
-                                                 AND s.image_id = f.image_id AND s.version = f.version)
+            WHERE NOT EXISTS (SELECT 1 FROM override_actions AS o
+                              WHERE o.image_id = f.image_id AND o.version = f.version AND o.action = 'delete')
+        ),
+        sampled AS (  -- sample_actions keeps the images kept by override, as `curated` does
+            SELECT o.* FROM overridden AS o
+            WHERE NOT EXISTS (SELECT 1 FROM sample_actions() AS s
+                              WHERE s.image_id = o.image_id AND s.version = o.version AND s.action = 'delete')
         )
         SELECT (SELECT count(*) FROM present), (SELECT count(*) FROM sanitized), (SELECT n FROM rotated),
-               (SELECT count(*) FROM deduplicated), (SELECT count(*) FROM filtered), (SELECT count(*) FROM sampled)
+               (SELECT count(*) FROM deduplicated), (SELECT count(*) FROM filtered),
+               (SELECT count(*) FROM overridden), (SELECT count(*) FROM sampled),
+               (SELECT count(*) FROM override_actions WHERE override = 'keep')
         """,
-        {"rotation": float(rotation_threshold), "dedup": None if dedup_threshold is None else float(dedup_threshold),
-         "sample_run": sample_run},
+        {"rotation": float(rotation_threshold), "dedup": None if dedup_threshold is None else float(dedup_threshold)},
     )[0]
-    scanned, sanitized, rotated, deduplicated, filtered, sampled = (int(v or 0) for v in row)
+    scanned, sanitized, rotated, deduplicated, filtered, overridden, sampled, kept = (int(v or 0) for v in row)
     examples_threshold = catalog.scalar("SELECT setting('filter_by_examples', 'threshold')")
     return [
         ("scanned", scanned, "present images"),
@@ -277,6 +288,8 @@ def _funnel(catalog: Catalog, *, dedup_threshold: float | None,
         ("deduplicated", deduplicated, f"duplicates removed at distance < {_describe_apply(catalog, dedup_threshold)}"),
         ("filtered", filtered, f"unwanted-example filter at threshold {examples_threshold}" if filter_run
          else "no filter run yet: run vdc-lake filter examples"),
+        ("overrides", overridden, f"{filtered - overridden:,} dropped by override; {kept:,} kept by override "
+                                  "(no decision removes them)"),
         ("sampled", sampled, f"in sample run {sample_run}" if sample_run
          else "no sample run yet: run vdc-lake sample --total N"),
     ]
@@ -459,7 +472,28 @@ def sample_gallery(catalog: Catalog, limits: Limits) -> Paged:
     return paged
 
 
-DECISION_GALLERIES = ("sanitize", "rotation", "dedup", "examples", "score", "sample")
+def override_gallery(catalog: Catalog, limits: Limits) -> Paged:
+    """The user's overrides in force: drops (planned deletions of the override stage) first, then keeps."""
+    rows, total = _rows(catalog, """
+        SELECT image_id, version, path, override, action, reason, count(*) OVER () AS total,
+               count(*) FILTER (WHERE action = 'delete') OVER () AS drops
+        FROM override_actions
+        ORDER BY CASE action WHEN 'delete' THEN 0 ELSE 1 END, created_at DESC, image_id LIMIT $n""",
+        {"n": limits.per_gallery})
+    paged = Paged("override", "Overrides in force",
+                  "<p>Your own verdicts (<code>vdc-lake override keep|drop</code>): images dropped by override "
+                  "(the override stage deletes them) first, then images kept by override (no decision removes "
+                  "them).</p>", total, planned=int(rows[0]["drops"]) if rows else 0)
+    for r in rows:
+        dropped = r["action"] == "delete"
+        card = _image_card(r, lines=[r["reason"]], css="delete" if dropped else "keep",
+                           label="dropped by override" if dropped else "kept by override")
+        card.planned = dropped
+        paged.items.append([card])
+    return paged
+
+
+DECISION_GALLERIES = ("sanitize", "rotation", "dedup", "examples", "score", "sample", "override")
 
 
 # -- history: what each apply run changed, from the journal --------------------------------------
@@ -591,7 +625,7 @@ def _decisions_section(galleries: dict[str, Paged | None], limits: Limits, histo
         if gallery is None:
             rows.append((name, "0", "no score filter configured ([filter_by_score] name)", f"{applied:,}"))
             continue
-        rows.append((name, f"{gallery.total:,}", _pages_link(gallery, limits), f"{applied:,}"))
+        rows.append((name, f"{gallery.operations:,}", _pages_link(gallery, limits), f"{applied:,}"))
     section.body.append(_table(["decision", "planned", "review pages", "applied earlier (done)"], rows,
                                raw_columns={2}))
     return section
@@ -983,7 +1017,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, raw_columns
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-PAGE_NAME = re.compile(r"(sanitize|rotation|dedup|near|examples|score|sample|clusters|history-\d+)-\d+\.html")
+PAGE_NAME = re.compile(r"(sanitize|rotation|dedup|near|examples|score|sample|override|clusters|history-\d+)-\d+\.html")
 
 
 def _page_name(slug: str, page: int) -> str:
@@ -1254,6 +1288,7 @@ def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: in
     for gallery in galleries.values():
         for item in gallery.items if gallery else []:
             item[0].planned = True
+    galleries["override"] = override_gallery(catalog, limits)  # marks its drops itself (keeps are no operation)
     near = near_miss_gallery(catalog, dedup_threshold, report_threshold, limits)
     history = apply_history(catalog, limits)
     tree = cluster_tree(catalog)
