@@ -160,6 +160,7 @@ def set_dim(catalog: Catalog, table: str, name: str) -> int:
 
 
 _TABLE_COLUMN = {"embeddings": "vector", "predictions": "probs"}
+SCAN_MEMORY_LIMIT = "256MB"  # DuckDB's limit while a set streams out (see _stream_rows)
 
 
 def memory_budget_bytes(catalog: Catalog) -> int:
@@ -235,14 +236,27 @@ def _allocate(catalog: Catalog, n: int, dim: int, memory_budget: int | None) -> 
 
 
 def _stream_rows(catalog: Catalog, table: str, name: str, dim: int, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """(row_id, v FLOAT[dim]) of every row of the set, a batch at a time: a plain scan, no join or sort."""
+    """(row_id, v FLOAT[dim]) of every row of the set, a batch at a time: a plain scan, no join or sort.
+
+    DuckDB keeps the blocks a scan read in its buffer pool up to its memory_limit; a scan needs
+    one row group at a time, so the limit is lowered while it runs: the set's own array, not
+    a cached copy of its blocks, is what the stage holds.
+    """
     column = _TABLE_COLUMN[table]
-    reader = catalog.con.sql(
-        f"SELECT e.rowid AS row_id, e.{column}::FLOAT[{dim}] AS v FROM {table} e WHERE e.set_name = ?", params=[name]
-    ).to_arrow_reader(batch_rows)
-    for batch in reader:
-        if batch.num_rows:
-            yield batch
+    con = catalog.con
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    con.execute(f"SET memory_limit = '{SCAN_MEMORY_LIMIT}'").fetchall()
+    try:
+        reader = con.sql(
+            f"SELECT e.rowid AS row_id, e.{column}::FLOAT[{dim}] AS v FROM {table} e WHERE e.set_name = ?",
+            params=[name],
+        ).to_arrow_reader(batch_rows)
+        for batch in reader:
+            if batch.num_rows:
+                yield batch
+        del reader
+    finally:
+        con.execute(f"SET memory_limit = '{limit}'").fetchall()
 
 
 def _batch_vectors(batch: pa.RecordBatch, dim: int) -> np.ndarray:
