@@ -309,7 +309,10 @@ def list_overrides(catalog: Catalog) -> pa.Table:
     """Every image's newest override (clear ones left out), with whether it is in force:
     image_id, path, override, reason, judged_version, current_version, state, run_id, created_at.
     state: 'in force', 'lapsed: the file changed since' (a new version not made by apply), or
-    'file gone' (not present at the last scan or deleted by apply)."""
+    'file gone' (not present at the last scan or deleted by apply). A catalog that an older
+    vdc-lake wrote (opened read-only, not migrated yet) has none."""
+    if not catalog.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'override_actions'"):
+        return pa.table({"image_id": pa.array([], pa.int64())})
     return catalog.arrow(
         f"""
         WITH current AS ({_CURRENT_SQL}),

@@ -30,9 +30,14 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
             JOIN images i ON i.image_id = f.image_id AND i.version = f.version AND i.present
         """
     )
+    # A catalog written by an older vdc-lake and opened read-only has no override views until a
+    # writing command migrates it: it has no overrides either.
+    has_overrides = bool(catalog.scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'override_actions'"))
     pending = []
     for stage, sql in PENDING_VIEWS.items():
-        pending.extend((stage, action, n) for action, n in catalog.rows(sql))
+        if stage != "override" or has_overrides:
+            pending.extend((stage, action, n) for action, n in catalog.rows(sql))
     runs = catalog.rows(
         """
         SELECT run_id, stage, status, strftime(started_at, '%Y-%m-%d %H:%M:%S'),
@@ -54,6 +59,7 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
     )
     curated = catalog.scalar("SELECT count(*) FROM curated")
     # the user's overrides in force (keep: no decision removes the image; drop: the override stage deletes it)
-    overrides = catalog.rows("SELECT override, count(*) FROM override_actions GROUP BY override ORDER BY override")
+    overrides = catalog.rows("SELECT override, count(*) FROM override_actions GROUP BY override ORDER BY override"
+                             ) if has_overrides else []
     return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated,
             "overrides": overrides}
