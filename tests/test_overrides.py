@@ -260,3 +260,13 @@ def test_an_override_lapses_when_the_file_changes_but_not_when_apply_rewrites_it
     assert "pass --all" in _error(run_cli(["override", "clear"], catalog))
     assert _ok(run_cli(["override", "clear", "--all"], catalog)).endswith("1 overrides cleared\n")  # the lapsed drop
     assert _ok(run_cli(["override", "list"], catalog)) == "no overrides\n"
+
+
+def test_a_dropped_keeper_hands_its_group_to_the_next_copy(lake, run_cli):
+    catalog, data, ids = lake
+    _ok(run_cli(["override", "drop", "a.png"], catalog))
+    planned = _planned(catalog, "dedup")
+    assert set(planned) == {"a.png", "c.png"}  # b.png keeps the group; a.png goes both ways
+    assert f"(image {ids['b.png']}, kept by largest-resolution)" in planned["c.png"]
+    assert set(_planned(catalog, "override")) == {"a.png"}
+    assert _names(catalog, "SELECT image_id FROM curated") == {"b.png", "d.png", "e.png", "wide.png"}
