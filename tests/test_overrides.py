@@ -270,3 +270,14 @@ def test_a_dropped_keeper_hands_its_group_to_the_next_copy(lake, run_cli):
     assert f"(image {ids['b.png']}, kept by largest-resolution)" in planned["c.png"]
     assert set(_planned(catalog, "override")) == {"a.png"}
     assert _names(catalog, "SELECT image_id FROM curated") == {"b.png", "d.png", "e.png", "wide.png"}
+
+
+def test_a_file_missing_when_sanitize_read_it_is_not_curated_even_when_kept(lake, run_cli):
+    catalog, data, ids = lake
+    with Catalog(catalog) as c:  # what sanitize records for a file gone between scan and decode
+        run = c.scalar("SELECT max(run_id) FROM sanitize_checks")
+        c.execute("INSERT INTO findings VALUES (?, ?, 1, 'missing', 'the file is gone (ENOENT)', 'none')",
+                  [run, ids["e.png"]])
+    _ok(run_cli(["override", "keep", "e.png"], catalog))
+    assert "e.png" not in _names(catalog, "SELECT image_id FROM curated")
+    assert "e.png" not in _planned(catalog, "sanitize")
