@@ -11,7 +11,7 @@ CLI subprocess in the work folder:
     scan, sanitize --quick, import (768), import (512), dedup report (method auto picks),
     cluster --n-clusters 100 10 2 (set 768), sample --total N/2, export manifest, status, report
 
-Peak RSS is the child's ru_maxrss from os.wait4 (the largest process of its tree). "raw"
+Peak RSS is /usr/bin/time's %M for the command (its largest process). "raw"
 is N x d x 4 bytes of the set a command moves; "bound" is 1.5 x raw + 1 GB (issue 12).
 Rows are printed as they finish; nothing is asserted.
 """
@@ -83,13 +83,19 @@ def make_embeddings(path: Path, root: Path, n: int, dim: int, *, batch: int = 50
 
 
 def run_command(args: list[str], cwd: Path, log) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in bytes, exit code) of one CLI command."""
+    """(wall seconds, peak RSS in bytes, exit code) of one CLI command.
+
+    Peak RSS comes from /usr/bin/time (%M): Linux carries the high-water mark of the process
+    that forked into the exec'd child, so this script's own ru_maxrss for its children would
+    never read below this (large) process's size; time is small.
+    """
+    report = cwd / "time.out"
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "vdc_lake.cli", "-q", *args], cwd=cwd,
-                               stdout=log, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return time.monotonic() - started, usage.ru_maxrss * 1024, process.returncode
+    code = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(report), sys.executable, "-m", "vdc_lake.cli",
+                           "-q", *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT).returncode
+    seconds = time.monotonic() - started
+    lines = [line for line in report.read_text().splitlines() if line.strip().isdigit()]
+    return seconds, int(lines[-1]) * 1024 if lines else float("nan"), code
 
 
 def main() -> None:

@@ -65,9 +65,10 @@ def _distances_to_centers(x: np.ndarray, centers: np.ndarray, labels: np.ndarray
     """Distance of each row to its assigned centre, [n] float32 (cosine: 1 - cos; l2: squared),
     as vdc_lake.kmeans measures it."""
     out = np.empty(len(x), np.float32)
-    for start in range(0, len(x), 262144):
-        rows = x[start:start + 262144]
-        c = centers[labels[start:start + 262144]]
+    step = max(1, (64 << 20) // (4 * max(x.shape[1], 1)))  # 64 MB of rows (and of their centres) at a time
+    for start in range(0, len(x), step):
+        rows = x[start:start + step]
+        c = centers[labels[start:start + step]]
         if metric == "cosine":
             num = np.einsum("ij,ij->i", rows, c)
             den = np.linalg.norm(rows, axis=1) * np.linalg.norm(c, axis=1) + 1e-12
