@@ -211,3 +211,18 @@ def test_a_busy_file_is_told_apart_from_a_file_that_is_no_catalog(catalog_path, 
     garbage.write_bytes(b"\x00" * 4096)
     with pytest.raises(NotACatalogError, match="is not a vdc-lake catalog"):
         Catalog(garbage, read_only=True, wait_seconds=0.5).scalar("SELECT 1")
+
+
+def test_a_read_only_command_brings_a_catalog_of_another_version_up_to_date(catalog_path, run_cli):
+    """A catalog last written by an older vdc-lake (a view missing, other view definitions):
+    the first read-only command reinstalls the views while the catalog is free."""
+    with Catalog(catalog_path) as catalog:
+        assert catalog.schema_is_current()
+        catalog.execute("DROP VIEW curated")
+        catalog.execute("UPDATE views_installed SET fingerprint = 'older-version'")
+        assert not catalog.schema_is_current()
+    result = run_cli(["sql", "SELECT count(*) AS n FROM curated", "--format", "csv"], catalog_path)
+    assert result.exit_code == 0, result.output
+    assert result.output.replace('"', "").split()[-2:] == ["n", "0"]
+    with Catalog(catalog_path, read_only=True) as catalog:
+        assert catalog.schema_is_current()

@@ -394,7 +394,7 @@ def test_a_busy_catalog_is_read_with_its_settings_and_the_command_says_so(graph_
         busy.release()
         result = run_cli(["status"], catalog)
     assert result.exit_code == 0, result.output
-    assert "note: the config differs from the catalog's settings (rotation_correction.threshold: 0.75 -> 0.9" \
+    assert "note: the config or vdc-lake version differs from the catalog's (rotation_correction.threshold: 0.75 -> 0.9" \
         in result.output
     with Catalog(catalog, read_only=True) as c:
         assert c.scalar("SELECT setting('rotation_correction', 'threshold')") == "0.75"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -55,6 +56,14 @@ def sql_dir() -> Path:
         if (candidate / "schema").is_dir():
             return candidate
     raise FileNotFoundError("vdc-lake's sql/ folder is missing from the installation; reinstall vdc-lake")
+
+
+def views_fingerprint() -> str:
+    """A hash of this vdc-lake's view definitions (sql/views/*.sql, names and text)."""
+    digest = hashlib.sha256()
+    for path in sorted((sql_dir() / "views").glob("*.sql")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _now() -> dt.datetime:
@@ -304,8 +313,26 @@ class Catalog:
             applied.append(path.stem)
         return applied
 
+    def schema_is_current(self) -> bool:
+        """True when every migration of this vdc-lake is applied and its views are installed (a
+        catalog written by another version is brought up to date by the next writer)."""
+        try:
+            applied = {row[0] for row in self.con.execute("SELECT version FROM schema_migrations").fetchall()}
+            installed = self.con.execute("SELECT max(fingerprint) FROM views_installed").fetchall()[0][0]
+        except duckdb.CatalogException:
+            return False
+        wanted = {int(path.name.split("_", 1)[0]) for path in (sql_dir() / "schema").glob("*.sql")}
+        return wanted <= applied and installed == views_fingerprint()
+
     def install_views(self) -> None:
-        """(Re)create every sql/views/*.sql; a view that reads another is retried after it."""
+        """(Re)create every sql/views/*.sql; a view that reads another is retried after it. Records
+        the views' fingerprint, so readers can tell a catalog whose views are from another version."""
+        self.execute("CREATE TABLE IF NOT EXISTS views_installed (fingerprint VARCHAR, installed_at TIMESTAMP)")
+        self._create_views()
+        self.execute("DELETE FROM views_installed")
+        self.execute("INSERT INTO views_installed VALUES (?, ?)", [views_fingerprint(), _now()])
+
+    def _create_views(self) -> None:
         pending = sorted((sql_dir() / "views").glob("*.sql"))
         while pending:
             failed = []

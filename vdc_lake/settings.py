@@ -120,6 +120,8 @@ def sync_settings(catalog_path: str, config: Config) -> str | None:
     try:
         with Catalog(catalog_path, read_only=True, scale=scale) as catalog:
             pending = changes(stored_settings(catalog), config)
+            if not catalog.schema_is_current():  # written by another vdc-lake: a writer migrates it
+                pending.append("(tables and views of another vdc-lake version)")
     except duckdb.CatalogException:  # a catalog from before the settings table: a writer migrates it
         pending = ["(no settings table yet)"]
     if not pending:
@@ -129,7 +131,7 @@ def sync_settings(catalog_path: str, config: Config) -> str | None:
             done = record_settings(catalog, config)
     except (CatalogLockedError, CatalogAccessError, DiskFullError, OSError, duckdb.IOException,
             duckdb.PermissionException):
-        return (f"note: the config differs from the catalog's settings ({pending[0]}"
+        return (f"note: the config or vdc-lake version differs from the catalog's ({pending[0]}"
                 f"{f' and {len(pending) - 1} more' if len(pending) > 1 else ''}); the catalog is busy or "
                 "read-only, so this command uses the catalog's settings; the next writing command records the config")
     return changed_note(done)
