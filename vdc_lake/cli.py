@@ -380,6 +380,11 @@ def status(ctx: Context) -> None:
     if report["overrides"]:
         click.echo("overrides in force: " + ", ".join(f"{n} {what}" for what, n in report["overrides"])
                    + " (vdc-lake override list)")
+    if report["predict_failures"]:
+        click.echo()
+        echo_table(report["predict_failures"], ["predict failed in set", "images", "example (path: reason)"])
+        click.echo("not tried again on the same bytes: `predict --retry-failed` does; all reasons: "
+                   "vdc-lake sql \"SELECT * FROM failed_predictions\"")
     click.echo()
     echo_table(report["settings"], ["decision setting", "value", "source"])
     click.echo()
@@ -791,6 +796,8 @@ def _predict_requests(model: tuple[str, ...], kind: tuple[str, ...], tag: tuple[
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--fast-matmul", is_flag=True, help="Allow TF32 matmuls.")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format.")
+@click.option("--retry-failed", is_flag=True,
+              help="Try again the images that failed in a set before on the same bytes (see `status`).")
 @backend_options
 @pass_ctx
 @handle_errors
@@ -798,7 +805,7 @@ def predict(ctx: Context, model: tuple[str, ...], tag: tuple[str, ...], kind: tu
             set_name: tuple[str, ...], models_dir: str | None, size: tuple[str, ...], device: str | None,
             decode: str | None, rotate_threshold: float | None, draft_min_size: int | None, batch_size: int | None,
             num_workers: int | None, amp: bool, amp_dtype: str, compile_: bool, fast_matmul: bool,
-            channels_last: bool, backend: str | None, ray_address: str | None) -> None:
+            channels_last: bool, retry_failed: bool, backend: str | None, ray_address: str | None) -> None:
     """Run birder models over present images that have no result yet for their current version.
 
     Several --model/--kind pairs run in one pass: each image is decoded once (JPEGs at reduced
@@ -809,7 +816,9 @@ def predict(ctx: Context, model: tuple[str, ...], tag: tuple[str, ...], kind: tu
     has, those results stay current for the turned files. Results are committed in batches: a
     killed run resumes where it stopped, per set. With --backend ray each model runs alone in Ray
     tasks over shards of images, one GPU each when the device is cuda (or auto and the cluster
-    has GPUs); the builtin descriptor always runs alone.
+    has GPUs); the builtin descriptor always runs alone. An image that fails (does not decode)
+    is recorded with its reason (see `status`) and not tried again in that set until its file
+    changes, or with --retry-failed.
 
     \b
     Example:
@@ -832,15 +841,23 @@ def predict(ctx: Context, model: tuple[str, ...], tag: tuple[str, ...], kind: tu
             rotate_threshold=threshold, draft_min_size=cfg["draft_min_size"], batch_size=cfg["batch_size"],
             num_workers=cfg["num_workers"], amp=amp, amp_dtype=amp_dtype, compile=compile_, fast_matmul=fast_matmul,
             channels_last=channels_last, quiet=ctx.quiet, backend=backend,
-            max_pixels=ctx.get("sanitize", "max_pixels"))
+            max_pixels=ctx.get("sanitize", "max_pixels"), retry_failed=retry_failed)
     for s in summaries:
         click.echo(f"predict run {s.run_id}: set {s.set_name} ({s.kind}): {s.written} of {s.todo} images written, "
                    f"{s.failed} failed, {s.images_per_second} images/s")
         if s.skipped:
             reasons = ", ".join(f"{n} {reason}" for reason, n in s.skipped_reasons.items())
             click.echo(f"  {s.skipped} skipped, not decoded: {reasons}")
+        if s.not_retried:
+            click.echo(f"  {s.not_retried} not tried again: they failed on the same bytes before "
+                       "(reasons: vdc-lake status; --retry-failed tries them)")
+    for s in summaries:  # after every set's counts, so the reasons are not lost among them
+        if s.errors:
+            click.echo(f"failed in set {s.set_name}:", err=True)
         for error in s.errors:
             click.echo(f"  {error}", err=True)
+        if s.failed > len(s.errors):
+            click.echo(f"  and {s.failed - len(s.errors)} more (vdc-lake status)", err=True)
 
 
 @cli.command("import")

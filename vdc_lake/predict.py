@@ -7,6 +7,10 @@ where it stopped with no duplicates.
 Decompression bombs are never decoded: images whose stored size exceeds the pixel limit
 (sanitize.max_pixels), and images sanitize decided to delete, are skipped with a reason (the
 run's summary), and every decode re-checks the header against the limit.
+
+An image a model could not compute (it does not decode) gets a row in predict_failures with
+the reason, committed with the results; the next predict of that set leaves those bytes out
+(a new version is tried again; so is an I/O failure, and everything with retry_failed).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ COMMIT_EVERY_IMAGES = 4096
 COMMIT_EVERY_SECONDS = 30.0
 ROTATION_ORDER = ["0", "90", "180", "270"]
 PREDICT_SHARD_BATCHES = 16  # Ray backend: batches per task at least
+FAILURE_EXAMPLES = 5  # failures a summary names ("path: reason"); the catalog keeps them all
+NO_REASON = "no result (no reason given)"
 KIND_TABLE = {"rotation": "predictions", "descriptor": "embeddings", "embedding": "embeddings"}
 
 
@@ -50,9 +56,10 @@ class PredictSummary:
     skipped: int = 0       # blocked by sanitize (a pending delete, or over the pixel limit)
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     skipped_examples: list[str] = field(default_factory=list)
+    not_retried: int = 0   # failed on the same bytes before (predict_failures); retry_failed tries them
     seconds: float = 0.0
     images_per_second: float = 0.0
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the first FAILURE_EXAMPLES failures, "path: reason"
 
 
 @dataclass
@@ -83,9 +90,15 @@ def _register(catalog: Catalog, set_name: str, kind: str, model: str, dim: int, 
                                run_id=run_id)
 
 
-def _builtin_item(item: tuple[str, int], *, max_pixels: int) -> np.ndarray | None:
-    """The builtin descriptor of (path, version); the version keys Ray's staging (see _infer_shard)."""
-    return _builtin_one(item[0], max_pixels)
+def _builtin_item(item: tuple[str, int], *, max_pixels: int) -> np.ndarray | str:
+    """The builtin descriptor of (path, version), or why it could not be computed; the version
+    keys Ray's staging (see _infer_shard)."""
+    from vdc_lake.files import decode_check
+
+    result = decode_check(item[0], max_pixels=max_pixels, with_descriptor=True)
+    if result.descriptor is not None:
+        return result.descriptor
+    return result.error or f"not decoded: more than the pixel limit of {max_pixels:,}"
 
 
 def _builtin_one(path: str, max_pixels: int) -> np.ndarray | None:
@@ -135,6 +148,66 @@ def _skip_blocked(catalog: Catalog, work: pa.Table, max_pixels: int, summary: Pr
     keep = np.ones(work.num_rows, bool)
     keep[[row["row"] for row in blocked]] = False
     return work.filter(pa.array(keep))
+
+
+def _skip_failed_before(catalog: Catalog, work: pa.Table, set_name: str, summary: PredictSummary) -> pa.Table:
+    """work without the images whose current version failed in set_name before (their newest
+    failure not transient: the bytes did not decode, and they are the same bytes); counted in
+    summary.not_retried."""
+    indexed = work.append_column("row", pa.array(np.arange(work.num_rows, dtype=np.int64)))
+    with catalog.registered("predict_work", indexed):
+        rows = catalog.arrow(
+            """
+            SELECT w.row
+            FROM predict_work AS w
+            JOIN predict_failures AS f ON f.image_id = w.image_id AND f.version = w.version AND f.set_name = ?
+            QUALIFY row_number() OVER (PARTITION BY w.row ORDER BY f.run_id DESC) = 1 AND NOT f.transient
+            """,
+            [set_name],
+        ).column("row").to_numpy()
+    if not len(rows):
+        return work
+    summary.not_retried = len(rows)
+    keep = np.ones(work.num_rows, bool)
+    keep[rows] = False
+    return work.filter(pa.array(keep))
+
+
+def _todo(catalog: Catalog, table: str, set_name: str, max_pixels: int, retry_failed: bool,
+          summary: PredictSummary) -> pa.Table:
+    """(image_id, version, path) the set misses, less the images blocked by sanitize or the pixel
+    limit and, unless retry_failed, those that failed on the same bytes before."""
+    work = _skip_blocked(catalog, missing_images(catalog, table, set_name), max_pixels, summary)
+    if not retry_failed:
+        work = _skip_failed_before(catalog, work, set_name, summary)
+    summary.todo = work.num_rows
+    return work
+
+
+def _is_io_failure(error: str) -> bool:
+    """True for a failure to open or read the file (it says nothing about the bytes): decode_check's
+    missing / unreadable, or an OSError with an errno from the decoding workers."""
+    return error.startswith(("missing:", "unreadable:")) or "[Errno " in error
+
+
+def _failure_table(run_id: int, set_name: str, ids: np.ndarray, versions: np.ndarray,
+                   errors: list[str]) -> pa.Table:
+    """predict_failures rows: one per (image_id, version) with its reason (ids, versions: [n])."""
+    return pa.table({
+        "run_id": pa.array(np.full(len(errors), run_id, np.int64)),
+        "set_name": pa.array([set_name] * len(errors), pa.string()),
+        "image_id": pa.array(np.asarray(ids, np.int64)),
+        "version": pa.array(np.asarray(versions, np.int32)),
+        "error": pa.array(errors, pa.string()),
+        "transient": pa.array([_is_io_failure(e) for e in errors], pa.bool_()),
+    })
+
+
+def _note_failures(summary: PredictSummary, paths: list[str], errors: list[str]) -> None:
+    """Count failures in summary, naming the first FAILURE_EXAMPLES as "path: reason"."""
+    summary.failed += len(errors)
+    room = max(FAILURE_EXAMPLES - len(summary.errors), 0)
+    summary.errors += [f"{path}: {error}" for path, error in zip(paths[:room], errors[:room])]
 
 
 @dataclass(frozen=True)
@@ -231,38 +304,49 @@ def _model_results_on_ray(catalog: Catalog, spec: ModelSpec, items: list[tuple[s
                            num_cpus=max(1, spec.num_workers or 1), num_gpus=1 if spec.device == "cuda" else 0)
 
 
-def _ingest(catalog: Catalog, run_id: int, kind: str, set_name: str, work: pa.Table,
-            results: Iterable[np.ndarray | str | None], summary: PredictSummary, commit_every: int) -> None:
+def _ingest(catalog: Catalog, kind: str, work: pa.Table, results: Iterable[np.ndarray | str | None],
+            summary: PredictSummary, commit_every: int) -> None:
     """Write one result per work row, in order, to the set: a vector is written, anything else
-    (None, or an error string kept in summary.errors up to 10) counts as failed. Commits every
-    `commit_every` vectors and every COMMIT_EVERY_SECONDS, releasing the catalog in between."""
-    ids = work.column("image_id").to_numpy()
-    versions = work.column("version").to_numpy()
+    (an error string, or None) is a failure, recorded in predict_failures with its reason and
+    counted in summary. Commits every `commit_every` results and every COMMIT_EVERY_SECONDS,
+    releasing the catalog in between."""
     done: list[int] = []
     vectors: list[np.ndarray] = []
+    failed: list[int] = []
+    errors: list[str] = []
     last_commit = time.monotonic()
     for row, result in enumerate(results):
         if isinstance(result, np.ndarray):
             done.append(row)
             vectors.append(result)
         else:
-            summary.failed += 1
-            if isinstance(result, str) and len(summary.errors) < 10:
-                summary.errors.append(result)
-        if len(done) >= commit_every or (done and time.monotonic() - last_commit > COMMIT_EVERY_SECONDS):
-            summary.written += _commit(catalog, run_id, kind, set_name, ids[done], versions[done], vectors)
-            done, vectors, last_commit = [], [], time.monotonic()
-    summary.written += _commit(catalog, run_id, kind, set_name, ids[done], versions[done], vectors)
+            failed.append(row)
+            errors.append(result if isinstance(result, str) and result else NO_REASON)
+        waiting = len(done) + len(failed)
+        if waiting >= commit_every or (waiting and time.monotonic() - last_commit > COMMIT_EVERY_SECONDS):
+            _commit(catalog, summary, kind, work, done, vectors, failed, errors)
+            done, vectors, failed, errors, last_commit = [], [], [], [], time.monotonic()
+    _commit(catalog, summary, kind, work, done, vectors, failed, errors)
 
 
-def _commit(catalog: Catalog, run_id: int, kind: str, set_name: str, ids: np.ndarray, versions: np.ndarray,
-            vectors: list[np.ndarray]) -> int:
-    if not vectors:
-        return 0
+def _commit(catalog: Catalog, summary: PredictSummary, kind: str, work: pa.Table, done: list[int],
+            vectors: list[np.ndarray], failed: list[int], errors: list[str]) -> None:
+    """One transaction: the vectors of work rows `done` and the failures (reasons `errors`) of rows `failed`."""
+    if not done and not failed:
+        return
+    written, lost = work.take(pa.array(done, pa.int64())), work.take(pa.array(failed, pa.int64()))
     with catalog.transaction():
-        write_vectors(catalog, KIND_TABLE[kind], set_name, run_id, ids, versions, np.stack(vectors))
+        if done:
+            write_vectors(catalog, KIND_TABLE[kind], summary.set_name, summary.run_id,
+                          written.column("image_id").to_numpy(), written.column("version").to_numpy(),
+                          np.stack(vectors))
+        if failed:
+            catalog.insert_arrow("predict_failures", _failure_table(
+                summary.run_id, summary.set_name, lost.column("image_id").to_numpy(),
+                lost.column("version").to_numpy(), errors))
     catalog.release()
-    return len(vectors)
+    summary.written += len(done)
+    _note_failures(summary, lost.column("path").to_pylist(), errors)
 
 
 @dataclass(frozen=True)
@@ -295,11 +379,14 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
             num_workers: int | None = 2, amp: bool = False, amp_dtype: str = "bfloat16", compile: bool = False,
             fast_matmul: bool = False, channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES,
             quiet: bool = False, backend: str = "local", max_pixels: int | None = None, decode: str = "auto",
-            draft_min_size: int = 448) -> PredictSummary:
+            draft_min_size: int = 448, retry_failed: bool = False) -> PredictSummary:
     """Compute `kind` outputs of `model` for every present image missing them; returns counts.
 
     Images over `max_pixels` (default: the bundled sanitize.max_pixels) or with a pending
     sanitize delete are skipped (summary.skipped, by reason); no decode exceeds the limit.
+    An image that fails (does not decode) is recorded in predict_failures with its reason
+    (summary.failed, summary.errors); a later predict of the set leaves out the images that
+    failed on their current bytes (summary.not_retried) unless `retry_failed`.
 
     Results are committed every `commit_every` images (and every 30 s), so a killed run loses
     at most that much work and a re-run continues with the images still missing.
@@ -316,7 +403,7 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
     options = dict(models_dir=models_dir, device=device, batch_size=batch_size, num_workers=num_workers, amp=amp,
                    amp_dtype=amp_dtype, compile=compile, fast_matmul=fast_matmul, channels_last=channels_last,
                    commit_every=commit_every, quiet=quiet, max_pixels=max_pixels, decode=decode,
-                   draft_min_size=draft_min_size)
+                   draft_min_size=draft_min_size, retry_failed=retry_failed)
     if model != BUILTIN_MODEL and backend == "local":
         return predict_pass(catalog, [request], **options)[0]
     return _predict_alone(catalog, request, backend=backend, **options)
@@ -325,7 +412,7 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
 def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str, device: str, batch_size: int,
                    num_workers: int | None, amp: bool, amp_dtype: str, compile: bool, fast_matmul: bool,
                    channels_last: bool, commit_every: int, quiet: bool, backend: str, max_pixels: int | None,
-                   decode: str, draft_min_size: int) -> PredictSummary:
+                   decode: str, draft_min_size: int, retry_failed: bool) -> PredictSummary:
     """The builtin descriptor (its own decode), or a model on Ray: one set, one run."""
     model, kind, size = request.model, request.kind, request.size
     builtin = model == BUILTIN_MODEL
@@ -340,7 +427,8 @@ def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str
     name = request.set_name or (BUILTIN_MODEL if builtin else loaded.name)
     params = _run_params(request, name, dict(
         device=device, batch_size=batch_size, amp=amp, amp_dtype=amp_dtype, compile=compile, max_pixels=max_pixels,
-        decode=decode, draft_min_size=draft_min_size, rotate_threshold=None, rotation_set=None, pass_sets=[name]))
+        decode=decode, draft_min_size=draft_min_size, retry_failed=retry_failed, rotate_threshold=None,
+        rotation_set=None, pass_sets=[name]))
     with catalog.run("predict", params) as run_id:
         started = time.monotonic()
         summary = PredictSummary(run_id, name, kind)
@@ -348,8 +436,7 @@ def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str
             register_builtin_set(catalog, run_id, name)
         else:
             _register_model_set(catalog, name, kind, loaded, run_id)
-        work = _skip_blocked(catalog, missing_images(catalog, KIND_TABLE[kind], name), max_pixels, summary)
-        summary.todo = work.num_rows
+        work = _todo(catalog, KIND_TABLE[kind], name, max_pixels, retry_failed, summary)
         if work.num_rows:
             paths = work.column("path").to_pylist()
             items = list(zip(paths, work.column("version").to_pylist()))
@@ -360,7 +447,7 @@ def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str
                                  desc="builtin", quiet=quiet)
             else:
                 results = _model_results_on_ray(catalog, spec, items, quiet)
-            _ingest(catalog, run_id, kind, name, work, results, summary, commit_every)
+            _ingest(catalog, kind, work, results, summary, commit_every)
         _finish(catalog, summary, started)
     return summary
 
@@ -386,7 +473,8 @@ def predict_pass(catalog: Catalog, requests: list[PredictRequest], *, models_dir
                  draft_min_size: int = 448, batch_size: int = 64, num_workers: int | None = 2, amp: bool = False,
                  amp_dtype: str = "bfloat16", compile: bool = False, fast_matmul: bool = False,
                  channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES, quiet: bool = False,
-                 backend: str = "local", max_pixels: int | None = None) -> list[PredictSummary]:
+                 backend: str = "local", max_pixels: int | None = None,
+                 retry_failed: bool = False) -> list[PredictSummary]:
     """Run several models over the present images in one decode pass; one summary per request.
 
     Each set gets its own predict run (params as if computed alone, plus the pass's sets) and
@@ -400,6 +488,10 @@ def predict_pass(catalog: Catalog, requests: list[PredictRequest], *, models_dir
     turning. Where the rotation set already holds an image's probabilities, those are used.
     The builtin descriptor (it decodes on its own) and backend "ray" run each request alone,
     one after the other, without turning.
+
+    Failures are recorded per set (predict_failures): an image that does not decode fails in
+    every set that needed it, and a later pass leaves it out of those sets while its bytes stay
+    the same, unless `retry_failed` (see predict).
     """
     for request in requests:
         _check_request(request)
@@ -410,7 +502,7 @@ def predict_pass(catalog: Catalog, requests: list[PredictRequest], *, models_dir
     options = dict(models_dir=models_dir, device=device, batch_size=batch_size, num_workers=num_workers, amp=amp,
                    amp_dtype=amp_dtype, compile=compile, fast_matmul=fast_matmul, channels_last=channels_last,
                    commit_every=commit_every, quiet=quiet, max_pixels=max_pixels, decode=decode,
-                   draft_min_size=draft_min_size)
+                   draft_min_size=draft_min_size, retry_failed=retry_failed)
     alone = [r for r in requests if r.model == BUILTIN_MODEL or backend == "ray"]
     together = [r for r in requests if r not in alone]
     summaries: dict[int, PredictSummary] = {}
@@ -436,7 +528,8 @@ class _PassSet:
 def _predict_together(catalog: Catalog, requests: list[PredictRequest], rotate_threshold: float | None, *,
                       models_dir: str, device: str, batch_size: int, num_workers: int | None, amp: bool,
                       amp_dtype: str, compile: bool, fast_matmul: bool, channels_last: bool, commit_every: int,
-                      quiet: bool, max_pixels: int | None, decode: str, draft_min_size: int) -> list[PredictSummary]:
+                      quiet: bool, max_pixels: int | None, decode: str, draft_min_size: int,
+                      retry_failed: bool) -> list[PredictSummary]:
     from contextlib import ExitStack
 
     from vdc_lake.models import load_model, resolve_device
@@ -454,7 +547,7 @@ def _predict_together(catalog: Catalog, requests: list[PredictRequest], rotate_t
     rotation = _turning_model(sets, rotate_threshold)
     pass_options = dict(device=device, batch_size=batch_size, amp=amp, amp_dtype=amp_dtype, compile=compile,
                         max_pixels=max_pixels, decode=decode, draft_min_size=draft_min_size,
-                        rotate_threshold=rotate_threshold if rotation is not None else None,
+                        retry_failed=retry_failed, rotate_threshold=rotate_threshold if rotation is not None else None,
                         rotation_set=sets[rotation].name if rotation is not None else None, pass_sets=names)
     with ExitStack() as runs:
         started = time.monotonic()
@@ -462,10 +555,7 @@ def _predict_together(catalog: Catalog, requests: list[PredictRequest], rotate_t
             run_id = runs.enter_context(catalog.run("predict", _run_params(s.request, s.name, pass_options)))
             s.summary = PredictSummary(run_id, s.name, s.request.kind)
             _register_model_set(catalog, s.name, s.request.kind, s.loaded, run_id)
-            table = KIND_TABLE[s.request.kind]
-            work = _skip_blocked(catalog, missing_images(catalog, table, s.name), max_pixels, s.summary)
-            s.summary.todo = work.num_rows
-            s.work = work
+            s.work = _todo(catalog, KIND_TABLE[s.request.kind], s.name, max_pixels, retry_failed, s.summary)
         images = _pass_images([s.work for s in sets])
         if images.num_rows:
             ids = images.column("image_id").to_numpy()
@@ -536,19 +626,23 @@ def _known_rotation(catalog: Catalog, set_name: str, ids: np.ndarray) -> np.ndar
 @dataclass
 class _Pending:
     """Rows of one set waiting for the next commit, as blocks: positions in the pass's images,
-    their vectors and the angle (clockwise) each was computed on."""
+    their vectors and the angle (clockwise) each was computed on; positions that failed and why."""
 
     rows: list[np.ndarray] = field(default_factory=list)
     vectors: list[np.ndarray] = field(default_factory=list)
     angles: list[np.ndarray] = field(default_factory=list)
+    failed: list[np.ndarray] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 def _ingest_pass(catalog: Catalog, sets: list[_PassSet], images: pa.Table, needs: np.ndarray,
                  batches: Iterable[Any], commit_every: int) -> None:
-    """Write each PassBatch's rows to their sets; commit every set together every
-    `commit_every` images of the pass (and every COMMIT_EVERY_SECONDS)."""
+    """Write each PassBatch's rows to their sets, and its failures to the sets that needed the
+    image; commit every set together every `commit_every` images of the pass (and every
+    COMMIT_EVERY_SECONDS)."""
     ids = images.column("image_id").to_numpy()
     versions = images.column("version").to_numpy()
+    paths = images.column("path")
     pending = [_Pending() for _ in sets]
     waiting, last_commit = 0, time.monotonic()
     for batch in batches:
@@ -559,24 +653,28 @@ def _ingest_pass(catalog: Catalog, sets: list[_PassSet], images: pa.Table, needs
             turned = batch.angles[done] if s.request.kind != "rotation" else np.zeros(int(done.sum()), np.int16)
             pending[m].angles.append(turned)
             failed = np.flatnonzero(~done & needs[m, batch.indices])
-            s.summary.failed += len(failed)
-            room = 10 - len(s.summary.errors)
-            s.summary.errors += [batch.errors[i] for i in failed if batch.errors[i]][:max(room, 0)]
+            pending[m].failed.append(batch.indices[failed])
+            pending[m].errors += [batch.errors[i] or NO_REASON for i in failed]
         waiting += len(batch)
         if waiting >= commit_every or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
-            _commit_pass(catalog, sets, pending, ids, versions)
+            _commit_pass(catalog, sets, pending, ids, versions, paths)
             pending, waiting, last_commit = [_Pending() for _ in sets], 0, time.monotonic()
-    _commit_pass(catalog, sets, pending, ids, versions)
+    _commit_pass(catalog, sets, pending, ids, versions, paths)
 
 
 def _commit_pass(catalog: Catalog, sets: list[_PassSet], pending: list[_Pending], ids: np.ndarray,
-                 versions: np.ndarray) -> None:
-    """One transaction: every set's waiting rows and the rotations they were computed on."""
+                 versions: np.ndarray, paths: pa.ChunkedArray) -> None:
+    """One transaction: every set's waiting rows, the rotations they were computed on, and
+    every set's failures."""
     blocks = [(s, np.concatenate(p.rows), p) for s, p in zip(sets, pending) if p.rows]
-    if not any(len(rows) for _, rows, _ in blocks):
+    if not any(len(rows) for _, rows, _ in blocks) and not any(p.errors for p in pending):
         return
     turned: list[pa.Table] = []
+    failures = [(s, np.concatenate(p.failed), p.errors) for s, p in zip(sets, pending) if p.errors]
     with catalog.transaction():
+        for s, rows, errors in failures:
+            catalog.insert_arrow("predict_failures", _failure_table(s.summary.run_id, s.name, ids[rows],
+                                                                    versions[rows], errors))
         for s, rows, p in blocks:
             if not len(rows):
                 continue
@@ -594,6 +692,8 @@ def _commit_pass(catalog: Catalog, sets: list[_PassSet], pending: list[_Pending]
         if turned:
             catalog.insert_arrow("applied_rotations", pa.concat_tables(turned))
     catalog.release()
+    for s, rows, errors in failures:
+        _note_failures(s.summary, paths.take(pa.array(rows[:FAILURE_EXAMPLES], pa.int64())).to_pylist(), errors)
 
 
 def carry_rotated_results(catalog: Catalog, ops: Iterable[dict[str, Any]]) -> int:

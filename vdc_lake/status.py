@@ -62,4 +62,17 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
     overrides = catalog.rows("SELECT override, count(*) FROM override_actions GROUP BY override ORDER BY override"
                              ) if has_overrides else []
     return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated,
-            "overrides": overrides}
+            "overrides": overrides, "predict_failures": _predict_failures(catalog)}
+
+
+def _predict_failures(catalog: Catalog) -> list[tuple[Any, ...]]:
+    """(set, images, example "path: reason") per set whose predict failed on present images'
+    current bytes (failed_predictions); none in a catalog older than that view."""
+    if not catalog.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'failed_predictions'"):
+        return []
+    return catalog.rows(
+        """
+        SELECT set_name, count(*), arg_min(path || ': ' || error, image_id)
+        FROM failed_predictions GROUP BY set_name ORDER BY set_name
+        """
+    )
