@@ -43,6 +43,14 @@ def catalog(tmp_path, images):
     return path
 
 
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    for name in (SSCD, PE_CORE):
+        make_tiny_model(folder, TINY_SPECS[name])
+    return folder
+
+
 def failures(catalog):
     """predict_failures rows as (set, rel_path, version, error, transient), oldest first."""
     with Catalog(catalog, read_only=True) as c:
@@ -94,11 +102,14 @@ def test_a_failure_is_recorded_shown_not_retried_on_the_same_bytes_and_retried_w
     assert "predict failed in set" not in invoke(catalog, "status")
 
 
-def test_a_file_that_could_not_be_read_is_tried_again(catalog, images):
+@pytest.mark.parametrize("model", ["builtin", SSCD])
+def test_a_file_that_could_not_be_read_is_tried_again(catalog, images, models_dir, model):
     (images / "img_000.jpg").unlink()  # gone since the scan: says nothing about its bytes
-    first = builtin(catalog)
-    assert "img_000.jpg: missing: the file is gone" in first, first
-    again = builtin(catalog)
+    args = ["predict", "--model", model, "--kind", "descriptor", "--models-dir", models_dir, *TINY_CPU]
+    first = invoke(catalog, *args)
+    assert f"{N_GOOD - 1} of {N_GOOD + 1} images written, 2 failed" in first, first
+    assert "img_000.jpg: " in first and "No such file or directory" in first, first
+    again = invoke(catalog, *args)
     # the missing file is tried again; cut.png (its bytes did not decode) is not
     assert "0 of 1 images written, 1 failed" in again and "1 not tried again" in again, again
     rows = [f for f in failures(catalog) if f[1] == "img_000.jpg"]
@@ -115,14 +126,6 @@ def test_many_failures_print_the_first_few_and_a_count(tmp_path):
     output = builtin(catalog)
     assert output.count("cut_") == 5 and "and 3 more (vdc-lake status)" in output, output
     assert len(failures(catalog)) == 8
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    for name in (SSCD, PE_CORE):
-        make_tiny_model(folder, TINY_SPECS[name])
-    return folder
 
 
 def test_a_pass_records_failures_per_set_and_retries_only_the_sets_that_did_not_fail(catalog, models_dir):
