@@ -79,6 +79,10 @@ def test_a_failure_is_recorded_shown_not_retried_on_the_same_bytes_and_retried_w
     status = invoke(catalog, "status")
     line = next(line for line in status.splitlines() if line.startswith("builtin "))
     assert line.split()[1] == "1" and f"{images}/cut.png: truncated: decoding failed" in line, status
+    invoke(catalog, "report", "-o", images.parent / "report", "--thumbnails", "0")
+    index = (images.parent / "report/index.html").read_text()
+    failures_part = index[index.index('id="predict-failures"'):]
+    assert "cut.png: truncated: decoding failed" in failures_part.split("<h2")[0]
 
     again = builtin(catalog)  # the same bytes: not tried, nothing computed, nothing recorded
     assert "0 of 0 images written, 0 failed" in again and "1 not tried again" in again, again

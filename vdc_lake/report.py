@@ -970,6 +970,21 @@ def _sampling_section(catalog: Catalog, limits: Limits, gallery: Paged) -> Secti
     return section
 
 
+def _predict_failures_section(catalog: Catalog) -> Section:
+    """Images a model could not read, per result set (the failed_predictions view, as `status`
+    shows it); they are not tried again on the same bytes unless `predict --retry-failed`."""
+    from vdc_lake.status import predict_failures
+
+    rows = predict_failures(catalog)
+    if not rows:
+        return Section("predict-failures", "Predict failures", [_note("No open predict failures.")])
+    return Section("predict-failures", "Predict failures", [
+        _note("Files a model could not read, on their current bytes; `vdc-lake predict --retry-failed` tries "
+              "them again, and a changed file is tried again by itself."),
+        _table(["set", "images", "example"], rows),
+    ])
+
+
 def _history_section(history: list[ApplyRun], limits: Limits) -> Section:
     section = Section("history", "History: apply runs")
     if not history:
@@ -1301,6 +1316,7 @@ def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: in
         _duplicates_section(catalog, dedup_threshold, limits, galleries["dedup"], near, history),
         _clusters_section(catalog, tree, clusters, page_of, limits),
         _sampling_section(catalog, limits, galleries["sample"]),
+        _predict_failures_section(catalog),
         _history_section(history, limits),
     ]
     if limits.thumbnails <= 0:

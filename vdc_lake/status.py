@@ -62,10 +62,10 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
     overrides = catalog.rows("SELECT override, count(*) FROM override_actions GROUP BY override ORDER BY override"
                              ) if has_overrides else []
     return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated,
-            "overrides": overrides, "predict_failures": _predict_failures(catalog)}
+            "overrides": overrides, "predict_failures": predict_failures(catalog)}
 
 
-def _predict_failures(catalog: Catalog) -> list[tuple[Any, ...]]:
+def predict_failures(catalog: Catalog) -> list[tuple[Any, ...]]:
     """(set, images, example "path: reason") per set whose predict failed on present images'
     current bytes (failed_predictions); none in a catalog older than that view."""
     if not catalog.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'failed_predictions'"):
