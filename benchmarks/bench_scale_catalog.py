@@ -132,7 +132,8 @@ def main() -> None:
         ("dedup report (512)", ["dedup", "report", "--set", "sscd"], raw512),
         ("cluster 100/10/2 (768)", ["cluster", "--set", "pe", "--n-clusters", "100", "10", "2"], raw768),
         (f"sample {n // 2:,}", ["sample", "--total", str(n // 2)], 0),
-        ("export manifest", ["export", "--to", str(out / "export"), "--format", "manifest"], 0),
+        ("export manifest", ["export", "--to", str(out / "export"), "--format", "manifest",
+                             *(["--overwrite"] if options.reuse else [])], 0),
         ("status", ["status"], 0),
         ("report", ["report", "--out", str(out / "report")], 0),
     ]
