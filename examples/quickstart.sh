@@ -12,5 +12,6 @@ echo
 echo "== the same pipeline, carried out (backups in data/quickstart/backup) =="
 vdc-lake -q run examples/quickstart.toml --apply
 echo
-echo "Explore:  vdc-lake --catalog $VDC_LAKE_CATALOG sql \"SELECT rule, count(*) FROM findings GROUP BY rule\""
+echo "Explore:  vdc-lake --catalog $VDC_LAKE_CATALOG sql \"SELECT r.stage, j.action, j.state, count(*) FROM journal j JOIN runs r USING (run_id) GROUP BY ALL ORDER BY ALL\""
+echo "Review:   vdc-lake --catalog $VDC_LAKE_CATALOG report -o data/quickstart/report  (then open data/quickstart/report/index.html)"
 echo "Undo all: vdc-lake --catalog $VDC_LAKE_CATALOG restore"

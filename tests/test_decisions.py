@@ -445,7 +445,9 @@ def test_a_set_records_its_thresholds_and_an_explicit_config_value_wins(graph_ca
 
 # -- keep-rule ties and the kept image in the plan (issue 10 item 8) ----------------------------------
 
-def test_equal_resolution_keeps_the_better_file_and_the_plan_names_it(tmp_path, run_cli):
+@pytest.mark.parametrize("webp", [{"quality": 50}, {"quality": 100}, {"lossless": True}],
+                         ids=["q50", "q100", "lossless"])
+def test_equal_resolution_keeps_the_better_file_and_the_plan_names_it(tmp_path, run_cli, webp):
     from PIL import ImageDraw, ImageEnhance
 
     from examples.make_sample_data import photo
@@ -458,7 +460,7 @@ def test_equal_resolution_keeps_the_better_file_and_the_plan_names_it(tmp_path, 
     original.save(root / "originals" / "photo.jpg", quality=95)
     copy = ImageEnhance.Brightness(original).enhance(1.15)
     ImageDraw.Draw(copy).text((12, 330), "www.example.com", fill=(255, 255, 255))
-    copy.save(root / "a_copies" / "photo.webp", quality=50)  # same size, sorts first, worse file
+    copy.save(root / "a_copies" / "photo.webp", **webp)  # same size, sorts first, a derived copy (even lossless)
     catalog = tmp_path / "c.duckdb"
     for args in (["scan", root], ["sanitize"], ["dedup", "report", "--set", "builtin"]):
         assert run_cli(args, catalog).exit_code == 0
@@ -502,18 +504,19 @@ def test_sample_chooses_among_surviving_images_and_export_holds_the_total(sample
                 sample(c, total, allocation="water-filling", strategy="random", seed=0)
 
 
-def test_keep_ties_break_by_bytes_per_pixel_then_format_then_path(graph_catalog):
+def test_keep_ties_break_by_format_then_bytes_per_pixel_then_path(graph_catalog):
     catalog, ids = graph_catalog
     _report(catalog, ids, [("a.png", "b.png", 0.01), ("c.png", "d.png", 0.01), ("e.png", "f.png", 0.01)])
     facts = {  # (width, height, size_bytes, format): equal pixels in every pair
-        "a.png": (100, 100, 5000, "WEBP"), "b.png": (100, 100, 9000, "JPEG"),  # more bytes per pixel wins
-        "c.png": (100, 100, 9000, "WEBP"), "d.png": (100, 100, 9000, "PNG"),   # then the lossless format
+        "a.png": (100, 100, 9000, "WEBP"), "b.png": (100, 100, 5000, "JPEG"),  # the format wins over bytes
+        "c.png": (100, 100, 5000, "JPEG"), "d.png": (100, 100, 9000, "JPEG"),  # then more bytes per pixel
         "e.png": (100, 100, 9000, "JPEG"), "f.png": (100, 100, 9000, "JPEG"),  # then the path
     }
     with Catalog(catalog) as c:
         for name, (w, h, size, fmt) in facts.items():
             c.execute("UPDATE images SET width = ?, height = ?, size_bytes = ?, format = ? WHERE image_id = ?",
                       [w, h, size, fmt, ids[name]])
-    for keep in ("largest-resolution", "largest-file"):
+    for keep, expected in (("largest-resolution", {"b.png", "d.png", "e.png"}),
+                           ("largest-file", {"a.png", "d.png", "e.png"})):  # its own key first: more bytes
         _, kept = _groups(catalog, threshold=0.05, keep=keep)
-        assert kept == {"b.png", "d.png", "e.png"}, keep
+        assert kept == expected, keep

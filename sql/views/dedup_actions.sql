@@ -6,8 +6,9 @@
 -- bundled default: per edge, by its set), keep and seed to [apply_deduplication].
 -- keep: random (seeded) | alphabetical | largest-resolution | largest-file. Ties (and every
 -- strategy but random after its own key) go to the better file, in this order: more pixels,
--- more bytes per pixel (less compressed), format (lossless PNG/TIFF/BMP > JPEG > WEBP > GIF >
--- other), then path, then image_id. embedding_set: NULL = every reported set.
+-- format (lossless PNG/TIFF/BMP > JPEG > WEBP > GIF > other: a WebP or GIF beside a JPEG of the
+-- same size is nearly always a derived copy, whatever its quality), more bytes per pixel (less
+-- compressed), then path, then image_id. embedding_set: NULL = every reported set.
 -- Overrides (override_actions) come first: an image kept by override is never deleted and is its
 -- group's keeper (the others are deleted as its duplicates; several kept images in one group
 -- are all kept, the best of them by the rules above is the keeper), and an image dropped by
@@ -100,7 +101,7 @@ ranked AS (
                 CASE WHEN k.keep_rule = 'random' THEN hash(m.image_id, k.seed_value) END,
                 CASE WHEN k.keep_rule = 'alphabetical' THEN m.path END,
                 CASE WHEN k.keep_rule = 'largest-file' THEN -m.size_bytes END,
-                -m.pixels NULLS LAST, -m.bytes_per_pixel NULLS LAST, m.format_rank,
+                -m.pixels NULLS LAST, m.format_rank, -m.bytes_per_pixel NULLS LAST,
                 m.path, m.image_id
         ) AS rank_in_group
     FROM overridden AS m, checked AS k
