@@ -520,3 +520,19 @@ def test_keep_ties_break_by_format_then_bytes_per_pixel_then_path(graph_catalog)
                            ("largest-file", {"a.png", "d.png", "e.png"})):  # its own key first: more bytes
         _, kept = _groups(catalog, threshold=0.05, keep=keep)
         assert kept == expected, keep
+
+
+def test_status_and_export_warn_when_the_sample_no_longer_survives(sample_tree, catalog_path, run_cli, tmp_path):
+    for args in (["scan", sample_tree.root], ["sanitize"], ["dedup", "report", "--set", "builtin", "--report-threshold", "0.6"],
+                 ["cluster", "--set", "builtin", "--n-clusters", "4", "2", "--method", "centers"], ["sample", "--total", "20"]):
+        assert run_cli(args, catalog_path).exit_code == 0, args
+    assert "warning: sample run" not in run_cli(["status"], catalog_path).output
+    looser = tmp_path / "looser.toml"
+    looser.write_text("[apply_deduplication]\nthreshold = 0.6\n")  # a looser dedup after sampling
+    status = run_cli(["status"], catalog_path, config=looser)
+    with Catalog(catalog_path, read_only=True) as c:
+        curated = c.scalar("SELECT count(*) FROM curated")
+    assert curated < 20
+    assert f"warning: sample run 5 selected 20 images but only {curated} still survive" in status.output, status.output
+    exported = run_cli(["export", "-o", tmp_path / "out"], catalog_path, config=looser)
+    assert exported.exit_code == 0 and f"only {curated} still survive" in exported.output, exported.output

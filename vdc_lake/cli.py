@@ -377,6 +377,8 @@ def status(ctx: Context) -> None:
     click.echo()
     echo_table(report["pending"], ["stage", "action", "images"])
     click.echo(f"curated (what export writes): {report['curated']} images")
+    if report["stale_sample"]:
+        click.echo(report["stale_sample"])
     if report["overrides"]:
         click.echo("overrides in force: " + ", ".join(f"{n} {what}" for what, n in report["overrides"])
                    + " (vdc-lake override list)")
@@ -557,9 +559,14 @@ def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes:
                        backend=_backend(ctx, backend, ray_address))
     run = f"apply run {s.run_id}" if s.run_id is not None else "apply (nothing new planned)"
     resumed = f"; {s.resumed} interrupted operations finished" if s.resumed else ""
-    click.echo(f"{run}: {s.done} done, {s.skipped} skipped, {s.failed} failed{resumed}")
+    refused = f", {s.refused} refused" if s.refused else ""
+    click.echo(f"{run}: {s.done} done, {s.skipped} skipped{refused}, {s.failed} failed{resumed}")
     for error in s.errors:
         click.echo(f"  {error}", err=True)
+    if s.refused:
+        raise click.ClickException(
+            f"{s.refused} operations were refused: their paths lie outside the roots vdc-lake scanned (the catalog "
+            "was edited or is damaged); nothing was done to them; see the journal table (state 'refused')")
     if s.failed:
         raise click.ClickException(f"{s.failed} operations failed; see the journal table for details")
 
@@ -1207,11 +1214,15 @@ def export_command(ctx: Context, to_dir: str, fmt: str | None, view: str, shard_
         vdc-lake export -o out/c3 --view "SELECT image_id FROM curated WHERE top_cluster_id = 3"
     """
     from vdc_lake.export import export
+    from vdc_lake.status import stale_sample
 
     cfg = ctx.section("export", format=fmt, shard_size_mb=shard_size_mb)
     with ctx.reader() as catalog:  # export only reads the catalog; it is recorded in TO/export.json
         s = export(catalog, to_dir, fmt=cfg["format"], view=view, shard_size_mb=cfg["shard_size_mb"],
                    overwrite=overwrite, quiet=ctx.quiet)
+        stale = stale_sample(catalog) if view == "curated" else None
+    if stale:
+        click.echo(stale, err=True)
     shards = f" in {s.shards} shards" if s.fmt == "webdataset" else ""
     click.echo(f"export: {s.images} images ({s.bytes / 2**20:,.1f} MiB){shards} as {s.fmt} "
                f"to {s.to_dir}; manifest {s.manifest}; record {s.record}")

@@ -62,7 +62,30 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
     overrides = catalog.rows("SELECT override, count(*) FROM override_actions GROUP BY override ORDER BY override"
                              ) if has_overrides else []
     return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated,
-            "overrides": overrides, "predict_failures": predict_failures(catalog)}
+            "overrides": overrides, "predict_failures": predict_failures(catalog),
+            "stale_sample": stale_sample(catalog)}
+
+
+def stale_sample(catalog: Catalog) -> str | None:
+    """A warning when the newest sample no longer holds its total: some images it selected are
+    now removed by a decision (a threshold changed after `sample`), so curated and export hold
+    fewer than asked. None when the sample still holds (or there is none)."""
+    row = catalog.rows(
+        """
+        WITH newest AS (SELECT max(run_id) AS run_id FROM runs WHERE stage = 'sample' AND status = 'done')
+        SELECT n.run_id, count(*), count(v.image_id)
+        FROM samples AS s
+        JOIN newest AS n ON n.run_id = s.run_id
+        LEFT JOIN surviving_images AS v ON v.image_id = s.image_id AND v.version = s.version
+        GROUP BY n.run_id
+        """
+    )
+    if not row or row[0][1] == row[0][2]:
+        return None
+    run_id, selected, surviving = row[0]
+    return (f"warning: sample run {run_id} selected {selected} images but only {surviving} still survive the "
+            f"current decisions (a setting changed or files changed since); run `vdc-lake sample` again for "
+            f"an exact total")
 
 
 def predict_failures(catalog: Catalog) -> list[tuple[Any, ...]]:
