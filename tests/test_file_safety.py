@@ -306,6 +306,34 @@ def test_a_tampered_rel_path_cannot_make_apply_act_outside_the_root(ws):
     assert not list(ws.backup.rglob("tiny_v.jpg"))
 
 
+
+def test_a_tampered_root_is_refused_by_apply_restore_and_exit_1(ws, run_cli):
+    """The scanned root is read from the images row too: a root no scan run was given is refused
+    (journal 'refused', apply exits 1), and restore refuses it before touching anything."""
+    victim = _image(ws.base / "victim" / "v3.jpg", (40, 40), 13)
+    digest = file_hash(victim)
+    shutil.copy2(ws.catalog, ws.base / "scanned.duckdb")
+    _tamper(ws.catalog, f"UPDATE images SET root = '{victim.parent}', rel_path = 'v3.jpg', content_hash = '{digest}' "
+                        "WHERE rel_path = 'tiny_a.jpg'")
+    result = run_cli(["apply", "sanitize", "--no-backup", "--apply"], ws.catalog)
+    assert result.exit_code == 1, result.output
+    assert "6 done, 0 skipped, 1 refused, 0 failed" in result.output, result.output
+    assert "Error: 1 operations were refused" in result.output
+    assert file_hash(victim) == digest
+    refused = {name: r for name, r in _journal(ws.catalog).items() if r["state"] == "refused"}
+    assert list(refused) == ["v3.jpg"] and "no scan run was given" in refused["v3.jpg"]["error"]
+    # restore: apply ran on the honest catalog, then the row was edited
+    ws.reset()
+    shutil.copy2(ws.base / "scanned.duckdb", ws.catalog)
+    victim = _image(ws.base / "victim" / "big_c.jpg", (40, 40), 13)
+    digest = file_hash(victim)
+    _apply(ws.catalog, ws.backup)
+    after_apply = _shapes(ws.root)
+    _tamper(ws.catalog, f"UPDATE images SET root = '{victim.parent}', rel_path = 'big_c.jpg' WHERE rel_path = 'big_c.jpg'")
+    result = run_cli(["restore"], ws.catalog)
+    assert result.exit_code == 1 and "no scan run was given" in result.output, result.output
+    assert file_hash(victim) == digest and _shapes(ws.root) == after_apply
+
 def test_tampered_journal_rows_cannot_make_restore_touch_anything_outside(ws, run_cli):
     """src or dst pointed outside the root; the run's backup folder and backups pointed at the data."""
     victim = _image(ws.base / "victim" / "big_v.jpg", (40, 40), 12)

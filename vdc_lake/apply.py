@@ -45,7 +45,7 @@ from typing import Any
 import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
-from vdc_lake.confine import is_inside, is_plain_relative
+from vdc_lake.confine import is_inside, is_plain_relative, is_recorded_root, recorded_roots
 from vdc_lake.errors import PlanError
 from vdc_lake.files import content_hash, decode_check, inspect_header
 from vdc_lake.imageops import ACTIONS, RESTORE_SUFFIX
@@ -89,6 +89,7 @@ class ApplySummary:
     done: int = 0
     resumed: int = 0
     skipped: int = 0
+    refused: int = 0        # paths outside their scanned root (an edited catalog): journal 'refused'
     failed: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -159,6 +160,9 @@ def _confinement_error(op: dict[str, Any], backup_root: str | None) -> str | Non
     root = op.get("root")
     if not root:
         return f"op {op['op_id']}: image {op['image_id']} has no scanned root in the catalog"
+    if not op.get("root_recorded"):
+        return (f"op {op['op_id']}: image {op['image_id']} names the root {root}, which no scan run was given "
+                "(the catalog was edited); vdc-lake only changes files inside the roots it scanned")
     paths = [op["src"]] + ([op["dst"]] if op.get("dst") and op["dst"] != op["src"] else [])
     for path in paths:
         if _rel_in_root(path, root) is None or not _entry_inside(path, root):
@@ -395,6 +399,11 @@ def _skipped(op: dict[str, Any], error: str) -> dict[str, Any]:
 def _reason_no_longer_holds(op: dict[str, Any], src: Path, options: dict[str, Any]) -> str | None:
     """Before a delete: check the decision's reason on the current bytes again. Returns why it no
     longer holds (the delete is skipped), or None. The checksum was already found unchanged."""
+    kept = re.match(r"duplicate of (.+) \(image \d+, kept by ", options.get("reason") or "")
+    if kept and os.path.realpath(kept.group(1)) == os.path.realpath(src):
+        return f"it is the kept copy itself ({kept.group(1)}, registered twice)"
+    if kept and not os.path.exists(kept.group(1)):
+        return f"the kept copy {kept.group(1)} is gone"
     rules = set(re.findall(r"(?:^|; )([a-z_]+): ", options.get("reason") or ""))
     if rules & set(IO_RULES):
         return "the file could not be read when it was checked, which is no reason to delete it"
@@ -426,7 +435,7 @@ def execute_op(op: dict[str, Any]) -> dict[str, Any]:
     try:
         refused = _confinement_error(op, op.get("backup_root"))
         if refused:
-            return _skipped(op, f"refused {refused}")
+            return {"op_id": op["op_id"], "state": "refused", "error": f"refused {refused}"}
         if _already_done(op, meta, src, dst):
             return _finished(op, meta, dst, resumed=True)
         if not os.path.lexists(src):
@@ -513,14 +522,19 @@ def _update_changed_images(catalog: Catalog, run_id: int, changed: list[dict], o
 
 
 def _journal_ops(catalog: Catalog, where: str, params: list[Any]) -> list[dict[str, Any]]:
-    """Journal rows with the image's scanned root and the run's backup folder (both from the catalog)."""
-    return catalog.arrow(
+    """Journal rows with the image's scanned root and the run's backup folder (both from the catalog),
+    and `root_recorded`: whether a scan run was given that root (else the op is refused)."""
+    ops = catalog.arrow(
         f"""SELECT j.*, i.root AS root, json_extract_string(r.params, '$.backup_dir') AS backup_root
             FROM journal j JOIN runs r USING (run_id)
             LEFT JOIN (SELECT image_id, any_value(root) AS root FROM images GROUP BY image_id) i USING (image_id)
             WHERE {where}""",
         params,
     ).to_pylist()
+    recorded = recorded_roots(catalog)
+    for op in ops:
+        op["root_recorded"] = is_recorded_root(op["root"], recorded)
+    return ops
 
 
 def _run_ops(catalog: Catalog, run_id: int, ops: list[dict], summary: ApplySummary, quiet: bool,
@@ -552,6 +566,8 @@ def _count(summary: ApplySummary, result: dict[str, Any]) -> None:
         summary.resumed += int(result.get("resumed", False))
     elif state == "skipped":
         summary.skipped += 1
+    elif state == "refused":
+        summary.refused += 1
     else:
         summary.failed += 1
     if result.get("error") and len(summary.errors) < 20:
@@ -597,12 +613,12 @@ def apply_plan(
     backup_root = None if no_backup else check_backup_folder(catalog, backup_dir)
     resumed = resume_unfinished(catalog, quiet=quiet, backend=backend)
     if len(plan) == 0:
-        return ApplySummary(None, resumed=resumed.done, skipped=resumed.skipped, failed=resumed.failed,
-                            errors=resumed.errors)
+        return ApplySummary(None, resumed=resumed.done, skipped=resumed.skipped, refused=resumed.refused,
+                            failed=resumed.failed, errors=resumed.errors)
     options = dict(plan.options, backup_dir=str(backup_root) if backup_root else None, no_backup=no_backup)
     with catalog.run(f"apply:{plan.decision}", options) as run_id:
         summary = ApplySummary(run_id, planned=len(plan))
-        summary.resumed = resumed.done
+        summary.resumed, summary.refused = resumed.done, resumed.refused
         rows = _journal_rows(catalog, plan, run_id, backup_root, _sanitize_pixel_limit(catalog))
         with catalog.transaction():
             op_ids = catalog.next_ids("op_id_seq", len(plan))

@@ -7,6 +7,7 @@ catalog's behalf is resolved (symlinks included) and must lie inside the folder 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -34,3 +35,25 @@ def is_plain_relative(rel_path: str) -> bool:
     if not rel_path or rel_path.startswith("/") or "\0" in rel_path:
         return False
     return all(part not in ("", ".", "..") for part in rel_path.split("/"))
+
+
+def recorded_roots(catalog) -> set[str]:
+    """The roots scan runs were given (runs.params `roots`, resolved when scanned). An image's
+    root is trusted only if it is one of them: the images row that names it may have been edited. Every scan run counts, finished or not: its
+    roots were checked before it started, and an interrupted scan has registered images too."""
+    rows = catalog.rows("SELECT params FROM runs WHERE stage = 'scan' AND params IS NOT NULL")
+    roots: set[str] = set()
+    for (params,) in rows:
+        try:
+            given = json.loads(params).get("roots") or []
+        except (ValueError, AttributeError):
+            continue
+        for root in given:
+            if isinstance(root, str) and os.path.isabs(root) and "\0" not in root:
+                roots.add(root)
+    return roots
+
+
+def is_recorded_root(root: str | None, recorded: set[str]) -> bool:
+    """Whether `root` (an images row's) is a scanned root: as written or resolved, one of `recorded`."""
+    return bool(root) and "\0" not in root and (root in recorded or os.path.realpath(root) in recorded)
