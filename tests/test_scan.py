@@ -153,3 +153,62 @@ def test_scan_root_must_be_a_folder(tmp_path, catalog_path):
     with pytest.raises(StageError) as err:
         _scan(catalog_path, tmp_path / "missing")
     assert str(err.value) == f"scan root {tmp_path / 'missing'} is not a directory; pass folders that hold images"
+
+
+def _noise(path, seed: int) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (120, 130, 3), dtype=np.uint8)).save(path, quality=90)
+
+
+def test_overlapping_roots_never_register_a_file_twice(tmp_path, catalog_path, run_cli):
+    """scan data/img, then data: data takes data/img's images over (same image ids), so dedup
+    never plans a file as a duplicate of itself; a root inside a scanned root is refused."""
+    data = tmp_path / "data"
+    for i, rel in enumerate(["img/a.jpg", "img/b.jpg", "img/sub/c.jpg", "other/d.jpg"]):
+        _noise(data / rel, i)
+    shutil.copy2(data / "img" / "a.jpg", data / "other" / "a_copy.jpg")
+    assert run_cli(["scan", data / "img"], catalog_path).exit_code == 0
+    before = {rel: row["image_id"] for rel, row in image_rows(catalog_path).items()}
+    result = run_cli(["scan", data / "img" / "sub"], catalog_path)
+    root = (data / "img").resolve()
+    assert result.exit_code == 1
+    assert result.output == f"Error: {root / 'sub'} is inside the scanned root {root}; scan {root} instead\n"
+    result = run_cli(["scan", data, data / "img"], catalog_path)
+    assert result.exit_code == 1 and f"{root} is inside {data.resolve()}, also given" in result.output
+    assert run_cli(["scan", data], catalog_path).exit_code == 0
+    rows = {rel: row for rel, row in image_rows(catalog_path).items() if row["present"]}
+    assert sorted(rows) == ["img/a.jpg", "img/b.jpg", "img/sub/c.jpg", "other/a_copy.jpg", "other/d.jpg"]
+    assert {row["root"] for row in rows.values()} == {str(data.resolve())}
+    assert {rel: rows["img/" + rel]["image_id"] for rel in before} == before
+    for args in (["sanitize"], ["dedup", "report", "--set", "builtin"],
+                 ["apply", "dedup", "--backup-dir", tmp_path / "bk", "--apply"]):
+        result = run_cli(args, catalog_path)
+        assert result.exit_code == 0, (args, result.output)
+    left = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.jpg"))
+    assert len(left) == 4 and {"img/b.jpg", "img/sub/c.jpg", "other/d.jpg"} < set(left), left
+
+
+def test_apply_never_deletes_a_duplicate_that_is_its_keeper(tmp_path, catalog_path, run_cli):
+    """A catalog that already holds one file twice (what overlapping roots used to make): dedup
+    plans it as a duplicate of itself, and apply's re-check before the delete skips it."""
+    import duckdb
+
+    data = tmp_path / "data"
+    for i, rel in enumerate(["img/a.jpg", "img/b.jpg"]):
+        _noise(data / rel, i)
+    assert run_cli(["scan", data / "img"], catalog_path).exit_code == 0
+    con = duckdb.connect(str(catalog_path))
+    con.execute("""INSERT INTO images SELECT * REPLACE (image_id + 100 AS image_id, ? AS root, 'img/' || rel_path AS rel_path)
+                   FROM images""", [str(data.resolve())])
+    con.execute("""INSERT INTO runs SELECT * REPLACE (run_id + 100 AS run_id, json_object('roots', [?]) AS params)
+                   FROM runs WHERE stage = 'scan'""", [str(data.resolve())])
+    con.close()
+    for args in (["sanitize"], ["dedup", "report", "--set", "builtin"]):
+        assert run_cli(args, catalog_path).exit_code == 0, args
+    result = run_cli(["apply", "dedup", "--backup-dir", tmp_path / "bk", "--apply"], catalog_path)
+    assert result.exit_code == 0, result.output
+    assert "0 done, 2 skipped" in result.output and "registered twice" in result.output
+    assert sorted(p.name for p in (data / "img").iterdir()) == ["a.jpg", "b.jpg"]

@@ -206,6 +206,43 @@ def _check_root_outside_backups(root: Path, known: dict[str, int]) -> None:
                              "backups are never images; scan the folders that hold your images")
 
 
+def _check_nesting(catalog: Catalog, roots: list[Path]) -> list[tuple[str, Path]]:
+    """Roots never overlap, or one file would be two images (and a duplicate of itself). Refuses
+    a root inside another root given or scanned before (one with present images), compared
+    resolved; returns the scanned roots that lie inside a new root as (old root, new root): the
+    new root takes them over (_take_over)."""
+    for root in roots:
+        for other in roots:
+            if other != root and root.is_relative_to(other):
+                raise StageError(f"{root} is inside {other}, also given; scan {other} only")
+    taken = []
+    for (old,) in catalog.rows("SELECT DISTINCT root FROM images WHERE present ORDER BY root"):
+        old_real = Path(os.path.realpath(old))
+        for root in roots:
+            if root == old_real or str(root) == old:
+                continue
+            if root.is_relative_to(old_real) or root.is_relative_to(old):
+                raise StageError(f"{root} is inside the scanned root {old}; scan {old} instead")
+            if old_real.is_relative_to(root):
+                taken.append((old, root))
+    return taken
+
+
+def _take_over(catalog: Catalog, old: str, root: Path) -> str:
+    """Register the images of the scanned root `old` under `root`, which contains it: the same
+    rows (image ids, versions, everything derived) with the root's part moved into rel_path.
+    A row whose new path is registered already (two rows for one file) is marked not present."""
+    prefix = Path(os.path.realpath(old)).relative_to(root).as_posix() + "/"
+    with catalog.transaction():
+        moved = catalog.execute(
+            """UPDATE images SET root = ?, rel_path = ? || rel_path
+               WHERE root = ? AND NOT EXISTS (SELECT 1 FROM images o WHERE o.root = ? AND o.rel_path = ? || images.rel_path)""",
+            [str(root), prefix, old, str(root), prefix],
+        )[0][0]
+        catalog.execute("UPDATE images SET present = false WHERE root = ? AND present", [old])
+    return f"{old} lies inside {root}: its {moved} images are registered under {root} now (same image ids)"
+
+
 def _listing(roots: Sequence[Path], extensions: set[str], backup_dirs: dict[tuple[int, int], str]
              ) -> tuple[pa.Table, list[RootListing]]:
     columns: dict[str, list] = {"root": [], "rel_path": [], "size_bytes": [], "mtime_ns": []}
@@ -339,17 +376,20 @@ def scan(
                              "a folder above it")
         if not path.is_dir():
             raise StageError(f"scan root {root} is not a directory; pass folders that hold images")
-        resolved.append(path.resolve())
-        _check_root_outside_backups(resolved[-1], known_backups)
+        _check_root_outside_backups(path.resolve(), known_backups)
+        if path.resolve() not in resolved:  # the same root twice would list every file twice
+            resolved.append(path.resolve())
+    taken = _check_nesting(catalog, resolved)
     ext = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
     params = {"roots": [str(r) for r in resolved], "extensions": sorted(ext), "workers": workers}
     with catalog.run("scan", params) as run_id:
         summary = ScanSummary(run_id)
+        takeovers = [_take_over(catalog, old, root) for old, root in taken]
         listing, walked = _listing(resolved, ext, _backup_dirs_by_inode(known_backups))
         problems = [p for found in walked for p in found.problems]
         _record_problems(catalog, run_id, problems)
         summary.problems = len(problems)
-        summary.notes = [note for found in walked for note in found.notes]
+        summary.notes = takeovers + [note for found in walked for note in found.notes]
         summary.listed = listing.num_rows
         work, summary.unchanged, summary.gone = _classify(catalog, listing, params["roots"])
         rows = work.to_pylist()
