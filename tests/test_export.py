@@ -395,6 +395,7 @@ def test_the_export_command_reads_the_catalog_and_refuses_a_drop(curation, tmp_p
     ("rel_path", "'/etc/escape.jpg'", "symlink", "the catalog names 1 files outside their scanned root"),
     ("rel_path", "'scenes/./../../escape.jpg'", "webdataset", "the catalog names 1 files outside their scanned root"),
     ("root", "root || '/../..'", "hardlink", "which is not an absolute, normalised path"),
+    ("root", "'/tmp'", "copy", "the catalog names the root '/tmp', which no scan run was given"),
 ])
 def test_an_edited_path_refuses_the_export_before_anything_is_written(curation, tmp_path, column, value, fmt,
                                                                        message):
@@ -457,6 +458,11 @@ def test_a_row_without_a_content_hash_is_not_copied(curation, tmp_path, fmt):
         first = catalog.scalar("SELECT min(image_id) FROM image_files")
         catalog.execute("UPDATE images SET root = ?, rel_path = 'id_rsa', content_hash = NULL WHERE image_id = ?",
                         [str(secret_root), first])
+    view = f"SELECT image_id FROM image_files WHERE image_id = {first}"
+    with Catalog(copy, read_only=True) as catalog, pytest.raises(StageError, match="which no scan run was given"):
+        export(catalog, tmp_path / "out", fmt=fmt, view=view, quiet=True)
+    with Catalog(copy) as catalog:  # a scan run edited in too: the missing hash still keeps the secret in
+        _record_run(catalog, "scan", {"roots": [str(secret_root)]})
     with Catalog(copy, read_only=True) as catalog:
         summary = export(catalog, tmp_path / "out", fmt=fmt, view=f"SELECT image_id FROM image_files "
                          f"WHERE image_id = {first}", quiet=True)
@@ -464,3 +470,20 @@ def test_a_row_without_a_content_hash_is_not_copied(curation, tmp_path, fmt):
     assert summary.errors == [f"{secret_root}/id_rsa: the catalog holds no content hash for it, so a copy cannot "
                               "be verified; run `vdc-lake scan`"]
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and b"PRIVATE" in p.read_bytes()]
+
+
+def test_an_export_inside_or_around_a_scanned_root_is_refused(curation, tmp_path, run_cli):
+    """The next scan would register the copies as images (and dedup delete the originals)."""
+    catalog_path, root, _ = curation
+    copy = _writable_copy(catalog_path, tmp_path)
+    before = tree_hashes(root)
+    real = root.resolve()
+    for to, expected in [(root / "exp", f"lies inside the scanned root {real}: the next scan would register"),
+                         (root / "scenes" / "exp", f"lies inside the scanned root {real}"),
+                         (root.parent, "choose a folder outside every scanned root")]:
+        result = run_cli(["export", "--to", to, "--format", "copy"], copy)
+        assert result.exit_code == 1, (to, result.output)
+        assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+        assert expected in result.output, result.output
+        assert not (root / "exp").exists() and not (root / "scenes" / "exp").exists()
+    assert tree_hashes(root) == before

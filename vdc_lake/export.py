@@ -43,7 +43,7 @@ import xxhash
 
 from vdc_lake import __version__
 from vdc_lake.catalog import Catalog
-from vdc_lake.confine import is_inside
+from vdc_lake.confine import is_inside, is_recorded_root, recorded_roots
 from vdc_lake.errors import StageError, disk_full_error
 from vdc_lake.export_sql import single_select
 from vdc_lake.files import content_hash
@@ -182,10 +182,21 @@ def _check_paths(table: pa.Table) -> None:
         )
 
 
+def _check_roots(catalog: Catalog, table: pa.Table) -> None:
+    """Refuse a manifest that names a root no scan run was given: only an edited catalog does."""
+    recorded = recorded_roots(catalog)
+    for root in pc.unique(table.column("root")).to_pylist():
+        if not is_recorded_root(root, recorded):
+            raise StageError(f"export refused: the catalog names the root {root!r}, which no scan run was given; "
+                             "the catalog was edited or is damaged: restore it from a copy, or export a --view "
+                             "that leaves those images out")
+
+
 # -- destination ---------------------------------------------------------------------------------
 
 def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool) -> None:
-    """Create `to_dir`, or empty it with `overwrite`; never a folder that holds catalogued images."""
+    """Create `to_dir`, or empty it with `overwrite`; never a folder that holds catalogued images,
+    lies inside a scanned root (the next scan would register the exports) or contains one."""
     if to_dir.exists() and not to_dir.is_dir():
         raise StageError(f"export destination {to_dir} is a file; pass a folder")
     prefix = str(to_dir).rstrip("/") + "/"
@@ -196,6 +207,16 @@ def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool) -> Non
     if inside is not None:
         raise StageError(f"export destination {to_dir} holds catalogued images (e.g. {inside}); "
                          "choose a folder outside every scanned root")
+    roots = recorded_roots(catalog) | {r for (r,) in catalog.rows("SELECT DISTINCT root FROM images")}
+    for root in sorted(roots):
+        real = Path(os.path.realpath(root))
+        if to_dir.is_relative_to(real):
+            raise StageError(f"export destination {to_dir} lies inside the scanned root {root}: the next scan would "
+                             f"register the exported files as images; choose a folder outside every scanned root "
+                             f"(e.g. {real.parent / (real.name + '-export')})")
+        if real.is_relative_to(to_dir):
+            raise StageError(f"export destination {to_dir} contains the scanned root {root}; choose a folder "
+                             "outside every scanned root")
     if to_dir.is_dir() and any(to_dir.iterdir()):
         if not overwrite:
             raise StageError(f"export destination {to_dir} is not empty; choose an empty folder "
@@ -504,6 +525,7 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
     started = dt.datetime.now()
     table = manifest_rows(catalog, view)
     _check_paths(table)
+    _check_roots(catalog, table)
     catalog_run = catalog.scalar("SELECT max(run_id) FROM runs")
     _prepare_destination(catalog, to_dir, overwrite)
     catalog.release()  # file work ahead; writers may open the catalog meanwhile
