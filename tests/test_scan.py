@@ -212,3 +212,17 @@ def test_apply_never_deletes_a_duplicate_that_is_its_keeper(tmp_path, catalog_pa
     assert result.exit_code == 0, result.output
     assert "0 done, 2 skipped" in result.output and "registered twice" in result.output
     assert sorted(p.name for p in (data / "img").iterdir()) == ["a.jpg", "b.jpg"]
+
+
+def test_apply_never_deletes_the_file_its_keeper_links_to(tmp_path, catalog_path, run_cli):
+    """a_link.jpg -> z.jpg: the link sorts first and is kept; deleting z.jpg would leave it broken."""
+    data = tmp_path / "data"
+    _noise(data / "z.jpg", 0)
+    (data / "a_link.jpg").symlink_to("z.jpg")
+    for args in (["scan", data], ["sanitize"], ["dedup", "report", "--set", "builtin"]):
+        assert run_cli(args, catalog_path).exit_code == 0, args
+    result = run_cli(["apply", "dedup", "--keep", "alphabetical", "--backup-dir", tmp_path / "bk", "--apply"],
+                     catalog_path)
+    assert result.exit_code == 0, result.output
+    assert "0 done, 1 skipped" in result.output and "the keeper links to it" in result.output
+    assert (data / "z.jpg").is_file() and (data / "a_link.jpg").exists()

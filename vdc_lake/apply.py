@@ -400,10 +400,12 @@ def _reason_no_longer_holds(op: dict[str, Any], src: Path, options: dict[str, An
     """Before a delete: check the decision's reason on the current bytes again. Returns why it no
     longer holds (the delete is skipped), or None. The checksum was already found unchanged."""
     kept = re.match(r"duplicate of (.+) \(image \d+, kept by ", options.get("reason") or "")
-    if kept and os.path.realpath(kept.group(1)) == os.path.realpath(src):
-        return f"it is the kept copy itself ({kept.group(1)}, registered twice)"
-    if kept and not os.path.exists(kept.group(1)):
-        return f"the kept copy {kept.group(1)} is gone"
+    if kept:  # a delete removes the entry src (a symlink: the link only); the keeper must keep its bytes
+        keeper = Path(kept.group(1))
+        if _entry(src) in (_entry(keeper), os.path.realpath(keeper)):
+            return f"it is the kept copy itself ({keeper}: one file registered twice, or the keeper links to it)"
+        if not keeper.exists():
+            return f"the kept copy {keeper} is gone"
     rules = set(re.findall(r"(?:^|; )([a-z_]+): ", options.get("reason") or ""))
     if rules & set(IO_RULES):
         return "the file could not be read when it was checked, which is no reason to delete it"
@@ -417,6 +419,11 @@ def _reason_no_longer_holds(op: dict[str, Any], src: Path, options: dict[str, An
         if result.error.split(":", 1)[0] not in DECODE_RULES:
             return f"the file cannot be read now ({result.error}), which is no reason to delete it"
     return None
+
+
+def _entry(path: Path) -> str:
+    """Where the directory entry `path` is: its folder resolved, its name as it is (not followed)."""
+    return os.path.join(os.path.realpath(path.parent), path.name)
 
 
 def _pixel_limit() -> int:
