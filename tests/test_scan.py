@@ -201,7 +201,8 @@ def test_apply_never_deletes_a_duplicate_that_is_its_keeper(tmp_path, catalog_pa
         _noise(data / rel, i)
     assert run_cli(["scan", data / "img"], catalog_path).exit_code == 0
     con = duckdb.connect(str(catalog_path))
-    con.execute("""INSERT INTO images SELECT * REPLACE (image_id + 100 AS image_id, ? AS root, 'img/' || rel_path AS rel_path)
+    con.execute("""INSERT INTO images
+                   SELECT * REPLACE (image_id + 100 AS image_id, ? AS root, 'img/' || rel_path AS rel_path)
                    FROM images""", [str(data.resolve())])
     con.execute("""INSERT INTO runs SELECT * REPLACE (run_id + 100 AS run_id, json_object('roots', [?]) AS params)
                    FROM runs WHERE stage = 'scan'""", [str(data.resolve())])

@@ -5,10 +5,11 @@ Protocol for each planned operation (rows of a decision view):
 1. plan: every operation is written to `journal` as `planned` (with the expected checksum, the
    backup path and what the file was: `params.file` holds its mode, owner, group, times, symlink
    target and hard-link siblings) in one transaction before any file is touched;
-2. check: the paths must lie in the image's scanned root (resolved, symlinks included) and the
-   backup path in the backup folder; the current bytes must be the planned ones, and before a
-   delete the reason is checked again (a decode failure is decoded again; a file that cannot be
-   read is never deleted);
+2. check: the image's root must be one a scan run was given (else the operation is journaled
+   `refused`), the paths must lie in it (resolved, symlinks included) and the backup path in the
+   backup folder; the current bytes must be the planned ones, and before a delete the reason is
+   checked again (a decode failure is decoded again; a file that cannot be read is never
+   deleted; a duplicate is never its keeper's own file);
 3. backup: copy to BACKUP_DIR/run-N/<root>/<rel_path> through a temp file, fsync, rename,
    then re-read and verify the checksum (a symlink is backed up as the link itself);
 4. act: write the result to a temp file in the same directory and `os.replace` it over the

@@ -39,8 +39,9 @@ def is_plain_relative(rel_path: str) -> bool:
 
 def recorded_roots(catalog) -> set[str]:
     """The roots scan runs were given (runs.params `roots`, resolved when scanned). An image's
-    root is trusted only if it is one of them: the images row that names it may have been edited. Every scan run counts, finished or not: its
-    roots were checked before it started, and an interrupted scan has registered images too."""
+    root is trusted only if it is one of them: the images row that names it may have been edited.
+    Every scan run counts, finished or not: its roots were checked before it started, and an
+    interrupted scan has registered images too."""
     rows = catalog.rows("SELECT params FROM runs WHERE stage = 'scan' AND params IS NOT NULL")
     roots: set[str] = set()
     for (params,) in rows:

@@ -6,6 +6,10 @@ be read last time: that may have been brief). A changed file whose hash is the s
 version; different bytes bump the version, so every derived row computed on the old bytes
 drops out of the views. Files that vanished are marked not present.
 
+Roots never overlap, so one file is never two images: a root inside a scanned root (one with
+present images) is refused, and a root that contains scanned roots takes them over (their rows,
+image ids and all, move under it).
+
 What can never be an image is left out: the backup folder of any apply run (skipped with a
 note; a root inside one is refused) and apply/restore temp files (`*.vdc-tmp`,
 `*.vdc-restore`). What could not be listed is a finding of the scan run, not a crash and not
@@ -236,7 +240,8 @@ def _take_over(catalog: Catalog, old: str, root: Path) -> str:
     with catalog.transaction():
         moved = catalog.execute(
             """UPDATE images SET root = ?, rel_path = ? || rel_path
-               WHERE root = ? AND NOT EXISTS (SELECT 1 FROM images o WHERE o.root = ? AND o.rel_path = ? || images.rel_path)""",
+               WHERE root = ? AND NOT EXISTS (SELECT 1 FROM images o
+                                              WHERE o.root = ? AND o.rel_path = ? || images.rel_path)""",
             [str(root), prefix, old, str(root), prefix],
         )[0][0]
         catalog.execute("UPDATE images SET present = false WHERE root = ? AND present", [old])
