@@ -14,7 +14,7 @@ CREATE TABLE journal (
     backup           VARCHAR,            -- absolute path of the verified backup, NULL with --no-backup
     checksum_before  VARCHAR,
     checksum_after   VARCHAR,
-    state            VARCHAR NOT NULL,   -- planned | done | skipped | failed | restored
+    state            VARCHAR NOT NULL,   -- planned | done | skipped | refused | failed | restored
     error            VARCHAR,
     ts               TIMESTAMP NOT NULL
 );
