@@ -257,6 +257,9 @@ def applied_report_dir(curated_catalog, tmp_path_factory) -> Path:
     shutil.copyfile(curated_catalog, catalog_path)
     with Catalog(catalog_path) as catalog:  # the copy's images live under base/data
         catalog.execute("UPDATE images SET root = ? WHERE root = ?", [str(copy_root.resolve()), str(data.resolve())])
+        # apply trusts a root only if a scan run was given it: the copy's scan runs name the copy
+        catalog.execute("UPDATE runs SET params = replace(params::VARCHAR, ?, ?)::JSON WHERE stage = 'scan'",
+                        [str(data.resolve()), str(copy_root.resolve())])
         config = Config.load(search_dir=base)
         for stage, kwargs in (("dedup", {"backup_dir": base / "backup"}), ("examples", {"no_backup": True,
                                                                                          "backup_dir": None})):
