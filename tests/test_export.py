@@ -423,6 +423,10 @@ def test_a_folder_link_placed_by_an_earlier_row_is_never_followed(curation, tmp_
         summary = export(catalog, tmp_path / "out", fmt="symlink", view=f"SELECT image_id FROM image_files "
                          f"WHERE image_id IN ({a}, {b})", quiet=True)
     assert summary.skipped >= 1
+    # the folder row is never linked, whichever thread gets to its row first
+    assert any("scenes: not a regular file" in error for error in summary.errors), summary.errors
+    placed = [os.path.join(folder, name) for folder, dirs, files in os.walk(tmp_path / "out") for name in dirs + files]
+    assert not [p for p in placed if os.path.islink(p) and os.path.isdir(p)]  # no link to a folder in --to
     assert sorted(str(p) for p in root.rglob("*")) == before
     assert not (root / "scenes" / "made_by_export").exists()
 

@@ -264,13 +264,19 @@ def _in_order(func: Callable[[Any], Any], items: Iterable[Any], pool: ThreadPool
         yield pending.popleft().result()
 
 
-def _place(src: str, dst: Path, fmt: str, expected_hash: str | None) -> str | None:
-    """Link or copy one file to dst; returns an error text, or None when done (and verified)."""
+def _place(src: str, dst: Path, fmt: str, expected_hash: str | None, to_dir: Path) -> str | None:
+    """Link or copy one file to dst (inside to_dir); returns an error text, or None when done (and verified)."""
+    if not os.path.lexists(src):
+        return f"{src}: the original is gone; run `vdc-lake scan` again"
+    if not os.path.isfile(src):
+        # Only regular files (or links to one) are placed: a link to a folder (a row of an edited
+        # catalog naming a folder) would let a later row, in another thread, write through it.
+        return f"{src}: not a regular file, so it is not exported (check the catalog's images row)"
     dst.parent.mkdir(parents=True, exist_ok=True)
+    if not is_inside(dst.parent, to_dir):  # checked again once the folders exist
+        return f"{src}: refused, {dst} lies outside --to {to_dir}"
     try:
         if fmt == "symlink":
-            if not os.path.lexists(src):
-                return f"{src}: the original is gone; run `vdc-lake scan` again"
             os.symlink(src, dst)
         elif fmt == "hardlink":
             os.link(src, dst, follow_symlinks=True)
@@ -330,7 +336,7 @@ class _TreeWriter:
         # earlier row of an edited catalog placed) must not lead outside --to. Nothing is replaced.
         if not is_inside(dst.parent, self.to_dir) or os.path.lexists(dst):
             return None, f"{row['path']}: refused, {dst} lies outside --to {self.to_dir} or exists already", 0
-        error = _place(row["path"], dst, self.fmt, row["content_hash"])
+        error = _place(row["path"], dst, self.fmt, row["content_hash"], self.to_dir)
         return (None, error, 0) if error else (target, None, row["size_bytes"] or 0)
 
     def close(self) -> None:
