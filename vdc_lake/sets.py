@@ -264,6 +264,18 @@ def _batch_vectors(batch: pa.RecordBatch, dim: int) -> np.ndarray:
     return batch.column(1).flatten().to_numpy().reshape(-1, dim)
 
 
+def _matched_batches(catalog: Catalog, table: str, name: str, dim: int, batch_rows: int, sorted_rows: np.ndarray,
+                     by_row: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, pa.RecordBatch]]:
+    """The set's stored batches with, for each, where its current rows go (positions in
+    image_id order) and which of its rows are current (a boolean mask); batches with none skipped."""
+    for batch in _stream_rows(catalog, table, name, dim, batch_rows):
+        rows = batch.column(0).to_numpy()
+        at = np.minimum(np.searchsorted(sorted_rows, rows), max(len(sorted_rows) - 1, 0))
+        wanted = sorted_rows[at] == rows if len(sorted_rows) else np.zeros(len(rows), bool)
+        if wanted.any():
+            yield by_row[at[wanted]], wanted, batch
+
+
 def read_vectors(catalog: Catalog, table: str, name: str, *, batch_rows: int | None = None,
                  memory_budget: int | None = None) -> VectorSet:
     """Current-version vectors of present images, in image_id order (see _current_rows).
@@ -280,16 +292,10 @@ def read_vectors(catalog: Catalog, table: str, name: str, *, batch_rows: int | N
     del row_ids
     vectors = _allocate(catalog, len(image_ids), dim, memory_budget)
     filled = 0
-    for batch in _stream_rows(catalog, table, name, dim, batch_rows):
-        rows = batch.column(0).to_numpy()
-        at = np.minimum(np.searchsorted(sorted_rows, rows), max(len(sorted_rows) - 1, 0))
-        wanted = sorted_rows[at] == rows if len(sorted_rows) else np.zeros(len(rows), bool)
+    for position, wanted, batch in _matched_batches(catalog, table, name, dim, batch_rows, sorted_rows, by_row):
         block = _batch_vectors(batch, dim)
-        if wanted.all():
-            vectors[by_row[at]] = block
-        elif wanted.any():
-            vectors[by_row[at[wanted]]] = block[wanted]
-        filled += int(wanted.sum())
+        vectors[position] = block if wanted.all() else block[wanted]
+        filled += len(position)
     if filled != len(image_ids):
         raise StageError(f"set {name!r} changed while it was read ({filled} of {len(image_ids)} vectors); "
                          "run the command again once the other writer is done")
@@ -306,13 +312,7 @@ def iter_vectors(catalog: Catalog, table: str, name: str, *, batch_rows: int | N
     by_row = np.argsort(row_ids)
     sorted_rows = row_ids[by_row]
     del row_ids
-    for batch in _stream_rows(catalog, table, name, dim, batch_rows):
-        rows = batch.column(0).to_numpy()
-        at = np.minimum(np.searchsorted(sorted_rows, rows), max(len(sorted_rows) - 1, 0))
-        wanted = sorted_rows[at] == rows if len(sorted_rows) else np.zeros(len(rows), bool)
-        if not wanted.any():
-            continue
-        position = by_row[at[wanted]]
+    for position, wanted, batch in _matched_batches(catalog, table, name, dim, batch_rows, sorted_rows, by_row):
         yield VectorBatch(image_ids[position], versions[position], np.array(_batch_vectors(batch, dim)[wanted]))
 
 
