@@ -278,3 +278,33 @@ def test_gpu_decode_needs_cuda():
     assert resolve_decode("auto", torch.device("cpu")) == "cpu"
     with pytest.raises(ModelError, match="--decode gpu needs a CUDA device"):
         resolve_decode("gpu", torch.device("cpu"))
+
+
+def test_shipped_network_names_agree_with_birders_registry():
+    """`import` reads birder file names without importing birder (0.75 GiB): the shipped list
+    must be the installed birder's registry, or be ignored for another version."""
+    from vdc_lake import birder_names
+
+    version, names = birder_names._shipped()
+    assert names, "vdc_lake/birder_networks.txt is missing or empty"
+    registry = birder_names.registry_networks()
+    if version == birder_names._installed_birder():
+        assert names == registry, "regenerate it: python -m vdc_lake.birder_names"
+    assert birder_names.known_networks() == registry
+
+
+def test_reading_a_birder_file_name_does_not_import_torch(tmp_path):
+    """The name split behind `import` stays cheap: no torch, no birder in the process."""
+    import subprocess
+    import sys
+
+    from vdc_lake import birder_names
+
+    version, _ = birder_names._shipped()
+    if version != birder_names._installed_birder():
+        pytest.skip(f"the shipped name list is for birder {version}: regenerate it for this birder")
+    code = ("import sys; from vdc_lake.birder_results import parse_result_name as p; "
+            "n = p('gldv2_resnet_v1_50_c1_sscd_0_320px_crop1.0_10_embeddings.parquet'); "
+            "print(n.network, n.tag, 'torch' in sys.modules, 'birder' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["resnet_v1_50_c1", "sscd", "False", "False"]

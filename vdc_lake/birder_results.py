@@ -146,7 +146,7 @@ def _split_head(head: str) -> tuple[str | None, str, str | None, bool]:
     The leftmost position where a registered network name starts wins; at that position the
     longest name wins (network names contain underscores and prefix each other).
     """
-    from vdc_lake.models import known_networks
+    from vdc_lake.birder_names import known_networks
 
     networks = known_networks()
     lower = head.lower()

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vdc_lake.birder_names import import_birder_quietly, known_networks
 from vdc_lake.errors import VdcLakeError
 
 # birder is imported lazily (it takes seconds): `import vdc_lake.models` stays cheap for the CLI.
@@ -56,16 +57,6 @@ class ModelError(VdcLakeError):
 # ---------------------------------------------------------------------------- names and files
 
 
-@functools.cache
-def known_networks() -> tuple[str, ...]:
-    """Lower-case names of every classification network (and alias) birder's registry knows,
-    longest first (names prefix each other: resnet_v1_50 / resnet_v1_50_c1)."""
-    from birder.model_registry import Task, registry
-
-    names = set(registry.list_models(task=Task.IMAGE_CLASSIFICATION)) | set(registry.name_aliases)
-    return tuple(sorted(names, key=lambda n: (-len(n), n)))
-
-
 def split_model_name(name: str) -> tuple[str, str | None] | None:
     """Split a birder weights name `NETWORK[_TAG]` into (network, tag); None if no network fits.
 
@@ -73,6 +64,7 @@ def split_model_name(name: str) -> tuple[str, str | None] | None:
     network name that is `name` itself or a prefix of it ending at an underscore wins, so
     `resnet_v1_50_c1_sscd` gives ("resnet_v1_50_c1", "sscd"), not ("resnet_v1_50", "c1_sscd").
     """
+    import_birder_quietly()
     from birder.model_registry import registry
 
     if registry.pretrained_exists(name):
@@ -106,6 +98,7 @@ def _is_checkpoint_file(path: Path) -> bool:
 
 
 def _download_hint(name: str) -> str:
+    import_birder_quietly()
     from birder.model_registry import registry
 
     if registry.pretrained_exists(name):
@@ -237,6 +230,7 @@ def _decode_json_fields(raw: dict[str, str]) -> dict[str, Any]:
 
 
 def _with_metadata(info: ModelInfo, meta: dict[str, Any]) -> ModelInfo:
+    import_birder_quietly()
     from birder.common import lib
 
     signature = meta["signature"]
@@ -290,6 +284,7 @@ def _check_loads(info: ModelInfo, meta: dict[str, Any], state: dict[str, torch.T
 
 
 def _build_network(info: ModelInfo, meta: dict[str, Any]) -> torch.nn.Module:
+    import_birder_quietly()
     from birder.common import lib
     from birder.model_registry import registry
 
@@ -369,6 +364,7 @@ def load_model(
     (`resnet_v1_50_c1`, tag="sscd"). size overrides the input resolution (H, W) (birder
     adjusts position embeddings); default is the checkpoint's. Raises ModelError with the fix.
     """
+    import_birder_quietly()
     from birder.common import fs_ops
 
     stem = name if tag is None else f"{name}_{tag}"
@@ -408,6 +404,7 @@ def _missing_model_error(models_dir: str | Path, stem: str) -> ModelError:
 def _loaded_model(
     info: ModelInfo, net: torch.nn.Module, model_info: Any, device: torch.device, size: tuple[int, int] | None
 ) -> LoadedModel:
+    import_birder_quietly()
     from birder.common import lib
 
     input_size = tuple(size) if size is not None else tuple(lib.get_size_from_signature(model_info.signature))
@@ -437,6 +434,7 @@ def inference_transform(
     Input: PIL image or uint8 tensor [C, h, w]. Output: float32 [C, H, W]. This is exactly
     what `birder.scripts.predict` uses (its --center-crop defaults to 1.0, i.e. no crop).
     """
+    import_birder_quietly()
     from birder.data.transforms.classification import inference_preset
 
     return inference_preset(tuple(size), rgb_stats, center_crop)
