@@ -63,6 +63,10 @@ PIPELINES = {
     "unknown_command.toml": '[[step]]\ncommand = "sanitise"\n',
     "apply_in_step.toml": '[[step]]\ncommand = "apply"\nargs = ["sanitize"]\nyes = true\nno_backup = true\n',
     "sample_zero.toml": '[[step]]\ncommand = "sample"\ntotal = 0\n',
+    "catalog_number.toml": '[pipeline]\ncatalog = 5\n\n[[step]]\ncommand = "status"\n',
+    "catalog_empty.toml": '[pipeline]\ncatalog = ""\n\n[[step]]\ncommand = "status"\n',
+    "pipeline_scalar.toml": 'pipeline = "x.duckdb"\n\n[[step]]\ncommand = "status"\n',
+    "command_number.toml": '[[step]]\ncommand = 5\n',
 }
 
 CONFIGS = {
@@ -70,6 +74,10 @@ CONFIGS = {
     "min_width_text.toml": '[sanitize]\nmin_width = "wide"\n',
     "sizes.toml": "[sanitize]\nmin_width = 5000\nmax_width = 100\n",
     "n_clusters.toml": "[hierarchical_kmeans]\nn_clusters = [3, 12]\n",
+    "workers_decimal.toml": "[scan]\nworkers = 2.0\n",
+    "levels_decimal.toml": "[hierarchical_kmeans]\nn_clusters = [4.0, 2.0]\nn_samples = [3, 2]\n",
+    "models_dir_number.toml": "[predict]\nmodels_dir = 5\n",
+    "flag_text.toml": '[sanitize]\ncheck_corruption = "yes"\n',
 }
 
 # (args, a fragment of the one Error: line, config file or None)
@@ -148,8 +156,19 @@ CASES = [
     (["run", "unknown_command.toml"], "step 1 (sanitise): unknown command 'sanitise'; known commands: ", None),
     (["run", "apply_in_step.toml"], "step 1 (apply): a step cannot pass --yes", None),
     (["run", "sample_zero.toml"], "step 1 (sample): Invalid value for '--total': 0 is not in the range x>=1", None),
-    # config
+    (["run", "catalog_number.toml"], '[pipeline] catalog in catalog_number.toml must be text: a catalog path in quotes '
+                                     '(e.g. catalog = "data/catalog.duckdb"), not 5', None),
+    (["run", "catalog_empty.toml"], "[pipeline] catalog in catalog_empty.toml must be text: a catalog path", None),
+    (["run", "pipeline_scalar.toml"], "pipeline pipeline_scalar.toml: `pipeline` must be a table", None),
+    (["run", "command_number.toml"], "step 1: `command` must be a vdc-lake command in quotes such as \"scan\" "
+                                     "or \"dedup report\", not 5", None),
+    # config: a value of the wrong type names its key, what it must be and the file
     (["config", "show"], "[apply_deduplication] threshold in", "dedup_threshold.toml"),
+    (["scan", "data"], "workers_decimal.toml must be a whole number of processes (0 = one per CPU core) >= 0, "
+                       "written without a decimal point or exponent, not 2.0", "workers_decimal.toml"),
+    (["cluster", "--set", "builtin", "--device", "cpu"], "[hierarchical_kmeans] n_clusters in", "levels_decimal.toml"),
+    (["status"], "[predict] models_dir in", "models_dir_number.toml"),
+    (["sanitize"], "flag_text.toml must be true or false, not 'yes'", "flag_text.toml"),
     (["config", "show"], "[sanitize] min_width in", "min_width_text.toml"),
     (["status"], "[sanitize] min_width in", "sizes.toml"),
 ]
@@ -269,3 +288,42 @@ def test_every_config_option_has_a_rule_and_the_defaults_pass_it():
     missing = [f"{s}.{k}" for s, k, _, _ in described if (s, k) not in validate.RULES]
     assert missing == [], f"add a rule to vdc_lake/validate.py RULES for {missing}"
     validate.check_config(described)
+
+
+# One wrong-typed value per kind of rule: what a TOML file may hold instead of the right type.
+WRONG_TYPE = {"Number": "ten", "Bound": "low", "Choice": 5, "Flag": "yes", "Text": 5, "Levels": "10 5",
+              "Extensions": ".jpg", "Formats": "JPEG", "JpegQuality": 90.5}
+
+
+def test_every_config_value_of_the_wrong_type_names_key_expectation_and_file(tmp_path):
+    """Each option of defaults.toml, given a value of the wrong type in a config file, is refused with
+    one message naming its section and key, what it must be, and the file (never used as it is)."""
+    from vdc_lake import validate
+    from vdc_lake.config import Config
+    from vdc_lake.errors import ConfigError
+
+    path = tmp_path / "wrong.toml"
+    for (section, key), rule in validate.RULES.items():
+        value = WRONG_TYPE[type(rule).__name__]
+        path.write_text(f"[{section}]\n{key} = {value!r}\n".replace("'", '"'))
+        with pytest.raises(ConfigError) as err:
+            Config.load(path, search_dir=tmp_path)
+        message = str(err.value)
+        assert message.startswith(f"[{section}] {key} in {path} must be {rule.requirement()}"), message
+        assert "\n" not in message
+    for section, key, text in [("scan", "workers", "2.0"), ("sanitize", "max_pixels", "1e9"),
+                               ("hierarchical_kmeans", "seed", "1.0"), ("hierarchical_kmeans", "n_samples", "[3.0]")]:
+        path.write_text(f"[{section}]\n{key} = {text}\n")
+        with pytest.raises(ConfigError, match=r"written without a decimal point or exponent"):
+            Config.load(path, search_dir=tmp_path)
+
+
+def test_a_pipeline_catalog_that_is_not_text_is_refused_before_any_file_is_made(built, monkeypatch):
+    folder, catalog = built
+    monkeypatch.chdir(folder)
+    (folder / "number.toml").write_text('[pipeline]\ncatalog = 5\n\n[[step]]\ncommand = "scan"\nargs = ["data"]\n')
+    before = sorted(p.name for p in folder.iterdir())
+    result = invoke(catalog, ["run", "number.toml"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: [pipeline] catalog in number.toml must be text: "), result.output
+    assert sorted(p.name for p in folder.iterdir()) == before  # no catalog named "5" (nor its lock)

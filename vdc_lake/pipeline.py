@@ -38,8 +38,8 @@ ParseStep = Callable[[list[str]], None]
 # step passes --no-center to it; for a plain flag false passes nothing.
 OffSwitches = Callable[[str], set[str]]
 
-# Keys of the [pipeline] table.
-PIPELINE_KEYS = ("catalog",)
+# Keys of the [pipeline] table and the value each takes.
+PIPELINE_KEYS = {"catalog": 'text: a catalog path in quotes (e.g. catalog = "data/catalog.duckdb")'}
 
 # Step keys that would let a step carry out changes in a dry run: only `run --apply` may.
 FORBIDDEN_KEYS = {"apply": "--apply", "yes": "--yes"}
@@ -83,9 +83,15 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"pipeline {path}: unknown table {unknown[0]!r}; a pipeline has [pipeline] and [[step]] only")
     settings = data.get("pipeline", {})
-    if not isinstance(settings, dict) or set(settings) - set(PIPELINE_KEYS):
-        bad = sorted(set(settings) - set(PIPELINE_KEYS)) if isinstance(settings, dict) else ["pipeline"]
+    if not isinstance(settings, dict):
+        raise ConfigError(f"pipeline {path}: `pipeline` must be a table ([pipeline] with catalog = \"PATH\"), "
+                          f"not {settings!r}")
+    if set(settings) - set(PIPELINE_KEYS):
+        bad = sorted(set(settings) - set(PIPELINE_KEYS))
         raise ConfigError(f"pipeline {path}: unknown key {bad[0]!r} in [pipeline]; known keys: {', '.join(PIPELINE_KEYS)}")
+    for key, value in settings.items():
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"[pipeline] {key} in {path} must be {PIPELINE_KEYS[key]}, not {value!r}")
     steps = data.get("step")
     if not isinstance(steps, list) or not steps:
         raise ConfigError(f"pipeline {path} has no [[step]] entries")
@@ -93,7 +99,10 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
         where = f"pipeline {path}: step {i}"
         if not isinstance(step, dict) or "command" not in step:
             raise ConfigError(f"{where} has no `command`; add e.g. command = \"scan\"")
-        if not isinstance(step["command"], str) or not step["command"].split():
+        if not isinstance(step["command"], str):
+            raise ConfigError(f"{where}: `command` must be a vdc-lake command in quotes such as \"scan\" "
+                              f"or \"dedup report\", not {step['command']!r}")
+        if not step["command"].split():
             raise ConfigError(f"{where} has an empty `command`; give a vdc-lake command such as \"scan\" "
                               "or \"dedup report\"")
         if not isinstance(step.get("args", []), list):

@@ -289,13 +289,25 @@ def check_section(section: str, values: dict[str, Any],
     return values
 
 
+def _decimal_for_whole(rule: Rule | None, value: Any) -> bool:
+    """A TOML float (2.0, 1e9) where the rule wants whole numbers: the readers would get a float."""
+    values = value if isinstance(value, list) else [value]
+    whole = ((isinstance(rule, Number) and rule.integer) or isinstance(rule, (Levels, JpegQuality)))
+    return whole and any(isinstance(v, float) for v in values)
+
+
 def check_config(described: Iterable[tuple[str, str, Any, str]]) -> None:
-    """Check every value of a Config (rows of Config.describe()), naming file, section and key."""
+    """Check every value of a Config (rows of Config.describe()), naming file, section and key.
+    A file's whole numbers must be written as such (2, not 2.0 or 2e0)."""
     by_section: dict[str, dict[str, Any]] = {}
     sources: dict[tuple[str, str], str] = {}
     for section, key, value, source in described:
         by_section.setdefault(section, {})[key] = value
         sources[(section, key)] = source
+        rule = RULES.get((section, key))
+        if _decimal_for_whole(rule, value):
+            raise InvalidValueError(f"{config_origin(section, key, source)} must be {rule.requirement()}, "
+                                    f"written without a decimal point or exponent, not {_show(value)}")
     for section, values in by_section.items():
         check_section(section, values, lambda key, s=section: config_origin(s, key, sources.get((s, key))))
 
