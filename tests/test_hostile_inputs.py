@@ -468,3 +468,97 @@ def test_tiff_operations_succeed_and_decode_at_the_expected_size(tmp_path, tiff_
     assert np.abs(pixels - np.asarray(expected, dtype=np.int16)).mean() <= tolerance
     if dst != src:
         assert not src.exists()
+
+
+# -- catalog paths: a missing folder is never made, a failed open leaves nothing behind ------------
+
+def _one_error(result, fragment: str) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.output
+    return errors[0]
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_a_catalog_in_a_missing_folder_is_refused_and_nothing_is_made(tmp_path, run_cli):
+    images = tmp_path / "images"
+    _image(images / "a.png")
+    missing = tmp_path / "no" / "such" / "x.duckdb"
+    before = _listing(tmp_path)
+    line = _one_error(run_cli(["scan", images], missing), f"the folder {missing.parent} does not exist")
+    assert line.endswith(f"create it (`mkdir -p {missing.parent}`) or fix the --catalog path")
+    a_file = tmp_path / "images" / "a.png" / "x.duckdb"  # its "folder" is an image file
+    _one_error(run_cli(["scan", images], a_file), f"{a_file.parent} is not a folder; fix the --catalog path")
+    readers = [["status"], ["sql", "SELECT 1"], ["plan", "sanitize"], ["export", "--to", tmp_path / "out"],
+               ["report", "--out", tmp_path / "report"], ["sanitize"], ["restore"]]
+    for args in readers:  # a folder that does not exist, and a file that does not exist in a real one
+        _one_error(run_cli(args, missing), f"no catalog at {missing} (the folder {missing.parent} does not exist)")
+        _one_error(run_cli(args, tmp_path / "none.duckdb"), f"no catalog at {tmp_path / 'none.duckdb'}; run ")
+    assert _listing(tmp_path) == before  # no folder, catalog or lock file was made
+
+
+def test_a_failed_open_removes_the_lock_file_it_made_and_nothing_else(tmp_path, run_cli):
+    garbage = tmp_path / "garbage.duckdb"
+    garbage.write_bytes(np.random.default_rng(0).bytes(64 * 1024))
+    truncated = tmp_path / "truncated.duckdb"
+    with Catalog(truncated) as catalog:  # a real catalog (its lock file stays: a normal writer made it)
+        catalog.execute("INSERT INTO images (image_id, root, rel_path, version, present) "
+                        "SELECT range, '/data', 'i' || range || '.jpg', 1, true FROM range(3000)")
+        catalog.execute("CHECKPOINT")
+    os.truncate(truncated, truncated.stat().st_size // 2)
+    held_lock = Path(f"{truncated}.lock")
+    assert held_lock.exists()
+    Path(f"{truncated}.lock").unlink()  # as if copied without its lock file
+    images = tmp_path / "images"
+    _image(images / "a.png")
+    before = {p: p.read_bytes() for p in (garbage, truncated)}
+    for path, fragment in ((garbage, "is not a vdc-lake catalog"), (truncated, "is damaged")):
+        for args in (["status"], ["sanitize"], ["scan", images]):
+            _one_error(run_cli(args, path), fragment)
+            assert not Path(f"{path}.lock").exists(), args
+            assert not Path(f"{path}.wal").exists(), args
+        assert path.read_bytes() == before[path]
+    # A lock file that was there before the failed open is not the open's to remove.
+    Path(f"{garbage}.lock").write_text("{}")
+    _one_error(run_cli(["scan", images], garbage), "is not a vdc-lake catalog")
+    assert Path(f"{garbage}.lock").exists()
+
+
+def test_a_refused_second_writer_leaves_the_holder_s_lock(tmp_path):
+    from vdc_lake.errors import CatalogLockedError
+
+    path = tmp_path / "c.duckdb"
+    with Catalog(path):
+        lock = Path(f"{path}.lock")
+        holder = lock.read_text()
+        with pytest.raises(CatalogLockedError, match=f"is in use by PID {os.getpid()}"):
+            Catalog(path)
+        assert lock.read_text() == holder
+    with Catalog(path) as catalog:  # and the next writer gets in
+        assert catalog.scalar("SELECT count(*) FROM images") == 0
+
+
+def test_a_new_catalog_that_fails_to_open_is_removed_with_its_lock(tmp_path):
+    """A first scan onto a full disk: the half-made catalog, its WAL and lock file go again."""
+    from vdc_lake.errors import DiskFullError
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = Path(tempfile.mkdtemp(prefix="vdc-full-", dir="/tmp"))
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        (mount / "notes.txt").write_text("not ours")
+        with pytest.raises(DiskFullError, match=f"^no space left on {mount} "):
+            Catalog(mount / "c.duckdb")
+        assert _listing(mount) == ["notes.txt"]
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)

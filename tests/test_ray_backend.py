@@ -218,6 +218,7 @@ def predict_images(tmp_path_factory) -> Path:
 
 def _predict_twice(run_cli, images: Path, catalog: Path, backend: str, *args: str) -> tuple[str, str]:
     """Scan images into a new catalog, then predict twice on backend: both outputs."""
+    catalog.parent.mkdir(exist_ok=True)  # scan makes the catalog, never its folder
     scanned = run_cli(["scan", images], catalog)
     assert scanned.exit_code == 0, scanned.output
     outputs = []

@@ -92,22 +92,38 @@ class _WriterLock:
     def __init__(self, catalog_path: Path):
         self.path = catalog_path.with_name(catalog_path.name + ".lock")
         self._fd: int | None = None
+        self.created = False  # this lock made the file (so a failed open may remove it)
+
+    def _open(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            self.created = True
+            return fd
+        except FileExistsError:
+            self.created = False
+            return os.open(self.path, os.O_RDWR)
 
     def acquire(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise _write_refused(self.path, e) from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._read_holder(fd)
-            os.close(fd)
-            raise CatalogLockedError(
-                f"catalog {self.path.with_suffix('')} is in use by PID {holder.get('pid', '?')} "
-                f"on {holder.get('host', '?')} since {holder.get('since', '?')}; "
-                "wait for that command to finish (or stop it), or open the catalog read-only"
-            ) from None
+        while True:
+            try:
+                fd = self._open()
+            except FileNotFoundError:
+                continue  # removed between O_EXCL and the plain open by a failed open: make it again
+            except OSError as e:
+                raise _write_refused(self.path, e) from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._read_holder(fd)
+                os.close(fd)
+                raise CatalogLockedError(
+                    f"catalog {self.path.with_suffix('')} is in use by PID {holder.get('pid', '?')} "
+                    f"on {holder.get('host', '?')} since {holder.get('since', '?')}; "
+                    "wait for that command to finish (or stop it), or open the catalog read-only"
+                ) from None
+            if self._is_current(fd):
+                break
+            os.close(fd)  # a failed open removed the file we locked: lock the one at the path now
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now().isoformat(timespec="seconds")}
         self._fd = fd
         try:
@@ -116,6 +132,25 @@ class _WriterLock:
         except OSError as e:
             self.release()
             raise _write_refused(self.path, e) from e
+
+    def _is_current(self, fd: int) -> bool:
+        """The locked file is still the one at the lock's path (not unlinked since we opened it)."""
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        locked = os.fstat(fd)
+        return (here.st_dev, here.st_ino) == (locked.st_dev, locked.st_ino)
+
+    def remove(self) -> None:
+        """Release, and delete the lock file when this lock created it (a failed open leaves
+        nothing behind). Unlinked while still held, so no other process locks a file on its way out."""
+        if self._fd is not None and self.created:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        self.release()
 
     @staticmethod
     def _read_holder(fd: int) -> dict[str, Any]:
@@ -145,21 +180,45 @@ class Catalog:
         self._lock: _WriterLock | None = None
         self._checked = False  # the first connection checks that this is a sound vdc-lake catalog
         if not self.path.exists() and (read_only or not create):
+            missing = "" if self.path.parent.is_dir() else f" (the folder {self.path.parent} does not exist)"
             raise CatalogNotFoundError(
-                f"no catalog at {self.path}; run `vdc-lake scan ROOT` first or pass --catalog PATH"
+                f"no catalog at {self.path}{missing}; run `vdc-lake scan ROOT` first or pass --catalog PATH"
             )
         if not read_only:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise _write_refused(self.path, e) from e
+            self._check_folder()
+            made = [p for p in (self.path, self.path.with_name(self.path.name + ".wal")) if not p.exists()]
             self._lock = _WriterLock(self.path)
             self._lock.acquire()
             try:
-                self._prepare()
+                with self._translated():  # a damaged file fails in the migrations' first read
+                    self._prepare()
             except BaseException:
-                self.close()
+                self._undo_failed_open(made)
                 raise
+
+    def _check_folder(self) -> None:
+        """A new catalog goes into an existing folder: a mistyped --catalog never makes folders."""
+        folder = self.path.parent
+        if folder.is_dir():
+            return
+        if folder.exists():
+            raise CatalogNotFoundError(f"cannot create catalog {self.path}: {folder} is not a folder; "
+                                       "fix the --catalog path")
+        raise CatalogNotFoundError(f"cannot create catalog {self.path}: the folder {folder} does not exist; "
+                                   f"create it (`mkdir -p {folder}`) or fix the --catalog path")
+
+    def _undo_failed_open(self, made: list[Path]) -> None:
+        """Close, and remove what this open created: the lock file and, for a new catalog, the
+        database and WAL files DuckDB began (only those that did not exist before)."""
+        self.release()
+        if self._lock is not None:
+            for path in made:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+            self._lock.remove()
+            self._lock = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Catalog:
