@@ -1,4 +1,5 @@
-"""The built-in descriptor finds resized and recompressed copies in the sample data."""
+"""The built-in descriptor finds resized and recompressed copies in the sample data (view 0, the
+whole image, is the one-view builtin-dct descriptor; the set is compared with set_distances)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,19 @@ from vdc_lake.descriptor import (
     DESCRIPTOR_DIM,
     DESCRIPTOR_NAME,
     DRAFT_SIZE,
+    MULTI_VIEW_NAME,
+    SET_DIM,
     THUMBNAIL_SIZE,
+    VIEW_SCALES,
+    VIEWS,
     builtin_descriptor,
     builtin_descriptors,
+    builtin_vectors_for,
     descriptors_from_thumbnails,
+    gray_thumbnail,
     rotate_descriptors,
+    set_distances,
+    view_thumbnails,
 )
 
 UNREADABLE = ("truncated_jpeg", "zero_byte", "non_image", "decompression_bomb")
@@ -52,14 +61,39 @@ def _same_original(manifest: dict) -> dict[str, set[str]]:
 
 
 def test_constants():
-    assert DESCRIPTOR_NAME == "builtin-dct"
+    assert DESCRIPTOR_NAME == "builtin-dct" and MULTI_VIEW_NAME == "builtin-dct-ms"
     assert DESCRIPTOR_DIM == 143
+    assert VIEW_SCALES[0] == 1.0 and SET_DIM == VIEWS * DESCRIPTOR_DIM
 
 
-def test_shape_dtype_and_unit_norm(sample):
+def test_shape_dtype_and_unit_norm_with_equal_views(sample):
     _, _, paths, desc = sample
-    assert desc.shape == (len(paths), DESCRIPTOR_DIM) and desc.dtype == np.float32
+    assert desc.shape == (len(paths), SET_DIM) and desc.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(desc.reshape(len(paths), VIEWS, -1), axis=2), VIEWS ** -0.5,
+                               atol=1e-5)
+
+
+def test_view_zero_is_the_one_view_descriptor(sample):
+    root, manifest, _, _ = sample
+    img = _decode(root / manifest["clean"][0])
+    one_view = descriptors_from_thumbnails(gray_thumbnail(img)[None])[0]
+    np.testing.assert_allclose(builtin_descriptor(img)[:DESCRIPTOR_DIM] * VIEWS ** 0.5, one_view, atol=1e-6)
+    np.testing.assert_allclose(builtin_vectors_for(DESCRIPTOR_DIM, builtin_descriptor(img)), one_view, atol=1e-6)
+    assert np.array_equal(builtin_vectors_for(SET_DIM, builtin_descriptor(img)), builtin_descriptor(img))
+    with pytest.raises(ValueError, match="143"):
+        builtin_vectors_for(512, builtin_descriptor(img))
+
+
+def test_views_are_centre_crops():
+    rng = np.random.default_rng(1)
+    img = Image.fromarray((rng.random((200, 300)) * 255).astype(np.uint8))
+    for scale, thumb in zip(VIEW_SCALES, view_thumbnails(img)):
+        box = tuple(round(c, 6) for c in (150 * (1 - scale), 100 * (1 - scale), 150 * (1 + scale), 100 * (1 + scale)))
+        crop = img.resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BOX, box=box, reducing_gap=2.0)
+        np.testing.assert_array_equal(thumb, np.asarray(crop, np.float32))
+    with pytest.raises(ValueError, match="0, 1"):
+        view_thumbnails(img, (1.0, 1.2))
 
 
 @pytest.mark.parametrize("kind", ["resized_copy", "recompressed_copy", "exact_copy"])
@@ -67,12 +101,23 @@ def test_copy_is_nearer_its_original_than_any_distinct_image(sample, kind):
     _, manifest, paths, desc = sample
     index = {p: i for i, p in enumerate(paths)}
     groups = _same_original(manifest)
+    dist = set_distances(desc)
     for copy in manifest[kind]:
-        sims = desc @ desc[index[copy]]
-        to_original = sims[index[manifest["copy_of"][copy]]]
+        to_original = dist[index[copy], index[manifest["copy_of"][copy]]]
         distinct = [i for i, p in enumerate(paths) if p not in groups[copy]]
-        assert to_original > 0.98, copy
-        assert to_original > sims[distinct].max() + 0.1, copy
+        assert to_original < 0.02, copy
+        assert to_original < dist[index[copy], distinct].min() - 0.1, copy
+
+
+def test_set_distance_is_the_best_pair_with_a_whole_view():
+    rng = np.random.default_rng(2)
+    a, b = (descriptors_from_thumbnails(rng.random((VIEWS, THUMBNAIL_SIZE, THUMBNAIL_SIZE))) for _ in range(2))
+    pairs = [(0, k) for k in range(VIEWS)] + [(k, 0) for k in range(VIEWS)]
+    expected = min(1 - float(a[i] @ b[j]) for i, j in pairs)
+    got = set_distances(a.reshape(1, -1), b.reshape(1, -1))
+    np.testing.assert_allclose(got, [[expected]], atol=1e-6)
+    b[1] = a[2]  # two crop views that agree do not make a pair: neither is a whole view
+    assert set_distances(a.reshape(1, -1), b.reshape(1, -1))[0, 0] > 1e-3
 
 
 def test_rotated_copies_match_through_rotate_descriptors(sample):
@@ -81,9 +126,12 @@ def test_rotated_copies_match_through_rotate_descriptors(sample):
     groups = _same_original(manifest)
     for copy, angle in manifest["rotation_ccw"].items():
         query = rotate_descriptors(desc[index[manifest["copy_of"][copy]]], angle)
-        sims = desc @ query
+        dist = set_distances(query[None], desc)[0]
         distinct = [i for i, p in enumerate(paths) if p not in groups[copy]]
-        assert sims[index[copy]] > sims[distinct].max() + 0.1, copy
+        assert dist[index[copy]] < dist[distinct].min() - 0.1, copy
+        # every view, not only the whole image, turns with it
+        views = (query * desc[index[copy]]).reshape(VIEWS, -1).sum(axis=1) * VIEWS
+        assert views.min() > 0.95, (copy, views)
 
 
 def test_rotate_descriptors_is_exact_on_thumbnails():
@@ -93,8 +141,13 @@ def test_rotate_descriptors_is_exact_on_thumbnails():
         rotated = descriptors_from_thumbnails(np.rot90(thumbs, quarter_turns, axes=(1, 2)))
         np.testing.assert_allclose(rotate_descriptors(desc, 90 * quarter_turns), rotated,
                                    atol=1e-5)
+        # a multi-view vector turns view by view
+        sets = rotate_descriptors(desc[:3].reshape(-1), 90 * quarter_turns)
+        np.testing.assert_allclose(sets, rotated[:3].reshape(-1), atol=1e-5)
     with pytest.raises(ValueError, match="multiple of 90"):
         rotate_descriptors(desc, 45)
+    with pytest.raises(ValueError, match="multiple of 143"):
+        rotate_descriptors(np.zeros(200, np.float32), 90)
 
 
 def test_deterministic_and_batch_equals_single(sample):
@@ -104,16 +157,16 @@ def test_deterministic_and_batch_equals_single(sample):
     assert np.array_equal(batch, builtin_descriptors(images))
     for img, row in zip(images, batch):
         np.testing.assert_allclose(builtin_descriptor(img), row, atol=1e-6)
-    assert builtin_descriptors([]).shape == (0, DESCRIPTOR_DIM)
+    assert builtin_descriptors([]).shape == (0, SET_DIM)
 
 
 def test_jpeg_draft_decode_agrees_with_full_decode(sample):
     root, manifest, _, _ = sample
     jpegs = [p for p in manifest["clean"] if p.endswith(".jpg")][:20]
     jpegs += manifest["oversized_pixels"]
-    full = builtin_descriptors(_decode(root / p) for p in jpegs)
-    draft = builtin_descriptors(_decode(root / p, draft=True) for p in jpegs)
-    assert np.min(np.sum(full * draft, axis=1)) > 0.98
+    full = builtin_descriptors(_decode(root / p) for p in jpegs).reshape(-1, DESCRIPTOR_DIM)
+    draft = builtin_descriptors(_decode(root / p, draft=True) for p in jpegs).reshape(-1, DESCRIPTOR_DIM)
+    assert np.min(np.sum(full * draft, axis=1)) * VIEWS > 0.98  # every view
 
 
 def test_every_mode_gives_a_comparable_unit_vector(sample):
@@ -124,13 +177,13 @@ def test_every_mode_gives_a_comparable_unit_vector(sample):
     variants = [rgb.convert(m) for m in ("L", "LA", "RGBA", "CMYK", "YCbCr", "LAB",
                                          "I", "F", "P")] + [gray16]
     for img in variants:
-        sim = float(builtin_descriptor(img) @ reference)
-        assert sim > 0.99, img.mode
+        sims = (builtin_descriptor(img) * reference).reshape(VIEWS, -1).sum(axis=1) * VIEWS
+        assert sims.min() > 0.99, img.mode
 
 
 def test_flat_image_gets_zero_vector():
     desc = builtin_descriptor(Image.new("RGB", (300, 200), (120, 30, 200)))
-    assert desc.shape == (DESCRIPTOR_DIM,) and not desc.any()
+    assert desc.shape == (SET_DIM,) and not desc.any()
 
 
 def test_wrong_thumbnail_shape_is_rejected():

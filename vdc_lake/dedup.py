@@ -93,6 +93,51 @@ def _vectors(catalog: Catalog, set_name: str) -> VectorSet:
     return vs
 
 
+def set_views(catalog: Catalog, set_name: str) -> int:
+    """Views per vector of the set: VIEWS for the multi-view builtin descriptor
+    (builtin-dct-ms), else 1 (one vector per image, searched as it is)."""
+    from vdc_lake.descriptor import views_per_vector
+
+    rows = catalog.rows("SELECT model FROM embedding_sets WHERE name = ?", [set_name])
+    return views_per_vector(rows[0][0] if rows else None)
+
+
+def view_rows(vectors: np.ndarray, image_ids: np.ndarray, views: int) -> tuple[np.ndarray, np.ndarray]:
+    """The search rows of a set: vectors [n, views * d] as rows [n * views, d] (a reshape, no
+    copy, so prepare_vectors(copy=False) works in place) and their keys [n * views]
+    image_id * views + view. views 1: the vectors and image ids as they are."""
+    if views == 1:
+        return vectors, image_ids
+    n, dim = vectors.shape
+    if dim % views:
+        raise StageError(f"the set's {dim}-d vectors do not split into {views} views; compute it again "
+                         "(`vdc-lake predict --model builtin --kind descriptor --set NEW_NAME`)")
+    if n and int(image_ids.max()) > np.iinfo(np.int64).max // views - 1:
+        raise StageError(f"image ids up to {int(image_ids.max())} are too large to key {views} views each")
+    keys = (np.asarray(image_ids, np.int64)[:, None] * views + np.arange(views)).reshape(-1)
+    return vectors.reshape(n * views, dim // views), keys
+
+
+def fold_view_pairs(pairs, views: int, max_pairs_per_image: int | None = None):
+    """Image pairs from the pairs of view rows (keys from view_rows): the pairs where at least
+    one side is an image's whole view (view 0), not within one image, each image pair once with
+    its smallest distance (descriptor.set_distances' rule); capped per image
+    (neighbors.cap_pairs_per_image). Images with truncated view rows stay truncated."""
+    from vdc_lake.neighbors import PairSet, cap_pairs_per_image
+
+    if views == 1:
+        return pairs
+    a, b = pairs.a // views, pairs.b // views
+    keep = (a != b) & ((pairs.a % views == 0) | (pairs.b % views == 0))
+    a, b, dist = np.minimum(a, b)[keep], np.maximum(a, b)[keep], pairs.distance[keep]
+    order = np.lexsort((dist, b, a))  # by image pair, nearest first
+    a, b, dist = a[order], b[order], dist[order]
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    folded = PairSet(a[first], b[first], dist[first], np.unique(pairs.truncated // views))
+    return cap_pairs_per_image(folded, max_pairs_per_image)
+
+
 def build_index(catalog: Catalog, set_name: str, *, center: bool, l2_normalize: bool, dtype: str,
                 threads: int = 0, quiet: bool = False, device: str = "auto", force: bool = False) -> IndexSummary:
     """Build and save a usearch (HNSW, cosine) index over the set's current vectors; register it.
@@ -103,20 +148,22 @@ def build_index(catalog: Catalog, set_name: str, *, center: bool, l2_normalize: 
     from vdc_lake import neighbors
 
     check_name(set_name)  # it becomes part of the index's file name
+    views = set_views(catalog, set_name)
     if not force:
         n_vectors = count_vectors(catalog, "embeddings", set_name)
         _check_count(set_name, n_vectors)
-        method, reason = choose_method("auto", n_vectors, _resolve_device(device))
+        method, reason = choose_method("auto", n_vectors * views, _resolve_device(device))
         if method != "ann":
-            return IndexSummary(None, set_name, "", n_vectors, set_dim(catalog, "embeddings", set_name), 0.0,
-                                skipped=reason)
+            return IndexSummary(None, set_name, "", n_vectors * views,
+                                set_dim(catalog, "embeddings", set_name) // views, 0.0, skipped=reason)
     params = {"set": set_name, "center": center, "l2_normalize": l2_normalize, "dtype": dtype}
     with catalog.run("dedup-index", params) as run_id:
         started = dt.datetime.now()
         vs = _vectors(catalog, set_name)
         catalog.release()
-        prepared, mean = neighbors.prepare_vectors(vs.vectors, center=center, l2_normalize=l2_normalize, copy=False)
-        index = neighbors.build_index(prepared, vs.image_ids, metric="cos", dtype=dtype, threads=threads)
+        rows, keys = view_rows(vs.vectors, vs.image_ids, views)
+        prepared, mean = neighbors.prepare_vectors(rows, center=center, l2_normalize=l2_normalize, copy=False)
+        index = neighbors.build_index(prepared, keys, metric="cos", dtype=dtype, threads=threads)
         folder = index_dir(catalog)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{set_name}-run{run_id}.usearch"
@@ -126,11 +173,11 @@ def build_index(catalog: Catalog, set_name: str, *, center: bool, l2_normalize: 
         neighbors.save_index(index, path)
         catalog.execute(
             "INSERT INTO ann_indexes VALUES (?, ?, ?, ?, ?, 'cosine', ?, ?, ?, ?, ?)",
-            [set_name, run_id, str(path), len(vs), vs.vectors.shape[1], dtype, center, l2_normalize,
+            [set_name, run_id, str(path), len(vs), prepared.shape[1], dtype, center, l2_normalize,
              None if mean is None else mean.astype(np.float32).tolist(), dt.datetime.now()],
         )
         seconds = (dt.datetime.now() - started).total_seconds()
-        summary = IndexSummary(run_id, set_name, str(path), len(vs), vs.vectors.shape[1], seconds)
+        summary = IndexSummary(run_id, set_name, str(path), len(prepared), prepared.shape[1], seconds)
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary
 
@@ -221,6 +268,8 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
     max_pairs_per_image (None: no cap) keeps each image's nearest pairs only; the summary
     counts the images cut. backend "ray": the exact search as tiles of ray_tile_rows rows over
     the Ray cluster joined by the caller (vdc_lake.ray_backend.range_search), resumable per tile.
+    A multi-view set (the builtin-dct-ms descriptor) is searched as one row per view, centred
+    and normalised per view, and its pairs folded back to image pairs (fold_view_pairs).
     """
     from vdc_lake import neighbors
 
@@ -230,7 +279,8 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
     resolved = _resolve_device(device) if backend != "ray" else device
     n_vectors = count_vectors(catalog, "embeddings", set_name)
     _check_count(set_name, n_vectors)
-    method, reason = choose_method(method, n_vectors, resolved, backend)
+    views = set_views(catalog, set_name)
+    method, reason = choose_method(method, n_vectors * views, resolved, backend)
     record = latest_index(catalog, set_name) if method == "ann" else None
     if method == "ann" and not _usable_index(record, n_vectors, center, l2_normalize):
         # before this stage reads the set: build_index holds its own copy while it runs
@@ -251,24 +301,29 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
     with catalog.run("dedup-report", params) as run_id:
         started = dt.datetime.now()
         catalog.release()
-        prepared, _ = neighbors.prepare_vectors(vs.vectors, center=center_arg, l2_normalize=l2_normalize, copy=False)
+        # A multi-view set is searched as rows of views; a row may pair with every view of
+        # another image, so the per-row cap is views times the per-image one.
+        rows, keys = view_rows(vs.vectors, vs.image_ids, views)
+        row_cap = None if max_pairs_per_image is None else max_pairs_per_image * views
+        prepared, _ = neighbors.prepare_vectors(rows, center=center_arg, l2_normalize=l2_normalize, copy=False)
         if method == "exact" and backend == "ray":
             from vdc_lake import ray_backend
 
             pairs = ray_backend.range_search(
-                prepared, vs.image_ids, threshold=threshold, staging_dir=ray_backend.staging_root(catalog.path),
-                tile_rows=ray_tile_rows or n_vectors, precision=None if precision == "auto" else precision,
-                max_pairs_per_image=max_pairs_per_image, quiet=quiet)
+                prepared, keys, threshold=threshold, staging_dir=ray_backend.staging_root(catalog.path),
+                tile_rows=ray_tile_rows or len(keys), precision=None if precision == "auto" else precision,
+                max_pairs_per_image=row_cap, quiet=quiet)
         elif method == "exact":
             with _progress("dedup exact", "block", quiet) as progress:
-                pairs = neighbors.radius_pairs_exact(prepared, vs.image_ids, threshold=threshold, device=resolved,
+                pairs = neighbors.radius_pairs_exact(prepared, keys, threshold=threshold, device=resolved,
                                                      precision=resolved_precision,
-                                                     max_pairs_per_image=max_pairs_per_image, progress=progress)
+                                                     max_pairs_per_image=row_cap, progress=progress)
         else:
             index = neighbors.open_index(record.path, view=True)
             with _progress("dedup ann", "image", quiet) as progress:
-                pairs = neighbors.radius_pairs_ann(index, prepared, vs.image_ids, threshold=threshold, k=neighbors_k,
-                                                   max_pairs_per_image=max_pairs_per_image, progress=progress)
+                pairs = neighbors.radius_pairs_ann(index, prepared, keys, threshold=threshold, k=neighbors_k,
+                                                   max_pairs_per_image=row_cap, progress=progress)
+        pairs = fold_view_pairs(pairs, views, max_pairs_per_image)
         _write_edges(catalog, run_id, set_name, vs, pairs)
         seconds = (dt.datetime.now() - started).total_seconds()
         summary = ReportSummary(run_id, set_name, method, len(vs), len(pairs), threshold, seconds, reason=reason,

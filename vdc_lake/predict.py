@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
-from vdc_lake.descriptor import DESCRIPTOR_NAME
+from vdc_lake.descriptor import BUILTIN_MODELS, builtin_vectors_for
 from vdc_lake.errors import StageError
 from vdc_lake.parallel import BACKENDS, get_mapper, progress_bar
 from vdc_lake.sets import (
@@ -433,7 +433,7 @@ def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str
         started = time.monotonic()
         summary = PredictSummary(run_id, name, kind)
         if builtin:
-            register_builtin_set(catalog, run_id, name)
+            dim = register_builtin_set(catalog, run_id, name)  # a one-view set made before issue 15 stays one-view
         else:
             _register_model_set(catalog, name, kind, loaded, run_id)
         work = _todo(catalog, KIND_TABLE[kind], name, max_pixels, retry_failed, summary)
@@ -445,6 +445,7 @@ def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str
                 mapper = get_mapper(backend, catalog_path=catalog.path)
                 results = mapper(partial(_builtin_item, max_pixels=max_pixels), items, workers=num_workers,
                                  desc="builtin", quiet=quiet)
+                results = (builtin_vectors_for(dim, r) if isinstance(r, np.ndarray) else r for r in results)
             else:
                 results = _model_results_on_ray(catalog, spec, items, quiet)
             _ingest(catalog, kind, work, results, summary, commit_every)
@@ -749,11 +750,11 @@ def embed_paths(catalog: Catalog, set_name: str, paths: list[str], *, models_dir
     model, kind, dim = rows[0]
     vectors = np.zeros((len(paths), dim), np.float32)
     ok = np.zeros(len(paths), bool)
-    if set_name == BUILTIN_MODEL or model == DESCRIPTOR_NAME:
+    if set_name == BUILTIN_MODEL or model in BUILTIN_MODELS:
         for i, path in enumerate(paths):
             v = _builtin_one(path, max_pixels)
             if v is not None:
-                vectors[i], ok[i] = v, True
+                vectors[i], ok[i] = builtin_vectors_for(dim, v), True
         return vectors, ok
     from vdc_lake.models import load_model, run_inference
 

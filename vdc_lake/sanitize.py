@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
+from vdc_lake.descriptor import builtin_vectors_for
 from vdc_lake.files import DECODE_ACTIONS, UNUSUAL_MODES, decode_check
 from vdc_lake.parallel import batched, get_mapper
 from vdc_lake.sets import BUILTIN_SET, register_builtin_set, write_vectors
@@ -196,10 +197,10 @@ def _write_decode_batch(catalog: Catalog, run_id: int, batch: list, summary: San
                 "action": [DECODE_ACTIONS.get(rule, "delete") for _, (rule, _) in bad],
             }))
         if good:
-            register_builtin_set(catalog, run_id)
+            dim = register_builtin_set(catalog, run_id)  # a one-view set made before issue 15 stays one-view
             write_vectors(catalog, "embeddings", BUILTIN_SET, run_id,
                           np.array([row["image_id"] for row, _ in good]), np.array([row["version"] for row, _ in good]),
-                          np.stack([d for _, d in good]))
+                          builtin_vectors_for(dim, np.stack([d for _, d in good])))
     summary.findings += len(bad)
     summary.decoded += len(batch)
     summary.descriptors += len(good)

@@ -82,10 +82,10 @@ SSCD_DEDUP_THRESHOLDS = (0.25, 0.5)
 def recommended_dedup_thresholds(model: str | None) -> tuple[float | None, float | None]:
     """(apply, report) cosine-distance thresholds known to suit the model's vectors, or (None, None)
     without a recommendation (the config's [apply_deduplication] / [dedup] values apply)."""
-    from vdc_lake.descriptor import DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD, DESCRIPTOR_NAME
+    from vdc_lake.descriptor import DEDUP_THRESHOLDS
 
-    if model == DESCRIPTOR_NAME:
-        return DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD
+    if model in DEDUP_THRESHOLDS:
+        return DEDUP_THRESHOLDS[model]
     if model and "sscd" in model.lower():
         return SSCD_DEDUP_THRESHOLDS
     return None, None
@@ -115,13 +115,21 @@ def register_embedding_set(catalog: Catalog, name: str, *, kind: str, model: str
 BUILTIN_SET = "builtin"
 
 
-def register_builtin_set(catalog: Catalog, run_id: int, name: str = BUILTIN_SET) -> None:
+def register_builtin_set(catalog: Catalog, run_id: int, name: str = BUILTIN_SET) -> int:
     """Register a set of the weight-free descriptor (sanitize's decode pass and
-    `predict --model builtin` write the same vectors; the default set is shared)."""
-    from vdc_lake.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_NAME, THUMBNAIL_SIZE
+    `predict --model builtin` write the same vectors; the default set is shared) and return
+    its dim. A new set holds the multi-view descriptor (builtin-dct-ms); a one-view set
+    (builtin-dct) made before it stays one-view: write descriptor.builtin_vectors_for(dim, ...)."""
+    from vdc_lake.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_NAME, MULTI_VIEW_NAME, SET_DIM, THUMBNAIL_SIZE, VIEW_SCALES
 
-    register_embedding_set(catalog, name, kind="descriptor", model=DESCRIPTOR_NAME, dim=DESCRIPTOR_DIM,
-                           preprocessing={"thumbnail": THUMBNAIL_SIZE, "grayscale": True}, run_id=run_id)
+    if catalog.rows("SELECT 1 FROM embedding_sets WHERE name = ? AND model = ?", [name, DESCRIPTOR_NAME]):
+        model, dim, scales = DESCRIPTOR_NAME, DESCRIPTOR_DIM, [1.0]
+    else:
+        model, dim, scales = MULTI_VIEW_NAME, SET_DIM, list(VIEW_SCALES)
+    register_embedding_set(catalog, name, kind="descriptor", model=model, dim=dim,
+                           preprocessing={"thumbnail": THUMBNAIL_SIZE, "grayscale": True, "view_scales": scales},
+                           run_id=run_id)
+    return dim
 
 
 def register_prediction_set(catalog: Catalog, name: str, *, kind: str, model: str | None,
