@@ -327,3 +327,27 @@ def test_a_pipeline_catalog_that_is_not_text_is_refused_before_any_file_is_made(
     assert result.exit_code == 1
     assert result.output.startswith("Error: [pipeline] catalog in number.toml must be text: "), result.output
     assert sorted(p.name for p in folder.iterdir()) == before  # no catalog named "5" (nor its lock)
+
+
+@pytest.mark.parametrize("args", [["config", "show"], ["sql", "SELECT range AS n FROM range(100000)"],
+                                  ["sql", "SELECT range AS n FROM range(100000)", "--format", "csv"], ["status"]])
+def test_output_into_a_reader_that_closes_early_exits_0_quietly(built, args):
+    """`vdc-lake ARGS | head -1`: a real pipe whose reader is gone (closed before the first write,
+    so every write fails), and a real `head -1`; exit 0 and nothing on stderr either way."""
+    import subprocess
+    import sys
+
+    folder, catalog = built
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=repo)
+    env.pop("VDC_LAKE_DEBUG", None)
+    command = [sys.executable, "-m", "vdc_lake.cli", "--catalog", str(catalog), "-q", *args]
+    process = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0, stderr
+    assert stderr == ""
+    shell = " ".join(f"'{a}'" for a in command) + " | head -1; exit ${PIPESTATUS[0]}"
+    done = subprocess.run(["bash", "-c", shell], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert len(done.stdout.splitlines()) == 1

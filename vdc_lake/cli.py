@@ -171,6 +171,30 @@ def error_message(e: BaseException) -> str | None:
     return None
 
 
+def _stdout_reader_gone() -> bool:
+    """stdout is a pipe whose reading end is closed (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the final flush at exit cannot fail on a closed pipe
+    (Python's recipe for SIGPIPE: https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # stdout is not a real file (a test runner's capture): nothing to flush at exit
+    finally:
+        os.close(devnull)
+
+
 def handle_errors(func: Callable) -> Callable:
     """Turn typed errors, and errors of known failure classes (ValueError from a kernel, a
     DuckDB error from a macro, an OSError such as a full disk), into one `Error:` line.
@@ -179,9 +203,12 @@ def handle_errors(func: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as e:
+            if isinstance(e, BrokenPipeError) and _stdout_reader_gone():  # not a worker's pipe
+                _stdout_to_devnull()  # the reader of our output left (`| head -1`): nothing more to say
+                raise click.exceptions.Exit(0) from None
             message = error_message(e)
             if message is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise
@@ -1409,7 +1436,16 @@ def run_command(ctx: Context, pipeline: str, do_apply: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="vdc-lake")
+    """The console script. Output piped into a reader that closes early (`| head -1`) ends
+    quietly with exit 0, also when the pipe breaks only at the final flush."""
+    try:
+        try:
+            cli(prog_name="vdc-lake")
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        sys.exit(0)
 
 
 if __name__ == "__main__":
