@@ -67,6 +67,7 @@ PIPELINES = {
     "catalog_empty.toml": '[pipeline]\ncatalog = ""\n\n[[step]]\ncommand = "status"\n',
     "pipeline_scalar.toml": 'pipeline = "x.duckdb"\n\n[[step]]\ncommand = "status"\n',
     "command_number.toml": '[[step]]\ncommand = 5\n',
+    "sql_stdin.toml": '[[step]]\ncommand = "sql"\nargs = ["-"]\n',
 }
 
 CONFIGS = {
@@ -147,6 +148,9 @@ CASES = [
     (["sql", "SELEC 1"], "query failed", None),
     (["sql", "SELECT 1", "--format", "csv", "--output", "no/such/dir/x.csv"], "no/such/dir/x.csv: no such file or directory; check the path", None),
     (["sql", "SELECT * FROM dedup_actions(keep := 'nosuch')"], "query failed", None),
+    (["sql", "-"], "`sql -` read no query from stdin; pipe one in", None),
+    (["sql", "-- only a comment\nSELEC 1"], "query failed", None),
+    (["run", "sql_stdin.toml"], "step 1 (sql): a step cannot read its query from stdin (`-`)", None),
     # run: a failing step shows run's table; a bad file is refused before step 1
     (["run", "cluster_bad_levels.toml"], "pipeline stopped at step 2 (cluster --set builtin --n-clusters 3 12): --n-clusters must be", None),
     (["run", "self.toml"], "step 2 (run): runs self.toml, which is already running", None),
@@ -351,3 +355,25 @@ def test_output_into_a_reader_that_closes_early_exits_0_quietly(built, args):
     done = subprocess.run(["bash", "-c", shell], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert len(done.stdout.splitlines()) == 1
+
+
+def test_sql_takes_a_query_that_starts_with_a_comment_and_one_from_stdin(built, monkeypatch):
+    folder, catalog = built
+    monkeypatch.chdir(folder)
+    with Catalog(catalog, read_only=True) as c:
+        runs = c.scalar("SELECT count(*) FROM runs")
+    query = "-- how many runs\nSELECT count(*) AS n FROM runs"
+    for args in (["sql", query, "--format", "csv"],          # taken as the query, not as an option
+                 ["sql", "--format", "csv", "--", query]):   # after --, as --help shows
+        result = invoke(catalog, args)
+        assert result.exit_code == 0, result.output
+        assert result.output == f'"n"\n{runs}\n'
+    argv = ["--catalog", str(catalog), "-q", "sql", "-", "--format", "csv"]
+    result = CliRunner().invoke(cli, argv, input=query + "\n", prog_name="vdc-lake")
+    assert result.exit_code == 0, result.output
+    assert result.output == f'"n"\n{runs}\n'
+    help_text = invoke(catalog, ["sql", "--help"]).output
+    assert 'vdc-lake sql -- "-- ' in help_text and "vdc-lake sql - <" in help_text
+    (folder / "comment_step.toml").write_text('[[step]]\ncommand = "sql"\nargs = ["-- runs\\nSELECT 41 + 1 AS answer"]\n')
+    result = invoke(catalog, ["run", "comment_step.toml"])
+    assert result.exit_code == 0 and "42" in result.output, result.output

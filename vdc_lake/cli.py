@@ -420,7 +420,19 @@ def status(ctx: Context) -> None:
     echo_table(report["runs"], ["run", "stage", "status", "started", "seconds"])
 
 
-@cli.command("sql")
+class QueryCommand(click.Command):
+    """A command whose one argument is a SQL query: a query starting with `--` (a comment) or `-`
+    and holding a space or newline is never an option name, so it is taken as the query."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" not in args:
+            queries = [a for a in args if a.startswith("-") and len(a.split()) > 1]
+            if queries:
+                args = [a for a in args if a not in queries] + ["--"] + queries
+        return super().parse_args(ctx, args)
+
+
+@cli.command("sql", cls=QueryCommand)
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
               show_default=True)
@@ -432,15 +444,26 @@ def status(ctx: Context) -> None:
 def sql_command(ctx: Context, query: str, fmt: str, output: str | None, write: bool) -> None:
     """Run a SQL query on the catalog and print a table, or write csv/json/parquet.
 
+    QUERY `-` reads the query from stdin (a file of SQL). A query that starts with `--` (a
+    comment) can follow `--`, which ends the options: `vdc-lake sql --format csv -- "-- ..."`.
+
     \b
     Example:
         vdc-lake sql "SELECT rule, count(*) AS n FROM findings GROUP BY rule ORDER BY n DESC"
         vdc-lake sql "SELECT * FROM sanitize_actions" --format parquet --output actions.parquet
+        vdc-lake sql - < queries/pending.sql
+        vdc-lake sql -- "-- pending deletions
+        SELECT count(*) FROM curated"
     """
     import duckdb
 
     from vdc_lake.export_sql import write_query
 
+    if query == "-":
+        query = sys.stdin.read()
+        if not query.strip():
+            raise click.ClickException("`sql -` read no query from stdin; pipe one in, e.g. "
+                                       "`echo \"SELECT 1\" | vdc-lake sql -`, or give QUERY itself")
     with (ctx.writer() if write else ctx.reader()) as catalog:
         try:
             text = write_query(catalog, query, fmt=fmt, output=output)

@@ -153,6 +153,9 @@ def check_pipeline(path: str | Path, parse_step: ParseStep, *, off_switches: Off
             if key in step:
                 raise ConfigError(f"{label}: a step cannot pass {flag}; run the pipeline with "
                                   "`vdc-lake run FILE --apply` to carry out its apply steps")
+        if step["command"].split() == ["sql"] and "-" in [str(a) for a in step.get("args", [])]:
+            raise ConfigError(f"{label}: a step cannot read its query from stdin (`-`); put the query "
+                              "in args, e.g. args = [\"SELECT count(*) FROM curated\"]")
         try:
             parse_step(step_arguments(step, apply=False, off_switches=off_switches))
         except ConfigError as e:
