@@ -360,6 +360,29 @@ def test_tampered_journal_rows_cannot_make_restore_touch_anything_outside(ws, ru
         assert _shapes(ws.root) == after_apply, what  # refused before touching anything
 
 
+def test_resume_and_restore_refuse_a_tampered_backup_folder_in_the_same_words(ws):
+    """An apply run killed with operations still planned, whose recorded backup folder was then
+    pointed into the scanned root: resuming it (the next apply) and restoring it both refuse it
+    before touching a file, through the one check of a run's recorded backup folder."""
+    _apply(ws.catalog, ws.backup)
+    after_apply = _shapes(ws.root)
+    root = ws.root.resolve()
+    _tamper(ws.catalog, f"""UPDATE journal SET state = 'planned' WHERE op_id = (SELECT max(op_id) FROM journal);
+                            UPDATE runs SET params = json_object('backup_dir', '{root}') WHERE stage LIKE 'apply:%'""")
+    with Catalog(ws.catalog, read_only=True) as catalog:
+        run_id = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage LIKE 'apply:%'")
+    expected = f"the backup folder of apply run {run_id} {root} lies inside the scanned root {root}"
+    with pytest.raises(PlanError) as resumed:
+        _apply(ws.catalog, ws.base / "bk2")
+    with pytest.raises(PlanError) as restored:
+        with Catalog(ws.catalog) as catalog:
+            restore(catalog, quiet=True)
+    assert str(resumed.value).startswith(expected), str(resumed.value)
+    assert str(restored.value) == str(resumed.value)
+    assert _shapes(ws.root) == after_apply
+    assert not (ws.base / "bk2").exists()
+
+
 def test_restore_from_an_explicit_backup_folder(ws, run_cli):
     """The user names the backup folder (it moved): restore reads only inside it."""
     original = _shapes(ws.root)

@@ -151,6 +151,17 @@ def check_backup_folder(catalog: Catalog, backup_dir: str | os.PathLike) -> Path
     return check_backup_dir(_scanned_roots(catalog), backup_dir)
 
 
+def _recorded_backup_root(roots: list[str], recorded: str | None, run_id: int, checked: dict[str, str]) -> str:
+    """An apply run's recorded backup folder (runs.params, which may have been edited), resolved,
+    once check_backup_dir accepts it against the scanned roots (PlanError otherwise; a missing one
+    is refused as "/"). `checked` caches the folders already accepted. Used by resume and restore."""
+    folder = recorded or "/"
+    if folder not in checked:
+        check_backup_dir(roots, folder, f"the backup folder of apply run {run_id}")
+        checked[folder] = str(Path(os.path.realpath(folder)))
+    return checked[folder]
+
+
 def _scanned_roots(catalog: Catalog) -> list[str]:
     return [r for (r,) in catalog.rows("SELECT DISTINCT root FROM images ORDER BY root")]
 
@@ -596,8 +607,8 @@ def resume_unfinished(catalog: Catalog, *, quiet: bool = False, backend: str = "
     for (run_id,) in runs:
         ops = sorted(_journal_ops(catalog, "j.run_id = ? AND j.state = 'planned'", [run_id]), key=lambda o: o["op_id"])
         recorded = ops[0]["backup_root"] if ops else None
-        if recorded is not None:
-            check_backup_dir(roots, recorded, f"the backup folder of apply run {run_id}")
+        if recorded is not None:  # checked only: the journal's backup paths were made from it as recorded
+            _recorded_backup_root(roots, recorded, run_id, {})
         summary.planned += len(ops)
         _run_ops(catalog, run_id, ops, summary, quiet, backend)
         catalog.execute("UPDATE runs SET status = 'done', finished_at = now() WHERE run_id = ?", [run_id])
@@ -661,7 +672,7 @@ def _restore_ops(catalog: Catalog, run_id: int | None, backup_dir: str | os.Path
                  key=lambda o: o["op_id"], reverse=True)
     roots = _scanned_roots(catalog)
     given = check_backup_dir(roots, backup_dir) if backup_dir is not None else None
-    checked: set[str] = set()
+    checked: dict[str, str] = {}
     for op in ops:
         if op["backup"] is not None and given is not None:
             recorded, op["backup_root"] = op["backup"], str(given)
@@ -671,12 +682,8 @@ def _restore_ops(catalog: Catalog, run_id: int | None, backup_dir: str | os.Path
                 op["backup"] = str(_backup_path(given, op["run_id"], op["root"], rel))
             else:
                 op["backup"] = recorded  # not apply's layout: refused below
-        elif op["backup"] is not None and op["backup_root"] not in checked:
-            check_backup_dir(roots, op["backup_root"] or "/", f"the backup folder of apply run {op['run_id']}")
-            checked.add(op["backup_root"])
-            op["backup_root"] = str(Path(os.path.realpath(op["backup_root"])))
         elif op["backup"] is not None:
-            op["backup_root"] = str(Path(os.path.realpath(op["backup_root"])))
+            op["backup_root"] = _recorded_backup_root(roots, op["backup_root"], op["run_id"], checked)
         refused = _confinement_error(op, op["backup_root"])
         if refused:
             raise PlanError(f"refusing to restore {refused}")
