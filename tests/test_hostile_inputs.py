@@ -498,6 +498,8 @@ def test_a_catalog_in_a_missing_folder_is_refused_and_nothing_is_made(tmp_path, 
     for args in readers:  # a folder that does not exist, and a file that does not exist in a real one
         _one_error(run_cli(args, missing), f"no catalog at {missing} (the folder {missing.parent} does not exist)")
         _one_error(run_cli(args, tmp_path / "none.duckdb"), f"no catalog at {tmp_path / 'none.duckdb'}; run ")
+    for args in (["scan", images], ["status"]):  # a folder given as the catalog (or "": the working folder)
+        _one_error(run_cli(args, images), f"{images} is a folder, not a catalog file; pass --catalog {images}/")
     assert _listing(tmp_path) == before  # no folder, catalog or lock file was made
 
 

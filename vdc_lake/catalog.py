@@ -179,6 +179,9 @@ class Catalog:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock: _WriterLock | None = None
         self._checked = False  # the first connection checks that this is a sound vdc-lake catalog
+        if self.path.is_dir():
+            raise NotACatalogError(f"{self.path} is a folder, not a catalog file; pass --catalog "
+                                   f"{self.path / DEFAULT_CATALOG} (or another file name in it)")
         if not self.path.exists() and (read_only or not create):
             missing = "" if self.path.parent.is_dir() else f" (the folder {self.path.parent} does not exist)"
             raise CatalogNotFoundError(
