@@ -198,10 +198,13 @@ def test_fold_gives_one_pair_per_image_pair_with_the_set_distance():
     rows, keys = view_rows(vectors, ids, VIEWS)
     assert rows.shape == (n * VIEWS, DESCRIPTOR_DIM) and np.shares_memory(rows, vectors)
     threshold = 0.9
-    pairs = fold_view_pairs(radius_pairs_exact(rows, keys, threshold=threshold), VIEWS)
     dist = set_distances(vectors)
     i, j = np.nonzero(np.triu(dist < threshold, 1))
+    pairs = fold_view_pairs(radius_pairs_exact(rows, keys, threshold=threshold), VIEWS)
     assert len(pairs) == len(i) > n // 2
     assert np.array_equal(pairs.a, ids[i]) and np.array_equal(pairs.b, ids[j])  # sorted, once, no self pairs
     np.testing.assert_allclose(pairs.distance, dist[i, j], atol=1e-5)
-    assert len(fold_view_pairs(radius_pairs_exact(rows, keys, threshold=threshold), VIEWS, 2).a) < len(pairs)
+    capped = fold_view_pairs(radius_pairs_exact(rows, keys, threshold=threshold, max_pairs_per_image=2 * VIEWS),
+                             VIEWS, 2)
+    assert 0 < len(capped) < len(pairs) and len(capped.truncated)
+    assert len(capped) <= 2 * n  # each pair is among the nearest 2 of one of its images

@@ -13,6 +13,7 @@ import pytest
 
 from vdc_lake import neighbors
 from vdc_lake.catalog import Catalog
+from vdc_lake.descriptor import VIEWS
 from vdc_lake.neighbors import build_index, radius_pairs_ann, radius_pairs_exact
 from vdc_lake.sets import read_vectors
 
@@ -234,12 +235,24 @@ def test_report_centres_in_the_search_without_an_index(builtin_template, catalog
     edges = _edges(catalog_path)
     with Catalog(catalog_path) as c:
         vs = read_vectors(c, "embeddings", "builtin")
-    centred = vs.vectors.astype(np.float64) - vs.vectors.astype(np.float64).mean(0)
-    truth = _brute_force(centred.astype(np.float32), vs.image_ids, 0.6)
+    # the builtin set holds VIEWS views per image, centred per view and compared as sets
+    views = vs.vectors.astype(np.float64).reshape(len(vs), VIEWS, -1)
+    centred = views - views.reshape(-1, views.shape[2]).mean(0)
+    truth = _set_brute_force(centred.reshape(len(vs), -1), vs.image_ids, 0.6)
     assert {(a, b) for a, b, _ in edges} == truth.keys() and truth
     assert max(abs(d - truth[(a, b)]) for a, b, d in edges) < 1e-5
-    uncentred = _brute_force(vs.vectors, vs.image_ids, 0.6)
+    uncentred = _set_brute_force(vs.vectors, vs.image_ids, 0.6)
     assert uncentred.keys() != truth.keys()  # centring changed the answer: it was applied
+
+
+def _set_brute_force(x, keys, threshold):
+    """_brute_force for multi-view set vectors (descriptor.set_distances)."""
+    from vdc_lake.descriptor import set_distances
+
+    dist = set_distances(x).astype(np.float32)
+    i, j = np.triu_indices(len(x), 1)
+    under = dist[i, j] < np.float32(threshold)
+    return {(int(keys[a]), int(keys[b])): float(dist[a, b]) for a, b in zip(i[under], j[under])}
 
 
 def test_cap_warns_and_ray_report_equals_local(builtin_template, catalog_path, run_cli, tmp_path, ray_instance):

@@ -301,8 +301,11 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
     with catalog.run("dedup-report", params) as run_id:
         started = dt.datetime.now()
         catalog.release()
-        # A multi-view set is searched as rows of views; a row may pair with every view of
-        # another image, so the per-row cap is views times the per-image one.
+        # A multi-view set is searched as rows of views, every row against every row, by each
+        # method and backend alike (so ray equals local, cap included); searching only the
+        # whole views against all rows would do 3 n^2 instead of 4.5 n^2 products (1.4x faster
+        # measured) but cap differently. A row may pair with every view of another image, so
+        # the per-row cap is views times the per-image one; fold_view_pairs caps per image.
         rows, keys = view_rows(vs.vectors, vs.image_ids, views)
         row_cap = None if max_pairs_per_image is None else max_pairs_per_image * views
         prepared, _ = neighbors.prepare_vectors(rows, center=center_arg, l2_normalize=l2_normalize, copy=False)

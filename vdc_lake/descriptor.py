@@ -26,8 +26,9 @@ Measured on real photos (benchmarks/bench_descriptor_photos.py, RESULTS.md): the
 finds 5% of such crops at the apply threshold 0.08, the set 81% (the misses are stochastic
 textures and a star field, whose low frequencies change with scale).
 
-Cosine similarity between two views is their dot product. A constant (flat) region has no
-structure to describe and gets the zero vector (similarity 0 to everything).
+Cosine similarity between two views is their dot product (times VIEWS for the scaled views of
+a set vector). A constant (flat) region has no structure to describe and gets the zero vector
+(similarity 0 to everything).
 
 What it is good for: exact and near-exact copies, and centre crops. The low frequencies
 survive resizing, re-encoding (JPEG / WebP quality 30+), format changes and mild colour or
@@ -39,10 +40,11 @@ weaker than SSCD (``resnet_v1_50_c1_sscd``); use it as the offline default, not 
 
 Speed, beyond decode, on one core: one view ~0.3 ms for an 800 x 600 JPEG decoded at
 reduced scale (``Image.draft("RGB", DRAFT_SIZE)``), ~1.7 ms for a full 800 x 600 decode,
-~12 ms at 3600 x 1400; the three views ~1.5x that (the grayscale conversion is shared):
-+0.15 ms per draft-decoded JPEG, about 5% of its decode. The draft changes the descriptor
-very little (cosine > 0.98 to the full decode), because both paths average the same pixels
-down to 32 x 32.
+~12 ms at 3600 x 1400; the three views cost ~1.6-2x one (the grayscale conversion is
+shared, each view is one Pillow resize): on the 21 real photos of the benchmark, decoded as
+sanitize decodes them (3.9-4.1 ms), 0.28-0.41 ms for one view and 0.55-0.73 ms for the set:
++0.26-0.33 ms per image (two runs on a shared 2-core VM). The draft changes the descriptor very little (cosine > 0.98 to the full decode, per
+view), because both paths average the same pixels down to 32 x 32.
 
 Dataset-level centring (subtracting the mean descriptor, as VDC does for SSCD) is a
 dedup step, not part of this per-image function.

@@ -1,0 +1,242 @@
+"""Built-in descriptor on real photos: the one view (builtin-dct) against the multi-view set
+(builtin-dct-ms), through the real scan -> sanitize -> dedup report path.
+
+Per photo of --photos DIR the benchmark plants five copies next to the original (in a temp
+folder): resized (0.5x, LANCZOS, JPEG q90), JPEG q30, a centre crop cutting 1/12 from each
+side (JPEG q90), brightened (x1.3) with a caption drawn (JPEG q90), and a byte copy. It then
+builds two catalogs over the same files: one as a new catalog gets it (the multi-view set) and
+one whose builtin set was registered as the one-view descriptor first (a catalog from before;
+sanitize keeps writing view 0 there). Both run `dedup report --set builtin` at the report
+threshold, and the pairs are read back from dup_edges: recall per transform (copy to its
+original), recall over every pair of files made from the same photo, and false pairs (files
+made from different photos, listed by name at the apply threshold), at several thresholds.
+It also times the descriptor per decoded image, as sanitize decodes it (JPEG draft).
+
+The photo folder used for benchmarks/RESULTS.md (21 real photos, no dependency of vdc-lake):
+
+    pip download --no-deps scikit-image scikit-learn -d /tmp/photos_dl
+    unzip -q /tmp/photos_dl/scikit_image-*.whl 'skimage/data/*' -d /tmp/photos_raw
+    unzip -q /tmp/photos_dl/scikit_learn-*.whl 'sklearn/datasets/images/*' -d /tmp/photos_raw
+    mkdir /tmp/photos && cd /tmp/photos_raw/skimage/data && cp astronaut.png brick.png \\
+        camera.png cell.png chelsea.png clock_motion.png coffee.png coins.png grass.png \\
+        gravel.png ihc.png moon.png motorcycle_left.png motorcycle_right.png page.png \\
+        hubble_deep_field.jpg retina.jpg rocket.jpg /tmp/photos/
+    cp /tmp/photos_raw/sklearn/datasets/images/*.jpg /tmp/photos/     # china, flower
+    cp .venv/lib/python3.11/site-packages/matplotlib/mpl-data/sample_data/grace_hopper.jpg /tmp/photos/
+
+(the non-photos of skimage/data were left out: chessboards, color wheel, horse silhouette,
+logo, phantom, text, and the tiny ones). motorcycle_left / motorcycle_right are a stereo pair
+of one scene: a pair between them counts as false here, and is named in the output.
+
+--synthetic N adds N synthetic "photo-like" images (examples/make_sample_data.photo: gradient,
+shapes, texture, noise), no copies, as unrelated distractors: more pairs for the false-pair
+count, but not real photos, so they are reported on their own line.
+
+Usage:
+    python benchmarks/bench_descriptor_photos.py --photos /tmp/photos [--synthetic 240]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image, ImageDraw, ImageEnhance
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/
+
+from vdc_lake.catalog import Catalog
+from vdc_lake.descriptor import (
+    DEDUP_THRESHOLDS,
+    DESCRIPTOR_DIM,
+    DESCRIPTOR_NAME,
+    DRAFT_SIZE,
+    MULTI_VIEW_NAME,
+    THUMBNAIL_SIZE,
+    descriptors_from_thumbnails,
+    view_thumbnails,
+)
+from vdc_lake.sets import register_embedding_set
+
+TRANSFORMS = ("resized", "jpeg_q30", "crop", "bright_caption", "byte_copy")
+THRESHOLDS = (0.04, 0.08, 0.10, 0.12, 0.16)
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
+
+
+def _jpeg(img: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    img.convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def plant(photo: Path) -> dict[str, bytes]:
+    """The five planted copies of one photo, as file bytes, by transform name."""
+    raw = photo.read_bytes()
+    with Image.open(io.BytesIO(raw)) as img:
+        rgb = img.convert("RGB")
+    w, h = rgb.size
+    dx, dy = round(w / 12), round(h / 12)
+    bright = ImageEnhance.Brightness(rgb).enhance(1.3)
+    ImageDraw.Draw(bright).text((w * 0.05, h * 0.85), "holiday 2024", fill=(255, 255, 255),
+                                font_size=max(10, h // 14))
+    return {
+        "resized": _jpeg(rgb.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.LANCZOS), 90),
+        "jpeg_q30": _jpeg(rgb, 30),
+        "crop": _jpeg(rgb.crop((dx, dy, w - dx, h - dy)), 90),
+        "bright_caption": _jpeg(bright, 90),
+        "byte_copy": raw,
+    }
+
+
+def write_collection(photos: list[Path], root: Path, synthetic: int = 0) -> dict[str, tuple[str, str]]:
+    """Originals and their copies under root, and `synthetic` distractors without copies;
+    returns {rel_path: (photo stem, transform)}."""
+    from examples.make_sample_data import photo as synthetic_photo
+
+    files = {}
+    (root / "synthetic").mkdir(parents=True)
+    for i in range(synthetic):
+        rng = np.random.default_rng([7, i])
+        side = int(rng.integers(320, 800))
+        rel = f"synthetic/s{i:04d}.jpg"
+        synthetic_photo(rng, side, int(side * rng.uniform(0.6, 1.0))).save(root / rel, quality=90)
+        files[rel] = (f"synthetic{i}", "original")
+    for photo in photos:
+        folder = root / photo.stem
+        folder.mkdir(parents=True)
+        shutil.copyfile(photo, folder / f"original{photo.suffix.lower()}")
+        files[f"{photo.stem}/original{photo.suffix.lower()}"] = (photo.stem, "original")
+        for name, data in plant(photo).items():
+            suffix = photo.suffix.lower() if name == "byte_copy" else ".jpg"
+            (folder / f"{name}{suffix}").write_bytes(data)
+            files[f"{photo.stem}/{name}{suffix}"] = (photo.stem, name)
+    return files
+
+
+def _cli(args: list[str], catalog: Path) -> None:
+    from vdc_lake.cli import cli
+
+    result = CliRunner().invoke(cli, ["--catalog", str(catalog), "-q", *args], prog_name="vdc-lake")
+    if result.exit_code:
+        raise SystemExit(f"vdc-lake {' '.join(args)} failed:\n{result.output}")
+
+
+def report_pairs(root: Path, catalog: Path, *, one_view: bool, threshold: float) -> dict[frozenset, float]:
+    """scan, sanitize, dedup report --set builtin at `threshold`: {frozenset(rel a, rel b): distance}."""
+    _cli(["scan", str(root)], catalog)
+    if one_view:  # the builtin set of a catalog from before the multi-view descriptor
+        with Catalog(catalog) as c:
+            run_id = c.begin_run("sanitize", {})
+            register_embedding_set(c, "builtin", kind="descriptor", model=DESCRIPTOR_NAME, dim=DESCRIPTOR_DIM,
+                                   preprocessing={"thumbnail": THUMBNAIL_SIZE, "grayscale": True}, run_id=run_id)
+            c.finish_run(run_id)
+    _cli(["sanitize", "--workers", "1"], catalog)
+    _cli(["dedup", "report", "--set", "builtin", "--report-threshold", str(threshold)], catalog)
+    with Catalog(catalog, read_only=True) as c:
+        rows = c.rows("SELECT ia.rel_path, ib.rel_path, e.distance FROM dup_edges e "
+                      "JOIN images ia ON ia.image_id = e.image_a JOIN images ib ON ib.image_id = e.image_b")
+    return {frozenset((a, b)): d for a, b, d in rows}
+
+
+def evaluate(pairs: dict[frozenset, float], files: dict[str, tuple[str, str]], threshold: float) -> dict:
+    """Recall per transform (copy to original), over all same-photo pairs, and false pairs."""
+    by_photo: dict[str, dict[str, str]] = {}
+    for rel, (photo, kind) in files.items():
+        by_photo.setdefault(photo, {})[kind] = rel
+    by_photo = {photo: f for photo, f in by_photo.items() if len(f) > 1}  # not the synthetic distractors
+    out = {}
+    for kind in TRANSFORMS:
+        hits = [pairs.get(frozenset((f[kind], f["original"])), 9.0) < threshold for f in by_photo.values()]
+        out[kind] = float(np.mean(hits))
+    same = [frozenset((a, b)) for f in by_photo.values() for i, a in enumerate(f.values())
+            for b in list(f.values())[i + 1:]]
+    out["all"] = float(np.mean([pairs.get(p, 9.0) < threshold for p in same]))
+    false = sorted((d, tuple(sorted(p))) for p, d in pairs.items()
+                   if d < threshold and len({files[x][0] for x in p}) == 2)
+    out["false"] = len(false)
+    out["false_photo_pairs"] = sorted({tuple(sorted(files[x][0] for x in p)) for _, p in false})
+    out["false_real"] = sum(1 for _, p in false if not any(files[x][0].startswith("synthetic") for x in p))
+    return out
+
+
+def time_descriptors(root: Path, files: dict, repeat: int) -> tuple[float, float, float]:
+    """ms per image: (decode as sanitize does it, one view, the multi-view set), best of repeat."""
+    decode_s, images = 0.0, []
+    for rel in files:
+        start = time.perf_counter()
+        with Image.open(root / rel) as img:
+            if img.format == "JPEG":
+                img.draft(img.mode, (min(img.width, max(DRAFT_SIZE[0], img.width // 8)),
+                                     min(img.height, max(DRAFT_SIZE[1], img.height // 8))))
+            img.load()
+            images.append(img.copy())
+        decode_s += time.perf_counter() - start
+
+    def best(scales) -> float:
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for img in images:
+                descriptors_from_thumbnails(view_thumbnails(img, scales))
+            times.append(time.perf_counter() - start)
+        return min(times) / len(images) * 1e3
+
+    from vdc_lake.descriptor import VIEW_SCALES
+
+    return decode_s / len(images) * 1e3, best((1.0,)), best(VIEW_SCALES)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", required=True, type=Path, help="folder of real photos (see the docstring)")
+    parser.add_argument("--repeat", type=int, default=5, help="timing repeats (best of)")
+    parser.add_argument("--synthetic", type=int, default=0, help="synthetic unrelated distractors to add")
+    args = parser.parse_args()
+    photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    if len(photos) < 2:
+        raise SystemExit(f"{args.photos} holds {len(photos)} photos; give a folder of at least 2")
+    report_threshold = max(THRESHOLDS)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "images"
+        files = write_collection(photos, root, args.synthetic)
+        print(f"{len(photos)} photos, {len(TRANSFORMS)} planted copies each, {args.synthetic} synthetic "
+              f"distractors: {len(files)} files")
+        results = {}
+        for name, one_view in ((DESCRIPTOR_NAME, True), (MULTI_VIEW_NAME, False)):
+            results[name] = report_pairs(root, Path(tmp) / f"{name}.duckdb", one_view=one_view,
+                                         threshold=report_threshold)
+        decode_ms, one_ms, multi_ms = time_descriptors(
+            root, {rel: v for rel, v in files.items() if not rel.startswith("synthetic/")}, args.repeat)
+    columns = TRANSFORMS + ("all",)
+    print("\n| descriptor | threshold | " + " | ".join(columns) + " | false pairs (real photos only) |")
+    print("|---|---|" + "---|" * len(columns) + "---|")
+    for name, pairs in results.items():
+        for threshold in THRESHOLDS:
+            r = evaluate(pairs, files, threshold)
+            mark = " (apply)" if threshold == DEDUP_THRESHOLDS[name][0] else (
+                " (report)" if threshold == DEDUP_THRESHOLDS[name][1] else "")
+            print(f"| {name} | {threshold:.2f}{mark} | " + " | ".join(f"{r[c]:.2f}" for c in columns)
+                  + f" | {r['false']} ({r['false_real']}) |")
+    for name, pairs in results.items():
+        apply = DEDUP_THRESHOLDS[name][0]
+        r = evaluate(pairs, files, report_threshold)
+        unrelated = [d for p, d in pairs.items() if len({files[x][0] for x in p}) == 2]
+        lowest = min(unrelated, default=None)
+        print(f"\n{name}: lowest distance between different photos "
+              f"{'none under ' + str(report_threshold) if lowest is None else f'{lowest:.3f}'}; "
+              f"photo pairs under {report_threshold}: {r['false_photo_pairs'] or 'none'}; "
+              f"false pairs at apply {apply}: {evaluate(pairs, files, apply)['false']}")
+    print(f"\nper image, one core (JPEG draft decode as in sanitize): decode {decode_ms:.2f} ms, "
+          f"one view {one_ms:.3f} ms, multi-view set {multi_ms:.3f} ms (+{multi_ms - one_ms:.3f} ms)")
+
+
+if __name__ == "__main__":
+    main()
