@@ -377,3 +377,24 @@ def test_sql_takes_a_query_that_starts_with_a_comment_and_one_from_stdin(built, 
     (folder / "comment_step.toml").write_text('[[step]]\ncommand = "sql"\nargs = ["-- runs\\nSELECT 41 + 1 AS answer"]\n')
     result = invoke(catalog, ["run", "comment_step.toml"])
     assert result.exit_code == 0 and "42" in result.output, result.output
+
+
+def test_a_pipeline_whose_reader_closes_inside_a_step_exits_0_quietly(built):
+    """The pipe breaks inside a step (its output goes through run's copy of stdout): no 'step
+    failed', no Error line, exit 0. The step's output is far larger than a pipe's buffer, so it
+    is still writing when the reader closes after the first line."""
+    import subprocess
+    import sys
+
+    folder, catalog = built
+    (folder / "big_output.toml").write_text('[[step]]\ncommand = "sql"\nargs = ["SELECT range AS n FROM range(200000)"]'
+                                            '\n\n[[step]]\ncommand = "status"\n')
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.pop("VDC_LAKE_DEBUG", None)
+    process = subprocess.Popen([sys.executable, "-m", "vdc_lake.cli", "--catalog", str(catalog), "-q", "run",
+                                "big_output.toml"], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().startswith(b"$ vdc-lake sql")
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0, stderr
+    assert stderr == ""

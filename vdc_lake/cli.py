@@ -171,15 +171,22 @@ def error_message(e: BaseException) -> str | None:
     return None
 
 
+def _stdout_fd() -> int:
+    try:
+        return sys.stdout.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return 1  # a wrapper over the process's stdout (a pipeline step's tee, a test runner's capture)
+
+
 def _stdout_reader_gone() -> bool:
     """stdout is a pipe whose reading end is closed (poll reports an error on it)."""
     import select
 
     try:
         poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        poller.register(_stdout_fd(), select.POLLOUT)
         return any(events & select.POLLERR for _, events in poller.poll(0))
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+    except (OSError, ValueError):
         return False
 
 
@@ -188,9 +195,9 @@ def _stdout_to_devnull() -> None:
     (Python's recipe for SIGPIPE: https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, io.UnsupportedOperation):
-        pass  # stdout is not a real file (a test runner's capture): nothing to flush at exit
+        os.dup2(devnull, _stdout_fd())
+    except OSError:
+        pass
     finally:
         os.close(devnull)
 
