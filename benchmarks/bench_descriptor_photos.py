@@ -32,8 +32,12 @@ of one scene: a pair between them counts as false here, and is named in the outp
 shapes, texture, noise), no copies, as unrelated distractors: more pairs for the false-pair
 count, but not real photos, so they are reported on their own line.
 
+--search-n N also times the exact CPU dedup search (the report's: view rows, all against all,
+folded to image pairs) on N random set vectors, one view against the set, at the report
+threshold: what the set costs `dedup report`.
+
 Usage:
-    python benchmarks/bench_descriptor_photos.py --photos /tmp/photos [--synthetic 240]
+    python benchmarks/bench_descriptor_photos.py --photos /tmp/photos [--synthetic 240] [--search-n 20000]
 """
 
 from __future__ import annotations
@@ -62,7 +66,9 @@ from vdc_lake.descriptor import (
     MULTI_VIEW_NAME,
     THUMBNAIL_SIZE,
     descriptors_from_thumbnails,
+    set_distances,
     view_thumbnails,
+    views_per_vector,
 )
 from vdc_lake.sets import register_embedding_set
 
@@ -129,8 +135,9 @@ def _cli(args: list[str], catalog: Path) -> None:
         raise SystemExit(f"vdc-lake {' '.join(args)} failed:\n{result.output}")
 
 
-def report_pairs(root: Path, catalog: Path, *, one_view: bool, threshold: float) -> dict[frozenset, float]:
-    """scan, sanitize, dedup report --set builtin at `threshold`: {frozenset(rel a, rel b): distance}."""
+def report_pairs(root: Path, catalog: Path, *, one_view: bool, threshold: float) -> tuple[dict, dict]:
+    """scan, sanitize, dedup report --set builtin at `threshold`: ({frozenset(rel a, rel b): distance},
+    {rel_path: the set's vector})."""
     _cli(["scan", str(root)], catalog)
     if one_view:  # the builtin set of a catalog from before the multi-view descriptor
         with Catalog(catalog) as c:
@@ -143,7 +150,23 @@ def report_pairs(root: Path, catalog: Path, *, one_view: bool, threshold: float)
     with Catalog(catalog, read_only=True) as c:
         rows = c.rows("SELECT ia.rel_path, ib.rel_path, e.distance FROM dup_edges e "
                       "JOIN images ia ON ia.image_id = e.image_a JOIN images ib ON ib.image_id = e.image_b")
-    return {frozenset((a, b)): d for a, b, d in rows}
+        vectors = dict(c.rows("SELECT i.rel_path, e.vector FROM embeddings e JOIN images i USING (image_id) "
+                              "WHERE e.set_name = 'builtin'"))
+    return {frozenset((a, b)): d for a, b, d in rows}, vectors
+
+
+def closest_photo_pairs(vectors: dict, files: dict, views: int, top: int = 3) -> list[tuple[float, str, str]]:
+    """The `top` pairs of different photos that are closest (over all their files), by set distance."""
+    rels = sorted(vectors)
+    dist = set_distances(np.array([vectors[r] for r in rels], np.float32), views=views)
+    photo = np.array([files[r][0] for r in rels])
+    dist[photo[:, None] == photo[None, :]] = np.inf
+    best: dict[tuple[str, str], float] = {}
+    for i, j in zip(*np.triu_indices(len(rels), 1)):
+        key = tuple(sorted((photo[i], photo[j])))
+        if dist[i, j] < best.get(key, np.inf):
+            best[key] = float(dist[i, j])
+    return sorted((d, a, b) for (a, b), d in best.items())[:top]
 
 
 def evaluate(pairs: dict[frozenset, float], files: dict[str, tuple[str, str]], threshold: float) -> dict:
@@ -194,11 +217,30 @@ def time_descriptors(root: Path, files: dict, repeat: int) -> tuple[float, float
     return decode_s / len(images) * 1e3, best((1.0,)), best(VIEW_SCALES)
 
 
+def time_search(n: int, threshold: float) -> tuple[float, float]:
+    """Seconds of the exact CPU search over n random images: (one view, the multi-view set)."""
+    from vdc_lake.dedup import fold_view_pairs, view_rows
+    from vdc_lake.descriptor import SET_DIM, VIEWS
+    from vdc_lake.neighbors import prepare_vectors, radius_pairs_exact
+
+    vectors = np.random.default_rng(0).standard_normal((n, SET_DIM)).astype(np.float32)
+    ids = np.arange(n, dtype=np.int64)
+    seconds = []
+    for views, x in ((1, vectors[:, :DESCRIPTOR_DIM].copy()), (VIEWS, vectors)):
+        rows, keys = view_rows(x, ids, views)
+        rows, _ = prepare_vectors(rows, center=False, l2_normalize=True, copy=False)
+        start = time.perf_counter()
+        fold_view_pairs(radius_pairs_exact(rows, keys, threshold=threshold), views)
+        seconds.append(time.perf_counter() - start)
+    return seconds[0], seconds[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", required=True, type=Path, help="folder of real photos (see the docstring)")
     parser.add_argument("--repeat", type=int, default=5, help="timing repeats (best of)")
     parser.add_argument("--synthetic", type=int, default=0, help="synthetic unrelated distractors to add")
+    parser.add_argument("--search-n", type=int, default=0, help="also time the exact search on this many images")
     args = parser.parse_args()
     photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
     if len(photos) < 2:
@@ -209,10 +251,10 @@ def main() -> None:
         files = write_collection(photos, root, args.synthetic)
         print(f"{len(photos)} photos, {len(TRANSFORMS)} planted copies each, {args.synthetic} synthetic "
               f"distractors: {len(files)} files")
-        results = {}
+        results, vectors = {}, {}
         for name, one_view in ((DESCRIPTOR_NAME, True), (MULTI_VIEW_NAME, False)):
-            results[name] = report_pairs(root, Path(tmp) / f"{name}.duckdb", one_view=one_view,
-                                         threshold=report_threshold)
+            results[name], vectors[name] = report_pairs(root, Path(tmp) / f"{name}.duckdb", one_view=one_view,
+                                                        threshold=report_threshold)
         decode_ms, one_ms, multi_ms = time_descriptors(
             root, {rel: v for rel, v in files.items() if not rel.startswith("synthetic/")}, args.repeat)
     columns = TRANSFORMS + ("all",)
@@ -230,12 +272,23 @@ def main() -> None:
         r = evaluate(pairs, files, report_threshold)
         unrelated = [d for p, d in pairs.items() if len({files[x][0] for x in p}) == 2]
         lowest = min(unrelated, default=None)
+        real = {rel: v for rel, v in vectors[name].items() if not rel.startswith("synthetic/")}
+        closest = ", ".join(f"{a}/{b} {d:.3f}" for d, a, b in closest_photo_pairs(
+            real, files, views_per_vector(name)))
+        if len(real) < len(vectors[name]):
+            closest += "; with the synthetic ones: " + ", ".join(f"{a}/{b} {d:.3f}" for d, a, b in closest_photo_pairs(
+                vectors[name], files, views_per_vector(name)))
         print(f"\n{name}: lowest distance between different photos "
               f"{'none under ' + str(report_threshold) if lowest is None else f'{lowest:.3f}'}; "
               f"photo pairs under {report_threshold}: {r['false_photo_pairs'] or 'none'}; "
-              f"false pairs at apply {apply}: {evaluate(pairs, files, apply)['false']}")
+              f"false pairs at apply {apply}: {evaluate(pairs, files, apply)['false']}; "
+              f"closest different real photos: {closest}")
     print(f"\nper image, one core (JPEG draft decode as in sanitize): decode {decode_ms:.2f} ms, "
           f"one view {one_ms:.3f} ms, multi-view set {multi_ms:.3f} ms (+{multi_ms - one_ms:.3f} ms)")
+    if args.search_n:
+        one_s, multi_s = time_search(args.search_n, report_threshold)
+        print(f"exact CPU dedup search, {args.search_n:,} images at {report_threshold}: one view {one_s:.1f} s, "
+              f"multi-view set {multi_s:.1f} s ({multi_s / one_s:.1f}x)")
 
 
 if __name__ == "__main__":
