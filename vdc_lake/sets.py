@@ -120,7 +120,8 @@ def register_builtin_set(catalog: Catalog, run_id: int, name: str = BUILTIN_SET)
     `predict --model builtin` write the same vectors; the default set is shared) and return
     its dim. A new set holds the multi-view descriptor (builtin-dct-ms); a one-view set
     (builtin-dct) made before it stays one-view: write descriptor.builtin_vectors_for(dim, ...)."""
-    from vdc_lake.descriptor import DESCRIPTOR_DIM, DESCRIPTOR_NAME, MULTI_VIEW_NAME, SET_DIM, THUMBNAIL_SIZE, VIEW_SCALES
+    from vdc_lake.descriptor import (DESCRIPTOR_DIM, DESCRIPTOR_NAME, MULTI_VIEW_NAME, SET_DIM, THUMBNAIL_SIZE,
+                                     VIEW_SCALES)
 
     if catalog.rows("SELECT 1 FROM embedding_sets WHERE name = ? AND model = ?", [name, DESCRIPTOR_NAME]):
         model, dim, scales = DESCRIPTOR_NAME, DESCRIPTOR_DIM, [1.0]
