@@ -40,11 +40,12 @@ weaker than SSCD (``resnet_v1_50_c1_sscd``); use it as the offline default, not 
 
 Speed, beyond decode, on one core: one view ~0.3 ms for an 800 x 600 JPEG decoded at
 reduced scale (``Image.draft("RGB", DRAFT_SIZE)``), ~1.7 ms for a full 800 x 600 decode,
-~12 ms at 3600 x 1400; the three views cost ~1.6-2x one (the grayscale conversion is
-shared, each view is one Pillow resize): on the 21 real photos of the benchmark, decoded as
-sanitize decodes them (3.9-4.1 ms), 0.28-0.41 ms for one view and 0.55-0.73 ms for the set:
-+0.26-0.33 ms per image (two runs on a shared 2-core VM). The draft changes the descriptor very little (cosine > 0.98 to the full decode, per
-view), because both paths average the same pixels down to 32 x 32.
+~12 ms at 3600 x 1400. The three views cost ~1.6-2.5x one (the grayscale conversion is
+shared, each view is one Pillow resize): on the benchmark's 21 real photos, decoded as
+sanitize decodes them (3.9-4.5 ms), one view 0.28-0.41 ms and the set 0.55-0.83 ms, i.e.
++0.23-0.51 ms per image (5 runs on a shared 2-core VM). The draft changes the descriptor
+very little (cosine > 0.98 to the full decode, per view), because both paths average the
+same pixels down to 32 x 32.
 
 Dataset-level centring (subtracting the mean descriptor, as VDC does for SSCD) is a
 dedup step, not part of this per-image function.
