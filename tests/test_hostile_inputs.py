@@ -9,6 +9,7 @@ root reads any file whatever its mode bits say.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -559,8 +560,15 @@ def test_a_new_catalog_that_fails_to_open_is_removed_with_its_lock(tmp_path):
     try:
         (mount / "notes.txt").write_text("not ours")
         with pytest.raises(DiskFullError, match=f"^no space left on {mount} "):
-            Catalog(mount / "c.duckdb")
+            Catalog(mount / "c.duckdb")  # DuckDB's first blocks do not fit
         assert _listing(mount) == ["notes.txt"]
+        with open(mount / "filler.bin", "wb", buffering=0) as filler:  # now not even the lock file's content fits
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * 4096)
+        with pytest.raises(DiskFullError, match=f"^no space left on {mount} "):
+            Catalog(mount / "c.duckdb")
+        assert _listing(mount) == ["filler.bin", "notes.txt"]
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
         shutil.rmtree(mount, ignore_errors=True)

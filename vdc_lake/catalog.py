@@ -130,8 +130,8 @@ class _WriterLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
         except OSError as e:
-            self.release()
-            raise _write_refused(self.path, e) from e
+            self.remove()  # e.g. a full disk: the file was made, its content could not be written
+            raise _write_refused(self.path, OSError(e.errno, e.strerror, str(self.path))) from e
 
     def _is_current(self, fd: int) -> bool:
         """The locked file is still the one at the lock's path (not unlinked since we opened it)."""
