@@ -125,7 +125,7 @@ class PairSet:
 
 def prepare_vectors(
     x: np.ndarray, *, center: bool | np.ndarray, l2_normalize: bool, copy: bool = True,
-    chunk_rows: int = 65_536,
+    chunk_rows: int = 8192,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Center then L2-normalise descriptors (the SSCD recipe).
 
@@ -598,7 +598,8 @@ class _Block:
             self.exact = _to_device(vectors, device)
         else:  # torch wants a writable array to share (a read-only memmap is copied)
             self.exact = torch.from_numpy(vectors if vectors.flags.writeable else np.array(vectors))
-        self.sq_norm = torch.cat([(part.double() ** 2).sum(1) for part in self.exact.split(65_536)])
+        # float64 squared norms, 8192 rows at a time (a larger chunk's float64 copy was 0.27 GB)
+        self.sq_norm = torch.cat([(part.double() ** 2).sum(1) for part in self.exact.split(8192)])
 
     def __len__(self) -> int:
         return len(self.unit)
@@ -689,7 +690,7 @@ def _unit_rows_on(vectors: np.ndarray, device: torch.device, dtype: torch.dtype)
     return out
 
 
-def _unit_rows(vectors: np.ndarray, chunk_rows: int = 65_536) -> bool:
+def _unit_rows(vectors: np.ndarray, chunk_rows: int = 8192) -> bool:
     """Whether every row has norm 1 (to _UNIT_TOLERANCE) or 0, checked chunk by chunk."""
     for start in range(0, len(vectors), chunk_rows):
         norms = np.linalg.norm(vectors[start:start + chunk_rows], axis=1)

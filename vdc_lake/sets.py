@@ -169,7 +169,7 @@ def set_dim(catalog: Catalog, table: str, name: str) -> int:
 
 
 _TABLE_COLUMN = {"embeddings": "vector", "predictions": "probs"}
-SCAN_MEMORY_LIMIT = "256MB"  # DuckDB's limit while a set streams out (see _stream_rows)
+SCAN_MEMORY_LIMIT = "128MB"  # DuckDB's limit while a set streams out (see _stream_rows)
 
 
 def memory_budget_bytes(catalog: Catalog) -> int:
