@@ -25,6 +25,7 @@ from PIL import Image
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.cli import cli
+from vdc_lake.descriptor import SET_DIM
 from vdc_lake.sets import register_prediction_set, write_vectors
 
 # Each decision: (how `status` names it, the config override, the SQL counting its deletes or
@@ -71,7 +72,7 @@ def base(tmp_path_factory, sample_template) -> dict:
             with Image.open(root / rel) as img:
                 img.convert("RGB").resize((img.width // 2, img.height // 2)).save(examples / f"ex{i}.jpg")
         _invoke(["filter", "examples", "--set", "builtin", "--examples", examples], catalog)
-        head = torch.nn.Linear(143, 1)
+        head = torch.nn.Linear(SET_DIM, 1)  # the builtin set's dimension
         torch.manual_seed(0)
         torch.nn.init.normal_(head.weight)
         torch.save(torch.nn.Sequential(head).state_dict(), work / "head.pt")
