@@ -189,9 +189,12 @@ class Catalog:
             )
         if not read_only:
             self._check_folder()
-            made = [p for p in (self.path, self.path.with_name(self.path.name + ".wal")) if not p.exists()]
             self._lock = _WriterLock(self.path)
             self._lock.acquire()
+            # Under the writer lock, so no other writer can make them meanwhile: what this open
+            # would create for a new catalog (an existing catalog's files are never removed).
+            wal = self.path.with_name(self.path.name + ".wal")
+            made = [] if self.path.exists() else [p for p in (self.path, wal) if not p.exists()]
             try:
                 with self._translated():  # a damaged file fails in the migrations' first read
                     self._prepare()
