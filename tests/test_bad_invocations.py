@@ -46,9 +46,9 @@ def built(tmp_path_factory, sample_template):
     return work, catalog
 
 
-def _pipeline(folder: Path, name: str, text: str) -> Path:
+def _pipeline(folder: Path, name: str, text: str | bytes) -> Path:
     path = folder / name
-    path.write_text(text)
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     return path
 
 
@@ -68,6 +68,7 @@ PIPELINES = {
     "pipeline_scalar.toml": 'pipeline = "x.duckdb"\n\n[[step]]\ncommand = "status"\n',
     "command_number.toml": '[[step]]\ncommand = 5\n',
     "sql_stdin.toml": '[[step]]\ncommand = "sql"\nargs = ["-"]\n',
+    "latin1_pipeline.toml": '# caf\xe9\n[[step]]\ncommand = "status"\n'.encode("latin-1"),
 }
 
 CONFIGS = {
@@ -79,6 +80,7 @@ CONFIGS = {
     "levels_decimal.toml": "[hierarchical_kmeans]\nn_clusters = [4.0, 2.0]\nn_samples = [3, 2]\n",
     "models_dir_number.toml": "[predict]\nmodels_dir = 5\n",
     "flag_text.toml": '[sanitize]\ncheck_corruption = "yes"\n',
+    "latin1_config.toml": '# caf\xe9\n[sanitize]\nmin_width = 100\n'.encode("latin-1"),
 }
 
 # (args, a fragment of the one Error: line, config file or None)
@@ -173,6 +175,9 @@ CASES = [
     (["cluster", "--set", "builtin", "--device", "cpu"], "[hierarchical_kmeans] n_clusters in", "levels_decimal.toml"),
     (["status"], "[predict] models_dir in", "models_dir_number.toml"),
     (["sanitize"], "flag_text.toml must be true or false, not 'yes'", "flag_text.toml"),
+    (["config", "show"], "latin1_config.toml is not UTF-8 text (byte 0xe9 at offset 5); save it as UTF-8 TOML",
+     "latin1_config.toml"),
+    (["run", "latin1_pipeline.toml"], "pipeline latin1_pipeline.toml is not UTF-8 text (byte 0xe9 at offset 5)", None),
     (["config", "show"], "[sanitize] min_width in", "min_width_text.toml"),
     (["status"], "[sanitize] min_width in", "sizes.toml"),
 ]
@@ -188,7 +193,7 @@ def test_bad_invocation_is_one_error_line(built, monkeypatch, args, fragment, co
     config_path = None
     if config:
         config_path = folder / config
-        config_path.write_text(CONFIGS[config])
+        _pipeline(folder, config, CONFIGS[config])
     with Catalog(catalog, read_only=True) as c:
         runs_before = c.rows("SELECT run_id, status FROM runs WHERE status = 'done' ORDER BY run_id")
 

@@ -79,6 +79,9 @@ def load_pipeline(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read pipeline {path}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"pipeline {path} is not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"pipeline {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); save it as UTF-8 TOML") from e
     unknown = sorted(set(data) - {"pipeline", "step"})
     if unknown:
         raise ConfigError(f"pipeline {path}: unknown table {unknown[0]!r}; a pipeline has [pipeline] and [[step]] only")
