@@ -150,3 +150,35 @@ def test_the_newest_import_wins_and_stale_versions_drop_out(scanned, tmp_path):
     for i in (0, 9, 10, 12):
         expected = newer[i] if i < 10 else scanned["vectors"][i]
         np.testing.assert_array_equal(by_id[ids[f"img_{i:03d}.jpg"]], expected)
+
+
+@pytest.mark.parametrize("batch_rows", [1, ONE_BATCH])
+def test_import_matches_each_sample_once_by_absolute_then_relative_then_cwd_path(tmp_path, monkeypatch,
+                                                                                  batch_rows):
+    """The whole file is matched in one join: absolute path first, then the path relative to a
+    scanned root (the lowest image id when two roots hold it), then a path relative to the
+    current directory; whatever the batch size, each row lands on the same image."""
+    for root in ("r1", "r2"):
+        for i in range(3):
+            path = tmp_path / root / f"img_{i}.jpg"
+            path.parent.mkdir(exist_ok=True)
+            Image.new("RGB", (8, 8), (i * 40, 10 if root == "r1" else 90, 0)).save(path, "JPEG")
+    with Catalog(tmp_path / "c.duckdb", scale={"vector_batch_rows": batch_rows}) as catalog:
+        scan(catalog, [tmp_path / "r1", tmp_path / "r2"], extensions=[".jpg"], workers=1, quiet=True)
+        ids = {f"{r}/{p}": i for i, r, p in catalog.rows(
+            "SELECT image_id, parse_filename(root), rel_path FROM images")}
+        monkeypatch.chdir(tmp_path)
+        samples = [str(tmp_path / "r2" / "img_0.jpg"), "img_1.jpg", "r2/img_2.jpg", "nope.jpg", "img_1.jpg"]
+        vectors = np.arange(len(samples) * 2, dtype=np.float32).reshape(-1, 2)
+        file = _embeddings_file(tmp_path / "x_embeddings.parquet", samples, vectors)
+        summary = import_results(catalog, str(file), set_name="m", kind="embedding")
+        stored = catalog.rows("SELECT image_id, vector FROM embeddings WHERE set_name = 'm' ORDER BY rowid")
+        got = dict(stored)
+    assert (summary.rows, summary.matched, summary.unmatched) == (5, 4, 1)
+    assert summary.unmatched_examples == ["nope.jpg"]
+    first_img_1 = min(ids["r1/img_1.jpg"], ids["r2/img_1.jpg"])
+    # rows 1 and 4 name the same image: both are stored, in file order
+    assert [i for i, _ in stored].count(first_img_1) == 2
+    assert [list(v) for i, v in stored if i == first_img_1] == [[2.0, 3.0], [8.0, 9.0]]
+    assert sorted(got) == sorted([ids["r2/img_0.jpg"], first_img_1, ids["r2/img_2.jpg"]])
+    assert list(got[ids["r2/img_0.jpg"]]) == [0.0, 1.0] and list(got[ids["r2/img_2.jpg"]]) == [4.0, 5.0]

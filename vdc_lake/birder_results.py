@@ -212,13 +212,19 @@ class ResultFile:
         for record_batch in self._record_batches(batch_rows):
             yield self._to_result_batch(record_batch)
 
-    def _record_batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    def sample_batches(self, *, batch_rows: int = 65_536) -> Iterator[pa.Array]:
+        """The sample column alone (strings), in file order: a parquet file reads no vectors."""
+        columns = ["sample"] if self.format == "parquet" else None
+        for record_batch in self._record_batches(batch_rows, columns=columns):
+            yield record_batch.column(record_batch.schema.names.index("sample")).cast(pa.string())
+
+    def _record_batches(self, batch_rows: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         try:
             if self.format == "parquet":
                 # No pre-buffering: it reads whole row groups ahead (birder writes one per chunk of
                 # predictions, hundreds of MB for 768-d rows); a small read buffer streams pages.
                 parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=PARQUET_READ_BUFFER)
-                yield from parquet.iter_batches(batch_size=batch_rows)
+                yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
             else:
                 skip_rows = 1 if self.kind == "results" else 0
                 yield from _open_csv(self.path, skip_rows=skip_rows, float_columns=self.value_columns)

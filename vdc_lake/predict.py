@@ -767,34 +767,52 @@ def embed_paths(catalog: Catalog, set_name: str, paths: list[str], *, models_dir
 
 # -- import of birder result files --------------------------------------------------------------
 
-def _match_samples(catalog: Catalog, samples: pa.Array) -> pa.Table:
-    """Rows (row, image_id, version) for samples that name a present catalog image.
+def _stage_matches(catalog: Catalog, result) -> None:
+    """Match every sample of the file to a present catalog image, in one join for the whole file,
+    into the temp table import_matches (row, image_id, version), ordered by row.
 
     A sample matches by absolute path, by path relative to a scanned root, or as a path
-    relative to the current directory.
+    relative to the current directory (in that order; the lowest image_id on a tie). One join
+    per file, not one join of every image per batch (that grew as N^2 / batch); only the
+    sample strings are staged, and DuckDB spills the join past its memory limit.
     """
-    texts = samples.to_pylist()
-    table = pa.table({
-        "row": pa.array(np.arange(len(texts), dtype=np.int64)),
-        "sample": pa.array(texts, pa.string()),
-        "from_cwd": pa.array([os.path.abspath(os.path.expanduser(t)) if t else None for t in texts], pa.string()),
-    })
-    with catalog.registered("import_samples", table):
-        return catalog.arrow(
-            """
-            WITH files AS (SELECT image_id, version, root || '/' || rel_path AS path, rel_path FROM images WHERE present),
-            candidates AS (
-                SELECT s.row, f.image_id, f.version, 1 AS priority FROM import_samples s JOIN files f ON f.path = s.sample
-                UNION ALL
-                SELECT s.row, f.image_id, f.version, 2 FROM import_samples s JOIN files f ON f.rel_path = s.sample
-                UNION ALL
-                SELECT s.row, f.image_id, f.version, 3 FROM import_samples s JOIN files f ON f.path = s.from_cwd
-            )
-            SELECT row, image_id, version FROM candidates
-            QUALIFY row_number() OVER (PARTITION BY row ORDER BY priority, image_id) = 1
-            ORDER BY row
-            """
+    con = catalog.con
+    con.execute("CREATE OR REPLACE TEMP TABLE import_samples (row BIGINT, sample VARCHAR, from_cwd VARCHAR)")
+    offset = 0
+    for samples in result.sample_batches(batch_rows=batch_rows_setting(catalog)):
+        texts = samples.to_pylist()
+        catalog.insert_arrow("import_samples", pa.table({
+            "row": pa.array(np.arange(offset, offset + len(texts), dtype=np.int64)),
+            "sample": pa.array(texts, pa.string()),
+            "from_cwd": pa.array([os.path.abspath(os.path.expanduser(t)) if t else None for t in texts], pa.string()),
+        }))
+        offset += len(texts)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE import_matches AS
+        WITH files AS (SELECT image_id, version, root || '/' || rel_path AS path, rel_path FROM images WHERE present),
+        candidates AS (
+            SELECT s.row, f.image_id, f.version, 1 AS priority FROM import_samples s JOIN files f ON f.path = s.sample
+            UNION ALL
+            SELECT s.row, f.image_id, f.version, 2 FROM import_samples s JOIN files f ON f.rel_path = s.sample
+            UNION ALL
+            SELECT s.row, f.image_id, f.version, 3 FROM import_samples s JOIN files f ON f.path = s.from_cwd
         )
+        SELECT row, best.image_id, best.version
+        FROM (SELECT row, arg_min({'image_id': image_id, 'version': version}, (priority, image_id)) AS best
+              FROM candidates GROUP BY row)
+        ORDER BY row
+        """
+    )
+    con.execute("DROP TABLE import_samples")
+
+
+def _batch_matches(catalog: Catalog, start: int, n: int) -> pa.Table:
+    """The staged matches of file rows start .. start + n - 1, rows counted from the batch's first."""
+    return catalog.arrow(
+        "SELECT row - ? AS row, image_id, version FROM import_matches WHERE row >= ? AND row < ? ORDER BY row",
+        [start, start, start + n],
+    )
 
 
 def import_results(catalog: Catalog, path: str, *, set_name: str | None = None, kind: str | None = None) -> ImportSummary:
@@ -816,8 +834,11 @@ def import_results(catalog: Catalog, path: str, *, set_name: str | None = None, 
         summary = ImportSummary(run_id, name, kind)
         _register(catalog, name, kind, result.name.model if result.name else name, result.dim,
                   ROTATION_ORDER if kind == "rotation" else class_names, {"imported_from": str(path)}, run_id)
+        _stage_matches(catalog, result)
+        start = 0
         for batch in result.batches(batch_rows=batch_rows_setting(catalog)):
-            matches = _match_samples(catalog, batch.samples)
+            matches = _batch_matches(catalog, start, len(batch.samples))
+            start += len(batch.samples)
             rows = matches.column("row").to_numpy()
             values = batch.values[:, order] if order is not None else batch.values
             with catalog.transaction():
@@ -829,5 +850,6 @@ def import_results(catalog: Catalog, path: str, *, set_name: str | None = None, 
             summary.unmatched += len(unmatched)
             room = 5 - len(summary.unmatched_examples)
             summary.unmatched_examples += [batch.samples[int(i)].as_py() for i in unmatched[:max(room, 0)]]
+        catalog.execute("DROP TABLE import_matches")
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary
