@@ -374,3 +374,25 @@ def test_every_output_location_is_named_output_or_o_and_the_old_names_still_work
         result = run_cli(["sql", "SELECT 42 AS answer", "--format", "csv", flag, out], catalog_path)
         assert result.exit_code == 0, result.output
         assert out.read_text().replace('"', "").split() == ["answer", "42"]
+
+
+def test_a_pipeline_makes_the_folder_of_the_catalog_it_names(scanned, run_cli, tmp_path):
+    """A catalog path written in the pipeline file is the author's choice: `run` makes its
+    folder (and says so); a typed --catalog in a missing folder stays an error."""
+    catalog = tmp_path / "made" / "here" / "c.duckdb"
+    pipeline = _write_pipeline(tmp_path / "p.toml", f'''
+[pipeline]
+catalog = "{catalog}"
+
+[[step]]
+command = "scan"
+args = ["{scanned.root}"]
+''')
+    result = run_cli(["run", pipeline])
+    out = _ok(result)
+    assert f"made the catalog's folder {catalog.parent}" in out
+    with Catalog(catalog, read_only=True) as c:
+        assert c.scalar("SELECT count(*) FROM images") == len(scanned.all_files())
+    typed = run_cli(["scan", scanned.root], tmp_path / "missing" / "c.duckdb")
+    assert typed.exit_code != 0 and "does not exist" in typed.output
+    assert not (tmp_path / "missing").exists()

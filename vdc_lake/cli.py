@@ -1451,6 +1451,12 @@ def run_command(ctx: Context, pipeline: str, do_apply: bool) -> None:
     settings = check_pipeline(pipeline, _parse_step, off_switches=_off_switches).get("pipeline", {})
     if not ctx.catalog_explicit and "catalog" in settings:
         catalog = settings["catalog"]
+        # The file's author chose this place (unlike a typed --catalog, which must exist):
+        # its folder is made, and said so.
+        folder = Path(catalog).expanduser().parent
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            click.echo(f"note: made the catalog's folder {folder} (named in {pipeline})", err=True)
     base = (["--catalog", str(catalog)] + (["--config", ctx.config_file] if ctx.config_file else [])
             + (["--quiet"] if ctx.quiet else []))
     result = run_pipeline(pipeline, _invoke_step(base), apply=do_apply, off_switches=_off_switches,
