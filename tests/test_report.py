@@ -436,7 +436,13 @@ def test_an_applied_catalog_shows_what_apply_removed(applied_report_dir):
         removed = {stage: sorted(r[0] for r in catalog.rows(
             "SELECT image_id FROM journal WHERE run_id = ? AND state = 'done'", [run])) for stage, run in runs.items()}
         assert catalog.scalar("SELECT count(*) FROM dedup_actions() WHERE action = 'delete'") == 0
+        # the journal names the image each removed duplicate was kept against
+        kept_for = dict(catalog.rows(
+            "SELECT image_id, CAST(json_extract_string(params, '$.kept_image_id') AS BIGINT) FROM journal "
+            "WHERE run_id = ?", [runs["apply:dedup"]]))
     assert removed["apply:dedup"] and removed["apply:examples"]
+    assert sorted(kept_for) == removed["apply:dedup"] and None not in kept_for.values()
+    assert not set(kept_for.values()) & set(kept_for)  # a kept image is never one of the removed
     history = page[page.index('id="history"'):]
     n_dedup, n_examples = len(removed["apply:dedup"]), len(removed["apply:examples"])
     assert f"<td>delete done: {n_dedup}</td><td>yes: all {n_dedup} backups present</td>" in history
@@ -453,6 +459,9 @@ def test_an_applied_catalog_shows_what_apply_removed(applied_report_dir):
     assert all((applied_report_dir / t).is_file() for t in thumbs)
     # beside the image each one lost to (which the examples run may have removed since)
     assert dedup_page.count('class="card keep"') == n_dedup and "removed since" in dedup_page
+    shown = re.findall(r'<figure class="card delete" data-image-id="(\d+)".*?<figure class="card keep[^"]*" '
+                       r'data-image-id="(\d+)"', dedup_page, re.S)
+    assert {int(a): int(b) for a, b in shown} == kept_for
     assert "backup" in dedup_page and "file://" in dedup_page
 
 

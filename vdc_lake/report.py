@@ -498,7 +498,7 @@ DECISION_GALLERIES = ("sanitize", "rotation", "dedup", "examples", "score", "sam
 
 # -- history: what each apply run changed, from the journal --------------------------------------
 
-KEPT_IN_REASON = re.compile(r"\(image (\d+), kept by ")  # dedup_actions' reason names the kept image
+KEPT_IN_REASON = re.compile(r"\(image (\d+), kept by ")  # dedup reasons in journals written before kept_image_id
 
 
 @dataclass
@@ -574,13 +574,19 @@ def apply_history(catalog: Catalog, limits: Limits) -> list[ApplyRun]:
         done = sum(n for _, state, n in counts if state == "done")
         ops = catalog.arrow(
             """SELECT j.op_id, j.image_id, j.version, j.action, j.state, j.src, j.dst, j.backup, j.error,
-                      json_extract_string(j.params, '$.reason') AS reason, count(*) OVER () AS total
+                      json_extract_string(j.params, '$.reason') AS reason,
+                      TRY_CAST(json_extract_string(j.params, '$.kept_image_id') AS BIGINT) AS kept_in_params,
+                      count(*) OVER () AS total
                FROM journal AS j WHERE j.run_id = ? ORDER BY j.op_id LIMIT ?""",
             [run_id, limits.per_gallery]).to_pylist()
         kept_ids = {}
         for op in ops:
+            # the journal's params name the kept image; journals written before that only say it
+            # in the reason's text
             match = KEPT_IN_REASON.search(op["reason"] or "") if op["action"] == "delete" else None
-            kept_ids[op["op_id"]] = int(match.group(1)) if match else None
+            kept_in_reason = int(match.group(1)) if match else None
+            kept_in_params = op.pop("kept_in_params")
+            kept_ids[op["op_id"]] = kept_in_params if kept_in_params is not None else kept_in_reason
         kept = {}
         wanted = sorted({k for k in kept_ids.values() if k is not None})
         if wanted:
