@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from examples.make_sample_data import make_sample_data
 from vdc_lake.parallel import LogProgress
 
@@ -44,3 +46,24 @@ def test_a_piped_cli_run_has_no_carriage_returns(tmp_path):
         log += done.stdout
     assert b"\r" not in log
     assert b"\x1b[" not in log  # no terminal control sequences either
+
+
+def test_lazy_rows_is_the_list_it_stands_for():
+    """Work lists are made from Arrow rows on demand (scan, sanitize): same items, same order,
+    by index, slice and iteration (across its 8192-row chunks), through the process pool too."""
+    import pyarrow as pa
+
+    from vdc_lake.parallel import LazyRows, map_ordered
+
+    n = 20_000
+    table = pa.table({"a": list(range(n)), "b": [f"f{i}" for i in range(n)]})
+    expected = [(i, f"f{i}") for i in range(n)]
+    lazy = LazyRows(table, lambda row: (row["a"], row["b"]))
+    assert len(lazy) == n and list(lazy) == expected
+    assert lazy[0] == expected[0] and lazy[-1] == expected[-1] and lazy[8191:8194] == expected[8191:8194]
+    assert lazy[::5000] == expected[::5000] and lazy[n:] == []
+    with pytest.raises(IndexError):
+        lazy[n]
+    assert list(map_ordered(str, lazy[:300], workers=2, quiet=True)) == [str(t) for t in expected[:300]]
+    assert list(map_ordered(str, LazyRows(table.slice(0, 300), lambda r: (r["a"], r["b"])), workers=2,
+                            quiet=True)) == [str(t) for t in expected[:300]]

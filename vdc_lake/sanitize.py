@@ -29,7 +29,7 @@ import pyarrow as pa
 from vdc_lake.catalog import Catalog
 from vdc_lake.descriptor import builtin_vectors_for
 from vdc_lake.files import DECODE_ACTIONS, UNUSUAL_MODES, decode_check
-from vdc_lake.parallel import batched, get_mapper
+from vdc_lake.parallel import LazyRows, batched, get_mapper
 from vdc_lake.sets import BUILTIN_SET, register_builtin_set, write_vectors
 
 COMMIT_EVERY = 5000
@@ -183,26 +183,29 @@ def _decode_one(item: tuple[str, int, bool], *, max_pixels: int):
     return decode_check(path, max_pixels=max_pixels, with_descriptor=with_descriptor)
 
 
-def _write_decode_batch(catalog: Catalog, run_id: int, batch: list, summary: SanitizeSummary) -> None:
-    bad = [(row, r.error.split(":", 1)) for row, r in batch if r.error]
-    good = [(row, r.descriptor) for row, r in batch if r.descriptor is not None]
+def _write_decode_batch(catalog: Catalog, run_id: int, rows: pa.Table, results: list, summary: SanitizeSummary
+                        ) -> None:
+    """Findings and descriptors of decoded `rows` (a slice of the targets), one result each."""
+    ids, versions = rows.column("image_id").to_numpy(), rows.column("version").to_numpy()
+    bad = [(i, r.error.split(":", 1)) for i, r in enumerate(results) if r.error]
+    good = [(i, r.descriptor) for i, r in enumerate(results) if r.descriptor is not None]
     with catalog.transaction():
         if bad:
             catalog.insert_arrow("findings", pa.table({
                 "run_id": pa.array([run_id] * len(bad), pa.int64()),
-                "image_id": pa.array([row["image_id"] for row, _ in bad], pa.int64()),
-                "version": pa.array([row["version"] for row, _ in bad], pa.int32()),
+                "image_id": pa.array([ids[i] for i, _ in bad], pa.int64()),
+                "version": pa.array([versions[i] for i, _ in bad], pa.int32()),
                 "rule": [rule for _, (rule, _) in bad],
                 "detail": [detail.strip() for _, (_, detail) in bad],
                 "action": [DECODE_ACTIONS.get(rule, "delete") for _, (rule, _) in bad],
             }))
         if good:
             dim = register_builtin_set(catalog, run_id)  # a one-view set made before issue 15 stays one-view
-            write_vectors(catalog, "embeddings", BUILTIN_SET, run_id,
-                          np.array([row["image_id"] for row, _ in good]), np.array([row["version"] for row, _ in good]),
+            at = np.array([i for i, _ in good])
+            write_vectors(catalog, "embeddings", BUILTIN_SET, run_id, ids[at], versions[at],
                           builtin_vectors_for(dim, np.stack([d for _, d in good])))
     summary.findings += len(bad)
-    summary.decoded += len(batch)
+    summary.decoded += len(results)
     summary.descriptors += len(good)
 
 
@@ -219,17 +222,18 @@ def _decode_pass(catalog: Catalog, run_id: int, targets: pa.Table, rules: dict, 
                  backend: str = "local") -> pa.Table:
     """Decode targets, writing findings and descriptors in batches; returns (image_id, verdict)."""
     max_pixels = int(rules["max_pixels"])
-    rows = targets.to_pylist()
     want_descriptor = bool(rules["builtin_descriptor"])
-    items = [(os.path.join(r["root"], r["rel_path"]), r["version"], want_descriptor and not r["has_descriptor"])
-             for r in rows]
+    items = LazyRows(targets, lambda r: (os.path.join(r["root"], r["rel_path"]), r["version"],
+                                         want_descriptor and not r["has_descriptor"]))
     catalog.release()
     mapper = get_mapper(backend, catalog_path=catalog.path)
     results = mapper(partial(_decode_one, max_pixels=max_pixels), items, workers=workers, desc="decode", quiet=quiet)
     verdicts = []
-    for batch in batched(zip(rows, results), COMMIT_EVERY):
-        _write_decode_batch(catalog, run_id, batch, summary)
-        verdicts.extend(_is_verdict(r.error) for _, r in batch)
+    done = 0
+    for batch in batched(results, COMMIT_EVERY):
+        _write_decode_batch(catalog, run_id, targets.slice(done, len(batch)), batch, summary)
+        done += len(batch)
+        verdicts.extend(_is_verdict(r.error) for r in batch)
         catalog.release()
     return pa.table({"image_id": targets.column("image_id"), "verdict": pa.array(verdicts, pa.bool_())})
 
