@@ -29,7 +29,7 @@ import pyarrow as pa
 from vdc_lake.catalog import Catalog
 from vdc_lake.descriptor import BUILTIN_MODELS, builtin_vectors_for
 from vdc_lake.errors import StageError
-from vdc_lake.parallel import BACKENDS, get_mapper, progress_bar
+from vdc_lake.parallel import BACKENDS, LazyRows, get_mapper, progress_bar
 from vdc_lake.sets import (
     BUILTIN_SET, batch_rows_setting, missing_images, register_builtin_set, register_embedding_set,
     register_prediction_set, write_vectors,
@@ -438,8 +438,7 @@ def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str
             _register_model_set(catalog, name, kind, loaded, run_id)
         work = _todo(catalog, KIND_TABLE[kind], name, max_pixels, retry_failed, summary)
         if work.num_rows:
-            paths = work.column("path").to_pylist()
-            items = list(zip(paths, work.column("version").to_pylist()))
+            items = LazyRows(work.select(["path", "version"]), lambda r: (r["path"], r["version"]))
             catalog.release()  # before workers fork (local) or while tasks run (ray)
             if builtin:
                 mapper = get_mapper(backend, catalog_path=catalog.path)
@@ -568,7 +567,8 @@ def _predict_together(catalog: Catalog, requests: list[PredictRequest], rotate_t
             label = "+".join(s.loaded.name for s in sets)
             with progress_bar(images.num_rows, f"predict {label}", unit="img", quiet=quiet) as bar:
                 batches = run_pass(
-                    [PassModel(s.loaded, s.request.kind) for s in sets], images.column("path").to_pylist(),
+                    [PassModel(s.loaded, s.request.kind) for s in sets],
+                    LazyRows(images.select(["path"]), lambda r: r["path"]),
                     needs=needs, rotation=rotation, rotate_threshold=rotate_threshold, known_rotation=known,
                     decode=decode, batch_size=batch_size, num_workers=num_workers, amp=amp, amp_dtype=amp_dtype,
                     compile=compile, fast_matmul=fast_matmul, channels_last=channels_last, progress=bar.update,
