@@ -224,6 +224,24 @@ def run_walkthrough(args, x, rows):
     return ids
 
 
+def gemm_floor(n: int, d: int, tile: int = 4096, repeats: int = 5) -> None:
+    """The exact search's arithmetic floor on this CPU: the best of `repeats` fp32 products of two
+    tile x d blocks (torch, every core), and the seconds n^2 d / 2 multiply-adds (the upper triangle
+    the search computes) take at that rate, before thresholding or re-checks."""
+    import torch
+
+    rng = torch.Generator().manual_seed(0)
+    a, b = torch.randn(tile, d, generator=rng), torch.randn(tile, d, generator=rng)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b.T
+        best = min(best, time.perf_counter() - started)
+    rate = 2 * tile * tile * d / best
+    print(f"fp32 GEMM on this CPU: {rate / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads); "
+          f"{n:,} x {d} upper triangle = {n * n * d / 1e12:.2f} TFLOP -> floor {n * n * d / rate:.1f} s")
+
+
 def main():
     args = parse_args()
     n_pairs = int(round(args.pair_fraction * args.n))
@@ -233,6 +251,8 @@ def main():
     x, rows = make_dataset(args.n, args.d, n_pairs, args.max_distance, args.seed)
     if args.walkthrough:
         run_walkthrough(args, x, rows)
+        if args.device == "cpu":
+            gemm_floor(args.n, args.d)
         print(f"load average after: {os.getloadavg()[0]:.1f}")
         return
     keys = np.arange(args.n, dtype=np.int64)
