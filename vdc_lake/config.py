@@ -23,16 +23,17 @@ def _bundled_defaults() -> dict[str, dict[str, Any]]:
     return tomllib.loads(text)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's tables; every way it can fail is one ConfigError naming `what` and the file."""
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from e
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
                           f"{e.start}); save it as UTF-8 TOML") from e
 
 
@@ -55,9 +56,9 @@ class Config:
         config = cls.bundled()
         local = Path(search_dir or Path.cwd()) / LOCAL_CONFIG_NAME
         if local.is_file():
-            config.overlay(_read_toml(local), str(local))
+            config.overlay(read_toml(local), str(local))
         if config_file is not None:
-            config.overlay(_read_toml(Path(config_file)), str(config_file))
+            config.overlay(read_toml(Path(config_file)), str(config_file))
         from vdc_lake.validate import check_config
 
         check_config(config.describe())  # each value by its rule, naming the file and key

@@ -22,11 +22,11 @@ already running (directly or through other files).
 from __future__ import annotations
 
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from vdc_lake.config import read_toml
 from vdc_lake.errors import ConfigError
 
 Invoke = Callable[[list[str]], tuple[bool, str]]
@@ -72,16 +72,7 @@ class PipelineResult:
 def load_pipeline(path: str | Path) -> dict[str, Any]:
     """The pipeline's TOML with a non-empty [[step]] list whose entries have a non-empty
     `command`, list `args` and scalar or list option values."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read pipeline {path}: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"pipeline {path} is not valid TOML: {e}") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"pipeline {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
-                          f"{e.start}); save it as UTF-8 TOML") from e
+    data = read_toml(path, "pipeline")
     unknown = sorted(set(data) - {"pipeline", "step"})
     if unknown:
         raise ConfigError(f"pipeline {path}: unknown table {unknown[0]!r}; a pipeline has [pipeline] and [[step]] only")
