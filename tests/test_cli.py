@@ -396,3 +396,18 @@ args = ["{scanned.root}"]
     typed = run_cli(["scan", scanned.root], tmp_path / "missing" / "c.duckdb")
     assert typed.exit_code != 0 and "does not exist" in typed.output
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_pipeline_catalog_under_the_home_folder_is_expanded_once(scanned, run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    pipeline = _write_pipeline(tmp_path / "p.toml", f'''
+[pipeline]
+catalog = "~/cat/c.duckdb"
+
+[[step]]
+command = "scan"
+args = ["{scanned.root}"]
+''')
+    _ok(run_cli(["run", pipeline]))
+    assert (tmp_path / "home" / "cat" / "c.duckdb").is_file() and not (tmp_path / "~").exists()

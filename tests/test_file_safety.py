@@ -432,3 +432,23 @@ def test_a_restored_image_gets_its_earlier_version_and_analysis_back(ws):
     assert stale == 0  # rows of the versions restore undid are gone: a later change cannot inherit them
     a, b = os.stat(ws.root / "sub/tiny_b.jpg"), os.stat(ws.root / "tiny_b_hardlink.jpg")
     assert a.st_ino == b.st_ino  # dedup deleted one name of a hard-linked pair: it is linked again
+
+
+def test_a_duplicate_whose_kept_copy_is_gone_is_not_deleted_whatever_the_keepers_name(tmp_path):
+    """The keeper is read from the journal's params (kept_path), not parsed out of the reason's
+    text: a kept file whose name holds a line break, deleted between plan and apply, still
+    stops the delete of its duplicate."""
+    root = tmp_path / "data"
+    keeper = _image(root / "a\nb.jpg", (120, 100), 11)
+    shutil.copy2(keeper, root / "z.jpg")
+    config = default_config(tmp_path)
+    with Catalog(tmp_path / "c.duckdb") as catalog:
+        scan(catalog, [root], extensions=config.values["scan"]["extensions"], workers=1, quiet=True)
+        source_sql, params, op_options = decision_query("dedup", config)
+        plan = make_plan(catalog, "dedup", source_sql, params, op_options)
+        assert len(plan) == 1
+        keeper.unlink()
+        summary = apply_plan(catalog, plan, backup_dir=tmp_path / "bk", quiet=True)
+    assert (root / "z.jpg").exists() and (summary.done, summary.skipped) == (0, 1)
+    (op,) = _journal(tmp_path / "c.duckdb").values()
+    assert op["state"] == "skipped" and op["error"].endswith(f"the kept copy {keeper.resolve()} is gone"), op

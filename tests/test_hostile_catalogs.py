@@ -398,3 +398,17 @@ def test_index_files_stay_in_the_catalog_folder_whatever_ann_indexes_says(predic
         catalog.execute("UPDATE ann_indexes SET path = '/'")
         with pytest.raises(StageError, match="names no file in the catalog's index folder"):
             latest_index(catalog, "builtin")
+
+
+def test_a_lock_file_that_is_a_dangling_link_is_one_error_and_nothing_is_made(tmp_path, run_cli):
+    """A writer meeting CATALOG.lock -> a missing file says so (it once spun forever)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    lock = tmp_path / "c.duckdb.lock"
+    lock.symlink_to(tmp_path / "no" / "such" / "file")
+    result = run_cli(["scan", data], tmp_path / "c.duckdb")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: the catalog's lock file {lock} is a link to {tmp_path / 'no' / 'such' / 'file'}, which does not "
+        f"exist; remove the link (rm {lock}) and run the command again")
+    assert not (tmp_path / "c.duckdb").exists() and lock.is_symlink()

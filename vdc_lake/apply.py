@@ -411,9 +411,8 @@ def _skipped(op: dict[str, Any], error: str) -> dict[str, Any]:
 def _reason_no_longer_holds(op: dict[str, Any], src: Path, options: dict[str, Any]) -> str | None:
     """Before a delete: check the decision's reason on the current bytes again. Returns why it no
     longer holds (the delete is skipped), or None. The checksum was already found unchanged."""
-    kept = re.match(r"duplicate of (.+) \(image \d+, kept by ", options.get("reason") or "")
-    if kept:  # a delete removes the entry src (a symlink: the link only); the keeper must keep its bytes
-        keeper = Path(kept.group(1))
+    keeper = _keeper_path(options)
+    if keeper is not None:  # a delete removes the entry src (a symlink: the link only); the keeper must keep its bytes
         if _entry(src) in (_entry(keeper), os.path.realpath(keeper)):
             return f"it is the kept copy itself ({keeper}: one file registered twice, or the keeper links to it)"
         if not keeper.exists():
@@ -431,6 +430,15 @@ def _reason_no_longer_holds(op: dict[str, Any], src: Path, options: dict[str, An
         if result.error.split(":", 1)[0] not in DECODE_RULES:
             return f"the file cannot be read now ({result.error}), which is no reason to delete it"
     return None
+
+
+def _keeper_path(options: dict[str, Any]) -> Path | None:
+    """The file a duplicate's delete keeps: params.kept_path, or for journals written before it,
+    the path in the reason's text (which a path with a line break in it defeats)."""
+    if options.get("kept_path"):
+        return Path(options["kept_path"])
+    kept = re.match(r"duplicate of (.+) \(image \d+, kept by ", options.get("reason") or "")
+    return Path(kept.group(1)) if kept else None
 
 
 def _entry(path: Path) -> str:

@@ -94,23 +94,32 @@ class _WriterLock:
         self._fd: int | None = None
         self.created = False  # this lock made the file (so a failed open may remove it)
 
-    def _open(self) -> int:
+    def _open(self) -> int | None:
+        """A descriptor of the lock file (made now, or found); None when a file that was there
+        vanished before it could be opened (a failed open removing its own: try again)."""
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             self.created = True
             return fd
         except FileExistsError:
             self.created = False
+        try:
             return os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            if os.path.islink(self.path):  # a dangling link: not a lock file that went away
+                raise CatalogAccessError(f"the catalog's lock file {self.path} is a link to "
+                                         f"{os.readlink(self.path)}, which does not exist; remove the link "
+                                         f"(rm {self.path}) and run the command again") from None
+            return None
 
     def acquire(self) -> None:
-        while True:
+        for _ in range(100):
             try:
                 fd = self._open()
-            except FileNotFoundError:
-                continue  # removed between O_EXCL and the plain open by a failed open: make it again
             except OSError as e:
                 raise _write_refused(self.path, e) from e
+            if fd is None:
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -124,6 +133,9 @@ class _WriterLock:
             if self._is_current(fd):
                 break
             os.close(fd)  # a failed open removed the file we locked: lock the one at the path now
+        else:
+            raise CatalogLockedError(f"catalog {self.path.with_suffix('')}: its lock file {self.path} kept "
+                                     "changing while this command tried to lock it; run the command again")
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now().isoformat(timespec="seconds")}
         self._fd = fd
         try:

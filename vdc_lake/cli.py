@@ -1450,12 +1450,12 @@ def run_command(ctx: Context, pipeline: str, do_apply: bool) -> None:
     catalog = ctx.catalog_path
     settings = check_pipeline(pipeline, _parse_step, off_switches=_off_switches).get("pipeline", {})
     if not ctx.catalog_explicit and "catalog" in settings:
-        catalog = settings["catalog"]
+        catalog = str(Path(settings["catalog"]).expanduser())
         # The file's author chose this place (unlike a typed --catalog, which must exist):
         # its folder is made, and said so.
-        folder = Path(catalog).expanduser().parent
+        folder = Path(catalog).parent
         if not folder.exists():
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)
             click.echo(f"note: made the catalog's folder {folder} (named in {pipeline})", err=True)
     base = (["--catalog", str(catalog)] + (["--config", ctx.config_file] if ctx.config_file else [])
             + (["--quiet"] if ctx.quiet else []))

@@ -53,9 +53,10 @@ def rotation_decision(config: Config, *, threshold: float | None = None, predict
 
 def dedup_decision(config: Config, *, threshold: float | None = None, keep: str | None = None,
                    seed: int | None = None, embedding_set: str | None = None, **_: Any) -> DecisionQuery:
-    # The kept image goes into each operation's journal params: the report pairs a removed file
-    # with the one kept for it from there, not from the reason's text.
-    sql = ("SELECT image_id, version, action, reason, json_object('kept_image_id', kept_image_id) AS params "
+    # The kept image goes into each operation's journal params: apply checks the keeper and the
+    # report pairs a removed file with it from there, not from the reason's text.
+    sql = ("SELECT image_id, version, action, reason, "
+           "json_object('kept_image_id', kept_image_id, 'kept_path', kept_path) AS params "
            "FROM dedup_actions(threshold := ?, keep := ?, seed := ?, embedding_set := ?) WHERE action = 'delete'")
     return (sql, [_number(threshold), keep, None if seed is None else int(seed), embedding_set],
             {"threshold": threshold, "keep": keep, "seed": seed})
