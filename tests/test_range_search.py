@@ -269,3 +269,35 @@ def test_cap_warns_and_ray_report_equals_local(builtin_template, catalog_path, r
     assert runs["ray"] == runs["local"] and runs["local"]
     result = run_cli(["dedup", "report", "--set", "builtin", "--method", "ann", "--backend", "ray"], catalog_path)
     assert result.exit_code == 1 and "--backend ray runs the exact search only" in result.output
+
+
+def test_multi_view_rows_keep_only_pairs_that_decide_an_image_pair():
+    """Rows of a 3-view set (keys image_id * 3 + view): an image's own views, which sit close
+    together, and pairs of two partial views are dropped where they are found, so they never
+    count against the cap (each image here has one partner: none is truncated at cap 1), and
+    every backend agrees with the brute force over the kept rule."""
+    from vdc_lake.dedup import fold_view_pairs
+
+    rng = np.random.default_rng(3)
+    n, views, d = 40, 3, 32
+    base = _unit(rng.standard_normal((n, d)))
+    base[1] = _unit(base[:1] + 0.05 * rng.standard_normal((1, d)))[0]  # images 0 and 1: a real pair
+    rows = _unit(np.repeat(base, views, axis=0) + 0.02 * rng.standard_normal((n * views, d))).astype(np.float32)
+    keys = (np.arange(n)[:, None] * views + np.arange(views)).reshape(-1)
+    dist = 1.0 - rows @ rows.T
+    truth = {(int(a), int(b)) for a, b in zip(*np.nonzero(np.triu(dist < 0.3, 1)))
+             if neighbors.view_pairs_kept(np.array([keys[a]]), np.array([keys[b]]), views)[0]}
+    assert truth and all(keys[a] // views != keys[b] // views for a, b in truth)
+    index = build_index(rows, keys, dtype="f32")
+    exact = lambda **kw: radius_pairs_exact(rows, keys, threshold=0.3, tile_rows=17, **kw)  # noqa: E731
+    ann = lambda **kw: radius_pairs_ann(index, rows, keys, threshold=0.3, k=2, **kw)  # noqa: E731
+    for search in (exact, ann):
+        found = search(views=views)
+        assert {(int(a), int(b)) for a, b in zip(found.a, found.b)} == {(keys[a], keys[b]) for a, b in truth}
+        everything = search()  # without the rule: the own-view pairs are there
+        assert any(a // views == b // views for a, b in zip(everything.a, everything.b))
+    # capped at one partner per image (views pairs per row): nobody is cut. (The ANN path flags
+    # a row whose list may go on past its cap, exactly full included, so it is held to +1.)
+    for search, row_cap in ((exact, views), (ann, views + 1)):
+        capped = fold_view_pairs(search(views=views, max_pairs_per_image=row_cap), views, 1)
+        assert len(capped.truncated) == 0 and {(int(a), int(b)) for a, b in zip(capped.a, capped.b)} == {(0, 1)}

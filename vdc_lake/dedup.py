@@ -304,8 +304,10 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
         # A multi-view set is searched as rows of views, every row against every row, by each
         # method and backend alike (so ray equals local, cap included); searching only the
         # whole views against all rows would do 3 n^2 instead of 4.5 n^2 products (1.4x faster
-        # measured) but cap differently. A row may pair with every view of another image, so
-        # the per-row cap is views times the per-image one; fold_view_pairs caps per image.
+        # measured) but cap differently. Pairs that cannot decide an image pair (an image's own
+        # views, two partial views) are dropped where they are found (views=), so they neither
+        # pile up nor count against a cap. A whole view may pair with every view of another
+        # image, so the per-row cap is views times the per-image one; fold_view_pairs caps per image.
         rows, keys = view_rows(vs.vectors, vs.image_ids, views)
         row_cap = None if max_pairs_per_image is None else max_pairs_per_image * views
         prepared, _ = neighbors.prepare_vectors(rows, center=center_arg, l2_normalize=l2_normalize, copy=False)
@@ -315,17 +317,17 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
             pairs = ray_backend.range_search(
                 prepared, keys, threshold=threshold, staging_dir=ray_backend.staging_root(catalog.path),
                 tile_rows=ray_tile_rows or len(keys), precision=None if precision == "auto" else precision,
-                max_pairs_per_image=row_cap, quiet=quiet)
+                max_pairs_per_image=row_cap, views=views, quiet=quiet)
         elif method == "exact":
             with _progress("dedup exact", "block", quiet) as progress:
                 pairs = neighbors.radius_pairs_exact(prepared, keys, threshold=threshold, device=resolved,
-                                                     precision=resolved_precision,
-                                                     max_pairs_per_image=row_cap, progress=progress)
+                                                     precision=resolved_precision, max_pairs_per_image=row_cap,
+                                                     views=views, progress=progress)
         else:
             index = neighbors.open_index(record.path, view=True)
             with _progress("dedup ann", "image", quiet) as progress:
                 pairs = neighbors.radius_pairs_ann(index, prepared, keys, threshold=threshold, k=neighbors_k,
-                                                   max_pairs_per_image=row_cap, progress=progress)
+                                                   max_pairs_per_image=row_cap, views=views, progress=progress)
         pairs = fold_view_pairs(pairs, views, max_pairs_per_image)
         _write_edges(catalog, run_id, set_name, vs, pairs)
         seconds = (dt.datetime.now() - started).total_seconds()

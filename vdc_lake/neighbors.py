@@ -280,6 +280,7 @@ def radius_pairs_ann(
     max_pairs_per_image: int | None = None,
     threads: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    views: int = 1,
     progress: Progress | None = None,
 ) -> PairSet:
     """Every pair closer than ``threshold`` that the HNSW graph finds (a range search).
@@ -294,11 +295,14 @@ def radius_pairs_ann(
                ``PairSet.truncated``. HNSW is approximate: a pair the graph does not reach
                is missed whatever k (recall in benchmarks/RESULTS.md); radius_pairs_exact
                misses none.
+    views:     > 1 for a multi-view set's rows (keys image_id * views + view): only the pairs
+               view_pairs_kept keeps are collected.
     Returns a PairSet of keys with exact distances (cosine_distances), capped per image by
     cap_pairs_per_image; progress counts query rows.
     """
     vectors, keys = _check_vectors_keys(vectors, keys)
     _check_threshold(threshold)
+    _check_views(views)
     _check_cap(max_pairs_per_image)
     if k < 1:
         raise ValueError(f"k (neighbours per vector) must be at least 1, got {k}")
@@ -312,13 +316,19 @@ def radius_pairs_ann(
         queries = np.arange(start, min(start + batch_size, n))
         wanted = k if max_pairs_per_image is None else min(k, max_pairs_per_image)
         while len(queries):
-            wanted = min(wanted, n - 1)
-            matches = index.search(vectors[queries], wanted + 1, threads=threads)
-            rows, cols, still_close = _close_candidates(matches, queries, limit, wanted + 1)
+            # A row's own entry (and, in a multi-view set, its image's other views) come back
+            # too: asked for on top of the wanted neighbours, so they never fill the list.
+            wanted = max(min(wanted, n - views), 0)
+            asked = min(wanted + views, n)
+            matches = index.search(vectors[queries], asked, threads=threads)
+            rows, cols, still_close = _close_candidates(matches, queries, limit, asked)
+            if views > 1:
+                kept = view_pairs_kept(keys[rows], cols, views)
+                rows, cols = rows[kept], cols[kept]
             found_a.append(rows)
             found_b.append(row_of(cols))
             queries = queries[still_close]
-            if wanted >= n - 1:
+            if asked >= n:
                 break
             if max_pairs_per_image is not None and wanted >= max_pairs_per_image:
                 cut.append(keys[queries])
@@ -328,6 +338,19 @@ def radius_pairs_ann(
             progress(min(start + batch_size, n), n)
     pairs = _exact_pairs(vectors, keys, found_a, found_b, threshold)
     return cap_pairs_per_image(pairs, max_pairs_per_image, truncated=cut)
+
+
+def view_pairs_kept(keys_a: np.ndarray, keys_b: np.ndarray, views: int) -> np.ndarray:
+    """Which row pairs of a multi-view set (keys image_id * views + view) can decide an image
+    pair: two different images, one side a whole view (view 0). The others (an image's own
+    views, two partial views) are dropped where they are found, before any cap counts them."""
+    keys_a, keys_b = np.asarray(keys_a), np.asarray(keys_b)
+    return (keys_a // views != keys_b // views) & ((keys_a % views == 0) | (keys_b % views == 0))
+
+
+def _check_views(views: int) -> None:
+    if views < 1:
+        raise ValueError(f"views must be at least 1, got {views}")
 
 
 def _check_threshold(threshold: float) -> None:
@@ -520,6 +543,7 @@ def radius_pairs_exact(
     precision: str | None = None,
     tile_rows: int | None = None,
     max_pairs_per_image: int | None = None,
+    views: int = 1,
     progress: Progress | None = None,
 ) -> PairSet:
     """EVERY pair closer than ``threshold``, by tiled matrix products (an exact range search).
@@ -535,12 +559,14 @@ def radius_pairs_exact(
                default_tile_rows); never n x n. Only blocks on and above the diagonal are
                computed (i < j): n^2 d FLOP, not 2 n^2 d.
     max_pairs_per_image: cap_pairs_per_image's cap (None: every pair).
+    views:     > 1 for a multi-view set's rows: only the pairs view_pairs_kept keeps, dropped
+               block by block.
     Returns a PairSet of keys; progress counts blocks.
     """
     vectors, keys = _check_vectors_keys(vectors, keys)
     found = block_pairs_exact(vectors, keys, None, None, threshold=threshold, device=device,
                               precision=precision, tile_rows=tile_rows,
-                              max_pairs_per_image=max_pairs_per_image, progress=progress)
+                              max_pairs_per_image=max_pairs_per_image, views=views, progress=progress)
     return merge_pair_sets([found], max_pairs_per_image)
 
 
@@ -555,6 +581,7 @@ def block_pairs_exact(
     precision: str | None = None,
     tile_rows: int | None = None,
     max_pairs_per_image: int | None = None,
+    views: int = 1,
     progress: Progress | None = None,
 ) -> PairSet:
     """The pairs under ``threshold`` between two blocks of a set: one tile of a search
@@ -573,6 +600,7 @@ def block_pairs_exact(
             raise ValueError(f"blocks of {vectors_a.shape[1]} and {vectors_b.shape[1]} dims; pass one set's rows")
     _check_threshold(threshold)
     _check_cap(max_pairs_per_image)
+    _check_views(views)
     device = torch.device(device)
     precision = precision or default_precision(device)
     margin = RECHECK_SAFETY * score_error_bound(precision, vectors_a.shape[1])
@@ -582,8 +610,10 @@ def block_pairs_exact(
     with _matmul_precision(precision, device):
         a = _Block(vectors_a, device, precision)
         b = a if same else _Block(vectors_b, device, precision)
-        found = _search_blocks(a, b, same, threshold, margin, tile, progress)
-    ka, kb = keys_a[found[0]], (keys_a if same else keys_b)[found[1]]
+        keys_b_rows = keys_a if same else keys_b
+        keep = None if views == 1 else (lambda r, c: view_pairs_kept(keys_a[r], keys_b_rows[c], views))
+        found = _search_blocks(a, b, same, threshold, margin, tile, progress, keep)
+    ka, kb = keys_a[found[0]], keys_b_rows[found[1]]
     pairs = PairSet(np.minimum(ka, kb), np.maximum(ka, kb), found[2])
     return cap_pairs_per_image(pairs, max_pairs_per_image)
 
@@ -606,8 +636,10 @@ class _Block:
 
 
 def _search_blocks(a: _Block, b: _Block, same: bool, threshold: float, margin: float, tile: int,
-                   progress: Progress | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows of a [m], rows of b [m], exact distance [m] float32) of the pairs under threshold."""
+                   progress: Progress | None, keep: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows of a [m], rows of b [m], exact distance [m] float32) of the pairs under threshold;
+    keep(rows of a, rows of b) -> bool mask drops candidate pairs before their re-check."""
     starts_a = range(0, len(a), tile)
     blocks = [(i0, j0) for i0 in starts_a for j0 in range(i0 if same else 0, len(b), tile)]
     limit = np.float32(threshold)
@@ -619,8 +651,11 @@ def _search_blocks(a: _Block, b: _Block, same: bool, threshold: float, margin: f
             hit.triu_(1)  # each pair once, and not a vector with itself
         r, c = hit.nonzero(as_tuple=True)
         del sims, hit
+        r, c = r + i0, c + j0
+        if keep is not None and len(r):
+            kept = torch.from_numpy(keep(r.cpu().numpy(), c.cpu().numpy())).to(r.device)
+            r, c = r[kept], c[kept]
         if len(r):
-            r, c = r + i0, c + j0
             dist = _exact_distances(a, b, r, c)
             close = dist < torch.tensor(limit, device=dist.device)
             rows_a.append(r[close].cpu().numpy())

@@ -292,13 +292,13 @@ TILE_SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("distance", pa.f
 
 
 def range_staging_folder(staging_dir: str | os.PathLike, vectors, keys, *, threshold: float, tile_rows: int,
-                         precision: str | None, max_pairs_per_image: int | None) -> Path:
+                         precision: str | None, max_pairs_per_image: int | None, views: int = 1) -> Path:
     """The staging folder of one tiled search: the same inputs give the same folder."""
     import numpy as np
 
     h = xxhash.xxh3_128()
-    h.update(pickle.dumps((vectors.shape, float(threshold), int(tile_rows), precision, max_pairs_per_image),
-                          protocol=5))
+    h.update(pickle.dumps((vectors.shape, float(threshold), int(tile_rows), precision, max_pairs_per_image)
+                          + ((int(views),) if views != 1 else ()), protocol=5))
     h.update(np.ascontiguousarray(keys, np.int64).tobytes())
     for start in range(0, len(vectors), 65_536):
         h.update(np.ascontiguousarray(vectors[start:start + 65_536], np.float32).tobytes())
@@ -310,13 +310,14 @@ def tile_part_path(folder: Path, i: int, j: int) -> Path:
 
 
 def range_search(vectors, keys, *, threshold: float, staging_dir: str | os.PathLike, tile_rows: int,
-                 precision: str | None = None, max_pairs_per_image: int | None = None,
+                 precision: str | None = None, max_pairs_per_image: int | None = None, views: int = 1,
                  max_retries: int = MAX_RETRIES, quiet: bool = False):
     """Every pair of ``vectors`` under ``threshold`` (neighbors.radius_pairs_exact's result),
     computed as Ray tasks over block pairs of ``tile_rows`` rows.
 
     vectors [n, d] float32 (prepared: centred / normalised as wanted), keys [n] int64.
     precision: None = neighbors.default_precision of the task's device (bf16 on a GPU).
+    views: > 1 for a multi-view set's rows (neighbors.view_pairs_kept, applied in each tile).
     Tiles whose part exists in the staging folder are not recomputed; the folder is removed
     once every part has been merged. Returns a neighbors.PairSet.
     """
@@ -329,7 +330,7 @@ def range_search(vectors, keys, *, threshold: float, staging_dir: str | os.PathL
     if tile_rows < 1:
         raise StageError(f"tile_rows must be at least 1, got {tile_rows}")
     folder = range_staging_folder(staging_dir, vectors, keys, threshold=threshold, tile_rows=tile_rows,
-                                  precision=precision, max_pairs_per_image=max_pairs_per_image)
+                                  precision=precision, max_pairs_per_image=max_pairs_per_image, views=views)
     folder.mkdir(parents=True, exist_ok=True)
     _stage_array(folder / "vectors.npy", vectors)
     _stage_array(folder / "keys.npy", keys)
@@ -339,7 +340,8 @@ def range_search(vectors, keys, *, threshold: float, staging_dir: str | os.PathL
     with progress_bar(len(tiles), "dedup tiles", quiet=quiet) as bar:
         bar.update(len(tiles) - len(missing))
         if missing:
-            _run_tiles(folder, missing, tile_rows, threshold, precision, max_pairs_per_image, max_retries, bar)
+            _run_tiles(folder, missing, tile_rows, threshold, precision, max_pairs_per_image, views, max_retries,
+                       bar)
     parts = [_read_tile(tile_part_path(folder, *t)) for t in tiles]
     result = neighbors.merge_pair_sets(parts, max_pairs_per_image)
     _remove_stage_folders(folder)
@@ -359,7 +361,7 @@ def _stage_array(path: Path, array) -> None:
 
 
 def _run_tiles(folder: Path, tiles: list[tuple[int, int]], tile_rows: int, threshold: float,
-               precision: str | None, max_pairs_per_image: int | None, max_retries: int, bar) -> None:
+               precision: str | None, max_pairs_per_image: int | None, views: int, max_retries: int, bar) -> None:
     ray = _ray()
     connect()
     resources = {"num_gpus": 1} if cluster_gpus() > 0 else {"num_cpus": 1}
@@ -370,7 +372,7 @@ def _run_tiles(folder: Path, tiles: list[tuple[int, int]], tile_rows: int, thres
     while True:
         while len(pending) < window and (tile := next(queue, None)) is not None:
             pending[task.remote(str(folder), tile[0], tile[1], tile_rows, threshold, precision,
-                                max_pairs_per_image)] = tile
+                                max_pairs_per_image, views)] = tile
         if not pending:
             return
         done, _ = ray.wait(list(pending), num_returns=1)
@@ -406,7 +408,7 @@ def _block(folder: str, start: int, stop: int):
 
 
 def range_tile(folder: str, i: int, j: int, tile_rows: int, threshold: float, precision: str | None,
-               max_pairs_per_image: int | None) -> int:
+               max_pairs_per_image: int | None, views: int = 1) -> int:
     """The Ray task: pairs between blocks i and j (within block i when i == j), written as one
     part; returns the pair count. Skips the work when the part exists (a late retry)."""
     import torch
@@ -420,11 +422,13 @@ def range_tile(folder: str, i: int, j: int, tile_rows: int, threshold: float, pr
     va, ka = _block(folder, i * tile_rows, (i + 1) * tile_rows)
     if i == j:
         pairs = neighbors.block_pairs_exact(va, ka, None, None, threshold=threshold, device=device,
-                                            precision=precision, max_pairs_per_image=max_pairs_per_image)
+                                            precision=precision, max_pairs_per_image=max_pairs_per_image,
+                                            views=views)
     else:
         vb, kb = _block(folder, j * tile_rows, (j + 1) * tile_rows)
         pairs = neighbors.block_pairs_exact(va, ka, vb, kb, threshold=threshold, device=device,
-                                            precision=precision, max_pairs_per_image=max_pairs_per_image)
+                                            precision=precision, max_pairs_per_image=max_pairs_per_image,
+                                            views=views)
     table = pa.table({"a": pairs.a, "b": pairs.b, "distance": pairs.distance}, schema=TILE_SCHEMA)
     table = table.replace_schema_metadata({"truncated": pairs.truncated.tobytes().hex()})
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
