@@ -182,3 +182,21 @@ def test_import_matches_each_sample_once_by_absolute_then_relative_then_cwd_path
     assert [list(v) for i, v in stored if i == first_img_1] == [[2.0, 3.0], [8.0, 9.0]]
     assert sorted(got) == sorted([ids["r2/img_0.jpg"], first_img_1, ids["r2/img_2.jpg"]])
     assert list(got[ids["r2/img_0.jpg"]]) == [0.0, 1.0] and list(got[ids["r2/img_2.jpg"]]) == [4.0, 5.0]
+
+
+def test_streaming_a_set_lowers_duckdbs_limit_but_never_raises_a_smaller_one(staged):
+    """While a set streams out DuckDB's limit drops to SCAN_MEMORY_LIMIT, unless the user's own
+    [scale] duckdb_memory_limit is already smaller; either way it is put back after."""
+    from vdc_lake import sets
+
+    for configured, during in (("1GB", sets.SCAN_MEMORY_LIMIT), ("64MB", "64MB")):
+        with Catalog(staged[0], read_only=True, scale={"duckdb_memory_limit": configured}) as catalog:
+            con = catalog.con
+            before = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+            seen = []
+            for _ in sets._stream_rows(catalog, "embeddings", SET, DIM, TINY_BATCH):
+                # memory_limit is the database's: a second cursor reads it while the scan is open
+                seen.append(con.cursor().execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+            assert seen and all(abs(sets._setting_bytes(v) - sets._setting_bytes(during)) < 2**20 for v in seen), \
+                (configured, seen)
+            assert con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == before

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -253,8 +254,12 @@ def _stream_rows(catalog: Catalog, table: str, name: str, dim: int, batch_rows: 
     """
     column = _TABLE_COLUMN[table]
     con = catalog.con
-    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-    con.execute(f"SET memory_limit = '{SCAN_MEMORY_LIMIT}'").fetchall()
+    # put back as configured: DuckDB shows the limit rounded ('953.6 MiB'), so setting what it
+    # shows would drift a little with every set read
+    limit = catalog.scale.get("duckdb_memory_limit") or con.execute(
+        "SELECT current_setting('memory_limit')").fetchall()[0][0]
+    if _setting_bytes(limit) > _setting_bytes(SCAN_MEMORY_LIMIT):  # never raise a smaller configured limit
+        con.execute(f"SET memory_limit = '{SCAN_MEMORY_LIMIT}'").fetchall()
     try:
         reader = con.sql(
             f"SELECT e.rowid AS row_id, e.{column}::FLOAT[{dim}] AS v FROM {table} e WHERE e.set_name = ?",
@@ -266,6 +271,18 @@ def _stream_rows(catalog: Catalog, table: str, name: str, dim: int, batch_rows: 
         del reader
     finally:
         con.execute(f"SET memory_limit = '{limit}'").fetchall()
+
+
+_UNITS = {"": 1, "B": 1, "BYTES": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _setting_bytes(text: str) -> float:
+    """DuckDB's memory_limit as bytes ('488.2 MiB', '128MB'); unreadable text counts as no limit."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(text))
+    if not match or match.group(2).upper() not in _UNITS:
+        return float("inf")
+    return float(match.group(1)) * _UNITS[match.group(2).upper()]
 
 
 def _batch_vectors(batch: pa.RecordBatch, dim: int) -> np.ndarray:
