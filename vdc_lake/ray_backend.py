@@ -189,7 +189,8 @@ def ray_map_ordered(
     default, 1 CPU). Raises StageError when a shard fails after its retries (finished parts
     stay for the next attempt), or when no node of the cluster has the resources of a task.
     """
-    items = list(items)
+    if not isinstance(items, Sequence):  # a work list made on demand (parallel.LazyRows) stays lazy:
+        items = list(items)              # it is hashed as it is iterated and sliced per shard
     size = shard_size or shard_size_for(len(items))
     # batched and the resources are not in the key: the parts hold func's result for each
     # item either way, and a function's contract (per item or per shard) is part of it
