@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -376,38 +377,26 @@ def test_every_output_location_is_named_output_or_o_and_the_old_names_still_work
         assert out.read_text().replace('"', "").split() == ["answer", "42"]
 
 
-def test_a_pipeline_makes_the_folder_of_the_catalog_it_names(scanned, run_cli, tmp_path):
+@pytest.mark.parametrize("written", ["{tmp}/made/here/c.duckdb", "~/made/here/c.duckdb"])
+def test_a_pipeline_makes_the_folder_of_the_catalog_it_names(scanned, run_cli, tmp_path, monkeypatch, written):
     """A catalog path written in the pipeline file is the author's choice: `run` makes its
-    folder (and says so); a typed --catalog in a missing folder stays an error."""
-    catalog = tmp_path / "made" / "here" / "c.duckdb"
+    folder (and says so), ~ expanded once; a typed --catalog in a missing folder stays an error."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    written = written.format(tmp=tmp_path)
+    catalog = Path(written).expanduser()
     pipeline = _write_pipeline(tmp_path / "p.toml", f'''
 [pipeline]
-catalog = "{catalog}"
+catalog = "{written}"
 
 [[step]]
 command = "scan"
 args = ["{scanned.root}"]
 ''')
-    result = run_cli(["run", pipeline])
-    out = _ok(result)
-    assert f"made the catalog's folder {catalog.parent}" in out
+    out = _ok(run_cli(["run", pipeline]))
+    assert f"made the catalog's folder {catalog.parent}" in out and not (tmp_path / "~").exists()
     with Catalog(catalog, read_only=True) as c:
         assert c.scalar("SELECT count(*) FROM images") == len(scanned.all_files())
     typed = run_cli(["scan", scanned.root], tmp_path / "missing" / "c.duckdb")
     assert typed.exit_code != 0 and "does not exist" in typed.output
     assert not (tmp_path / "missing").exists()
-
-
-def test_a_pipeline_catalog_under_the_home_folder_is_expanded_once(scanned, run_cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    pipeline = _write_pipeline(tmp_path / "p.toml", f'''
-[pipeline]
-catalog = "~/cat/c.duckdb"
-
-[[step]]
-command = "scan"
-args = ["{scanned.root}"]
-''')
-    _ok(run_cli(["run", pipeline]))
-    assert (tmp_path / "home" / "cat" / "c.duckdb").is_file() and not (tmp_path / "~").exists()
