@@ -46,7 +46,8 @@ from typing import Any
 import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
-from vdc_lake.confine import is_inside, is_plain_relative, is_recorded_root, recorded_roots
+from vdc_lake.confine import (is_inside, is_plain_relative, is_recorded_root, recorded_roots, root_overlap,
+                              scanned_roots)
 from vdc_lake.errors import PlanError
 from vdc_lake.files import content_hash, decode_check, inspect_header
 from vdc_lake.imageops import ACTIONS, RESTORE_SUFFIX
@@ -127,28 +128,22 @@ def _rel_in_root(path: str, root: str) -> str | None:
 
 def check_backup_dir(roots: list[str], backup_dir: str | os.PathLike, what: str = "--backup-dir") -> Path:
     """The backup folder, resolved; PlanError when it lies inside or contains a scanned root
-    (checked as given and resolved, so a symlink into a root is refused too)."""
-    given = Path(os.path.abspath(os.path.expanduser(backup_dir)))
-    real = Path(os.path.realpath(given))
-    for root in roots:
-        root_real = Path(os.path.realpath(root))
+    (confine.root_overlap: as given and resolved, so a symlink into a root is refused too)."""
+    overlap = root_overlap(roots, backup_dir)
+    if overlap is not None:
+        relation, root, root_real = overlap
         suggestion = root_real.parent / f"{root_real.name}-backup"
-        for candidate in (given, real):
-            for r in (Path(root), root_real):
-                if candidate.is_relative_to(r):
-                    raise PlanError(
-                        f"{what} {backup_dir} lies inside the scanned root {root}: its backups would be scanned "
-                        f"as images; choose a folder outside every scanned root (e.g. {suggestion})")
-                if r.is_relative_to(candidate):
-                    raise PlanError(
-                        f"{what} {backup_dir} contains the scanned root {root}; choose a folder outside every "
+        if relation == "inside":
+            raise PlanError(f"{what} {backup_dir} lies inside the scanned root {root}: its backups would be scanned "
+                            f"as images; choose a folder outside every scanned root (e.g. {suggestion})")
+        raise PlanError(f"{what} {backup_dir} contains the scanned root {root}; choose a folder outside every "
                         f"scanned root (e.g. {suggestion})")
-    return real
+    return Path(os.path.realpath(os.path.abspath(os.path.expanduser(backup_dir))))
 
 
 def check_backup_folder(catalog: Catalog, backup_dir: str | os.PathLike) -> Path:
     """check_backup_dir against the catalog's scanned roots (a dry run checks it too)."""
-    return check_backup_dir(_scanned_roots(catalog), backup_dir)
+    return check_backup_dir(scanned_roots(catalog), backup_dir)
 
 
 def _recorded_backup_root(roots: list[str], recorded: str | None, run_id: int, checked: dict[str, str]) -> str:
@@ -160,10 +155,6 @@ def _recorded_backup_root(roots: list[str], recorded: str | None, run_id: int, c
         check_backup_dir(roots, folder, f"the backup folder of apply run {run_id}")
         checked[folder] = str(Path(os.path.realpath(folder)))
     return checked[folder]
-
-
-def _scanned_roots(catalog: Catalog) -> list[str]:
-    return [r for (r,) in catalog.rows("SELECT DISTINCT root FROM images ORDER BY root")]
 
 
 def _confinement_error(op: dict[str, Any], backup_root: str | None) -> str | None:
@@ -611,7 +602,7 @@ def resume_unfinished(catalog: Catalog, *, quiet: bool = False, backend: str = "
     summary = ApplySummary(run_id=None)
     remove_leftovers(catalog)  # temp files a killed or failed apply left next to its files
     runs = catalog.rows("SELECT DISTINCT run_id FROM journal WHERE state = 'planned' ORDER BY run_id")
-    roots = _scanned_roots(catalog)
+    roots = scanned_roots(catalog)
     for (run_id,) in runs:
         ops = sorted(_journal_ops(catalog, "j.run_id = ? AND j.state = 'planned'", [run_id]), key=lambda o: o["op_id"])
         recorded = ops[0]["backup_root"] if ops else None
@@ -678,7 +669,7 @@ def _restore_ops(catalog: Catalog, run_id: int | None, backup_dir: str | os.Path
     where = "j.state IN ('done', 'planned', 'failed')" + (" AND j.run_id = ?" if run_id is not None else "")
     ops = sorted(_journal_ops(catalog, where, [run_id] if run_id is not None else []),
                  key=lambda o: o["op_id"], reverse=True)
-    roots = _scanned_roots(catalog)
+    roots = scanned_roots(catalog)
     given = check_backup_dir(roots, backup_dir) if backup_dir is not None else None
     checked: dict[str, str] = {}
     for op in ops:

@@ -58,3 +58,26 @@ def recorded_roots(catalog) -> set[str]:
 def is_recorded_root(root: str | None, recorded: set[str]) -> bool:
     """Whether `root` (an images row's) is a scanned root: as written or resolved, one of `recorded`."""
     return bool(root) and "\0" not in root and (root in recorded or os.path.realpath(root) in recorded)
+
+
+def scanned_roots(catalog) -> list[str]:
+    """Every root the catalog knows, sorted: given to a scan run, or named by an images row."""
+    return sorted(recorded_roots(catalog) | {r for (r,) in catalog.rows("SELECT DISTINCT root FROM images")})
+
+
+def root_overlap(roots: list[str], folder: str | os.PathLike) -> tuple[str, str, Path] | None:
+    """("inside" or "contains", the root, the root resolved) for the first root that `folder`
+    lies inside or contains, each side taken as written and resolved (a symlink into a root
+    counts); None when the folder is apart from every root. The one check behind a backup
+    folder and an export destination."""
+    given = Path(os.path.abspath(os.path.expanduser(folder)))
+    real = Path(os.path.realpath(given))
+    for root in roots:
+        root_real = Path(os.path.realpath(root))
+        for candidate in (given, real):
+            for r in (Path(root), root_real):
+                if candidate.is_relative_to(r):
+                    return "inside", root, root_real
+                if r.is_relative_to(candidate):
+                    return "contains", root, root_real
+    return None

@@ -43,7 +43,7 @@ import xxhash
 
 from vdc_lake import __version__
 from vdc_lake.catalog import Catalog
-from vdc_lake.confine import is_inside, is_recorded_root, recorded_roots
+from vdc_lake.confine import is_inside, is_recorded_root, recorded_roots, root_overlap, scanned_roots
 from vdc_lake.errors import StageError, disk_full_error
 from vdc_lake.export_sql import single_select
 from vdc_lake.files import content_hash
@@ -207,16 +207,15 @@ def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool) -> Non
     if inside is not None:
         raise StageError(f"export destination {to_dir} holds catalogued images (e.g. {inside}); "
                          "choose a folder outside every scanned root")
-    roots = recorded_roots(catalog) | {r for (r,) in catalog.rows("SELECT DISTINCT root FROM images")}
-    for root in sorted(roots):
-        real = Path(os.path.realpath(root))
-        if to_dir.is_relative_to(real):
+    overlap = root_overlap(scanned_roots(catalog), to_dir)
+    if overlap is not None:
+        relation, root, real = overlap
+        if relation == "inside":
             raise StageError(f"export destination {to_dir} lies inside the scanned root {root}: the next scan would "
                              f"register the exported files as images; choose a folder outside every scanned root "
                              f"(e.g. {real.parent / (real.name + '-export')})")
-        if real.is_relative_to(to_dir):
-            raise StageError(f"export destination {to_dir} contains the scanned root {root}; choose a folder "
-                             "outside every scanned root")
+        raise StageError(f"export destination {to_dir} contains the scanned root {root}; choose a folder "
+                         "outside every scanned root")
     if to_dir.is_dir() and any(to_dir.iterdir()):
         if not overwrite:
             raise StageError(f"export destination {to_dir} is not empty; choose an empty folder "
