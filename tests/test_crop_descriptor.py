@@ -15,8 +15,7 @@ from examples.make_sample_data import make_sample_data
 from vdc_lake.catalog import Catalog
 from vdc_lake.dedup import fold_view_pairs, view_rows
 from vdc_lake.descriptor import (
-    DEDUP_APPLY_THRESHOLD,
-    DEDUP_REPORT_THRESHOLD,
+    DEDUP_THRESHOLDS,
     DESCRIPTOR_DIM,
     DESCRIPTOR_NAME,
     MULTI_VIEW_NAME,
@@ -27,6 +26,8 @@ from vdc_lake.descriptor import (
 )
 from vdc_lake.neighbors import radius_pairs_exact
 from vdc_lake.sets import register_embedding_set
+
+DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD = DEDUP_THRESHOLDS[MULTI_VIEW_NAME]
 
 N_BASE = 24
 # Centre crops keeping 80..90% of each side (1/12 cut from each side keeps 0.833).

@@ -79,7 +79,6 @@ BUILTIN_MODELS = {DESCRIPTOR_NAME: 1, MULTI_VIEW_NAME: VIEWS}
 # (benchmarks/bench_descriptor_photos.py); at 0.08 it finds 81% of 1/12-per-side centre crops
 # of real photos (95% at 0.12, where false pairs start to cost more on large collections).
 DEDUP_THRESHOLDS = {DESCRIPTOR_NAME: (0.08, 0.16), MULTI_VIEW_NAME: (0.08, 0.16)}
-DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD = DEDUP_THRESHOLDS[MULTI_VIEW_NAME]
 # JPEG draft target: DCT-domain downscaling never goes below this, so a 32 x 32 view is
 # still an average of >= 2 x 2 decoded pixels (>= 1.6 x 1.6 for the 0.81 view).
 DRAFT_SIZE = (2 * THUMBNAIL_SIZE, 2 * THUMBNAIL_SIZE)
