@@ -421,7 +421,9 @@ def _deleted(catalog) -> set[str]:
 
 
 def test_a_set_records_its_thresholds_and_an_explicit_config_value_wins(graph_catalog, run_cli, in_tmp_cwd):
-    from vdc_lake.descriptor import DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD
+    from vdc_lake.descriptor import DEDUP_THRESHOLDS, MULTI_VIEW_NAME
+
+    DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD = DEDUP_THRESHOLDS[MULTI_VIEW_NAME]
     from vdc_lake.sets import register_builtin_set
 
     catalog, ids = graph_catalog
@@ -451,7 +453,9 @@ def test_equal_resolution_keeps_the_better_file_and_the_plan_names_it(tmp_path, 
     from PIL import ImageDraw, ImageEnhance
 
     from examples.make_sample_data import photo
-    from vdc_lake.descriptor import DEDUP_REPORT_THRESHOLD
+    from vdc_lake.descriptor import DEDUP_THRESHOLDS, MULTI_VIEW_NAME
+
+    DEDUP_REPORT_THRESHOLD = DEDUP_THRESHOLDS[MULTI_VIEW_NAME][1]
 
     root = tmp_path / "t"
     (root / "a_copies").mkdir(parents=True)
