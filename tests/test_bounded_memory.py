@@ -3,6 +3,7 @@ or in batches of 7 rows ([scale] vector_batch_rows), and when the set is spilled
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -200,3 +201,16 @@ def test_streaming_a_set_lowers_duckdbs_limit_but_never_raises_a_smaller_one(sta
             assert seen and all(abs(sets._setting_bytes(v) - sets._setting_bytes(during)) < 2**20 for v in seen), \
                 (configured, seen)
             assert con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == before
+
+
+def test_cwd_paths_of_import_samples_equal_os_path_abspath(tmp_path, monkeypatch):
+    """The cwd-relative match path is computed with Arrow kernels; for every shape of sample it
+    equals os.path.abspath(os.path.expanduser(sample)), and empty or null samples match nothing."""
+    from vdc_lake.predict import _paths_from_cwd
+
+    monkeypatch.chdir(tmp_path)
+    samples = ["a/b.jpg", "/x/y.jpg", "./a.jpg", "../a.jpg", "a//b.jpg", "a/b/", "~/x.jpg", "~",
+               "/a/../b.jpg", "a/./b.jpg", ".hidden/x.jpg", "a/..b/c.jpg", "..x.jpg", "/", "//x.jpg",
+               "a.b/../c.jpg", "~user/x.jpg", "dir with space/ü.jpg", "", None]
+    got = _paths_from_cwd(pa.array(samples, pa.string())).to_pylist()
+    assert got == [os.path.abspath(os.path.expanduser(s)) if s else None for s in samples]

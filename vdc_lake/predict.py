@@ -767,6 +767,30 @@ def embed_paths(catalog: Catalog, set_name: str, paths: list[str], *, models_dir
 
 # -- import of birder result files --------------------------------------------------------------
 
+# A sample that os.path.abspath would change beyond prefixing the cwd: "~", "." or ".." components,
+# doubled or trailing slashes. Only those go through Python; the rest is one vectorised concatenation.
+_NEEDS_NORMPATH = r"^~|(^|/)\.\.?(/|$)|//|/$"
+
+
+def _paths_from_cwd(samples: pa.Array) -> pa.Array:
+    """os.path.abspath(os.path.expanduser(s)) of every sample (None for null or empty), computed
+    with Arrow kernels: a Python call per sample cost ~1 s per 10^6 samples, ~100 s at 10^8."""
+    import pyarrow.compute as pc
+
+    cwd = os.getcwd().rstrip("/")
+    absolute = pc.starts_with(samples, "/")
+    out = pc.if_else(absolute, samples, pc.binary_join_element_wise(cwd, samples, "/"))
+    odd = pc.fill_null(pc.match_substring_regex(samples, _NEEDS_NORMPATH), False)
+    out = pc.if_else(pc.fill_null(pc.equal(samples, ""), True), pa.scalar(None, pa.string()), out)
+    rows = np.flatnonzero(odd.to_numpy(zero_copy_only=False))
+    if len(rows) == 0:
+        return out
+    values = out.to_pylist()
+    for i in rows:
+        values[i] = os.path.abspath(os.path.expanduser(samples[int(i)].as_py()))
+    return pa.array(values, pa.string())
+
+
 def _stage_matches(catalog: Catalog, result) -> None:
     """Match every sample of the file to a present catalog image, in one join for the whole file,
     into the temp table import_matches (row, image_id, version), ordered by row.
@@ -784,7 +808,7 @@ def _stage_matches(catalog: Catalog, result) -> None:
         catalog.insert_arrow("import_samples", pa.table({
             "row": pa.array(np.arange(offset, offset + len(texts), dtype=np.int64)),
             "sample": pa.array(texts, pa.string()),
-            "from_cwd": pa.array([os.path.abspath(os.path.expanduser(t)) if t else None for t in texts], pa.string()),
+            "from_cwd": _paths_from_cwd(pa.array(texts, pa.string())),
         }))
         offset += len(texts)
     con.execute(
