@@ -213,9 +213,9 @@ class ResultFile:
             yield self._to_result_batch(record_batch)
 
     def sample_batches(self, *, batch_rows: int = 65_536) -> Iterator[pa.Array]:
-        """The sample column alone (strings), in file order: a parquet file reads no vectors."""
-        columns = ["sample"] if self.format == "parquet" else None
-        for record_batch in self._record_batches(batch_rows, columns=columns):
+        """The sample column alone (strings), in file order: a parquet file reads no vectors, a
+        csv file converts no numbers (it is still tokenised whole)."""
+        for record_batch in self._record_batches(batch_rows, columns=["sample"]):
             yield record_batch.column(record_batch.schema.names.index("sample")).cast(pa.string())
 
     def _record_batches(self, batch_rows: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
@@ -227,7 +227,8 @@ class ResultFile:
                 yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
             else:
                 skip_rows = 1 if self.kind == "results" else 0
-                yield from _open_csv(self.path, skip_rows=skip_rows, float_columns=self.value_columns)
+                yield from _open_csv(self.path, skip_rows=skip_rows, float_columns=self.value_columns,
+                                     columns=columns)
         except (pa.ArrowInvalid, OSError) as e:
             raise ResultFileError(f"cannot read {self.path}: {e}; is the file complete?") from e
 
@@ -295,12 +296,13 @@ def _embedding_dim(path: Path) -> int:
     return int(field_type.list_size)
 
 
-def _open_csv(path: Path, *, skip_rows: int, float_columns: list[str]) -> Iterator[pa.RecordBatch]:
+def _open_csv(path: Path, *, skip_rows: int, float_columns: list[str],
+              columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     # Types are fixed up front: inferred from the first block only, a column that happens to
     # hold "0" there would break on "0.5" millions of rows later.
     types = {"sample": pa.string(), "label_name": pa.string(), **{c: pa.float32() for c in float_columns}}
     read_options = pacsv.ReadOptions(skip_rows=skip_rows, block_size=16 << 20)
-    convert = pacsv.ConvertOptions(column_types=types)
+    convert = pacsv.ConvertOptions(column_types=types, include_columns=columns or [])
     with pacsv.open_csv(str(path), read_options=read_options, convert_options=convert) as reader:
         yield from reader
 
