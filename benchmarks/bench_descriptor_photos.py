@@ -28,6 +28,31 @@ The photo folder used for benchmarks/RESULTS.md (21 real photos, no dependency o
 logo, phantom, text, and the tiny ones). motorcycle_left / motorcycle_right are a stereo pair
 of one scene: a pair between them counts as false here, and is named in the output.
 
+The larger folder (48 photos and 12 natural partners) adds 27 real photos of OpenCV's
+samples/data (from the opencv-python sdist on PyPI; the logos, drawings, renders and text
+scans were left out) and their partners, named BASE__KIND (see NATURAL): edited copies
+(ela_modified: re-framed and retouched; lena_tmpl: a patch pasted on the face), frames /
+stereo halves (aloe, basketball, rubberwhale, left/right, left01/right01, and skimage's
+motorcycle pair), other views of a scene (aero1/aero3, box/box_in_scene, graf1/graf3,
+leuvenA/leuvenB):
+
+    curl -sO https://files.pythonhosted.org/.../opencv-python-4.9.0.80.tar.gz   # the sdist
+    tar xzf opencv-python-4.9.0.80.tar.gz --wildcards '*/samples/data/*'
+    mkdir /tmp/photos2 && cp /tmp/photos/* /tmp/photos2/
+    mv /tmp/photos2/motorcycle_right.png /tmp/photos2/motorcycle_left__frame.png
+    cd opencv-python-4.9.0.80/opencv/samples/data
+    for f in aero1.jpg aloeL.jpg apple.jpg baboon.jpg basketball1.png board.jpg box.png \
+        building.jpg butterfly.jpg chicky_512.png ela_original.jpg fruits.jpg graf1.png home.jpg \
+        left.jpg left01.jpg lena.jpg leuvenA.jpg licenseplate_motion.jpg messi5.jpg orange.jpg \
+        rubberwhale1.png smarties.png squirrel_cls.jpg starry_night.jpg stuff.jpg sudoku.png \
+        text_defocus.jpg; do cp $f /tmp/photos2/cv_$f; done
+    cp aero3.jpg /tmp/photos2/cv_aero1__scene.jpg; cp aloeR.jpg /tmp/photos2/cv_aloeL__frame.jpg
+    cp basketball2.png /tmp/photos2/cv_basketball1__frame.png; cp box_in_scene.png /tmp/photos2/cv_box__scene.png
+    cp ela_modified.jpg /tmp/photos2/cv_ela_original__edited.jpg; cp graf3.png /tmp/photos2/cv_graf1__scene.png
+    cp right.jpg /tmp/photos2/cv_left__frame.jpg; cp right01.jpg /tmp/photos2/cv_left01__frame.jpg
+    cp lena_tmpl.jpg /tmp/photos2/cv_lena__edited.jpg; cp leuvenB.jpg /tmp/photos2/cv_leuvenA__scene.jpg
+    cp rubberwhale2.png /tmp/photos2/cv_rubberwhale1__frame.png
+
 --synthetic N adds N synthetic "photo-like" images (examples/make_sample_data.photo: gradient,
 shapes, texture, noise), no copies, as unrelated distractors: more pairs for the false-pair
 count, but not real photos, so they are reported on their own line.
@@ -72,6 +97,12 @@ from vdc_lake.descriptor import (
 from vdc_lake.sets import register_embedding_set
 
 TRANSFORMS = ("resized", "jpeg_q30", "crop", "bright_caption", "byte_copy")
+# Real photos of the same thing, named BASE__KIND.ext next to BASE.ext: an edited copy (a must-find
+# duplicate), another frame or the other eye of a stereo pair (a near-duplicate a user may or may
+# not want removed), or the same scene from another viewpoint or light (not a duplicate). Their
+# pairs with BASE are reported per kind; none of them counts as a false pair, and only "edited"
+# joins the "all" recall.
+NATURAL = ("edited", "frame", "scene")
 THRESHOLDS = (0.04, 0.08, 0.10, 0.12, 0.16)
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 
@@ -101,9 +132,17 @@ def plant(photo: Path) -> dict[str, bytes]:
     }
 
 
+def natural_kind(photo: Path) -> tuple[str, str | None]:
+    """(base photo stem, natural kind) of BASE__KIND.ext, (stem, None) for a plain photo."""
+    base, _, kind = photo.stem.partition("__")
+    if kind and kind not in NATURAL:
+        raise SystemExit(f"{photo.name}: a second photo of BASE is named BASE__KIND with KIND one of {NATURAL}")
+    return base, kind or None
+
+
 def write_collection(photos: list[Path], root: Path, synthetic: int = 0) -> dict[str, tuple[str, str]]:
-    """Originals and their copies under root, and `synthetic` distractors without copies;
-    returns {rel_path: (photo stem, transform)}."""
+    """Originals and their copies under root, natural partners (BASE__KIND) beside their base without
+    copies, and `synthetic` distractors without copies; returns {rel_path: (photo stem, transform)}."""
     from examples.make_sample_data import photo as synthetic_photo
 
     files = {}
@@ -115,6 +154,14 @@ def write_collection(photos: list[Path], root: Path, synthetic: int = 0) -> dict
         synthetic_photo(rng, side, int(side * rng.uniform(0.6, 1.0))).save(root / rel, quality=90)
         files[rel] = (f"synthetic{i}", "original")
     for photo in photos:
+        base, kind = natural_kind(photo)
+        if kind:
+            rel = f"{base}/{kind}{photo.suffix.lower()}"
+            if not (root / base).is_dir() or rel in files:
+                raise SystemExit(f"{photo.name}: needs {base}.* beside it, and one partner per kind")
+            shutil.copyfile(photo, root / rel)
+            files[rel] = (base, kind)
+            continue
         folder = root / photo.stem
         folder.mkdir(parents=True)
         shutil.copyfile(photo, folder / f"original{photo.suffix.lower()}")
@@ -175,11 +222,13 @@ def evaluate(pairs: dict[frozenset, float], files: dict[str, tuple[str, str]], t
         by_photo.setdefault(photo, {})[kind] = rel
     by_photo = {photo: f for photo, f in by_photo.items() if len(f) > 1}  # not the synthetic distractors
     out = {}
-    for kind in TRANSFORMS:
-        hits = [pairs.get(frozenset((f[kind], f["original"])), 9.0) < threshold for f in by_photo.values()]
-        out[kind] = float(np.mean(hits))
-    same = [frozenset((a, b)) for f in by_photo.values() for i, a in enumerate(f.values())
-            for b in list(f.values())[i + 1:]]
+    for kind in TRANSFORMS + NATURAL:
+        hits = [pairs.get(frozenset((f[kind], f["original"])), 9.0) < threshold
+                for f in by_photo.values() if kind in f]
+        out[kind] = float(np.mean(hits)) if hits else float("nan")
+        out[f"n_{kind}"] = len(hits)
+    required = [[rel for kind, rel in f.items() if kind not in ("frame", "scene")] for f in by_photo.values()]
+    same = [frozenset((a, b)) for f in required for i, a in enumerate(f) for b in f[i + 1:]]
     out["all"] = float(np.mean([pairs.get(p, 9.0) < threshold for p in same]))
     false = sorted((d, tuple(sorted(p))) for p, d in pairs.items()
                    if d < threshold and len({files[x][0] for x in p}) == 2)
@@ -241,22 +290,25 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=0, help="synthetic unrelated distractors to add")
     parser.add_argument("--search-n", type=int, default=0, help="also time the exact search on this many images")
     args = parser.parse_args()
-    photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    # Plain photos first: a BASE__KIND partner goes into its base's folder.
+    photos = sorted((p for p in args.photos.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES),
+                    key=lambda p: (natural_kind(p)[1] is not None, p.name))
     if len(photos) < 2:
         raise SystemExit(f"{args.photos} holds {len(photos)} photos; give a folder of at least 2")
     report_threshold = max(THRESHOLDS)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"
         files = write_collection(photos, root, args.synthetic)
-        print(f"{len(photos)} photos, {len(TRANSFORMS)} planted copies each, {args.synthetic} synthetic "
-              f"distractors: {len(files)} files")
+        partners = {kind: sum(1 for p in photos if natural_kind(p)[1] == kind) for kind in NATURAL}
+        print(f"{len(photos) - sum(partners.values())} photos, {len(TRANSFORMS)} planted copies each, "
+              f"natural partners {partners}, {args.synthetic} synthetic distractors: {len(files)} files")
         results, vectors = {}, {}
         for name, one_view in ((DESCRIPTOR_NAME, True), (MULTI_VIEW_NAME, False)):
             results[name], vectors[name] = report_pairs(root, Path(tmp) / f"{name}.duckdb", one_view=one_view,
                                                         threshold=report_threshold)
         decode_ms, one_ms, multi_ms = time_descriptors(
             root, {rel: v for rel, v in files.items() if not rel.startswith("synthetic/")}, args.repeat)
-    columns = TRANSFORMS + ("all",)
+    columns = TRANSFORMS + tuple(k for k in NATURAL if partners[k]) + ("all",)
     print("\n| descriptor | threshold | " + " | ".join(columns) + " | false pairs (real photos only) |")
     print("|---|---|" + "---|" * len(columns) + "---|")
     for name, pairs in results.items():
