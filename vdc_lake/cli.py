@@ -617,6 +617,9 @@ def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes:
     run = f"apply run {s.run_id}" if s.run_id is not None else "apply (nothing new planned)"
     resumed = f"; {s.resumed} interrupted operations finished" if s.resumed else ""
     refused = f", {s.refused} refused" if s.refused else ""
+    if s.rewritten:  # their new versions have no sanitize check and no built-in descriptor yet
+        click.echo(f"{s.rewritten} rewritten files (verified to decode) are new image versions: run `vdc-lake "
+                   "sanitize` to check them against the rules and compute their descriptors")
     click.echo(f"{run}: {s.done} done, {s.skipped} skipped{refused}, {s.failed} failed{resumed}")
     for error in s.errors:
         click.echo(f"  {error}", err=True)
@@ -1280,14 +1283,19 @@ def export_command(ctx: Context, to_dir: str, fmt: str | None, view: str, shard_
         stale = stale_sample(catalog) if view == "curated" else None
     if stale:
         click.echo(stale, err=True)
+    for note in s.notes:
+        click.echo(f"note: {note}", err=True)
     shards = f" in {s.shards} shards" if s.fmt == "webdataset" else ""
     click.echo(f"export: {s.images} images ({s.bytes / 2**20:,.1f} MiB){shards} as {s.fmt} "
                f"to {s.to_dir}; manifest {s.manifest}; record {s.record}")
     for error in s.errors:
         click.echo(f"  {error}", err=True)
+    if s.skipped > len(s.errors):
+        click.echo(f"  and {s.skipped - len(s.errors)} more", err=True)
     if s.skipped:
-        raise click.ClickException(f"{s.skipped} files were skipped (changed or gone since the last scan); "
-                                   "run `vdc-lake scan` and export again")
+        raise click.ClickException(f"{s.skipped} files were skipped and left out of the manifest (the reason for "
+                                   "each is above); fix them (a file changed or gone since the last scan: run "
+                                   "`vdc-lake scan`) and export again")
 
 
 def _given(ctx: Context, section: str, key: str, value: Any, name: str | None = None) -> Any:

@@ -9,13 +9,20 @@ Formats (every one also writes `manifest.parquet` and `manifest.csv`, one row pe
     webdataset   TO/shard-000000.tar ...: per image KEY.<ext> (original bytes) + KEY.json (its
                  manifest row); KEY is the zero-padded image_id, so keys are unique and stable
 
-A root's label is its folder name; roots that share a name get `-2`, `-3` ... in root order, so
-two scanned trees never write into each other. Files that changed since the last scan (their
-bytes no longer match the catalog) or vanished are skipped and reported, not exported.
+A root's label is its folder name; roots whose names are equal ignoring case get `-2`, `-3` ...
+in root order, so two scanned trees never write into each other (on any filesystem). On a
+destination that ignores case, paths of one root that differ only in case get `~KEY` before
+their extension (the later image by id); no file is ever written over another. Files that
+changed since the last scan (size or mtime differ and the bytes no longer match the catalog's
+hash) or vanished are skipped and reported, in every format (the manifest format too).
 
-The catalog is only read, through exactly one SELECT, so a --view cannot change it; the export
-is recorded in TO/export.json. A catalog may come from someone else: an edited root or rel_path
-that would climb out of its root refuses the export, and every file is placed inside TO.
+The catalog is only read, through exactly one SELECT, so a --view cannot change it. Every file
+appears under its final name only when complete (a hidden `.vdc-*.part` name until then), and
+TO/export.json, the record of a finished export, is written last: a folder without it holds an
+interrupted export, which the next export into it replaces without --overwrite (the hidden
+`.vdc-export-running` file marks it). A catalog may come from someone else: an edited root or
+rel_path that would climb out of its root refuses the export, and every file is placed inside
+TO. TO never holds the catalog, a backup folder of an apply run or a scanned root.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import json
 import os
 import re
 import shutil
+import stat
 import tarfile
+import unicodedata
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -35,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -68,6 +78,12 @@ _VIEW_CALL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\s*\(.*\))?", re.DOTALL)
 _UNSAFE_REL_PATH = r"(^|/)(\.\.?)?(/|$)|\x00"
 _SAFE_EXTENSION = re.compile(r"[a-z0-9]{1,10}")
 RECORD_NAME = "export.json"
+# Present from the start of an export until export.json is written: its folder holds an interrupted export.
+RUNNING_NAME = ".vdc-export-running"
+# Columns the export adds for its own use and leaves out of the manifest: the catalog's mtime of
+# each file (a link or manifest export checks the file against it) and its path inside TO.
+_MTIME = "_catalog_mtime_ns"
+_TARGET = "_target"
 
 # Used when the source lacks some manifest columns (e.g. `SELECT image_id FROM ...`): the
 # current file facts, plus the newest cluster run and sample run the same way `curated` does.
@@ -107,6 +123,7 @@ class ExportSummary:
 
     `record` is TO/export.json: the export's parameters, this summary and the catalog's newest run
     at the time (an export only reads the catalog, so it is recorded beside what it wrote).
+    `notes` say what the user should know that is not an error (an interrupted export replaced).
     """
 
     to_dir: str
@@ -119,6 +136,7 @@ class ExportSummary:
     manifest: str = ""
     record: str = ""
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return (f"ExportSummary(fmt={self.fmt!r}, images={self.images}, "
@@ -153,14 +171,23 @@ def _source_columns(catalog: Catalog, sql: str, view: str) -> list[str]:
     return columns
 
 
-def manifest_rows(catalog: Catalog, view: str = "curated") -> pa.Table:
-    """The manifest of `view`: MANIFEST_COLUMNS for each of its images that is present, by image_id."""
+def _manifest_query(catalog: Catalog, view: str) -> str:
     sql = source_sql(view)
     columns = _source_columns(catalog, sql, view)
     if set(MANIFEST_COLUMNS) <= set(columns):
-        query = _DIRECT_SQL.format(columns=", ".join(f"s.{c}" for c in MANIFEST_COLUMNS), source=sql)
-    else:
-        query = _LOOKUP_SQL.format(source=sql)
+        return _DIRECT_SQL.format(columns=", ".join(f"s.{c}" for c in MANIFEST_COLUMNS), source=sql)
+    return _LOOKUP_SQL.format(source=sql)
+
+
+def manifest_rows(catalog: Catalog, view: str = "curated") -> pa.Table:
+    """The manifest of `view`: MANIFEST_COLUMNS for each of its images that is present, by image_id."""
+    return catalog.arrow(single_select(catalog.con, _manifest_query(catalog, view), f"--view {view!r}"))
+
+
+def _rows_to_export(catalog: Catalog, view: str) -> pa.Table:
+    """manifest_rows plus the catalog's mtime of each file (_MTIME), to tell a changed file by its stat."""
+    query = (f"SELECT m.*, (SELECT max(i.mtime_ns) FROM images AS i WHERE i.image_id = m.image_id "
+             f"AND i.version = m.version) AS {_MTIME}\nFROM ({_manifest_query(catalog, view)}) AS m ORDER BY m.image_id")
     return catalog.arrow(single_select(catalog.con, query, f"--view {view!r}"))
 
 
@@ -194,9 +221,11 @@ def _check_roots(catalog: Catalog, table: pa.Table) -> None:
 
 # -- destination ---------------------------------------------------------------------------------
 
-def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool) -> None:
-    """Create `to_dir`, or empty it with `overwrite`; never a folder that holds catalogued images,
-    lies inside a scanned root (the next scan would register the exports) or contains one."""
+def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool, params: dict) -> str | None:
+    """Create `to_dir`, or empty it (with `overwrite`, or when it holds an interrupted export), and
+    mark it as holding a running export; never a folder that holds catalogued images, lies inside a
+    scanned root (the next scan would register the exports) or contains one, or holds the catalog or
+    a backup folder. Returns a note when an interrupted export was replaced."""
     if to_dir.exists() and not to_dir.is_dir():
         raise StageError(f"export destination {to_dir} is a file; pass a folder")
     prefix = str(to_dir).rstrip("/") + "/"
@@ -216,33 +245,174 @@ def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool) -> Non
                              f"(e.g. {real.parent / (real.name + '-export')})")
         raise StageError(f"export destination {to_dir} contains the scanned root {root}; choose a folder "
                          "outside every scanned root")
+    _check_catalog_and_backups(catalog, to_dir)
+    note = None
     if to_dir.is_dir() and any(to_dir.iterdir()):
-        if not overwrite:
+        interrupted = _is_interrupted(to_dir)
+        if not overwrite and not interrupted:
             raise StageError(f"export destination {to_dir} is not empty; choose an empty folder "
                              "or pass --overwrite to replace what is there")
-        for entry in to_dir.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    to_dir.mkdir(parents=True, exist_ok=True)
+        if interrupted:
+            note = (f"{to_dir} held an export that was interrupted (no {RECORD_NAME}); "
+                    "it was removed and the export started again")
+        _mark_running(to_dir, params)  # from here on, an interruption leaves a folder the next export may empty
+        _empty_folder(to_dir, keep=RUNNING_NAME)
+    else:
+        to_dir.mkdir(parents=True, exist_ok=True)
+        _mark_running(to_dir, params)
+    return note
+
+
+def _is_interrupted(to_dir: Path) -> bool:
+    """Whether to_dir holds an export that started and never wrote export.json."""
+    marker = to_dir / RUNNING_NAME
+    return marker.is_file() and not marker.is_symlink() and not os.path.lexists(to_dir / RECORD_NAME)
+
+
+def _mark_running(to_dir: Path, params: dict) -> None:
+    marker = to_dir / RUNNING_NAME
+    if marker.is_symlink() or (marker.exists() and not marker.is_file()):
+        _remove_entry(marker)
+    record = {"pid": os.getpid(), "started_at": dt.datetime.now().isoformat(timespec="seconds"), "params": params}
+    _write_atomic(marker, (json.dumps(record, indent=1) + "\n").encode())
+    # the record of an earlier, finished export goes first: a folder is never both running and finished
+    if os.path.lexists(to_dir / RECORD_NAME):
+        _remove_entry(to_dir / RECORD_NAME)
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove a file, a link (never followed) or a folder tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _empty_folder(to_dir: Path, keep: str) -> None:
+    for entry in to_dir.iterdir():
+        if entry.name != keep:
+            _remove_entry(entry)
+
+
+def _check_catalog_and_backups(catalog: Catalog, to_dir: Path) -> None:
+    """Refuse a destination that holds the catalog (its folder would be emptied with it) or lies
+    inside or around a backup folder of an apply run (restore needs every backup)."""
+    catalog_file = Path(os.path.realpath(catalog.path))
+    if catalog_file.is_relative_to(to_dir):
+        raise StageError(f"export destination {to_dir} holds the catalog {catalog.path}; choose a folder that "
+                         f"does not (e.g. {to_dir / 'export'})")
+    for backup in _backup_folders(catalog):
+        for folder in {Path(backup), Path(os.path.realpath(backup))}:
+            if folder.is_relative_to(to_dir) or to_dir.is_relative_to(folder):
+                relation = "contains" if folder.is_relative_to(to_dir) else "lies inside"
+                raise StageError(f"export destination {to_dir} {relation} the backup folder {backup} of an apply "
+                                 "run (restore needs every backup there); choose a folder apart from it")
+
+
+def _backup_folders(catalog: Catalog) -> set[str]:
+    """The backup folders apply runs recorded (runs.params `backup_dir`)."""
+    folders: set[str] = set()
+    for (params,) in catalog.rows("SELECT params FROM runs WHERE params IS NOT NULL"):
+        try:
+            folder = json.loads(params).get("backup_dir")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(folder, str) and os.path.isabs(folder) and "\0" not in folder:
+            folders.add(folder)
+    return folders
+
+
+def _check_one_filesystem(roots: Iterable[str], to_dir: Path) -> None:
+    """Refuse a hard-link export across filesystems before anything is written (every link would fail)."""
+    existing = to_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    device = os.stat(existing).st_dev
+    for root in roots:
+        try:
+            other = os.stat(root).st_dev
+        except OSError:
+            continue  # its files are reported as gone, one by one
+        if other != device:
+            raise StageError(f"cannot hard-link the files of {root} into {to_dir}: another filesystem; "
+                             "use --format symlink or --format copy, or a destination on the same filesystem")
+
+
+def _ignores_case(folder: Path) -> bool:
+    """Whether names in `folder` are matched ignoring case (a macOS, Windows or FAT/exFAT volume)."""
+    probe = folder / ".vdc-case-Probe"
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.close(fd)
+    try:
+        return os.path.lexists(folder / ".vdc-case-probe")
+    finally:
+        probe.unlink()
 
 
 def root_labels(roots: Iterable[str]) -> dict[str, str]:
-    """{root: folder name inside the export}: the root's basename, `-2`, `-3` ... on collisions."""
-    reserved = {f"{MANIFEST_STEM}.parquet", f"{MANIFEST_STEM}.csv", RECORD_NAME}
+    """{root: folder name inside the export}: the root's basename, `-2`, `-3` ... on collisions.
+
+    Names are compared ignoring case and Unicode normalisation, so that the tree keeps its roots
+    apart on any filesystem (Photos and photos would be one folder on macOS)."""
+    reserved = {_fold(n) for n in (f"{MANIFEST_STEM}.parquet", f"{MANIFEST_STEM}.csv", RECORD_NAME, RUNNING_NAME)}
     labels: dict[str, str] = {}
     used: set[str] = set()
     for root in sorted(set(roots)):
         base = Path(root).name
         base = base if base not in ("", ".", "..") else "root"
         label, n = base, 1
-        while label in used or label in reserved:
+        while _fold(label) in used or _fold(label) in reserved:
             n += 1
             label = f"{base}-{n}"
-        used.add(label)
+        used.add(_fold(label))
         labels[root] = label
     return labels
+
+
+def _fold(name: str) -> str:
+    """A name as a case- and normalisation-insensitive filesystem compares it."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def export_targets(roots: pa.Array, rel_paths: pa.Array, keys: pa.Array, *, ignore_case: bool) -> pa.Array:
+    """Each row's path inside the export: `<root label>/<rel_path>`, unique on the destination.
+
+    When the destination ignores case (`ignore_case`), paths equal but for case or Unicode
+    normalisation would land on one file: each later one (rows in image_id order) gets `~KEY`
+    before its extension. Vectorised; only colliding rows are handled one by one."""
+    unique_roots = pc.unique(roots)
+    labels = root_labels(unique_roots.to_pylist())
+    label_of = pa.array([labels[r] for r in unique_roots.to_pylist()], pa.string())
+    targets = pc.binary_join_element_wise(pc.take(label_of, pc.index_in(roots, value_set=unique_roots)),
+                                          rel_paths, "/")
+    if not ignore_case or len(targets) == 0:
+        return targets
+    folded = _fold_array(targets)
+    counts = pc.value_counts(folded)
+    shared = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(shared) == 0:
+        return targets
+    rows = np.flatnonzero(pc.is_in(folded, value_set=shared).to_numpy(zero_copy_only=False))
+    names, taken = targets.to_pylist(), set(pc.unique(folded).to_pylist())
+    seen: set[str] = set()
+    for row in rows:
+        folded_name = folded[row].as_py()
+        if folded_name not in seen:  # the first image under this name keeps it
+            seen.add(folded_name)
+            continue
+        candidate = names[row]
+        while True:  # a real file may already be called NAME~KEY.ext: add the key again
+            stem, ext = os.path.splitext(candidate)
+            candidate = f"{stem}~{keys[row].as_py()}{ext}"
+            if _fold_array(pa.array([candidate]))[0].as_py() not in taken:
+                break
+        taken.add(_fold_array(pa.array([candidate]))[0].as_py())
+        names[row] = candidate
+    return pa.array(names, pa.string())
+
+
+def _fold_array(names: pa.Array) -> pa.Array:
+    return pc.utf8_lower(pc.utf8_normalize(names, "NFC"))
 
 
 def image_key(image_id: int) -> str:
@@ -263,14 +433,45 @@ def _in_order(func: Callable[[Any], Any], items: Iterable[Any], pool: ThreadPool
         yield pending.popleft().result()
 
 
-def _place(src: str, dst: Path, fmt: str, expected_hash: str | None, to_dir: Path) -> str | None:
-    """Link or copy one file to dst (inside to_dir); returns an error text, or None when done (and verified)."""
-    if not os.path.lexists(src):
+def _source_error(row: dict) -> str | None:
+    """Why the file of a manifest row cannot be exported as the catalog describes it, or None.
+
+    Gone, not a regular file, or changed: its size or mtime differ from the catalog's (what scan
+    compares) and so do its bytes (a file only touched is still the same image)."""
+    src = row["path"]
+    try:
+        st = os.stat(src)
+    except FileNotFoundError:
         return f"{src}: the original is gone; run `vdc-lake scan` again"
-    if not os.path.isfile(src):
+    except OSError as e:
+        return f"{src}: {e.strerror or e}"
+    if not stat.S_ISREG(st.st_mode):
         # Only regular files (or links to one) are placed: a link to a folder (a row of an edited
         # catalog naming a folder) would let a later row, in another thread, write through it.
         return f"{src}: not a regular file, so it is not exported (check the catalog's images row)"
+    if st.st_size == row["size_bytes"] and st.st_mtime_ns == row.get(_MTIME):
+        return None
+    if row["content_hash"] is None:
+        return _unverifiable(src)
+    try:
+        same = content_hash(src) == row["content_hash"]
+    except OSError as e:
+        return f"{src}: {e.strerror or e}"
+    return None if same else f"{src}: changed since the last scan; run `vdc-lake scan` and export again"
+
+
+def _place(row: dict, dst: Path, fmt: str, to_dir: Path) -> str | None:
+    """Link or copy one file to dst (inside to_dir); returns an error text, or None when done (and verified).
+
+    Nothing is written over: a name already taken (on a destination that matches names loosely,
+    say) is an error for this file."""
+    src = row["path"]
+    if fmt != "copy":  # a copy checks the bytes it wrote instead
+        error = _source_error(row)
+        if error is not None:
+            return error
+    elif not os.path.isfile(src):
+        return _source_error(row)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not is_inside(dst.parent, to_dir):  # checked again once the folders exist
         return f"{src}: refused, {dst} lies outside --to {to_dir}"
@@ -280,7 +481,9 @@ def _place(src: str, dst: Path, fmt: str, expected_hash: str | None, to_dir: Pat
         elif fmt == "hardlink":
             os.link(src, dst, follow_symlinks=True)
         else:
-            return _verified_copy(src, dst, expected_hash)
+            return _verified_copy(src, dst, row["content_hash"], row["key"])
+    except FileExistsError:
+        return _taken(src, dst)
     except OSError as e:
         if e.errno == errno.EXDEV:
             raise StageError(f"cannot hard-link {src} into {dst.parent}: another filesystem; "
@@ -292,51 +495,92 @@ def _place(src: str, dst: Path, fmt: str, expected_hash: str | None, to_dir: Pat
     return None
 
 
+def _taken(src: str, dst: Path) -> str:
+    return (f"{src}: not exported, {dst} exists already (another image's name, matched ignoring case or "
+            "Unicode normalisation by the destination's filesystem)")
+
+
 def _unverifiable(src: str) -> str:
     # Only bytes the catalog vouches for are copied: a row with no hash (say, an edited catalog
     # naming a file it never scanned) cannot make the export carry some other file away.
     return f"{src}: the catalog holds no content hash for it, so a copy cannot be verified; run `vdc-lake scan`"
 
 
-def _verified_copy(src: str, dst: Path, expected_hash: str | None) -> str | None:
+def _part_name(dst: Path, key: str) -> Path:
+    # Short and fixed-length: `.NAME.part` would exceed the 255-byte name limit for a long NAME.
+    return dst.with_name(f".vdc-{key}.part")
+
+
+def _verified_copy(src: str, dst: Path, expected_hash: str | None, key: str) -> str | None:
     if expected_hash is None:
         return _unverifiable(src)
-    tmp = dst.with_name(f".{dst.name}.part")
+    tmp = _part_name(dst, key)
     try:
         shutil.copy2(src, tmp)
         written = content_hash(tmp)
+        if written != expected_hash:
+            tmp.unlink()
+            if content_hash(src) != expected_hash:
+                return f"{src}: changed since the last scan; run `vdc-lake scan` and export again"
+            return f"{src}: the copy does not match the original (hash {written}); check the destination disk"
+        _rename_no_replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a half copy (say, on a full disk) is not left in --to
         raise
-    if written != expected_hash:
-        tmp.unlink()
-        if content_hash(src) != expected_hash:
-            return f"{src}: changed since the last scan; run `vdc-lake scan` and export again"
-        return f"{src}: the copy does not match the original (hash {written}); check the destination disk"
-    os.replace(tmp, dst)
     return None
 
 
+def _rename_no_replace(tmp: Path, dst: Path) -> None:
+    """Give the complete file `tmp` the name `dst`, atomically, never over an existing file
+    (FileExistsError then). A hard link does both; where the filesystem has none (FAT, exFAT,
+    some network shares) the name is checked first (the export's targets are unique, so only a
+    loosely matching filesystem makes two of them meet)."""
+    try:
+        os.link(tmp, dst, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "File exists", str(dst)) from e
+        os.rename(tmp, dst)
+        return
+    tmp.unlink()
+
+
 class _TreeWriter:
-    """Links or copies each image to TO/<root label>/<rel_path>."""
+    """Links or copies each image to TO/<its target> (see export_targets)."""
 
-    def __init__(self, to_dir: Path, fmt: str, roots: Iterable[str]):
+    def __init__(self, to_dir: Path, fmt: str):
         self.to_dir, self.fmt = to_dir, fmt
-        self.labels = root_labels(roots)
-
-    def target(self, row: dict) -> str:
-        return f"{self.labels[row['root']]}/{row['rel_path']}"
 
     def write(self, row: dict) -> tuple[str | None, str | None, int]:
         """(export path, error, bytes) for one manifest row; runs in a worker thread."""
-        target = self.target(row)
+        target = row[_TARGET]
         dst = self.to_dir / target
         # Resolved before any folder is made: a symlink on the way (say, a link to a folder that an
         # earlier row of an edited catalog placed) must not lead outside --to. Nothing is replaced.
-        if not is_inside(dst.parent, self.to_dir) or os.path.lexists(dst):
-            return None, f"{row['path']}: refused, {dst} lies outside --to {self.to_dir} or exists already", 0
-        error = _place(row["path"], dst, self.fmt, row["content_hash"], self.to_dir)
+        if not is_inside(dst.parent, self.to_dir):
+            return None, f"{row['path']}: refused, {dst} lies outside --to {self.to_dir}", 0
+        if os.path.lexists(dst):
+            return None, _taken(row["path"], dst), 0
+        error = _place(row, dst, self.fmt, self.to_dir)
         return (None, error, 0) if error else (target, None, row["size_bytes"] or 0)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class _SourceChecker:
+    """The manifest format: checks each file is still the one the catalog describes; writes nothing."""
+
+    def write(self, row: dict) -> tuple[str | None, str | None, int]:
+        error = _source_error(row)
+        return (None, error, 0) if error else (None, None, row["size_bytes"] or 0)
 
     def close(self) -> None:
         pass
@@ -414,6 +658,8 @@ def _read_verified(row: dict) -> tuple[bytes | None, str | None]:
     try:
         with open(row["path"], "rb") as f:
             data = f.read()
+    except FileNotFoundError:
+        return None, f"{row['path']}: the original is gone; run `vdc-lake scan` again"
     except OSError as e:
         return None, f"{row['path']}: {e.strerror or e}"
     if xxhash.xxh3_128_hexdigest(data) != row["content_hash"]:
@@ -440,7 +686,7 @@ class _WebDatasetWriter:
         return _read_verified(row)
 
     def finish_row(self, row: dict, data: bytes) -> str:
-        record = {k: v for k, v in row.items() if k != "export_path"}
+        record = {k: v for k, v in row.items() if k not in ("export_path", _MTIME, _TARGET)}
         try:
             self.shards.add(row["key"], _extension(row["rel_path"], row["format"]), data, record)
         except OSError as e:
@@ -460,28 +706,52 @@ class _WebDatasetWriter:
 
 # -- manifest ------------------------------------------------------------------------------------
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `path` so that it appears only complete (and on disk): a hidden temp file, fsync, rename."""
+    tmp = path.with_name(f".vdc-{path.name}.part")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_manifest(table: pa.Table, to_dir: Path) -> Path:
     parquet_path = to_dir / f"{MANIFEST_STEM}.parquet"
-    pq.write_table(table, parquet_path)
-    pa_csv.write_csv(table, to_dir / f"{MANIFEST_STEM}.csv")
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    _write_atomic(parquet_path, sink.getvalue())
+    sink = io.BytesIO()
+    pa_csv.write_csv(table, sink)
+    _write_atomic(to_dir / f"{MANIFEST_STEM}.csv", sink.getvalue())
     return parquet_path
 
 
 def _write_files(table: pa.Table, to_dir: Path, fmt: str, shard_bytes: int, summary: ExportSummary,
-                 quiet: bool) -> pa.Array:
-    """Link, copy or shard every row of the manifest; returns each row's export path (None = skipped)."""
+                 quiet: bool) -> tuple[pa.Array, pa.Array]:
+    """Check, link, copy or shard every row of the manifest; returns each row's export path (None for
+    the manifest format) and whether it was exported (False = skipped, the reason in summary.errors)."""
     if fmt == "webdataset":
-        writer: _TreeWriter | _WebDatasetWriter = _WebDatasetWriter(to_dir, shard_bytes)
+        writer: _TreeWriter | _WebDatasetWriter | _SourceChecker = _WebDatasetWriter(to_dir, shard_bytes)
+    elif fmt == "manifest":
+        writer = _SourceChecker()
     else:
-        writer = _TreeWriter(to_dir, fmt, pc.unique(table.column("root")).to_pylist())
+        writer = _TreeWriter(to_dir, fmt)
     placed: list[str | None] = []
+    kept: list[bool] = []
     threads = min(IO_THREADS, worker_count(None))
     try:
         with ThreadPoolExecutor(threads) as pool, progress_bar(table.num_rows, f"export {fmt}", quiet=quiet) as bar:
             for batch in table.to_batches(max_chunksize=BATCH_ROWS):
                 rows = batch.to_pylist()
                 for row, result in zip(rows, _in_order(writer.write, rows, pool, 4 * threads)):
-                    placed.append(_record(writer, row, result, summary))
+                    ok, path = _record(writer, row, result, summary)
+                    kept.append(ok)
+                    placed.append(path)
                     bar.update()
     except BaseException:
         writer.abort()  # no half-written shard is renamed into place
@@ -489,25 +759,26 @@ def _write_files(table: pa.Table, to_dir: Path, fmt: str, shard_bytes: int, summ
     writer.close()
     if isinstance(writer, _WebDatasetWriter):
         summary.shards = writer.shards.count
-    return pa.array(placed, pa.string())
+    return pa.array(placed, pa.string()), pa.array(kept, pa.bool_())
 
 
-def _record(writer: _TreeWriter | _WebDatasetWriter, row: dict, result: tuple, summary: ExportSummary) -> str | None:
-    """Account for one written (or failed) row; returns its export path or None."""
+def _record(writer: _TreeWriter | _WebDatasetWriter | _SourceChecker, row: dict, result: tuple,
+            summary: ExportSummary) -> tuple[bool, str | None]:
+    """Account for one written (or failed) row; returns (exported, its export path)."""
     if isinstance(writer, _WebDatasetWriter):
         data, error = result
         if error is None:
             summary.bytes += len(data)
-            return writer.finish_row(row, data)
+            return True, writer.finish_row(row, data)
     else:
         target, error, n_bytes = result
         if error is None:
             summary.bytes += n_bytes
-            return target
+            return True, target
     summary.skipped += 1
     if len(summary.errors) < MAX_ERRORS_KEPT:
         summary.errors.append(error)
-    return None
+    return False, None
 
 
 def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest", view: str = "curated",
@@ -519,7 +790,8 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
     yields image_id. shard_size_mb: target WebDataset shard size, in MiB. The catalog is only read
     (open it read-only); the originals too. Every file is written inside `to_dir`. Files changed
     or gone since the scan are skipped: left out of the manifest, counted in `skipped` and
-    described in `errors`.
+    described in `errors`. An interrupted export into `to_dir` is replaced (see `notes`);
+    TO/export.json is written last, once everything else is complete and on disk.
     """
     if fmt not in FORMATS:
         raise StageError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -528,29 +800,36 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
     to_dir = Path(to_dir).expanduser().resolve()
     params = {"to": str(to_dir), "format": fmt, "view": view, "shard_size_mb": shard_size_mb, "overwrite": overwrite}
     started = dt.datetime.now()
-    table = manifest_rows(catalog, view)
+    table = _rows_to_export(catalog, view)
     _check_paths(table)
     _check_roots(catalog, table)
+    roots = pc.unique(table.column("root")).to_pylist()
+    if fmt == "hardlink":
+        _check_one_filesystem(roots, to_dir)
     catalog_run = catalog.scalar("SELECT max(run_id) FROM runs")
-    _prepare_destination(catalog, to_dir, overwrite)
+    note = _prepare_destination(catalog, to_dir, overwrite, params)
     catalog.release()  # file work ahead; writers may open the catalog meanwhile
-    summary = ExportSummary(str(to_dir), fmt, view)
-    keys = [image_key(i) for i in table.column("image_id").to_pylist()]
-    table = table.append_column("key", pa.array(keys, pa.string()))
-    if fmt == "manifest":
-        placed = pa.nulls(table.num_rows, pa.string())
-        summary.bytes = int(pc.sum(table.column("size_bytes")).as_py() or 0)
-    else:
-        placed = _write_files(table, to_dir, fmt, int(shard_size_mb * 2**20), summary, quiet)
+    summary = ExportSummary(str(to_dir), fmt, view, notes=[note] if note else [])
+    keys = pa.array([image_key(i) for i in table.column("image_id").to_pylist()], pa.string())
+    table = table.append_column("key", keys)
+    if fmt in ("symlink", "hardlink", "copy"):
+        table = table.append_column(_TARGET, export_targets(table.column("root").combine_chunks(),
+                                                            table.column("rel_path").combine_chunks(), keys,
+                                                            ignore_case=_ignores_case(to_dir)))
+    placed, kept = _write_files(table, to_dir, fmt, int(shard_size_mb * 2**20), summary, quiet)
+    table = table.drop_columns([c for c in (_MTIME, _TARGET) if c in table.column_names])
     table = table.append_column("export_path", placed)
     if summary.skipped:
-        table = table.filter(pc.is_valid(table.column("export_path")))
+        table = table.filter(kept)
     summary.images = table.num_rows
+    if fmt in ("copy", "webdataset"):
+        os.sync()  # the bytes written are on disk before the manifest and the record say they are there
     summary.manifest = str(_write_manifest(table, to_dir))
     summary.record = str(to_dir / RECORD_NAME)
     record = {"tool_version": __version__, "catalog": str(catalog.path), "catalog_run": catalog_run,
               "started_at": started.isoformat(timespec="seconds"),
               "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
               "params": params, "summary": asdict(summary)}
-    (to_dir / RECORD_NAME).write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
+    _write_atomic(to_dir / RECORD_NAME, (json.dumps(record, indent=1, default=str) + "\n").encode())
+    (to_dir / RUNNING_NAME).unlink(missing_ok=True)  # export.json says it is finished; the mark is not needed
     return summary
