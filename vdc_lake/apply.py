@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,8 +49,8 @@ import pyarrow as pa
 from vdc_lake.catalog import Catalog
 from vdc_lake.confine import (is_inside, is_plain_relative, is_recorded_root, recorded_roots, root_overlap,
                               scanned_roots)
-from vdc_lake.errors import PlanError
-from vdc_lake.files import content_hash, decode_check, inspect_header
+from vdc_lake.errors import PlanError, disk_full_error
+from vdc_lake.files import content_hash, decode_check, errno_text, inspect_header
 from vdc_lake.imageops import ACTIONS, RESTORE_SUFFIX
 from vdc_lake.leftovers import remove_leftovers, remove_leftovers_of
 from vdc_lake.parallel import get_mapper, progress_bar
@@ -93,6 +94,7 @@ class ApplySummary:
     skipped: int = 0
     refused: int = 0        # paths outside their scanned root (an edited catalog): journal 'refused'
     failed: int = 0
+    rewritten: int = 0      # done operations that wrote a new version (resize, recompress, rotate): not sanitized yet
     errors: list[str] = field(default_factory=list)
 
 
@@ -226,7 +228,7 @@ def _add_hard_links(catalog: Catalog, rows: list[dict[str, Any]], metas: list[di
 def _set_metadata(path: Path, meta: dict[str, Any]) -> None:
     """Give a regular file the recorded owner, group, mode and times, as far as the OS allows
     (chown needs root or the same owner; an EPERM leaves the owner as it is)."""
-    if "mode" not in meta:
+    if "mode" not in meta or os.path.islink(path):  # never through a link: its target is not ours
         return
     with contextlib.suppress(OSError):
         os.chown(path, meta["uid"], meta["gid"])
@@ -322,7 +324,7 @@ def _journal_rows(catalog: Catalog, plan: Plan, run_id: int, backup_root: Path |
         "action": [r["action"] for r in rows],
         "params": [json.dumps(p, default=str) for p in params],
         "src": [r["src"] for r in rows],
-        "dst": [ACTIONS[r["action"]].destination(r["src"], p) for r, p in zip(rows, params)],
+        "dst": _destinations(catalog, rows, params),
         "backup": [
             str(_backup_path(backup_root, run_id, r["root"], r["rel_path"])) if backup_root else None for r in rows
         ],
@@ -330,6 +332,27 @@ def _journal_rows(catalog: Catalog, plan: Plan, run_id: int, backup_root: Path |
         "state": ["planned"] * len(rows),
         "ts": pa.array([now] * len(rows), pa.timestamp("us")),
     })
+
+
+def _destinations(catalog: Catalog, rows: list[dict[str, Any]], params: list[dict[str, Any]]) -> list[str]:
+    """Each operation's output path. A new name (recompress: NAME.webp) is one no file has now, no
+    other operation of the plan writes, and no image of the catalog holds (its file may be away
+    for a moment): two outputs, or an output and another image, never share a path."""
+    dsts = [ACTIONS[r["action"]].destination(r["src"], p) for r, p in zip(rows, params)]
+    moved = [i for i, (r, d) in enumerate(zip(rows, dsts)) if d != r["src"]]
+    taken: set[str] = set()
+    while moved:
+        claimed: set[str] = set()
+        for i in moved:
+            dsts[i] = ACTIONS[rows[i]["action"]].destination(rows[i]["src"], params[i], taken | claimed)
+            claimed.add(dsts[i])
+        with catalog.registered("output_paths", pa.table({"path": pa.array(sorted(claimed), pa.string())})):
+            held = {path for (path,) in catalog.rows(
+                "SELECT o.path FROM output_paths o JOIN images i ON i.root || '/' || i.rel_path = o.path")}
+        if not held:
+            break
+        taken |= held
+    return dsts
 
 
 # -- one operation -----------------------------------------------------------------------------
@@ -392,7 +415,7 @@ def _already_done(op: dict[str, Any], meta: dict[str, Any], src: Path, dst: Path
         return not os.path.lexists(src) and (op["action"] == "delete" or dst.exists())
     if meta.get("link") is not None:
         return os.path.lexists(src) and not src.is_symlink()  # the link was replaced by the output
-    return src.exists() and not _verified(src, op["checksum_before"])
+    return not src.is_symlink() and src.exists() and not _verified(src, op["checksum_before"])
 
 
 def _skipped(op: dict[str, Any], error: str) -> dict[str, Any]:
@@ -476,11 +499,31 @@ def execute_op(op: dict[str, Any]) -> dict[str, Any]:
                 return _skipped(op, f"skipped: reason no longer holds for {src}: {why}")
         if op["backup"] is not None and not _backup_ok(op, meta):
             make_backup(src, Path(op["backup"]), op["checksum_before"], meta)
-        with _private_files():
-            ACTIONS[op["action"]].run(src, dst, options)
+        _act(op, src, dst, options)
         return _finished(op, meta, dst, resumed=False)
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; it is journaled
-        return {"op_id": op["op_id"], "state": "failed", "error": f"{type(e).__name__}: {e}"}
+        return {"op_id": op["op_id"], "state": "failed", "error": _failure_text(op, e)}
+
+
+def _act(op: dict[str, Any], src: Path, dst: Path, options: dict[str, Any]) -> None:
+    """Run the action. When it fails after writing a new file (a recompress whose original cannot
+    be removed), that new file is removed again: a failed operation leaves the tree as it was."""
+    new_name = dst != src and not os.path.lexists(dst)
+    try:
+        with _private_files():
+            ACTIONS[op["action"]].run(src, dst, options)
+    except BaseException:
+        if new_name and os.path.lexists(src) and os.path.lexists(dst):
+            dst.unlink()
+        raise
+
+
+def _failure_text(op: dict[str, Any], error: Exception) -> str:
+    """One line for a failed operation: what it was doing to which file, and why."""
+    if isinstance(error, OSError) and error.errno is not None:
+        where = " -> ".join(os.fsdecode(f) for f in (error.filename, error.filename2) if f is not None)
+        return f"{op['action']} of {op['src']} failed: {errno_text(error)}" + (f" ({where})" if where else "")
+    return f"{op['action']} of {op['src']} failed: {type(error).__name__}: {error}"
 
 
 def _finished(op: dict[str, Any], meta: dict[str, Any], dst: Path, *, resumed: bool) -> dict[str, Any]:
@@ -582,6 +625,7 @@ def _count(summary: ApplySummary, result: dict[str, Any]) -> None:
     if state == "done":
         summary.done += 1
         summary.resumed += int(result.get("resumed", False))
+        summary.rewritten += int("facts" in result)
     elif state == "skipped":
         summary.skipped += 1
     elif state == "refused":
@@ -629,14 +673,16 @@ def apply_plan(
     if backup_dir is None and not no_backup:
         raise PlanError("apply needs --backup-dir DIR (or an explicit --no-backup to change files without a copy)")
     backup_root = None if no_backup else check_backup_folder(catalog, backup_dir)
+    if backup_root is not None and len(plan):
+        _check_writable(backup_root)
     resumed = resume_unfinished(catalog, quiet=quiet, backend=backend)
     if len(plan) == 0:
         return ApplySummary(None, resumed=resumed.done, skipped=resumed.skipped, refused=resumed.refused,
-                            failed=resumed.failed, errors=resumed.errors)
+                            failed=resumed.failed, rewritten=resumed.rewritten, errors=resumed.errors)
     options = dict(plan.options, backup_dir=str(backup_root) if backup_root else None, no_backup=no_backup)
     with catalog.run(f"apply:{plan.decision}", options) as run_id:
         summary = ApplySummary(run_id, planned=len(plan))
-        summary.resumed, summary.refused = resumed.done, resumed.refused
+        summary.resumed, summary.refused, summary.rewritten = resumed.done, resumed.refused, resumed.rewritten
         rows = _journal_rows(catalog, plan, run_id, backup_root, _sanitize_pixel_limit(catalog))
         with catalog.transaction():
             op_ids = catalog.next_ids("op_id_seq", len(plan))
@@ -646,6 +692,23 @@ def apply_plan(
         summary.errors = resumed.errors + summary.errors
         catalog.finish_run(run_id, summary=asdict(summary), status="done")
     return summary
+
+
+def _check_writable(backup_root: Path) -> None:
+    """Make the backup folder and write a file in it, before any operation is journaled: a folder
+    that cannot be written is one error, not a failed operation per file."""
+    try:
+        backup_root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=backup_root, prefix=".vdc-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        full = disk_full_error(e)
+        if full is not None:
+            raise full from e
+        where = f": {os.fsdecode(e.filename)}" if e.filename else ""
+        raise PlanError(f"cannot write backups to {backup_root} ({errno_text(e)}{where}); choose a folder you can "
+                        "write to, outside every scanned root") from e
 
 
 def _sanitize_pixel_limit(catalog: Catalog) -> int | None:
@@ -704,7 +767,9 @@ def _user_changed(op: dict[str, Any], meta: dict[str, Any]) -> list[Path]:
 
 
 def _classify(op: dict[str, Any], force: bool) -> tuple[str, str | None]:
-    """What restore would do with op: original | restore | no_backup | conflict | failed, and why."""
+    """What restore would do with op: original | cleanup | untouched | restore | no_backup | conflict |
+    failed, and why. `untouched`: a failed operation (it changes nothing: its output is removed
+    when it fails) whose file was changed since by a later run or the user; nothing to undo."""
     src, dst = Path(op["src"]), Path(op["dst"] or op["src"])
     meta = (json.loads(op["params"] or "{}").get("file")) or {"link": None}
     if _holds_bytes(src, op["checksum_before"], meta):
@@ -712,6 +777,8 @@ def _classify(op: dict[str, Any], force: bool) -> tuple[str, str | None]:
             return "original", None
         if op["state"] != "done":
             return "cleanup", None  # an interrupted recompress: only its output is left to remove
+    elif op["state"] == "failed":
+        return "untouched", None  # a failed operation changed nothing: what is there now is another's doing
     if op["backup"] is None:
         return "no_backup", f"{src}: changed with --no-backup; nothing to restore from"
     if not _backup_ok(op, meta):
@@ -818,6 +885,8 @@ def _restore_one(op: dict[str, Any], summary: RestoreSummary, stamp: str) -> tup
 
 
 def _tally(summary: RestoreSummary, outcome: str, error: str | None) -> None:
+    if outcome == "untouched":
+        return
     if outcome == "restore":
         summary.restored += 1
     elif outcome == "original":

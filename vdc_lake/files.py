@@ -36,8 +36,11 @@ DECODE_ACTIONS = {"corrupt": "delete", "truncated": "delete", "missing": "none",
 
 
 def content_hash(path: str | os.PathLike) -> str:
-    """xxh3-128 of the file's bytes, hex."""
-    with open(path, "rb") as f:
+    """xxh3-128 of the file's bytes, hex. OSError (EINVAL) for something that is not a regular file:
+    a named pipe swapped in for an image must not block the reader forever."""
+    with open(path, "rb", opener=_nonblocking) as f:
+        if kind := _not_regular(f):
+            raise OSError(errno.EINVAL, f"not a regular file ({kind})", os.fsdecode(path))
         return stream_hash(f)[0]
 
 

@@ -1,4 +1,6 @@
-"""File operations the apply engine can carry out, each writing through a temp file + os.replace.
+"""File operations the apply engine can carry out, each writing through a temp file that must
+decode completely before it takes the file's place (os.replace), or a new name (recompress: a
+name no other file has, never replaced).
 
 Encoders keep what they can of the original: JPEG quantisation tables and chroma subsampling
 (what Pillow's quality="keep" does, made explicit so it also works on resized pixels), the
@@ -13,14 +15,15 @@ written TIFF is upright and carries no orientation tag.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from PIL import Image, JpegImagePlugin, TiffImagePlugin
 
-from vdc_lake.files import default_max_pixels, open_image
+from vdc_lake.files import content_hash, decode_check, default_max_pixels, open_image
 
 TMP_SUFFIX = ".vdc-tmp"       # apply's temp files (and backups being copied) end with this
 RESTORE_SUFFIX = ".vdc-restore"  # restore's temp files
@@ -103,18 +106,51 @@ def _encoder_options(original: Image.Image, fmt: str, mode: str | None = None) -
     return options
 
 
-def write_atomic(img: Image.Image, dst: Path, fmt: str, options: dict[str, Any]) -> None:
-    """Encode into a temp file next to dst, fsync, and os.replace it over dst."""
+def write_atomic(img: Image.Image, dst: Path, fmt: str, options: dict[str, Any], *, overwrite: bool = True) -> None:
+    """Encode into a temp file next to dst, fsync, check that it decodes completely, and move it
+    to dst: os.replace when `overwrite` (dst is the file being rewritten), else a hard link that
+    never replaces an existing file (a new name: an existing dst is refused, FileExistsError,
+    unless it holds exactly these bytes, i.e. an earlier, interrupted run of the same operation)."""
     tmp = _tmp_for(dst)
     try:
         with open(tmp, "wb") as f:
             img.save(f, format=fmt, **options)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, dst)
+        _check_decodes(tmp, img.width * img.height)
+        if overwrite:
+            os.replace(tmp, dst)
+        else:
+            _link_new(tmp, dst)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _check_decodes(path: Path, pixels: int) -> None:
+    """OSError when the file just written does not decode completely (an encoder failure must
+    never replace a good image)."""
+    result = decode_check(str(path), max_pixels=max(pixels, 1), with_descriptor=False)
+    if result.error is not None:
+        raise OSError(f"the written file does not decode ({result.error}); the original is unchanged")
+
+
+def _link_new(tmp: Path, dst: Path) -> None:
+    """Give tmp the name dst without replacing anything already there (see write_atomic)."""
+    try:
+        os.link(tmp, dst)
+        return
+    except FileExistsError:
+        pass
+    except OSError as e:  # a filesystem without hard links: check, then rename
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if not os.path.lexists(dst):
+            os.rename(tmp, dst)
+            return
+    if os.path.islink(dst) or not os.path.isfile(dst) or content_hash(dst) != content_hash(tmp):
+        raise FileExistsError(errno.EEXIST, "another file already has the output's name; move it away and run "
+                              "apply again", str(dst))
 
 
 def _output_format(original: Image.Image) -> str:
@@ -152,7 +188,7 @@ def recompress_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
         encoder = _encoder_options(img, fmt, image.mode)
     if fmt == "WEBP":
         encoder.update(quality=int(options.get("recompress_quality", 80)), method=6)
-    write_atomic(image, dst, fmt, encoder)
+    write_atomic(image, dst, fmt, encoder, overwrite=dst == src)
     if dst != src:
         src.unlink()
 
@@ -175,12 +211,19 @@ def delete_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
     src.unlink(missing_ok=True)
 
 
-def recompress_destination(src: str, options: dict[str, Any]) -> str:
+def recompress_destination(src: str, options: dict[str, Any], taken: Collection[str] = ()) -> str:
+    """Where a recompressed src goes: NAME.webp (the format's extension), or NAME.recompressed.webp,
+    NAME.recompressed-2.webp, ... when that name is in use: an entry on disk (a dangling link
+    too) or in `taken` (paths other operations write, or images the catalog holds)."""
     fmt = str(options.get("recompress_format", "WEBP")).lower()
     path = Path(src)
     target = path.with_suffix("." + fmt)
-    if target != path and target.exists():
-        target = path.with_name(path.stem + ".recompressed." + fmt)
+    if target == path:
+        return str(target)  # rewritten in place
+    n = 1
+    while os.path.lexists(target) or str(target) in taken:
+        target = path.with_name(f"{path.stem}.recompressed{'' if n == 1 else f'-{n}'}.{fmt}")
+        n += 1
     return str(target)
 
 
@@ -190,13 +233,14 @@ class Action:
 
     name: str
     run_fn: Callable[[Path, Path, dict[str, Any]], None]
-    destination_fn: Callable[[str, dict[str, Any]], str] = lambda src, options: src
+    destination_fn: Callable[..., str] = lambda src, options, taken=(): src
 
     def run(self, src: Path, dst: Path, options: dict[str, Any]) -> None:
         self.run_fn(src, dst, dict(options, action=self.name))
 
-    def destination(self, src: str, options: dict[str, Any]) -> str:
-        return self.destination_fn(src, options)
+    def destination(self, src: str, options: dict[str, Any], taken: Collection[str] = ()) -> str:
+        """The output path; `taken`: paths that are not free though nothing may be there yet."""
+        return self.destination_fn(src, options, taken)
 
 
 ACTIONS: dict[str, Action] = {
