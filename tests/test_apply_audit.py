@@ -1,0 +1,292 @@
+"""Hostile audit of apply and restore (session 4): output names that are taken, kills at chosen
+points of an operation (a real SIGKILL of a subprocess, at a patched step), operations that fail
+half-way (immutable files), a resumed operation meeting a symlink, an unwritable backup folder,
+and a file that turned into a named pipe. test_file_safety, test_crash and test_apply cover the
+rest; nothing here repeats them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import file_hash, tree_hashes
+from vdc_lake.catalog import Catalog
+from vdc_lake.imageops import ACTIONS
+
+RULES_TOML = "[sanitize]\nmax_width = 200\nmax_height = 200\nmax_file_size_mb = 0.03\nbuiltin_descriptor = false\n"
+
+
+def _image(path: Path, size: tuple[int, int], seed: int, fmt: str = "JPEG") -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, fmt)
+    return path
+
+
+def _scanned(tmp_path: Path, run_cli, files: dict[str, tuple]) -> tuple[Path, Path, Path]:
+    """data/ with `files` ({rel: (size, seed, format)}), scanned and sanitized with tight limits
+    (BMP/TIFF of 160x120 are over 0.03 MB: recompress; 40x40: delete; 300x250: resize)."""
+    root, config, catalog = tmp_path / "data", tmp_path / "rules.toml", tmp_path / "c.duckdb"
+    for rel, (size, seed, fmt) in files.items():
+        _image(root / rel, size, seed, fmt)
+    config.write_text(RULES_TOML)
+    for args in (["scan", root], ["sanitize"]):
+        result = run_cli(args, catalog, config=config)
+        assert result.exit_code == 0, result.output
+    return root, catalog, config
+
+
+def _journal(catalog: Path) -> dict[str, dict]:
+    with Catalog(catalog, read_only=True) as c:
+        return {Path(r["src"]).name: r for r in c.arrow("SELECT * FROM journal ORDER BY op_id").to_pylist()}
+
+
+def _present_paths(catalog: Path) -> list[str]:
+    with Catalog(catalog, read_only=True) as c:
+        return [p for (p,) in c.rows("SELECT rel_path FROM images WHERE present ORDER BY rel_path")]
+
+
+def _cli_killed_at(catalog: Path, config: Path, args: list, patch: str) -> subprocess.CompletedProcess:
+    """`vdc-lake ARGS` in a subprocess whose `patch` (Python run first) SIGKILLs it at a chosen step."""
+    code = f"import os, signal, pathlib\nimport vdc_lake.apply as a\n{patch}\nfrom vdc_lake.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, "--catalog", str(catalog), "--config", str(config), "-q",
+                           *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def _one_error_line(result) -> str:
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+# -- 1. a recompressed file's new name is never another file's --------------------------------------
+
+def test_recompress_outputs_never_replace_a_file_another_output_or_a_catalogued_image(tmp_path, run_cli):
+    """x.bmp and x.tif both become WebP; y.webp, y.recompressed.webp (the user's, made after the
+    scan) and a dangling link z.webp hold the first names; w.webp is a catalogued image whose file
+    is away for a moment. Before: x.tif's output replaced x.bmp's (and the catalog was then
+    "damaged", two present images on one path, so even restore refused), the user's files were
+    overwritten and the link replaced."""
+    files = {name: ((160, 120), seed, fmt) for seed, (name, fmt) in enumerate(
+        [("x.bmp", "BMP"), ("x.tif", "TIFF"), ("y.bmp", "BMP"), ("z.bmp", "BMP"), ("w.bmp", "BMP")])}
+    files["w.webp"] = ((120, 90), 9, "WEBP")
+    root, catalog, config = _scanned(tmp_path, run_cli, files)
+    (root / "y.webp").write_bytes(b"the user's own y.webp")
+    (root / "y.recompressed.webp").write_bytes(b"the user's own y.recompressed.webp")
+    (root / "z.webp").symlink_to("nowhere.webp")
+    shutil.move(root / "w.webp", tmp_path / "w.webp")
+    before = tree_hashes(root)
+
+    result = run_cli(["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"], catalog, config=config)
+    assert result.exit_code == 0, result.output
+    dst = {name: Path(row["dst"]).name for name, row in _journal(catalog).items()}
+    assert dst == {"x.bmp": "x.webp", "x.tif": "x.recompressed.webp", "y.bmp": "y.recompressed-2.webp",
+                   "z.bmp": "z.recompressed.webp", "w.bmp": "w.recompressed.webp"}
+    assert "5 rewritten files (verified to decode) are new image versions: run `vdc-lake sanitize`" in result.output
+    now = tree_hashes(root)
+    for rel in ("y.webp", "y.recompressed.webp", "z.webp"):
+        assert now[rel] == before[rel], rel
+    for name, out in dst.items():
+        with Image.open(root / out) as img:
+            assert (img.format, img.size) == ("WEBP", (160, 120)), out
+        assert not (root / name).exists()
+    assert _present_paths(catalog) == sorted(["w.webp", *dst.values()])  # one image per path
+
+    shutil.move(tmp_path / "w.webp", root / "w.webp")
+    result = run_cli(["restore"], catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert tree_hashes(root) == dict(before, **{"w.webp": file_hash(root / "w.webp")})
+    assert _present_paths(catalog) == sorted(files)
+
+
+# -- 2. a kill between the plan and the act, or between the output and the original's removal -----
+
+def test_a_name_taken_while_apply_was_killed_is_refused_and_an_own_output_is_finished(tmp_path, run_cli):
+    """apply killed (SIGKILL) right after journaling its plan; the user then makes a file under the
+    journaled output name: the resumed apply fails that operation and touches neither file (before:
+    it replaced the user's file). Killed after the output was written, before the original was
+    removed: the resumed apply recognises its own output (the same bytes) and finishes."""
+    root, catalog, config = _scanned(tmp_path, run_cli, {"a.bmp": ((160, 120), 1, "BMP"),
+                                                          "b.bmp": ((160, 120), 2, "BMP")})
+    original = tree_hashes(root)
+    apply_args = ["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"]
+    killed = _cli_killed_at(catalog, config, apply_args,
+                            "a.execute_op = lambda op: os.kill(os.getpid(), signal.SIGKILL)")
+    assert killed.returncode == -9, killed.stderr
+    ops = _journal(catalog)
+    assert {r["state"] for r in ops.values()} == {"planned"} and tree_hashes(root) == original
+    (root / "a.webp").write_bytes(b"made by the user after the kill")
+
+    result = run_cli(apply_args, catalog, config=config)
+    assert result.exit_code == 1
+    line = _one_error_line(result)
+    assert line == "Error: 1 operations failed; see the journal table for details"
+    ops = _journal(catalog)
+    assert (ops["a.bmp"]["state"], ops["b.bmp"]["state"]) == ("failed", "done")
+    assert ops["a.bmp"]["error"] == (f"recompress of {root.resolve() / 'a.bmp'} failed: another file already has "
+                                     f"the output's name; move it away and run apply again ({root.resolve() / 'a.webp'}, "
+                                     "EEXIST)")
+    assert (root / "a.webp").read_bytes() == b"made by the user after the kill"
+    assert file_hash(root / "a.bmp") == original["a.bmp"]
+
+    # the same kill, one step later: after the output got its name, before a.bmp was removed
+    (root / "a.webp").unlink()
+    result = run_cli(["restore"], catalog, config=config)
+    assert result.exit_code == 0 and tree_hashes(root) == original, result.output
+    unlink = pathlib_unlink_killer("c.bmp")
+    _image(root / "c.bmp", (160, 120), 3, "BMP")
+    assert run_cli(["scan", root], catalog, config=config).exit_code == 0
+    assert run_cli(["sanitize"], catalog, config=config).exit_code == 0
+    original = tree_hashes(root)
+    killed = _cli_killed_at(catalog, config, apply_args, unlink)
+    assert killed.returncode == -9, killed.stderr
+    assert file_hash(root / "c.bmp") == original["c.bmp"] and (root / "c.webp").exists()
+    result = run_cli(apply_args, catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert not (root / "c.bmp").exists() and sorted(p.name for p in root.iterdir()) == ["a.webp", "b.webp", "c.webp"]
+    assert _journal(catalog)["c.bmp"]["state"] == "done"
+    result = run_cli(["restore"], catalog, config=config)
+    assert result.exit_code == 0 and tree_hashes(root) == original, result.output
+
+
+def pathlib_unlink_killer(name: str) -> str:
+    """A patch that SIGKILLs the process when it is about to remove a file called `name`."""
+    return (f"_unlink = pathlib.Path.unlink\n"
+            f"def unlink(self, *args, **kwargs):\n"
+            f"    if self.name == {name!r}:\n"
+            f"        os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"    return _unlink(self, *args, **kwargs)\n"
+            f"pathlib.Path.unlink = unlink")
+
+
+# -- 3. a resumed operation and a symlink -----------------------------------------------------------
+
+def test_a_resumed_operation_never_changes_a_file_through_a_symlink(tmp_path, run_cli):
+    """apply killed after resizing big.jpg, before journaling it; the user then put a symlink to a
+    file outside the root there. Resuming must not take the link's target for its output (before:
+    it chmod/chown/utime'd the target outside the root and recorded its bytes as the new version)."""
+    root, catalog, config = _scanned(tmp_path, run_cli, {"big.jpg": ((300, 250), 1, "JPEG"),
+                                                          "ok.jpg": ((120, 100), 2, "JPEG")})
+    apply_args = ["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"]
+    killed = _cli_killed_at(catalog, config, apply_args,
+                            "a._finished = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)")
+    assert killed.returncode == -9, killed.stderr
+    with Image.open(root / "big.jpg") as img:
+        assert img.size == (200, 167)  # the act happened; the journal still says planned
+    victim = _image(tmp_path / "elsewhere" / "victim.jpg", (90, 90), 7)
+    os.chmod(victim, 0o600)
+    os.utime(victim, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    shape = (os.stat(victim).st_mode, os.stat(victim).st_mtime_ns, file_hash(victim))
+    (root / "big.jpg").unlink()
+    (root / "big.jpg").symlink_to(victim)
+
+    result = run_cli(apply_args, catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert (os.stat(victim).st_mode, os.stat(victim).st_mtime_ns, file_hash(victim)) == shape
+    assert (root / "big.jpg").is_symlink()
+    op = _journal(catalog)["big.jpg"]
+    assert op["state"] == "skipped" and op["error"].endswith("changed since it was scanned; run `vdc-lake scan` "
+                                                             "and plan again"), op
+
+
+# -- 4. the backup folder must be writable before anything is journaled ------------------------------
+
+def test_a_backup_folder_that_cannot_be_made_is_one_error_and_nothing_is_journaled(tmp_path, run_cli):
+    root, catalog, config = _scanned(tmp_path, run_cli, {"tiny.jpg": ((40, 40), 1, "JPEG"),
+                                                          "big.jpg": ((300, 250), 2, "JPEG")})
+    before = tree_hashes(root)
+    (tmp_path / "a_file").write_text("not a folder")
+    result = run_cli(["apply", "sanitize", "--backup-dir", tmp_path / "a_file" / "bk", "--apply"], catalog,
+                     config=config)
+    assert result.exit_code == 1
+    assert _one_error_line(result) == (
+        f"Error: cannot write backups to {tmp_path / 'a_file' / 'bk'} (Not a directory, ENOTDIR); choose a folder "
+        "you can write to, outside every scanned root")
+    assert tree_hashes(root) == before and _journal(catalog) == {}
+
+
+# -- 5. operations that fail half-way (immutable files and folders) ----------------------------------
+
+@pytest.fixture
+def immutable(tmp_path):
+    """chattr +i PATH (root on a filesystem with the flag); every path is made mutable again after."""
+    marked: list[Path] = []
+
+    def mark(*paths: Path, on: bool = True) -> None:
+        for path in paths:
+            subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True, capture_output=True)
+            (marked.append if on else marked.remove)(path)
+
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    if os.geteuid() != 0 or not shutil.which("chattr") or subprocess.run(
+            ["chattr", "+i", str(probe)], capture_output=True).returncode != 0:
+        pytest.skip("needs root and a filesystem with chattr +i")
+    subprocess.run(["chattr", "-i", str(probe)], check=True)
+    yield mark
+    for path in marked:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+def test_operations_that_fail_half_way_leave_the_tree_as_it_was_and_restore_undoes_only_what_was_done(
+        tmp_path, run_cli, immutable):
+    """An original that cannot be removed (immutable): its recompress fails after writing the WebP,
+    which must go again (before: it stayed, and each apply added one more, x.recompressed.webp...);
+    its delete fails. A folder that cannot be written: its resize fails. Each is one journaled line.
+    Once they are mutable a second run does them; restoring the first run (whose operations changed
+    nothing) must leave the second run's work alone (before: it undid it and reported backups
+    missing for the operations that never made one)."""
+    files = {"x.bmp": ((160, 120), 1, "BMP"), "tiny.jpg": ((40, 40), 2, "JPEG"),
+             "locked/big.jpg": ((300, 250), 3, "JPEG"), "ok.jpg": ((120, 100), 4, "JPEG")}
+    root, catalog, config = _scanned(tmp_path, run_cli, files)
+    original = tree_hashes(root)
+    immutable(root / "x.bmp", root / "tiny.jpg", root / "locked")
+    apply_args = ["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"]
+
+    result = run_cli(apply_args, catalog, config=config)
+    assert result.exit_code == 1
+    assert _one_error_line(result) == "Error: 3 operations failed; see the journal table for details"
+    assert tree_hashes(root) == original  # no x.webp, no temp file
+    ops = _journal(catalog)
+    assert {r["state"] for r in ops.values()} == {"failed"}
+    real = root.resolve()
+    for name, action in (("x.bmp", "recompress"), ("tiny.jpg", "delete")):
+        assert ops[name]["error"] == f"{action} of {real / name} failed: Operation not permitted ({real / name}, EPERM)"
+    assert ops["big.jpg"]["error"].startswith(f"resize of {real / 'locked/big.jpg'} failed: Operation not permitted")
+    first_run = ops["x.bmp"]["run_id"]
+
+    immutable(root / "x.bmp", root / "tiny.jpg", root / "locked", on=False)
+    result = run_cli(apply_args, catalog, config=config)
+    assert result.exit_code == 0, result.output
+    after_second = tree_hashes(root)
+    assert sorted(after_second) == ["locked/big.jpg", "ok.jpg", "x.webp"]
+    result = run_cli(["restore", "--run", first_run], catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert result.output == "restored 0 files; 0 already original; 0 failed\n"
+    assert tree_hashes(root) == after_second
+    result = run_cli(["restore"], catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert tree_hashes(root) == original
+
+
+# -- 6. a named pipe is never read ------------------------------------------------------------------
+
+def test_a_checksum_of_a_named_pipe_fails_at_once_instead_of_waiting_for_a_writer(tmp_path):
+    """apply checks the bytes of a file, and of a backup, with content_hash: a pipe swapped in after
+    the type check must not block it forever (before: open() waited for a writer)."""
+    fifo = tmp_path / "image.jpg"
+    os.mkfifo(fifo)
+    code = ("from vdc_lake.files import content_hash\n"
+            f"try:\n    content_hash({str(fifo)!r})\nexcept OSError as e:\n    print(e)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert done.stdout.strip() == f"[Errno 22] not a regular file (a named pipe): '{fifo}'", done.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
