@@ -97,6 +97,35 @@ def override_decision(config: Config, **_: Any) -> DecisionQuery:
     return sql, [], {}
 
 
+def unsearched_dedup_warnings(catalog: Any, *, threshold: float | None = None,
+                              embedding_set: str | None = None) -> list[str]:
+    """One warning per embedding set whose dedup apply threshold (threshold, else the catalog's
+    per-set value, as dedup_actions() takes it) lies above the distance its newest dedup report
+    searched: pairs in between were never stored, so the decision acts as if at the smaller one."""
+    warnings = []
+    for name, apply_at, searched in catalog.rows(
+            """
+            WITH newest AS (
+                SELECT json_extract_string(params, '$.set') AS set_name, max(run_id) AS run_id
+                FROM runs WHERE stage = 'dedup-report' AND status = 'done' GROUP BY ALL
+            )
+            SELECT n.set_name, coalesce(?, t.apply_threshold, f.apply_threshold),
+                   json_extract(r.params, '$.threshold')::DOUBLE
+            FROM newest AS n
+            JOIN runs AS r ON r.run_id = n.run_id
+            LEFT JOIN dedup_thresholds AS t ON t.set_name = n.set_name
+            CROSS JOIN (SELECT apply_threshold FROM dedup_thresholds WHERE set_name IS NULL) AS f
+            WHERE ? IS NULL OR n.set_name = ?
+            ORDER BY n.set_name
+            """, [_number(threshold), embedding_set, embedding_set]):
+        if searched is not None and apply_at > searched:
+            warnings.append(f"warning: the dedup apply threshold of set {name} ({apply_at:g}) is above the distance "
+                            f"its newest dedup report searched ({searched:g}): pairs in between were not stored, so "
+                            f"dedup acts as if at {searched:g}; run `vdc-lake dedup report --set {name} "
+                            f"--report-threshold {apply_at:g}` to find them")
+    return warnings
+
+
 DECISIONS: dict[str, Callable[..., DecisionQuery]] = {
     "sanitize": sanitize_decision,
     "rotation": rotation_decision,

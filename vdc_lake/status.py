@@ -5,18 +5,32 @@ from __future__ import annotations
 from typing import Any
 
 from vdc_lake.catalog import Catalog
+from vdc_lake.decisions import unsearched_dedup_warnings
 
-# What each stage's decision would do at the catalog's settings (plan STAGE shows details).
+# What each stage's decision would do at the catalog's settings (plan STAGE shows details):
+# (the decision's rows, the actions it carries out).
 PENDING_VIEWS = {
-    "sanitize": "SELECT action, count(*) FROM sanitize_actions GROUP BY action ORDER BY action",
-    "rotation": "SELECT action, count(*) FROM rotation_actions() WHERE action <> 'none' GROUP BY action ORDER BY action",
-    "dedup": "SELECT action, count(*) FROM dedup_actions() WHERE action = 'delete' GROUP BY action",
-    "examples": "SELECT action, count(*) FROM example_actions() WHERE action = 'delete' GROUP BY action",
-    "score": "SELECT action, count(*) FROM score_actions(setting('filter_by_score', 'name')) "
-             "WHERE action = 'delete' GROUP BY action",
-    "sample": "SELECT action, count(*) FROM sample_actions() WHERE action = 'delete' GROUP BY action",
-    "override": "SELECT action, count(*) FROM override_actions WHERE action = 'delete' GROUP BY action",
+    "sanitize": ("sanitize_actions", "action <> 'none'"),
+    "rotation": ("rotation_actions()", "action <> 'none'"),
+    "dedup": ("dedup_actions()", "action = 'delete'"),
+    "examples": ("example_actions()", "action = 'delete'"),
+    "score": ("score_actions(setting('filter_by_score', 'name'))", "action = 'delete'"),
+    "sample": ("sample_actions()", "action = 'delete'"),
+    "override": ("override_actions", "action = 'delete'"),
 }
+# As `plan` counts them: an image with an operation an interrupted apply left unfinished is in
+# no plan (the next apply finishes that operation first); those operations are listed apart.
+PENDING_SQL = """
+    SELECT action, count(*) FROM {source}
+    WHERE {actions} AND image_id NOT IN (SELECT image_id FROM journal WHERE state = 'planned')
+    GROUP BY action ORDER BY action
+"""
+UNFINISHED_SQL = """
+    SELECT replace(r.stage, 'apply:', ''), j.action || ' (unfinished)', count(*)
+    FROM journal AS j JOIN runs AS r ON r.run_id = j.run_id
+    WHERE j.state = 'planned'
+    GROUP BY ALL ORDER BY ALL
+"""
 
 
 def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list[tuple[Any, ...]]]:
@@ -35,9 +49,11 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
     has_overrides = bool(catalog.scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'override_actions'"))
     pending = []
-    for stage, sql in PENDING_VIEWS.items():
+    for stage, (source, actions) in PENDING_VIEWS.items():
         if stage != "override" or has_overrides:
+            sql = PENDING_SQL.format(source=source, actions=actions)
             pending.extend((stage, action, n) for action, n in catalog.rows(sql))
+    pending.extend(catalog.rows(UNFINISHED_SQL))
     runs = catalog.rows(
         """
         SELECT run_id, stage, status, strftime(started_at, '%Y-%m-%d %H:%M:%S'),
@@ -46,24 +62,62 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
         """,
         [recent_runs],
     )
-    settings = catalog.rows(
-        """
-        SELECT section || '.' || key, value, source FROM settings
-        WHERE section IN ('rotation_correction', 'apply_deduplication', 'filter_by_examples', 'filter_by_score')
-          AND key NOT IN ('metric')
-        UNION ALL
-        SELECT 'dedup apply threshold, set ' || set_name, apply_threshold::VARCHAR, apply_source
-        FROM dedup_thresholds WHERE set_name IS NOT NULL
-        ORDER BY 1
-        """
-    )
+    settings = decision_settings_in_force(catalog)
     curated = catalog.scalar("SELECT count(*) FROM curated")
     # the user's overrides in force (keep: no decision removes the image; drop: the override stage deletes it)
     overrides = catalog.rows("SELECT override, count(*) FROM override_actions GROUP BY override ORDER BY override"
                              ) if has_overrides else []
     return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated,
             "overrides": overrides, "predict_failures": predict_failures(catalog),
-            "stale_sample": stale_sample(catalog)}
+            "stale_sample": stale_sample(catalog), "dedup_notes": dedup_threshold_notes(catalog)}
+
+
+# The settings rows `status` lists, in this order (apply_deduplication.threshold: per set, below).
+SHOWN_SETTINGS = [("rotation_correction", "threshold"), ("apply_deduplication", "keep"),
+                  ("apply_deduplication", "seed"), ("filter_by_examples", "threshold"),
+                  ("filter_by_score", "name"), ("filter_by_score", "min_score"), ("filter_by_score", "max_score")]
+DEDUP_THRESHOLD_KEY = "apply_deduplication.threshold"
+
+
+def decision_settings_in_force(catalog: Catalog) -> list[tuple[str, str, str]]:
+    """(setting, value, source) of every value the decision views use when no CLI option is
+    given. The dedup apply threshold is listed per embedding set, as `dedup_actions()` uses it
+    (the dedup_thresholds view: a configured value, else the set's own, else the default), and
+    once more for sets without a row ("other sets") only when edges of such a set exist or no
+    set is registered: a bare apply_deduplication.threshold beside a set's own value would not
+    say which one applies."""
+    stored = {(s, k): (v, src) for s, k, v, src in catalog.rows("SELECT section, key, value, source FROM settings")}
+    rows = [(f"{s}.{k}", *stored[(s, k)]) for s, k in SHOWN_SETTINGS if (s, k) in stored]
+    per_set = catalog.rows(
+        """
+        SELECT set_name, apply_threshold, apply_source FROM dedup_thresholds
+        WHERE set_name IS NOT NULL
+           OR NOT EXISTS (SELECT 1 FROM embedding_sets)
+           OR EXISTS (SELECT 1 FROM near_duplicate_edges AS e
+                      WHERE e.set_name NOT IN (SELECT name FROM embedding_sets))
+        ORDER BY set_name NULLS LAST
+        """
+    )
+    registered = any(name is not None for name, _, _ in per_set)
+    dedup = []
+    for name, value, source in per_set:
+        label = f"{DEDUP_THRESHOLD_KEY} (set {name})" if name is not None else (
+            f"{DEDUP_THRESHOLD_KEY} (other sets)" if registered else DEDUP_THRESHOLD_KEY)
+        own = name is not None and source == f"set {name}"
+        dedup.append((label, f"{value:g}", f"set {name}'s own" if own else source))
+    return rows[:1] + dedup + rows[1:]
+
+
+def dedup_threshold_notes(catalog: Catalog) -> list[str]:
+    """Lines that explain the dedup thresholds: where a set's own value comes from, and each
+    set whose apply threshold lies beyond the distance its newest dedup report searched (pairs
+    in between were never stored, so dedup_actions() cannot find them)."""
+    notes = []
+    if catalog.scalar("SELECT count(*) FROM dedup_thresholds WHERE apply_source = 'set ' || set_name"):
+        notes.append("a set's own dedup threshold (recorded from its model or descriptor) applies unless "
+                     "[apply_deduplication] threshold is set in vdc-lake.toml or --config; "
+                     "`plan/apply dedup --threshold` overrides both for that one command")
+    return notes + unsearched_dedup_warnings(catalog)
 
 
 def stale_sample(catalog: Catalog) -> str | None:
@@ -73,10 +127,12 @@ def stale_sample(catalog: Catalog) -> str | None:
     row = catalog.rows(
         """
         WITH newest AS (SELECT max(run_id) AS run_id FROM runs WHERE stage = 'sample' AND status = 'done')
-        SELECT n.run_id, count(*), count(v.image_id)
+        -- a selected image vdc-lake's apply changed since is still selected (sampled_images)
+        SELECT n.run_id, count(*),
+               (SELECT count(*) FROM sampled_images AS s JOIN surviving_images AS v
+                    ON v.image_id = s.image_id AND v.version = s.version)
         FROM samples AS s
         JOIN newest AS n ON n.run_id = s.run_id
-        LEFT JOIN surviving_images AS v ON v.image_id = s.image_id AND v.version = s.version
         GROUP BY n.run_id
         """
     )

@@ -1,4 +1,5 @@
--- Remove every present image not selected by a sampling run (sample_run NULL = newest), except
+-- Remove every present image not selected by a sampling run (sample_run NULL = newest; a selected
+-- image that vdc-lake's apply rotated, resized or recompressed since stays selected), except
 -- the images kept by override (override_actions): `vdc-lake sample` puts those in the sample
 -- (they count toward --total), and one kept after the sampling run is kept all the same.
 CREATE OR REPLACE MACRO sample_actions(sample_run := NULL) AS TABLE
@@ -7,10 +8,15 @@ WITH chosen AS (
         (SELECT max(run_id) FROM runs WHERE stage = 'sample' AND status = 'done')) AS run_id
 ),
 
+-- at the current version: an image vdc-lake's apply changed since the run is still selected
+-- (applied_versions), as sampled_images does it
 selected AS (
-    SELECT s.image_id, s.version
+    SELECT f.image_id, f.version
     FROM samples AS s
     JOIN chosen AS c ON c.run_id = s.run_id
+    JOIN image_files AS f ON f.image_id = s.image_id
+    LEFT JOIN applied_versions AS a ON a.image_id = f.image_id
+    WHERE s.version = f.version OR s.version BETWEEN a.first_version AND f.version
 ),
 
 final AS (
