@@ -423,6 +423,8 @@ def status(ctx: Context) -> None:
                    "vdc-lake sql \"SELECT * FROM failed_predictions\"")
     click.echo()
     echo_table(report["settings"], ["decision setting", "value", "source"])
+    for note in report["dedup_notes"]:
+        click.echo(note)
     click.echo()
     echo_table(report["runs"], ["run", "stage", "status", "started", "seconds"])
 
@@ -534,6 +536,12 @@ def _plan(ctx: Context, catalog: Catalog, stage: str, options: dict[str, Any]):
 
     validate.check_decision_options(catalog, stage, **options)
     source_sql, params, op_options = decision_query(stage, ctx.config, **options)
+    if stage == "dedup":
+        from vdc_lake.decisions import unsearched_dedup_warnings
+
+        for warning in unsearched_dedup_warnings(catalog, threshold=options.get("threshold"),
+                                                 embedding_set=options.get("embedding_set")):
+            click.echo(warning, err=True)
     return make_plan(catalog, stage, source_sql, params, op_options)
 
 
@@ -567,7 +575,13 @@ def plan(ctx: Context, stage: str, examples: int, **decision: Any) -> None:
         vdc-lake plan dedup --threshold 0.25 --keep largest-resolution
         vdc-lake plan rotation --threshold 0.9
     """
+    from vdc_lake.apply import unfinished_count
+
     with ctx.reader() as catalog:
+        unfinished = unfinished_count(catalog)
+        if unfinished:  # as `apply` says it: those images are in no plan until they are finished
+            click.echo(f"{unfinished} operations of an interrupted apply are unfinished; `apply --apply` "
+                       "finishes them first (they are not in this plan)")
         _echo_plan(_plan(ctx, catalog, stage, _decision_kwargs(**decision)), examples)
 
 
