@@ -158,6 +158,26 @@ def test_a_name_taken_while_apply_was_killed_is_refused_and_an_own_output_is_fin
     assert result.exit_code == 0 and tree_hashes(root) == original, result.output
 
 
+def test_restore_after_a_killed_recompress_removes_its_own_output_only(tmp_path, run_cli):
+    """restore (not a resuming apply) after kills: where the output got its name before the kill,
+    restore removes it; where the kill came before the act and the user then made a file under the
+    journaled name, restore leaves that file (before: it removed it, being an interrupted op's dst)."""
+    root, catalog, config = _scanned(tmp_path, run_cli, {"a.bmp": ((160, 120), 1, "BMP"),
+                                                          "b.bmp": ((160, 120), 2, "BMP")})
+    original = tree_hashes(root)
+    apply_args = ["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"]
+    killed = _cli_killed_at(catalog, config, apply_args, pathlib_unlink_killer("a.bmp"))
+    assert killed.returncode == -9, killed.stderr
+    assert sorted(tree_hashes(root)) == ["a.bmp", "a.webp", "b.bmp"]
+    (root / "b.webp").write_bytes(b"the user's b.webp, made after the kill")
+
+    result = run_cli(["restore"], catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert result.output == "restored 0 files; 2 already original; 0 failed\n"
+    assert tree_hashes(root) == dict(original, **{"b.webp": file_hash(root / "b.webp")})
+    assert (root / "b.webp").read_bytes() == b"the user's b.webp, made after the kill"
+
+
 def pathlib_unlink_killer(name: str) -> str:
     """A patch that SIGKILLs the process when it is about to remove a file called `name`."""
     return (f"_unlink = pathlib.Path.unlink\n"

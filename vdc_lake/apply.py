@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import re
@@ -521,8 +522,9 @@ def _act(op: dict[str, Any], src: Path, dst: Path, options: dict[str, Any]) -> N
 def _failure_text(op: dict[str, Any], error: Exception) -> str:
     """One line for a failed operation: what it was doing to which file, and why."""
     if isinstance(error, OSError) and error.errno is not None:
-        where = " -> ".join(os.fsdecode(f) for f in (error.filename, error.filename2) if f is not None)
-        return f"{op['action']} of {op['src']} failed: {errno_text(error)}" + (f" ({where})" if where else "")
+        code = errno.errorcode.get(error.errno, str(error.errno))
+        where = [os.fsdecode(f) for f in (error.filename, error.filename2) if f is not None]
+        return f"{op['action']} of {op['src']} failed: {error.strerror} ({', '.join(where + [code])})"
     return f"{op['action']} of {op['src']} failed: {type(error).__name__}: {error}"
 
 
@@ -706,7 +708,7 @@ def _check_writable(backup_root: Path) -> None:
         full = disk_full_error(e)
         if full is not None:
             raise full from e
-        where = f": {os.fsdecode(e.filename)}" if e.filename else ""
+        where = f" at {os.fsdecode(e.filename)}" if e.filename and os.fsdecode(e.filename) != str(backup_root) else ""
         raise PlanError(f"cannot write backups to {backup_root} ({errno_text(e)}{where}); choose a folder you can "
                         "write to, outside every scanned root") from e
 
@@ -775,8 +777,8 @@ def _classify(op: dict[str, Any], force: bool) -> tuple[str, str | None]:
     if _holds_bytes(src, op["checksum_before"], meta):
         if dst == src or not os.path.lexists(dst):
             return "original", None
-        if op["state"] != "done":
-            return "cleanup", None  # an interrupted recompress: only its output is left to remove
+        if op["state"] != "done":  # an interrupted recompress: its output is left to remove, if it is its own
+            return ("cleanup" if _is_own_output(op, src, dst) else "original"), None
     elif op["state"] == "failed":
         return "untouched", None  # a failed operation changed nothing: what is there now is another's doing
     if op["backup"] is None:
@@ -788,6 +790,20 @@ def _classify(op: dict[str, Any], force: bool) -> tuple[str, str | None]:
         return "conflict", (f"{', '.join(map(str, changed))}: changed since apply run {op['run_id']}; not restored "
                             "(`vdc-lake restore --force` restores it and keeps your version next to the backup)")
     return "restore", None
+
+
+def _is_own_output(op: dict[str, Any], src: Path, dst: Path) -> bool:
+    """Whether dst holds exactly what op writes from src's bytes: the output of an interrupted run
+    of op (encoding is deterministic), not a file someone put under that name since. Writes the
+    output again in a scratch folder to compare."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="vdc-restore-check-") as scratch:
+            copy, out = Path(scratch) / ("original" + src.suffix), Path(scratch) / ("output" + dst.suffix)
+            shutil.copyfile(src, copy)
+            ACTIONS[op["action"]].run(copy, out, json.loads(op["params"] or "{}"))
+            return not dst.is_symlink() and _verified(dst, content_hash(out))
+    except Exception:  # noqa: BLE001 - cannot tell: the file is not ours to remove
+        return False
 
 
 def _keep_aside(path: Path, backup: Path, stamp: str) -> Path:
