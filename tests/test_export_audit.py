@@ -320,7 +320,7 @@ def test_nothing_is_written_over_a_name_that_is_taken(tmp_path, fmt):
 _KILLER = r"""
 import os, signal, sys
 from pathlib import Path
-catalog_path, to_dir, fmt, event, nth, root = sys.argv[1:7]
+catalog_path, to_dir, fmt, event, nth, root, action = sys.argv[1:8]
 nth, seen = int(nth), [0]
 
 def hook(name, args):
@@ -336,8 +336,11 @@ def hook(name, args):
     elif name != event:
         return
     seen[0] += 1
-    if seen[0] == nth:
+    if seen[0] == nth and action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif seen[0] == nth:  # pause: say so, and go on once stdin is closed
+        print("paused", flush=True)
+        sys.stdin.read()
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.export import export
@@ -384,7 +387,7 @@ def test_a_killed_export_leaves_nothing_that_looks_complete_and_the_rerun_finish
     to_dir = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", _KILLER, str(catalog_path), str(to_dir), fmt, event, str(nth),
-                           str(root)], env=env, capture_output=True, text=True, timeout=300)
+                           str(root), "kill"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == -9, done.stdout + done.stderr
     curated = _view_rows(catalog_path, "curated")
     _check_nothing_looks_complete_that_is_not(to_dir, curated)
@@ -399,3 +402,29 @@ def test_a_killed_export_leaves_nothing_that_looks_complete_and_the_rerun_finish
 
     with Catalog(catalog_path, read_only=True) as catalog, pytest.raises(StageError, match="is not empty"):
         export(catalog, to_dir, fmt=fmt, quiet=True)  # a finished export is replaced only with --overwrite
+
+
+def test_an_export_running_into_the_folder_is_never_taken_for_an_interrupted_one(curation, tmp_path):
+    """The rerun empties an interrupted export's folder; one still running must be left alone."""
+    catalog_path, root, _ = curation
+    to_dir = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    first = subprocess.Popen([sys.executable, "-c", _KILLER, str(catalog_path), str(to_dir), "copy", "read", "10",
+                              str(root), "pause"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "paused\n"
+        placed = tree_hashes(to_dir)
+        for overwrite in (False, True):
+            with Catalog(catalog_path, read_only=True) as catalog, pytest.raises(
+                    StageError, match=f"^export destination {to_dir} is being written by another export "
+                                      f"\\(PID {first.pid}\\); wait for it to finish or choose another folder$"):
+                export(catalog, to_dir, fmt="copy", overwrite=overwrite, quiet=True)
+        # (its other threads go on copying meanwhile: what was there is still there)
+        finished = {k: v for k, v in placed.items() if not os.path.basename(k).startswith(".vdc-")}
+        assert finished.items() <= tree_hashes(to_dir).items()
+        assert (to_dir / ".vdc-export-running").exists()
+    finally:
+        first.stdin.close()
+        assert first.wait(timeout=300) == 0
+    assert first.stdout.read() == "finished without being killed\n"
+    _check_export(to_dir, "copy", _view_rows(catalog_path, "curated"))

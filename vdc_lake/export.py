@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import fcntl
 import io
 import json
 import os
@@ -187,7 +188,8 @@ def manifest_rows(catalog: Catalog, view: str = "curated") -> pa.Table:
 def _rows_to_export(catalog: Catalog, view: str) -> pa.Table:
     """manifest_rows plus the catalog's mtime of each file (_MTIME), to tell a changed file by its stat."""
     query = (f"SELECT m.*, (SELECT max(i.mtime_ns) FROM images AS i WHERE i.image_id = m.image_id "
-             f"AND i.version = m.version) AS {_MTIME}\nFROM ({_manifest_query(catalog, view)}) AS m ORDER BY m.image_id")
+             f"AND i.version = m.version) AS {_MTIME}\n"
+             f"FROM ({_manifest_query(catalog, view)}) AS m ORDER BY m.image_id")
     return catalog.arrow(single_select(catalog.con, query, f"--view {view!r}"))
 
 
@@ -221,11 +223,12 @@ def _check_roots(catalog: Catalog, table: pa.Table) -> None:
 
 # -- destination ---------------------------------------------------------------------------------
 
-def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool, params: dict) -> str | None:
+def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool, params: dict) -> tuple[str | None, int]:
     """Create `to_dir`, or empty it (with `overwrite`, or when it holds an interrupted export), and
     mark it as holding a running export; never a folder that holds catalogued images, lies inside a
     scanned root (the next scan would register the exports) or contains one, or holds the catalog or
-    a backup folder. Returns a note when an interrupted export was replaced."""
+    a backup folder, nor one another export is writing. Returns (a note when an interrupted export
+    was replaced, the descriptor that holds the running mark's lock: close it when done)."""
     if to_dir.exists() and not to_dir.is_dir():
         raise StageError(f"export destination {to_dir} is a file; pass a folder")
     prefix = str(to_dir).rstrip("/") + "/"
@@ -248,6 +251,10 @@ def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool, params
     _check_catalog_and_backups(catalog, to_dir)
     note = None
     if to_dir.is_dir() and any(to_dir.iterdir()):
+        holder = _running_export(to_dir)
+        if holder is not None:
+            raise StageError(f"export destination {to_dir} is being written by another export (PID {holder}); "
+                             "wait for it to finish or choose another folder")
         interrupted = _is_interrupted(to_dir)
         if not overwrite and not interrupted:
             raise StageError(f"export destination {to_dir} is not empty; choose an empty folder "
@@ -255,12 +262,12 @@ def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool, params
         if interrupted:
             note = (f"{to_dir} held an export that was interrupted (no {RECORD_NAME}); "
                     "it was removed and the export started again")
-        _mark_running(to_dir, params)  # from here on, an interruption leaves a folder the next export may empty
+        lock = _mark_running(to_dir, params)  # from here on, an interruption leaves a folder the next export empties
         _empty_folder(to_dir, keep=RUNNING_NAME)
     else:
         to_dir.mkdir(parents=True, exist_ok=True)
-        _mark_running(to_dir, params)
-    return note
+        lock = _mark_running(to_dir, params)
+    return note, lock
 
 
 def _is_interrupted(to_dir: Path) -> bool:
@@ -269,15 +276,52 @@ def _is_interrupted(to_dir: Path) -> bool:
     return marker.is_file() and not marker.is_symlink() and not os.path.lexists(to_dir / RECORD_NAME)
 
 
-def _mark_running(to_dir: Path, params: dict) -> None:
+def _running_export(to_dir: Path) -> str | None:
+    """The PID of the export writing to_dir now (it holds a lock on the running mark), else None."""
     marker = to_dir / RUNNING_NAME
-    if marker.is_symlink() or (marker.exists() and not marker.is_file()):
-        _remove_entry(marker)
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    try:
+        fd = os.open(marker, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # nobody holds it: that export is over (finished or killed)
+    except BlockingIOError:
+        try:
+            return str(json.loads(os.read(fd, 65536)).get("pid", "?"))
+        except (ValueError, AttributeError, OSError):
+            return "?"
+    finally:
+        os.close(fd)
+
+
+def _mark_running(to_dir: Path, params: dict) -> int:
+    """Write the running mark and lock it for this export's lifetime (the lock goes with the process,
+    so a killed export leaves a mark nobody holds); returns the locked descriptor."""
+    marker = to_dir / RUNNING_NAME
+    if os.path.lexists(marker):
+        _remove_entry(marker)  # an interrupted export's (checked unlocked above)
     record = {"pid": os.getpid(), "started_at": dt.datetime.now().isoformat(timespec="seconds"), "params": params}
-    _write_atomic(marker, (json.dumps(record, indent=1) + "\n").encode())
-    # the record of an earlier, finished export goes first: a folder is never both running and finished
-    if os.path.lexists(to_dir / RECORD_NAME):
-        _remove_entry(to_dir / RECORD_NAME)
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise StageError(f"export destination {to_dir} is being written by another export that started just now; "
+                         "wait for it to finish or choose another folder") from None
+    except OSError as e:  # the first file written: name the folder the user gave, not the hidden file
+        raise OSError(e.errno, e.strerror, str(to_dir)) from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, (json.dumps(record, indent=1) + "\n").encode())
+        os.fsync(fd)
+        # the record of an earlier, finished export goes first: a folder is never both running and finished
+        if os.path.lexists(to_dir / RECORD_NAME):
+            _remove_entry(to_dir / RECORD_NAME)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _remove_entry(path: Path) -> None:
@@ -807,9 +851,25 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
     if fmt == "hardlink":
         _check_one_filesystem(roots, to_dir)
     catalog_run = catalog.scalar("SELECT max(run_id) FROM runs")
-    note = _prepare_destination(catalog, to_dir, overwrite, params)
+    note, lock = _prepare_destination(catalog, to_dir, overwrite, params)
     catalog.release()  # file work ahead; writers may open the catalog meanwhile
     summary = ExportSummary(str(to_dir), fmt, view, notes=[note] if note else [])
+    try:
+        _write_export(table, to_dir, fmt, shard_size_mb, quiet, summary)
+        record = {"tool_version": __version__, "catalog": str(catalog.path), "catalog_run": catalog_run,
+                  "started_at": started.isoformat(timespec="seconds"),
+                  "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+                  "params": params, "summary": asdict(summary)}
+        _write_atomic(to_dir / RECORD_NAME, (json.dumps(record, indent=1, default=str) + "\n").encode())
+        (to_dir / RUNNING_NAME).unlink(missing_ok=True)  # export.json says it is finished; the mark is not needed
+    finally:
+        os.close(lock)  # an export that failed leaves its mark unlocked: the next export replaces what it wrote
+    return summary
+
+
+def _write_export(table: pa.Table, to_dir: Path, fmt: str, shard_size_mb: float, quiet: bool,
+                  summary: ExportSummary) -> None:
+    """The files (as `fmt`) and the manifest of what was exported; fills `summary`."""
     keys = pa.array([image_key(i) for i in table.column("image_id").to_pylist()], pa.string())
     table = table.append_column("key", keys)
     if fmt in ("symlink", "hardlink", "copy"):
@@ -826,10 +886,3 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
         os.sync()  # the bytes written are on disk before the manifest and the record say they are there
     summary.manifest = str(_write_manifest(table, to_dir))
     summary.record = str(to_dir / RECORD_NAME)
-    record = {"tool_version": __version__, "catalog": str(catalog.path), "catalog_run": catalog_run,
-              "started_at": started.isoformat(timespec="seconds"),
-              "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-              "params": params, "summary": asdict(summary)}
-    _write_atomic(to_dir / RECORD_NAME, (json.dumps(record, indent=1, default=str) + "\n").encode())
-    (to_dir / RUNNING_NAME).unlink(missing_ok=True)  # export.json says it is finished; the mark is not needed
-    return summary
