@@ -178,6 +178,28 @@ def test_restore_after_a_killed_recompress_removes_its_own_output_only(tmp_path,
     assert (root / "b.webp").read_bytes() == b"the user's b.webp, made after the kill"
 
 
+def test_a_resumed_recompress_takes_only_its_own_output_for_done(tmp_path, run_cli):
+    """Killed after the backup, before the act; the user then removed a.bmp and made an a.webp of
+    their own. The resumed apply must not take it for its output (before: it did, gave it a.bmp's
+    mode and times, recorded it as the new version, and restore then removed it)."""
+    root, catalog, config = _scanned(tmp_path, run_cli, {"a.bmp": ((160, 120), 1, "BMP")})
+    apply_args = ["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"]
+    killed = _cli_killed_at(catalog, config, apply_args, "import vdc_lake.imageops as io\n"
+                            "io.ACTIONS['recompress'] = io.Action('recompress', lambda *args: "
+                            "os.kill(os.getpid(), signal.SIGKILL), io.recompress_destination)")
+    assert killed.returncode == -9, killed.stderr
+    (root / "a.bmp").unlink()
+    mine = _image(root / "a.webp", (100, 100), 5, "WEBP")
+    digest = file_hash(mine)
+
+    result = run_cli(apply_args, catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert _journal(catalog)["a.bmp"]["state"] == "skipped"
+    result = run_cli(["restore"], catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert file_hash(mine) == digest
+
+
 def pathlib_unlink_killer(name: str) -> str:
     """A patch that SIGKILLs the process when it is about to remove a file called `name`."""
     return (f"_unlink = pathlib.Path.unlink\n"

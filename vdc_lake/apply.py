@@ -409,11 +409,16 @@ def make_backup(src: Path, backup: Path, checksum: str | None, meta: dict[str, A
 
 
 def _already_done(op: dict[str, Any], meta: dict[str, Any], src: Path, dst: Path) -> bool:
-    """After a crash: has this operation's atomic step already happened?"""
+    """After a crash: has this operation's atomic step already happened? A new file under a moved
+    operation's output name counts only when it is that output (written again from the backup to
+    compare; without a backup a regular file there is taken for it)."""
     if not _backup_ok(op, meta):
         return False
     if op["action"] == "delete" or dst != src:
-        return not os.path.lexists(src) and (op["action"] == "delete" or dst.exists())
+        if os.path.lexists(src) or op["action"] == "delete":
+            return not os.path.lexists(src)
+        return (dst.is_file() and not dst.is_symlink()
+                and (op["backup"] is None or _is_own_output(op, Path(op["backup"]), dst)))
     if meta.get("link") is not None:
         return os.path.lexists(src) and not src.is_symlink()  # the link was replaced by the output
     return not src.is_symlink() and src.exists() and not _verified(src, op["checksum_before"])
