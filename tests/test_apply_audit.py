@@ -315,8 +315,18 @@ def test_operations_that_fail_half_way_leave_the_tree_as_it_was_and_restore_undo
     assert result.exit_code == 0, result.output
     assert result.output == "restored 0 files; 0 already original; 0 failed\n"
     assert tree_hashes(root) == after_second
+
+    immutable(root / "locked")  # a restore that cannot write one folder restores the rest; again, the rest
+    result = run_cli(["restore"], catalog, config=config)
+    assert result.exit_code == 1
+    assert _one_error_line(result) == "Error: 1 files could not be restored"
+    assert (f"  restore of {real / 'locked/big.jpg'} failed: Operation not permitted "
+            f"({real / 'locked/big.jpg.vdc-restore'}, EPERM)") in result.output.splitlines()
+    assert tree_hashes(root) == dict(original, **{"locked/big.jpg": after_second["locked/big.jpg"]})
+    immutable(root / "locked", on=False)
     result = run_cli(["restore"], catalog, config=config)
     assert result.exit_code == 0, result.output
+    assert result.output.startswith("restored 1 files;")
     assert tree_hashes(root) == original
 
 

@@ -12,9 +12,12 @@ Protocol for each planned operation (rows of a decision view):
    deleted; a duplicate is never its keeper's own file);
 3. backup: copy to BACKUP_DIR/run-N/<root>/<rel_path> through a temp file, fsync, rename,
    then re-read and verify the checksum (a symlink is backed up as the link itself);
-4. act: write the result to a temp file in the same directory and `os.replace` it over the
-   original (atomic on POSIX), or unlink for delete; a rewritten file gets the original's mode,
-   owner, group and times back (temp files are private until then);
+4. act: write the result to a temp file in the same directory, check that it decodes, and
+   `os.replace` it over the original (atomic on POSIX), or unlink for delete; a recompress's new
+   name (NAME.webp) is one no file, no other output of the plan and no catalogued image has, and
+   is taken with a hard link that never replaces a file; a rewritten file gets the original's
+   mode, owner, group and times back (temp files are private until then). A failed operation
+   leaves the tree as it was (a recompress whose original cannot be removed removes its output);
 5. journal `done` and the catalog row (version bump, new facts) are committed in batches.
 
 The filesystem plus the plan is enough to tell where a killed run stopped: an operation is
@@ -26,7 +29,9 @@ re-running `apply` finishes the interrupted operations first.
 the image's earlier version current again, with every row derived from it. It refuses backups
 outside the backup folder and paths outside the scanned root, and leaves alone a file the user
 changed after apply unless forced (then the user's version is kept next to the backup as
-`NAME.vdc-user-STAMP`).
+`NAME.vdc-user-STAMP`). A failed operation changed nothing, so there is nothing of it to undo;
+an interrupted recompress's output is removed only when it holds exactly what the operation
+writes (a file the user put under that name is theirs).
 """
 
 from __future__ import annotations
@@ -524,13 +529,15 @@ def _act(op: dict[str, Any], src: Path, dst: Path, options: dict[str, Any]) -> N
         raise
 
 
-def _failure_text(op: dict[str, Any], error: Exception) -> str:
-    """One line for a failed operation: what it was doing to which file, and why."""
+def _failure_text(op: dict[str, Any], error: Exception, doing: str | None = None) -> str:
+    """One line for a failed operation (or its restore): what it was doing to which file, and why:
+    `delete of /data/a.jpg failed: Permission denied (/data/a.jpg, EACCES)`."""
+    what = f"{doing or op['action']} of {op['src']} failed"
     if isinstance(error, OSError) and error.errno is not None:
         code = errno.errorcode.get(error.errno, str(error.errno))
         where = [os.fsdecode(f) for f in (error.filename, error.filename2) if f is not None]
-        return f"{op['action']} of {op['src']} failed: {error.strerror} ({', '.join(where + [code])})"
-    return f"{op['action']} of {op['src']} failed: {type(error).__name__}: {error}"
+        return f"{what}: {error.strerror} ({', '.join(where + [code])})"
+    return f"{what}: {type(error).__name__}: {error}"
 
 
 def _finished(op: dict[str, Any], meta: dict[str, Any], dst: Path, *, resumed: bool) -> dict[str, Any]:
@@ -901,7 +908,7 @@ def _restore_one(op: dict[str, Any], summary: RestoreSummary, stamp: str) -> tup
             summary.kept_aside.append(str(_keep_aside(path, Path(op["backup"]), stamp)))
         _put_back(op, meta)
     except OSError as e:
-        return "failed", f"{op['src']}: {type(e).__name__}: {e}"
+        return "failed", _failure_text(op, e, "restore")
     return "restore", None
 
 
