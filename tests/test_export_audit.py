@@ -428,3 +428,22 @@ def test_an_export_running_into_the_folder_is_never_taken_for_an_interrupted_one
         assert first.wait(timeout=300) == 0
     assert first.stdout.read() == "finished without being killed\n"
     _check_export(to_dir, "copy", _view_rows(catalog_path, "curated"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_named_pipe_in_a_files_place_is_refused_without_hanging(tmp_path, fmt):
+    """Opening a FIFO for reading blocks until a writer comes: the WebDataset export hung for good."""
+    catalog_path = _scanned(tmp_path, {"photos": ["a.jpg", "b.jpg"]})
+    pipe = tmp_path / "photos" / "b.jpg"
+    pipe.unlink()
+    os.mkfifo(pipe)
+    script = ("import sys, json\nfrom vdc_lake.catalog import Catalog\nfrom vdc_lake.export import export\n"
+              "with Catalog(sys.argv[1], read_only=True) as c:\n"
+              "    s = export(c, sys.argv[2], fmt=sys.argv[3], view='image_files', quiet=True)\n"
+              "print(json.dumps([s.images, s.errors]))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(catalog_path), str(tmp_path / "out"), fmt],
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [1, [f"{pipe}: not a regular file, so it is not exported (check the "
+                                           "catalog's images row)"]]
+    _check_export(tmp_path / "out", fmt, [r for r in _view_rows(catalog_path) if r["rel_path"] == "a.jpg"])

@@ -492,7 +492,7 @@ def _source_error(row: dict) -> str | None:
     if not stat.S_ISREG(st.st_mode):
         # Only regular files (or links to one) are placed: a link to a folder (a row of an edited
         # catalog naming a folder) would let a later row, in another thread, write through it.
-        return f"{src}: not a regular file, so it is not exported (check the catalog's images row)"
+        return _not_a_file(src)
     if st.st_size == row["size_bytes"] and st.st_mtime_ns == row.get(_MTIME):
         return None
     if row["content_hash"] is None:
@@ -537,6 +537,10 @@ def _place(row: dict, dst: Path, fmt: str, to_dir: Path) -> str | None:
             raise full from e
         return f"{src}: {e.strerror or e}"
     return None
+
+
+def _not_a_file(src: str) -> str:
+    return f"{src}: not a regular file, so it is not exported (check the catalog's images row)"
 
 
 def _taken(src: str, dst: Path) -> str:
@@ -700,7 +704,11 @@ def _read_verified(row: dict) -> tuple[bytes | None, str | None]:
     if row["content_hash"] is None:
         return None, _unverifiable(row["path"])
     try:
-        with open(row["path"], "rb") as f:
+        # O_NONBLOCK: a named pipe put in a file's place must not hang the export (it is refused below)
+        fd = os.open(row["path"], os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None, _not_a_file(row["path"])
             data = f.read()
     except FileNotFoundError:
         return None, f"{row['path']}: the original is gone; run `vdc-lake scan` again"
