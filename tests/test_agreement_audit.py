@@ -224,6 +224,11 @@ def assert_readers_agree(catalog: Path, tmp: Path, config: Path | None = None, *
         else:
             assert not view, stage
         ops[stage] = view
+    if "rotation" in ops:  # the funnel counts rotations among sanitize's survivors, and says how many plan has
+        funnel = re.search(r"<td>rotated</td><td>[\d,]+</td><td>([\d,]+) to be turned upright([^<]*)",
+                           report["index"])
+        turned = int(funnel.group(1).replace(",", ""))
+        assert turned == len(ops["rotation"]) or f"`plan rotation` turns {len(ops['rotation']):,}," in funnel.group(2)
     curated = set(viewed(catalog, "SELECT image_id, 1 FROM curated"))
     assert exported(catalog, tmp / f"export{tag}", config) == curated
     assert curated_count == len(curated) == report["left"]

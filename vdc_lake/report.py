@@ -272,18 +272,24 @@ def _funnel(catalog: Catalog, *, dedup_threshold: float | None,
                               WHERE s.image_id = o.image_id AND s.version = o.version AND s.action = 'delete')
         )
         SELECT (SELECT count(*) FROM present), (SELECT count(*) FROM sanitized), (SELECT n FROM rotated),
+               (SELECT count(*) FROM rotation_actions(threshold := $rotation) WHERE action <> 'none'),
                (SELECT count(*) FROM deduplicated), (SELECT count(*) FROM filtered),
                (SELECT count(*) FROM overridden), (SELECT count(*) FROM sampled),
                (SELECT count(*) FROM override_actions WHERE override = 'keep')
         """,
         {"rotation": float(rotation_threshold), "dedup": None if dedup_threshold is None else float(dedup_threshold)},
     )[0]
-    scanned, sanitized, rotated, deduplicated, filtered, overridden, sampled, kept = (int(v or 0) for v in row)
+    scanned, sanitized, rotated, planned_rotations, deduplicated, filtered, overridden, sampled, kept = (
+        int(v or 0) for v in row)
+    # `plan rotation` also turns images that sanitize deletes: say so where the two counts differ
+    elsewhere = planned_rotations - rotated
     examples_threshold = catalog.scalar("SELECT setting('filter_by_examples', 'threshold')")
     return [
         ("scanned", scanned, "present images"),
         ("sanitized ok", sanitized, "without a pending sanitize delete or an unreadable finding"),
         ("rotated", sanitized, f"{rotated:,} to be turned upright (probability > {rotation_threshold:g})"
+         + (f"; `plan rotation` turns {planned_rotations:,}, also {elsewhere:,} that sanitize deletes or "
+            "cannot read" if elsewhere else "")
          if has_rotation else "no rotation predictions yet: run vdc-lake predict --kind rotation"),
         ("deduplicated", deduplicated, f"duplicates removed at distance < {_describe_apply(catalog, dedup_threshold)}"),
         ("filtered", filtered, f"unwanted-example filter at threshold {examples_threshold}" if filter_run
@@ -1288,7 +1294,8 @@ def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: in
     limits = Limits(int(thumbnails if thumbnails is not None else _setting(catalog, "report", "thumbnails")),
                     int(page_size if page_size is not None else _setting(catalog, "report", "page_size")),
                     int(max_pages if max_pages is not None else _setting(catalog, "report", "max_pages")))
-    rotation_source = "this report's --rotation-threshold" if rotation_threshold is not None else "settings"
+    rotation_source = "this report's --rotation-threshold" if rotation_threshold is not None else catalog.scalar(
+        "SELECT source FROM settings WHERE section = 'rotation_correction' AND key = 'threshold'") or "settings"
     if rotation_threshold is None:
         rotation_threshold = float(catalog.scalar("SELECT setting('rotation_correction', 'threshold')"))
     out_dir = Path(out_dir)
