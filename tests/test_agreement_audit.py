@@ -410,6 +410,8 @@ def test_status_counts_what_plan_counts_after_an_interrupted_apply(fresh, monkey
     assert pending["dedup"] == Counter({"delete (unfinished)": total} | ({"delete": len(dry)} if dry else {}))
     result = _invoke(["plan", "dedup"], catalog)
     assert f"{total} operations of an interrupted apply are unfinished" in result.output
+    report = reported(catalog, fresh["tmp"] / "report-interrupted")
+    assert report["counts"]["dedup"] == total and f"{total} operations of an interrupted apply" in report["index"]
     _invoke(["apply", "dedup", "--backup-dir", fresh["tmp"] / "backup", "--apply"], catalog)
     assert "(unfinished)" not in status(catalog)[2]
     assert_readers_agree(catalog, fresh["tmp"], stages=("dedup",))

@@ -640,6 +640,11 @@ def _decisions_section(galleries: dict[str, Paged | None], limits: Limits, histo
         rows.append((name, f"{gallery.operations:,}", _pages_link(gallery, limits), f"{applied:,}"))
     section.body.append(_table(["decision", "planned", "review pages", "applied earlier (done)"], rows,
                                raw_columns={2}))
+    unfinished = sum(n for r in history for _, state, n in r.counts if state == "planned")
+    if unfinished:  # `plan` and `status` leave these images out of the stage's plan; this table counts them
+        section.body.append(_note(f"{unfinished:,} operations of an interrupted apply are unfinished: the next "
+                                  "`apply --apply` finishes them first, and `plan` / `status` count them apart "
+                                  "(the numbers above include them)"))
     return section
 
 
