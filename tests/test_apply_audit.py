@@ -240,6 +240,49 @@ def test_a_resumed_operation_never_changes_a_file_through_a_symlink(tmp_path, ru
                                                              "and plan again"), op
 
 
+def test_a_journal_whose_output_path_names_another_image_is_refused(tmp_path, run_cli):
+    """An edited journal row whose dst names another image of the root: a resize resumed with it
+    wrote over that image (no backup of it), and restore removed it as the operation's output.
+    Both are refused before a file is touched."""
+    import duckdb
+
+    def edit(sql: str, params: list) -> None:
+        con = duckdb.connect(str(catalog))
+        con.execute(sql, params)
+        con.close()
+
+    root, catalog, config = _scanned(tmp_path, run_cli, {"big.jpg": ((300, 250), 1, "JPEG"),
+                                                          "a.bmp": ((160, 120), 2, "BMP"),
+                                                          "other.jpg": ((120, 100), 3, "JPEG")})
+    original, other = tree_hashes(root), str(root.resolve() / "other.jpg")
+    shutil.copy2(catalog, tmp_path / "scanned.duckdb")
+    shutil.copytree(root, tmp_path / "template")
+    apply_args = ["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"]
+    killed = _cli_killed_at(catalog, config, apply_args,
+                            "a.execute_op = lambda op: os.kill(os.getpid(), signal.SIGKILL)")
+    assert killed.returncode == -9, killed.stderr
+    edit("UPDATE journal SET dst = ? WHERE action = 'resize'", [other])
+    result = run_cli(apply_args, catalog, config=config)  # resumes the planned operations
+    assert result.exit_code == 1
+    assert f"output path {other} is not one resize writes for {root.resolve() / 'big.jpg'}" in result.output
+    now = tree_hashes(root)
+    assert (now["other.jpg"], now["big.jpg"]) == (original["other.jpg"], original["big.jpg"])
+
+    for path in (root, tmp_path / "bk"):  # again from the scanned state: a whole apply, then an edited row
+        shutil.rmtree(path)
+    shutil.copytree(tmp_path / "template", root)
+    Path(str(catalog) + ".wal").unlink(missing_ok=True)
+    shutil.copy2(tmp_path / "scanned.duckdb", catalog)
+    assert run_cli(apply_args, catalog, config=config).exit_code == 0
+    after_apply = tree_hashes(root)
+    edit("UPDATE journal SET dst = ?, checksum_after = ? WHERE action = 'recompress'", [other, original["other.jpg"]])
+    result = run_cli(["restore"], catalog, config=config)
+    assert result.exit_code == 1
+    assert _one_error_line(result).startswith("Error: refusing to restore op ")
+    assert f"output path {other} is not one recompress writes for {root.resolve() / 'a.bmp'}" in result.output
+    assert tree_hashes(root) == after_apply
+
+
 # -- 4. the backup folder must be writable before anything is journaled ------------------------------
 
 def test_a_backup_folder_that_cannot_be_made_is_one_error_and_nothing_is_journaled(tmp_path, run_cli):

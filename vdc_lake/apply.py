@@ -57,7 +57,7 @@ from vdc_lake.confine import (is_inside, is_plain_relative, is_recorded_root, re
                               scanned_roots)
 from vdc_lake.errors import PlanError, disk_full_error
 from vdc_lake.files import content_hash, decode_check, errno_text, inspect_header
-from vdc_lake.imageops import ACTIONS, RESTORE_SUFFIX
+from vdc_lake.imageops import ACTIONS, RESTORE_SUFFIX, is_recompress_destination
 from vdc_lake.leftovers import remove_leftovers, remove_leftovers_of
 from vdc_lake.parallel import get_mapper, progress_bar
 
@@ -167,7 +167,8 @@ def _recorded_backup_root(roots: list[str], recorded: str | None, run_id: int, c
 
 def _confinement_error(op: dict[str, Any], backup_root: str | None) -> str | None:
     """Why op's paths may not be touched (None when they may): src and dst in the image's scanned
-    root, the backup exactly where apply puts it inside backup_root."""
+    root, dst src itself or a name the action gives its output, the backup exactly where apply
+    puts it inside backup_root."""
     root = op.get("root")
     if not root:
         return f"op {op['op_id']}: image {op['image_id']} has no scanned root in the catalog"
@@ -179,6 +180,10 @@ def _confinement_error(op: dict[str, Any], backup_root: str | None) -> str | Non
         if _rel_in_root(path, root) is None or not _entry_inside(path, root):
             return (f"op {op['op_id']}: {path} lies outside the scanned root {root} (resolved: "
                     f"{os.path.realpath(Path(path).parent)}); vdc-lake only changes files inside their root")
+    if len(paths) > 1 and not (op["action"] == "recompress" and is_recompress_destination(
+            op["src"], op["dst"], json.loads(op.get("params") or "{}"))):
+        return (f"op {op['op_id']}: output path {op['dst']} is not one {op['action']} writes for {op['src']} "
+                "(the catalog was edited); it could name another file")
     if op.get("backup") is not None:
         expected = _backup_path(Path(backup_root or "/nonexistent"), op["run_id"], root, _rel_in_root(op["src"], root))
         if op["backup"] != str(expected) or not _entry_inside(op["backup"], backup_root or "/nonexistent"):

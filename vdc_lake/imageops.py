@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection
@@ -225,6 +226,17 @@ def recompress_destination(src: str, options: dict[str, Any], taken: Collection[
         target = path.with_name(f"{path.stem}.recompressed{'' if n == 1 else f'-{n}'}.{fmt}")
         n += 1
     return str(target)
+
+
+def is_recompress_destination(src: str, dst: str, options: dict[str, Any]) -> bool:
+    """Whether dst is a name recompress_destination gives src's output (any numbered one): the
+    check of a journal row's dst, which an edited catalog could point at another image."""
+    fmt = str(options.get("recompress_format", "WEBP")).lower()
+    path, out = Path(src), Path(dst)
+    if out.parent != path.parent:
+        return False
+    numbered = re.fullmatch(rf"{re.escape(path.stem)}\.recompressed(-[1-9][0-9]*)?\.{re.escape(fmt)}", out.name)
+    return out == path.with_suffix("." + fmt) or numbered is not None
 
 
 @dataclass(frozen=True)
