@@ -325,11 +325,11 @@ nth, seen = int(nth), [0]
 
 def hook(name, args):
     if name == "open":
-        path, mode = str(args[0]), args[1] or ""
-        if event == "read" and path.startswith(root) and "r" in mode:
+        path, mode, flags = str(args[0]), args[1], args[2] or 0  # open(): a mode; os.open(): flags only
+        writes = any(c in mode for c in "wax+") if mode else bool(flags & (os.O_WRONLY | os.O_RDWR))
+        if event == "read" and path.startswith(root) and not writes:
             pass
-        elif event == "record" and "export.json" in os.path.basename(path) and ("w" in mode or "x" in mode
-                                                                               or (args[2] or 0) & os.O_WRONLY):
+        elif event == "record" and "export.json" in os.path.basename(path) and writes:
             pass
         else:
             return
