@@ -1,8 +1,8 @@
 """Hostile audit of apply and restore (session 4): output names that are taken, kills at chosen
 points of an operation (a real SIGKILL of a subprocess, at a patched step), operations that fail
-half-way (immutable files), a resumed operation meeting a symlink, an unwritable backup folder,
-and a file that turned into a named pipe. test_file_safety, test_crash and test_apply cover the
-rest; nothing here repeats them."""
+half-way (immutable files), a resumed operation meeting a symlink, a journal row whose output
+path names another image, an unwritable backup folder, and a file that turned into a named pipe.
+test_file_safety, test_crash and test_apply cover the rest; nothing here repeats them."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from PIL import Image
 
 from tests.conftest import file_hash, tree_hashes
 from vdc_lake.catalog import Catalog
-from vdc_lake.imageops import ACTIONS
 
 RULES_TOML = "[sanitize]\nmax_width = 200\nmax_height = 200\nmax_file_size_mb = 0.03\nbuiltin_descriptor = false\n"
 
@@ -59,6 +58,16 @@ def _cli_killed_at(catalog: Path, config: Path, args: list, patch: str) -> subpr
     code = f"import os, signal, pathlib\nimport vdc_lake.apply as a\n{patch}\nfrom vdc_lake.cli import main; main()"
     return subprocess.run([sys.executable, "-c", code, "--catalog", str(catalog), "--config", str(config), "-q",
                            *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def _unlink_killer(name: str) -> str:
+    """A patch that SIGKILLs the process when it is about to remove a file called `name`."""
+    return (f"_unlink = pathlib.Path.unlink\n"
+            f"def unlink(self, *args, **kwargs):\n"
+            f"    if self.name == {name!r}:\n"
+            f"        os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"    return _unlink(self, *args, **kwargs)\n"
+            f"pathlib.Path.unlink = unlink")
 
 
 def _one_error_line(result) -> str:
@@ -132,9 +141,9 @@ def test_a_name_taken_while_apply_was_killed_is_refused_and_an_own_output_is_fin
     assert line == "Error: 1 operations failed; see the journal table for details"
     ops = _journal(catalog)
     assert (ops["a.bmp"]["state"], ops["b.bmp"]["state"]) == ("failed", "done")
-    assert ops["a.bmp"]["error"] == (f"recompress of {root.resolve() / 'a.bmp'} failed: another file already has "
-                                     f"the output's name; move it away and run apply again ({root.resolve() / 'a.webp'}, "
-                                     "EEXIST)")
+    real = root.resolve()
+    assert ops["a.bmp"]["error"] == (f"recompress of {real / 'a.bmp'} failed: another file already has the output's "
+                                     f"name; move it away and run apply again ({real / 'a.webp'}, EEXIST)")
     assert (root / "a.webp").read_bytes() == b"made by the user after the kill"
     assert file_hash(root / "a.bmp") == original["a.bmp"]
 
@@ -142,7 +151,7 @@ def test_a_name_taken_while_apply_was_killed_is_refused_and_an_own_output_is_fin
     (root / "a.webp").unlink()
     result = run_cli(["restore"], catalog, config=config)
     assert result.exit_code == 0 and tree_hashes(root) == original, result.output
-    unlink = pathlib_unlink_killer("c.bmp")
+    unlink = _unlink_killer("c.bmp")
     _image(root / "c.bmp", (160, 120), 3, "BMP")
     assert run_cli(["scan", root], catalog, config=config).exit_code == 0
     assert run_cli(["sanitize"], catalog, config=config).exit_code == 0
@@ -166,7 +175,7 @@ def test_restore_after_a_killed_recompress_removes_its_own_output_only(tmp_path,
                                                           "b.bmp": ((160, 120), 2, "BMP")})
     original = tree_hashes(root)
     apply_args = ["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"]
-    killed = _cli_killed_at(catalog, config, apply_args, pathlib_unlink_killer("a.bmp"))
+    killed = _cli_killed_at(catalog, config, apply_args, _unlink_killer("a.bmp"))
     assert killed.returncode == -9, killed.stderr
     assert sorted(tree_hashes(root)) == ["a.bmp", "a.webp", "b.bmp"]
     (root / "b.webp").write_bytes(b"the user's b.webp, made after the kill")
@@ -198,16 +207,6 @@ def test_a_resumed_recompress_takes_only_its_own_output_for_done(tmp_path, run_c
     result = run_cli(["restore"], catalog, config=config)
     assert result.exit_code == 0, result.output
     assert file_hash(mine) == digest
-
-
-def pathlib_unlink_killer(name: str) -> str:
-    """A patch that SIGKILLs the process when it is about to remove a file called `name`."""
-    return (f"_unlink = pathlib.Path.unlink\n"
-            f"def unlink(self, *args, **kwargs):\n"
-            f"    if self.name == {name!r}:\n"
-            f"        os.kill(os.getpid(), signal.SIGKILL)\n"
-            f"    return _unlink(self, *args, **kwargs)\n"
-            f"pathlib.Path.unlink = unlink")
 
 
 # -- 3. a resumed operation and a symlink -----------------------------------------------------------

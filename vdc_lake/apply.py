@@ -100,7 +100,7 @@ class ApplySummary:
     skipped: int = 0
     refused: int = 0        # paths outside their scanned root (an edited catalog): journal 'refused'
     failed: int = 0
-    rewritten: int = 0      # done operations that wrote a new version (resize, recompress, rotate): not sanitized yet
+    rewritten: int = 0      # done ops that wrote a new version (resize, recompress, rotate): not sanitized yet
     errors: list[str] = field(default_factory=list)
 
 
