@@ -639,8 +639,9 @@ def apply(ctx: Context, stage: str, backup_dir: str | None, do_apply: bool, yes:
         click.echo(f"  {error}", err=True)
     if s.refused:
         raise click.ClickException(
-            f"{s.refused} operations were refused: their paths lie outside the roots vdc-lake scanned (the catalog "
-            "was edited or is damaged); nothing was done to them; see the journal table (state 'refused')")
+            f"{s.refused} operations were refused: their paths lie outside the roots vdc-lake scanned, or name "
+            "another file as the output (the catalog was edited or is damaged, or a folder on the path is now a "
+            "link out of its root); nothing was done to them; see the journal table (state 'refused')")
     if s.failed:
         raise click.ClickException(f"{s.failed} operations failed; see the journal table for details")
 
