@@ -351,18 +351,19 @@ def _destinations(catalog: Catalog, rows: list[dict[str, Any]], params: list[dic
     for a moment): two outputs, or an output and another image, never share a path."""
     dsts = [ACTIONS[r["action"]].destination(r["src"], p) for r, p in zip(rows, params)]
     moved = [i for i, (r, d) in enumerate(zip(rows, dsts)) if d != r["src"]]
-    taken: set[str] = set()
+    held: set[str] = set()  # catalogued paths found so far
     while moved:
-        claimed: set[str] = set()
+        claimed = set(held)
         for i in moved:
-            dsts[i] = ACTIONS[rows[i]["action"]].destination(rows[i]["src"], params[i], taken | claimed)
+            dsts[i] = ACTIONS[rows[i]["action"]].destination(rows[i]["src"], params[i], claimed)
             claimed.add(dsts[i])
-        with catalog.registered("output_paths", pa.table({"path": pa.array(sorted(claimed), pa.string())})):
-            held = {path for (path,) in catalog.rows(
+        outputs = pa.table({"path": pa.array(sorted({dsts[i] for i in moved}), pa.string())})
+        with catalog.registered("output_paths", outputs):
+            found = {path for (path,) in catalog.rows(
                 "SELECT o.path FROM output_paths o JOIN images i ON i.root || '/' || i.rel_path = o.path")}
-        if not held:
+        if not found:
             break
-        taken |= held
+        held |= found
     return dsts
 
 
