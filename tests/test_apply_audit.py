@@ -284,7 +284,7 @@ def test_a_journal_whose_output_path_names_another_image_is_refused(tmp_path, ru
 
 # -- 4. the backup folder must be writable before anything is journaled ------------------------------
 
-def test_a_backup_folder_that_cannot_be_made_is_one_error_and_nothing_is_journaled(tmp_path, run_cli):
+def test_a_backup_folder_that_cannot_be_made_or_is_empty_is_one_error_and_nothing_is_journaled(tmp_path, run_cli):
     root, catalog, config = _scanned(tmp_path, run_cli, {"tiny.jpg": ((40, 40), 1, "JPEG"),
                                                           "big.jpg": ((300, 250), 2, "JPEG")})
     before = tree_hashes(root)
@@ -295,6 +295,12 @@ def test_a_backup_folder_that_cannot_be_made_is_one_error_and_nothing_is_journal
     assert _one_error_line(result) == (
         f"Error: cannot write backups to {tmp_path / 'a_file' / 'bk'} (Not a directory, ENOTDIR); choose a folder "
         "you can write to, outside every scanned root")
+    assert tree_hashes(root) == before and _journal(catalog) == {}
+    for args in (["apply", "sanitize", "--apply"], ["restore"]):  # "$BACKUP" of an unset variable: not the cwd
+        result = run_cli([*args, "--backup-dir", ""], catalog, config=config)
+        assert result.exit_code == 1
+        assert _one_error_line(result) == ("Error: --backup-dir is empty; give the folder for the backups, outside "
+                                           "every scanned root (e.g. --backup-dir backup/sanitize)")
     assert tree_hashes(root) == before and _journal(catalog) == {}
 
 

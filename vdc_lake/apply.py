@@ -136,7 +136,11 @@ def _rel_in_root(path: str, root: str) -> str | None:
 
 def check_backup_dir(roots: list[str], backup_dir: str | os.PathLike, what: str = "--backup-dir") -> Path:
     """The backup folder, resolved; PlanError when it lies inside or contains a scanned root
-    (confine.root_overlap: as given and resolved, so a symlink into a root is refused too)."""
+    (confine.root_overlap: as given and resolved, so a symlink into a root is refused too), or
+    when it is empty (an unset shell variable: it would mean the current folder)."""
+    if not os.fspath(backup_dir).strip():
+        raise PlanError(f"{what} is empty; give the folder for the backups, outside every scanned root "
+                        "(e.g. --backup-dir backup/sanitize)")
     overlap = root_overlap(roots, backup_dir)
     if overlap is not None:
         relation, root, root_real = overlap
