@@ -430,7 +430,7 @@ def test_an_export_running_into_the_folder_is_never_taken_for_an_interrupted_one
     _check_export(to_dir, "copy", _view_rows(catalog_path, "curated"))
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", ["manifest", "copy", "webdataset"])  # symlink, hardlink: manifest's check
 def test_a_named_pipe_in_a_files_place_is_refused_without_hanging(tmp_path, fmt):
     """Opening a FIFO for reading blocks until a writer comes: the WebDataset export hung for good."""
     catalog_path = _scanned(tmp_path, {"photos": ["a.jpg", "b.jpg"]})
@@ -447,3 +447,19 @@ def test_a_named_pipe_in_a_files_place_is_refused_without_hanging(tmp_path, fmt)
     assert json.loads(done.stdout) == [1, [f"{pipe}: not a regular file, so it is not exported (check the "
                                            "catalog's images row)"]]
     _check_export(tmp_path / "out", fmt, [r for r in _view_rows(catalog_path) if r["rel_path"] == "a.jpg"])
+
+
+@pytest.mark.parametrize("fmt", ["symlink", "manifest"])
+def test_a_view_cannot_name_the_file_to_export(curation, tmp_path, fmt):
+    """A view with every manifest column was taken as it was: its `path` (or a `curated` view edited
+    in a catalog from someone else) could point the export at any file, say a key outside the roots."""
+    secret = tmp_path / "home" / ".ssh" / "id_rsa"
+    secret.parent.mkdir(parents=True)
+    secret.write_bytes(b"PRIVATE KEY")
+    view = f"SELECT * REPLACE ('{secret}' AS path, 11 AS size_bytes) FROM curated"
+    with Catalog(curation[0], read_only=True) as catalog:
+        summary = export(catalog, tmp_path / "out", fmt=fmt, view=view, quiet=True)
+    assert summary.errors == []
+    rows = _check_export(tmp_path / "out", fmt, _view_rows(curation[0], "curated"))
+    assert str(secret) not in {r["path"] for r in rows}
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_symlink() and os.readlink(p) == str(secret)]

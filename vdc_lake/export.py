@@ -72,6 +72,7 @@ MANIFEST_COLUMNS = [
     "path", "image_id", "version", "rel_path", "root", "width", "height", "format", "size_bytes",
     "content_hash", "leaf_cluster_id", "top_cluster_id", "cluster_run", "sample_run",
 ]
+FILE_COLUMNS = ("path", "rel_path", "root", "width", "height", "format", "size_bytes", "content_hash")
 _QUERY_START = re.compile(r"^\s*(\(|select\b|with\b|from\b|values\b|table\b)", re.IGNORECASE)
 # A view name, or a table-macro call: name(arguments). The whole text must still parse as one SELECT.
 _VIEW_CALL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\s*\(.*\))?", re.DOTALL)
@@ -106,13 +107,15 @@ final AS (
 SELECT * FROM final ORDER BY image_id
 """
 
-# Used when the source has every manifest column (e.g. `curated`): taken as it is, one row per
-# image, restricted to images present at the version the row names.
+# Used when the source has every manifest column (e.g. `curated`): one row per image, restricted
+# to images present at the version the row names. The file's facts (FILE_COLUMNS: where it is, its
+# size and hash) come from image_files, never from the source: a query or a view edited in a
+# catalog from someone else could name any file there.
 _DIRECT_SQL = """
 SELECT {columns}
 FROM ({source}
 ) AS s
-WHERE EXISTS (SELECT 1 FROM image_files AS f WHERE f.image_id = s.image_id AND f.version = s.version)
+JOIN image_files AS f ON f.image_id = s.image_id AND f.version = s.version
 QUALIFY row_number() OVER (PARTITION BY s.image_id ORDER BY s.version DESC) = 1
 ORDER BY s.image_id
 """
@@ -176,7 +179,8 @@ def _manifest_query(catalog: Catalog, view: str) -> str:
     sql = source_sql(view)
     columns = _source_columns(catalog, sql, view)
     if set(MANIFEST_COLUMNS) <= set(columns):
-        return _DIRECT_SQL.format(columns=", ".join(f"s.{c}" for c in MANIFEST_COLUMNS), source=sql)
+        columns = ", ".join(f"{'f' if c in FILE_COLUMNS else 's'}.{c}" for c in MANIFEST_COLUMNS)
+        return _DIRECT_SQL.format(columns=columns, source=sql)
     return _LOOKUP_SQL.format(source=sql)
 
 
