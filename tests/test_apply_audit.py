@@ -378,7 +378,30 @@ def test_operations_that_fail_half_way_leave_the_tree_as_it_was_and_restore_undo
     assert tree_hashes(root) == original
 
 
-# -- 6. a named pipe is never read ------------------------------------------------------------------
+# -- 6. a root that is not there (a disk not mounted) -------------------------------------------------
+
+def test_restore_never_makes_a_missing_root_again(tmp_path, run_cli):
+    """The scanned root is gone (its disk not mounted): restore must not make the folder and put
+    the originals there, on the disk below the mount point, and record them restored (it did)."""
+    root, catalog, config = _scanned(tmp_path, run_cli, {"sub/tiny.jpg": ((40, 40), 1, "JPEG"),
+                                                          "big.jpg": ((300, 250), 2, "JPEG")})
+    original = tree_hashes(root)
+    assert run_cli(["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"], catalog,
+                   config=config).exit_code == 0
+    shutil.move(root, tmp_path / "unmounted")
+    result = run_cli(["restore"], catalog, config=config)
+    assert result.exit_code == 1
+    assert _one_error_line(result) == "Error: 2 files could not be restored"
+    assert (f"  {root.resolve() / 'big.jpg'}: its scanned root {root.resolve()} is missing (a disk not mounted?); "
+            "nothing was restored there; mount it and run restore again") in result.output.splitlines()
+    assert not os.path.lexists(root)
+    shutil.move(tmp_path / "unmounted", root)
+    result = run_cli(["restore"], catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert tree_hashes(root) == original
+
+
+# -- 7. a named pipe is never read ------------------------------------------------------------------
 
 def test_a_checksum_of_a_named_pipe_fails_at_once_instead_of_waiting_for_a_writer(tmp_path):
     """apply checks the bytes of a file, and of a backup, with content_hash: a pipe swapped in after

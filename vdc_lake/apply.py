@@ -793,7 +793,8 @@ def _user_changed(op: dict[str, Any], meta: dict[str, Any]) -> list[Path]:
 def _classify(op: dict[str, Any], force: bool) -> tuple[str, str | None]:
     """What restore would do with op: original | cleanup | untouched | restore | no_backup | conflict |
     failed, and why. `untouched`: a failed operation (it changes nothing: its output is removed
-    when it fails) whose file was changed since by a later run or the user; nothing to undo."""
+    when it fails) whose file was changed since by a later run or the user; nothing to undo. An
+    image whose scanned root is missing fails: restore makes folders below a root, never the root."""
     src, dst = Path(op["src"]), Path(op["dst"] or op["src"])
     meta = (json.loads(op["params"] or "{}").get("file")) or {"link": None}
     if _holds_bytes(src, op["checksum_before"], meta):
@@ -801,7 +802,10 @@ def _classify(op: dict[str, Any], force: bool) -> tuple[str, str | None]:
             return "original", None
         if op["state"] != "done":  # an interrupted recompress: its output is left to remove, if it is its own
             return ("cleanup" if _is_own_output(op, src, dst) else "original"), None
-    elif op["state"] == "failed":
+    if not os.path.isdir(op["root"]):  # never made again: the files would land on the disk below the mount point
+        return "failed", (f"{src}: its scanned root {op['root']} is missing (a disk not mounted?); nothing was "
+                          "restored there; mount it and run restore again")
+    if op["state"] == "failed":
         return "untouched", None  # a failed operation changed nothing: what is there now is another's doing
     if op["backup"] is None:
         return "no_backup", f"{src}: changed with --no-backup; nothing to restore from"
