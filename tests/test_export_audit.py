@@ -463,3 +463,21 @@ def test_a_view_cannot_name_the_file_to_export(curation, tmp_path, fmt):
     rows = _check_export(tmp_path / "out", fmt, _view_rows(curation[0], "curated"))
     assert str(secret) not in {r["path"] for r in rows}
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_symlink() and os.readlink(p) == str(secret)]
+
+
+def test_an_edited_image_files_view_cannot_name_the_file_to_export(curation, tmp_path):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"PRIVATE")
+    copy = _writable_copy(curation[0], tmp_path)
+    with Catalog(copy) as catalog:
+        first = catalog.scalar("SELECT min(image_id) FROM image_files")
+        sql = catalog.scalar("SELECT sql FROM duckdb_views() WHERE view_name = 'image_files'")
+        catalog.execute(sql.replace("CREATE VIEW", "CREATE OR REPLACE VIEW").replace(
+            "((root || '/') || rel_path) AS path", f"CASE WHEN image_id = {first} THEN '{secret}' "
+                                                   "ELSE root || '/' || rel_path END AS path"))
+    with Catalog(copy, read_only=True) as catalog:
+        assert catalog.scalar(f"SELECT path FROM image_files WHERE image_id = {first}") == str(secret)
+        for fmt in ("symlink", "manifest"):
+            with pytest.raises(StageError, match=f"files whose path is not their root/rel_path \\(e.g. image {first}"):
+                export(catalog, tmp_path / fmt, fmt=fmt, view="image_files", quiet=True)
+            assert not (tmp_path / fmt).exists()

@@ -202,16 +202,28 @@ def _check_paths(table: pa.Table) -> None:
     climb out of their root ('..', '.', empty parts, a leading '/'): only an edited or damaged
     catalog holds such rows, and they would make the export read or write elsewhere."""
     for root in pc.unique(table.column("root")).to_pylist():
-        if not (os.path.isabs(root) and os.path.normpath(root) == root and "\0" not in root):
+        if not (isinstance(root, str) and os.path.isabs(root) and os.path.normpath(root) == root
+                and "\0" not in root):
             raise StageError(f"export refused: the catalog names the scanned root {root!r}, which is not an "
                              "absolute, normalised path; the catalog was edited or is damaged")
-    bad = table.filter(pc.match_substring_regex(table.column("rel_path"), _UNSAFE_REL_PATH))
+    rel_path = table.column("rel_path")
+    bad = table.filter(pc.or_kleene(pc.is_null(rel_path), pc.match_substring_regex(rel_path, _UNSAFE_REL_PATH)))
     if bad.num_rows:
         example = bad.slice(0, 1).to_pylist()[0]
         raise StageError(
             f"export refused: the catalog names {bad.num_rows} files outside their scanned root (e.g. image "
             f"{example['image_id']}: {example['rel_path']!r} under {example['root']}); the catalog was edited or "
             "is damaged: restore it from a copy, or export a --view that leaves those images out"
+        )
+    # The path read and linked is the one root and rel_path name (an edited image_files view could say otherwise).
+    joined = pc.binary_join_element_wise(table.column("root"), rel_path, "/")
+    bad = table.filter(pc.invert(pc.fill_null(pc.equal(table.column("path"), joined), False)))
+    if bad.num_rows:
+        example = bad.slice(0, 1).to_pylist()[0]
+        raise StageError(
+            f"export refused: the catalog names {bad.num_rows} files whose path is not their root/rel_path (e.g. "
+            f"image {example['image_id']}: {example['path']!r}); the catalog was edited or is damaged: restore it "
+            "from a copy"
         )
 
 
