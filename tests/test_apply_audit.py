@@ -401,6 +401,31 @@ def test_restore_never_makes_a_missing_root_again(tmp_path, run_cli):
     assert tree_hashes(root) == original
 
 
+def test_an_apply_resumed_while_the_root_is_missing_leaves_its_operations_for_later(tmp_path, run_cli):
+    """Killed after resizing big.jpg (before journaling it), resumed while the disk is not mounted:
+    the operation stays planned (before: skipped, for good, so restore never gave the original
+    back although its backup was verified) and the next apply, with the disk back, finishes it."""
+    root, catalog, config = _scanned(tmp_path, run_cli, {"big.jpg": ((300, 250), 1, "JPEG")})
+    original = tree_hashes(root)
+    apply_args = ["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"]
+    killed = _cli_killed_at(catalog, config, apply_args,
+                            "a._finished = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)")
+    assert killed.returncode == -9, killed.stderr
+    shutil.move(root, tmp_path / "unmounted")
+    result = run_cli(apply_args, catalog, config=config)
+    assert result.exit_code == 1
+    assert _one_error_line(result) == "Error: 1 operations failed; see the journal table for details"
+    assert not os.path.lexists(root)
+    assert _journal(catalog)["big.jpg"]["state"] == "planned"
+    shutil.move(tmp_path / "unmounted", root)
+    result = run_cli(apply_args, catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert _journal(catalog)["big.jpg"]["state"] == "done"
+    result = run_cli(["restore"], catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert tree_hashes(root) == original
+
+
 # -- 7. a named pipe is never read ------------------------------------------------------------------
 
 def test_a_checksum_of_a_named_pipe_fails_at_once_instead_of_waiting_for_a_writer(tmp_path):

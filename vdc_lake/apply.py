@@ -498,6 +498,10 @@ def execute_op(op: dict[str, Any]) -> dict[str, Any]:
         refused = _confinement_error(op, op.get("backup_root"))
         if refused:
             return {"op_id": op["op_id"], "state": "refused", "error": f"refused {refused}"}
+        if not os.path.isdir(op["root"]):  # not "gone": an unmounted disk; whether it happened is not known
+            return {"op_id": op["op_id"], "state": "planned",
+                    "error": f"{src}: its scanned root {op['root']} is missing (a disk not mounted?); left for "
+                             "the next apply: mount it and run apply again"}
         if _already_done(op, meta, src, dst):
             return _finished(op, meta, dst, resumed=True)
         if not os.path.lexists(src):
@@ -654,7 +658,7 @@ def _count(summary: ApplySummary, result: dict[str, Any]) -> None:
         summary.skipped += 1
     elif state == "refused":
         summary.refused += 1
-    else:
+    else:  # failed, or left planned for the next apply
         summary.failed += 1
     if result.get("error") and len(summary.errors) < 20:
         summary.errors.append(result["error"])
