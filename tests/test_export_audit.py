@@ -481,3 +481,21 @@ def test_an_edited_image_files_view_cannot_name_the_file_to_export(curation, tmp
             with pytest.raises(StageError, match=f"files whose path is not their root/rel_path \\(e.g. image {first}"):
                 export(catalog, tmp_path / fmt, fmt=fmt, view="image_files", quiet=True)
             assert not (tmp_path / fmt).exists()
+
+
+def test_a_json_file_never_takes_the_name_of_its_samples_record():
+    from vdc_lake.export import _extension
+
+    assert _extension("notes/x.json", "JSON") == "bin" and _extension("x.JSON", None) == "bin"
+    assert _extension("x.json", "PNG") == "png"
+
+
+def test_a_copy_drops_set_user_id_bits(tmp_path):
+    catalog_path = _scanned(tmp_path, {"photos": ["a.jpg", "b.jpg"]})
+    os.chmod(tmp_path / "photos" / "a.jpg", 0o4755)
+    os.utime(tmp_path / "photos" / "a.jpg", ns=(1, 1))
+    with Catalog(catalog_path, read_only=True) as catalog:
+        export(catalog, tmp_path / "out", fmt="copy", view="image_files", quiet=True)
+    _check_export(tmp_path / "out", "copy", _view_rows(catalog_path))
+    assert os.stat(tmp_path / "out" / "photos" / "a.jpg").st_mode & 0o7777 == 0o755
+    assert os.stat(tmp_path / "out" / "photos" / "a.jpg").st_mtime_ns == 1  # the rest of its stat is kept

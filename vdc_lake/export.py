@@ -581,6 +581,9 @@ def _verified_copy(src: str, dst: Path, expected_hash: str | None, key: str) -> 
     tmp = _part_name(dst, key)
     try:
         shutil.copy2(src, tmp)
+        mode = os.stat(tmp).st_mode
+        if mode & 0o7000:  # a set-user-ID "image" copied by root would be a root-owned set-user-ID file
+            os.chmod(tmp, mode & 0o777)
         written = content_hash(tmp)
         if written != expected_hash:
             tmp.unlink()
@@ -737,9 +740,10 @@ def _read_verified(row: dict) -> tuple[bytes | None, str | None]:
 
 def _extension(rel_path: str, fmt: str | None) -> str:
     """The member's extension: the file's, else its format's; only [a-z0-9]{1,10} (a tar member
-    name from an edited catalog must not carry '/' or '..'), else 'bin'."""
+    name from an edited catalog must not carry '/' or '..') and never 'json' (KEY.json is the
+    sample's record), else 'bin'."""
     for ext in (os.path.splitext(rel_path)[1].lower().lstrip("."), (fmt or "").lower()):
-        if _SAFE_EXTENSION.fullmatch(ext):
+        if _SAFE_EXTENSION.fullmatch(ext) and ext != "json":
             return ext
     return "bin"
 
