@@ -401,7 +401,7 @@ def _check_one_filesystem(roots: Iterable[str], to_dir: Path) -> None:
 def _ignores_case(folder: Path) -> bool:
     """Whether names in `folder` are matched ignoring case (a macOS, Windows or FAT/exFAT volume)."""
     probe = folder / ".vdc-case-Probe"
-    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    fd = os.open(probe, os.O_CREAT | os.O_WRONLY, 0o600)
     os.close(fd)
     try:
         return os.path.lexists(folder / ".vdc-case-probe")
