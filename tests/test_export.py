@@ -307,19 +307,38 @@ def test_a_view_without_image_id_is_refused(curation, tmp_path, view, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_non_empty_destination_needs_overwrite(curation, tmp_path):
+def test_overwrite_replaces_an_earlier_export_and_nothing_else(curation, tmp_path):
+    """A folder holding files that are not an export is refused, --overwrite or not, and keeps
+    them; a finished earlier export needs --overwrite, which replaces it."""
     catalog_path, root, _ = curation
     to_dir = tmp_path / "out"
     to_dir.mkdir()
-    (to_dir / "stale.txt").write_text("from an earlier export")
+    (to_dir / "notes.txt").write_text("the user's own file")
     with Catalog(catalog_path) as catalog:
+        for overwrite in (False, True):
+            with pytest.raises(StageError) as err:
+                export(catalog, to_dir, fmt="symlink", overwrite=overwrite)
+            assert str(err.value) == (f"export destination {to_dir} is not empty (e.g. notes.txt) and holds no "
+                                      "earlier export (export.json); choose an empty folder (--overwrite replaces "
+                                      "only an earlier export, never other files)")
+        assert sorted(p.name for p in to_dir.iterdir()) == ["notes.txt"]
+        # an export.json that is not a vdc-lake record does not make the folder an export
+        (to_dir / "export.json").write_text('{"something": "else"}')
+        with pytest.raises(StageError, match="holds no earlier export"):
+            export(catalog, to_dir, fmt="symlink", overwrite=True)
+        assert (to_dir / "notes.txt").exists()
+
+        earlier = tmp_path / "earlier"
+        export(catalog, earlier, fmt="symlink", quiet=True)
+        (earlier / "stale.txt").write_text("left in the earlier export")
         with pytest.raises(StageError) as err:
-            export(catalog, to_dir, fmt="symlink")
-        assert str(err.value) == (f"export destination {to_dir} is not empty; choose an empty folder "
-                                  "or pass --overwrite to replace what is there")
-        assert (to_dir / "stale.txt").exists()
-        export(catalog, to_dir, fmt="symlink", overwrite=True, quiet=True)
-        assert not (to_dir / "stale.txt").exists() and (to_dir / "manifest.parquet").exists()
+            export(catalog, earlier, fmt="symlink")
+        assert str(err.value) == (f"export destination {earlier} holds an earlier export; choose an empty folder "
+                                  "or pass --overwrite to replace it")
+        assert (earlier / "stale.txt").exists()
+        export(catalog, earlier, fmt="copy", overwrite=True, quiet=True)
+        assert not (earlier / "stale.txt").exists() and (earlier / "manifest.parquet").exists()
+        assert json.loads((earlier / "export.json").read_text())["params"]["format"] == "copy"
         with pytest.raises(StageError, match="holds catalogued images"):
             export(catalog, root, fmt="copy", overwrite=True)
         with pytest.raises(StageError, match="holds catalogued images"):

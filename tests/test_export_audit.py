@@ -184,10 +184,11 @@ def test_overwrite_removes_a_link_inside_the_destination_never_its_target(curati
     precious.mkdir()
     (precious / "thesis.txt").write_text("years of work")
     to_dir = tmp_path / "out"
-    to_dir.mkdir()
-    (to_dir / "data").symlink_to(precious)  # where the tree of the root `data` goes
-    (to_dir / "manifest.csv").symlink_to(precious / "thesis.txt")
     with Catalog(curation[0], read_only=True) as catalog:
+        export(catalog, to_dir, fmt="manifest", quiet=True)  # an earlier export: what --overwrite replaces
+        (to_dir / "data").symlink_to(precious)  # where the tree of the root `data` goes
+        (to_dir / "manifest.csv").unlink()
+        (to_dir / "manifest.csv").symlink_to(precious / "thesis.txt")
         export(catalog, to_dir, fmt="copy", overwrite=True, quiet=True)
     assert (precious / "thesis.txt").read_text() == "years of work" and os.listdir(precious) == ["thesis.txt"]
     _check_export(to_dir, "copy", _view_rows(curation[0], "curated"))
@@ -400,7 +401,7 @@ def test_a_killed_export_leaves_nothing_that_looks_complete_and_the_rerun_finish
     _check_export(to_dir, fmt, curated)
     assert not [n for _, _, names in os.walk(to_dir) for n in names if n.startswith(".")]
 
-    with Catalog(catalog_path, read_only=True) as catalog, pytest.raises(StageError, match="is not empty"):
+    with Catalog(catalog_path, read_only=True) as catalog, pytest.raises(StageError, match="holds an earlier export"):
         export(catalog, to_dir, fmt=fmt, quiet=True)  # a finished export is replaced only with --overwrite
 
 

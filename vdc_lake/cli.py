@@ -536,9 +536,12 @@ def _plan(ctx: Context, catalog: Catalog, stage: str, options: dict[str, Any]):
 
     validate.check_decision_options(catalog, stage, **options)
     source_sql, params, op_options = decision_query(stage, ctx.config, **options)
-    if stage == "dedup":
-        from vdc_lake.decisions import unsearched_dedup_warnings
+    from vdc_lake.decisions import decision_values, unsearched_dedup_warnings
 
+    values = decision_values(catalog, stage, **options)
+    if values:  # which threshold this plan uses, and where it comes from (status lists the same)
+        click.echo(values)
+    if stage == "dedup":
         for warning in unsearched_dedup_warnings(catalog, threshold=options.get("threshold"),
                                                  embedding_set=options.get("embedding_set")):
             click.echo(warning, err=True)
@@ -1272,7 +1275,8 @@ def sample_command(ctx: Context, total: int, cluster_run: int | None, allocation
 @click.option("--shard-size-mb", type=float, default=None,
               help=f"WebDataset shard size {_cfg('export', 'shard_size_mb')}.")
 @click.option("--overwrite", is_flag=True,
-              help="Empty a non-empty destination first (never one holding scanned images).")
+              help="Replace an earlier export in the destination (a folder with export.json); "
+                   "a folder holding other files is refused.")
 @pass_ctx
 @handle_errors
 def export_command(ctx: Context, to_dir: str, fmt: str | None, view: str, shard_size_mb: float | None,

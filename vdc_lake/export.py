@@ -20,7 +20,8 @@ The catalog is only read, through exactly one SELECT, so a --view cannot change 
 appears under its final name only when complete (a hidden `.vdc-*.part` name until then), and
 TO/export.json, the record of a finished export, is written last: a folder without it holds an
 interrupted export, which the next export into it replaces without --overwrite (the hidden
-`.vdc-export-running` file marks it). A catalog may come from someone else: an edited root or
+`.vdc-export-running` file marks it). --overwrite replaces a finished earlier export (a folder
+with export.json) and nothing else: a folder holding other files is refused either way. A catalog may come from someone else: an edited root or
 rel_path that would climb out of its root refuses the export, and every file is placed inside
 TO. TO never holds the catalog, a backup folder of an apply run or a scanned root.
 """
@@ -272,9 +273,14 @@ def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool, params
             raise StageError(f"export destination {to_dir} is being written by another export (PID {holder}); "
                              "wait for it to finish or choose another folder")
         interrupted = _is_interrupted(to_dir)
+        if not interrupted and not _earlier_export(to_dir):
+            example = sorted(e.name for e in to_dir.iterdir())[0]
+            raise StageError(f"export destination {to_dir} is not empty (e.g. {example}) and holds no earlier "
+                             f"export ({RECORD_NAME}); choose an empty folder (--overwrite replaces only an "
+                             "earlier export, never other files)")
         if not overwrite and not interrupted:
-            raise StageError(f"export destination {to_dir} is not empty; choose an empty folder "
-                             "or pass --overwrite to replace what is there")
+            raise StageError(f"export destination {to_dir} holds an earlier export; choose an empty folder "
+                             "or pass --overwrite to replace it")
         if interrupted:
             note = (f"{to_dir} held an export that was interrupted (no {RECORD_NAME}); "
                     "it was removed and the export started again")
@@ -284,6 +290,19 @@ def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool, params
         to_dir.mkdir(parents=True, exist_ok=True)
         lock = _mark_running(to_dir, params)
     return note, lock
+
+
+def _earlier_export(to_dir: Path) -> bool:
+    """Whether to_dir holds a finished vdc-lake export: its record, a regular file this module
+    wrote (a JSON object naming the tool version and the catalog)."""
+    record = to_dir / RECORD_NAME
+    if record.is_symlink() or not record.is_file():
+        return False
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and {"tool_version", "catalog"} <= data.keys()
 
 
 def _is_interrupted(to_dir: Path) -> bool:
