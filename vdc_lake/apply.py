@@ -555,10 +555,18 @@ def _failure_text(op: dict[str, Any], error: Exception, doing: str | None = None
 
 
 def _finished(op: dict[str, Any], meta: dict[str, Any], dst: Path, *, resumed: bool) -> dict[str, Any]:
+    """The journal update of an operation whose act happened. Never `failed` (a failed operation
+    changed nothing): when the new file's facts cannot be read it stays planned, for the next
+    apply to record."""
     result: dict[str, Any] = {"op_id": op["op_id"], "state": "done", "error": None, "resumed": resumed}
     if op["action"] != "delete":
-        _set_metadata(dst, meta)
-        result["facts"] = inspect_header(str(dst))
+        try:
+            _set_metadata(dst, meta)
+            result["facts"] = inspect_header(str(dst))
+        except Exception as e:  # noqa: BLE001
+            return {"op_id": op["op_id"], "state": "planned",
+                    "error": f"{dst}: written, but its facts could not be read ({type(e).__name__}: {e}); "
+                             "the next apply records it"}
         result["checksum_after"] = result["facts"]["content_hash"]
     return result
 
