@@ -197,8 +197,8 @@ def exported(catalog: Path, out_dir: Path, config: Path | None = None) -> set[in
     return set(pq.read_table(out_dir / "manifest.parquet").column("image_id").to_pylist())
 
 
-def assert_readers_agree(catalog: Path, tmp: Path, config: Path | None = None, *, stages=STAGES,
-                         compare_plan_command: bool = False) -> dict[str, dict[int, str]]:
+def assert_readers_agree(catalog: Path, tmp: Path, config: Path | None = None, *, stages=STAGES
+                         ) -> dict[str, dict[int, str]]:
     """Every reader gives the same operations per stage and the same curated set; returns the
     operations per stage."""
     pending, curated_count, out = status(catalog, config)
@@ -215,8 +215,6 @@ def assert_readers_agree(catalog: Path, tmp: Path, config: Path | None = None, *
             continue
         dry = planned(catalog, stage, config)
         assert dry == view, (stage, set(dry.items()) ^ set(view.items()))
-        if compare_plan_command:
-            assert planned(catalog, stage, config, command="plan") == dry, stage
         assert pending.get(stage, Counter()) == Counter(view.values()), (stage, pending, out)
         assert report["counts"][stage] == len(view), (stage, report["counts"])
         if stage in report["galleries"]:
@@ -263,7 +261,10 @@ def test_status_shows_the_one_dedup_threshold_that_plan_uses(fresh, via):
         at_value = dict(con.execute("SELECT image_id, action FROM dedup_actions(threshold := ?) "
                                     "WHERE action = 'delete'", [float(expected[0])]).fetchall())
     assert f"{in_force:g}" == expected[0]
-    assert planned(catalog, "dedup", config) == at_value  # the value status names is the one apply uses
+    assert planned(catalog, "dedup", config, command="plan") == planned(catalog, "dedup", config) == at_value
+    plan_output = _invoke(["plan", "dedup", "--examples", 0], catalog, config).output
+    assert plan_output.startswith(f"dedup at distance < {expected[0]} in set builtin ({expected[1]}); "
+                                  "keep largest-resolution (default)\n"), plan_output
     assert ("a set's own dedup threshold" in out) == (via == "defaults")
 
 
@@ -296,7 +297,8 @@ def test_status_lists_each_sets_threshold_and_the_fallback_only_where_it_applies
     }, out
     # sscd's 0.25 lies beyond the 0.3 searched? no: only a threshold above the search warns
     assert "warning: the dedup apply threshold" not in out
-    assert_readers_agree(catalog, fresh["tmp"], stages=("dedup",))
+    dry = planned(catalog, "dedup")
+    assert dry == viewed(catalog, VIEW_SQL["dedup"]) and status(catalog)[0]["dedup"] == Counter(dry.values())
 
 
 def test_a_threshold_beyond_the_reported_distance_is_named_by_status_and_plan(fresh):
@@ -315,8 +317,8 @@ def test_a_threshold_beyond_the_reported_distance_is_named_by_status_and_plan(fr
 
 def test_readers_agree_under_config_settings_overrides_and_a_sample(fresh):
     """Settings from a --config file, overrides (keep and drop) and a sample: every stage's
-    operations agree image for image (`plan` and `apply` alike); status names the values the
-    views use. (vdc-lake.toml alone: tests/test_agreement.py.)"""
+    operations agree image for image; status and plan name the values the views use.
+    (vdc-lake.toml alone: tests/test_agreement.py.)"""
     catalog, config = fresh["catalog"], fresh["tmp"] / "override.toml"
     config.write_text(SETTINGS_TOML.format(min_score=fresh["score_cut"]))
     source = str(config)
@@ -327,9 +329,13 @@ def test_readers_agree_under_config_settings_overrides_and_a_sample(fresh):
     _invoke(["override", "keep", kept], catalog, config)
     _invoke(["override", "drop", *dropped], catalog, config)
     _invoke(["sample", "--total", 8], catalog, config)
-    ops = assert_readers_agree(catalog, fresh["tmp"], config, compare_plan_command=True)
+    ops = assert_readers_agree(catalog, fresh["tmp"], config)
     rows = settings_table(status(catalog, config)[2])
     assert rows["rotation_correction.threshold"] == ("0.6", source)
+    for stage, line in (("rotation", f"rotation at probability > 0.6 ({source})"),
+                        ("examples", f"examples at distance < 0.005 ({source})"),
+                        ("score", f"score aesthetic kept within [{fresh['score_cut']:g} ({source}), inf (default)]")):
+        assert _invoke(["plan", stage, "--examples", 0], catalog, config).output.splitlines()[0] == line
     assert rows["apply_deduplication.threshold (set builtin)"] == ("0.05", source)
     assert rows["filter_by_examples.threshold"] == ("0.005", source)
     assert rows["filter_by_score.name"] == ("aesthetic", source)
@@ -350,6 +356,9 @@ def test_cli_flags_give_plan_report_and_the_macros_the_same_answer(fresh):
                                                  "WHERE action <> 'none'", ("--rotation-threshold", "0.5"))):
         dry = planned(catalog, stage, flags=flags)
         assert dry == viewed(catalog, sql) and dry != viewed(catalog, VIEW_SQL[stage])
+        said = _invoke(["apply", stage, *flags, "--examples", 0], catalog).output.splitlines()[0]
+        assert said == {"dedup": "dedup at distance < 0.3 (--threshold); keep largest-resolution (default)",
+                        "rotation": "rotation at probability > 0.5 (--threshold)"}[stage]
         report = reported(catalog, fresh["tmp"] / f"report-{stage}", flags=report_flag)
         assert report["galleries"][stage] == set(dry) and report["counts"][stage] == len(dry)
         assert status(catalog)[0].get(stage, Counter()) == Counter(viewed(catalog, VIEW_SQL[stage]).values())
@@ -413,5 +422,5 @@ def test_status_counts_what_plan_counts_after_an_interrupted_apply(fresh, monkey
     report = reported(catalog, fresh["tmp"] / "report-interrupted")
     assert report["counts"]["dedup"] == total and f"{total} operations of an interrupted apply" in report["index"]
     _invoke(["apply", "dedup", "--backup-dir", fresh["tmp"] / "backup", "--apply"], catalog)
-    assert "(unfinished)" not in status(catalog)[2]
-    assert_readers_agree(catalog, fresh["tmp"], stages=("dedup",))
+    pending, _, out = status(catalog)
+    assert "(unfinished)" not in out and "dedup" not in pending and not planned(catalog, "dedup")

@@ -97,6 +97,64 @@ def override_decision(config: Config, **_: Any) -> DecisionQuery:
     return sql, [], {}
 
 
+def _setting(catalog: Any, section: str, key: str) -> tuple[str, str]:
+    """(value text, source) of one catalog setting; ('', 'unset') when the catalog has none."""
+    rows = catalog.rows("SELECT value, source FROM settings WHERE section = ? AND key = ?", [section, key])
+    return rows[0] if rows else ("", "unset")
+
+
+def decision_values(catalog: Any, stage: str, *, threshold: float | None = None, keep: str | None = None,
+                    embedding_set: str | None = None, name: str | None = None, min_score: float | None = None,
+                    max_score: float | None = None, **_: Any) -> str | None:
+    """One line naming the values a stage's plan uses and where each comes from (a CLI option,
+    else the catalog's setting and its source; dedup: per embedding set, as dedup_actions() takes
+    them), or None for stages without such values."""
+    if stage == "rotation":
+        value, source = (threshold, "--threshold") if threshold is not None else _setting(
+            catalog, "rotation_correction", "threshold")
+        return f"rotation at probability > {float(value):g} ({source})"
+    if stage == "examples":
+        value, source = (threshold, "--threshold") if threshold is not None else _setting(
+            catalog, "filter_by_examples", "threshold")
+        return f"examples at distance < {float(value):g} ({source})"
+    if stage == "dedup":
+        keep_value, keep_source = (keep, "--keep") if keep is not None else _setting(
+            catalog, "apply_deduplication", "keep")
+        if threshold is not None:
+            at = f"distance < {float(threshold):g} (--threshold)"
+        else:
+            sets = catalog.rows(
+                """
+                SELECT e.set_name, coalesce(t.apply_threshold, f.apply_threshold),
+                       coalesce(t.apply_source, f.apply_source)
+                FROM (SELECT DISTINCT set_name FROM near_duplicate_edges) AS e
+                LEFT JOIN dedup_thresholds AS t ON t.set_name = e.set_name
+                CROSS JOIN (SELECT apply_threshold, apply_source FROM dedup_thresholds WHERE set_name IS NULL) AS f
+                WHERE ? IS NULL OR e.set_name = ?
+                ORDER BY e.set_name
+                """, [embedding_set, embedding_set])
+            at = ", ".join(f"distance < {value:g} in set {set_name} "
+                           f"({f'set {set_name}' + chr(39) + 's own' if source == f'set {set_name}' else source})"
+                           for set_name, value, source in sets)
+        return (f"dedup at {at}" if at else "dedup of exact copies only (no near-duplicate report yet)") + (
+            f"; keep {keep_value} ({keep_source})")
+    if stage == "score":
+        configured, _source = _setting(catalog, "filter_by_score", "name")
+        name = name or configured
+        bounds = []
+        for bound, key, flag in ((min_score, "min_score", "--min-score"), (max_score, "max_score", "--max-score")):
+            if bound is not None:
+                bounds.append((float(bound), flag))
+            elif name == configured:
+                value, source = _setting(catalog, "filter_by_score", key)
+                bounds.append((float(value), source))
+            else:
+                bounds.append((float("-inf") if key == "min_score" else float("inf"), "open"))
+        (low, low_source), (high, high_source) = bounds
+        return f"score {name} kept within [{low:g} ({low_source}), {high:g} ({high_source})]"
+    return None
+
+
 def unsearched_dedup_warnings(catalog: Any, *, threshold: float | None = None,
                               embedding_set: str | None = None) -> list[str]:
     """One warning per embedding set whose dedup apply threshold (threshold, else the catalog's
