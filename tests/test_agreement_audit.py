@@ -424,3 +424,21 @@ def test_status_counts_what_plan_counts_after_an_interrupted_apply(fresh, monkey
     _invoke(["apply", "dedup", "--backup-dir", fresh["tmp"] / "backup", "--apply"], catalog)
     pending, _, out = status(catalog)
     assert "(unfinished)" not in out and "dedup" not in pending and not planned(catalog, "dedup")
+
+
+def test_status_and_plan_say_when_sanitize_findings_predate_the_settings(fresh):
+    """The sanitize actions come from the newest sanitize run's rules; a stricter vdc-lake.toml
+    changes nothing until `sanitize` runs again. Before, status and plan sanitize showed the old
+    counts without a word; now both say which run's rules they show."""
+    catalog = fresh["catalog"]
+    (fresh["work"] / "vdc-lake.toml").write_text("[sanitize]\nmax_aspect_ratio = 1.2\n")
+    before = viewed(catalog, VIEW_SQL["sanitize"])
+    note = ("note: the sanitize actions come from sanitize run 2, which judged by other rules than the settings: "
+            f"max_aspect_ratio 6.667 (settings: 1.2, {fresh['work'] / 'vdc-lake.toml'})")
+    assert note in status(catalog)[2]
+    assert _invoke(["plan", "sanitize", "--examples", 0], catalog).output.startswith(note)
+    assert planned(catalog, "sanitize") == before
+    _invoke(["sanitize"], catalog)
+    assert "note: the sanitize actions" not in status(catalog)[2]
+    after = assert_readers_agree(catalog, fresh["tmp"], stages=("sanitize",))["sanitize"]
+    assert len(after) > len(before)  # the stricter rule found more

@@ -423,7 +423,7 @@ def status(ctx: Context) -> None:
                    "vdc-lake sql \"SELECT * FROM failed_predictions\"")
     click.echo()
     echo_table(report["settings"], ["decision setting", "value", "source"])
-    for note in report["dedup_notes"]:
+    for note in report["setting_notes"]:
         click.echo(note)
     click.echo()
     echo_table(report["runs"], ["run", "stage", "status", "started", "seconds"])

@@ -11,10 +11,12 @@ of its own that deletes the images dropped by override.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 from vdc_lake.config import Config
 from vdc_lake.errors import PlanError
+from vdc_lake.settings import setting_text
 
 DecisionQuery = tuple[str, list[Any], dict[str, Any]]
 # The [sanitize] options a file operation needs (resize, recompress, the decode pixel limit).
@@ -97,6 +99,31 @@ def override_decision(config: Config, **_: Any) -> DecisionQuery:
     return sql, [], {}
 
 
+# The [sanitize] rules a sanitize run judges by (its findings keep them until the next run).
+SANITIZE_RULES = ("min_width", "min_height", "max_width", "max_height", "min_aspect_ratio", "max_aspect_ratio",
+                  "allowed_formats", "max_file_size_mb", "max_pixels")
+
+
+def sanitize_rules_note(catalog: Any) -> str | None:
+    """A note (None: none) when the newest sanitize run judged by other [sanitize] rules than the
+    catalog's settings (a config changed since, or the run had CLI options): sanitize_actions,
+    plan, status and the report show that run's findings, not what the settings would find."""
+    row = catalog.rows("SELECT run_id, params FROM runs WHERE stage = 'sanitize' AND status = 'done' "
+                       "ORDER BY run_id DESC LIMIT 1")
+    if not row:
+        return None
+    run_id, params = row[0][0], json.loads(row[0][1] or "{}")
+    stored = {key: (value, source) for key, value, source in catalog.rows(
+        "SELECT key, value, source FROM settings WHERE section = 'sanitize'")}
+    differ = [f"{key} {setting_text(params[key])} (settings: {stored[key][0]}, {stored[key][1]})"
+              for key in SANITIZE_RULES
+              if key in params and key in stored and setting_text(params[key]) != stored[key][0]]
+    if not differ:
+        return None
+    return (f"note: the sanitize actions come from sanitize run {run_id}, which judged by other rules than the "
+            f"settings: {'; '.join(differ)}; `vdc-lake sanitize` checks the images again by the settings")
+
+
 def _setting(catalog: Any, section: str, key: str) -> tuple[str, str]:
     """(value text, source) of one catalog setting; ('', 'unset') when the catalog has none."""
     rows = catalog.rows("SELECT value, source FROM settings WHERE section = ? AND key = ?", [section, key])
@@ -109,6 +136,8 @@ def decision_values(catalog: Any, stage: str, *, threshold: float | None = None,
     """One line naming the values a stage's plan uses and where each comes from (a CLI option,
     else the catalog's setting and its source; dedup: per embedding set, as dedup_actions() takes
     them), or None for stages without such values."""
+    if stage == "sanitize":
+        return sanitize_rules_note(catalog)
     if stage == "rotation":
         value, source = (threshold, "--threshold") if threshold is not None else _setting(
             catalog, "rotation_correction", "threshold")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vdc_lake.catalog import Catalog
-from vdc_lake.decisions import unsearched_dedup_warnings
+from vdc_lake.decisions import sanitize_rules_note, unsearched_dedup_warnings
 
 # What each stage's decision would do at the catalog's settings (plan STAGE shows details):
 # (the decision's rows, the actions it carries out).
@@ -69,7 +69,8 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
                              ) if has_overrides else []
     return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated,
             "overrides": overrides, "predict_failures": predict_failures(catalog),
-            "stale_sample": stale_sample(catalog), "dedup_notes": dedup_threshold_notes(catalog)}
+            "stale_sample": stale_sample(catalog),
+            "setting_notes": dedup_threshold_notes(catalog) + [n for n in [sanitize_rules_note(catalog)] if n]}
 
 
 # The settings rows `status` lists, in this order (apply_deduplication.threshold: per set, below).
