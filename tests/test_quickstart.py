@@ -46,6 +46,14 @@ def test_quickstart_pipeline_handles_planted_problems_and_restores(quickstart_di
     with Catalog(catalog, read_only=True) as c:
         present = c.scalar("SELECT count(*) FROM images WHERE present")
         sampled = c.scalar("SELECT count(*) FROM samples WHERE run_id = (SELECT max(run_id) FROM samples)")
+        # the files apply sanitize rewrote were checked again, and have their descriptors
+        unchecked = c.rows("""SELECT rel_path FROM images i WHERE present AND NOT EXISTS (SELECT 1 FROM
+                              sanitize_checks s WHERE s.image_id = i.image_id AND s.version = i.version)""")
+        no_descriptor = c.rows("""SELECT rel_path FROM images i WHERE present AND NOT EXISTS (SELECT 1 FROM
+                                  embeddings e WHERE e.set_name = 'builtin' AND e.image_id = i.image_id
+                                  AND e.version = i.version)""")
+        rewritten = c.scalar("SELECT count(*) FROM images WHERE present AND version > 1")
+    assert unchecked == [] and no_descriptor == [] and rewritten > 0
     assert sampled == SAMPLE_TOTAL
     assert present == SAMPLE_TOTAL == len(remaining)
 
