@@ -375,6 +375,7 @@ def test_readers_agree_after_a_partial_apply_and_after_restore(fresh):
     catalog, backup = fresh["catalog"], fresh["tmp"] / "backup"
     _invoke(["sample", "--total", 25], catalog)
     sampled = set(viewed(catalog, "SELECT image_id, 1 FROM curated"))
+    clusters = viewed(catalog, "SELECT image_id, leaf_cluster_id FROM curated")
     before = {stage: viewed(catalog, VIEW_SQL[stage]) for stage in APPLIED_STAGES}
     changed = set(viewed(catalog, "SELECT image_id, 1 FROM rotation_actions(threshold := 0.3) "
                                   "WHERE action <> 'none' UNION SELECT image_id, 1 FROM sanitize_actions "
@@ -386,6 +387,8 @@ def test_readers_agree_after_a_partial_apply_and_after_restore(fresh):
     after = assert_readers_agree(catalog, fresh["tmp"], stages=APPLIED_STAGES)
     assert not changed & set(after["sample"])  # still selected: apply sample leaves them
     assert set(viewed(catalog, "SELECT image_id, 1 FROM curated")) == sampled
+    # and keep the cluster the sample chose them from (curated, the export manifest)
+    assert viewed(catalog, "SELECT image_id, leaf_cluster_id FROM curated") == clusters
     assert "still survive" not in status(catalog)[2]
     _invoke(["restore"], catalog)
     assert assert_readers_agree(catalog, fresh["tmp"], stages=APPLIED_STAGES) == before

@@ -1,4 +1,7 @@
--- Each image's finest (level 0) and top-level cluster in the newest finished cluster run.
+-- Each image's finest (level 0) and top-level cluster in the newest finished cluster run. An
+-- image that vdc-lake's apply rotated, resized or recompressed since the run keeps its clusters
+-- at its current version (applied_versions), as a sample's selection does, so `curated` and the
+-- export manifest name the cluster the sample chose it from.
 CREATE OR REPLACE VIEW image_clusters AS
 WITH newest_cluster AS (
     SELECT max(run_id) AS run_id FROM runs WHERE stage = 'cluster' AND status = 'done'
@@ -17,11 +20,19 @@ cluster_levels AS (
     JOIN top AS t ON t.run_id = a.run_id
 ),
 
+-- assignments of an earlier version that apply alone turned into the current one (few rows)
+carried_levels AS (
+    SELECT c.run_id, c.image_id, v.version, c.level, c.cluster_id, c.top_level
+    FROM cluster_levels AS c
+    JOIN applied_versions AS v ON v.image_id = c.image_id
+    WHERE c.version >= v.first_version AND c.version < v.version
+),
+
 final AS (
     SELECT image_id, version, any_value(run_id) AS cluster_run,
            max(cluster_id) FILTER (WHERE level = 0) AS leaf_cluster_id,
            max(cluster_id) FILTER (WHERE level = top_level) AS top_cluster_id
-    FROM cluster_levels
+    FROM (SELECT * FROM cluster_levels UNION ALL SELECT * FROM carried_levels)
     GROUP BY image_id, version
 )
 
