@@ -156,7 +156,8 @@ def decision_values(catalog: Any, stage: str, *, threshold: float | None = None,
                 """
                 SELECT e.set_name, coalesce(t.apply_threshold, f.apply_threshold),
                        coalesce(t.apply_source, f.apply_source)
-                FROM (SELECT DISTINCT set_name FROM near_duplicate_edges) AS e
+                FROM (SELECT DISTINCT json_extract_string(params, '$.set') AS set_name FROM runs
+                      WHERE stage = 'dedup-report' AND status = 'done') AS e  -- near_duplicate_edges' sets
                 LEFT JOIN dedup_thresholds AS t ON t.set_name = e.set_name
                 CROSS JOIN (SELECT apply_threshold, apply_source FROM dedup_thresholds WHERE set_name IS NULL) AS f
                 WHERE ? IS NULL OR e.set_name = ?

@@ -86,7 +86,8 @@ def decision_settings_in_force(catalog: Catalog) -> list[tuple[str, str, str]]:
     (the dedup_thresholds view: a configured value, else the set's own, else the default), and
     once more for sets without a row ("other sets") only when edges of such a set exist or no
     set is registered: a bare apply_deduplication.threshold beside a set's own value would not
-    say which one applies."""
+    say which one applies. (Reported sets are read from the runs, not from the edges: cheap at
+    any scale.)"""
     stored = {(s, k): (v, src) for s, k, v, src in catalog.rows("SELECT section, key, value, source FROM settings")}
     rows = [(f"{s}.{k}", *stored[(s, k)]) for s, k in SHOWN_SETTINGS if (s, k) in stored]
     per_set = catalog.rows(
@@ -94,8 +95,9 @@ def decision_settings_in_force(catalog: Catalog) -> list[tuple[str, str, str]]:
         SELECT set_name, apply_threshold, apply_source FROM dedup_thresholds
         WHERE set_name IS NOT NULL
            OR NOT EXISTS (SELECT 1 FROM embedding_sets)
-           OR EXISTS (SELECT 1 FROM near_duplicate_edges AS e
-                      WHERE e.set_name NOT IN (SELECT name FROM embedding_sets))
+           OR EXISTS (SELECT 1 FROM runs  -- a dedup report of a set that is not registered
+                      WHERE stage = 'dedup-report' AND status = 'done'
+                        AND json_extract_string(params, '$.set') NOT IN (SELECT name FROM embedding_sets))
         ORDER BY set_name NULLS LAST
         """
     )
