@@ -149,6 +149,12 @@ def test_backup_folder_and_temp_files_are_never_registered(tmp_path, run_cli):
     assert f"the backup folder of apply run {apply_run}" in str(err.value)
     assert "scan the folders that hold your images" in str(err.value)
 
+    # The backup folder now lies inside the scanned root `data`, which left it out: restore still
+    # reads it (it was refused as "inside the scanned root", with apply's advice to move it).
+    restored = run_cli(["restore"], catalog)
+    assert restored.exit_code == 0, restored.output
+    assert (data / "images" / "tiny.jpg").read_bytes() == backups[0].read_bytes()
+
 
 # -- item 2: missing or unreadable during sanitize is never corrupt -------------------------------
 

@@ -134,14 +134,21 @@ def _rel_in_root(path: str, root: str) -> str | None:
     return rel if is_plain_relative(rel) else None
 
 
-def check_backup_dir(roots: list[str], backup_dir: str | os.PathLike, what: str = "--backup-dir") -> Path:
+def check_backup_dir(roots: list[str], backup_dir: str | os.PathLike, what: str = "--backup-dir", *,
+                     existing_in: Catalog | None = None) -> Path:
     """The backup folder, resolved; PlanError when it lies inside or contains a scanned root
     (confine.root_overlap: as given and resolved, so a symlink into a root is refused too), or
-    when it is empty (an unset shell variable: it would mean the current folder)."""
+    when it is empty (an unset shell variable: it would mean the current folder).
+
+    existing_in: the catalog, for a folder of backups already made (restore, resume). It may lie
+    inside a root scanned since it was made (scan leaves every apply run's backup folder out), as
+    long as it is not the root itself and holds none of the catalog's images."""
     if not os.fspath(backup_dir).strip():
         raise PlanError(f"{what} is empty; give the folder for the backups, outside every scanned root "
                         "(e.g. --backup-dir backup/sanitize)")
     overlap = root_overlap(roots, backup_dir)
+    if overlap is not None and existing_in is not None and overlap[0] == "inside":
+        overlap = _holds_images(existing_in, backup_dir, overlap)
     if overlap is not None:
         relation, root, root_real = overlap
         suggestion = root_real.parent / f"{root_real.name}-backup"
@@ -153,18 +160,31 @@ def check_backup_dir(roots: list[str], backup_dir: str | os.PathLike, what: str 
     return Path(os.path.realpath(os.path.abspath(os.path.expanduser(backup_dir))))
 
 
+def _holds_images(catalog: Catalog, folder: str | os.PathLike, overlap: tuple[str, str, Path]
+                  ) -> tuple[str, str, Path] | None:
+    """overlap when the folder (inside a scanned root) is that root or holds a catalogued image,
+    as given or resolved; None when it holds none (a backup folder that scan left out)."""
+    given = Path(os.path.abspath(os.path.expanduser(folder)))
+    for candidate in {given, Path(os.path.realpath(given))}:
+        if candidate in (Path(overlap[1]), overlap[2]) or catalog.scalar(
+                "SELECT count(*) FROM image_files WHERE starts_with(path, ?)", [str(candidate) + "/"]):
+            return overlap
+    return None
+
+
 def check_backup_folder(catalog: Catalog, backup_dir: str | os.PathLike) -> Path:
     """check_backup_dir against the catalog's scanned roots (a dry run checks it too)."""
     return check_backup_dir(scanned_roots(catalog), backup_dir)
 
 
-def _recorded_backup_root(roots: list[str], recorded: str | None, run_id: int, checked: dict[str, str]) -> str:
+def _recorded_backup_root(catalog: Catalog, roots: list[str], recorded: str | None, run_id: int,
+                          checked: dict[str, str]) -> str:
     """An apply run's recorded backup folder (runs.params, which may have been edited), resolved,
     once check_backup_dir accepts it against the scanned roots (PlanError otherwise; a missing one
     is refused as "/"). `checked` caches the folders already accepted. Used by resume and restore."""
     folder = recorded or "/"
     if folder not in checked:
-        check_backup_dir(roots, folder, f"the backup folder of apply run {run_id}")
+        check_backup_dir(roots, folder, f"the backup folder of apply run {run_id}", existing_in=catalog)
         checked[folder] = str(Path(os.path.realpath(folder)))
     return checked[folder]
 
@@ -687,7 +707,7 @@ def resume_unfinished(catalog: Catalog, *, quiet: bool = False, backend: str = "
         ops = sorted(_journal_ops(catalog, "j.run_id = ? AND j.state = 'planned'", [run_id]), key=lambda o: o["op_id"])
         recorded = ops[0]["backup_root"] if ops else None
         if recorded is not None:  # checked only: the journal's backup paths were made from it as recorded
-            _recorded_backup_root(roots, recorded, run_id, {})
+            _recorded_backup_root(catalog, roots, recorded, run_id, {})
         summary.planned += len(ops)
         _run_ops(catalog, run_id, ops, summary, quiet, backend)
         catalog.execute("UPDATE runs SET status = 'done', finished_at = now() WHERE run_id = ?", [run_id])
@@ -769,7 +789,7 @@ def _restore_ops(catalog: Catalog, run_id: int | None, backup_dir: str | os.Path
     ops = sorted(_journal_ops(catalog, where, [run_id] if run_id is not None else []),
                  key=lambda o: o["op_id"], reverse=True)
     roots = scanned_roots(catalog)
-    given = check_backup_dir(roots, backup_dir) if backup_dir is not None else None
+    given = check_backup_dir(roots, backup_dir, existing_in=catalog) if backup_dir is not None else None
     checked: dict[str, str] = {}
     for op in ops:
         if op["backup"] is not None and given is not None:
@@ -781,7 +801,7 @@ def _restore_ops(catalog: Catalog, run_id: int | None, backup_dir: str | os.Path
             else:
                 op["backup"] = recorded  # not apply's layout: refused below
         elif op["backup"] is not None:
-            op["backup_root"] = _recorded_backup_root(roots, op["backup_root"], op["run_id"], checked)
+            op["backup_root"] = _recorded_backup_root(catalog, roots, op["backup_root"], op["run_id"], checked)
         refused = _confinement_error(op, op["backup_root"])
         if refused:
             raise PlanError(f"refusing to restore {refused}")
