@@ -387,6 +387,8 @@ def test_readers_agree_after_a_partial_apply_and_after_restore(fresh):
     after = assert_readers_agree(catalog, fresh["tmp"], stages=APPLIED_STAGES)
     assert not changed & set(after["sample"])  # still selected: apply sample leaves them
     assert set(viewed(catalog, "SELECT image_id, 1 FROM curated")) == sampled
+    index = reported(catalog, fresh["tmp"] / "report-applied")["index"]
+    assert re.search(r"Sample run \d+ selected 25 images", index)  # the report's sampling section too
     # and keep the cluster the sample chose them from (curated, the export manifest)
     assert viewed(catalog, "SELECT image_id, leaf_cluster_id FROM curated") == clusters
     assert "still survive" not in status(catalog)[2]

@@ -948,14 +948,17 @@ def _sampling_section(catalog: Catalog, limits: Limits, gallery: Paged) -> Secti
     rows = catalog.arrow(
         """
         WITH top AS (
-            SELECT a.image_id, a.version, a.cluster_id, f.path FROM assignments AS a
-            JOIN image_files AS f ON f.image_id = a.image_id AND f.version = a.version
+            -- at the current version: an image apply changed since keeps its cluster (applied_versions)
+            SELECT a.image_id, f.version, a.cluster_id, f.path FROM assignments AS a
+            JOIN image_files AS f ON f.image_id = a.image_id
+            LEFT JOIN applied_versions AS v ON v.image_id = f.image_id
             WHERE a.run_id = $cluster_run
               AND a.level = (SELECT max(level) FROM clusters WHERE run_id = $cluster_run)
+              AND (a.version = f.version OR a.version BETWEEN v.first_version AND f.version)
         ),
-        marked AS (
+        marked AS (  -- sampled_images: the newest sample run, selections carried across apply as curated does
             SELECT t.*, s.image_id IS NOT NULL AS kept FROM top AS t
-            LEFT JOIN samples AS s ON s.run_id = $sample_run AND s.image_id = t.image_id AND s.version = t.version
+            LEFT JOIN sampled_images AS s ON s.image_id = t.image_id AND s.version = t.version
         )
         SELECT cluster_id, count(*) AS available, count(*) FILTER (WHERE kept) AS selected,
                list_slice(list({'image_id': image_id, 'version': version, 'path': path} ORDER BY image_id)
@@ -964,7 +967,7 @@ def _sampling_section(catalog: Catalog, limits: Limits, gallery: Paged) -> Secti
                           FILTER (WHERE NOT kept), 1, $k) AS dropped_examples
         FROM marked GROUP BY cluster_id ORDER BY cluster_id
         """,
-        {"cluster_run": cluster_run, "sample_run": sample_run, "k": limits.thumbnails},
+        {"cluster_run": cluster_run, "k": limits.thumbnails},
     ).to_pylist()
     total = sum(r["selected"] for r in rows)
     section.body.append(f"<p>Sample run {sample_run} selected {total:,} images from cluster run {cluster_run}; "
