@@ -113,6 +113,8 @@ def sanitize_rules_note(catalog: Any) -> str | None:
     if not row:
         return None
     run_id, params = row[0][0], json.loads(row[0][1] or "{}")
+    if not isinstance(params, dict):  # an edited catalog: nothing to compare
+        return None
     stored = {key: (value, source) for key, value, source in catalog.rows(
         "SELECT key, value, source FROM settings WHERE section = 'sanitize'")}
     differ = [f"{key} {setting_text(params[key])} (settings: {stored[key][0]}, {stored[key][1]})"
@@ -122,6 +124,14 @@ def sanitize_rules_note(catalog: Any) -> str | None:
         return None
     return (f"note: the sanitize actions come from sanitize run {run_id}, which judged by other rules than the "
             f"settings: {'; '.join(differ)}; `vdc-lake sanitize` checks the images again by the settings")
+
+
+def _shown(value: Any) -> str:
+    """A threshold as the user reads it (0.25, inf); a value that is not a number as it is."""
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value) if value not in (None, "") else "(unset)"
 
 
 def _setting(catalog: Any, section: str, key: str) -> tuple[str, str]:
@@ -141,16 +151,16 @@ def decision_values(catalog: Any, stage: str, *, threshold: float | None = None,
     if stage == "rotation":
         value, source = (threshold, "--threshold") if threshold is not None else _setting(
             catalog, "rotation_correction", "threshold")
-        return f"rotation at probability > {float(value):g} ({source})"
+        return f"rotation at probability > {_shown(value)} ({source})"
     if stage == "examples":
         value, source = (threshold, "--threshold") if threshold is not None else _setting(
             catalog, "filter_by_examples", "threshold")
-        return f"examples at distance < {float(value):g} ({source})"
+        return f"examples at distance < {_shown(value)} ({source})"
     if stage == "dedup":
         keep_value, keep_source = (keep, "--keep") if keep is not None else _setting(
             catalog, "apply_deduplication", "keep")
         if threshold is not None:
-            at = f"distance < {float(threshold):g} (--threshold)"
+            at = f"distance < {_shown(threshold)} (--threshold)"
         else:
             sets = catalog.rows(
                 """
@@ -163,7 +173,7 @@ def decision_values(catalog: Any, stage: str, *, threshold: float | None = None,
                 WHERE ? IS NULL OR e.set_name = ?
                 ORDER BY e.set_name
                 """, [embedding_set, embedding_set])
-            at = ", ".join(f"distance < {value:g} in set {set_name} "
+            at = ", ".join(f"distance < {_shown(value)} in set {set_name} "
                            f"({f'set {set_name}' + chr(39) + 's own' if source == f'set {set_name}' else source})"
                            for set_name, value, source in sets)
         return (f"dedup at {at}" if at else "dedup of exact copies only (no near-duplicate report yet)") + (
@@ -174,14 +184,13 @@ def decision_values(catalog: Any, stage: str, *, threshold: float | None = None,
         bounds = []
         for bound, key, flag in ((min_score, "min_score", "--min-score"), (max_score, "max_score", "--max-score")):
             if bound is not None:
-                bounds.append((float(bound), flag))
+                bounds.append((bound, flag))
             elif name == configured:
-                value, source = _setting(catalog, "filter_by_score", key)
-                bounds.append((float(value), source))
+                bounds.append(_setting(catalog, "filter_by_score", key))
             else:
-                bounds.append((float("-inf") if key == "min_score" else float("inf"), "open"))
+                bounds.append(("-inf" if key == "min_score" else "inf", "open"))
         (low, low_source), (high, high_source) = bounds
-        return f"score {name} kept within [{low:g} ({low_source}), {high:g} ({high_source})]"
+        return f"score {name} kept within [{_shown(low)} ({low_source}), {_shown(high)} ({high_source})]"
     return None
 
 
@@ -198,7 +207,7 @@ def unsearched_dedup_warnings(catalog: Any, *, threshold: float | None = None,
                 FROM runs WHERE stage = 'dedup-report' AND status = 'done' GROUP BY ALL
             )
             SELECT n.set_name, coalesce(?, t.apply_threshold, f.apply_threshold),
-                   json_extract(r.params, '$.threshold')::DOUBLE
+                   TRY_CAST(json_extract(r.params, '$.threshold') AS DOUBLE)
             FROM newest AS n
             JOIN runs AS r ON r.run_id = n.run_id
             LEFT JOIN dedup_thresholds AS t ON t.set_name = n.set_name
@@ -206,7 +215,7 @@ def unsearched_dedup_warnings(catalog: Any, *, threshold: float | None = None,
             WHERE ? IS NULL OR n.set_name = ?
             ORDER BY n.set_name
             """, [_number(threshold), embedding_set, embedding_set]):
-        if searched is not None and apply_at > searched:
+        if searched is not None and apply_at is not None and apply_at > searched:
             warnings.append(f"warning: the dedup apply threshold of set {name} ({apply_at:g}) is above the distance "
                             f"its newest dedup report searched ({searched:g}): pairs in between were not stored, so "
                             f"dedup acts as if at {searched:g}; run `vdc-lake dedup report --set {name} "

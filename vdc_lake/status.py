@@ -107,7 +107,7 @@ def decision_settings_in_force(catalog: Catalog) -> list[tuple[str, str, str]]:
         label = f"{DEDUP_THRESHOLD_KEY} (set {name})" if name is not None else (
             f"{DEDUP_THRESHOLD_KEY} (other sets)" if registered else DEDUP_THRESHOLD_KEY)
         own = name is not None and source == f"set {name}"
-        dedup.append((label, f"{value:g}", f"set {name}'s own" if own else source))
+        dedup.append((label, "(unset)" if value is None else f"{value:g}", f"set {name}'s own" if own else source))
     return rows[:1] + dedup + rows[1:]
 
 
