@@ -14,8 +14,6 @@ clustering); each test starts from a fresh copy of it and of its image files, at
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import shutil
