@@ -438,3 +438,51 @@ def test_a_checksum_of_a_named_pipe_fails_at_once_instead_of_waiting_for_a_write
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
     assert done.stdout.strip() == f"[Errno 22] not a regular file (a named pipe): '{fifo}'", done.stderr
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+# -- animated images keep every frame ---------------------------------------------------------------
+
+_FRAME_COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230)]
+
+
+def _animated(path: Path, fmt: str, size=(90, 60)) -> None:
+    """Three frames, each a different colour with a white block at the left (so a turn shows)."""
+    frames = []
+    for colour in _FRAME_COLOURS:
+        frame = Image.new("RGB", size, colour)
+        frame.paste((255, 255, 255), (0, 0, size[0] // 4, size[1]))
+        frames.append(frame)
+    frames[0].save(path, fmt, save_all=True, append_images=frames[1:], duration=[100, 150, 200], loop=0,
+                   **({"lossless": True} if fmt == "WEBP" else {}))
+
+
+@pytest.mark.parametrize("fmt,suffix", [("GIF", ".gif"), ("WEBP", ".webp")])
+@pytest.mark.parametrize("action", ["resize", "rotate_90", "recompress"])
+def test_rewriting_an_animated_image_keeps_every_frame(tmp_path, fmt, suffix, action):
+    """resize, rotate and recompress wrote the first frame alone (an animated GIF or WebP became a
+    still); now every frame is transformed alike, with its duration and the loop count."""
+    from vdc_lake.imageops import recompress_file, resize_file, rotate_file
+
+    src = tmp_path / f"anim{suffix}"
+    _animated(src, fmt)
+    if action == "resize":
+        dst, expected_size = src, (45, 30)
+        resize_file(src, dst, {"max_width": 45, "max_height": 45})
+    elif action == "rotate_90":
+        dst, expected_size = src, (60, 90)
+        rotate_file(src, dst, {"action": "rotate_90"})
+    else:
+        dst, expected_size = tmp_path / "anim.out.webp", (90, 60)
+        recompress_file(src, dst, {"recompress_format": "WEBP", "recompress_quality": 90})
+    with Image.open(dst) as out:
+        assert out.n_frames == 3 and out.size == expected_size
+        assert out.info.get("loop") == 0
+        for i, colour in enumerate(_FRAME_COLOURS):
+            out.seek(i)
+            frame = np.asarray(out.convert("RGB"), dtype=int)
+            assert out.info["duration"] == [100, 150, 200][i]
+            # the frame's colour at the far side from the white block (right, or bottom once turned)
+            corner = frame[-1, -1] if action != "rotate_90" else frame[-1, 0]
+            assert np.abs(corner - colour).max() < 40, (i, corner, colour)
+            if action == "rotate_90":  # the white block (the left quarter) is now the top quarter
+                assert frame[:10].mean() > 240 and frame[-10:].mean() < 200

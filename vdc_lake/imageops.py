@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection
 
-from PIL import Image, JpegImagePlugin, TiffImagePlugin
+from PIL import Image, ImageSequence, JpegImagePlugin, TiffImagePlugin
 
 from vdc_lake.files import content_hash, decode_check, default_max_pixels, open_image
 
@@ -154,6 +154,31 @@ def _link_new(tmp: Path, dst: Path) -> None:
                               "apply again", str(dst))
 
 
+# Formats whose files keep every frame when rewritten (Pillow's save_all). An MPO's extra images
+# (a second view, a depth map) are not frames of one picture: it is written as a JPEG of the first.
+MULTI_FRAME_FORMATS = frozenset({"GIF", "WEBP", "PNG", "TIFF"})
+
+
+def _every_frame(img: Image.Image, fmt: str, transform: Callable[[Image.Image], Image.Image]
+                 ) -> tuple[Image.Image, dict[str, Any]]:
+    """transform(img), and the save options that write the rest of an animated image's frames,
+    each transformed the same way, with their durations and loop count (an animated GIF or WebP
+    lost every frame but the first). A single-frame image, or an output format without frames:
+    transform(img), no options."""
+    if getattr(img, "n_frames", 1) <= 1 or fmt not in MULTI_FRAME_FORMATS:
+        return transform(img), {}
+    frames, durations = [], []
+    for frame in ImageSequence.Iterator(img):
+        frame.load()  # a WebP frame's duration is known once it is loaded
+        durations.append(frame.info.get("duration", 100))
+        frames.append(transform(frame.copy()))
+    img.seek(0)  # the encoder options (ICC profile, EXIF) are the first frame's
+    options: dict[str, Any] = {"save_all": True, "append_images": frames[1:], "duration": durations}
+    if "loop" in img.info:
+        options["loop"] = img.info["loop"]
+    return frames[0], options
+
+
 def _output_format(original: Image.Image) -> str:
     return "JPEG" if original.format in ("JPEG", "MPO") else (original.format or "PNG")
 
@@ -176,20 +201,24 @@ def resize_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
         size = _fit_within(img.width, img.height, int(options["max_width"]), int(options["max_height"]))
         fmt = _output_format(img)
         encoder = _encoder_options(img, fmt)
-        resized = img.resize(size, Image.Resampling.LANCZOS)
-    write_atomic(resized, dst, fmt, encoder)
+        resized, frames = _every_frame(img, fmt, lambda frame: frame.resize(size, Image.Resampling.LANCZOS))
+    write_atomic(resized, dst, fmt, {**encoder, **frames})
 
 
 def recompress_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
     """Re-encode as WebP (VDC's choice for oversized files); dst is the new path, src is removed."""
     fmt = str(options.get("recompress_format", "WEBP")).upper()
+    def convert(frame: Image.Image) -> Image.Image:
+        return frame if frame.mode in ("RGB", "RGBA", "L", "LA") else frame.convert(
+            "RGBA" if "A" in frame.mode or "transparency" in frame.info else "RGB")
+
     with _open(src, options) as img:
         img.load()
-        image = img if img.mode in ("RGB", "RGBA", "L", "LA") else img.convert("RGBA" if "A" in img.mode else "RGB")
+        image, frames = _every_frame(img, fmt, convert)
         encoder = _encoder_options(img, fmt, image.mode)
     if fmt == "WEBP":
         encoder.update(quality=int(options.get("recompress_quality", 80)), method=6)
-    write_atomic(image, dst, fmt, encoder, overwrite=dst == src)
+    write_atomic(image, dst, fmt, {**encoder, **frames}, overwrite=dst == src)
     if dst != src:
         src.unlink()
 
@@ -199,7 +228,8 @@ def rotate_file(src: Path, dst: Path, options: dict[str, Any]) -> None:
     with _open(src, options) as img:
         fmt = _output_format(img)
         encoder = _encoder_options(img, fmt)
-        rotated = img.transpose(ROTATIONS[options["action"]])
+        rotated, frames = _every_frame(img, fmt, lambda frame: frame.transpose(ROTATIONS[options["action"]]))
+        encoder.update(frames)
     if "exif" in encoder:  # JPEG, PNG, WebP (a TIFF carries no orientation tag once written)
         exif = Image.Exif()
         exif.load(encoder["exif"])
