@@ -486,3 +486,21 @@ def test_rewriting_an_animated_image_keeps_every_frame(tmp_path, fmt, suffix, ac
             assert np.abs(corner - colour).max() < 40, (i, corner, colour)
             if action == "rotate_90":  # the white block (the left quarter) is now the top quarter
                 assert frame[:10].mean() > 240 and frame[-10:].mean() < 200
+
+
+def test_a_leftover_that_cannot_be_removed_never_stops_apply_or_restore(tmp_path, immutable):
+    """A temp file of a killed run in a folder that cannot be written since: left there (scan skips
+    it), and the run goes on; it stopped every apply and restore with an Error line."""
+    from vdc_lake.leftovers import remove_leftovers_of
+
+    root, backup = tmp_path / "root", tmp_path / "backup"
+    root.mkdir()
+    backup.mkdir()
+    stuck, free = root / ".a.jpg.vdc-tmp", backup / "a.jpg.vdc-tmp"
+    stuck.write_bytes(b"x")
+    free.write_bytes(b"x")
+    immutable(root)
+    ops = [{"src": str(root / "a.jpg"), "dst": None, "backup": str(backup / "a.jpg"),
+            "root": str(root), "backup_root": str(backup)}]
+    assert remove_leftovers_of(ops) == [str(free)]
+    assert stuck.exists() and not free.exists()

@@ -52,8 +52,8 @@ def remove_leftovers_of(ops: Iterable[dict[str, Any]]) -> list[str]:
                 if _removable(candidate, folder):
                     try:
                         candidate.unlink()
-                    except FileNotFoundError:
-                        continue
+                    except OSError:  # gone, or a folder made read-only since: harmless garbage
+                        continue     # (scan skips it) that must not stop an apply or a restore
                     removed.append(str(candidate))
     return removed
 
