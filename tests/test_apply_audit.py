@@ -504,3 +504,19 @@ def test_a_leftover_that_cannot_be_removed_never_stops_apply_or_restore(tmp_path
             "root": str(root), "backup_root": str(backup)}]
     assert remove_leftovers_of(ops) == [str(free)]
     assert stuck.exists() and not free.exists()
+
+
+def test_restore_force_never_writes_through_a_link_at_the_kept_copy_s_name(tmp_path):
+    """restore --force keeps the user's version as NAME.vdc-user-STAMP beside the backup; a link
+    already under that name was written through (to its target, anywhere)."""
+    from vdc_lake.apply import _keep_aside
+
+    backup_dir, outside = tmp_path / "backup", tmp_path / "outside.txt"
+    backup_dir.mkdir()
+    outside.write_text("not yours to write")
+    mine = tmp_path / "photo.jpg"
+    mine.write_bytes(b"the user's edit")
+    (backup_dir / "photo.jpg.vdc-user-20260101T000000").symlink_to(outside)
+    kept = _keep_aside(mine, backup_dir / "photo.jpg", "20260101T000000")
+    assert kept == backup_dir / "photo.jpg.vdc-user-20260101T000000-1"
+    assert kept.read_bytes() == b"the user's edit" and outside.read_text() == "not yours to write"

@@ -866,7 +866,9 @@ def _is_own_output(op: dict[str, Any], src: Path, dst: Path) -> bool:
 
 def _keep_aside(path: Path, backup: Path, stamp: str) -> Path:
     """Copy the user's version of path next to the backup (the backup folder is outside every root)."""
-    aside = backup.with_name(f"{path.name}{USER_COPY_INFIX}{stamp}")
+    aside, n = backup.with_name(f"{path.name}{USER_COPY_INFIX}{stamp}"), 1
+    while os.path.lexists(aside):  # never write through whatever holds the name (a link would be followed)
+        aside, n = backup.with_name(f"{path.name}{USER_COPY_INFIX}{stamp}-{n}"), n + 1
     shutil.copy2(path, aside, follow_symlinks=False)
     if not aside.is_symlink():
         _fsync_file(aside)
