@@ -394,6 +394,31 @@ def test_readers_agree_after_a_partial_apply_and_after_restore(fresh):
     assert assert_readers_agree(catalog, fresh["tmp"], stages=APPLIED_STAGES) == before
 
 
+def test_a_sample_and_an_override_made_after_apply_survive_its_restore(fresh):
+    """apply rotation, then sample (it must choose among the turned images too: their clusters were
+    matched by version, so it never did) and override keep a turned image; restore the rotation.
+    The restore deleted the override and the sample's rows of the restored images, so `apply
+    sample` would then have deleted every sampled image it had restored."""
+    catalog, backup = fresh["catalog"], fresh["tmp"] / "backup"
+    _invoke(["apply", "rotation", "--threshold", "0.3", "--backup-dir", backup, "--apply"], catalog, ok=False)
+    turned = set(viewed(catalog, "SELECT image_id, 1 FROM image_files WHERE version > 1"))
+    assert turned
+    survivors = set(viewed(catalog, "SELECT image_id, 1 FROM surviving_images"))
+    _invoke(["sample", "--total", len(survivors)], catalog)  # every survivor: the turned ones too
+    assert turned & survivors <= set(viewed(catalog, "SELECT image_id, 1 FROM sampled_images"))
+    kept = min(turned & survivors)
+    _invoke(["override", "keep", kept], catalog)
+    sampled = set(viewed(catalog, "SELECT image_id, 1 FROM sampled_images"))
+    deletes = set(viewed(catalog, "SELECT image_id, 1 FROM sample_actions() WHERE action = 'delete'"))
+
+    _invoke(["restore"], catalog)
+    assert not viewed(catalog, "SELECT image_id, 1 FROM image_files WHERE version > 1")  # back as they were
+    assert set(viewed(catalog, "SELECT image_id, 1 FROM sampled_images")) == sampled
+    assert set(viewed(catalog, "SELECT image_id, 1 FROM sample_actions() WHERE action = 'delete'")) == deletes
+    assert viewed(catalog, "SELECT image_id, override FROM override_actions") == {kept: "keep"}
+    assert viewed(catalog, "SELECT count(*), 1 FROM overrides") == {1: 1}
+
+
 def test_status_counts_what_plan_counts_after_an_interrupted_apply(fresh, monkeypatch):
     """An apply stopped after its journal was written leaves operations `planned`: the next plan
     leaves those images out (apply finishes them first). Status counted them as pending as well

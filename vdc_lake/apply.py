@@ -1010,9 +1010,20 @@ def _record_restore(catalog: Catalog, outcomes: list[tuple[dict, str]]) -> None:
         )
 
 
+# The user's choices about an image, not facts of its bytes: a restore carries them back to the
+# version it makes current (an override or a sample made after `apply rotation` still names the
+# picture once it is restored); apply carries them forward the same way (applied_versions).
+IMAGE_CHOICE_TABLES = ("overrides", "samples")
+
+
 def _drop_superseded_rows(catalog: Catalog, oldest_sql: str) -> None:
     """Delete rows derived from versions newer than the one a restore makes current again: no
-    file holds those bytes now, and the next change must not find them under its version number."""
+    file holds those bytes now, and the next change must not find them under its version number.
+    The rows of IMAGE_CHOICE_TABLES move to that version instead."""
+    for table in IMAGE_CHOICE_TABLES:
+        catalog.execute(
+            f"""UPDATE "{table}" SET version = r.planned_version FROM ({oldest_sql}) r
+                WHERE r.same_bytes AND r.image_id = "{table}".image_id AND "{table}".version > r.planned_version""")
     columns: dict[str, set[str]] = {}
     for table, column in catalog.rows(
             """SELECT c.table_name, c.column_name FROM information_schema.columns c
