@@ -265,6 +265,7 @@ def test_every_format_reads_back_as_the_curated_view(curation, tmp_path, fmt):
     with Catalog(catalog_path, read_only=True) as catalog:
         summary = export(catalog, to_dir, fmt=fmt, shard_size_mb=1.0, quiet=True)
         newest_run = catalog.scalar("SELECT max(run_id) FROM runs")
+        settings = dict(catalog.rows("SELECT section || '.' || key, value FROM settings"))
     curated = _curated(catalog_path)
     rows = _read_manifest(to_dir)
     assert [{c: r[c] for c in MANIFEST_COLUMNS} for r in rows] == curated
@@ -274,6 +275,9 @@ def test_every_format_reads_back_as_the_curated_view(curation, tmp_path, fmt):
     assert summary.record == str(to_dir / "export.json")
     assert record["summary"]["images"] == len(curated) and record["params"]["format"] == fmt
     assert record["catalog"] == str(catalog_path.resolve()) and record["catalog_run"] == newest_run
+    # the decision settings the exported set was computed under, as a run's params record them
+    assert record["settings"]["apply_deduplication.keep"] == settings["apply_deduplication.keep"]
+    assert record["settings"]["dedup_thresholds.builtin"]["apply"] == 0.08
     if fmt == "manifest":
         assert all(r["export_path"] is None for r in rows)
         assert sorted(p.name for p in to_dir.iterdir()) == ["export.json", "manifest.csv", "manifest.parquet"]

@@ -60,6 +60,7 @@ from vdc_lake.errors import StageError, disk_full_error
 from vdc_lake.export_sql import single_select
 from vdc_lake.files import content_hash
 from vdc_lake.parallel import progress_bar, worker_count
+from vdc_lake.settings import decision_settings
 
 FORMATS = ("manifest", "symlink", "hardlink", "copy", "webdataset")
 DEFAULT_SHARD_SIZE_MB = 1024.0
@@ -898,6 +899,7 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
     if fmt == "hardlink":
         _check_one_filesystem(roots, to_dir)
     catalog_run = catalog.scalar("SELECT max(run_id) FROM runs")
+    settings = decision_settings(catalog)  # the decisions the exported set was computed under
     note, lock = _prepare_destination(catalog, to_dir, overwrite, params)
     catalog.release()  # file work ahead; writers may open the catalog meanwhile
     summary = ExportSummary(str(to_dir), fmt, view, notes=[note] if note else [])
@@ -906,7 +908,7 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
         record = {"tool_version": __version__, "catalog": str(catalog.path), "catalog_run": catalog_run,
                   "started_at": started.isoformat(timespec="seconds"),
                   "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-                  "params": params, "summary": asdict(summary)}
+                  "params": params, "settings": settings, "summary": asdict(summary)}
         _write_atomic(to_dir / RECORD_NAME, (json.dumps(record, indent=1, default=str) + "\n").encode())
         (to_dir / RUNNING_NAME).unlink(missing_ok=True)  # export.json says it is finished; the mark is not needed
     finally:
