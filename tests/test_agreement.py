@@ -53,10 +53,9 @@ def _invoke(args: list, catalog: Path, config: Path | None = None):
     return result.output
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, sample_template) -> dict:
-    """A catalog with every decision's inputs, made with the bundled defaults."""
-    work = tmp_path_factory.mktemp("agreement")
+def build_decision_catalog(work: Path, sample_template) -> dict:
+    """A catalog in `work` with every decision's inputs, made with the bundled defaults, over a
+    copy of the sample images: {catalog, root, score_cut (a score a third of the way up)}."""
     root = work / "data"
     shutil.copytree(sample_template.root, root, symlinks=True)
     catalog = work / "catalog.duckdb"
@@ -92,6 +91,12 @@ def base(tmp_path_factory, sample_template) -> dict:
     finally:
         os.chdir(old_cwd)
     return {"catalog": catalog, "root": root, "score_cut": float(scores[len(scores) // 3])}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, sample_template) -> dict:
+    """A catalog with every decision's inputs, made with the bundled defaults."""
+    return build_decision_catalog(tmp_path_factory.mktemp("agreement"), sample_template)
 
 
 def _plan_count(output: str, stage: str) -> int:

@@ -14,7 +14,6 @@ clustering); each test starts from a fresh copy of it and of its image files, at
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections import Counter
@@ -24,14 +23,12 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from click.testing import CliRunner
-from PIL import Image
 
+from test_agreement import build_decision_catalog
 from vdc_lake.catalog import Catalog
 from vdc_lake.cli import cli
-from vdc_lake.descriptor import SET_DIM
-from vdc_lake.sets import register_embedding_set, register_prediction_set, write_vectors
+from vdc_lake.sets import register_embedding_set, write_vectors
 
 STAGES = ("sanitize", "rotation", "dedup", "examples", "score", "sample", "override")
 # Each stage's operations at the catalog's settings, as a notebook would ask for them.
@@ -71,41 +68,7 @@ def _invoke(args: list, catalog: Path, config: Path | None = None, *, ok: bool =
 def template(tmp_path_factory, sample_template) -> dict:
     """A catalog with every decision's inputs (bundled defaults) and its image files."""
     work = tmp_path_factory.mktemp("audit_template")
-    root = work / "data"
-    shutil.copytree(sample_template.root, root, symlinks=True)
-    catalog = work / "catalog.duckdb"
-    old_cwd = os.getcwd()
-    os.chdir(work)  # no stray vdc-lake.toml
-    try:
-        _invoke(["scan", root], catalog)
-        _invoke(["sanitize"], catalog)
-        _invoke(["dedup", "report", "--set", "builtin", "--report-threshold", "0.5"], catalog)
-        examples = work / "unwanted"
-        examples.mkdir()
-        for i, rel in enumerate(sample_template.manifest["clean"][:3]):
-            with Image.open(root / rel) as img:
-                img.convert("RGB").resize((img.width // 2, img.height // 2)).save(examples / f"ex{i}.jpg")
-        _invoke(["filter", "examples", "--set", "builtin", "--examples", examples], catalog)
-        head = torch.nn.Linear(SET_DIM, 1)
-        torch.manual_seed(0)
-        torch.nn.init.normal_(head.weight)
-        torch.save(torch.nn.Sequential(head).state_dict(), work / "head.pt")
-        _invoke(["score", "--head", work / "head.pt", "--set", "builtin", "--name", "aesthetic"], catalog)
-        with Catalog(catalog) as c:  # rotation probabilities spread around the thresholds
-            ids = c.arrow("SELECT image_id, version FROM image_files ORDER BY image_id LIMIT 12")
-            run_id = c.begin_run("predict", {"set": "rot"})
-            register_prediction_set(c, "rot", kind="rotation", model="test", class_names=["0", "90", "180", "270"],
-                                    preprocessing=None, run_id=run_id)
-            top = np.linspace(0.4, 0.95, len(ids))
-            probs = np.stack([(1 - top) / 3, top, (1 - top) / 3, (1 - top) / 3], axis=1).astype(np.float32)
-            write_vectors(c, "predictions", "rot", run_id, ids.column("image_id").to_numpy(),
-                          ids.column("version").to_numpy(), probs)
-            c.finish_run(run_id)
-            scores = np.sort(c.arrow("SELECT score FROM scores").column(0).to_numpy())
-        _invoke(["cluster", "--set", "builtin", "--n-clusters", 6, 2, "--method", "centers"], catalog)
-    finally:
-        os.chdir(old_cwd)
-    return {"work": work, "catalog": catalog, "root": root, "score_cut": float(scores[len(scores) // 3])}
+    return {"work": work, **build_decision_catalog(work, sample_template)}
 
 
 @pytest.fixture
