@@ -9,9 +9,20 @@
 -- format (lossless PNG/TIFF/BMP > JPEG > WEBP > GIF > other: a WebP or GIF beside a JPEG of the
 -- same size is nearly always a derived copy, whatever its quality), more bytes per pixel (less
 -- compressed), then path, then image_id. embedding_set: NULL = every reported set.
+-- A group is a connected component, as VDC's apply_deduplication builds it: a chain A~B, B~C under
+-- the threshold puts A and C in one group even when A and C are far apart, so a member can be
+-- deleted as the duplicate of a keeper it has no pair with under the threshold; kept_distance
+-- (the stored distance between a member and its keeper, NULL when no pair was stored) and the
+-- reason say so.
+-- The keeper is always a member that survives the other decisions when the group has one: a
+-- member that sanitize deletes, whose file cannot be read (latest sanitize check), that an
+-- example or score filter deletes (at the catalog's settings) or that is dropped by override
+-- is never chosen while another member is not, so the group's last copy is never lost to two
+-- decisions (a 60 px thumbnail kept by `alphabetical`, its full-size copy deleted as its duplicate).
 -- Overrides (override_actions) come first: an image kept by override is never deleted and is its
 -- group's keeper (the others are deleted as its duplicates; several kept images in one group
--- are all kept, the best of them by the rules above is the keeper), and an image dropped by
+-- are all kept, the best of them by the rules above is the keeper) unless its file cannot be read
+-- (then a readable member is the keeper, and the kept one stays too), and an image dropped by
 -- override is never chosen as keeper while another member is not dropped.
 -- Components use label propagation (a keyed recursive CTE): each node takes the smallest
 -- image_id reachable from it.
@@ -47,6 +58,19 @@ edges AS (
     SELECT image_a AS a, image_b AS b, distance FROM exact_duplicate_edges
     UNION ALL
     SELECT image_a, image_b, distance FROM near WHERE distance < limit_distance
+),
+
+-- the pairs under the threshold, each once (is a member linked straight to its keeper?)
+direct_pairs AS (
+    SELECT DISTINCT least(a, b) AS lo, greatest(a, b) AS hi FROM edges
+),
+
+-- every stored distance between two images (under the threshold or not), for kept_distance
+stored_pairs AS (
+    SELECT least(image_a, image_b) AS lo, greatest(image_a, image_b) AS hi, min(distance) AS distance
+    FROM (SELECT image_a, image_b, distance FROM exact_duplicate_edges
+          UNION ALL SELECT image_a, image_b, distance FROM near)
+    GROUP BY ALL
 ),
 
 undirected AS (
@@ -85,19 +109,45 @@ members AS (
     JOIN closest AS d ON d.image_id = c.node
 ),
 
+latest_check AS (
+    SELECT image_id, version, max(run_id) AS run_id FROM sanitize_checks GROUP BY image_id, version
+),
+
+-- members that another decision removes (surviving_images' rules but dedup's own)
+removed_elsewhere AS (
+    SELECT image_id, version FROM sanitize_actions WHERE action = 'delete'
+    UNION
+    SELECT f.image_id, f.version
+    FROM findings AS f
+    JOIN latest_check AS c ON c.image_id = f.image_id AND c.version = f.version AND c.run_id = f.run_id
+    WHERE f.rule IN ('unreadable', 'broken_symlink', 'missing')
+    UNION
+    SELECT image_id, version FROM example_actions() WHERE action = 'delete'
+    UNION
+    SELECT image_id, version FROM score_actions(setting('filter_by_score', 'name')) WHERE action = 'delete'
+),
+
 overridden AS (
     SELECT m.*, o.override, o.reason AS override_reason,
-           CASE o.override WHEN 'keep' THEN 0 WHEN 'drop' THEN 2 ELSE 1 END AS override_rank
+           -- kept and readable, then members that survive the other decisions, then kept but
+           -- unreadable, then members another decision removes, then dropped by override
+           CASE WHEN o.override = 'keep' AND x.image_id IS NULL THEN 0
+                WHEN o.override IS NULL AND x.image_id IS NULL THEN 1
+                WHEN o.override = 'keep' THEN 2
+                WHEN o.override IS NULL THEN 3
+                ELSE 4 END AS survival_rank
     FROM members AS m
     LEFT JOIN override_actions AS o ON o.image_id = m.image_id AND o.version = m.version
+    LEFT JOIN removed_elsewhere AS x ON x.image_id = m.image_id AND x.version = m.version
 ),
 
 ranked AS (
     SELECT m.*, count(*) OVER (PARTITION BY m.group_id) AS group_size,
+        count(*) FILTER (WHERE m.survival_rank IN (2, 3)) OVER (PARTITION BY m.group_id) AS removed_elsewhere,
         row_number() OVER (
             PARTITION BY m.group_id
             ORDER BY
-                m.override_rank,
+                m.survival_rank,
                 CASE WHEN k.keep_rule = 'random' THEN hash(m.image_id, k.seed_value) END,
                 CASE WHEN k.keep_rule = 'alphabetical' THEN m.path END,
                 CASE WHEN k.keep_rule = 'largest-file' THEN -m.size_bytes END,
@@ -109,7 +159,10 @@ ranked AS (
 
 keepers AS (
     SELECT group_id, image_id AS kept_image_id, path AS kept_path,
-           CASE WHEN override = 'keep' THEN 'override' ELSE (SELECT keep_rule FROM checked) END AS kept_by
+           CASE WHEN override = 'keep' THEN 'override'
+                WHEN survival_rank <= 1 AND removed_elsewhere > 0  -- (dropped ones say so themselves)
+                THEN (SELECT keep_rule FROM checked) || ' among the members no other decision removes'
+                ELSE (SELECT keep_rule FROM checked) END AS kept_by
     FROM ranked WHERE rank_in_group = 1
 ),
 
@@ -126,10 +179,18 @@ final AS (
              ELSE format('duplicate of {} (image {}, kept by {}) in group {} of {} images; nearest at distance {:.4f}',
                          k.kept_path, k.kept_image_id, k.kept_by, r.group_id, r.group_size,
                          r.nearest_distance)
+                  || CASE WHEN l.lo IS NOT NULL THEN format('; distance to the kept image {:.4f}', p.distance)
+                          WHEN p.distance IS NOT NULL
+                          THEN format('; distance to the kept image {:.4f}, not under the threshold: '
+                                      'in its group through other members', p.distance)
+                          ELSE '; no stored pair with the kept image: in its group through other members' END
         END AS reason,
-        r.override
+        r.override,
+        CASE WHEN r.image_id <> k.kept_image_id THEN p.distance END AS kept_distance
     FROM ranked AS r
     JOIN keepers AS k ON k.group_id = r.group_id
+    LEFT JOIN direct_pairs AS l ON l.lo = least(r.image_id, k.kept_image_id) AND l.hi = greatest(r.image_id, k.kept_image_id)
+    LEFT JOIN stored_pairs AS p ON p.lo = least(r.image_id, k.kept_image_id) AND p.hi = greatest(r.image_id, k.kept_image_id)
 )
 
 SELECT * FROM final;
