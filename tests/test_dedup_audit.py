@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_decisions import _report, graph_catalog  # noqa: F401 (a fixture)
+from tests import test_decisions
 from vdc_lake.catalog import Catalog
 from vdc_lake.config import Config
 from vdc_lake.decisions import decision_query
 
+graph_catalog = test_decisions.graph_catalog  # 12 scanned images, area growing with the letter
+_report = test_decisions._report
 KEEP_RULES = ("largest-resolution", "largest-file", "alphabetical", "random")
 
 
