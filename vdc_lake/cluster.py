@@ -271,12 +271,22 @@ def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allo
     the rest of the budget is balanced over the clusters among the other clustered survivors."""
     from vdc_lake.sampling import hierarchical_sample
 
-    if isinstance(total, bool) or int(total) != total or total < 1:
+    try:  # NaN, inf and text are not whole numbers either
+        whole = not isinstance(total, bool) and int(total) == total
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or total < 1:
         raise StageError(f"--total must be a whole number >= 1, not {total!r}")
+    total = int(total)
     if cluster_run is None:
         cluster_run = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage = 'cluster' AND status = 'done'")
         if cluster_run is None:
             raise StageError("no clustering to sample from: run `vdc-lake cluster --set NAME` first")
+    elif catalog.scalar("SELECT count(*) FROM runs WHERE run_id = ? AND stage = 'cluster' AND status = 'done'",
+                        [cluster_run]) != 1:
+        newest = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage = 'cluster' AND status = 'done'")
+        hint = f"newest: {newest}" if newest is not None else "there is none yet: run `vdc-lake cluster` first"
+        raise StageError(f"run {cluster_run} is not a finished cluster run; give one ({hint})")
     data, matrix = _clustered_images(catalog, cluster_run)
     forced = _kept_by_override(catalog)
     if forced.num_rows > total:
@@ -290,9 +300,13 @@ def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allo
             "ON f.image_id = a.image_id AND f.version = a.version WHERE a.run_id = ?", [cluster_run]) or 0)
         available = len(pool) + forced.num_rows
         kept = f" (with the {forced.num_rows:,} kept by override)" if forced.num_rows else ""
+        survivors = int(catalog.scalar("SELECT count(*) FROM surviving_images") or 0)
+        unclustered = survivors - data.num_rows - (forced.num_rows - int(is_forced.sum()))
+        missing = (f"; {unclustered:,} other surviving images are not in cluster run {cluster_run} (run "
+                   "`vdc-lake cluster` again to include them)" if unclustered > 0 else "")
         raise StageError(f"asked for {total:,} images but only {available:,}{kept} of the {clustered:,} present images "
                          f"clustered in run {cluster_run} survive the pending sanitize, dedup, example, score and "
-                         f"override decisions; use --total {available:,} or less")
+                         f"override decisions{missing}; use --total {available:,} or less")
     distances = data.column("distance").to_numpy(zero_copy_only=False)
     params = {"total": total, "cluster_run": cluster_run, "allocation": allocation, "strategy": strategy, "seed": seed}
     with catalog.run("sample", params) as run_id:

@@ -3,9 +3,9 @@
 -- finished, only the images the newest one selected (`vdc-lake sample` chooses among
 -- surviving_images, so this holds exactly its total while the settings stay) plus the images
 -- kept by override (sampling counts them toward its total; one kept after the sampling run is
--- added to it). Dropped-by-override images are not in surviving_images. Cluster ids
--- come from the newest finished cluster run (NULL before any). This is what `vdc-lake export`
--- writes by default.
+-- added to it). Dropped-by-override images are not in surviving_images. Cluster ids come
+-- from the cluster run the newest sample sampled from, else the newest one (image_clusters;
+-- NULL before any). This is what `vdc-lake export` writes by default.
 CREATE OR REPLACE VIEW curated AS
 WITH newest_sample AS (
     SELECT max(run_id) AS run_id FROM runs WHERE stage = 'sample' AND status = 'done'

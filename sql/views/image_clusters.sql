@@ -1,16 +1,24 @@
--- Each image's finest (level 0) and top-level cluster in the newest finished cluster run. An
--- image that vdc-lake's apply rotated, resized or recompressed since the run keeps its clusters
--- at its current version (applied_versions), as a sample's selection does, so `curated` and the
--- export manifest name the cluster the sample chose it from.
+-- Each image's finest (level 0) and top-level cluster in the clustering the newest finished
+-- sampling run sampled from (its params' cluster_run), or before any sample the newest finished
+-- cluster run: `curated` and the export manifest name the clusters the sample balanced over, not
+-- those of a cluster run made after it (or of a newer one when `sample --cluster-run` took an
+-- older). An image that vdc-lake's apply rotated, resized or recompressed since the run keeps its
+-- clusters at its current version (applied_versions), as a sample's selection does, so `curated`
+-- and the export manifest name the cluster the sample chose it from.
 CREATE OR REPLACE VIEW image_clusters AS
-WITH newest_cluster AS (
-    SELECT max(run_id) AS run_id FROM runs WHERE stage = 'cluster' AND status = 'done'
+WITH chosen_cluster AS (
+    SELECT coalesce(
+        (SELECT c.run_id
+         FROM (SELECT params FROM runs WHERE stage = 'sample' AND status = 'done' ORDER BY run_id DESC LIMIT 1) AS s
+         JOIN runs AS c ON c.run_id = json_extract(s.params, '$.cluster_run')::BIGINT
+                       AND c.stage = 'cluster' AND c.status = 'done'),
+        (SELECT max(run_id) FROM runs WHERE stage = 'cluster' AND status = 'done')) AS run_id
 ),
 
 -- The top level from the small clusters table, not a window over every assignment row.
 top AS (
     SELECT n.run_id, max(c.level) AS top_level
-    FROM newest_cluster AS n JOIN clusters AS c ON c.run_id = n.run_id
+    FROM chosen_cluster AS n JOIN clusters AS c ON c.run_id = n.run_id
     GROUP BY n.run_id
 ),
 
