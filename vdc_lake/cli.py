@@ -388,6 +388,9 @@ def sanitize(ctx: Context, quick: bool, recheck: bool, workers: int | None, back
                          backend=backend)
     click.echo(f"sanitize run {s.run_id}: {s.checked} images checked ({s.decoded} decoded), "
                f"{s.findings} findings on {s.images_with_findings} images")
+    if s.changed:
+        click.echo(f"  {s.changed} file(s) changed since the scan (no verdict): run `vdc-lake scan`, which reads "
+                   "them again, then sanitize")
 
 
 # -- catalog inspection --------------------------------------------------------------------------

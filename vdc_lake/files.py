@@ -32,7 +32,9 @@ HASH_CHUNK = 1 << 20
 
 
 # Decode-check rules and their actions: only a verdict on bytes that were read deletes.
-DECODE_ACTIONS = {"corrupt": "delete", "truncated": "delete", "missing": "none", "unreadable": "none"}
+# changed: the bytes are not those scan recorded (see sanitize), no verdict on either.
+DECODE_ACTIONS = {"corrupt": "delete", "truncated": "delete", "missing": "none", "unreadable": "none",
+                  "changed": "none"}
 
 
 def content_hash(path: str | os.PathLike) -> str:

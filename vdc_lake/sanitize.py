@@ -11,6 +11,12 @@ A file that was missing or unreadable at decode time gets a 'missing' / 'unreada
 with action 'none' and is decoded again by the next run: only bytes that were read and do not
 decode are ever 'corrupt' (delete).
 
+A verdict belongs to the bytes scan recorded: each decode first hashes the file and compares
+it with the version's content_hash (the second read comes from the page cache). A file whose
+bytes differ (replaced keeping its size and mtime, or changed while being decoded) gets a
+'changed' finding with action 'none', no verdict, and its recorded mtime is cleared so that
+the next scan reads it again (and gives it a new version).
+
 Each run writes a sanitize_checks row for every present image and the findings of that run;
 actions follow VDC's priority, decided per image by sql/views/sanitize_actions.sql from the
 latest check: delete > resize > recompress; findings with action 'none' are recorded only.
@@ -28,7 +34,7 @@ import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.descriptor import builtin_vectors_for
-from vdc_lake.files import DECODE_ACTIONS, UNUSUAL_MODES, decode_check
+from vdc_lake.files import DECODE_ACTIONS, UNUSUAL_MODES, DecodeResult, content_hash, decode_check, io_error_text
 from vdc_lake.parallel import LazyRows, batched, get_mapper
 from vdc_lake.sets import BUILTIN_SET, register_builtin_set, write_vectors
 
@@ -74,6 +80,7 @@ class SanitizeSummary:
     findings: int = 0
     images_with_findings: int = 0
     descriptors: int = 0
+    changed: int = 0       # files whose bytes were not those scan recorded: no verdict, read by the next scan
 
 
 def _rules_sql() -> str:
@@ -116,7 +123,7 @@ def _decode_targets(catalog: Catalog, cached: pa.Table, *, max_pixels: int) -> p
     with catalog.registered("sanitize_cached", cached):
         return catalog.arrow(
             f"""
-            SELECT i.image_id, i.version, i.root, i.rel_path,
+            SELECT i.image_id, i.version, i.root, i.rel_path, i.content_hash,
                    EXISTS (SELECT 1 FROM embeddings e WHERE e.set_name = '{BUILTIN_SET}'
                            AND e.image_id = i.image_id AND e.version = i.version) AS has_descriptor
             FROM images i
@@ -176,11 +183,34 @@ def _record_checks(catalog: Catalog, run_id: int, cached: pa.Table, decoded: pa.
     return int(checked), int(carried)
 
 
-def _decode_one(item: tuple[str, int, bool], *, max_pixels: int):
-    """Decode check of (path, version, with_descriptor); the version is unused here but keys
-    the Ray backend's staging (a hash of the items), so a changed file is never taken from it."""
-    path, _, with_descriptor = item
-    return decode_check(path, max_pixels=max_pixels, with_descriptor=with_descriptor)
+CHANGED = ("changed: the file's bytes are not those scan recorded (it changed since the scan, or while "
+           "being decoded); no verdict: run `vdc-lake scan` (it reads this file again), then sanitize")
+
+
+def _stat_key(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _decode_one(item: tuple[str, int, bool, str | None], *, max_pixels: int) -> DecodeResult:
+    """Decode check of (path, version, with_descriptor, content_hash), on the bytes scan recorded
+    only: a file whose hash differs, or that changes during the check, gives a CHANGED error.
+    The version is unused here but keys the Ray backend's staging (a hash of the items), so a
+    changed file is never taken from it."""
+    path, _, with_descriptor, expected = item
+    try:
+        before = _stat_key(path)
+        same = expected is None or content_hash(path) == expected
+    except OSError as e:
+        return DecodeResult(io_error_text(e, "open"), None)
+    if not same:
+        return DecodeResult(CHANGED, None)
+    result = decode_check(path, max_pixels=max_pixels, with_descriptor=with_descriptor)
+    try:
+        after = _stat_key(path)
+    except OSError as e:
+        return DecodeResult(io_error_text(e), None)
+    return result if after == before else DecodeResult(CHANGED, None)
 
 
 def _write_decode_batch(catalog: Catalog, run_id: int, rows: pa.Table, results: list, summary: SanitizeSummary
@@ -189,7 +219,11 @@ def _write_decode_batch(catalog: Catalog, run_id: int, rows: pa.Table, results: 
     ids, versions = rows.column("image_id").to_numpy(), rows.column("version").to_numpy()
     bad = [(i, r.error.split(":", 1)) for i, r in enumerate(results) if r.error]
     good = [(i, r.descriptor) for i, r in enumerate(results) if r.descriptor is not None]
+    changed = [i for i, (rule, _) in bad if rule == "changed"]
     with catalog.transaction():
+        if changed:  # the next scan reads these files again (mtime NULL never matches the listing)
+            catalog.execute("UPDATE images SET mtime_ns = NULL WHERE list_contains(?, image_id)",
+                            [[int(ids[i]) for i in changed]])
         if bad:
             catalog.insert_arrow("findings", pa.table({
                 "run_id": pa.array([run_id] * len(bad), pa.int64()),
@@ -205,6 +239,7 @@ def _write_decode_batch(catalog: Catalog, run_id: int, rows: pa.Table, results: 
             write_vectors(catalog, "embeddings", BUILTIN_SET, run_id, ids[at], versions[at],
                           builtin_vectors_for(dim, np.stack([d for _, d in good])))
     summary.findings += len(bad)
+    summary.changed += len(changed)
     summary.decoded += len(results)
     summary.descriptors += len(good)
 
@@ -224,7 +259,7 @@ def _decode_pass(catalog: Catalog, run_id: int, targets: pa.Table, rules: dict, 
     max_pixels = int(rules["max_pixels"])
     want_descriptor = bool(rules["builtin_descriptor"])
     items = LazyRows(targets, lambda r: (os.path.join(r["root"], r["rel_path"]), r["version"],
-                                         want_descriptor and not r["has_descriptor"]))
+                                         want_descriptor and not r["has_descriptor"], r["content_hash"]))
     catalog.release()
     mapper = get_mapper(backend, catalog_path=catalog.path)
     results = mapper(partial(_decode_one, max_pixels=max_pixels), items, workers=workers, desc="decode", quiet=quiet)
