@@ -154,6 +154,11 @@ def test_a_chain_is_one_group_and_each_deletion_says_how_far_its_keeper_is(graph
     assert pages.count("distance to the kept image 0.3000") == 1  # c
     for rel, kept in planned.items():
         assert _path(catalog, rel) in pages and _path(catalog, kept) in pages
+    _ok(run_cli(["apply", "dedup", "--backup-dir", tmp_path / "backup", "--apply"], catalog))
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == sorted(set(ids) - set(planned))
+    journal = _rows(catalog, "SELECT i.rel_path, j.state, j.params FROM journal AS j JOIN images AS i USING (image_id)")
+    assert {rel: (state, json.loads(p)["kept_path"]) for rel, state, p in journal} == {
+        rel: ("done", _path(catalog, kept)) for rel, kept in planned.items()}
 
 
 def _path(catalog, rel: str) -> str:
@@ -202,3 +207,31 @@ def test_a_report_rerun_at_a_smaller_threshold_replaces_the_older_pairs(thumbs, 
     assert _rows(catalog, "SELECT count(*) FROM near_duplicate_edges")[0][0] == 0
     out = _ok(run_cli(["plan", "dedup"], catalog))
     assert "above the distance its newest dedup report searched" in out, out
+
+
+def test_overrides_inside_a_chain_keep_every_kept_image_and_never_keep_a_dropped_one(graph_catalog, run_cli):
+    """Two images kept by override in one group both stay (the better of them by the keep rule
+    is the keeper); a dropped image is the keeper of no group that has another member, and a
+    member that sanitize deletes comes after every member that survives."""
+    catalog, ids = graph_catalog
+    _report(catalog, ids, CHAINS)
+    _ok(run_cli(["override", "keep", "a.png", "b.png"], catalog))
+    _ok(run_cli(["override", "drop", "f.png"], catalog))
+    actions = _actions(catalog, threshold=0.1, keep="largest-resolution")
+    assert {rel: a[:2] for rel, a in actions.items()} == {
+        "a.png": ("keep", "b.png"), "b.png": ("keep", "b.png"), "c.png": ("delete", "b.png"),
+        "d.png": ("delete", "e.png"), "e.png": ("keep", "e.png"), "f.png": ("delete", "e.png"),
+    }
+    assert "kept by override" in actions["c.png"][3]
+    assert _planned(catalog, threshold=0.1, keep="largest-resolution") == {
+        "c.png": "b.png", "d.png": "e.png", "f.png": "e.png"}
+    with Catalog(catalog) as c:  # sanitize deletes e.png (its latest check): d.png keeps the group
+        run = c.begin_run("sanitize", {})
+        c.execute("INSERT INTO sanitize_checks VALUES (?, ?, 1, true)", [run, ids["e.png"]])
+        c.execute("INSERT INTO findings VALUES (?, ?, 1, 'width_too_small', 'width 60px < 80px', 'delete')",
+                  [run, ids["e.png"]])
+        c.finish_run(run)
+    actions = _actions(catalog, threshold=0.1, keep="largest-resolution")
+    assert {rel: a[:2] for rel, a in actions.items() if rel in ("d.png", "e.png", "f.png")} == {
+        "d.png": ("keep", "d.png"), "e.png": ("delete", "d.png"), "f.png": ("delete", "d.png")}
+    assert "d.png" in {r for (r,) in _rows(catalog, "SELECT rel_path FROM curated")}
