@@ -207,3 +207,30 @@ def test_an_interrupted_cluster_run_resumes_to_the_same_clustering(work, tmp_pat
         got = c.rows("SELECT image_id, level, cluster_id FROM assignments WHERE run_id = ? ORDER BY ALL",
                      [resumed.run_id])
     assert resumed.resumed_from is not None and got == want
+    assert not catalog.with_name(catalog.name + ".kmeans").exists()  # a finished run's checkpoint is spent
+
+
+def test_an_interrupted_cluster_run_over_vectors_computed_again_starts_over(work, monkeypatch):
+    """The set's vectors change between the interruption and the next run: the stale checkpoint
+    (a folder the user never named) is dropped, not an Error telling to empty a checkpoint_dir."""
+    import vdc_lake.kmeans as kmeans
+    from vdc_lake.cluster import cluster
+
+    _, catalog = work
+    options = {"n_clusters": [6, 2], "method": "resampled", "n_samples": [4, 2], "n_resamples": 2, "seed": 1,
+               "device": "cpu", "quiet": True}
+    real = kmeans._resample
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kmeans, "_resample", killed)
+    with Catalog(catalog) as c, pytest.raises(KeyboardInterrupt):
+        cluster(c, "builtin", **options)
+    monkeypatch.setattr(kmeans, "_resample", real)
+    assert list(catalog.with_name(catalog.name + ".kmeans").iterdir())  # the interrupted run's checkpoint
+    with Catalog(catalog) as c:
+        c.execute("UPDATE embeddings SET vector = list_transform(vector, lambda v: v * 2 + 0.5) WHERE set_name = 'builtin'")
+        summary = cluster(c, "builtin", **options)
+        assert c.scalar("SELECT status FROM runs WHERE run_id = ?", [summary.run_id]) == "done"
+    assert summary.resumed_from is None

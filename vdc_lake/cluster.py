@@ -1,7 +1,8 @@
 """Cluster and sample stages: hierarchical k-means over an embedding set, then an exact-size sample.
 
 cluster: reads the set's current vectors, runs vdc_lake.kmeans.hierarchical_kmeans (resumable
-through a checkpoint folder next to the catalog, keyed by the run's parameters), or with
+through a checkpoint folder next to the catalog, keyed by the run's parameters and removed once
+the run is written; one over vectors computed again since is started over), or with
 nproc_per_node > 1 launches vdc_lake.kmeans_distributed under torchrun (one process per GPU,
 or gloo CPU processes), and writes `clusters` (centres, parents, sizes) and `assignments`
 (every image at every level).
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -202,16 +204,39 @@ def cluster(catalog: Catalog, set_name: str, *, n_clusters: Sequence[int], metho
                     bar.n = step
                     bar.refresh()
 
-                result = hierarchical_kmeans(
-                    vs.vectors, list(n_clusters), method=method, n_samples=list(n_samples) if n_samples else None,
-                    n_resamples=n_resamples, metric=metric, init=init, max_iters=max_iters, tol=tol, seed=seed,
-                    device=None if device == "auto" else device, checkpoint_dir=checkpoint, progress=progress,
-                )
+                def fit() -> Any:
+                    return hierarchical_kmeans(
+                        vs.vectors, list(n_clusters), method=method,
+                        n_samples=list(n_samples) if n_samples else None, n_resamples=n_resamples, metric=metric,
+                        init=init, max_iters=max_iters, tol=tol, seed=seed,
+                        device=None if device == "auto" else device, checkpoint_dir=checkpoint, progress=progress,
+                    )
+
+                try:
+                    result = fit()
+                except ValueError as e:  # an interrupted run over other vectors (the set was computed again)
+                    if resumed is None or "holds a run with other arguments or data" not in str(e):
+                        raise
+                    _remove_checkpoint(checkpoint)
+                    resumed = None
+                    result = fit()
         mean_distance = _write_clustering(catalog, run_id, vs, result, metric)
         summary = ClusterSummary(run_id, set_name, len(vs), list(n_clusters), round(time.monotonic() - started, 2),
                                  round(mean_distance, 6), resumed)
         catalog.finish_run(run_id, summary=asdict(summary))
+    # a finished run's checkpoint is spent: kept, a later run with the same options over vectors
+    # computed again would take its result (a distributed one without any check)
+    _remove_checkpoint(checkpoint)
     return summary
+
+
+def _remove_checkpoint(checkpoint: Path) -> None:
+    """Remove a run's checkpoint folder (and the .kmeans folder once empty); errors are left."""
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    try:
+        checkpoint.parent.rmdir()
+    except OSError:
+        pass  # other runs' checkpoints, or gone already
 
 
 def _clustered_images(catalog: Catalog, cluster_run: int) -> tuple[pa.Table, np.ndarray]:
