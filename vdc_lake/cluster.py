@@ -60,6 +60,9 @@ def _checkpoint_dir(catalog: Catalog, params: dict[str, Any], vs: VectorSet) -> 
     fingerprint = hashlib.sha1(json.dumps(params, sort_keys=True).encode())
     fingerprint.update(vs.image_ids.tobytes())
     fingerprint.update(vs.versions.tobytes())
+    if len(vs):  # 64 evenly spaced vectors: vectors computed again since key another folder
+        rows = np.unique(np.linspace(0, len(vs) - 1, 64).astype(np.int64))
+        fingerprint.update(np.ascontiguousarray(vs.vectors[rows], dtype=np.float32).tobytes())
     return catalog.path.with_name(catalog.path.name + ".kmeans") / fingerprint.hexdigest()[:16]
 
 
