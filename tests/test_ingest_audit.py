@@ -93,3 +93,73 @@ def test_a_file_swapped_before_its_first_decode_gets_no_verdict_for_the_scanned_
     assert _latest_findings(catalog, "cut.jpg") == {"changed": "none"}
     assert _rows(catalog, "SELECT decoded FROM sanitize_checks s JOIN images i USING (image_id, version) "
                           "WHERE i.rel_path = 'cut.jpg'") == [(False,)]
+
+
+# -- import: the whole file or nothing; rows that cannot be used are counted, never stored -----
+
+def _images_for_import(tmp_path: Path, n: int = 6) -> tuple[Path, list[str]]:
+    images = tmp_path / "images"
+    for i in range(n):
+        _noise(images / f"img_{i}.jpg", i, size=(96, 96))
+    return images, [str(images / f"img_{i}.jpg") for i in range(n)]
+
+
+def test_an_import_that_breaks_half_way_leaves_no_partial_set(tmp_path, run_cli):
+    """Old code committed every batch: a parquet file damaged in its third row group left a set
+    with the first 8 of 12 vectors (and a failed run), which dedup and cluster read as complete."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vdc_lake.predict import import_results
+    from vdc_lake.scan import scan
+
+    images, samples = _images_for_import(tmp_path, 12)
+    vectors = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
+    path = tmp_path / "x_rope_i_vit_b16_pn_aps_c1_pe-core_0_224px_crop1.0_12_embeddings.parquet"
+    pq.write_table(pa.table({"sample": samples,
+                             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 8)}),
+                   path, row_group_size=4, compression="none")
+    offset = pq.ParquetFile(path).metadata.row_group(2).column(1).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 40] = b"\xa5" * 40
+    path.write_bytes(bytes(data))
+    catalog_path = tmp_path / "catalog.duckdb"
+    with Catalog(catalog_path, scale={"vector_batch_rows": 4}) as catalog:
+        scan(catalog, [images], extensions=[".jpg"], workers=1, quiet=True)
+        try:
+            import_results(catalog, str(path), set_name="pe")
+        except Exception as e:  # noqa: BLE001 - the type and text are checked below
+            error = e
+    from vdc_lake.errors import VdcLakeError
+
+    assert isinstance(error, VdcLakeError) and "\n" not in str(error) and "damaged or incomplete" in str(error)
+    assert _rows(catalog_path, "SELECT count(*) FROM embeddings") == [(0,)]
+    assert _rows(catalog_path, "SELECT count(*) FROM embedding_sets WHERE name = 'pe'") == [(0,)]
+    assert _rows(catalog_path, "SELECT status FROM runs WHERE stage = 'import'") == [("failed",)]
+    result = run_cli(["import", path, "--set", "pe"], catalog_path)
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and result.output.startswith("Error: ")
+
+
+def test_import_counts_duplicated_unknown_and_non_finite_rows(tmp_path, run_cli):
+    images, samples = _images_for_import(tmp_path, 4)
+    catalog = tmp_path / "catalog.duckdb"
+    _ok(run_cli(["scan", images], catalog))
+    lines = ["sample,0,1,2,3"]
+    lines += [f"{s},{i},1,2,3" for i, s in enumerate(samples[:3])]
+    lines += [f"{samples[0]},9,9,9,9", "img_1.jpg,8,8,8,8", "/elsewhere/img_9.jpg,1,2,3,4",
+              f"{samples[3]},nan,1,2,3"]
+    path = tmp_path / "resnet_v1_50_c1_sscd_4_320px_crop1.0_7_logits.csv"
+    path.write_text("\n".join(lines) + "\n")
+
+    result = run_cli(["import", path], catalog)
+    assert result.exit_code == 0, result.output
+    assert "5 of 7 rows imported, 1 unmatched" in result.output
+    assert "2 row(s) name an image an earlier row named: the last of them counts" in result.output
+    assert f"1 row(s) hold NaN or infinite values, not imported (first ones): {samples[3]}" in result.output
+    from vdc_lake.sets import read_vectors
+
+    with Catalog(catalog, read_only=True) as cat:
+        vs = read_vectors(cat, "embeddings", "resnet_v1_50_c1_sscd")
+        paths = dict(cat.rows("SELECT image_id, rel_path FROM images"))
+    got = {paths[int(i)]: v[0] for i, v in zip(vs.image_ids, vs.vectors)}
+    assert got == {"img_0.jpg": 9.0, "img_1.jpg": 8.0, "img_2.jpg": 2.0}  # no NaN vector for img_3

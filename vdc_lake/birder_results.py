@@ -230,7 +230,8 @@ class ResultFile:
                 yield from _open_csv(self.path, skip_rows=skip_rows, float_columns=self.value_columns,
                                      columns=columns)
         except (pa.ArrowInvalid, OSError) as e:
-            raise ResultFileError(f"cannot read {self.path}: {e}; is the file complete?") from e
+            raise ResultFileError(f"cannot read {self.path}: {_one_line(e)}; the file is damaged or incomplete "
+                                  "(was birder still writing it?): write it again") from e
 
     def _to_result_batch(self, batch: pa.RecordBatch) -> ResultBatch:
         names = batch.schema.names
@@ -318,7 +319,12 @@ def _read_columns(path: Path, fmt: str) -> tuple[list[str], list[str] | None]:
                 return reader.schema.names, first_line
         return first_line, None
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
-        raise ResultFileError(f"cannot read {path}: {e}; is it a birder {fmt} result file?") from e
+        raise ResultFileError(f"cannot read {path}: {_one_line(e)}; is it a complete birder {fmt} result file?") from e
+
+
+def _one_line(e: BaseException) -> str:
+    """An Arrow error's text on one line (Arrow's messages span several)."""
+    return " ".join(str(e).split())
 
 
 def _csv_first_line(path: Path) -> list[str]:

@@ -969,10 +969,15 @@ def import_command(ctx: Context, file: str, set_name: str | None, kind: str | No
 
     with ctx.writer() as catalog:
         s = import_results(catalog, file, set_name=set_name, kind=kind)
-    click.echo(f"import run {s.run_id}: set {s.set_name} ({s.kind}): {s.matched} of {s.rows} rows matched, "
+    click.echo(f"import run {s.run_id}: set {s.set_name} ({s.kind}): {s.matched} of {s.rows} rows imported, "
                f"{s.unmatched} unmatched")
+    if s.duplicates:
+        click.echo(f"  {s.duplicates} row(s) name an image an earlier row named: the last of them counts")
     if s.unmatched:
         click.echo("unmatched samples (first ones): " + ", ".join(s.unmatched_examples), err=True)
+    if s.not_finite:
+        click.echo(f"{s.not_finite} row(s) hold NaN or infinite values, not imported (first ones): "
+                   + ", ".join(s.not_finite_examples), err=True)
 
 
 @cli.group()

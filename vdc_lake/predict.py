@@ -71,6 +71,9 @@ class ImportSummary:
     matched: int = 0
     unmatched: int = 0
     unmatched_examples: list[str] = field(default_factory=list)
+    duplicates: int = 0    # rows naming an image an earlier row of the file named: the last row counts
+    not_finite: int = 0    # rows with NaN or infinite values: not imported
+    not_finite_examples: list[str] = field(default_factory=list)
 
 
 def _rotation_columns(class_names: list[str]) -> list[int] | None:
@@ -796,7 +799,10 @@ def _stage_matches(catalog: Catalog, result) -> None:
     into the temp table import_matches (row, image_id, version), ordered by row.
 
     A sample matches by absolute path, by path relative to a scanned root, or as a path
-    relative to the current directory (in that order; the lowest image_id on a tie). One join
+    relative to the current directory (in that order; the lowest image_id on a tie). Column
+    `first` is false for a row naming an image an earlier row named (a sample listed twice, or
+    one image by its absolute and its relative path): counted, and the last row is current
+    (readers take a run's last written row). One join
     per file, not one join of every image per batch (that grew as N^2 / batch); only the
     sample strings are staged, and DuckDB spills the join past its memory limit.
     """
@@ -822,7 +828,8 @@ def _stage_matches(catalog: Catalog, result) -> None:
             UNION ALL
             SELECT s.row, f.image_id, f.version, 3 FROM import_samples s JOIN files f ON f.path = s.from_cwd
         )
-        SELECT row, best.image_id, best.version
+        SELECT row, best.image_id, best.version,
+               row_number() OVER (PARTITION BY best.image_id ORDER BY row) = 1 AS first
         FROM (SELECT row, arg_min({'image_id': image_id, 'version': version}, (priority, image_id)) AS best
               FROM candidates GROUP BY row)
         ORDER BY row
@@ -834,13 +841,16 @@ def _stage_matches(catalog: Catalog, result) -> None:
 def _batch_matches(catalog: Catalog, start: int, n: int) -> pa.Table:
     """The staged matches of file rows start .. start + n - 1, rows counted from the batch's first."""
     return catalog.arrow(
-        "SELECT row - ? AS row, image_id, version FROM import_matches WHERE row >= ? AND row < ? ORDER BY row",
+        "SELECT row - ? AS row, image_id, version, first FROM import_matches WHERE row >= ? AND row < ? ORDER BY row",
         [start, start, start + n],
     )
 
 
 def import_results(catalog: Catalog, path: str, *, set_name: str | None = None, kind: str | None = None) -> ImportSummary:
-    """Import a birder `*_output|logits|embeddings.(parquet|csv)` file into a set."""
+    """Import a birder `*_output|logits|embeddings.(parquet|csv)` file into a set: the whole file
+    or nothing (one transaction: a file damaged half-way leaves no partial set behind). Rows
+    with NaN or infinite values are not imported (counted, the first few named); a second row
+    for one image is counted as a duplicate (the last one is current, as for any set)."""
     from vdc_lake.birder_results import open_result_file
 
     result = open_result_file(path)
@@ -854,26 +864,41 @@ def import_results(catalog: Catalog, path: str, *, set_name: str | None = None, 
         raise StageError(f"{path}: classes {class_names} are not rotation angles 0/90/180/270; "
                          "pass --kind descriptor to import them as a vector set")
     name = set_name or (result.name.model if result.name is not None else os.path.basename(path).split(".")[0])
+    batch_rows = batch_rows_setting(catalog)
     with catalog.run("import", {"file": str(path), "set": name, "kind": kind}) as run_id:
         summary = ImportSummary(run_id, name, kind)
-        _register(catalog, name, kind, result.name.model if result.name else name, result.dim,
-                  ROTATION_ORDER if kind == "rotation" else class_names, {"imported_from": str(path)}, run_id)
-        _stage_matches(catalog, result)
-        start = 0
-        for batch in result.batches(batch_rows=batch_rows_setting(catalog)):
-            matches = _batch_matches(catalog, start, len(batch.samples))
-            start += len(batch.samples)
-            rows = matches.column("row").to_numpy()
-            values = batch.values[:, order] if order is not None else batch.values
-            with catalog.transaction():
-                write_vectors(catalog, KIND_TABLE[kind], name, run_id, matches.column("image_id").to_numpy(),
-                              matches.column("version").to_numpy(), values[rows])
-            summary.rows += len(batch.samples)
-            summary.matched += len(rows)
-            unmatched = np.setdiff1d(np.arange(len(batch.samples)), rows)
-            summary.unmatched += len(unmatched)
-            room = 5 - len(summary.unmatched_examples)
-            summary.unmatched_examples += [batch.samples[int(i)].as_py() for i in unmatched[:max(room, 0)]]
-        catalog.execute("DROP TABLE import_matches")
+        with catalog.transaction():
+            _register(catalog, name, kind, result.name.model if result.name else name, result.dim,
+                      ROTATION_ORDER if kind == "rotation" else class_names, {"imported_from": str(path)}, run_id)
+            _stage_matches(catalog, result)
+            start = 0
+            for batch in result.batches(batch_rows=batch_rows):
+                matches = _batch_matches(catalog, start, len(batch.samples))
+                start += len(batch.samples)
+                _import_batch(catalog, summary, KIND_TABLE[kind], batch, matches, order)
+            catalog.execute("DROP TABLE import_matches")
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary
+
+
+def _import_batch(catalog: Catalog, summary: ImportSummary, table: str, batch: Any, matches: pa.Table,
+                  order: list[int] | None) -> None:
+    """Write the batch's matched rows with finite values; count duplicates and the rest in summary."""
+    rows = matches.column("row").to_numpy()
+    first = matches.column("first").to_numpy(zero_copy_only=False).astype(bool)
+    values = batch.values[:, order] if order is not None else batch.values
+    finite = np.isfinite(values[rows]).all(axis=1)
+    keep = finite
+    write_vectors(catalog, table, summary.set_name, summary.run_id, matches.column("image_id").to_numpy()[keep],
+                  matches.column("version").to_numpy()[keep], values[rows[keep]])
+    summary.rows += len(batch.samples)
+    summary.matched += int(keep.sum())
+    summary.duplicates += int((~first & finite).sum())
+    bad = rows[~finite]
+    summary.not_finite += len(bad)
+    room = max(FAILURE_EXAMPLES - len(summary.not_finite_examples), 0)
+    summary.not_finite_examples += [batch.samples[int(i)].as_py() for i in bad[:room]]
+    unmatched = np.setdiff1d(np.arange(len(batch.samples)), rows)
+    summary.unmatched += len(unmatched)
+    room = max(FAILURE_EXAMPLES - len(summary.unmatched_examples), 0)
+    summary.unmatched_examples += [batch.samples[int(i)].as_py() for i in unmatched[:room]]
