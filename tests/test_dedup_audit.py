@@ -235,3 +235,20 @@ def test_overrides_inside_a_chain_keep_every_kept_image_and_never_keep_a_dropped
     assert {rel: a[:2] for rel, a in actions.items() if rel in ("d.png", "e.png", "f.png")} == {
         "d.png": ("keep", "d.png"), "e.png": ("delete", "d.png"), "f.png": ("delete", "d.png")}
     assert "d.png" in {r for (r,) in _rows(catalog, "SELECT rel_path FROM curated")}
+
+
+def test_keep_random_draws_each_copy_about_as_often_over_seeds(graph_catalog):
+    """Before: hash(image_id, seed) barely mixed the seed in: over seeds 0..39 one copy of four
+    was the keeper 25 times (a fair draw: 10 +- 3)."""
+    catalog, ids = graph_catalog
+    names = sorted(ids)
+    _report(catalog, ids, [(names[g], names[g + k], 0.01) for g in (0, 4, 8) for k in (1, 2, 3)])
+    with Catalog(catalog, read_only=True) as c:
+        kept = [rel for seed in range(40) for (rel,) in c.rows(
+            "SELECT i.rel_path FROM dedup_actions(threshold := 0.05, keep := 'random', seed := ?) "
+            "JOIN images AS i USING (image_id) WHERE action = 'keep'", [seed])]
+    counts = {rel: kept.count(rel) for rel in set(kept)}
+    assert sum(counts.values()) == 3 * 40
+    assert set(counts) == set(names) and max(counts.values()) <= 18 and min(counts.values()) >= 3, counts
+    assert _actions(catalog, threshold=0.05, keep="random", seed=7) == _actions(catalog, threshold=0.05,
+                                                                                keep="random", seed=7)

@@ -775,6 +775,11 @@ def choose_keepers(
 ) -> np.ndarray:
     """Exactly one keeper per duplicate group; every singleton keeps itself.
 
+    A bare kernel, not vdc-lake's decision: `plan`/`apply dedup`, `curated` and `export` take
+    their keepers from the SQL macro dedup_actions(), which also breaks ties by format and bytes
+    per pixel, honours overrides and never keeps a member another decision removes, and whose
+    random draw differs from this one.
+
     labels:   [n] group label per image (connected_components).
     keep:     "random"             a seeded random member (same seed, same choice);
               "alphabetical"       the smallest path (code-point order, like DuckDB's
