@@ -126,6 +126,8 @@ def test_curated_names_the_clusters_the_sample_balanced_over(work, run_cli):
 def test_apply_sample_spares_files_the_sample_never_judged(work, run_cli, tmp_path):
     """A selected file edited after the sample and a file added since are not deleted as 'not
     selected': the run never saw their bytes. The other unselected images are."""
+    from vdc_lake.report import _funnel
+
     root, catalog = work
     _ok(run_cli(["sample", "--total", 10], catalog))
     with Catalog(catalog, read_only=True) as c:
@@ -140,6 +142,9 @@ def test_apply_sample_spares_files_the_sample_never_judged(work, run_cli, tmp_pa
     edited_hash, added_hash = file_hash(selected), file_hash(added)
     _ok(run_cli(["scan", root], catalog))
     assert _scalar(catalog, "SELECT count(*) FROM curated") == 9  # the edited one left the sample
+    with Catalog(catalog, read_only=True) as c:  # the report's funnel ends at curated's count
+        funnel = dict((stage, n) for stage, n, _ in _funnel(c, dedup_threshold=None, rotation_threshold=0.75))
+    assert funnel["sampled"] == 9
     assert "run `vdc-lake sample` again" in _ok(run_cli(["status"], catalog)).output
     plan = _ok(run_cli(["plan", "sample"], catalog)).output
     assert unselected in plan and selected not in plan and str(added.resolve()) not in plan

@@ -266,10 +266,13 @@ def _funnel(catalog: Catalog, *, dedup_threshold: float | None,
             WHERE NOT EXISTS (SELECT 1 FROM override_actions AS o
                               WHERE o.image_id = f.image_id AND o.version = f.version AND o.action = 'delete')
         ),
-        sampled AS (  -- sample_actions keeps the images kept by override, as `curated` does
+        sampled AS (  -- as `curated`: the newest sample's selection and the images kept by override
+            -- (sample_actions also keeps files the sample never judged, which curated leaves out)
             SELECT o.* FROM overridden AS o
-            WHERE NOT EXISTS (SELECT 1 FROM sample_actions() AS s
-                              WHERE s.image_id = o.image_id AND s.version = o.version AND s.action = 'delete')
+            WHERE NOT EXISTS (SELECT 1 FROM runs WHERE stage = 'sample' AND status = 'done')
+               OR EXISTS (SELECT 1 FROM sampled_images AS s WHERE s.image_id = o.image_id AND s.version = o.version)
+               OR EXISTS (SELECT 1 FROM override_actions AS k
+                          WHERE k.image_id = o.image_id AND k.version = o.version AND k.override = 'keep')
         )
         SELECT (SELECT count(*) FROM present), (SELECT count(*) FROM sanitized), (SELECT n FROM rotated),
                (SELECT count(*) FROM rotation_actions(threshold := $rotation) WHERE action <> 'none'),
