@@ -239,3 +239,12 @@ def test_an_interrupted_cluster_run_over_vectors_computed_again_starts_over(work
         summary = cluster(c, "builtin", **options)
         assert c.scalar("SELECT status FROM runs WHERE run_id = ?", [summary.run_id]) == "done"
     assert summary.resumed_from is None
+
+
+def test_as_many_clusters_as_vectors_is_refused_with_the_limit(work, run_cli):
+    _, catalog = work
+    n = _scalar(catalog, "SELECT count(*) FROM embeddings e JOIN image_files f USING (image_id, version) "
+                         "WHERE e.set_name = 'builtin'")
+    result = run_cli(["cluster", "--set", "builtin", "--n-clusters", n, "--method", "centers"], catalog)
+    assert result.exit_code == 1 and f"has {n} vectors of present images, not more than the {n} clusters" in \
+        result.output and f"use --n-clusters below {n}" in result.output, result.output

@@ -185,9 +185,12 @@ def cluster(catalog: Catalog, set_name: str, *, n_clusters: Sequence[int], metho
         raise StageError("--nproc-per-node and --nnodes must be at least 1")
     distributed = nproc_per_node > 1 or nnodes > 1
     vs = read_vectors(catalog, "embeddings", set_name)
+    if len(vs) < 2:
+        raise StageError(f"set {set_name!r} has {len(vs)} vectors of present images, too few to cluster; "
+                         f"compute it for the scanned images first (`vdc-lake predict` or `vdc-lake sanitize`)")
     if len(vs) <= max(n_clusters):
-        raise StageError(f"set {set_name!r} has {len(vs)} vectors, fewer than the {max(n_clusters)} clusters "
-                         "asked for; lower --n-clusters")
+        raise StageError(f"set {set_name!r} has {len(vs)} vectors of present images, not more than the "
+                         f"{max(n_clusters)} clusters asked for; use --n-clusters below {len(vs)}")
     checkpoint = _checkpoint_dir(catalog, params, vs)
     resumed = str(checkpoint) if checkpoint.exists() and any(checkpoint.iterdir()) else None
     run_params = dict(params, device=device, checkpoint=str(checkpoint))
