@@ -163,3 +163,94 @@ def test_import_counts_duplicated_unknown_and_non_finite_rows(tmp_path, run_cli)
         paths = dict(cat.rows("SELECT image_id, rel_path FROM images"))
     got = {paths[int(i)]: v[0] for i, v in zip(vs.image_ids, vs.vectors)}
     assert got == {"img_0.jpg": 9.0, "img_1.jpg": 8.0, "img_2.jpg": 2.0}  # no NaN vector for img_3
+
+
+# -- scan: moves, extension changes, links between roots, paths too long ----------------------
+
+def test_a_moved_file_keeps_its_image_its_results_and_its_override(tmp_path, run_cli):
+    """Old code: a renamed file was a new image and the old one gone, silently dropping the
+    user's override (a 'keep' that no longer protected the file) and every result."""
+    images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
+    for i in range(3):
+        _noise(images / "a" / f"photo_{i}.jpg", i)
+    (images / "a" / "copy_x.jpg").write_bytes((images / "a" / "photo_0.jpg").read_bytes())
+    (images / "a" / "copy_y.jpg").write_bytes((images / "a" / "photo_0.jpg").read_bytes())
+    _ok(run_cli(["scan", images], catalog))
+    _ok(run_cli(["sanitize"], catalog))
+    _ok(run_cli(["override", "keep", "a/photo_1.jpg", "--reason", "mine"], catalog))
+    before = {rel: row["image_id"] for rel, row in image_rows(catalog).items()}
+
+    (images / "b").mkdir()
+    for name in ("photo_1.jpg", "copy_x.jpg", "copy_y.jpg"):
+        os.rename(images / "a" / name, images / "b" / name)
+    os.rename(images / "a" / "photo_2.jpg", images / "a" / "renamed.jpg")
+    out = _ok(run_cli(["scan", images], catalog))
+    assert "0 new" in out and "0 gone" in out and "4 moved" in out
+
+    rows = {rel: row for rel, row in image_rows(catalog).items()}
+    assert sorted(rows) == ["a/photo_0.jpg", "a/renamed.jpg", "b/copy_x.jpg", "b/copy_y.jpg", "b/photo_1.jpg"]
+    assert all(row["present"] and row["version"] == 1 for row in rows.values())
+    moved = {"b/photo_1.jpg": "a/photo_1.jpg", "b/copy_x.jpg": "a/copy_x.jpg", "b/copy_y.jpg": "a/copy_y.jpg",
+             "a/renamed.jpg": "a/photo_2.jpg"}
+    assert {new: rows[new]["image_id"] for new in moved} == {new: before[old] for new, old in moved.items()}
+    assert _rows(catalog, "SELECT image_id FROM override_actions WHERE override = 'keep'") == [
+        (before["a/photo_1.jpg"],)]
+    out = _ok(run_cli(["predict", "--model", "builtin", "--kind", "descriptor", "--num-workers", "0"], catalog))
+    assert "0 of 0 images written" in out  # the descriptors sanitize computed still belong to them
+
+
+def test_narrowed_extensions_leave_files_out_without_calling_them_gone(tmp_path, run_cli):
+    images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
+    _noise(images / "a.jpg", 0)
+    Image.new("RGB", (100, 90), (10, 20, 30)).save(images / "b.png")
+    _ok(run_cli(["scan", images], catalog))
+    ids = {rel: row["image_id"] for rel, row in image_rows(catalog).items()}
+    png_only = tmp_path / "png.toml"
+    png_only.write_text('[scan]\nextensions = [".png"]\n')
+    out = _ok(run_cli(["scan", images], catalog, config=png_only))
+    assert "0 gone" in out and "1 no longer match scan.extensions .png: not present now" in out
+    assert {rel: row["present"] for rel, row in image_rows(catalog).items()} == {"a.jpg": False, "b.png": True}
+    assert (images / "a.jpg").is_file()
+    out = _ok(run_cli(["scan", images], catalog))  # the default extensions again: the same image is back
+    rows = image_rows(catalog)
+    assert rows["a.jpg"]["present"] and (rows["a.jpg"]["image_id"], rows["a.jpg"]["version"]) == (ids["a.jpg"], 1)
+
+
+def test_a_folder_linked_into_another_root_of_the_scan_is_one_image_per_file(tmp_path, run_cli):
+    """Old code: scan A B with A/link -> B/sub registered B/sub's files twice (A/link/x, B/sub/x),
+    exact duplicates of themselves for dedup."""
+    catalog = tmp_path / "catalog.duckdb"
+    _noise(tmp_path / "A" / "a.jpg", 0)
+    _noise(tmp_path / "B" / "sub" / "b.jpg", 1)
+    os.symlink(tmp_path / "B" / "sub", tmp_path / "A" / "link")
+    out = _ok(run_cli(["scan", tmp_path / "A", tmp_path / "B"], catalog))
+    assert "1 path(s) not listed" in out
+    assert sorted((r["root"], rel) for rel, r in image_rows(catalog).items()) == [
+        (str(tmp_path / "A"), "a.jpg"), (str(tmp_path / "B"), "sub/b.jpg")]
+    assert _rows(catalog, "SELECT rule, detail FROM findings") == [
+        ("duplicate_folder", f"{tmp_path / 'A' / 'link'}: a link into {tmp_path / 'B'}, another scanned root; "
+                             "its files are listed there only")]
+    # the same when B was scanned first and A comes alone
+    catalog2 = tmp_path / "catalog2.duckdb"
+    _ok(run_cli(["scan", tmp_path / "B"], catalog2))
+    _ok(run_cli(["scan", tmp_path / "A"], catalog2))
+    assert sorted(image_rows(catalog2)) == ["a.jpg", "sub/b.jpg"]
+
+
+def test_a_folder_deeper_than_the_system_allows_is_a_finding_not_a_silent_gap(tmp_path, run_cli):
+    images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
+    _noise(images / "top.jpg", 0)
+    fd = os.open(images, os.O_RDONLY)
+    try:
+        for _ in range(24):  # 24 x 201 bytes: past PATH_MAX (4096); made with *at calls, relative to fd
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    out = _ok(run_cli(["scan", images], catalog))
+    assert "1 path(s) not listed" in out
+    [(rule, detail)] = _rows(catalog, "SELECT rule, detail FROM findings")
+    assert rule == "unreadable_folder" and "ENAMETOOLONG" in detail and detail.startswith(str(images / ("d" * 200)))
+    assert sorted(image_rows(catalog)) == ["top.jpg"]

@@ -341,6 +341,11 @@ def scan(ctx: Context, roots: tuple[str, ...], workers: int | None, backend: str
     click.echo(f"scan run {s.run_id}: {s.listed} files listed: {s.new} new, {s.changed} changed, "
                f"{s.touched} touched (same bytes), {s.unchanged} unchanged, {s.gone} gone, "
                f"{s.errors} unreadable headers")
+    if s.moved:
+        click.echo(f"  {s.moved} moved: the same bytes at a new path keep their image id, results and overrides")
+    if s.excluded:
+        click.echo(f"  {s.excluded} no longer match scan.extensions {', '.join(cfg['extensions'])}: not present "
+                   "now (never touched; widen the extensions and scan again to have them back)")
     for note in s.notes:
         click.echo(f"  note: {note}")
     if s.problems:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.errors import StageError
@@ -58,6 +59,8 @@ class ScanSummary:
     touched: int = 0       # size/mtime changed but the bytes are the same
     unchanged: int = 0
     gone: int = 0
+    moved: int = 0         # same bytes at a new path: the image keeps its id, version and results
+    excluded: int = 0      # names that no longer match the scan's extensions: not present now
     errors: int = 0        # files whose header could not be read (findings at sanitize)
     problems: int = 0      # paths that could not be listed: findings of this run (NO_IMAGE)
     notes: list[str] = field(default_factory=list)
@@ -89,8 +92,8 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def walk_root(root: Path, extensions: set[str], *, backup_dirs: dict[tuple[int, int], str] | None = None
-              ) -> RootListing:
+def walk_root(root: Path, extensions: set[str], *, backup_dirs: dict[tuple[int, int], str] | None = None,
+              other_roots: Sequence[str] = ()) -> RootListing:
     """List image files under root, folders in name order.
 
     Broken symlinks with an image extension are listed (size/mtime -1) so that sanitize can
@@ -98,7 +101,9 @@ def walk_root(root: Path, extensions: set[str], *, backup_dirs: dict[tuple[int, 
     (under its real path when it is inside root): a link back into its own folder or an
     ancestor is a `symlink_loop` finding, another way into a listed folder `duplicate_folder`.
     Folders in backup_dirs ((st_dev, st_ino) -> what they are) are skipped with a note;
-    apply/restore temp files are skipped and counted.
+    apply/restore temp files are skipped and counted. A symlinked folder that leads into one of
+    other_roots (resolved; the other roots of this scan and the scanned roots) is not followed,
+    a `duplicate_folder` finding: that root lists its files, and one file is never two images.
     """
     backup_dirs = backup_dirs or {}
     out = RootListing()
@@ -109,12 +114,16 @@ def walk_root(root: Path, extensions: set[str], *, backup_dirs: dict[tuple[int, 
     links: list[tuple[str, str, tuple[int, int]]] = []  # symlinked folders: (path, parent, key), walked last
 
     def enter(path: str, parent: str, key: tuple[int, int]) -> bool:
+        inside = _other_root_of(path, other_roots) if path != str(root) and os.path.islink(path) else None
         if key in backup_dirs:
             out.notes.append(f"skipped {path}: {backup_dirs[key]}, not images")
         elif key in seen:
             first = seen[key]
             rule = "symlink_loop" if parent == first or parent.startswith(first + os.sep) else "duplicate_folder"
             out.problems.append((rule, f"{path}: the same folder as {first}, listed there only"))
+        elif inside is not None:
+            out.problems.append(("duplicate_folder", f"{path}: a link into {inside}, another scanned root; "
+                                 "its files are listed there only"))
         else:
             seen[key] = path
             return True
@@ -169,6 +178,10 @@ def _walk_folder(folder: str, prefix: int, extensions: set[str], out: RootListin
                 out.problems.append(("symlink_loop", f"{entry.path}: the link resolves to itself "
                                      "(too many levels of symbolic links); not followed"))
                 continue
+            if _is_dir_entry(entry):  # e.g. a path longer than the system allows: never a silent gap
+                out.problems.append(("unreadable_folder", f"{_printable(entry.path)}: cannot list the folder "
+                                     f"({errno_text(e)}); its files are not listed"))
+                continue
             # otherwise listed below if it has an image name: scan and sanitize say why it fails
         if os.path.splitext(entry.name)[1].lower() not in extensions:
             continue
@@ -181,6 +194,25 @@ def _walk_folder(folder: str, prefix: int, extensions: set[str], out: RootListin
         out.sizes.append(size)
         out.mtimes.append(mtime)
     return subfolders
+
+
+def _other_root_of(link: str, other_roots: Sequence[str]) -> str | None:
+    """The root among other_roots that the symlinked folder `link` resolves into, if any."""
+    if not other_roots:
+        return None
+    real = os.path.realpath(link)
+    for other in other_roots:
+        if real == other or real.startswith(other.rstrip(os.sep) + os.sep):
+            return other
+    return None
+
+
+def _is_dir_entry(entry: os.DirEntry) -> bool:
+    """Is the entry a folder by its type in the listing (no stat of its own: that just failed)?"""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def _known_backup_dirs(catalog: Catalog) -> dict[str, int]:
@@ -248,12 +280,14 @@ def _take_over(catalog: Catalog, old: str, root: Path) -> str:
     return f"{old} lies inside {root}: its {moved} images are registered under {root} now (same image ids)"
 
 
-def _listing(roots: Sequence[Path], extensions: set[str], backup_dirs: dict[tuple[int, int], str]
-             ) -> tuple[pa.Table, list[RootListing]]:
+def _listing(roots: Sequence[Path], extensions: set[str], backup_dirs: dict[tuple[int, int], str],
+             scanned_roots: Sequence[str] = ()) -> tuple[pa.Table, list[RootListing]]:
     columns: dict[str, list] = {"root": [], "rel_path": [], "size_bytes": [], "mtime_ns": []}
     walked = []
+    every_root = list(dict.fromkeys([str(r) for r in roots] + [os.path.realpath(r) for r in scanned_roots]))
     for root in roots:
-        found = walk_root(root, extensions, backup_dirs=backup_dirs)
+        found = walk_root(root, extensions, backup_dirs=backup_dirs,
+                          other_roots=[r for r in every_root if r != str(root)])
         walked.append(found)
         columns["root"].extend([str(root)] * len(found.rel_paths))
         columns["rel_path"].extend(found.rel_paths)
@@ -278,8 +312,12 @@ def _record_problems(catalog: Catalog, run_id: int, problems: list[tuple[str, st
         }))
 
 
-def _classify(catalog: Catalog, listing: pa.Table, roots: list[str]) -> tuple[pa.Table, int, int]:
-    """Return (work rows: new or possibly changed files, unchanged count, gone count)."""
+def _classify(catalog: Catalog, listing: pa.Table, roots: list[str], extensions: set[str]
+              ) -> tuple[pa.Table, int, pa.Table]:
+    """Return (work rows: new or possibly changed files, unchanged count, vanished rows). Present
+    rows of the roots that the listing lacks are marked not present; vanished holds their
+    (image_id, content_hash, size_bytes, excluded), excluded true where the name no longer has
+    one of `extensions` (the file may well be there: the extension set changed)."""
     with catalog.registered("scan_listing", listing):
         work = catalog.arrow(
             f"""
@@ -291,15 +329,64 @@ def _classify(catalog: Catalog, listing: pa.Table, roots: list[str]) -> tuple[pa
                OR {" OR ".join(f"i.header_error LIKE '{p}'" for p in RETRY_HEADER_ERRORS)}
             """
         )
-        gone = catalog.scalar(
+        vanished = catalog.arrow(
             """
-            UPDATE images SET present = false
+            SELECT image_id, content_hash, size_bytes,
+                   NOT list_contains(?, lower(regexp_extract(rel_path, '[^/](\\.[^./]*)$', 1))) AS excluded
+            FROM images
             WHERE present AND list_contains(?, root)
               AND NOT EXISTS (SELECT 1 FROM scan_listing l WHERE l.root = images.root AND l.rel_path = images.rel_path)
             """,
-            [roots],
+            [sorted(extensions), roots],
         )
-    return work, listing.num_rows - work.num_rows, int(gone or 0)
+    with catalog.registered("scan_vanished", vanished):
+        catalog.execute("UPDATE images SET present = false FROM scan_vanished v WHERE images.image_id = v.image_id")
+    return work, listing.num_rows - work.num_rows, vanished
+
+
+def _follow_moves(catalog: Catalog, run_id: int, vanished: pa.Table) -> int:
+    """A file that vanished from one path and appeared at another in this scan with the same
+    bytes (size and hash) is the same image moved: its row takes the new path (image id,
+    version, results, overrides and all) and the row this scan made for the new path goes.
+    Files with the same bytes pair up in order of (file name, path), so a moved folder of
+    copies keeps each copy's history. Returns the number of moves."""
+    vanished = vanished.filter(pa.compute.invert(vanished.column("excluded")))
+    if not vanished.num_rows:
+        return 0
+    with catalog.registered("scan_vanished", vanished), catalog.transaction():
+        catalog.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE scan_moves AS
+            WITH gone AS (
+                SELECT i.image_id, i.content_hash, i.size_bytes, row_number() OVER (
+                    PARTITION BY i.content_hash, i.size_bytes ORDER BY parse_filename(i.rel_path), i.root, i.rel_path
+                ) AS k
+                FROM scan_vanished v JOIN images i ON i.image_id = v.image_id
+                WHERE NOT i.present AND i.content_hash IS NOT NULL
+            ),
+            appeared AS (
+                SELECT image_id, content_hash, size_bytes, row_number() OVER (
+                    PARTITION BY content_hash, size_bytes ORDER BY parse_filename(rel_path), root, rel_path
+                ) AS k
+                FROM images
+                WHERE first_run = ? AND present AND content_hash IS NOT NULL
+                  AND content_hash IN (SELECT content_hash FROM gone)
+            )
+            SELECT g.image_id AS old_id, a.image_id AS new_id
+            FROM gone g JOIN appeared a USING (content_hash, size_bytes, k)
+            """,
+            [run_id],
+        )
+        moved = int(catalog.scalar("SELECT count(*) FROM scan_moves"))
+        if moved:
+            catalog.execute(
+                f"""UPDATE images SET root = n.root, rel_path = n.rel_path, {fact_assignments("n")}, present = true
+                    FROM scan_moves m JOIN images n ON n.image_id = m.new_id
+                    WHERE images.image_id = m.old_id"""
+            )
+            catalog.execute("DELETE FROM images WHERE image_id IN (SELECT new_id FROM scan_moves)")
+        catalog.execute("DROP TABLE scan_moves")
+    return moved
 
 
 def fact_arrays(facts: list[dict]) -> dict[str, pa.Array]:
@@ -391,13 +478,16 @@ def scan(
     with catalog.run("scan", params) as run_id:
         summary = ScanSummary(run_id)
         takeovers = [_take_over(catalog, old, root) for old, root in taken]
-        listing, walked = _listing(resolved, ext, _backup_dirs_by_inode(known_backups))
+        scanned = [r for (r,) in catalog.rows("SELECT DISTINCT root FROM images WHERE present")]
+        listing, walked = _listing(resolved, ext, _backup_dirs_by_inode(known_backups), scanned)
         problems = [p for found in walked for p in found.problems]
         _record_problems(catalog, run_id, problems)
         summary.problems = len(problems)
         summary.notes = takeovers + [note for found in walked for note in found.notes]
         summary.listed = listing.num_rows
-        work, summary.unchanged, summary.gone = _classify(catalog, listing, params["roots"])
+        work, summary.unchanged, vanished = _classify(catalog, listing, params["roots"], ext)
+        summary.excluded = int(pa.compute.sum(vanished.column("excluded")).as_py() or 0)
+        summary.gone = vanished.num_rows - summary.excluded
         if work.num_rows:  # closing and reopening costs ~0.1 s, most of an unchanged re-scan
             catalog.release()  # no open DuckDB handle across fork; readers may get in meanwhile
         mapper = get_mapper(backend, catalog_path=catalog.path)
@@ -408,5 +498,8 @@ def scan(
             _write_batch(catalog, run_id, work.slice(done, len(batch)), batch, summary)
             done += len(batch)
             catalog.release()
+        summary.moved = _follow_moves(catalog, run_id, vanished)
+        summary.new -= summary.moved
+        summary.gone -= summary.moved
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary
