@@ -252,3 +252,25 @@ def test_keep_random_draws_each_copy_about_as_often_over_seeds(graph_catalog):
     assert set(counts) == set(names) and max(counts.values()) <= 18 and min(counts.values()) >= 3, counts
     assert _actions(catalog, threshold=0.05, keep="random", seed=7) == _actions(catalog, threshold=0.05,
                                                                                 keep="random", seed=7)
+
+
+def test_a_duplicate_is_not_deleted_once_its_keeper_changed_since_the_plan(tmp_path, run_cli):
+    """The keeper was checked to exist, not to hold the bytes it was compared as: overwritten with
+    another picture after the report (no rescan), its duplicate, the last copy of the picture, was
+    deleted. Now the journal's kept_hash is checked against the keeper's current bytes."""
+    rng = np.random.default_rng(1)
+    data = tmp_path / "data"
+    data.mkdir()
+    photo = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((300, 240), Image.BICUBIC)
+    photo.save(data / "p_full.png")
+    photo.resize((200, 160)).save(data / "p_small.png")
+    catalog = tmp_path / "catalog.duckdb"
+    for args in (["scan", data], ["sanitize"], ["dedup", "report", "--set", "builtin"]):
+        _ok(run_cli(args, catalog))
+    assert _planned(catalog) == {"p_small.png": "p_full.png"}
+    other = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((300, 240), Image.BICUBIC)
+    other.save(data / "p_full.png")  # the keeper is now another picture
+    _ok(run_cli(["apply", "dedup", "--backup-dir", tmp_path / "bk", "--apply"], catalog))
+    assert (data / "p_small.png").exists()
+    (state, error), = _rows(catalog, "SELECT state, error FROM journal")
+    assert state == "skipped" and "p_full.png changed since the plan" in error

@@ -57,9 +57,11 @@ def dedup_decision(config: Config, *, threshold: float | None = None, keep: str 
                    seed: int | None = None, embedding_set: str | None = None, **_: Any) -> DecisionQuery:
     # The kept image goes into each operation's journal params: apply checks the keeper and the
     # report pairs a removed file with it from there, not from the reason's text.
-    sql = ("SELECT image_id, version, action, reason, "
-           "json_object('kept_image_id', kept_image_id, 'kept_path', kept_path) AS params "
-           "FROM dedup_actions(threshold := ?, keep := ?, seed := ?, embedding_set := ?) WHERE action = 'delete'")
+    # kept_hash: the keeper's bytes the decision compared; apply deletes nothing once they changed.
+    sql = ("SELECT d.image_id, d.version, d.action, d.reason, "
+           "json_object('kept_image_id', d.kept_image_id, 'kept_path', d.kept_path, 'kept_hash', k.content_hash) "
+           "AS params FROM dedup_actions(threshold := ?, keep := ?, seed := ?, embedding_set := ?) d "
+           "LEFT JOIN image_files k ON k.image_id = d.kept_image_id WHERE d.action = 'delete'")
     return (sql, [_number(threshold), keep, None if seed is None else int(seed), embedding_set],
             {"threshold": threshold, "keep": keep, "seed": seed})
 
