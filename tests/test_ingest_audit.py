@@ -254,3 +254,66 @@ def test_a_folder_deeper_than_the_system_allows_is_a_finding_not_a_silent_gap(tm
     [(rule, detail)] = _rows(catalog, "SELECT rule, detail FROM findings")
     assert rule == "unreadable_folder" and "ENAMETOOLONG" in detail and detail.startswith(str(images / ("d" * 200)))
     assert sorted(image_rows(catalog)) == ["top.jpg"]
+
+
+# -- predict: a mistyped invocation is one Error line naming the fix; a kill loses nothing ----
+
+def test_predict_mistakes_are_one_error_line_naming_the_fix(tmp_path, run_cli):
+    """Old code ignored --tag/--size for builtin (a silently different set than asked for) and
+    answered a checkpoint path with 'not a birder pretrained name'."""
+    images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
+    _noise(images / "a.jpg", 0)
+    _ok(run_cli(["scan", images], catalog))
+    cases = [
+        (["--model", "builtin", "--kind", "descriptor", "--tag", "x"],
+         "Error: the builtin descriptor takes no --tag (it has no weights and a fixed thumbnail size): leave --tag "
+         "out, or give '' for it in a pass with other models\n"),
+        (["--model", "builtin", "--kind", "descriptor", "--size", "64"], "the builtin descriptor takes no --size"),
+        (["--model", "models/resnet_v1_50_c1_sscd.pt", "--kind", "descriptor"],
+         "Error: --model takes a weights name, not a file: use --model resnet_v1_50_c1_sscd --models-dir models "
+         "(the checkpoint is MODELS_DIR/NAME.pt)\n"),
+    ]
+    for args, expected in cases:
+        result = run_cli(["predict", *args], catalog)
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert expected in result.output and result.output.startswith("Error: ")
+    assert _rows(catalog, "SELECT count(*) FROM runs WHERE stage = 'predict'") == [(0,)]
+    assert _rows(catalog, "SELECT count(*) FROM embeddings") == [(0,)]
+
+
+def test_a_killed_builtin_predict_resumes_with_no_duplicate_and_none_missing(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from vdc_lake.scan import scan
+
+    images, catalog_path = tmp_path / "images", tmp_path / "catalog.duckdb"
+    for i in range(10):
+        _noise(images / f"img_{i}.jpg", i, size=(96, 96))
+    with Catalog(catalog_path) as catalog:
+        scan(catalog, [images], extensions=[".jpg"], workers=1, quiet=True)
+    script = textwrap.dedent(f"""
+        import os, signal
+        import vdc_lake.predict as p
+        from vdc_lake.catalog import Catalog
+        original, commits = p._commit, []
+        def commit_then_die(*args):
+            original(*args)
+            commits.append(1)
+            if len(commits) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        p._commit = commit_then_die
+        with Catalog({str(catalog_path)!r}) as catalog:
+            p.predict(catalog, model="builtin", kind="descriptor", num_workers=0, commit_every=3, quiet=True)
+    """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parent.parent)
+    assert child.returncode == -9, child.stderr
+    assert _rows(catalog_path, "SELECT count(*) FROM embeddings") == [(6,)]
+    from vdc_lake.predict import predict
+
+    with Catalog(catalog_path) as catalog:
+        summary = predict(catalog, model="builtin", kind="descriptor", num_workers=0, quiet=True)
+    assert (summary.todo, summary.written) == (4, 4)
+    assert _rows(catalog_path, "SELECT count(*), count(DISTINCT image_id) FROM embeddings") == [(10, 10)]

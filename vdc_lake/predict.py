@@ -369,6 +369,16 @@ def _check_request(request: PredictRequest) -> None:
         raise StageError(f"unknown kind {request.kind!r}: use rotation, descriptor or embedding")
     if request.model == BUILTIN_MODEL and request.kind != "descriptor":
         raise StageError("the builtin model only computes descriptors: use --kind descriptor")
+    if request.model == BUILTIN_MODEL and (request.tag is not None or request.size is not None):
+        given = " and ".join(o for o, v in (("--tag", request.tag), ("--size", request.size)) if v is not None)
+        raise StageError(f"the builtin descriptor takes no {given} (it has no weights and a fixed thumbnail "
+                         f"size): leave {given} out, or give '' for it in a pass with other models")
+    if "/" in request.model or os.sep in request.model or request.model.endswith(".pt"):
+        folder, name = os.path.split(request.model)
+        stem = name[:-3] if name.endswith(".pt") else name
+        where = f" --models-dir {folder}" if folder else ""
+        raise StageError(f"--model takes a weights name, not a file: use --model {stem}{where} "
+                         "(the checkpoint is MODELS_DIR/NAME.pt)")
 
 
 def _run_params(request: PredictRequest, name: str, options: dict[str, Any]) -> dict[str, Any]:
