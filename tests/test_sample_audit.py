@@ -235,7 +235,8 @@ def test_an_interrupted_cluster_run_over_vectors_computed_again_starts_over(work
     monkeypatch.setattr(kmeans, "_resample", real)
     assert list(catalog.with_name(catalog.name + ".kmeans").iterdir())  # the interrupted run's checkpoint
     with Catalog(catalog) as c:
-        c.execute("UPDATE embeddings SET vector = list_transform(vector, lambda v: v * 2 + 0.5) WHERE set_name = 'builtin'")
+        c.execute("UPDATE embeddings SET vector = list_transform(vector, lambda v: v * 2 + 0.5) "
+                  "WHERE set_name = 'builtin'")
         summary = cluster(c, "builtin", **options)
         assert c.scalar("SELECT status FROM runs WHERE run_id = ?", [summary.run_id]) == "done"
     assert summary.resumed_from is None
