@@ -114,7 +114,7 @@ def walk_root(root: Path, extensions: set[str], *, backup_dirs: dict[tuple[int, 
     links: list[tuple[str, str, tuple[int, int]]] = []  # symlinked folders: (path, parent, key), walked last
 
     def enter(path: str, parent: str, key: tuple[int, int]) -> bool:
-        inside = _other_root_of(path, other_roots) if path != str(root) and os.path.islink(path) else None
+        inside = _other_root_of(path, other_roots) if other_roots and os.path.islink(path) else None
         if key in backup_dirs:
             out.notes.append(f"skipped {path}: {backup_dirs[key]}, not images")
         elif key in seen:
