@@ -317,3 +317,20 @@ def test_a_killed_builtin_predict_resumes_with_no_duplicate_and_none_missing(tmp
         summary = predict(catalog, model="builtin", kind="descriptor", num_workers=0, quiet=True)
     assert (summary.todo, summary.written) == (4, 4)
     assert _rows(catalog_path, "SELECT count(*), count(DISTINCT image_id) FROM embeddings") == [(10, 10)]
+
+
+def test_a_models_dir_under_home_in_a_config_file_is_found(tmp_path, run_cli, monkeypatch):
+    """Old code: `models_dir = "~/models"` in vdc-lake.toml (no shell to expand it) was looked
+    up as ./~/models: "models directory .../~/models does not exist"."""
+    from tests.tiny_models import SSCD, make_tiny_models
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    make_tiny_models(tmp_path / "home" / "models")
+    images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
+    for i in range(2):
+        _noise(images / f"img_{i}.jpg", i, size=(80, 80))
+    config = tmp_path / "models.toml"
+    config.write_text('[predict]\nmodels_dir = "~/models"\ndevice = "cpu"\nnum_workers = 0\n')
+    _ok(run_cli(["scan", images], catalog))
+    out = _ok(run_cli(["predict", "--model", SSCD, "--kind", "descriptor"], catalog, config=config))
+    assert "2 of 2 images written" in out

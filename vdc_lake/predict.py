@@ -364,6 +364,11 @@ class PredictRequest:
     size: int | None = None
 
 
+def _models_folder(models_dir: str) -> str:
+    """The models folder as an absolute path; `~` expanded (a config file's value is not expanded by a shell)."""
+    return os.path.abspath(os.path.expanduser(models_dir))
+
+
 def _check_request(request: PredictRequest) -> None:
     if request.kind not in KIND_TABLE:
         raise StageError(f"unknown kind {request.kind!r}: use rotation, descriptor or embedding")
@@ -432,7 +437,7 @@ def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str
     max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
     loaded = spec = None
     if not builtin:
-        spec = ModelSpec(os.path.abspath(models_dir), model, request.tag, size, device, kind, batch_size, amp,
+        spec = ModelSpec(_models_folder(models_dir), model, request.tag, size, device, kind, batch_size, amp,
                          amp_dtype, channels_last, fast_matmul, compile, num_workers, max_pixels, decode,
                          draft_min_size)
         spec = replace(spec, device=_ray_device(device))
@@ -551,7 +556,7 @@ def _predict_together(catalog: Catalog, requests: list[PredictRequest], rotate_t
     torch_device = resolve_device(device)
     sets = []
     for r in requests:
-        loaded = load_model(os.path.abspath(models_dir), r.model, tag=r.tag, device=torch_device,
+        loaded = load_model(_models_folder(models_dir), r.model, tag=r.tag, device=torch_device,
                             size=None if r.size is None else (r.size, r.size))
         sets.append(_PassSet(r, loaded, r.set_name or loaded.name))
     names = [s.name for s in sets]
@@ -771,7 +776,7 @@ def embed_paths(catalog: Catalog, set_name: str, paths: list[str], *, models_dir
         return vectors, ok
     from vdc_lake.models import load_model, run_inference
 
-    loaded = load_model(models_dir, model, device=device)
+    loaded = load_model(_models_folder(models_dir), model, device=device)
     for batch in run_inference(loaded, paths, kind=kind, num_workers=0, max_pixels=max_pixels):
         vectors[batch.indices] = batch.outputs
         ok[batch.indices] = True
