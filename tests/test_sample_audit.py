@@ -70,6 +70,8 @@ def test_budgets_at_and_past_the_survivors(work, run_cli):
     assert result.exit_code == 1 and f"use --total {survivors} or less" in result.output, result.output
     assert result.output.startswith("Error: ") and "Traceback" not in result.output
     assert _scalar(catalog, "SELECT count(*) FROM runs WHERE stage = 'sample'") == 0  # nothing recorded
+    planned = _ok(run_cli(["plan", "sample"], catalog)).output  # it said "0 operations", nothing else
+    assert planned.startswith("no sample run yet: nothing to apply; run `vdc-lake sample --total N` first\n")
     _ok(run_cli(["sample", "--total", survivors], catalog))
     assert _scalar(catalog, "SELECT count(*) FROM curated") == survivors
     _ok(run_cli(["sample", "--total", 1], catalog))  # the newest sample is the one the views use
@@ -90,6 +92,15 @@ def test_overrides_count_toward_the_total(work, run_cli):
     with Catalog(catalog, read_only=True) as c:
         curated = {r[0] for r in c.rows("SELECT image_id FROM curated")}
     assert len(curated) == 8 and set(ids) <= curated
+    # a keep after the sample adds to curated: status and export say it holds more than the total
+    outside = _scalar(catalog, "SELECT min(image_id) FROM surviving_images WHERE image_id NOT IN "
+                               "(SELECT image_id FROM curated)")
+    _ok(run_cli(["override", "keep", outside], catalog))
+    assert _scalar(catalog, "SELECT count(*) FROM curated") == 9
+    newest = _scalar(catalog, "SELECT max(run_id) FROM runs WHERE stage = 'sample'")
+    warning = (f"warning: curated holds 9 images, 1 more than the 8 sample run {newest} selected (images kept "
+               "by override since); run `vdc-lake sample` again for an exact total")
+    assert warning in _ok(run_cli(["status"], catalog)).output
 
 
 def test_same_seed_same_sample(work, run_cli):

@@ -144,10 +144,11 @@ def _setting(catalog: Any, section: str, key: str) -> tuple[str, str]:
 
 def decision_values(catalog: Any, stage: str, *, threshold: float | None = None, keep: str | None = None,
                     embedding_set: str | None = None, name: str | None = None, min_score: float | None = None,
-                    max_score: float | None = None, **_: Any) -> str | None:
+                    max_score: float | None = None, run: int | None = None, **_: Any) -> str | None:
     """One line naming the values a stage's plan uses and where each comes from (a CLI option,
     else the catalog's setting and its source; dedup: per embedding set, as dedup_actions() takes
     them), or None for stages without such values."""
+    explicit_run = run is not None
     if stage == "sanitize":
         return sanitize_rules_note(catalog)
     if stage == "rotation":
@@ -193,6 +194,12 @@ def decision_values(catalog: Any, stage: str, *, threshold: float | None = None,
                 bounds.append(("-inf" if key == "min_score" else "inf", "open"))
         (low, low_source), (high, high_source) = bounds
         return f"score {name} kept within [{_shown(low)} ({low_source}), {_shown(high)} ({high_source})]"
+    if stage == "sample":
+        run = run if run is not None else catalog.scalar(
+            "SELECT max(run_id) FROM runs WHERE stage = 'sample' AND status = 'done'")
+        if run is None:
+            return "no sample run yet: nothing to apply; run `vdc-lake sample --total N` first"
+        return f"sample run {run} ({'--run' if explicit_run else 'the newest'})"
     return None
 
 

@@ -90,7 +90,8 @@ _MTIME = "_catalog_mtime_ns"
 _TARGET = "_target"
 
 # Used when the source lacks some manifest columns (e.g. `SELECT image_id FROM ...`): the
-# current file facts, plus the newest cluster run and sample run the same way `curated` does.
+# current file facts, plus the clusters (of the cluster run the newest sample balanced over,
+# image_clusters) and the sample run, the same way `curated` does.
 _LOOKUP_SQL = """
 WITH chosen AS (
     SELECT DISTINCT image_id FROM ({source}

@@ -126,7 +126,8 @@ def dedup_threshold_notes(catalog: Catalog) -> list[str]:
 def stale_sample(catalog: Catalog) -> str | None:
     """A warning when the newest sample no longer holds its total: some images it selected are
     now removed by a decision (a threshold changed after `sample`), so curated and export hold
-    fewer than asked. None when the sample still holds (or there is none)."""
+    fewer than asked, or images kept by override since are added, so they hold more. None when
+    the sample still holds (or there is none)."""
     row = catalog.rows(
         """
         WITH newest AS (SELECT max(run_id) AS run_id FROM runs WHERE stage = 'sample' AND status = 'done')
@@ -139,12 +140,19 @@ def stale_sample(catalog: Catalog) -> str | None:
         GROUP BY n.run_id
         """
     )
-    if not row or row[0][1] == row[0][2]:
+    if not row:
         return None
     run_id, selected, surviving = row[0]
-    return (f"warning: sample run {run_id} selected {selected} images but only {surviving} still survive the "
-            f"current decisions (a setting changed or files changed since); run `vdc-lake sample` again for "
-            f"an exact total")
+    if surviving < selected:
+        return (f"warning: sample run {run_id} selected {selected} images but only {surviving} still survive the "
+                f"current decisions (a setting changed or files changed since); run `vdc-lake sample` again for "
+                f"an exact total")
+    curated = catalog.scalar("SELECT count(*) FROM curated")
+    if curated > selected:
+        return (f"warning: curated holds {curated} images, {curated - selected} more than the {selected} sample run "
+                f"{run_id} selected (images kept by override since); run `vdc-lake sample` again for an exact "
+                f"total")
+    return None
 
 
 def predict_failures(catalog: Catalog) -> list[tuple[Any, ...]]:
