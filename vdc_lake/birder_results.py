@@ -246,7 +246,7 @@ class ResultFile:
 
 def open_result_file(path: str | Path) -> ResultFile:
     """Recognise a birder result file from its name and schema, without reading its rows."""
-    path = Path(path)
+    path = Path(path).expanduser()  # a pipeline step's argument never went through a shell
     if not path.is_file():
         raise ResultFileError(f"result file {path} does not exist: check the path")
     try:

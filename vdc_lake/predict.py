@@ -880,11 +880,12 @@ def import_results(catalog: Catalog, path: str, *, set_name: str | None = None, 
                          "pass --kind descriptor to import them as a vector set")
     name = set_name or (result.name.model if result.name is not None else os.path.basename(path).split(".")[0])
     batch_rows = batch_rows_setting(catalog)
-    with catalog.run("import", {"file": str(path), "set": name, "kind": kind}) as run_id:
+    source = str(result.path.resolve())
+    with catalog.run("import", {"file": source, "set": name, "kind": kind}) as run_id:
         summary = ImportSummary(run_id, name, kind)
         with catalog.transaction():
             _register(catalog, name, kind, result.name.model if result.name else name, result.dim,
-                      ROTATION_ORDER if kind == "rotation" else class_names, {"imported_from": str(path)}, run_id)
+                      ROTATION_ORDER if kind == "rotation" else class_names, {"imported_from": source}, run_id)
             _stage_matches(catalog, result)
             start = 0
             for batch in result.batches(batch_rows=batch_rows):
