@@ -101,6 +101,9 @@ def test_overrides_count_toward_the_total(work, run_cli):
     warning = (f"warning: curated holds 9 images, 1 more than the 8 sample run {newest} selected (images kept "
                "by override since); run `vdc-lake sample` again for an exact total")
     assert warning in _ok(run_cli(["status"], catalog)).output
+    _ok(run_cli(["report", "-o", catalog.parent / "report"], catalog))
+    index = (catalog.parent / "report" / "index.html").read_text()
+    assert f"Sample run {newest} selected 8 images from cluster run" in index and "curated holds 9" in index
 
 
 def test_same_seed_same_sample(work, run_cli):

@@ -972,10 +972,17 @@ def _sampling_section(catalog: Catalog, limits: Limits, gallery: Paged) -> Secti
         """,
         {"cluster_run": cluster_run, "k": limits.thumbnails},
     ).to_pylist()
-    total = sum(r["selected"] for r in rows)
-    section.body.append(f"<p>Sample run {sample_run} selected {total:,} images from cluster run {cluster_run}; "
-                        f"{gallery.total:,} present images are not selected ({_pages_link(gallery, limits)}). "
-                        "Per top-level cluster (bar: share of the cluster selected):</p>")
+    clustered = sum(r["selected"] for r in rows)
+    total = catalog.scalar("SELECT count(*) FROM sampled_images")
+    curated = catalog.scalar("SELECT count(*) FROM curated")
+    outside = (f" ({total - clustered:,} of them in no cluster of that run: kept by override)"
+               if total > clustered else "")
+    differs = (f" <b>curated holds {curated:,}</b> (see status: a decision or an override changed since);"
+               if curated != total else "")
+    section.body.append(f"<p>Sample run {sample_run} selected {total:,} images from cluster run {cluster_run}"
+                        f"{outside};{differs} {gallery.total:,} present images are not selected "
+                        f"({_pages_link(gallery, limits)}). Per top-level cluster (bar: share of the cluster "
+                        "selected):</p>")
     body = [(r["cluster_id"], f"{r['available']:,}", f"{r['selected']:,}",
              _bar(r["selected"] / r["available"] if r["available"] else 0.0,
                   f"{100 * r['selected'] / max(r['available'], 1):.1f}%")) for r in rows]
