@@ -334,3 +334,19 @@ def test_a_models_dir_under_home_in_a_config_file_is_found(tmp_path, run_cli, mo
     _ok(run_cli(["scan", images], catalog))
     out = _ok(run_cli(["predict", "--model", SSCD, "--kind", "descriptor"], catalog, config=config))
     assert "2 of 2 images written" in out
+
+
+def test_widening_a_root_over_an_export_never_registers_the_exported_copies(tmp_path, run_cli):
+    """export refuses a destination inside a scanned root, but `scan data` after exporting
+    data/img to data/export registered every copy as a new image (old code): exact duplicates
+    of the originals, and `alphabetical`/path ties made dedup keep export/... and delete img/..."""
+    data, catalog = tmp_path / "data", tmp_path / "catalog.duckdb"
+    for i in range(3):
+        _noise(data / "img" / f"photo_{i}.jpg", i)
+    _ok(run_cli(["scan", data / "img"], catalog))
+    _ok(run_cli(["sanitize"], catalog))
+    _ok(run_cli(["export", "--to", data / "export", "--format", "copy"], catalog))
+    assert len(list((data / "export").rglob("*.jpg"))) == 3
+    out = _ok(run_cli(["scan", data], catalog))
+    assert f"skipped {data / 'export'}: it holds a vdc-lake export" in out
+    assert sorted(image_rows(catalog)) == ["img/photo_0.jpg", "img/photo_1.jpg", "img/photo_2.jpg"]

@@ -11,8 +11,10 @@ present images) is refused, and a root that contains scanned roots takes them ov
 image ids and all, move under it).
 
 What can never be an image is left out: the backup folder of any apply run (skipped with a
-note; a root inside one is refused) and apply/restore temp files (`*.vdc-tmp`,
-`*.vdc-restore`). What could not be listed is a finding of the scan run, not a crash and not
+note; a root inside one is refused), a folder below a root that holds a vdc-lake export (its
+export.json record or running mark: copies of catalogued images, which would be registered as
+exact duplicates of their originals; skipped with a note) and apply/restore temp files
+(`*.vdc-tmp`, `*.vdc-restore`). What could not be listed is a finding of the scan run, not a crash and not
 a silent gap: a name that is not valid UTF-8 (`bad_filename`), a symlink back into its own
 folder or an ancestor (`symlink_loop`), a second way into a folder already listed
 (`duplicate_folder`), a folder that cannot be read (`unreadable_folder`). Such findings name
@@ -22,6 +24,7 @@ no image: image_id and version are 0 (NO_IMAGE), the path is in the detail, the 
 from __future__ import annotations
 
 import errno
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -155,6 +158,10 @@ def _walk_folder(folder: str, prefix: int, extensions: set[str], out: RootListin
         out.problems.append(("unreadable_folder", f"{folder}: cannot list the folder ({errno_text(e)}); "
                              "its files are not listed"))
         return []
+    if len(folder) >= prefix and _holds_export(folder, entries):
+        out.notes.append(f"skipped {folder}: it holds a vdc-lake export (copies of catalogued images), not images; "
+                         "remove its export.json to have it scanned")
+        return []
     subfolders = []
     for entry in entries:
         if not _is_utf8(entry.name):
@@ -205,6 +212,24 @@ def _other_root_of(link: str, other_roots: Sequence[str]) -> str | None:
         if real == other or real.startswith(other.rstrip(os.sep) + os.sep):
             return other
     return None
+
+
+def _holds_export(folder: str, entries: list[os.DirEntry]) -> bool:
+    """Does the folder hold a vdc-lake export: its running mark, or an export.json record that
+    vdc-lake wrote (a JSON object naming its catalog and params)?"""
+    from vdc_lake.export import RECORD_NAME, RUNNING_NAME
+
+    names = {e.name for e in entries}
+    if RUNNING_NAME in names:
+        return True
+    if RECORD_NAME not in names:
+        return False
+    try:
+        with open(os.path.join(folder, RECORD_NAME), "rb") as f:
+            record = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"catalog", "params", "tool_version"} <= record.keys()
 
 
 def _is_dir_entry(entry: os.DirEntry) -> bool:
