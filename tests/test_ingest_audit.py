@@ -350,3 +350,16 @@ def test_widening_a_root_over_an_export_never_registers_the_exported_copies(tmp_
     out = _ok(run_cli(["scan", data], catalog))
     assert f"skipped {data / 'export'}: it holds a vdc-lake export" in out
     assert sorted(image_rows(catalog)) == ["img/photo_0.jpg", "img/photo_1.jpg", "img/photo_2.jpg"]
+
+
+def test_a_report_written_inside_a_root_is_never_scanned_as_images(tmp_path, run_cli, sample_tree):
+    """report --out inside a scanned root is allowed; old code registered its thumbnails at the
+    next scan: downscaled near-duplicates of the originals ('alphabetical' keeps report/...)."""
+    catalog = tmp_path / "catalog.duckdb"
+    _ok(run_cli(["scan", sample_tree.root], catalog))
+    _ok(run_cli(["sanitize", "--quick"], catalog))
+    _ok(run_cli(["report", "--out", sample_tree.root / "report"], catalog))
+    assert list((sample_tree.root / "report" / "thumbs").glob("*.jpg"))
+    out = _ok(run_cli(["scan", sample_tree.root], catalog))
+    assert "0 new" in out and f"skipped {sample_tree.root.resolve() / 'report'}: it holds a vdc-lake report" in out
+    assert not [rel for rel in image_rows(catalog) if rel.startswith("report/")]

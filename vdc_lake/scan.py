@@ -12,8 +12,9 @@ image ids and all, move under it).
 
 What can never be an image is left out: the backup folder of any apply run (skipped with a
 note; a root inside one is refused), a folder below a root that holds a vdc-lake export (its
-export.json record or running mark: copies of catalogued images, which would be registered as
-exact duplicates of their originals; skipped with a note) and apply/restore temp files
+export.json record or running mark) or report (index.html and thumbs/): copies and thumbnails
+of catalogued images, which would be registered as duplicates of their originals; skipped with
+a note and apply/restore temp files
 (`*.vdc-tmp`, `*.vdc-restore`). What could not be listed is a finding of the scan run, not a crash and not
 a silent gap: a name that is not valid UTF-8 (`bad_filename`), a symlink back into its own
 folder or an ancestor (`symlink_loop`), a second way into a folder already listed
@@ -158,9 +159,9 @@ def _walk_folder(folder: str, prefix: int, extensions: set[str], out: RootListin
         out.problems.append(("unreadable_folder", f"{folder}: cannot list the folder ({errno_text(e)}); "
                              "its files are not listed"))
         return []
-    if len(folder) >= prefix and _holds_export(folder, entries):
-        out.notes.append(f"skipped {folder}: it holds a vdc-lake export (copies of catalogued images), not images; "
-                         "remove its export.json to have it scanned")
+    output = _vdc_output(folder, entries) if len(folder) >= prefix else None
+    if output is not None:
+        out.notes.append(f"skipped {folder}: it holds a vdc-lake {output}, not images")
         return []
     subfolders = []
     for entry in entries:
@@ -214,22 +215,34 @@ def _other_root_of(link: str, other_roots: Sequence[str]) -> str | None:
     return None
 
 
-def _holds_export(folder: str, entries: list[os.DirEntry]) -> bool:
-    """Does the folder hold a vdc-lake export: its running mark, or an export.json record that
-    vdc-lake wrote (a JSON object naming its catalog and params)?"""
+def _vdc_output(folder: str, entries: list[os.DirEntry]) -> str | None:
+    """What vdc-lake wrote into the folder, if it holds copies or thumbnails of catalogued images
+    (which a scan would register as duplicates of their originals): an export (its running
+    mark, or an export.json record naming its catalog and params) or a report (index.html
+    titled "vdc-lake report" beside thumbs/); None otherwise."""
     from vdc_lake.export import RECORD_NAME, RUNNING_NAME
 
     names = {e.name for e in entries}
+    export = "export (copies of catalogued images); remove its export.json to have it scanned"
     if RUNNING_NAME in names:
-        return True
-    if RECORD_NAME not in names:
-        return False
-    try:
-        with open(os.path.join(folder, RECORD_NAME), "rb") as f:
-            record = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and {"catalog", "params", "tool_version"} <= record.keys()
+        return export
+    if RECORD_NAME in names:
+        try:
+            with open(os.path.join(folder, RECORD_NAME), "rb") as f:
+                record = json.loads(f.read(1 << 20))
+        except (OSError, ValueError):
+            record = None
+        if isinstance(record, dict) and {"catalog", "params", "tool_version"} <= record.keys():
+            return export
+    if "index.html" in names and "thumbs" in names:
+        try:
+            with open(os.path.join(folder, "index.html"), "rb") as f:
+                head = f.read(4096)
+        except OSError:
+            head = b""
+        if b"<title>vdc-lake report" in head:
+            return "report (thumbnails of catalogued images)"
+    return None
 
 
 def _is_dir_entry(entry: os.DirEntry) -> bool:
