@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import image_rows
+from tests.test_hostile_inputs import _cli_as_user, nobody_dir  # noqa: F401 - a fixture
 from vdc_lake.catalog import Catalog
 
 
@@ -363,3 +364,17 @@ def test_a_report_written_inside_a_root_is_never_scanned_as_images(tmp_path, run
     out = _ok(run_cli(["scan", sample_tree.root], catalog))
     assert "0 new" in out and f"skipped {sample_tree.root.resolve() / 'report'}: it holds a vdc-lake report" in out
     assert not [rel for rel in image_rows(catalog) if rel.startswith("report/")]
+
+
+def test_images_in_a_folder_that_cannot_be_listed_now_are_not_called_gone(nobody_dir):
+    """Old code marked every image under a folder it could not list (permissions, a flaky mount)
+    as gone, dropping it from curated and export; its state is unknown, so it stays as it was."""
+    images = nobody_dir / "images"
+    _noise(images / "top.jpg", 0)
+    _noise(images / "private" / "inner.jpg", 1)
+    _cli_as_user(nobody_dir, "scan", str(images))
+    (images / "private").chmod(0)
+    out = _cli_as_user(nobody_dir, "scan", str(images)).stdout
+    assert "0 gone" in out and "1 path(s) not listed" in out
+    assert {rel: r["present"] for rel, r in image_rows(nobody_dir / "catalog.duckdb").items()} == {
+        "top.jpg": True, "private/inner.jpg": True}

@@ -18,8 +18,10 @@ a note and apply/restore temp files
 (`*.vdc-tmp`, `*.vdc-restore`). What could not be listed is a finding of the scan run, not a crash and not
 a silent gap: a name that is not valid UTF-8 (`bad_filename`), a symlink back into its own
 folder or an ancestor (`symlink_loop`), a second way into a folder already listed
-(`duplicate_folder`), a folder that cannot be read (`unreadable_folder`). Such findings name
-no image: image_id and version are 0 (NO_IMAGE), the path is in the detail, the action 'none'.
+(`duplicate_folder`), a folder that cannot be read (`unreadable_folder`: the images
+registered under it keep their state, since whether they are still there is not known). Such
+findings name no image: image_id and version are 0 (NO_IMAGE), the path is in the detail, the
+action 'none'.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class RootListing:
     problems: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     leftovers: int = 0
+    unlisted: list[str] = field(default_factory=list)  # folders that could not be listed, relative ('' = root)
 
 
 def _printable(path: str) -> str:
@@ -158,6 +161,7 @@ def _walk_folder(folder: str, prefix: int, extensions: set[str], out: RootListin
     except OSError as e:
         out.problems.append(("unreadable_folder", f"{folder}: cannot list the folder ({errno_text(e)}); "
                              "its files are not listed"))
+        out.unlisted.append(folder[prefix:].replace(os.sep, "/"))
         return []
     output = _vdc_output(folder, entries) if len(folder) >= prefix else None
     if output is not None:
@@ -189,6 +193,7 @@ def _walk_folder(folder: str, prefix: int, extensions: set[str], out: RootListin
             if _is_dir_entry(entry):  # e.g. a path longer than the system allows: never a silent gap
                 out.problems.append(("unreadable_folder", f"{_printable(entry.path)}: cannot list the folder "
                                      f"({errno_text(e)}); its files are not listed"))
+                out.unlisted.append(entry.path[prefix:].replace(os.sep, "/"))
                 continue
             # otherwise listed below if it has an image name: scan and sanitize say why it fails
         if os.path.splitext(entry.name)[1].lower() not in extensions:
@@ -350,13 +355,14 @@ def _record_problems(catalog: Catalog, run_id: int, problems: list[tuple[str, st
         }))
 
 
-def _classify(catalog: Catalog, listing: pa.Table, roots: list[str], extensions: set[str]
-              ) -> tuple[pa.Table, int, pa.Table]:
+def _classify(catalog: Catalog, listing: pa.Table, roots: list[str], extensions: set[str],
+              unlisted: pa.Table) -> tuple[pa.Table, int, pa.Table]:
     """Return (work rows: new or possibly changed files, unchanged count, vanished rows). Present
-    rows of the roots that the listing lacks are marked not present; vanished holds their
-    (image_id, content_hash, size_bytes, excluded), excluded true where the name no longer has
-    one of `extensions` (the file may well be there: the extension set changed)."""
-    with catalog.registered("scan_listing", listing):
+    rows of the roots that the listing lacks are marked not present, except those under a folder
+    that could not be listed (unlisted: root, folder; '' = the root): their state is unknown, so
+    it stays as it was. vanished holds (image_id, content_hash, size_bytes, excluded), excluded
+    true where the name no longer has one of `extensions` (the file may well be there)."""
+    with catalog.registered("scan_listing", listing), catalog.registered("scan_unlisted", unlisted):
         work = catalog.arrow(
             f"""
             SELECT l.root, l.rel_path, i.image_id, i.content_hash AS old_hash, i.version AS old_version
@@ -374,6 +380,8 @@ def _classify(catalog: Catalog, listing: pa.Table, roots: list[str], extensions:
             FROM images
             WHERE present AND list_contains(?, root)
               AND NOT EXISTS (SELECT 1 FROM scan_listing l WHERE l.root = images.root AND l.rel_path = images.rel_path)
+              AND NOT EXISTS (SELECT 1 FROM scan_unlisted u WHERE u.root = images.root
+                              AND (u.folder = '' OR starts_with(images.rel_path, u.folder || '/')))
             """,
             [sorted(extensions), roots],
         )
@@ -523,7 +531,10 @@ def scan(
         summary.problems = len(problems)
         summary.notes = takeovers + [note for found in walked for note in found.notes]
         summary.listed = listing.num_rows
-        work, summary.unchanged, vanished = _classify(catalog, listing, params["roots"], ext)
+        unlisted = pa.table({"root": pa.array([str(r) for r, found in zip(resolved, walked) for _ in found.unlisted],
+                                               pa.string()),
+                             "folder": pa.array([f for found in walked for f in found.unlisted], pa.string())})
+        work, summary.unchanged, vanished = _classify(catalog, listing, params["roots"], ext, unlisted)
         summary.excluded = int(pa.compute.sum(vanished.column("excluded")).as_py() or 0)
         summary.gone = vanished.num_rows - summary.excluded
         if work.num_rows:  # closing and reopening costs ~0.1 s, most of an unchanged re-scan
