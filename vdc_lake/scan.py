@@ -8,15 +8,15 @@ drops out of the views. Files that vanished are marked not present.
 
 Roots never overlap, so one file is never two images: a root inside a scanned root (one with
 present images) is refused, and a root that contains scanned roots takes them over (their rows,
-image ids and all, move under it).
+image ids and all, move under it). A file that vanished from one path while the same bytes
+appeared at another in the same scan was moved: its row follows it (_follow_moves).
 
 What can never be an image is left out: the backup folder of any apply run (skipped with a
-note; a root inside one is refused), a folder below a root that holds a vdc-lake export (its
-export.json record or running mark) or report (index.html and thumbs/): copies and thumbnails
-of catalogued images, which would be registered as duplicates of their originals; skipped with
-a note and apply/restore temp files
-(`*.vdc-tmp`, `*.vdc-restore`). What could not be listed is a finding of the scan run, not a crash and not
-a silent gap: a name that is not valid UTF-8 (`bad_filename`), a symlink back into its own
+note; a root inside one is refused); a folder below a root that holds a vdc-lake export (its
+export.json record or running mark) or report (index.html and thumbs/), skipped with a note:
+copies and thumbnails of catalogued images, which would be registered as duplicates of their
+originals; and apply/restore temp files (`*.vdc-tmp`, `*.vdc-restore`). What could not be
+listed is a finding of the scan run, not a crash and not a silent gap: a name that is not valid UTF-8 (`bad_filename`), a symlink back into its own
 folder or an ancestor (`symlink_loop`), a second way into a folder already listed
 (`duplicate_folder`), a folder that cannot be read (`unreadable_folder`: the images
 registered under it keep their state, since whether they are still there is not known). Such
