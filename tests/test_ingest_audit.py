@@ -14,8 +14,11 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import image_rows
-from tests.test_hostile_inputs import _cli_as_user, nobody_dir  # noqa: F401 - a fixture
+from tests import test_hostile_inputs
+from tests.test_hostile_inputs import _cli_as_user
 from vdc_lake.catalog import Catalog
+
+nobody_dir = test_hostile_inputs.nobody_dir  # the fixture: a folder the permission checks' user owns
 
 
 def _noise(path: Path, seed: int, size: tuple[int, int] = (130, 120)) -> None:
