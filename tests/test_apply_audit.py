@@ -520,3 +520,25 @@ def test_restore_force_never_writes_through_a_link_at_the_kept_copy_s_name(tmp_p
     kept = _keep_aside(mine, backup_dir / "photo.jpg", "20260101T000000")
     assert kept == backup_dir / "photo.jpg.vdc-user-20260101T000000-1"
     assert kept.read_bytes() == b"the user's edit" and outside.read_text() == "not yours to write"
+
+
+def test_a_file_changed_keeping_size_and_mtime_is_read_again_by_the_next_scan(tmp_path, run_cli):
+    """apply skips a file whose bytes changed since the scan ("run `vdc-lake scan`"); when the change
+    kept its size and mtime, scan saw nothing and the advice looped. Now the skip makes the next
+    scan read the file again: a new version, and nothing left to delete."""
+    root, catalog, config = _scanned(tmp_path, run_cli, {"tiny.jpg": ((40, 40), 1, "JPEG"),
+                                                          "ok.jpg": ((120, 100), 2, "JPEG")})
+    victim = root / "tiny.jpg"
+    st = os.stat(victim)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # other bytes, same size
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert "0 changed" in run_cli(["scan", root], catalog, config=config).output  # size and mtime match
+    result = run_cli(["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"], catalog, config=config)
+    assert result.exit_code == 0, result.output
+    assert _journal(catalog)["tiny.jpg"]["state"] == "skipped" and victim.read_bytes() == bytes(data)
+    rescan = run_cli(["scan", root], catalog, config=config)
+    assert "1 changed" in rescan.output, rescan.output
+    with Catalog(catalog, read_only=True) as c:
+        assert c.scalar("SELECT version FROM images WHERE rel_path = 'tiny.jpg'") == 2

@@ -547,7 +547,9 @@ def execute_op(op: dict[str, Any]) -> dict[str, Any]:
             except (OSError, ValueError) as e:
                 return _skipped(op, f"{src} cannot be read now ({getattr(e, 'strerror', None) or e}); nothing done")
             if current != op["checksum_before"] or (meta.get("link") is not None and not _holds_bytes(src, None, meta)):
-                return _skipped(op, f"{src} changed since it was scanned; run `vdc-lake scan` and plan again")
+                # rescan: the next scan reads it again, even if the change kept its size and mtime
+                return {**_skipped(op, f"{src} changed since it was scanned; run `vdc-lake scan` and plan again"),
+                        "rescan": True}
         if op["action"] == "delete":
             why = _reason_no_longer_holds(op, src, options)
             if why:
@@ -625,6 +627,9 @@ def _flush(catalog: Catalog, run_id: int, results: list[dict[str, Any]], ops: di
                         [run_id, deleted])
         if changed:
             _update_changed_images(catalog, run_id, changed, ops)
+        rescan = [ops[r["op_id"]]["image_id"] for r in results if r.get("rescan")]
+        if rescan:  # mtime NULL never matches the listing (sanitize does the same for bytes it found changed)
+            catalog.execute("UPDATE images SET mtime_ns = NULL WHERE list_contains(?, image_id)", [rescan])
 
 
 def _update_changed_images(catalog: Catalog, run_id: int, changed: list[dict], ops: dict[int, dict]) -> None:
