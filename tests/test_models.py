@@ -136,6 +136,14 @@ def test_missing_model_names_the_fix(models_dir):
         load_model(models_dir, "rope_i_vit_l14_pn_aps_c1_pe-core")
     with pytest.raises(ModelError, match="does not exist"):
         load_model(models_dir / "nowhere", SSCD)
+    checkpoint = next(models_dir.glob("*.pt"))  # the checkpoint given as the folder
+    expected = (f"--models-dir {checkpoint} is a file, not the models folder: pass its folder "
+                f"(--models-dir {models_dir}) and the model's name (--model {checkpoint.stem})")
+    with pytest.raises(ModelError) as err:
+        load_model(checkpoint, SSCD)
+    assert str(err.value) == expected
+    with pytest.raises(ModelError, match=r"is a file, not the models folder: pass its folder \(--models-dir "):
+        list_models(checkpoint)
 
 
 def test_corrupt_checkpoint(tmp_path, models_dir):

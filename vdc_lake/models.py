@@ -149,7 +149,10 @@ def list_models(models_dir: str | Path) -> list[ModelInfo]:
     Never raises for a bad file: it is listed with loads=False and a readable error.
     Raises ModelError only when models_dir itself is missing.
     """
-    models_dir = Path(models_dir)
+    models_dir = Path(models_dir).expanduser()
+    if models_dir.is_file():
+        raise ModelError(f"--models-dir {models_dir} is a file, not the models folder: pass its folder "
+                         f"(--models-dir {models_dir.parent})")
     if not models_dir.is_dir():
         raise ModelError(
             f"models directory {models_dir} does not exist: create it and download models into it "
@@ -391,8 +394,15 @@ def load_model(
     return _loaded_model(info, net, model_info, device, size)
 
 
+def _not_a_folder(models_dir: Path) -> str:
+    return (f"--models-dir {models_dir} is a file, not the models folder: pass its folder "
+            f"(--models-dir {models_dir.parent}) and the model's name (--model {models_dir.stem})")
+
+
 def _missing_model_error(models_dir: str | Path, stem: str) -> ModelError:
-    models_dir = Path(models_dir)
+    models_dir = Path(models_dir).expanduser()
+    if models_dir.is_file():
+        return ModelError(_not_a_folder(models_dir))
     if not models_dir.is_dir():
         where = f"models directory {models_dir} does not exist"
     else:
