@@ -8,6 +8,7 @@ and asserts what the catalog and the filesystem hold afterwards.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -356,13 +357,23 @@ def test_widening_a_root_over_an_export_never_registers_the_exported_copies(tmp_
     assert sorted(image_rows(catalog)) == ["img/photo_0.jpg", "img/photo_1.jpg", "img/photo_2.jpg"]
 
 
-def test_a_report_written_inside_a_root_is_never_scanned_as_images(tmp_path, run_cli, sample_tree):
-    """report --out inside a scanned root is allowed; old code registered its thumbnails at the
-    next scan: downscaled near-duplicates of the originals ('alphabetical' keeps report/...)."""
+def test_a_report_inside_a_root_is_refused_and_never_scanned_as_images(tmp_path, run_cli, sample_tree):
+    """report --out inside a scanned root is refused, as export's destination is; a report that
+    lies in a root anyway (written before, or the root widened over it) is skipped by scan. Old
+    code wrote it and registered its thumbnails at the next scan: downscaled near-duplicates of
+    the originals ('alphabetical' keeps report/...)."""
     catalog = tmp_path / "catalog.duckdb"
     _ok(run_cli(["scan", sample_tree.root], catalog))
     _ok(run_cli(["sanitize", "--quick"], catalog))
-    _ok(run_cli(["report", "--out", sample_tree.root / "report"], catalog))
+    refused = run_cli(["report", "--out", sample_tree.root / "report"], catalog)
+    root = sample_tree.root.resolve()
+    assert refused.exit_code == 1 and refused.output == (
+        f"Error: report folder {sample_tree.root / 'report'} lies inside the scanned root {root}: the next scan "
+        f"would register its thumbnails as images; choose a folder outside every scanned root "
+        f"(e.g. {root.parent / (root.name + '-report')})\n"), refused.output
+    assert not (sample_tree.root / "report").exists()
+    _ok(run_cli(["report", "--out", tmp_path / "report"], catalog))
+    shutil.move(tmp_path / "report", sample_tree.root / "report")
     assert list((sample_tree.root / "report" / "thumbs").glob("*.jpg"))
     out = _ok(run_cli(["scan", sample_tree.root], catalog))
     assert "0 new" in out and f"skipped {sample_tree.root.resolve() / 'report'}: it holds a vdc-lake report" in out

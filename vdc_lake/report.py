@@ -33,6 +33,8 @@ from PIL import Image, ImageDraw
 from vdc_lake import __version__
 from vdc_lake.catalog import Catalog
 from vdc_lake.config import Config
+from vdc_lake.confine import root_overlap, scanned_roots
+from vdc_lake.errors import StageError
 from vdc_lake.imageops import ROTATIONS
 from vdc_lake.parallel import map_ordered
 
@@ -1317,6 +1319,12 @@ def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: in
     if rotation_threshold is None:
         rotation_threshold = float(catalog.scalar("SELECT setting('rotation_correction', 'threshold')"))
     out_dir = Path(out_dir)
+    overlap = root_overlap(scanned_roots(catalog), out_dir)
+    if overlap is not None and overlap[0] == "inside":
+        _, root, real = overlap
+        raise StageError(f"report folder {out_dir} lies inside the scanned root {root}: the next scan would "
+                         f"register its thumbnails as images; choose a folder outside every scanned root "
+                         f"(e.g. {real.parent / (real.name + '-report')})")
     (out_dir / "thumbs").mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*-[0-9]*.html"):  # pages of an earlier report that this one may not rewrite
         if PAGE_NAME.fullmatch(old.name):
