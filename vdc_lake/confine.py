@@ -81,3 +81,13 @@ def root_overlap(roots: list[str], folder: str | os.PathLike) -> tuple[str, str,
                 if r.is_relative_to(candidate):
                     return "contains", root, root_real
     return None
+
+
+def recorded_backup_dirs(catalog) -> dict[str, int]:
+    """{backup folder as an apply run recorded it (resolved, absolute): the newest such run id}:
+    the folders scan leaves out and export never empties."""
+    rows = catalog.rows(
+        """SELECT json_extract_string(params, '$.backup_dir') AS folder, max(run_id)
+           FROM runs WHERE stage LIKE 'apply%' AND folder IS NOT NULL GROUP BY folder"""
+    )
+    return {folder: run_id for folder, run_id in rows if os.path.isabs(folder) and "\0" not in folder}

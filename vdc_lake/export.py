@@ -55,7 +55,8 @@ import xxhash
 
 from vdc_lake import __version__
 from vdc_lake.catalog import Catalog
-from vdc_lake.confine import is_inside, is_recorded_root, recorded_roots, root_overlap, scanned_roots
+from vdc_lake.confine import (is_inside, is_recorded_root, recorded_backup_dirs, recorded_roots, root_overlap,
+                              scanned_roots)
 from vdc_lake.errors import StageError, disk_full_error
 from vdc_lake.export_sql import single_select
 from vdc_lake.files import content_hash
@@ -382,25 +383,12 @@ def _check_catalog_and_backups(catalog: Catalog, to_dir: Path) -> None:
     if catalog_file.is_relative_to(to_dir):
         raise StageError(f"export destination {to_dir} holds the catalog {catalog.path}; choose a folder that "
                          f"does not (e.g. {to_dir / 'export'})")
-    for backup in _backup_folders(catalog):
-        for folder in {Path(backup), Path(os.path.realpath(backup))}:
-            if folder.is_relative_to(to_dir) or to_dir.is_relative_to(folder):
-                relation = "contains" if folder.is_relative_to(to_dir) else "lies inside"
-                raise StageError(f"export destination {to_dir} {relation} the backup folder {backup} of an apply "
-                                 "run (restore needs every backup there); choose a folder apart from it")
-
-
-def _backup_folders(catalog: Catalog) -> set[str]:
-    """The backup folders apply runs recorded (runs.params `backup_dir`)."""
-    folders: set[str] = set()
-    for (params,) in catalog.rows("SELECT params FROM runs WHERE params IS NOT NULL"):
-        try:
-            folder = json.loads(params).get("backup_dir")
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(folder, str) and os.path.isabs(folder) and "\0" not in folder:
-            folders.add(folder)
-    return folders
+    overlap = root_overlap(sorted(recorded_backup_dirs(catalog)), to_dir)  # the check of a folder against roots
+    if overlap is not None:
+        _, backup, real = overlap
+        relation = "contains" if Path(backup).is_relative_to(to_dir) or real.is_relative_to(to_dir) else "lies inside"
+        raise StageError(f"export destination {to_dir} {relation} the backup folder {backup} of an apply "
+                         "run (restore needs every backup there); choose a folder apart from it")
 
 
 def _check_one_filesystem(roots: Iterable[str], to_dir: Path) -> None:

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
 from vdc_lake.catalog import Catalog
+from vdc_lake.confine import recorded_backup_dirs
 from vdc_lake.errors import StageError
 from vdc_lake.files import errno_text, inspect_header
 from vdc_lake.imageops import LEFTOVER_SUFFIXES
@@ -260,11 +261,7 @@ def _is_dir_entry(entry: os.DirEntry) -> bool:
 
 def _known_backup_dirs(catalog: Catalog) -> dict[str, int]:
     """{resolved backup folder: apply run id} of every apply run that named one."""
-    rows = catalog.rows(
-        """SELECT json_extract_string(params, '$.backup_dir') AS folder, max(run_id)
-           FROM runs WHERE stage LIKE 'apply%' AND folder IS NOT NULL GROUP BY folder"""
-    )
-    return {str(Path(folder).expanduser().resolve()): run_id for folder, run_id in rows}
+    return {str(Path(folder).resolve()): run_id for folder, run_id in recorded_backup_dirs(catalog).items()}
 
 
 def _backup_dirs_by_inode(known: dict[str, int]) -> dict[tuple[int, int], str]:
