@@ -21,9 +21,9 @@ appears under its final name only when complete (a hidden `.vdc-*.part` name unt
 TO/export.json, the record of a finished export, is written last: a folder without it holds an
 interrupted export, which the next export into it replaces without --overwrite (the hidden
 `.vdc-export-running` file marks it). --overwrite replaces a finished earlier export (a folder
-with export.json) and nothing else: a folder holding other files is refused either way. A catalog may come from someone else: an edited root or
-rel_path that would climb out of its root refuses the export, and every file is placed inside
-TO. TO never holds the catalog, a backup folder of an apply run or a scanned root.
+with export.json) and nothing else: a folder holding other files is refused either way. A
+catalog may come from someone else: an edited root or rel_path that would climb out of its root
+refuses the export, and every file is placed inside TO. TO never holds the catalog, a backup folder of an apply run or a scanned root.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from vdc_lake.confine import (is_inside, is_recorded_root, recorded_backup_dirs,
                               scanned_roots)
 from vdc_lake.errors import StageError, disk_full_error
 from vdc_lake.export_sql import single_select
-from vdc_lake.files import content_hash
+from vdc_lake.files import content_hash, place_new
 from vdc_lake.parallel import progress_bar, worker_count
 from vdc_lake.settings import decision_settings
 
@@ -439,8 +439,8 @@ def root_labels(roots: Iterable[str]) -> dict[str, str]:
 
 
 def _fold(name: str) -> str:
-    """A name as a case- and normalisation-insensitive filesystem compares it."""
-    return unicodedata.normalize("NFC", name).casefold()
+    """A name as a case- and normalisation-insensitive filesystem compares it (_fold_array's rule)."""
+    return unicodedata.normalize("NFC", name).lower()
 
 
 def export_targets(roots: pa.Array, rel_paths: pa.Array, keys: pa.Array, *, ignore_case: bool) -> pa.Array:
@@ -473,14 +473,15 @@ def export_targets(roots: pa.Array, rel_paths: pa.Array, keys: pa.Array, *, igno
         while True:  # a real file may already be called NAME~KEY.ext: add the key again
             stem, ext = os.path.splitext(candidate)
             candidate = f"{stem}~{keys[row].as_py()}{ext}"
-            if _fold_array(pa.array([candidate]))[0].as_py() not in taken:
+            if _fold(candidate) not in taken:
                 break
-        taken.add(_fold_array(pa.array([candidate]))[0].as_py())
+        taken.add(_fold(candidate))
         names[row] = candidate
     return pa.array(names, pa.string())
 
 
 def _fold_array(names: pa.Array) -> pa.Array:
+    """_fold of every name, vectorised."""
     return pc.utf8_lower(pc.utf8_normalize(names, "NFC"))
 
 
@@ -599,30 +600,11 @@ def _verified_copy(src: str, dst: Path, expected_hash: str | None, key: str) -> 
             if content_hash(src) != expected_hash:
                 return f"{src}: changed since the last scan; run `vdc-lake scan` and export again"
             return f"{src}: the copy does not match the original (hash {written}); check the destination disk"
-        _rename_no_replace(tmp, dst)
+        place_new(tmp, dst)  # never over a file: the export's names are unique, a loose filesystem may merge two
     except BaseException:
         tmp.unlink(missing_ok=True)  # a half copy (say, on a full disk) is not left in --to
         raise
     return None
-
-
-def _rename_no_replace(tmp: Path, dst: Path) -> None:
-    """Give the complete file `tmp` the name `dst`, atomically, never over an existing file
-    (FileExistsError then). A hard link does both; where the filesystem has none (FAT, exFAT,
-    some network shares) the name is checked first (the export's targets are unique, so only a
-    loosely matching filesystem makes two of them meet)."""
-    try:
-        os.link(tmp, dst, follow_symlinks=False)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
-            raise
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "File exists", str(dst)) from e
-        os.rename(tmp, dst)
-        return
-    tmp.unlink()
 
 
 class _TreeWriter:

@@ -186,6 +186,28 @@ def _read_header(f: BinaryIO, facts: dict[str, Any]) -> str | None:
     return None
 
 
+# What os.link raises on a filesystem without hard links (FAT, exFAT, some network shares).
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS)
+
+
+def place_new(tmp: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Give the complete file `tmp` the name `dst`, atomically and never over an existing entry
+    (FileExistsError then, `tmp` left in place): a hard link, then `tmp` removed; where the
+    filesystem has no hard links, a rename once the name is found free."""
+    try:
+        os.link(tmp, dst, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "File exists", str(dst)) from e
+        os.rename(tmp, dst)
+        return
+    os.unlink(tmp)
+
+
 @dataclass
 class DecodeResult:
     """Outcome of the decode check: error is None when the image decodes completely."""

@@ -24,7 +24,7 @@ from typing import Any, Callable, Collection
 
 from PIL import Image, ImageSequence, JpegImagePlugin, TiffImagePlugin
 
-from vdc_lake.files import content_hash, decode_check, default_max_pixels, open_image
+from vdc_lake.files import content_hash, decode_check, default_max_pixels, open_image, place_new
 
 TMP_SUFFIX = ".vdc-tmp"       # apply's temp files (and backups being copied) end with this
 RESTORE_SUFFIX = ".vdc-restore"  # restore's temp files
@@ -137,21 +137,14 @@ def _check_decodes(path: Path, pixels: int) -> None:
 
 
 def _link_new(tmp: Path, dst: Path) -> None:
-    """Give tmp the name dst without replacing anything already there (see write_atomic)."""
+    """Give tmp the name dst without replacing anything already there (see write_atomic): an
+    existing dst is accepted only when it holds exactly tmp's bytes (an interrupted run's output)."""
     try:
-        os.link(tmp, dst)
-        return
+        place_new(tmp, dst)
     except FileExistsError:
-        pass
-    except OSError as e:  # a filesystem without hard links: check, then rename
-        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-            raise
-        if not os.path.lexists(dst):
-            os.rename(tmp, dst)
-            return
-    if os.path.islink(dst) or not os.path.isfile(dst) or content_hash(dst) != content_hash(tmp):
-        raise FileExistsError(errno.EEXIST, "another file already has the output's name; move it away and run "
-                              "apply again", str(dst))
+        if os.path.islink(dst) or not os.path.isfile(dst) or content_hash(dst) != content_hash(tmp):
+            raise FileExistsError(errno.EEXIST, "another file already has the output's name; move it away and run "
+                                  "apply again", str(dst)) from None
 
 
 # Formats whose files keep every frame when rewritten (Pillow's save_all). An MPO's extra images

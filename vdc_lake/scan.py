@@ -16,7 +16,8 @@ note; a root inside one is refused); a folder below a root that holds a vdc-lake
 export.json record or running mark) or report (index.html and thumbs/), skipped with a note:
 copies and thumbnails of catalogued images, which would be registered as duplicates of their
 originals; and apply/restore temp files (`*.vdc-tmp`, `*.vdc-restore`). What could not be
-listed is a finding of the scan run, not a crash and not a silent gap: a name that is not valid UTF-8 (`bad_filename`), a symlink back into its own
+listed is a finding of the scan run, not a crash and not a silent gap: a name that is not
+valid UTF-8 (`bad_filename`), a symlink back into its own
 folder or an ancestor (`symlink_loop`), a second way into a folder already listed
 (`duplicate_folder`), a folder that cannot be read (`unreadable_folder`: the images
 registered under it keep their state, since whether they are still there is not known). Such
