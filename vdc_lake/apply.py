@@ -472,7 +472,7 @@ def _reason_no_longer_holds(op: dict[str, Any], src: Path, options: dict[str, An
             return f"it is the kept copy itself ({keeper}: one file registered twice, or the keeper links to it)"
         if not keeper.exists():
             return f"the kept copy {keeper} is gone"
-        if options.get("kept_hash") and _hash_or_none(keeper) != options["kept_hash"]:
+        if options.get("kept_hash") and not _verified(keeper, options["kept_hash"]):
             return (f"the kept copy {keeper} changed since the plan (no longer the bytes it was compared as); "
                     "run `vdc-lake scan`, then dedup report and plan again")
     rules = set(re.findall(r"(?:^|; )([a-z_]+): ", options.get("reason") or ""))
@@ -488,13 +488,6 @@ def _reason_no_longer_holds(op: dict[str, Any], src: Path, options: dict[str, An
         if result.error.split(":", 1)[0] not in DECODE_RULES:
             return f"the file cannot be read now ({result.error}), which is no reason to delete it"
     return None
-
-
-def _hash_or_none(path: Path) -> str | None:
-    try:
-        return content_hash(path)
-    except OSError:
-        return None
 
 
 def _keeper_path(options: dict[str, Any]) -> Path | None:
