@@ -296,16 +296,21 @@ def _prepare_destination(catalog: Catalog, to_dir: Path, overwrite: bool, params
 
 
 def _earlier_export(to_dir: Path) -> bool:
-    """Whether to_dir holds a finished vdc-lake export: its record, a regular file this module
-    wrote (a JSON object naming the tool version and the catalog)."""
-    record = to_dir / RECORD_NAME
+    """Whether to_dir holds a finished vdc-lake export (is_export_record of its export.json)."""
+    return is_export_record(to_dir / RECORD_NAME)
+
+
+def is_export_record(record: Path) -> bool:
+    """Whether `record` is an export.json this module wrote: a regular file holding a JSON object
+    that names the tool version, the catalog and the params (scan leaves such a folder out)."""
     if record.is_symlink() or not record.is_file():
         return False
     try:
-        data = json.loads(record.read_text())
+        with open(record, "rb") as f:
+            data = json.loads(f.read(1 << 20))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    return isinstance(data, dict) and {"tool_version", "catalog"} <= data.keys()
+    return isinstance(data, dict) and {"tool_version", "catalog", "params"} <= data.keys()
 
 
 def _is_interrupted(to_dir: Path) -> bool:

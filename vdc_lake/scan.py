@@ -28,7 +28,6 @@ action 'none'.
 from __future__ import annotations
 
 import errno
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -227,20 +226,11 @@ def _vdc_output(folder: str, entries: list[os.DirEntry]) -> str | None:
     (which a scan would register as duplicates of their originals): an export (its running
     mark, or an export.json record naming its catalog and params) or a report (index.html
     titled "vdc-lake report" beside thumbs/); None otherwise."""
-    from vdc_lake.export import RECORD_NAME, RUNNING_NAME
+    from vdc_lake.export import RECORD_NAME, RUNNING_NAME, is_export_record
 
     names = {e.name for e in entries}
-    export = "export (copies of catalogued images); remove its export.json to have it scanned"
-    if RUNNING_NAME in names:
-        return export
-    if RECORD_NAME in names:
-        try:
-            with open(os.path.join(folder, RECORD_NAME), "rb") as f:
-                record = json.loads(f.read(1 << 20))
-        except (OSError, ValueError):
-            record = None
-        if isinstance(record, dict) and {"catalog", "params", "tool_version"} <= record.keys():
-            return export
+    if RUNNING_NAME in names or (RECORD_NAME in names and is_export_record(Path(folder) / RECORD_NAME)):
+        return "export (copies of catalogued images); remove its export.json to have it scanned"
     if "index.html" in names and "thumbs" in names:
         try:
             with open(os.path.join(folder, "index.html"), "rb") as f:
