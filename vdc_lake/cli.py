@@ -1312,7 +1312,7 @@ def export_command(ctx: Context, to_dir: str, fmt: str | None, view: str, shard_
     with ctx.reader() as catalog:  # export only reads the catalog; it is recorded in TO/export.json
         s = export(catalog, to_dir, fmt=cfg["format"], view=view, shard_size_mb=cfg["shard_size_mb"],
                    overwrite=overwrite, quiet=ctx.quiet)
-        stale = stale_sample(catalog) if view == "curated" else None
+        stale = stale_sample(catalog, curated=s.images + s.skipped) if view == "curated" else None
     if stale:
         click.echo(stale, err=True)
     for note in s.notes:

@@ -69,7 +69,7 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
                              ) if has_overrides else []
     return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated,
             "overrides": overrides, "predict_failures": predict_failures(catalog),
-            "stale_sample": stale_sample(catalog),
+            "stale_sample": stale_sample(catalog, curated=curated),
             "setting_notes": dedup_threshold_notes(catalog) + [n for n in [sanitize_rules_note(catalog)] if n]}
 
 
@@ -123,7 +123,7 @@ def dedup_threshold_notes(catalog: Catalog) -> list[str]:
     return notes + unsearched_dedup_warnings(catalog)
 
 
-def stale_sample(catalog: Catalog) -> str | None:
+def stale_sample(catalog: Catalog, *, curated: int | None = None) -> str | None:
     """A warning when the newest sample no longer holds its total: some images it selected are
     now removed by a decision (a threshold changed after `sample`), so curated and export hold
     fewer than asked, or images kept by override since are added, so they hold more. None when
@@ -147,7 +147,8 @@ def stale_sample(catalog: Catalog) -> str | None:
         return (f"warning: sample run {run_id} selected {selected} images but only {surviving} still survive the "
                 f"current decisions (a setting changed or files changed since); run `vdc-lake sample` again for "
                 f"an exact total")
-    curated = catalog.scalar("SELECT count(*) FROM curated")
+    if curated is None:  # the caller's count of curated, when it has one
+        curated = catalog.scalar("SELECT count(*) FROM curated")
     if curated > selected:
         return (f"warning: curated holds {curated} images, {curated - selected} more than the {selected} sample run "
                 f"{run_id} selected (images kept by override since); run `vdc-lake sample` again for an exact "
