@@ -143,6 +143,8 @@ CASES = [
     # export, report
     (["export", "--to", "out", "--shard-size-mb", "0"], "--shard-size-mb must be a size in MB > 0, not 0.0", None),
     (["export", "--to", "out", "--format", "nosuch"], "'--format'", None),
+    (["export", "--to", ""], "--to is empty; give the folder to export into (e.g. --to out/curated)", None),
+    (["report", "--out", " "], "--out is empty; give the folder to write the report into (e.g. --out report)", None),
     (["report", "--out", "report", "--report-threshold", "-1"], "--report-threshold must be a cosine distance between 0 and 2, not -1.0", None),
     (["report", "--out", "report", "--thumbnails", "-1"], "--thumbnails must be a whole number of images >= 0, not -1", None),
     (["report", "--out", "report", "--rotation-threshold", "2"], "--rotation-threshold must be a probability between 0 and 1, not 2.0", None),

@@ -865,6 +865,8 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
         raise StageError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if fmt == "webdataset" and not shard_size_mb > 0:
         raise StageError(f"--shard-size-mb must be positive, got {shard_size_mb}")
+    if not os.fspath(to_dir).strip():  # an unset shell variable: it would mean the current folder
+        raise StageError("--to is empty; give the folder to export into (e.g. --to out/curated)")
     to_dir = Path(to_dir).expanduser().resolve()
     params = {"to": str(to_dir), "format": fmt, "view": view, "shard_size_mb": shard_size_mb, "overwrite": overwrite}
     started = dt.datetime.now()

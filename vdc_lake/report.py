@@ -1318,6 +1318,8 @@ def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: in
         "SELECT source FROM settings WHERE section = 'rotation_correction' AND key = 'threshold'") or "settings"
     if rotation_threshold is None:
         rotation_threshold = float(catalog.scalar("SELECT setting('rotation_correction', 'threshold')"))
+    if not os.fspath(out_dir).strip():  # an unset shell variable: it would mean the current folder
+        raise StageError("--out is empty; give the folder to write the report into (e.g. --out report)")
     out_dir = Path(out_dir)
     overlap = root_overlap(scanned_roots(catalog), out_dir)
     if overlap is not None and overlap[0] == "inside":
