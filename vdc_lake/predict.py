@@ -800,13 +800,11 @@ def _paths_from_cwd(samples: pa.Array) -> pa.Array:
     out = pc.if_else(absolute, samples, pc.binary_join_element_wise(cwd, samples, "/"))
     odd = pc.fill_null(pc.match_substring_regex(samples, _NEEDS_NORMPATH), False)
     out = pc.if_else(pc.fill_null(pc.equal(samples, ""), True), pa.scalar(None, pa.string()), out)
-    rows = np.flatnonzero(odd.to_numpy(zero_copy_only=False))
-    if len(rows) == 0:
+    if not pc.any(odd).as_py():
         return out
-    values = out.to_pylist()
-    for i in rows:
-        values[i] = os.path.abspath(os.path.expanduser(samples[int(i)].as_py()))
-    return pa.array(values, pa.string())
+    # only the odd rows go through Python; the rest of the column is not converted
+    fixed = [os.path.abspath(os.path.expanduser(t)) for t in samples.filter(odd).to_pylist()]
+    return pc.replace_with_mask(out, odd, pa.array(fixed, pa.string()))
 
 
 def _stage_matches(catalog: Catalog, result) -> None:
