@@ -240,11 +240,8 @@ def _funnel(catalog: Catalog, *, dedup_threshold: float | None,
             SELECT p.* FROM present AS p
             WHERE NOT EXISTS (SELECT 1 FROM sanitize_actions AS a
                               WHERE a.image_id = p.image_id AND a.version = p.version AND a.action = 'delete')
-              AND NOT EXISTS (SELECT 1 FROM findings AS f
-                              JOIN (SELECT image_id, version, max(run_id) AS run_id FROM sanitize_checks
-                                    GROUP BY ALL) AS c USING (image_id, version, run_id)
-                              WHERE f.image_id = p.image_id AND f.version = p.version
-                                AND f.rule IN ('unreadable', 'broken_symlink', 'missing'))
+              AND NOT EXISTS (SELECT 1 FROM unreadable_images AS u
+                              WHERE u.image_id = p.image_id AND u.version = p.version)
         ),
         rotated AS (
             SELECT count(*) AS n FROM rotation_actions(threshold := $rotation) AS r

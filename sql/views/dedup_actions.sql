@@ -109,18 +109,11 @@ members AS (
     JOIN closest AS d ON d.image_id = c.node
 ),
 
-latest_check AS (
-    SELECT image_id, version, max(run_id) AS run_id FROM sanitize_checks GROUP BY image_id, version
-),
-
 -- members that another decision removes (surviving_images' rules but dedup's own)
 removed_elsewhere AS (
     SELECT image_id, version FROM sanitize_actions WHERE action = 'delete'
     UNION
-    SELECT f.image_id, f.version
-    FROM findings AS f
-    JOIN latest_check AS c ON c.image_id = f.image_id AND c.version = f.version AND c.run_id = f.run_id
-    WHERE f.rule IN ('unreadable', 'broken_symlink', 'missing')
+    SELECT image_id, version FROM unreadable_images
     UNION
     SELECT image_id, version FROM example_actions() WHERE action = 'delete'
     UNION

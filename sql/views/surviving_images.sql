@@ -15,17 +15,9 @@ sanitize_deletes AS (
     SELECT image_id, version FROM sanitize_actions WHERE action = 'delete'
 ),
 
-latest_check AS (
-    SELECT image_id, version, max(run_id) AS run_id FROM sanitize_checks GROUP BY image_id, version
-),
-
--- recorded with action 'none' (sanitize cannot delete what it cannot read), but not exportable;
--- 'missing': the file was gone when sanitize decoded it
+-- recorded with action 'none' (sanitize cannot delete what it cannot read), but not exportable
 unreadable AS (
-    SELECT DISTINCT f.image_id, f.version
-    FROM findings AS f
-    JOIN latest_check AS c ON c.image_id = f.image_id AND c.version = f.version AND c.run_id = f.run_id
-    WHERE f.rule IN ('unreadable', 'broken_symlink', 'missing')
+    SELECT image_id, version FROM unreadable_images
 ),
 
 dropped AS (
