@@ -5,19 +5,55 @@ included. So the writer's exclusive right is our own lock file (`CATALOG.lock`, 
 holder's PID/host/start), while the DuckDB connection is opened lazily and released between
 batches (`Catalog.release()`): a reader can open the file read-only whenever the writer is not
 inside a write. Readers retry briefly when they hit a write in progress.
+
+What vdc-lake trusts in a catalog (it may come from someone else): its rows, as data, and nothing
+else. Exactly:
+
+- Beside the catalog. The files vdc-lake and DuckDB make next to CATALOG (SIDE_PATHS: .lock, .wal,
+  .tmp, .indexes, .staging, .kmeans, .spill) are never reached through a symbolic link: every open
+  checks them (lstat) and refuses a link, a lock or WAL that is not a regular file and a folder that
+  is not a folder (UnsafeCatalogError, naming the path); vdc-lake makes them with O_NOFOLLOW/O_EXCL
+  and mkdir, which never follow a link. The catalog path itself may be a link (it is resolved once,
+  and the side files live beside the file it names), but it must be a regular file: a FIFO, socket
+  or device there is NotACatalogError (DuckDB would block on it).
+- No file access. Every connection runs with DuckDB's enable_external_access = false: no
+  read_text/read_csv/read_parquet/glob, COPY, ATTACH, INSTALL/LOAD or extension autoloading, so
+  nothing stored in the catalog (a view, a macro, a column default) can read or write a file or
+  reach the network. vdc-lake moves all its own data through Arrow; DuckDB's own files (the
+  catalog, its WAL, the spill folder `temp_directory`) are not external access. The one exception
+  is `files=True`, below.
+- The package's code. The views and macros vdc-lake queries (sql/views) are the installed
+  package's: a writer re-creates them on every open (whatever views_installed says); a reader
+  creates on every connection TEMP copies of every macro and of every view whose stored text is
+  not exactly what DuckDB stores for the package's (a text comparison against DuckDB's rendering
+  of the package's query, _expected_views). DuckDB resolves a name in temp before the catalog's own schema, also
+  inside the views that read it, so a definition stored in the file under one of those names
+  never runs. A stored macro named like one of DuckDB's functions would take precedence over
+  that function in every query, ours included, so a catalog holding one is refused; a writer also
+  refuses a catalog holding triggers (they would run inside its writes).
+- The user's own SQL (`vdc-lake sql`, pipeline `sql` steps) is the user's, so it may read and
+  write files (read_csv, COPY ... TO, INSTALL): such a Catalog is opened with files=True, which
+  turns file access on only when the catalog holds no view or macro besides vdc-lake's (whose
+  names are served by the package's definitions, as above), so that nothing the query reaches by
+  name can be stored code. Otherwise the query runs without file access, and a query that needs
+  files fails naming the stored views and macros that are in the way (`files_refused`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import random
+import re
 import socket
+import stat
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -33,6 +69,7 @@ from vdc_lake.errors import (
     CatalogNotFoundError,
     ConfigError,
     NotACatalogError,
+    UnsafeCatalogError,
     VdcLakeError,
     disk_full_error,
 )
@@ -47,6 +84,14 @@ EXACT_CHECK_ROWS = 500_000
 _NOT_DUCKDB = "not a valid DuckDB database file"
 _DAMAGED = ("Could not read enough bytes", "Corrupt database file", "Failed to read database header")
 _NO_ACCESS = ("Permission denied", "Read-only file system")
+# The files and folders made beside CATALOG (CATALOG + suffix), and what each is for. None of
+# them may be a symbolic link (see the module docstring).
+SIDE_FILES = {".lock": "writer lock", ".wal": "DuckDB write-ahead log"}
+SIDE_FOLDERS = {".tmp": "DuckDB spill folder", ".indexes": "ANN index folder", ".staging": "Ray staging folder",
+                ".kmeans": "k-means checkpoint folder", ".spill": "vector spill folder"}
+SIDE_PATHS = (*SIDE_FILES, *SIDE_FOLDERS)
+_KINDS = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"), (stat.S_ISREG, "regular file"))
 
 
 def sql_dir() -> Path:
@@ -64,6 +109,81 @@ def views_fingerprint() -> str:
     for path in sorted((sql_dir() / "views").glob("*.sql")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def side_path(catalog_path: str | os.PathLike, suffix: str) -> Path:
+    """CATALOG + suffix beside the catalog, after refusing a symbolic link there (UnsafeCatalogError)."""
+    catalog_path = Path(catalog_path)
+    path = catalog_path.with_name(catalog_path.name + suffix)
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # not there (a missing folder is said by the caller)
+        return path
+    if stat.S_ISLNK(mode):
+        raise UnsafeCatalogError(f"{path} is a symbolic link (to {os.readlink(path)}); vdc-lake never writes "
+                                 f"through links beside a catalog: remove it (rm {path}) and run the command again")
+    want_folder = suffix in SIDE_FOLDERS
+    if stat.S_ISDIR(mode) != want_folder or not (want_folder or stat.S_ISREG(mode)):
+        what = SIDE_FOLDERS.get(suffix) or SIDE_FILES.get(suffix, "file")
+        raise UnsafeCatalogError(f"{path} is a {_kind(mode)}, where vdc-lake keeps the catalog's {what} "
+                                 f"(a {'folder' if want_folder else 'regular file'}): move it away and run the "
+                                 "command again")
+    return path
+
+
+def side_folder(catalog_path: str | os.PathLike, suffix: str, *, create: bool = False) -> Path:
+    """The folder CATALOG + suffix (a SIDE_FOLDERS suffix), refusing a link or a non-folder there;
+    create: make it when missing, with mkdir, which never follows a link (one planted meanwhile
+    is refused by the check after it)."""
+    path = side_path(catalog_path, suffix)
+    if create:
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+        side_path(catalog_path, suffix)
+    return path
+
+
+_CREATE = re.compile(r"^CREATE OR REPLACE (VIEW|MACRO) (\w+)", re.MULTILINE)
+_VIEW_HEAD = re.compile(r"^.*?CREATE OR REPLACE VIEW \w+ AS\s", re.DOTALL)
+_EXPECTED_VIEWS: dict[str, str | None] = {}
+
+
+@lru_cache(maxsize=4)
+def package_objects(folder: Path | None = None) -> dict[str, tuple[str, str, str]]:
+    """{name: (kind 'VIEW'/'MACRO', statement, the same statement as TEMP)} of sql/views, in file
+    order; each file creates one view or macro (`CREATE OR REPLACE VIEW name AS ...`)."""
+    out = {}
+    for path in sorted(((folder or sql_dir()) / "views").glob("*.sql")):
+        text = path.read_text(encoding="utf-8")
+        found = _CREATE.search(text)
+        if found is None:
+            raise FileNotFoundError(f"{path} creates no view or macro; reinstall vdc-lake")
+        out[found.group(2)] = (found.group(1), text,
+                               _CREATE.sub(r"CREATE OR REPLACE TEMP \1 \2", text, count=1))
+    return out
+
+
+def _expected_views(con: duckdb.DuckDBPyConnection) -> dict[str, str | None]:
+    """{view: the text DuckDB stores for the package's view} (duckdb_views().sql: DuckDB's own
+    rendering of the parsed query), made once per process without binding anything: the query
+    parsed and rendered again through json_serialize_sql/json_deserialize_sql. None for a view
+    DuckDB cannot render so (it is always made TEMP)."""
+    if not _EXPECTED_VIEWS:
+        for name, (kind, text, _) in package_objects().items():
+            if kind == "VIEW":
+                query = _VIEW_HEAD.sub("", con.extract_statements(text)[0].query, count=1)
+                try:
+                    rendered = con.execute("SELECT json_deserialize_sql(json_serialize_sql(?))", [query]).fetchall()
+                    _EXPECTED_VIEWS[name] = f"CREATE VIEW {name} AS {rendered[0][0]};"
+                except duckdb.Error:
+                    _EXPECTED_VIEWS[name] = None
+    return _EXPECTED_VIEWS
 
 
 def _now() -> dt.datetime:
@@ -90,27 +210,36 @@ class _WriterLock:
     """An exclusive flock on CATALOG.lock; the file records who holds it."""
 
     def __init__(self, catalog_path: Path):
+        self.catalog_path = catalog_path
         self.path = catalog_path.with_name(catalog_path.name + ".lock")
         self._fd: int | None = None
         self.created = False  # this lock made the file (so a failed open may remove it)
 
     def _open(self) -> int | None:
         """A descriptor of the lock file (made now, or found); None when a file that was there
-        vanished before it could be opened (a failed open removing its own: try again)."""
+        vanished before it could be opened (a failed open removing its own: try again). Never
+        through a link (O_EXCL, O_NOFOLLOW), and never blocking on a FIFO planted there."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
             self.created = True
             return fd
         except FileExistsError:
             self.created = False
         try:
-            return os.open(self.path, os.O_RDWR)
+            fd = os.open(self.path, flags)
         except FileNotFoundError:
-            if os.path.islink(self.path):  # a dangling link: not a lock file that went away
-                raise CatalogAccessError(f"the catalog's lock file {self.path} is a link to "
-                                         f"{os.readlink(self.path)}, which does not exist; remove the link "
-                                         f"(rm {self.path}) and run the command again") from None
             return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # a link (O_NOFOLLOW): say so, as every open does
+                side_path(self.catalog_path, ".lock")
+            raise
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            side_path(self.catalog_path, ".lock")  # raises: not a regular file
+            return None  # it was replaced meanwhile: open again
+        return fd
 
     def acquire(self) -> None:
         for _ in range(100):
@@ -182,7 +311,11 @@ class Catalog:
     """One catalog file. Use as a context manager; `con` opens the DuckDB connection on demand."""
 
     def __init__(self, path: str | os.PathLike, *, read_only: bool = False, create: bool = True,
-                 scale: dict[str, Any] | None = None, wait_seconds: float = READER_RETRY_SECONDS):
+                 scale: dict[str, Any] | None = None, wait_seconds: float = READER_RETRY_SECONDS,
+                 files: bool = False):
+        """files: the connection may read and write files, for the user's own SQL only (the `sql`
+        command); granted only while the catalog holds no views or macros but vdc-lake's (see the
+        module docstring; `files_refused` says why not)."""
         self.path = Path(path).resolve()
         self.read_only = read_only
         self.wait_seconds = wait_seconds  # how long to retry a busy file before CatalogLockedError
@@ -191,6 +324,9 @@ class Catalog:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock: _WriterLock | None = None
         self._checked = False  # the first connection checks that this is a sound vdc-lake catalog
+        self._files_wanted = files
+        self._files = False  # external access granted (files wanted, and no stored code in the way)
+        self.files_refused: str | None = None  # why files were wanted but not granted
         if self.path.is_dir():
             raise NotACatalogError(f"{self.path} is a folder, not a catalog file; pass --catalog "
                                    f"{self.path / DEFAULT_CATALOG} (or another file name in it)")
@@ -199,6 +335,7 @@ class Catalog:
             raise CatalogNotFoundError(
                 f"no catalog at {self.path}{missing}; run `vdc-lake scan ROOT` first or pass --catalog PATH"
             )
+        self._check_paths(SIDE_PATHS)
         if not read_only:
             self._check_folder()
             self._lock = _WriterLock(self.path)
@@ -213,6 +350,20 @@ class Catalog:
             except BaseException:
                 self._undo_failed_open(made)
                 raise
+
+    def _check_paths(self, suffixes: Sequence[str]) -> None:
+        """The catalog is a regular file (or not there yet), and the side paths with these suffixes
+        are no links, files as files and folders as folders (checked before DuckDB opens any)."""
+        try:
+            mode = os.stat(self.path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            raise NotACatalogError(f"{self.path} is a {_kind(mode)}, not a catalog file; pass the right "
+                                   "--catalog, or move it away to start a new catalog there")
+        for suffix in suffixes:
+            if suffix != ".tmp" or not self.scale["duckdb_temp_directory"]:  # a configured one is the user's
+                side_path(self.path, suffix)
 
     def _check_folder(self) -> None:
         """A new catalog goes into an existing folder: a mistyped --catalog never makes folders."""
@@ -261,18 +412,25 @@ class Catalog:
     def con(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
             self._con = self._connect()
-            if not self._checked:
-                try:
+            try:
+                if not self._checked:
                     with self._translated():
                         self._check_contents()
-                except BaseException:
-                    self.release()
-                    raise
-                self._checked = True
+                    self._checked = True
+                    if self._files_wanted and self.files_refused is None:
+                        self._files = True  # reconnect with file access for the user's own SQL
+                        self.release()
+                        self._con = self._connect()
+                if self.read_only:
+                    self._create_temp_views()
+            except BaseException:
+                self.release()
+                raise
         return self._con
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        config = {"enable_external_access": "true",
+        self._check_paths((".wal", ".tmp"))  # DuckDB makes and writes these itself
+        config = {"enable_external_access": "true" if self._files else "false",
                   "temp_directory": self.scale["duckdb_temp_directory"] or str(self.path) + ".tmp"}
         if self.scale["duckdb_memory_limit"]:
             config["memory_limit"] = str(self.scale["duckdb_memory_limit"])
@@ -329,8 +487,10 @@ class Catalog:
         return None
 
     def _check_contents(self) -> None:
-        """Refuse a DuckDB file without vdc-lake's tables, a catalog of a newer schema, and one whose
-        images rows contradict each other (duplicate ids, two present rows for one path)."""
+        """Refuse a DuckDB file without vdc-lake's tables, a catalog of a newer schema, one whose
+        images rows contradict each other (duplicate ids, two present rows for one path), and one
+        holding code vdc-lake would run unawares (_check_stored_code)."""
+        self._check_stored_code()
         tables = [r[0] for r in self._con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
             "AND table_schema = 'main' ORDER BY table_name").fetchall()]
@@ -347,6 +507,82 @@ class Catalog:
                                          f"knows ({known}); upgrade vdc-lake to write to it")
         if "images" in tables:
             self._check_images()
+
+    def _check_stored_code(self) -> None:
+        """Refuse stored macros that replace a DuckDB function and, for a writer, stored triggers;
+        note the views and macros vdc-lake does not define, which keep file access off (files_refused).
+        System functions are named in full: a stored macro could take an unqualified name."""
+        con = self._con
+        database = con.execute("SELECT system.main.current_database()").fetchall()[0][0]
+        functions = con.execute("SELECT DISTINCT database_name, function_name FROM system.main.duckdb_functions() "
+                                "WHERE database_name = 'system' OR NOT internal").fetchall()
+        builtin = {name for db, name in functions if db == "system"}
+        rows = sorted(("macro", name, name in builtin) for db, name in functions if db == database)
+        rows += con.execute(
+            "SELECT 'view', view_name, false FROM system.main.duckdb_views() WHERE database_name = ? "
+            "AND NOT internal AND NOT temporary UNION ALL SELECT 'trigger', trigger_name || ' on ' || table_name, "
+            "false FROM system.main.duckdb_triggers() WHERE database_name = ? ORDER BY 1, 2",
+            [database, database]).fetchall()
+        replacing = [name for kind, name, builtin in rows if builtin]
+        if replacing:
+            raise UnsafeCatalogError(
+                f"catalog {self.path} defines the macro {replacing[0]}, which replaces DuckDB's own function of "
+                f"that name{f' (and {len(replacing) - 1} more)' if len(replacing) > 1 else ''} in every query, "
+                f"vdc-lake's included: the catalog was edited; drop it (in DuckDB: DROP MACRO {replacing[0]}) "
+                "or use a catalog you trust")
+        triggers = [name for kind, name, _ in rows if kind == "trigger"]
+        if triggers and not self.read_only:
+            more = f" (and {len(triggers) - 1} more)" if len(triggers) > 1 else ""
+            raise UnsafeCatalogError(
+                f"catalog {self.path} holds the trigger {triggers[0]}{more}, which vdc-lake does not make and would "
+                f"run inside its writes: the catalog was edited; drop it (in DuckDB: DROP TRIGGER {triggers[0]}) or "
+                "use a catalog you trust")
+        ours = package_objects()
+        foreign = [f"{kind} {name}" for kind, name, _ in rows
+                   if kind != "trigger" and ours.get(name, ("",))[0] != kind.upper()]
+        if foreign and self._files_wanted:
+            self.files_refused = (
+                f"file access is off for queries on this catalog: it holds {', '.join(foreign[:3])}"
+                f"{f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''}, not defined by vdc-lake, which a "
+                "query that may read files could run; drop what you do not need (vdc-lake sql --write "
+                "\"DROP VIEW name\") to let vdc-lake sql read and write files")
+
+    def _create_temp_views(self) -> None:
+        """Give this connection the package's views and macros as TEMP ones, which DuckDB resolves
+        before what the catalog stores under those names: every macro (duckdb_functions() does not
+        show a macro's parameter defaults, so a stored one cannot be verified), and every view whose
+        stored text is not exactly the one DuckDB stores for the package's (_expected_views); a TEMP
+        view costs the binding of its whole tree. One that cannot be built on this catalog (tables
+        of another vdc-lake version, read-only here) becomes one that fails saying why."""
+        con = self._con
+        expected = _expected_views(con)
+        stored = dict(con.execute(
+            "SELECT view_name, sql FROM system.main.duckdb_views() WHERE database_name = "
+            "system.main.current_database() AND schema_name = 'main' AND NOT internal AND NOT temporary").fetchall())
+        self._create_temp([(name, kind, temp) for name, (kind, _, temp) in package_objects().items()
+                           if kind == "MACRO" or expected[name] is None or stored.get(name) != expected[name]])
+
+    def _create_temp(self, pending: list[tuple[str, str, str]]) -> None:
+        """Run the TEMP statements of (name, kind, statement); one whose views are not there yet is
+        tried again after the others, one that cannot be built gets a stand-in that fails saying why."""
+        con = self._con
+        while pending:
+            failed = []
+            for name, kind, temp in pending:
+                try:
+                    con.execute(temp).fetchall()
+                except duckdb.Error as e:
+                    failed.append((name, kind, e))
+            if len(failed) < len(pending):
+                pending = [(name, kind, temp) for name, kind, temp in pending if name in {f[0] for f in failed}]
+                continue
+            for name, kind, error in failed:
+                why = str(error).splitlines()[0].replace("'", "''")
+                con.execute(f"CREATE OR REPLACE TEMP {kind} {name}"
+                            f"{'() AS TABLE' if kind == 'MACRO' else ' AS'} SELECT error('{name} cannot be "
+                            f"built on this catalog ({why}): a writing command (vdc-lake status, with "
+                            "the catalog free and its folder writable) brings it up to date') AS error").fetchall()
+            return
 
     def _check_images(self) -> None:
         con = self._con
@@ -410,16 +646,18 @@ class Catalog:
         self.execute("INSERT INTO views_installed VALUES (?, ?)", [views_fingerprint(), _now()])
 
     def _create_views(self) -> None:
-        pending = sorted((sql_dir() / "views").glob("*.sql"))
+        # A view binds the views it reads as they are stored: a missing one, or one edited to read
+        # a file (no file access: a PermissionException), fails it until that one is re-created.
+        pending = [statement for _, statement, _ in package_objects().values()]
         while pending:
             failed = []
-            for path in pending:
+            for statement in pending:
                 try:
-                    self.execute(path.read_text(encoding="utf-8"))
-                except duckdb.CatalogException:
-                    failed.append(path)
+                    self.execute(statement)
+                except (duckdb.CatalogException, duckdb.BinderException, duckdb.PermissionException):
+                    failed.append(statement)
             if len(failed) == len(pending):
-                self.execute(failed[0].read_text(encoding="utf-8"))  # raises the real error
+                self.execute(failed[0])  # raises the real error
             pending = failed
 
     def _mark_interrupted_runs(self) -> None:

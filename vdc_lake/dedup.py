@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog import Catalog, side_folder
 from vdc_lake.confine import check_name, is_inside
 from vdc_lake.errors import StageError
 from vdc_lake.sets import VectorSet, count_vectors, read_vectors, set_dim
@@ -72,8 +72,9 @@ class IndexRecord:
     n_vectors: int
 
 
-def index_dir(catalog: Catalog) -> Path:
-    return catalog.path.with_name(catalog.path.name + ".indexes")
+def index_dir(catalog: Catalog, *, create: bool = False) -> Path:
+    """CATALOG.indexes, the catalog's index folder; never a link (UnsafeCatalogError names it)."""
+    return side_folder(catalog.path, ".indexes", create=create)
 
 
 def _check_metric(metric: str) -> None:
@@ -164,8 +165,7 @@ def build_index(catalog: Catalog, set_name: str, *, center: bool, l2_normalize: 
         rows, keys = view_rows(vs.vectors, vs.image_ids, views)
         prepared, mean = neighbors.prepare_vectors(rows, center=center, l2_normalize=l2_normalize, copy=False)
         index = neighbors.build_index(prepared, keys, metric="cos", dtype=dtype, threads=threads)
-        folder = index_dir(catalog)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = index_dir(catalog, create=True)
         path = folder / f"{set_name}-run{run_id}.usearch"
         if not is_inside(path, folder):
             raise StageError(f"refusing to write the index {path}: it resolves outside the catalog's index "

@@ -37,6 +37,11 @@ class CatalogAccessError(VdcLakeError):
     """The catalog or its folder cannot be opened or written (permissions, read-only filesystem)."""
 
 
+class UnsafeCatalogError(VdcLakeError):
+    """Something at or in the catalog would make vdc-lake follow a link or run the catalog's own code
+    (a symbolic link beside it, a stored macro that replaces a DuckDB function, a stored trigger)."""
+
+
 class DiskFullError(VdcLakeError):
     """A write failed because its device is full."""
 

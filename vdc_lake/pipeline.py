@@ -10,8 +10,11 @@
                                 # false -> --no-KEY where the command has it, else nothing)
 
 `apply` steps are dry runs unless the pipeline runs with --apply, so a first run shows
-every plan and changes nothing; in a dry run, `sql` steps that would write files (--output,
-COPY ... TO, EXPORT DATABASE, ATTACH, INSTALL) are skipped with a note.
+every plan and changes nothing; in a dry run, a `sql` step runs only when it reads: no --output,
+no --write, and nothing but SELECT statements (SHOW, DESCRIBE, SUMMARIZE and FROM-first queries
+included). Any other statement (COPY, EXPORT, ATTACH, INSTALL and LOAD, which DuckDB classifies
+alike, PRAGMA such as IMPORT DATABASE, SET, CALL such as CHECKPOINT, INSERT/UPDATE/CREATE ...)
+skips the step with a note, as does SQL DuckDB cannot classify.
 
 The whole file is checked before step 1 (`check_pipeline`): every step must name a known
 command with known options (the CLI parses each step's arguments without running it), a
@@ -167,17 +170,43 @@ def check_pipeline(path: str | Path, parse_step: ParseStep, *, off_switches: Off
     return data
 
 
-def dry_run_skip(step: dict[str, Any]) -> str | None:
-    """Why a step is skipped in a dry run (it would write files), or None to run it."""
-    from vdc_lake.validate import statements_writing_files
+# What a dry run's `sql` step may run: statements that only read. DuckDB 2 gives INSTALL the type
+# LOAD; FILE_WRITING names the kinds that write files outside the catalog, for the note.
+DRY_RUN_STATEMENTS = ("SELECT",)
+FILE_WRITING = {"COPY": "COPY", "COPY_DATABASE": "COPY", "EXPORT": "EXPORT", "ATTACH": "ATTACH",
+                "LOAD": "INSTALL/LOAD"}
 
+
+def statements_not_reading(query: str) -> list[str]:
+    """Kinds of the statements of `query` that are not SELECTs (LOAD is named INSTALL/LOAD, the
+    two share a type); ['unrecognised SQL'] when DuckDB knows a statement but not its type, [] when
+    the query does not parse (running it fails before anything is done)."""
+    import duckdb
+
+    try:
+        kinds = [s.type.name for s in duckdb.extract_statements(query)]
+    except duckdb.Error:
+        return []
+    except ValueError:  # a statement type this duckdb module cannot name
+        return ["unrecognised SQL"]
+    return [FILE_WRITING.get(kind, kind) for kind in kinds if kind not in DRY_RUN_STATEMENTS]
+
+
+def dry_run_skip(step: dict[str, Any]) -> str | None:
+    """Why a step is skipped in a dry run (it would write files, the catalog, or anything else),
+    or None to run it."""
     if step["command"].split() != ["sql"]:
         return None
     if "output" in step:
         return "skipped in a dry run: it writes --output; run with --apply to write it"
-    writers = sorted(set().union(*(statements_writing_files(str(a)) for a in step.get("args", []))))
-    if writers:
-        return f"skipped in a dry run: its SQL writes files ({', '.join(writers)}); run with --apply to write them"
+    if step.get("write") is True:
+        return "skipped in a dry run: it opens the catalog to write (--write); run with --apply to run it"
+    kinds = sorted(set().union(*(statements_not_reading(str(a)) for a in step.get("args", []))))
+    if kinds and set(kinds) <= set(FILE_WRITING.values()):
+        return f"skipped in a dry run: its SQL writes files ({', '.join(kinds)}); run with --apply to write them"
+    if kinds:
+        return (f"skipped in a dry run: its SQL does more than read ({', '.join(kinds)}); "
+                "run with --apply to run it")
     return None
 
 

@@ -32,6 +32,7 @@ import math
 import os
 import pickle
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -81,9 +82,24 @@ def cluster_gpus() -> float:
 
 
 def staging_root(catalog_path: str | os.PathLike) -> Path:
-    """Where parts of a catalog's stages are staged: CATALOG.staging next to the catalog."""
-    path = Path(catalog_path)
-    return path.with_name(path.name + ".staging")
+    """Where parts of a catalog's stages are staged: CATALOG.staging next to the catalog; never a
+    link (UnsafeCatalogError names it). Made, without following links, when a stage first stages."""
+    from vdc_lake.catalog import side_folder
+
+    return side_folder(catalog_path, ".staging")
+
+
+def _make_stage_folder(folder: Path) -> None:
+    """Make a stage's folder and the staging folder above it, following no link at either (a
+    link or a file there is a StageError naming it)."""
+    for path in (folder.parent, folder):
+        try:
+            path.mkdir(parents=path == folder.parent)
+        except FileExistsError:
+            pass
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise StageError(f"{path} is {'a symbolic link' if path.is_symlink() else 'not a folder'}; "
+                             "vdc-lake stages parts only in folders it made: remove it and run the stage again")
 
 
 def shard_size_for(n_items: int) -> int:
@@ -199,7 +215,7 @@ def ray_map_ordered(
     resources = {"num_cpus": num_cpus, "num_gpus": num_gpus}
     with progress_bar(len(items), desc, quiet=quiet) as bar:
         if shards:
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_stage_folder(folder)
             yield from _run_shards(func, items, shards, folder, workers, max_retries, bar, batched, resources)
 
 
@@ -332,7 +348,7 @@ def range_search(vectors, keys, *, threshold: float, staging_dir: str | os.PathL
         raise StageError(f"tile_rows must be at least 1, got {tile_rows}")
     folder = range_staging_folder(staging_dir, vectors, keys, threshold=threshold, tile_rows=tile_rows,
                                   precision=precision, max_pairs_per_image=max_pairs_per_image, views=views)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_stage_folder(folder)
     _stage_array(folder / "vectors.npy", vectors)
     _stage_array(folder / "keys.npy", keys)
     starts = range(0, len(vectors), tile_rows)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog import Catalog, side_folder
 from vdc_lake.confine import check_name
 from vdc_lake.errors import StageError
 
@@ -234,8 +234,7 @@ def _allocate(catalog: Catalog, n: int, dim: int, memory_budget: int | None) -> 
     budget = memory_budget_bytes(catalog) if memory_budget is None else memory_budget
     if n * dim * 4 <= budget or n == 0:
         return np.empty((n, dim), np.float32)
-    folder = catalog.path.with_name(catalog.path.name + ".spill")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = side_folder(catalog.path, ".spill", create=True)
     handle, path = tempfile.mkstemp(prefix="vectors-", suffix=".f32", dir=folder)
     try:
         os.ftruncate(handle, n * dim * 4)
