@@ -24,6 +24,7 @@ from tests.conftest import default_config, tree_hashes
 from vdc_lake import catalog as catalog_module
 from vdc_lake.apply import Plan, apply_plan, make_plan, restore
 from vdc_lake.catalog import Catalog
+from vdc_lake.confine import mark_backup_folder
 from vdc_lake.decisions import decision_query
 from vdc_lake.errors import CatalogDamagedError, DiskFullError, NotACatalogError, StageError
 from vdc_lake.leftovers import remove_leftovers_of
@@ -210,11 +211,10 @@ def _small_tmpfs(size: str):
 def _fill(folder: Path) -> Path:
     """Write a file until the device is full; returns it (delete it to free the space)."""
     filler = folder / "filler.bin"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing is left to fail at close
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     return filler
@@ -274,6 +274,7 @@ def test_a_full_backup_disk_fails_cleanly_and_the_next_apply_removes_its_temp_fi
     root = _sanitized(tmp_path, catalog_path)
     original = tree_hashes(root)
     with _small_tmpfs("1m") as backup:
+        mark_backup_folder(backup)  # a folder apply used before (a new one is marked first: one DiskFullError)
         filler = _fill(backup)
         with Catalog(catalog_path) as catalog:
             summary = apply_plan(catalog, _delete_plan(catalog, catalog_path), backup_dir=backup, quiet=True)
@@ -409,6 +410,6 @@ def test_a_lock_file_that_is_a_dangling_link_is_one_error_and_nothing_is_made(tm
     result = run_cli(["scan", data], tmp_path / "c.duckdb")
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert result.output.strip().splitlines()[-1] == (
-        f"Error: the catalog's lock file {lock} is a link to {tmp_path / 'no' / 'such' / 'file'}, which does not "
-        f"exist; remove the link (rm {lock}) and run the command again")
+        f"Error: {lock} is a symbolic link (to {tmp_path / 'no' / 'such' / 'file'}); vdc-lake never writes "
+        f"through links beside a catalog: remove it (rm {lock}) and run the command again")
     assert not (tmp_path / "c.duckdb").exists() and lock.is_symlink()

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 import vdc_lake
 from tests.conftest import default_config
 from vdc_lake.catalog import Catalog
+from vdc_lake.confine import BACKUP_MARKER
 from vdc_lake.errors import StageError
 from vdc_lake.files import PixelLimitError, check_pixels, content_hash, decode_check
 from vdc_lake.imageops import ACTIONS, ROTATIONS
@@ -127,7 +128,7 @@ def test_backup_folder_and_temp_files_are_never_registered(tmp_path, run_cli):
     assert run_cli(["sanitize"], catalog).exit_code == 0
     applied = run_cli(["apply", "sanitize", "--backup-dir", data / "backup", "--apply"], catalog)
     assert applied.exit_code == 0, applied.output
-    backups = [p for p in (data / "backup").rglob("*") if p.is_file()]
+    backups = [p for p in (data / "backup").rglob("*") if p.is_file() and p.name != BACKUP_MARKER]
     assert backups  # the deleted tiny.jpg is kept there
     (data / "images" / ".photo_0.jpg.vdc-tmp").write_bytes((data / "images" / "photo_0.jpg").read_bytes())
     (data / "images" / "photo_1.jpg.vdc-restore").write_bytes((data / "images" / "photo_1.jpg").read_bytes())

@@ -71,12 +71,13 @@ class Context:
         """One effective option value (CLI > config file > default), checked like `section`."""
         return self.section(section, {key: name} if name else None, **{key: cli_value})[key]
 
-    def writer(self, *, create: bool = False) -> Catalog:
+    def writer(self, *, create: bool = False, files: bool = False) -> Catalog:
         """Open for writing; only commands that register files (scan) may create the catalog.
-        The effective config becomes the catalog's settings (what the decision views read)."""
+        The effective config becomes the catalog's settings (what the decision views read).
+        files: the user's own SQL may read and write files (see vdc_lake.catalog)."""
         from vdc_lake.settings import changed_note, record_settings
 
-        catalog = Catalog(self.catalog_path, create=create, scale=self.config.values["scale"])
+        catalog = Catalog(self.catalog_path, create=create, scale=self.config.values["scale"], files=files)
         try:
             self._note(changed_note(record_settings(catalog, self.config)))
         except BaseException:
@@ -84,13 +85,13 @@ class Context:
             raise
         return catalog
 
-    def reader(self) -> Catalog:
+    def reader(self, *, files: bool = False) -> Catalog:
         """Open read-only, after recording the effective config as the catalog's settings when
         it differs and no other command holds the catalog (see vdc_lake.settings)."""
         from vdc_lake.settings import sync_settings
 
         self._note(sync_settings(self.catalog_path, self.config))
-        return Catalog(self.catalog_path, read_only=True, scale=self.config.values["scale"])
+        return Catalog(self.catalog_path, read_only=True, scale=self.config.values["scale"], files=files)
 
     @staticmethod
     def _note(text: str | None) -> None:
@@ -463,6 +464,8 @@ def sql_command(ctx: Context, query: str, fmt: str, output: str | None, write: b
 
     QUERY `-` reads the query from stdin (a file of SQL). A query that starts with `--` (a
     comment) can follow `--`, which ends the options: `vdc-lake sql --format csv -- "-- ..."`.
+    Your query may read and write files (read_csv, COPY ... TO) unless the catalog holds views or
+    macros vdc-lake does not define; vdc-lake's own views always come from this installation.
 
     \b
     Example:
@@ -481,11 +484,13 @@ def sql_command(ctx: Context, query: str, fmt: str, output: str | None, write: b
         if not query.strip():
             raise click.ClickException("`sql -` read no query from stdin; pipe one in, e.g. "
                                        "`echo \"SELECT 1\" | vdc-lake sql -`, or give QUERY itself")
-    with (ctx.writer() if write else ctx.reader()) as catalog:
+    with (ctx.writer(files=True) if write else ctx.reader(files=True)) as catalog:
         try:
             text = write_query(catalog, query, fmt=fmt, output=output)
         except duckdb.Error as e:
-            raise click.ClickException(f"query failed: {e}") from e
+            refused = f"; {catalog.files_refused}" if isinstance(e, duckdb.PermissionException) and \
+                catalog.files_refused else ""
+            raise click.ClickException(f"query failed: {e}{refused}") from e
     if text is not None:
         click.echo(text, nl=False)
 

@@ -3,14 +3,21 @@
 A catalog may come from someone else, so a set name, a relative path or an index path read from
 it is never trusted to name a file: names follow one rule, and every path we write or read on a
 catalog's behalf is resolved (symlinks included) and must lie inside the folder it belongs to.
+ReadableRoots is that rule for every stage that opens an image file a catalog names.
+
+A backup folder of an apply run holds a marker file (BACKUP_MARKER), written when apply first
+uses the folder, so that every scan, of any catalog, leaves it out.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from vdc_lake.errors import InvalidNameError
 
@@ -91,3 +98,140 @@ def recorded_backup_dirs(catalog) -> dict[str, int]:
            FROM runs WHERE stage LIKE 'apply%' AND folder IS NOT NULL GROUP BY folder"""
     )
     return {folder: run_id for folder, run_id in rows if os.path.isabs(folder) and "\0" not in folder}
+
+
+# -- reading the files a catalog names ----------------------------------------------------------
+
+OUTSIDE_ROOT = "outside_root"  # the finding (and report placeholder) of a file that is not read
+
+
+class ReadableRoots:
+    """Where the image files a catalog names may be read from: the roots its scan runs were given.
+
+    The one confinement rule of every stage that opens an image file by the catalog's root and
+    rel_path (sanitize's decode, report's thumbnails, export's copies, predict). `error(root,
+    rel_path)` is None when the file may be read, else why not (one line): the root must be one a
+    scan run recorded (recorded_roots), rel_path a plain relative path (is_plain_relative), and
+    the file's folder, resolved with every symlink followed, must lie inside a recorded root.
+    This is apply's rule too (apply._confinement_error). The file's own name may be a symlink the
+    owner of the tree put there (scan registered it, and apply replaces the link, never its
+    target), so it is read through; a folder link out of the roots is not. Folders are resolved
+    once per instance (cached).
+    """
+
+    def __init__(self, recorded: Iterable[str]):
+        self.recorded = set(recorded)
+        self._real_roots = sorted({os.path.realpath(r).rstrip(os.sep) + os.sep for r in self.recorded})
+        self._by_length = sorted(self.recorded, key=len, reverse=True)
+        self._root_ok: dict[str, bool] = {}
+        self._folders: dict[str, str] = {}
+
+    @classmethod
+    def of(cls, catalog) -> ReadableRoots:
+        return cls(recorded_roots(catalog))
+
+    def error(self, root: str | None, rel_path: str | None) -> str | None:
+        """Why root/rel_path may not be read (no rule prefix), or None when it may."""
+        if not isinstance(root, str) or not self._is_root(root):
+            return (f"the catalog names the root {root!r}, which no scan run was given (the catalog was edited); "
+                    "vdc-lake reads files inside the roots it scanned only")
+        if not isinstance(rel_path, str) or not is_plain_relative(rel_path):
+            return (f"the catalog names the path {rel_path!r} under {root}, which is not a plain relative path "
+                    "(the catalog was edited); not read")
+        path = os.path.join(root, rel_path)
+        real = self.resolve(path)
+        if not self.is_inside_a_root(real):
+            return (f"{path} resolves to {real}, outside every scanned root (a folder link out of the root); "
+                    "not read: scan the folder it points into")
+        return None
+
+    def path_error(self, path: str | None) -> str | None:
+        """error() for a whole path (root + '/' + rel_path): split at the longest recorded root
+        it starts with (a path in no recorded root may not be read)."""
+        if isinstance(path, str):
+            for root in self._by_length:
+                prefix = root.rstrip("/") + "/"
+                if path.startswith(prefix):
+                    return self.error(root, path[len(prefix):])
+        return f"{path!r} lies in no scanned root; not read"
+
+    def resolve(self, path: str) -> str:
+        """path with its folder's symlinks resolved (from the cache); its own name as it is."""
+        folder, name = os.path.split(path)
+        real_folder = self._folders.get(folder)
+        if real_folder is None:
+            real_folder = self._folders[folder] = os.path.realpath(folder)
+        return os.path.join(real_folder, name)
+
+    def is_inside_a_root(self, real: str) -> bool:
+        """Whether the resolved path `real` lies inside a recorded root (resolved)."""
+        return any((real + os.sep).startswith(root) for root in self._real_roots)
+
+    def _is_root(self, root: str) -> bool:
+        ok = self._root_ok.get(root)
+        if ok is None:
+            ok = self._root_ok[root] = is_recorded_root(root, self.recorded)
+        return ok
+
+
+# -- backup folders ---------------------------------------------------------------------------------
+
+BACKUP_MARKER = "vdc-lake-backups.json"
+_BACKUP_KIND = "vdc-lake backup folder"
+
+
+def is_backup_marker(path: str | os.PathLike) -> bool:
+    """Whether `path` is a marker mark_backup_folder wrote: a regular file (not a link) holding a
+    JSON object whose kind is a vdc-lake backup folder."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(1 << 16))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("kind") == _BACKUP_KIND
+
+
+def backup_folder_at_or_above(path: str | os.PathLike) -> Path | None:
+    """The folder holding a backup marker that `path` (resolved) is or lies inside, else None."""
+    folder = Path(os.path.realpath(path))
+    for candidate in (folder, *folder.parents):
+        if is_backup_marker(candidate / BACKUP_MARKER):
+            return candidate
+    return None
+
+
+def mark_backup_folder(folder: str | os.PathLike) -> None:
+    """Write BACKUP_MARKER into the (existing) folder unless a marker is there already (another
+    catalog's backups may share the folder). OSError when something else has its name (FileExistsError)
+    or the folder cannot be written; the marker is complete or absent, never half written."""
+    from vdc_lake import __version__
+    from vdc_lake.files import place_new
+
+    marker = Path(folder) / BACKUP_MARKER
+    if is_backup_marker(marker):
+        return
+    if os.path.lexists(marker):
+        raise FileExistsError(f"{marker} exists and is not a vdc-lake backup marker; move it away")
+    record = {"kind": _BACKUP_KIND, "tool_version": __version__,
+              "created_at": dt.datetime.now().isoformat(timespec="seconds"),
+              "about": "copies of originals that vdc-lake apply changed or deleted (vdc-lake restore puts them "
+                       "back); every vdc-lake scan leaves this folder out"}
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vdc-marker-", suffix=".vdc-tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            place_new(tmp, marker)
+        except FileExistsError:
+            if not is_backup_marker(marker):  # another apply wrote one just now: fine; anything else is not
+                raise FileExistsError(f"{marker} exists and is not a vdc-lake backup marker; move it away") from None
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)

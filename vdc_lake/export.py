@@ -23,7 +23,10 @@ interrupted export, which the next export into it replaces without --overwrite (
 `.vdc-export-running` file marks it). --overwrite replaces a finished earlier export (a folder
 with export.json) and nothing else: a folder holding other files is refused either way. A
 catalog may come from someone else: an edited root or rel_path that would climb out of its root
-refuses the export, and every file is placed inside TO. TO never holds the catalog, a backup folder of an apply run or a scanned root.
+refuses the export, a file that resolves outside every scanned root (a symlink out of it) is
+never copied, hard-linked or put in a shard (skipped, with its reason: confine.ReadableRoots),
+and every file is placed inside TO. TO never holds the catalog, a backup folder of an apply run
+or a scanned root.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ import xxhash
 
 from vdc_lake import __version__
 from vdc_lake.catalog import Catalog
-from vdc_lake.confine import (is_inside, is_recorded_root, recorded_backup_dirs, recorded_roots, root_overlap,
-                              scanned_roots)
+from vdc_lake.confine import (ReadableRoots, is_inside, is_recorded_root, recorded_backup_dirs, recorded_roots,
+                              root_overlap, scanned_roots)
 from vdc_lake.errors import StageError, disk_full_error
 from vdc_lake.export_sql import single_select
 from vdc_lake.files import content_hash, place_new
@@ -612,14 +615,24 @@ def _verified_copy(src: str, dst: Path, expected_hash: str | None, key: str) -> 
     return None
 
 
-class _TreeWriter:
-    """Links or copies each image to TO/<its target> (see export_targets)."""
+def _unreadable(row: dict, readable: ReadableRoots) -> str | None:
+    """Why the file of a manifest row may not be read into the export (confine.ReadableRoots: a link
+    out of every scanned root, say), or None."""
+    why = readable.error(row["root"], row["rel_path"])
+    return None if why is None else f"{row['path']}: not exported, {why}"
 
-    def __init__(self, to_dir: Path, fmt: str):
-        self.to_dir, self.fmt = to_dir, fmt
+
+class _TreeWriter:
+    """Links or copies each image to TO/<its target> (see export_targets). A copy or a hard link
+    carries the file's bytes: only a file ReadableRoots allows is placed."""
+
+    def __init__(self, to_dir: Path, fmt: str, readable: ReadableRoots):
+        self.to_dir, self.fmt, self.readable = to_dir, fmt, readable
 
     def write(self, row: dict) -> tuple[str | None, str | None, int]:
         """(export path, error, bytes) for one manifest row; runs in a worker thread."""
+        if self.fmt != "symlink" and (refused := _unreadable(row, self.readable)) is not None:
+            return None, refused, 0
         target = row[_TARGET]
         dst = self.to_dir / target
         # Resolved before any folder is made: a symlink on the way (say, a link to a folder that an
@@ -745,12 +758,16 @@ def _extension(rel_path: str, fmt: str | None) -> str:
 
 
 class _WebDatasetWriter:
-    """Reads each image in a worker thread; the shards are written in order by the caller's thread."""
+    """Reads each image (one ReadableRoots allows) in a worker thread; the shards are written in
+    order by the caller's thread."""
 
-    def __init__(self, to_dir: Path, shard_bytes: int):
+    def __init__(self, to_dir: Path, shard_bytes: int, readable: ReadableRoots):
         self.shards = _ShardWriter(to_dir, shard_bytes)
+        self.readable = readable
 
     def write(self, row: dict) -> tuple[bytes | None, str | None]:
+        if (refused := _unreadable(row, self.readable)) is not None:
+            return None, refused
         return _read_verified(row)
 
     def finish_row(self, row: dict, data: bytes) -> str:
@@ -800,15 +817,15 @@ def _write_manifest(table: pa.Table, to_dir: Path) -> Path:
 
 
 def _write_files(table: pa.Table, to_dir: Path, fmt: str, shard_bytes: int, summary: ExportSummary,
-                 quiet: bool) -> tuple[pa.Array, pa.Array]:
+                 quiet: bool, readable: ReadableRoots) -> tuple[pa.Array, pa.Array]:
     """Check, link, copy or shard every row of the manifest; returns each row's export path (None for
     the manifest format) and whether it was exported (False = skipped, the reason in summary.errors)."""
     if fmt == "webdataset":
-        writer: _TreeWriter | _WebDatasetWriter | _SourceChecker = _WebDatasetWriter(to_dir, shard_bytes)
+        writer: _TreeWriter | _WebDatasetWriter | _SourceChecker = _WebDatasetWriter(to_dir, shard_bytes, readable)
     elif fmt == "manifest":
         writer = _SourceChecker()
     else:
-        writer = _TreeWriter(to_dir, fmt)
+        writer = _TreeWriter(to_dir, fmt, readable)
     placed: list[str | None] = []
     kept: list[bool] = []
     threads = min(IO_THREADS, worker_count(None))
@@ -878,11 +895,12 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
         _check_one_filesystem(roots, to_dir)
     catalog_run = catalog.scalar("SELECT max(run_id) FROM runs")
     settings = decision_settings(catalog)  # the decisions the exported set was computed under
+    readable = ReadableRoots.of(catalog)
     note, lock = _prepare_destination(catalog, to_dir, overwrite, params)
     catalog.release()  # file work ahead; writers may open the catalog meanwhile
     summary = ExportSummary(str(to_dir), fmt, view, notes=[note] if note else [])
     try:
-        _write_export(table, to_dir, fmt, shard_size_mb, quiet, summary)
+        _write_export(table, to_dir, fmt, shard_size_mb, quiet, summary, readable)
         record = {"tool_version": __version__, "catalog": str(catalog.path), "catalog_run": catalog_run,
                   "started_at": started.isoformat(timespec="seconds"),
                   "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
@@ -895,7 +913,7 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
 
 
 def _write_export(table: pa.Table, to_dir: Path, fmt: str, shard_size_mb: float, quiet: bool,
-                  summary: ExportSummary) -> None:
+                  summary: ExportSummary, readable: ReadableRoots) -> None:
     """The files (as `fmt`) and the manifest of what was exported; fills `summary`."""
     keys = pa.array([image_key(i) for i in table.column("image_id").to_pylist()], pa.string())
     table = table.append_column("key", keys)
@@ -903,7 +921,7 @@ def _write_export(table: pa.Table, to_dir: Path, fmt: str, shard_size_mb: float,
         table = table.append_column(_TARGET, export_targets(table.column("root").combine_chunks(),
                                                             table.column("rel_path").combine_chunks(), keys,
                                                             ignore_case=_ignores_case(to_dir)))
-    placed, kept = _write_files(table, to_dir, fmt, int(shard_size_mb * 2**20), summary, quiet)
+    placed, kept = _write_files(table, to_dir, fmt, int(shard_size_mb * 2**20), summary, quiet, readable)
     table = table.drop_columns([c for c in (_MTIME, _TARGET) if c in table.column_names])
     table = table.append_column("export_path", placed)
     if summary.skipped:

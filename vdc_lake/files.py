@@ -8,6 +8,14 @@ missing or cannot be read (permissions, I/O errors) is "missing" / "unreadable":
 that never deletes, since the file may be back and intact at the next check. Memory is
 bounded: headers are parsed from the open file (Pillow reads what it needs) and the hash
 streams in chunks, so a 3 GB file costs a chunk, not 3 GB.
+
+Time is bounded too: Pillow parses a header (and counts an animated file's frames) through
+HeaderReader, which allows HEADER_MAX_BYTES in HEADER_MAX_READS reads. Pillow looks for a JPEG or
+GIF marker one byte per read, so a file of junk behind an image signature (a sparse 3 GB file
+starting FF D8 FF E0) took minutes; now it is a `header_not_found` finding within a second.
+
+The pixel limit (sanitize.max_pixels) counts every frame: an animated file holds
+n_frames x width x height pixels, and rewriting it (apply) holds every frame in memory.
 """
 
 from __future__ import annotations
@@ -29,12 +37,87 @@ from PIL import Image, UnidentifiedImageError
 UNUSUAL_MODES = {"CMYK", "I;16", "I;16B", "I;16L", "I;16N", "I", "F", "LA", "PA", "YCbCr", "LAB", "HSV", "1"}
 EXIF_ORIENTATION_TAG = 0x0112
 HASH_CHUNK = 1 << 20
+# Formats whose files keep every frame when rewritten (apply), so every frame counts towards the
+# pixel limit. An MPO's extra images (a second view, a depth map) are not frames of one picture.
+MULTI_FRAME_FORMATS = frozenset({"GIF", "WEBP", "PNG", "TIFF"})
+# What Pillow may read to parse one header, every frame's of an animated file included: bytes (a
+# WebP is read whole; real headers with big EXIF/ICC/XMP segments need a few MB) and reads (a
+# marker search reads one byte at a time: ~1 s of Python per million reads).
+HEADER_MAX_BYTES = 64 << 20
+HEADER_MAX_READS = 1 << 20
 
 
 # Decode-check rules and their actions: only a verdict on bytes that were read deletes.
 # changed: the bytes are not those scan recorded (see sanitize), no verdict on either.
-DECODE_ACTIONS = {"corrupt": "delete", "truncated": "delete", "missing": "none", "unreadable": "none",
-                  "changed": "none"}
+# header_not_found: the bytes read (HEADER_MAX_BYTES) hold no usable header; a training loader
+# would stall on the file the same way. outside_root: the file was not read (confine.ReadableRoots).
+DECODE_ACTIONS = {"corrupt": "delete", "truncated": "delete", "header_not_found": "delete", "missing": "none",
+                  "unreadable": "none", "changed": "none", "outside_root": "none"}
+
+
+class HeaderLimitError(Exception):
+    """Pillow needed more than HEADER_MAX_BYTES / HEADER_MAX_READS to parse a header (deliberately
+    no OSError: Pillow's format probing must not take it for a plugin's "not my format")."""
+
+
+class HeaderReader:
+    """A binary file as Pillow reads it while parsing a header: at most max_bytes bytes in at most
+    max_reads reads (HeaderLimitError beyond, at every later read too); seeking is free, so a
+    TIFF directory at the end of a big file is reached. lift() removes the limits for decoding
+    the pixels (whose size the pixel limit bounds)."""
+
+    def __init__(self, f: BinaryIO, max_bytes: int = HEADER_MAX_BYTES, max_reads: int = HEADER_MAX_READS):
+        self._f = f
+        self.max_bytes, self.max_reads = max_bytes, max_reads
+        self.bytes_read = self.reads = 0
+        self.limited = True
+
+    def lift(self) -> None:
+        self.limited = False
+
+    def _allow(self, n: int | None) -> int:
+        """How many bytes the next read may ask for (one more than the room left: a read that
+        gets it has run past the limit)."""
+        self.reads += 1
+        if self.reads > self.max_reads:
+            raise HeaderLimitError(self.limit_text())
+        room = self.max_bytes - self.bytes_read
+        return room + 1 if n is None or n < 0 or n > room else n
+
+    def _count(self, data: bytes) -> bytes:
+        self.bytes_read += len(data)
+        if self.bytes_read > self.max_bytes:
+            raise HeaderLimitError(self.limit_text())
+        return data
+
+    def read(self, n: int | None = -1) -> bytes:
+        if not self.limited:
+            return self._f.read(n)
+        return self._count(self._f.read(self._allow(n)))
+
+    def readline(self, n: int | None = -1) -> bytes:
+        if not self.limited:
+            return self._f.readline(n)
+        return self._count(self._f.readline(self._allow(n)))
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def limit_text(self) -> str:
+        return (f"header_not_found: no complete image header (every frame's, for an animated file) within "
+                f"the first {self.max_bytes >> 20} MiB or {self.max_reads:,} reads of the file; not read further")
 
 
 def content_hash(path: str | os.PathLike) -> str:
@@ -172,10 +255,12 @@ def _read_header(f: BinaryIO, facts: dict[str, Any]) -> str | None:
             warnings.simplefilter("ignore")
             limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # bombs are judged by sanitize's limit
             try:
-                with Image.open(f) as img:
+                with Image.open(HeaderReader(f)) as img:
                     facts.update(_header_facts(img))
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
+    except HeaderLimitError as e:
+        return str(e)
     except UnidentifiedImageError:
         f.seek(0)
         return f"not_an_image: the bytes are {_describe_bytes(f.read(16))}, not a known image format"
@@ -220,8 +305,10 @@ def decode_check(path: str, *, max_pixels: int, with_descriptor: bool) -> Decode
     """Fully decode the image at reduced scale (JPEG DCT scaling via `draft`) to catch truncation.
 
     A header-only `verify()` passes truncated JPEGs; decoding every scan does not. Images over
-    `max_pixels` are not decoded (they are already a decompression-bomb finding). A file that
-    cannot be opened or read gives a `missing` / `unreadable` error, never `corrupt`.
+    `max_pixels` (every frame counted: frame_pixels) are not decoded (they are already a
+    decompression-bomb finding). A file that cannot be opened or read gives a `missing` /
+    `unreadable` error, never `corrupt`; one whose header Pillow does not find within the header
+    limits (HeaderReader) gives `header_not_found`.
     """
     try:
         f = open(path, "rb", opener=_nonblocking)
@@ -234,15 +321,19 @@ def decode_check(path: str, *, max_pixels: int, with_descriptor: bool) -> Decode
             warnings.simplefilter("ignore")
             limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                with Image.open(f) as img:
-                    if img.width * img.height > max_pixels:
+                reader = HeaderReader(f)
+                with Image.open(reader) as img:
+                    if frame_pixels(img) > max_pixels:
                         return DecodeResult(None, None)
+                    reader.lift()  # the pixels: as many as the limit allows
                     if img.format == "JPEG":
                         img.draft(img.mode, _draft_size(img.width, img.height, with_descriptor))
                     img.load()
                     descriptor = _descriptor(img) if with_descriptor else None
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
+    except HeaderLimitError as e:
+        return DecodeResult(str(e), None)
     except OSError as e:
         if is_io_error(e):
             return DecodeResult(io_error_text(e), None)
@@ -265,11 +356,26 @@ def default_max_pixels() -> int:
     return int(_bundled_defaults()["sanitize"]["max_pixels"])
 
 
+def frame_pixels(img: Image.Image) -> int:
+    """The pixels the file holds: width x height x frames for an animated GIF, PNG, WebP or a
+    multi-page TIFF (MULTI_FRAME_FORMATS: rewriting one holds every frame), else width x height
+    (an MPO's second view is not decoded). Counting a GIF's frames reads the whole file: open it
+    through a HeaderReader."""
+    frames = int(getattr(img, "n_frames", 1) or 1) if img.format in MULTI_FRAME_FORMATS else 1
+    return img.width * img.height * max(frames, 1)
+
+
+def _pixels_text(img: Image.Image, pixels: int) -> str:
+    frames = pixels // max(img.width * img.height, 1)
+    return f"{pixels:,} pixels" + (f" ({frames} frames of {img.width}x{img.height})" if frames > 1 else "")
+
+
 @contextmanager
 def open_image(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image]:
     """Image.open for decoding, refusing (PixelLimitError) an image whose header gives more
-    than max_pixels pixels before any pixel is read; inside, this limit replaces Pillow's own
-    (which would warn, or refuse at twice its value, whatever the configured limit)."""
+    than max_pixels pixels, every frame counted (frame_pixels), before any pixel is read; inside,
+    this limit replaces Pillow's own (which would warn, or refuse at twice its value, whatever the
+    configured limit). The header is read within the header limits (HeaderLimitError beyond)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
@@ -277,19 +383,22 @@ def open_image(path: str | os.PathLike, max_pixels: int) -> Iterator[Image.Image
             with open(path, "rb", opener=_nonblocking) as f:
                 if kind := _not_regular(f):
                     raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
-                with Image.open(f) as img:
-                    pixels = img.width * img.height
+                reader = HeaderReader(f)
+                with Image.open(reader) as img:
+                    pixels = frame_pixels(img)
                     if pixels > max_pixels:
-                        raise PixelLimitError(f"{pixels:,} pixels exceed the limit of {max_pixels:,} "
+                        raise PixelLimitError(f"{_pixels_text(img, pixels)} exceed the limit of {max_pixels:,} "
                                               "(sanitize.max_pixels); not decoded")
+                    reader.lift()
                     yield img
         finally:
             Image.MAX_IMAGE_PIXELS = limit
 
 
 def check_pixels(path: str | os.PathLike, max_pixels: int) -> None:
-    """Raise PixelLimitError when the image's header gives more than max_pixels pixels.
-    Reads the header only; an unreadable header raises what Pillow raises."""
+    """Raise PixelLimitError when the image's header gives more than max_pixels pixels (every
+    frame counted). Reads the header only; an unreadable header raises what Pillow raises
+    (HeaderLimitError for one not found within the header limits)."""
     with open_image(path, max_pixels):
         pass
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Collection
 
 from PIL import Image, ImageSequence, JpegImagePlugin, TiffImagePlugin
 
-from vdc_lake.files import content_hash, decode_check, default_max_pixels, open_image, place_new
+from vdc_lake.files import MULTI_FRAME_FORMATS, content_hash, decode_check, default_max_pixels, open_image, place_new
 
 TMP_SUFFIX = ".vdc-tmp"       # apply's temp files (and backups being copied) end with this
 RESTORE_SUFFIX = ".vdc-restore"  # restore's temp files
@@ -118,7 +118,7 @@ def write_atomic(img: Image.Image, dst: Path, fmt: str, options: dict[str, Any],
             img.save(f, format=fmt, **options)
             f.flush()
             os.fsync(f.fileno())
-        _check_decodes(tmp, img.width * img.height)
+        _check_decodes(tmp, img.width * img.height * (1 + len(options.get("append_images", ()))))
         if overwrite:
             os.replace(tmp, dst)
         else:
@@ -147,17 +147,13 @@ def _link_new(tmp: Path, dst: Path) -> None:
                                   "apply again", str(dst)) from None
 
 
-# Formats whose files keep every frame when rewritten (Pillow's save_all). An MPO's extra images
-# (a second view, a depth map) are not frames of one picture: it is written as a JPEG of the first.
-MULTI_FRAME_FORMATS = frozenset({"GIF", "WEBP", "PNG", "TIFF"})
-
-
 def _every_frame(img: Image.Image, fmt: str, transform: Callable[[Image.Image], Image.Image]
                  ) -> tuple[Image.Image, dict[str, Any]]:
     """transform(img), and the save options that write the rest of an animated image's frames,
     each transformed the same way, with their durations and loop count (an animated GIF or WebP
-    lost every frame but the first). A single-frame image, or an output format without frames:
-    transform(img), no options."""
+    lost every frame but the first). A single-frame image, or an output format without frames
+    (not in MULTI_FRAME_FORMATS: an MPO is written as a JPEG of its first image): transform(img),
+    no options. Every frame is held in memory: open_image's pixel limit counts them all."""
     if getattr(img, "n_frames", 1) <= 1 or fmt not in MULTI_FRAME_FORMATS:
         return transform(img), {}
     frames, durations = [], []

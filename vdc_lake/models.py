@@ -822,29 +822,20 @@ def _gpu_jpeg_bytes(path: str, max_pixels: int | None) -> bytes | None:
     """The file's bytes when nvJPEG should decode it (a baseline or progressive JPEG in RGB or
     greyscale, within max_pixels), else None (decode it on the CPU). Plain bytes, so the
     DataLoader does not pin them (nvJPEG reads them from pageable memory)."""
-    from PIL import Image
+    from vdc_lake.files import open_image
 
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(JPEG_MAGIC):
-        return None
-    try:
-        import io
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    ok = image.format == "JPEG" and image.mode in GPU_JPEG_MODES
-                    pixels = image.width * image.height
-            finally:
-                Image.MAX_IMAGE_PIXELS = limit
+    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
+        if f.read(len(JPEG_MAGIC)) != JPEG_MAGIC:
+            return None
+    try:  # the header first, within the header limits: a file of junk is never read whole
+        with open_image(path, max_pixels if max_pixels is not None else 1 << 62) as image:
+            ok = image.format == "JPEG" and image.mode in GPU_JPEG_MODES
     except Exception:  # the CPU path reports why it does not decode
         return None
-    if not ok or (max_pixels is not None and pixels > max_pixels):
+    if not ok:
         return None
-    return data
+    with open(path, "rb") as f:
+        return f.read()
 
 
 class PassDataset(Dataset):

@@ -10,19 +10,22 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageOps
 
+from vdc_lake.files import HeaderLimitError, default_max_pixels, open_image
+
 THUMBNAIL_PX = 160
 
 
 def _thumbnail(path: str | None, size: int) -> Image.Image:
-    """The image at path, EXIF-oriented and shrunk; a grey tile when it is gone or unreadable."""
+    """The image at path, EXIF-oriented and shrunk; a grey tile when it is gone or unreadable, or
+    over the pixel limit (sanitize's default, every frame counted) or the header limits."""
     if path and os.path.isfile(path):
         try:
-            with Image.open(path) as img:
+            with open_image(path, default_max_pixels()) as img:
                 img.draft("RGB", (size, size))
                 img = ImageOps.exif_transpose(img).convert("RGB")
                 img.thumbnail((size, size))
                 return img
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except (OSError, ValueError, HeaderLimitError, Image.DecompressionBombError):
             pass
     return Image.new("RGB", (size, size), (200, 200, 200))
 

@@ -27,9 +27,11 @@ import numpy as np
 import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
+from vdc_lake.confine import OUTSIDE_ROOT, ReadableRoots
 from vdc_lake.descriptor import BUILTIN_MODELS, builtin_vectors_for
 from vdc_lake.errors import StageError
 from vdc_lake.parallel import BACKENDS, LazyRows, get_mapper, progress_bar
+from vdc_lake.sanitize import pixels_sql
 from vdc_lake.sets import (
     BUILTIN_SET, batch_rows_setting, missing_images, register_builtin_set, register_embedding_set,
     register_prediction_set, write_vectors,
@@ -120,28 +122,33 @@ def default_max_pixels() -> int:
 
 def _skip_blocked(catalog: Catalog, work: pa.Table, max_pixels: int, summary: PredictSummary) -> pa.Table:
     """work without the images nobody should decode: stored size over max_pixels (a
-    decompression bomb, sanitized or not) or a pending sanitize delete (corrupt, truncated,
-    not an image, ...). Each skipped image is counted in summary by its reason."""
+    decompression bomb, sanitized or not, every frame counted), a pending sanitize delete (corrupt,
+    truncated, not an image, ...) or a file outside the scanned roots (never read). Each skipped
+    image is counted in summary by its reason."""
+    pixels = pixels_sql("i")
     indexed = work.append_column("row", pa.array(np.arange(work.num_rows, dtype=np.int64)))
     with catalog.registered("predict_work", indexed):
         blocked = catalog.arrow(
-            """
+            f"""
             SELECT w.row, w.path,
-                   CASE WHEN i.width::BIGINT * i.height > $max_pixels THEN 'decompression_bomb'
+                   CASE WHEN {pixels} > $max_pixels THEN 'decompression_bomb'
                         ELSE 'sanitize delete: ' || a.rules END AS reason,
-                   CASE WHEN i.width::BIGINT * i.height > $max_pixels
-                        THEN format('{:,} pixels ({}x{}) exceed the limit of {:,}', i.width::BIGINT * i.height,
-                                    i.width, i.height, $max_pixels)
+                   CASE WHEN {pixels} > $max_pixels
+                        THEN format('{{:,}} pixels ({{}}x{{}}{{}}) exceed the limit of {{:,}}', {pixels},
+                                    i.width, i.height, CASE WHEN {pixels} > i.width::BIGINT * i.height
+                                    THEN format(', {{}} frames', i.n_frames) ELSE '' END, $max_pixels)
                         ELSE a.reason END AS detail
             FROM predict_work AS w
             JOIN images AS i ON i.image_id = w.image_id
             LEFT JOIN (SELECT image_id, version, rules, reason FROM sanitize_actions WHERE action = 'delete') AS a
                 ON a.image_id = w.image_id AND a.version = w.version
-            WHERE i.width::BIGINT * i.height > $max_pixels OR a.image_id IS NOT NULL
+            WHERE {pixels} > $max_pixels OR a.image_id IS NOT NULL
             ORDER BY w.row
             """,
             {"max_pixels": int(max_pixels)},
         ).to_pylist()
+    blocked = _outside_roots(catalog, work, {row["row"] for row in blocked}) + blocked
+    blocked.sort(key=lambda row: row["row"])
     if not blocked:
         return work
     summary.skipped = len(blocked)
@@ -151,6 +158,17 @@ def _skip_blocked(catalog: Catalog, work: pa.Table, max_pixels: int, summary: Pr
     keep = np.ones(work.num_rows, bool)
     keep[[row["row"] for row in blocked]] = False
     return work.filter(pa.array(keep))
+
+
+def _outside_roots(catalog: Catalog, work: pa.Table, blocked: set[int]) -> list[dict[str, Any]]:
+    """_skip_blocked's rows for the work rows (not in `blocked` already) whose file may not be read:
+    outside the scanned roots (confine.ReadableRoots)."""
+    readable = ReadableRoots.of(catalog)
+    rows = []
+    for row, path in enumerate(work.column("path").to_pylist()):
+        if row not in blocked and (why := readable.path_error(path)) is not None:
+            rows.append({"row": row, "path": path, "reason": OUTSIDE_ROOT, "detail": why})
+    return rows
 
 
 def _skip_failed_before(catalog: Catalog, work: pa.Table, set_name: str, summary: PredictSummary) -> pa.Table:

@@ -21,11 +21,12 @@ import html
 import math
 import os
 import re
-import warnings
-from dataclasses import dataclass, field
+import stat
+import tempfile
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,8 +34,9 @@ from PIL import Image, ImageDraw
 from vdc_lake import __version__
 from vdc_lake.catalog import Catalog
 from vdc_lake.config import Config
-from vdc_lake.confine import root_overlap, scanned_roots
+from vdc_lake.confine import OUTSIDE_ROOT, ReadableRoots, root_overlap, scanned_roots
 from vdc_lake.errors import StageError
+from vdc_lake.files import PixelLimitError, open_image
 from vdc_lake.imageops import ROTATIONS
 from vdc_lake.parallel import map_ordered
 
@@ -51,11 +53,14 @@ class Thumb:
     """One picture to show: the file to read, and the thumbnail's name under OUT/thumbs/.
 
     turn: a rotation action (rotate_90 ...) applied to the thumbnail (the "after" of a rotation).
+    in_root: path names a file in a scanned root (a catalog image; build_report reads it only
+    where confine.ReadableRoots allows), else a file its caller checked (a backup, an example).
     """
 
     key: str
     path: str | None
     turn: str | None = None
+    in_root: bool = True
 
     @property
     def name(self) -> str:
@@ -70,8 +75,10 @@ def image_thumb(image_id: int, version: int, path: str | None, turn: str | None 
 def make_thumbnail(item: tuple[str | None, str, str | None], *, size: int = THUMB_SIZE,
                    max_pixels: int | None = None) -> str:
     """Write a `size` px JPEG thumbnail of item = (image path, thumbnail path, rotation action or
-    None); an image of more than max_pixels pixels (None: Pillow's decompression-bomb limit) is
-    not decoded.
+    None); an image of more than max_pixels pixels, every frame counted (None: Pillow's
+    decompression-bomb limit), is not decoded, nor one whose header is not within the header
+    limits (files.HeaderReader). The thumbnail is written under a temp name and renamed (a link
+    planted at its name is replaced, never followed).
 
     Returns "ok", or the placeholder kind ("missing", "undecodable", "too_large"; "outside" for no
     path: a file the catalog names outside the folders it may be read from) when none was written.
@@ -82,26 +89,34 @@ def make_thumbnail(item: tuple[str | None, str, str | None], *, size: int = THUM
     if not os.path.isfile(src):
         return "missing"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(src)
-    except Image.DecompressionBombError:
-        return "too_large"
-    except Exception:  # noqa: BLE001 - any unreadable file gets the placeholder
-        return "undecodable"
-    try:
-        with img:
-            if img.width * img.height > (max_pixels or Image.MAX_IMAGE_PIXELS or float("inf")):
-                return "too_large"
+        with open_image(src, int(max_pixels or Image.MAX_IMAGE_PIXELS or 1 << 62)) as img:
             img.draft("RGB", (size, size))
             img.thumbnail((size, size))
             rgb = _to_rgb(img)
         if turn:
             rgb = rgb.transpose(ROTATIONS[turn])
-        rgb.save(dst, "JPEG", quality=85)
-    except Exception:  # noqa: BLE001 - any undecodable file gets the placeholder
+        write_new_file(Path(dst), lambda f: rgb.save(f, "JPEG", quality=85))
+    except PixelLimitError:
+        return "too_large"
+    except Exception:  # noqa: BLE001 - any undecodable file (HeaderLimitError too) gets the placeholder
         return "undecodable"
     return "ok"
+
+
+def write_new_file(dst: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file of the report: write(f) into a new temp file beside dst (O_EXCL: never an
+    existing entry, never through a link), then os.replace it to dst (which replaces a link at
+    dst rather than following it)."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".vdc-report-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -116,14 +131,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _placeholder(out_dir: Path, kind: str, size: int) -> str:
+def _placeholder(out_dir: Path, kind: str, size: int, made: set[str]) -> str:
+    """The placeholder picture of a kind (PLACEHOLDERS), written once per report (`made`)."""
     name = f"thumbs/_{kind}.jpg"
-    if not (out_dir / name).exists():
+    if name not in made:
         img = Image.new("RGB", (size, size * 3 // 4), (220, 220, 220))
         draw = ImageDraw.Draw(img)
         draw.rectangle((0, 0, img.width - 1, img.height - 1), outline=(150, 150, 150))
         draw.text((10, img.height // 2 - 6), PLACEHOLDERS[kind], fill=(90, 90, 90))
-        img.save(out_dir / name, "JPEG", quality=85)
+        write_new_file(out_dir / name, lambda f: img.save(f, "JPEG", quality=85))
+        made.add(name)
     return name
 
 
@@ -136,7 +153,8 @@ def write_thumbnails(out_dir: Path, thumbs: Iterable[Thumb], *, size: int, worke
     items = [(unique[k].path, str(out_dir / unique[k].name), unique[k].turn) for k in keys]
     results = map_ordered(partial(make_thumbnail, size=size, max_pixels=max_pixels), items, workers=workers,
                           desc="thumbnails", quiet=quiet)
-    return {k: (unique[k].name if status == "ok" else _placeholder(out_dir, status, size))
+    made: set[str] = set()
+    return {k: (unique[k].name if status == "ok" else _placeholder(out_dir, status, size, made))
             for k, status in zip(keys, results)}
 
 
@@ -434,7 +452,8 @@ def examples_gallery(catalog: Catalog, limits: Limits) -> Paged:
         removed = _image_card(r, lines=[r["reason"]], css="delete", label="removed")
         example = r["example"] or ""
         inside = _inside(example, folder)
-        thumb = Thumb("example-" + hashlib.sha1(example.encode()).hexdigest()[:16], example if inside else None)
+        thumb = Thumb("example-" + hashlib.sha1(example.encode()).hexdigest()[:16], example if inside else None,
+                      in_root=False)
         paged.items.append([removed, Card(thumb, [f"example {example}"], "example", example if inside else None,
                                           "unwanted example")])
     return paged
@@ -552,7 +571,7 @@ def _history_cards(op: dict, backup_dir: str | None) -> list[Card]:
         lines.append(f"error: {op['error']}")
     if before_path == backup:
         lines.append("picture and link: the backup")
-    before = Card(Thumb(f"op-{op['op_id']}", before_path), lines,
+    before = Card(Thumb(f"op-{op['op_id']}", before_path, in_root=before_path != backup), lines,
                   "delete" if op["action"] == "delete" else "before", before_path,
                   "removed" if op["action"] == "delete" else "before", int(op["image_id"]))
     cards = [before]
@@ -1268,7 +1287,8 @@ def _write_pages(out_dir: Path, gallery: Paged, sources: dict[str, str], limits:
             if not items:
                 body.append(_note("nothing planned"))
         body.append(pager)
-        (out_dir / _page_name(gallery.slug, page)).write_text(_document(gallery.title, body), encoding="utf-8")
+        text = _document(gallery.title, body).encode("utf-8")
+        write_new_file(out_dir / _page_name(gallery.slug, page), lambda f: f.write(text))
 
 
 def _index_html(catalog: Catalog, stages: list[tuple[str, int, str]], applied: str, sections: list[Section],
@@ -1324,10 +1344,7 @@ def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: in
         raise StageError(f"report folder {out_dir} lies inside the scanned root {root}: the next scan would "
                          f"register its thumbnails as images; choose a folder outside every scanned root "
                          f"(e.g. {real.parent / (real.name + '-report')})")
-    (out_dir / "thumbs").mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*-[0-9]*.html"):  # pages of an earlier report that this one may not rewrite
-        if PAGE_NAME.fullmatch(old.name):
-            old.unlink()
+    _make_folders(out_dir)
     stages = _funnel(catalog, dedup_threshold=dedup_threshold, rotation_threshold=rotation_threshold)
     apply_text = _describe_apply(catalog, dedup_threshold)
     galleries: dict[str, Paged | None] = {
@@ -1361,15 +1378,63 @@ def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: in
         for section in sections:
             section.body = [b for b in section.body if not isinstance(b, Grid)]
     paged = [g for g in [*galleries.values(), near, clusters, *(r.gallery for r in history)] if g is not None]
-    wanted = [c.thumb for g in paged for item in g.items for c in item]
-    wanted += [c.thumb for s in sections for b in s.body if isinstance(b, Grid) for item in b.items for c in item]
+    cards = [c for g in paged for item in g.items for c in item]
+    cards += [c for s in sections for b in s.body if isinstance(b, Grid) for item in b.items for c in item]
+    _confine(cards, ReadableRoots.of(catalog))
+    wanted = [c.thumb for c in cards]
+    pages = [_page_name(g.slug, n) for g in paged for n in range(1, _page_count(g, limits) + 1)]
+    _refuse_links(out_dir, ["index.html", *pages, *(t.name for t in wanted),
+                            *(f"thumbs/_{kind}.jpg" for kind in PLACEHOLDERS)])
+    for old in out_dir.glob("*-[0-9]*.html"):  # pages of an earlier report that this one may not rewrite
+        if PAGE_NAME.fullmatch(old.name):
+            old.unlink()
     max_pixels = int(_setting(catalog, "sanitize", "max_pixels"))  # sanitize's decompression-bomb limit
     applied = _applied_summary(history)
     catalog.release()  # no open DuckDB handle across the fork of the thumbnail pool
     sources = write_thumbnails(out_dir, wanted, size=thumb_size, workers=workers, quiet=quiet, max_pixels=max_pixels)
     for gallery in paged:
         _write_pages(out_dir, gallery, sources, limits, catalog.path.name)
-    index_html = _index_html(catalog, stages, applied, sections, sources)
+    index_html = _index_html(catalog, stages, applied, sections, sources).encode("utf-8")
     index = out_dir / "index.html"
-    index.write_text(index_html, encoding="utf-8")
+    write_new_file(index, lambda f: f.write(index_html))
     return index
+
+
+def _confine(cards: list[Card], readable: ReadableRoots) -> None:
+    """Cards whose picture is a catalog image that may not be read (confine.ReadableRoots: an
+    edited root or rel_path, a link out of the scanned roots) show the "outside" placeholder,
+    link to nothing and say why."""
+    refused: dict[str, str | None] = {}
+    for card in cards:
+        path = card.thumb.path
+        if not card.thumb.in_root or path is None:
+            continue
+        if path not in refused:
+            refused[path] = readable.path_error(path)
+        if refused[path] is not None:
+            card.thumb = replace(card.thumb, path=None)
+            card.link = None if card.link == path else card.link
+            card.lines.append(f"not read ({OUTSIDE_ROOT}): {refused[path]}")
+
+
+def _make_folders(out_dir: Path) -> None:
+    """Make OUT and OUT/thumbs; a link at OUT/thumbs is refused (OUT itself is the user's word)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    thumbs = out_dir / "thumbs"
+    _refuse_links(out_dir, ["thumbs"])
+    try:
+        thumbs.mkdir()
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(thumbs).st_mode):
+            raise StageError(f"report folder {out_dir} holds a file named thumbs, where the report puts its "
+                             "thumbnails; move it away or choose another --out") from None
+
+
+def _refuse_links(out_dir: Path, names: Iterable[str]) -> None:
+    """StageError naming the first of `names` (relative to OUT) that is a symbolic link: the
+    report writes there, and never through a link someone put in its folder."""
+    for name in names:
+        if os.path.islink(out_dir / name):
+            raise StageError(f"report folder {out_dir} holds a symbolic link at {out_dir / name} (to "
+                             f"{os.readlink(out_dir / name)}), where the report writes; remove it or choose "
+                             "another --out")

@@ -9,7 +9,9 @@ extra read. Decode verdicts (corrupt, truncated, or clean) are cached per image 
 runs copy them into their own findings instead of decoding again (--recheck decodes again).
 A file that was missing or unreadable at decode time gets a 'missing' / 'unreadable' finding
 with action 'none' and is decoded again by the next run: only bytes that were read and do not
-decode are ever 'corrupt' (delete).
+decode are ever 'corrupt' (delete). A file the catalog names outside the scanned roots (an
+edited root or rel_path, a symlink out of every root: confine.ReadableRoots) is never read: an
+'outside_root' finding, action 'none'. The pixel limit counts every frame of an animated file.
 
 A verdict belongs to the bytes scan recorded: each decode first hashes the file and compares
 it with the version's content_hash (the second read comes from the page cache). A file whose
@@ -25,6 +27,7 @@ latest check: delete > resize > recompress; findings with action 'none' are reco
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -34,7 +37,9 @@ import pyarrow as pa
 
 from vdc_lake.catalog import Catalog
 from vdc_lake.descriptor import builtin_vectors_for
-from vdc_lake.files import DECODE_ACTIONS, UNUSUAL_MODES, DecodeResult, content_hash, decode_check, io_error_text
+from vdc_lake.confine import OUTSIDE_ROOT, ReadableRoots
+from vdc_lake.files import (DECODE_ACTIONS, MULTI_FRAME_FORMATS, UNUSUAL_MODES, DecodeResult, content_hash,
+                            decode_check, io_error_text)
 from vdc_lake.parallel import LazyRows, batched, get_mapper
 from vdc_lake.sets import BUILTIN_SET, register_builtin_set, write_vectors
 
@@ -45,12 +50,24 @@ CACHED_DECODE_RULES = sorted(rule for rule, action in DECODE_ACTIONS.items() if 
 _NO_BYTES = ("t.header_error LIKE 'unreadable%' OR t.header_error LIKE 'broken_symlink%' "
              "OR t.header_error LIKE 'missing%'")
 
+
+def pixels_sql(alias: str) -> str:
+    """SQL: the pixels an images row's file holds, every frame counted (files.frame_pixels)."""
+    formats = ", ".join(f"'{f}'" for f in sorted(MULTI_FRAME_FORMATS))
+    return (f"({alias}.width::BIGINT * {alias}.height * CASE WHEN {alias}.format IN ({formats}) "
+            f"THEN greatest(coalesce({alias}.n_frames, 1), 1) ELSE 1 END)")
+
+
+_BOMB_DETAIL = (
+    f"format('{{:,}} pixels ({{}}x{{}}{{}}) exceed the limit of {{:,}}', {pixels_sql('t')}, t.width, t.height, "
+    f"CASE WHEN {pixels_sql('t')} > t.width::BIGINT * t.height THEN format(', {{}} frames', t.n_frames) ELSE '' END, "
+    "$max_pixels)")
+
 # Header-fact rules: (rule, action, SQL condition over `t`, SQL detail expression).
 HEADER_RULES = [
     ("header_error", "delete", f"t.header_error IS NOT NULL AND NOT ({_NO_BYTES})", "t.header_error"),
     ("unreadable", "none", _NO_BYTES, "t.header_error"),
-    ("decompression_bomb", "delete", "t.width::BIGINT * t.height > $max_pixels",
-     "format('{:,} pixels ({}x{}) exceed the limit of {:,}', t.width::BIGINT * t.height, t.width, t.height, $max_pixels)"),
+    ("decompression_bomb", "delete", f"{pixels_sql('t')} > $max_pixels", _BOMB_DETAIL),
     ("format_not_allowed", "delete", "t.format IS NOT NULL AND NOT list_contains($allowed_formats, t.format)",
      "format('format {} is not in the allowed formats', t.format)"),
     ("width_too_small", "delete", "t.width < $min_width", "format('width {}px < {}px', t.width, $min_width)"),
@@ -119,7 +136,8 @@ def _cached_verdicts(catalog: Catalog) -> pa.Table:
 
 
 def _decode_targets(catalog: Catalog, cached: pa.Table, *, max_pixels: int) -> pa.Table:
-    """Present images to decode: readable headers within the pixel limit, not in `cached`."""
+    """Present images to decode: readable headers within the pixel limit (every frame counted), not
+    in `cached`."""
     with catalog.registered("sanitize_cached", cached):
         return catalog.arrow(
             f"""
@@ -127,7 +145,7 @@ def _decode_targets(catalog: Catalog, cached: pa.Table, *, max_pixels: int) -> p
                    EXISTS (SELECT 1 FROM embeddings e WHERE e.set_name = '{BUILTIN_SET}'
                            AND e.image_id = i.image_id AND e.version = i.version) AS has_descriptor
             FROM images i
-            WHERE i.present AND i.header_error IS NULL AND coalesce(i.width::BIGINT * i.height, 0) <= ?
+            WHERE i.present AND i.header_error IS NULL AND coalesce({pixels_sql("i")}, 0) <= ?
               AND NOT EXISTS (SELECT 1 FROM sanitize_cached c WHERE c.image_id = i.image_id)
             ORDER BY i.image_id
             """,
@@ -253,16 +271,37 @@ def _is_verdict(error: str | None) -> bool:
     return error is None or error.split(":", 1)[0] in CACHED_DECODE_RULES
 
 
+def _refusals(catalog: Catalog, targets: pa.Table) -> list[str | None]:
+    """Per target, why its file may not be read (an OUTSIDE_ROOT error: confine.ReadableRoots), or None."""
+    readable = ReadableRoots.of(catalog)
+    refusals = []
+    for root, rel_path in zip(targets.column("root").to_pylist(), targets.column("rel_path").to_pylist()):
+        why = readable.error(root, rel_path)
+        refusals.append(None if why is None else f"{OUTSIDE_ROOT}: {why}")
+    return refusals
+
+
+def _with_refusals(refusals: list[str | None], decoded: Iterable[DecodeResult]) -> Iterator[DecodeResult]:
+    """The decode results in target order: a refusal's own result, else the next decoded one."""
+    decoded = iter(decoded)
+    for refusal in refusals:
+        yield DecodeResult(refusal, None) if refusal is not None else next(decoded)
+
+
 def _decode_pass(catalog: Catalog, run_id: int, targets: pa.Table, rules: dict, summary, workers, quiet,
                  backend: str = "local") -> pa.Table:
-    """Decode targets, writing findings and descriptors in batches; returns (image_id, verdict)."""
+    """Decode targets, writing findings and descriptors in batches; returns (image_id, verdict).
+    A file outside the scanned roots is not read: an OUTSIDE_ROOT finding (action none)."""
     max_pixels = int(rules["max_pixels"])
     want_descriptor = bool(rules["builtin_descriptor"])
-    items = LazyRows(targets, lambda r: (os.path.join(r["root"], r["rel_path"]), r["version"],
-                                         want_descriptor and not r["has_descriptor"], r["content_hash"]))
+    refusals = _refusals(catalog, targets)
+    readable = targets.filter(pa.array([r is None for r in refusals], pa.bool_()))
+    items = LazyRows(readable, lambda r: (os.path.join(r["root"], r["rel_path"]), r["version"],
+                                          want_descriptor and not r["has_descriptor"], r["content_hash"]))
     catalog.release()
     mapper = get_mapper(backend, catalog_path=catalog.path)
-    results = mapper(partial(_decode_one, max_pixels=max_pixels), items, workers=workers, desc="decode", quiet=quiet)
+    decoded = mapper(partial(_decode_one, max_pixels=max_pixels), items, workers=workers, desc="decode", quiet=quiet)
+    results = _with_refusals(refusals, decoded)
     verdicts = []
     done = 0
     for batch in batched(results, COMMIT_EVERY):

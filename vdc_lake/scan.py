@@ -12,10 +12,11 @@ image ids and all, move under it). A file that vanished from one path while the 
 appeared at another in the same scan was moved: its row follows it (_follow_moves).
 
 What can never be an image is left out: the backup folder of any apply run (skipped with a
-note; a root inside one is refused); a folder below a root that holds a vdc-lake export (its
-export.json record or running mark) or report (index.html and thumbs/), skipped with a note:
-copies and thumbnails of catalogued images, which would be registered as duplicates of their
-originals; and apply/restore temp files (`*.vdc-tmp`, `*.vdc-restore`). What could not be
+note; a root at or inside one is refused), this catalog's by its runs' records, any catalog's by
+the marker apply writes into it (confine.BACKUP_MARKER); a folder below a root that holds a
+vdc-lake export (its export.json record or running mark) or report (index.html and thumbs/),
+skipped with a note: copies and thumbnails of catalogued images, which would be registered as
+duplicates of their originals; and apply/restore temp files (`*.vdc-tmp`, `*.vdc-restore`). What could not be
 listed is a finding of the scan run, not a crash and not a silent gap: a name that is not
 valid UTF-8 (`bad_filename`), a symlink back into its own
 folder or an ancestor (`symlink_loop`), a second way into a folder already listed
@@ -37,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
 from vdc_lake.catalog import Catalog
-from vdc_lake.confine import recorded_backup_dirs
+from vdc_lake.confine import BACKUP_MARKER, backup_folder_at_or_above, is_backup_marker, recorded_backup_dirs
 from vdc_lake.errors import StageError
 from vdc_lake.files import errno_text, inspect_header
 from vdc_lake.imageops import LEFTOVER_SUFFIXES
@@ -224,11 +225,15 @@ def _other_root_of(link: str, other_roots: Sequence[str]) -> str | None:
 def _vdc_output(folder: str, entries: list[os.DirEntry]) -> str | None:
     """What vdc-lake wrote into the folder, if it holds copies or thumbnails of catalogued images
     (which a scan would register as duplicates of their originals): an export (its running
-    mark, or an export.json record naming its catalog and params) or a report (index.html
-    titled "vdc-lake report" beside thumbs/); None otherwise."""
+    mark, or an export.json record naming its catalog and params), a report (index.html
+    titled "vdc-lake report" beside thumbs/) or the backups of an apply run, of any catalog
+    (its marker); None otherwise."""
     from vdc_lake.export import RECORD_NAME, RUNNING_NAME, is_export_record
 
     names = {e.name for e in entries}
+    if BACKUP_MARKER in names and is_backup_marker(Path(folder) / BACKUP_MARKER):
+        return (f"apply run's backups ({BACKUP_MARKER}; this catalog's or another's): copies of originals "
+                "that restore needs")
     if RUNNING_NAME in names or (RECORD_NAME in names and is_export_record(Path(folder) / RECORD_NAME)):
         return "export (copies of catalogued images); remove its export.json to have it scanned"
     if "index.html" in names and "thumbs" in names:
@@ -271,6 +276,12 @@ def _check_root_outside_backups(root: Path, known: dict[str, int]) -> None:
         if root == Path(folder) or root.is_relative_to(folder):
             raise StageError(f"scan root {root} is inside {folder}, the backup folder of apply run {run_id}: "
                              "backups are never images; scan the folders that hold your images")
+    marked = backup_folder_at_or_above(root)
+    if marked is not None:
+        where = "is" if marked == root else f"is inside {marked},"
+        raise StageError(f"scan root {root} {where} a backup folder of an apply run (it holds {BACKUP_MARKER}; "
+                         "of this catalog or another): backups are never images; scan the folders that hold your "
+                         "images")
 
 
 def _check_nesting(catalog: Catalog, roots: list[Path]) -> list[tuple[str, Path]]:
@@ -497,6 +508,9 @@ def scan(
     resolved = []
     known_backups = _known_backup_dirs(catalog)
     for root in roots:
+        if not os.fspath(root).strip():  # an unset shell variable: it would mean the current folder
+            raise StageError("scan root is empty (''); give the folder that holds the images "
+                             "(e.g. vdc-lake scan ~/Datasets/GLDv2)")
         path = Path(root).expanduser()
         if not _is_utf8(str(path)):
             raise StageError(f"scan root {_printable(str(path))} is not a valid UTF-8 path; rename it or scan "
