@@ -25,13 +25,20 @@ done when its backup verifies and the source no longer has the planned checksum 
 So a crash at any moment leaves each file untouched or done with a verified backup, and
 re-running `apply` finishes the interrupted operations first.
 
-`restore` puts back what was there (bytes, symlink, hard link, mode, owner, times) and makes
-the image's earlier version current again, with every row derived from it. It refuses backups
-outside the backup folder and paths outside the scanned root, and leaves alone a file the user
-changed after apply unless forced (then the user's version is kept next to the backup as
-`NAME.vdc-user-STAMP`). A failed operation changed nothing, so there is nothing of it to undo;
-an interrupted recompress's output is removed only when it holds exactly what the operation
-writes (a file the user put under that name is theirs).
+`restore` puts back what was there (bytes, symlink with its own times, hard link, mode, owner,
+times) and makes the image's earlier version current again, with every row derived from it. It
+refuses backups outside the backup folder and paths outside the scanned root, and leaves alone a
+file the user changed after apply unless forced (then the user's version is kept next to the
+backup as `NAME.vdc-user-STAMP`). A failed operation changed nothing, so there is nothing of it to
+undo; an interrupted recompress's output is removed only when it holds exactly what the operation
+writes (a file the user put under that name is theirs). A restore is a `restore` run; it journals
+its work in batches, flushed before an image or path already in the batch is touched again, so a
+killed restore is finished by the next one: what it put back holds the planned-on bytes, which the
+next restore records as original (never as the user's change).
+
+Temp files of a killed run are removed by the next one (leftovers.py) only for operations that
+pass the operation's own confinement checks (root recorded by a scan, paths inside it, the backup
+exactly where apply puts it inside the run's accepted backup folder).
 """
 
 from __future__ import annotations
@@ -56,13 +63,18 @@ from vdc_lake.catalog import Catalog
 from vdc_lake.confine import (is_inside, is_plain_relative, is_recorded_root, recorded_roots, root_overlap,
                               scanned_roots)
 from vdc_lake.errors import PlanError, disk_full_error
-from vdc_lake.files import content_hash, decode_check, errno_text, inspect_header
-from vdc_lake.imageops import ACTIONS, RESTORE_SUFFIX, is_recompress_destination
-from vdc_lake.leftovers import remove_leftovers, remove_leftovers_of
+from vdc_lake.files import content_hash, decode_check, errno_text, inspect_header, place_new
+from vdc_lake.imageops import ACTIONS, RESTORE_SUFFIX, TMP_SUFFIX, is_recompress_destination
+from vdc_lake.leftovers import UNFINISHED_STATES, remove_leftovers_of
 from vdc_lake.parallel import get_mapper, progress_bar
 
 FLUSH_EVERY_OPS = 256
 FLUSH_EVERY_SECONDS = 2.0
+# A restore's batches (_RestoreJournal) may be larger: what a killed restore did not record, the
+# next one finds again from the files; each batch also drops the rows of superseded versions
+# (a statement per table that holds image versions), which is not worth doing every 2 seconds.
+RESTORE_FLUSH_EVERY_OPS = 4096
+RESTORE_FLUSH_EVERY_SECONDS = 30.0
 USER_COPY_INFIX = ".vdc-user-"
 # Sanitize rules whose verdict comes from decoding the bytes: checked again before a delete.
 DECODE_RULES = ("corrupt", "truncated")
@@ -219,13 +231,13 @@ def _confinement_error(op: dict[str, Any], backup_root: str | None) -> str | Non
 
 def file_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """What restore needs to give back besides the bytes: the symlink target (`link`, None for a
-    regular file) and mode, uid, gid, atime_ns, mtime_ns, dev, ino, nlink (of what a link points
-    to; absent for a broken link)."""
+    regular file) with the link's own times (link_atime_ns, link_mtime_ns), and mode, uid, gid,
+    atime_ns, mtime_ns, dev, ino, nlink (of what a link points to; absent for a broken link)."""
     meta: dict[str, Any] = {"link": None}
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            meta["link"] = os.readlink(path)
+            meta.update(link=os.readlink(path), link_atime_ns=st.st_atime_ns, link_mtime_ns=st.st_mtime_ns)
             st = os.stat(path)
     except OSError:
         return meta
@@ -271,6 +283,15 @@ def _set_metadata(path: Path, meta: dict[str, Any]) -> None:
         os.chmod(path, meta["mode"])
     with contextlib.suppress(OSError):
         os.utime(path, ns=(meta["atime_ns"], meta["mtime_ns"]))
+
+
+def _make_link(path: Path, meta: dict[str, Any]) -> None:
+    """Make the symlink meta records at path, with the link's own recorded times (journals written
+    before they were recorded give none: the link gets the current time)."""
+    os.symlink(meta["link"], path)
+    if "link_mtime_ns" in meta:
+        with contextlib.suppress(OSError, NotImplementedError):  # a platform without lutimes
+            os.utime(path, ns=(meta["link_atime_ns"], meta["link_mtime_ns"]), follow_symlinks=False)
 
 
 @contextlib.contextmanager
@@ -429,7 +450,7 @@ def make_backup(src: Path, backup: Path, checksum: str | None, meta: dict[str, A
     tmp.unlink(missing_ok=True)
     try:
         if meta.get("link") is not None:
-            os.symlink(meta["link"], tmp)
+            _make_link(tmp, meta)
         else:
             shutil.copy2(src, tmp)
             _set_metadata(tmp, meta)
@@ -708,9 +729,9 @@ def unfinished_count(catalog: Catalog) -> int:
 def resume_unfinished(catalog: Catalog, *, quiet: bool = False, backend: str = "local") -> ApplySummary:
     """Finish every operation left `planned` by a killed apply, in its own run."""
     summary = ApplySummary(run_id=None)
-    remove_leftovers(catalog)  # temp files a killed or failed apply left next to its files
-    runs = catalog.rows("SELECT DISTINCT run_id FROM journal WHERE state = 'planned' ORDER BY run_id")
     roots = scanned_roots(catalog)
+    _remove_unfinished_leftovers(catalog, roots)  # temp files a killed or failed apply left next to its files
+    runs = catalog.rows("SELECT DISTINCT run_id FROM journal WHERE state = 'planned' ORDER BY run_id")
     for (run_id,) in runs:
         ops = sorted(_journal_ops(catalog, "j.run_id = ? AND j.state = 'planned'", [run_id]), key=lambda o: o["op_id"])
         recorded = ops[0]["backup_root"] if ops else None
@@ -720,6 +741,28 @@ def resume_unfinished(catalog: Catalog, *, quiet: bool = False, backend: str = "
         _run_ops(catalog, run_id, ops, summary, quiet, backend)
         catalog.execute("UPDATE runs SET status = 'done', finished_at = now() WHERE run_id = ?", [run_id])
     return summary
+
+
+def _remove_unfinished_leftovers(catalog: Catalog, roots: list[str]) -> list[str]:
+    """Remove the temp files unfinished operations (planned or failed) left (leftovers.py), of the
+    operations that pass the checks the operation itself gets: its run's recorded backup folder
+    accepted (_recorded_backup_root), then _confinement_error. An edited journal row is refused
+    as an operation, and so are its temp names: they may be someone else's files."""
+    checked: dict[str, str] = {}
+    refused: set[str | None] = set()
+    confined = []
+    for op in _journal_ops(catalog, "list_contains(?, j.state)", [list(UNFINISHED_STATES)]):
+        if op["backup"] is not None:
+            if op["backup_root"] in refused:
+                continue
+            try:
+                _recorded_backup_root(catalog, roots, op["backup_root"], op["run_id"], checked)
+            except PlanError:
+                refused.add(op["backup_root"])
+                continue
+        if _confinement_error(op, op["backup_root"]) is None:
+            confined.append(op)
+    return remove_leftovers_of(confined)
 
 
 def apply_plan(
@@ -759,13 +802,19 @@ def apply_plan(
 
 
 def _check_writable(backup_root: Path) -> None:
-    """Make the backup folder and write a file in it, before any operation is journaled: a folder
-    that cannot be written is one error, not a failed operation per file."""
+    """Make the backup folder, write a file in it and mark it as a backup folder (confine.BACKUP_MARKER,
+    which every scan of any catalog honours: it leaves the folder out), before any operation is
+    journaled: a folder that cannot be written is one error, not a failed operation per file."""
+    from vdc_lake.confine import mark_backup_folder
+
     try:
         backup_root.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=backup_root, prefix=".vdc-probe-")
         os.close(fd)
         os.unlink(probe)
+        mark_backup_folder(backup_root)
+    except FileExistsError as e:  # something else has the marker's name
+        raise PlanError(f"cannot mark {backup_root} as a backup folder: {e}") from e
     except OSError as e:
         full = disk_full_error(e)
         if full is not None:
@@ -873,13 +922,21 @@ def _is_own_output(op: dict[str, Any], src: Path, dst: Path) -> bool:
 
 
 def _keep_aside(path: Path, backup: Path, stamp: str) -> Path:
-    """Copy the user's version of path next to the backup (the backup folder is outside every root)."""
+    """Copy the user's version of path next to the backup (the backup folder is outside every root),
+    through BACKUP.vdc-tmp (a killed restore's is removed by the next run): the copy under the new
+    name is complete, and never written through whatever holds a name (a link would be followed)."""
     aside, n = backup.with_name(f"{path.name}{USER_COPY_INFIX}{stamp}"), 1
-    while os.path.lexists(aside):  # never write through whatever holds the name (a link would be followed)
+    while os.path.lexists(aside):
         aside, n = backup.with_name(f"{path.name}{USER_COPY_INFIX}{stamp}-{n}"), n + 1
-    shutil.copy2(path, aside, follow_symlinks=False)
-    if not aside.is_symlink():
-        _fsync_file(aside)
+    tmp = backup.with_name(backup.name + TMP_SUFFIX)
+    tmp.unlink(missing_ok=True)
+    try:
+        shutil.copy2(path, tmp, follow_symlinks=False)
+        if not tmp.is_symlink():
+            _fsync_file(tmp)
+        place_new(tmp, aside)
+    finally:
+        tmp.unlink(missing_ok=True)
     _fsync_dir(aside.parent)
     return aside
 
@@ -908,7 +965,7 @@ def _put_back(op: dict[str, Any], meta: dict[str, Any]) -> None:
     sibling = _link_sibling(op, meta) if meta.get("link") is None else None
     try:
         if meta.get("link") is not None:
-            os.symlink(meta["link"], tmp)
+            _make_link(tmp, meta)
         elif sibling is not None:
             os.link(sibling, tmp)
         else:
@@ -927,34 +984,94 @@ def _put_back(op: dict[str, Any], meta: dict[str, Any]) -> None:
 
 def restore(catalog: Catalog, *, run_id: int | None = None, dry_run: bool = False, quiet: bool = False,
             force: bool = False, backup_dir: str | os.PathLike | None = None) -> RestoreSummary:
-    """Undo one apply run (or every run, newest first) from its verified backups.
+    """Undo one apply run (or every run, newest first) from its verified backups, as a `restore` run.
 
     A file the user changed since apply is left alone unless `force` (then the user's version is
     kept next to the backup as NAME.vdc-user-STAMP). `backup_dir` names the backup folder (when
     the catalog's record is not to be trusted, or the folder moved). With dry_run nothing changes
-    and the summary says what would happen."""
+    and the summary says what would happen.
+
+    The work is journaled as it goes (_RestoreJournal), so a killed restore is finished by the
+    next one, as a killed apply is by the next apply: each operation it put back but had not
+    recorded holds the bytes it was planned on, which the next restore finds `original` and records."""
     ops = _restore_ops(catalog, run_id, backup_dir)
-    summary = RestoreSummary()
-    if not dry_run:
-        catalog.release()
-        remove_leftovers_of(ops)  # temp files a killed or failed restore left (its rows are still `done`)
-    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    outcomes: list[tuple[dict, str]] = []
-    with progress_bar(len(ops), "restore", quiet=quiet or dry_run) as bar:
+    if dry_run:
+        summary = RestoreSummary()
         for op in ops:
             outcome, error = _classify(op, force)
+            _tally(summary, "original" if outcome == "cleanup" else outcome, error)
+        return summary
+    params = {"run": run_id, "force": force, "backup_dir_given": os.fspath(backup_dir) if backup_dir else None}
+    with catalog.run("restore", params) as restore_run:
+        summary = _undo(catalog, ops, force, quiet)
+        catalog.finish_run(restore_run, summary=asdict(summary), status="done")
+    return summary
+
+
+def _undo(catalog: Catalog, ops: list[dict[str, Any]], force: bool, quiet: bool) -> RestoreSummary:
+    """Put back what ops (newest first, confined by _restore_ops) changed; journal it in batches."""
+    summary = RestoreSummary()
+    catalog.release()  # readers get in while files are copied; journaling opens the connection again
+    remove_leftovers_of(ops)  # temp files a killed or failed apply or restore left next to these files
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    journal = _RestoreJournal(catalog)
+    with progress_bar(len(ops), "restore", quiet=quiet) as bar:
+        for op in ops:
+            journal.make_room(op)
+            outcome, error = _classify(op, force)
             if outcome == "cleanup":
-                if not dry_run:
-                    Path(op["dst"]).unlink(missing_ok=True)
+                Path(op["dst"]).unlink(missing_ok=True)
                 outcome = "original"
-            elif outcome == "restore" and not dry_run:
+            elif outcome == "restore":
                 outcome, error = _restore_one(op, summary, stamp)
-            outcomes.append((op, outcome))
+            if outcome in ("restore", "original"):
+                journal.add(op)
             _tally(summary, outcome, error)
             bar.update()
-    if not dry_run:
-        _record_restore(catalog, [(op, o) for op, o in outcomes if o in ("restore", "original")])
+    journal.flush()
     return summary
+
+
+class _RestoreJournal:
+    """The operations a restore has put back (or found original), recorded in batches by
+    _record_restore (journal `restored`, the images rows).
+
+    What makes a killed restore resumable: an operation joins the batch only once its file is what
+    it was, and the batch is flushed before any operation on an image or a path already in it is
+    touched (an image that two runs changed is undone twice, newest first). So at any moment every
+    operation not yet journaled `restored` has its file either as apply left it or holding the bytes
+    it was planned on (checksum_before); the next restore finds the latter `original` and records
+    it, and never takes the killed run's work for a change of the user's."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.pending: list[dict[str, Any]] = []
+        self.images: set[int] = set()
+        self.paths: set[str] = set()
+        self.last_flush = time.monotonic()
+
+    def make_room(self, op: dict[str, Any]) -> None:
+        """Flush before op is touched when the batch holds its image or one of its paths, or is due."""
+        if (op["image_id"] in self.images or not self.paths.isdisjoint(_paths_of(op))
+                or len(self.pending) >= RESTORE_FLUSH_EVERY_OPS
+                or time.monotonic() - self.last_flush > RESTORE_FLUSH_EVERY_SECONDS):
+            self.flush()
+
+    def add(self, op: dict[str, Any]) -> None:
+        self.pending.append(op)
+        self.images.add(op["image_id"])
+        self.paths.update(_paths_of(op))
+
+    def flush(self) -> None:
+        if self.pending:
+            _record_restore(self.catalog, self.pending)
+            self.catalog.release()
+        self.pending, self.images, self.paths = [], set(), set()
+        self.last_flush = time.monotonic()
+
+
+def _paths_of(op: dict[str, Any]) -> set[str]:
+    return {op["src"], op["dst"] or op["src"]}
 
 
 def _restore_one(op: dict[str, Any], summary: RestoreSummary, stamp: str) -> tuple[str, str | None]:
@@ -985,22 +1102,23 @@ def _tally(summary: RestoreSummary, outcome: str, error: str | None) -> None:
         summary.errors.append(error)
 
 
-def _record_restore(catalog: Catalog, outcomes: list[tuple[dict, str]]) -> None:
-    """Journal `restored`; each image's row from its oldest undone operation: the bytes of the
-    version it was planned on make that version current again (and drop rows derived from the
-    versions apply made, which no file holds any more); other bytes get a new version."""
+def _record_restore(catalog: Catalog, ops: list[dict[str, Any]]) -> None:
+    """Journal ops `restored` (their files hold what they were: put back, or found original);
+    each image's row from its oldest operation among them: the bytes of the version it was
+    planned on make that version current again (and drop rows derived from the versions apply
+    made, which no file holds any more); other bytes get a new version. One transaction."""
     from vdc_lake.scan import fact_arrays, fact_assignments
 
-    if not outcomes:
+    if not ops:
         return
-    facts = [inspect_header(op["src"]) for op, _ in outcomes]
+    facts = [inspect_header(op["src"]) for op in ops]
     columns: dict[str, Any] = {
-        "op_id": pa.array([op["op_id"] for op, _ in outcomes], pa.int64()),
-        "image_id": pa.array([op["image_id"] for op, _ in outcomes], pa.int64()),
-        "src": [op["src"] for op, _ in outcomes],
-        "planned_version": pa.array([op["version"] for op, _ in outcomes], pa.int32()),
+        "op_id": pa.array([op["op_id"] for op in ops], pa.int64()),
+        "image_id": pa.array([op["image_id"] for op in ops], pa.int64()),
+        "src": [op["src"] for op in ops],
+        "planned_version": pa.array([op["version"] for op in ops], pa.int32()),
         "same_bytes": pa.array([f["content_hash"] is not None and f["content_hash"] == op["checksum_before"]
-                                for (op, _), f in zip(outcomes, facts)], pa.bool_()),
+                                for op, f in zip(ops, facts)], pa.bool_()),
     }
     columns.update(fact_arrays(facts))
     assignments = fact_assignments("r")
