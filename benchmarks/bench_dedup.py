@@ -1,4 +1,4 @@
-"""Benchmark near-duplicate pair finding (vdc_lake.neighbors) on synthetic descriptors.
+"""Benchmark near-duplicate pair finding (vdc_lake.kernels.neighbors) on synthetic descriptors.
 
 The data: n random unit vectors in d dims (pairwise cosine distance ~1 +- 0.05 at d=512)
 plus planted near-duplicate pairs on disjoint rows, their cosine distances spread evenly
@@ -10,7 +10,7 @@ Random data is the hard case for a graph index: there is no low-dimensional stru
 navigate, so this is a lower bound on the recall of real descriptors.
 
 Measured on a shared 2-vCPU VM (load average 4-8 from other jobs, so cpu s is the fairer
-number; defaults of vdc_lake.neighbors, threads = os.cpu_count() = 2):
+number; defaults of vdc_lake.kernels.neighbors, threads = os.cpu_count() = 2):
     method                        n  build s search s total s  cpu s  r<.04  r<.1  r<.25  r<.5
     usearch i8 M=32 ef=128/64  100k    385.9   188.3   574.2  492.4  1.000 1.000 1.000 0.987
     exact torch cpu k=16       100k      0.0   110.8   110.8   99.6  1.000 1.000 1.000 1.000
@@ -32,8 +32,7 @@ import time
 
 import numpy as np
 
-from vdc_lake import neighbors
-
+from vdc_lake.kernels import neighbors
 RECALL_THRESHOLDS = (0.04, 0.1, 0.25, 0.5)
 
 
@@ -164,8 +163,8 @@ def make_catalog(path, x: np.ndarray) -> np.ndarray:
     returns the image ids (row i is image ids[i])."""
     import pyarrow as pa
 
-    from vdc_lake.catalog import Catalog
-    from vdc_lake.sets import register_embedding_set, write_vectors
+    from vdc_lake.catalog.connection import Catalog
+    from vdc_lake.catalog.sets import register_embedding_set, write_vectors
 
     n = len(x)
     ids = np.arange(1, n + 1, dtype=np.int64)
@@ -190,9 +189,9 @@ def run_walkthrough(args, x, rows):
     import tempfile
     from pathlib import Path
 
-    from vdc_lake import dedup
-    from vdc_lake.catalog import Catalog
-    from vdc_lake.config import Config
+    from vdc_lake.stages import dedup
+    from vdc_lake.catalog.connection import Catalog
+    from vdc_lake.config.loader import Config
 
     cfg = Config.load().section("dedup")
     folder = Path(tempfile.mkdtemp(prefix="bench-dedup-"))

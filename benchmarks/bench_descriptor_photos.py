@@ -81,8 +81,8 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/
 
-from vdc_lake.catalog import Catalog
-from vdc_lake.descriptor import (
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.kernels.descriptor import (
     DEDUP_THRESHOLDS,
     DESCRIPTOR_DIM,
     DESCRIPTOR_NAME,
@@ -94,7 +94,7 @@ from vdc_lake.descriptor import (
     view_thumbnails,
     views_per_vector,
 )
-from vdc_lake.sets import register_embedding_set
+from vdc_lake.catalog.sets import register_embedding_set
 
 TRANSFORMS = ("resized", "jpeg_q30", "crop", "bright_caption", "byte_copy")
 # Real photos of the same thing, named BASE__KIND.ext next to BASE.ext: an edited copy (a must-find
@@ -260,16 +260,16 @@ def time_descriptors(root: Path, files: dict, repeat: int) -> tuple[float, float
             times.append(time.perf_counter() - start)
         return min(times) / len(images) * 1e3
 
-    from vdc_lake.descriptor import VIEW_SCALES
+    from vdc_lake.kernels.descriptor import VIEW_SCALES
 
     return decode_s / len(images) * 1e3, best((1.0,)), best(VIEW_SCALES)
 
 
 def time_search(n: int, threshold: float) -> tuple[float, float]:
     """Seconds of the exact CPU search over n random images: (one view, the multi-view set)."""
-    from vdc_lake.dedup import fold_view_pairs, view_rows
-    from vdc_lake.descriptor import SET_DIM, VIEWS
-    from vdc_lake.neighbors import prepare_vectors, radius_pairs_exact
+    from vdc_lake.stages.dedup import fold_view_pairs, view_rows
+    from vdc_lake.kernels.descriptor import SET_DIM, VIEWS
+    from vdc_lake.kernels.neighbors import prepare_vectors, radius_pairs_exact
 
     vectors = np.random.default_rng(0).standard_normal((n, SET_DIM)).astype(np.float32)
     ids = np.arange(n, dtype=np.int64)

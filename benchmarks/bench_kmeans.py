@@ -25,7 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vdc_lake.kmeans import hierarchical_kmeans
+from vdc_lake.kernels.kmeans import hierarchical_kmeans
 
 
 def make_mixture(n: int, dim: int, n_components: int, *, seed: int, device: torch.device) -> torch.Tensor:

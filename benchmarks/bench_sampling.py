@@ -6,7 +6,7 @@ child), samples it to exactly 2,000,000 images with each allocation and strategy
 the result (exact size, distinct, per-cluster quotas met) and prints the wall times.
 
 Then, end to end: the same tree as a clustering run in a real DuckDB catalog (images,
-assignments at every level) and `vdc_lake.cluster.sample`, which is what `vdc-lake sample`
+assignments at every level) and `vdc_lake.stages.cluster.sample`, which is what `vdc-lake sample`
 runs: reading the assignments out of the catalog, sampling, writing `samples`.
 
     python benchmarks/bench_sampling.py
@@ -26,9 +26,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
 
-from vdc_lake.catalog import Catalog  # noqa: E402
-from vdc_lake.cluster import sample  # noqa: E402
-from vdc_lake.sampling import hierarchical_allocation, hierarchical_sample  # noqa: E402
+from vdc_lake.catalog.connection import Catalog  # noqa: E402
+from vdc_lake.stages.cluster import sample  # noqa: E402
+from vdc_lake.kernels.sampling import hierarchical_allocation, hierarchical_sample  # noqa: E402
 
 
 def make_tree(n: int, sizes: list[int], seed: int) -> np.ndarray:
@@ -110,7 +110,7 @@ def bench_catalog(assignments: np.ndarray, distances: np.ndarray, total: int, se
         summary = sample(c, total, cluster_run=run, allocation="water-filling", strategy="random", seed=seed)
         seconds = time.perf_counter() - tick
         written = c.scalar("SELECT count(DISTINCT image_id) FROM samples WHERE run_id = ?", [summary.run_id])
-        print(f"vdc_lake.cluster.sample (vdc-lake sample) to {total:,}: {seconds:.2f} s; "
+        print(f"vdc_lake.stages.cluster.sample (vdc-lake sample) to {total:,}: {seconds:.2f} s; "
               f"{written:,} distinct images written {'(exact)' if written == total else '(WRONG)'}")
 
 

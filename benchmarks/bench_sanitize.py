@@ -33,11 +33,11 @@ from typing import NamedTuple
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.make_sample_data import _rng, photo  # noqa: E402
-from vdc_lake.catalog import Catalog  # noqa: E402
-from vdc_lake.config import Config  # noqa: E402
-from vdc_lake.parallel import worker_count  # noqa: E402
-from vdc_lake.sanitize import sanitize  # noqa: E402
-from vdc_lake.scan import scan  # noqa: E402
+from vdc_lake.catalog.connection import Catalog  # noqa: E402
+from vdc_lake.config.loader import Config  # noqa: E402
+from vdc_lake.scale.parallel import worker_count  # noqa: E402
+from vdc_lake.stages.sanitize import sanitize  # noqa: E402
+from vdc_lake.stages.scan import scan  # noqa: E402
 
 WIDTH, HEIGHT, QUALITY, SEED = 1032, 774, 90, 0
 TARGETS = {  # files/s on 2 cores

@@ -39,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.make_sample_data import _rng, photo  # noqa: E402
 from tests.tiny_models import PE_CORE, TINY_SPECS, make_tiny_model  # noqa: E402
-from vdc_lake.apply import apply_plan, make_plan  # noqa: E402
-from vdc_lake.catalog import Catalog  # noqa: E402
-from vdc_lake.config import Config  # noqa: E402
-from vdc_lake.decisions import decision_query  # noqa: E402
-from vdc_lake.predict import predict  # noqa: E402
-from vdc_lake.sanitize import sanitize  # noqa: E402
-from vdc_lake.scan import scan  # noqa: E402
+from vdc_lake.effects.apply import apply_plan, make_plan  # noqa: E402
+from vdc_lake.catalog.connection import Catalog  # noqa: E402
+from vdc_lake.config.loader import Config  # noqa: E402
+from vdc_lake.review.decisions import decision_query  # noqa: E402
+from vdc_lake.stages.predict import predict  # noqa: E402
+from vdc_lake.stages.sanitize import sanitize  # noqa: E402
+from vdc_lake.stages.scan import scan  # noqa: E402
 
 WIDTH, HEIGHT, QUALITY, SEED = 320, 240, 90, 0
 KMEANS_D, KMEANS_K, KMEANS_ITERS = 64, 256, 20
@@ -107,7 +107,7 @@ def _kmeans_worker(rank: int, world: int, store: str, n: int, threads: int, out:
     import torch
     import torch.distributed as dist
 
-    from vdc_lake.kmeans_distributed import hierarchical_kmeans_distributed, kmeans_distributed
+    from vdc_lake.scale.kmeans_distributed import hierarchical_kmeans_distributed, kmeans_distributed
 
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -137,7 +137,7 @@ def bench_kmeans(n: int, cores: int, work: Path) -> list[tuple[str, str, int, fl
     import torch
     import torch.multiprocessing as mp
 
-    from vdc_lake.kmeans import hierarchical_kmeans, kmeans
+    from vdc_lake.kernels.kmeans import hierarchical_kmeans, kmeans
 
     x = _kmeans_data(n)
     rows = []

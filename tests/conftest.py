@@ -14,8 +14,8 @@ import xxhash
 from click.testing import CliRunner, Result
 
 from examples.make_sample_data import PROBLEM_KINDS, make_sample_data
-from vdc_lake.catalog import Catalog
-from vdc_lake.config import Config
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.config.loader import Config
 
 SAMPLE_N_BASE = 16  # 75 files: every planted problem, clean images and copies; ~15 MB
 SAMPLE_SEED = 0

@@ -23,10 +23,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 from vdc_lake.cli import cli
-from vdc_lake.descriptor import SET_DIM
-from vdc_lake.sets import register_prediction_set, write_vectors
+from vdc_lake.kernels.descriptor import SET_DIM
+from vdc_lake.catalog.sets import register_prediction_set, write_vectors
 
 # Each decision: (how `status` names it, the config override, the SQL counting its deletes or
 # corrections at the catalog's settings, as a notebook would write it).

@@ -26,9 +26,9 @@ import pytest
 from click.testing import CliRunner
 
 from test_agreement import build_decision_catalog
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 from vdc_lake.cli import cli
-from vdc_lake.sets import register_embedding_set, write_vectors
+from vdc_lake.catalog.sets import register_embedding_set, write_vectors
 
 STAGES = ("sanitize", "rotation", "dedup", "examples", "score", "sample", "override")
 # Each stage's operations at the catalog's settings, as a notebook would ask for them.
@@ -387,7 +387,7 @@ def test_status_counts_what_plan_counts_after_an_interrupted_apply(fresh, monkey
     leaves those images out (apply finishes them first). Status counted them as pending as well
     (all 35 of them, while plan had none); now it counts what plan counts and lists the unfinished
     operations apart."""
-    import vdc_lake.apply as apply_module
+    import vdc_lake.effects.apply as apply_module
 
     catalog = fresh["catalog"]
     calls = {"n": 0}

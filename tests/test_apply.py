@@ -8,12 +8,12 @@ from PIL import Image
 from tests.conftest import default_config, file_hash, image_rows, tree_hashes
 import pyarrow.compute as pc
 
-from vdc_lake.apply import Plan, apply_plan, make_plan, restore
-from vdc_lake.catalog import Catalog
-from vdc_lake.decisions import decision_query
+from vdc_lake.effects.apply import Plan, apply_plan, make_plan, restore
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.review.decisions import decision_query
 from vdc_lake.errors import PlanError
-from vdc_lake.sanitize import sanitize
-from vdc_lake.scan import scan
+from vdc_lake.stages.sanitize import sanitize
+from vdc_lake.stages.scan import scan
 
 DELETED = ["broken/bomb.png", "broken/cut_off.jpg", "broken/empty.jpg", "broken/notes.jpg", "broken/page.png",
            "sizes/panorama_1600x150.jpg", "sizes/tall_100x900.jpg", "sizes/tiny_40x60.jpg"]

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import file_hash, tree_hashes
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 
 RULES_TOML = "[sanitize]\nmax_width = 200\nmax_height = 200\nmax_file_size_mb = 0.03\nbuiltin_descriptor = false\n"
 
@@ -55,7 +55,7 @@ def _present_paths(catalog: Path) -> list[str]:
 
 def _cli_killed_at(catalog: Path, config: Path, args: list, patch: str) -> subprocess.CompletedProcess:
     """`vdc-lake ARGS` in a subprocess whose `patch` (Python run first) SIGKILLs it at a chosen step."""
-    code = f"import os, signal, pathlib\nimport vdc_lake.apply as a\n{patch}\nfrom vdc_lake.cli import main; main()"
+    code = f"import os, signal, pathlib\nimport vdc_lake.effects.apply as a\n{patch}\nfrom vdc_lake.cli import main; main()"
     return subprocess.run([sys.executable, "-c", code, "--catalog", str(catalog), "--config", str(config), "-q",
                            *map(str, args)], capture_output=True, text=True, timeout=300)
 
@@ -193,7 +193,7 @@ def test_a_resumed_recompress_takes_only_its_own_output_for_done(tmp_path, run_c
     mode and times, recorded it as the new version, and restore then removed it)."""
     root, catalog, config = _scanned(tmp_path, run_cli, {"a.bmp": ((160, 120), 1, "BMP")})
     apply_args = ["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"]
-    killed = _cli_killed_at(catalog, config, apply_args, "import vdc_lake.imageops as io\n"
+    killed = _cli_killed_at(catalog, config, apply_args, "import vdc_lake.fileops.imageops as io\n"
                             "io.ACTIONS['recompress'] = io.Action('recompress', lambda *args: "
                             "os.kill(os.getpid(), signal.SIGKILL), io.recompress_destination)")
     assert killed.returncode == -9, killed.stderr
@@ -433,7 +433,7 @@ def test_a_checksum_of_a_named_pipe_fails_at_once_instead_of_waiting_for_a_write
     the type check must not block it forever (before: open() waited for a writer)."""
     fifo = tmp_path / "image.jpg"
     os.mkfifo(fifo)
-    code = ("from vdc_lake.files import content_hash\n"
+    code = ("from vdc_lake.fileops.probe import content_hash\n"
             f"try:\n    content_hash({str(fifo)!r})\nexcept OSError as e:\n    print(e)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
     assert done.stdout.strip() == f"[Errno 22] not a regular file (a named pipe): '{fifo}'", done.stderr
@@ -461,7 +461,7 @@ def _animated(path: Path, fmt: str, size=(90, 60)) -> None:
 def test_rewriting_an_animated_image_keeps_every_frame(tmp_path, fmt, suffix, action):
     """resize, rotate and recompress wrote the first frame alone (an animated GIF or WebP became a
     still); now every frame is transformed alike, with its duration and the loop count."""
-    from vdc_lake.imageops import recompress_file, resize_file, rotate_file
+    from vdc_lake.fileops.imageops import recompress_file, resize_file, rotate_file
 
     src = tmp_path / f"anim{suffix}"
     _animated(src, fmt)
@@ -491,7 +491,7 @@ def test_rewriting_an_animated_image_keeps_every_frame(tmp_path, fmt, suffix, ac
 def test_a_leftover_that_cannot_be_removed_never_stops_apply_or_restore(tmp_path, immutable):
     """A temp file of a killed run in a folder that cannot be written since: left there (scan skips
     it), and the run goes on; it stopped every apply and restore with an Error line."""
-    from vdc_lake.leftovers import remove_leftovers_of
+    from vdc_lake.effects.leftovers import remove_leftovers_of
 
     root, backup = tmp_path / "root", tmp_path / "backup"
     root.mkdir()
@@ -509,7 +509,7 @@ def test_a_leftover_that_cannot_be_removed_never_stops_apply_or_restore(tmp_path
 def test_restore_force_never_writes_through_a_link_at_the_kept_copy_s_name(tmp_path):
     """restore --force keeps the user's version as NAME.vdc-user-STAMP beside the backup; a link
     already under that name was written through (to its target, anywhere)."""
-    from vdc_lake.apply import _keep_aside
+    from vdc_lake.effects.apply import _keep_aside
 
     backup_dir, outside = tmp_path / "backup", tmp_path / "outside.txt"
     backup_dir.mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 from vdc_lake.cli import cli
 
 
@@ -240,8 +240,8 @@ def test_unexpected_errors_show_a_traceback_with_debug(built, monkeypatch):
 
 
 def test_the_library_applies_the_same_rules(tmp_path):
-    from vdc_lake.config import Config
-    from vdc_lake.decisions import decision_query
+    from vdc_lake.config.loader import Config
+    from vdc_lake.review.decisions import decision_query
     from vdc_lake.errors import InvalidValueError
 
     (tmp_path / "vdc-lake.toml").write_text("[rotation_correction]\nthreshold = 1.5\n")
@@ -256,7 +256,7 @@ def test_the_library_applies_the_same_rules(tmp_path):
 
 
 def test_validate_rules_on_their_own(tmp_path):
-    from vdc_lake import validate
+    from vdc_lake.config import rules as validate
     from vdc_lake.errors import InvalidValueError
 
     with Catalog(tmp_path / "c.duckdb", create=True) as catalog:
@@ -292,12 +292,12 @@ def test_a_pipeline_with_unknown_tables_or_keys_is_refused(built, monkeypatch):
 
 
 def test_every_config_option_has_a_rule_and_the_defaults_pass_it():
-    from vdc_lake import validate
-    from vdc_lake.config import Config
+    from vdc_lake.config import rules as validate
+    from vdc_lake.config.loader import Config
 
     described = Config.bundled().describe()
     missing = [f"{s}.{k}" for s, k, _, _ in described if (s, k) not in validate.RULES]
-    assert missing == [], f"add a rule to vdc_lake/validate.py RULES for {missing}"
+    assert missing == [], f"add a rule to vdc_lake/config/rules.py RULES for {missing}"
     validate.check_config(described)
 
 
@@ -309,8 +309,8 @@ WRONG_TYPE = {"Number": "ten", "Bound": "low", "Choice": 5, "Flag": "yes", "Text
 def test_every_config_value_of_the_wrong_type_names_key_expectation_and_file(tmp_path):
     """Each option of defaults.toml, given a value of the wrong type in a config file, is refused with
     one message naming its section and key, what it must be, and the file (never used as it is)."""
-    from vdc_lake import validate
-    from vdc_lake.config import Config
+    from vdc_lake.config import rules as validate
+    from vdc_lake.config.loader import Config
     from vdc_lake.errors import ConfigError
 
     path = tmp_path / "wrong.toml"

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from vdc_lake.birder_results import (
+from vdc_lake.models.result_files import (
     ResultFileError,
     open_result_file,
     parse_result_name,

@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vdc_lake.catalog import Catalog
-from vdc_lake.cluster import cluster
-from vdc_lake.dedup import report
-from vdc_lake.filters import filter_by_examples, score_images
-from vdc_lake.predict import import_results
-from vdc_lake.scan import scan
-from vdc_lake.sets import iter_vectors, read_vectors
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.stages.cluster import cluster
+from vdc_lake.stages.dedup import report
+from vdc_lake.stages.filters import filter_by_examples, score_images
+from vdc_lake.stages.predict import import_results
+from vdc_lake.stages.scan import scan
+from vdc_lake.catalog.sets import iter_vectors, read_vectors
 
 N_IMAGES, DIM, SET = 60, 16, "emb"
 TINY_BATCH, ONE_BATCH = 7, 1_000_000
@@ -188,8 +188,7 @@ def test_import_matches_each_sample_once_by_absolute_then_relative_then_cwd_path
 def test_streaming_a_set_lowers_duckdbs_limit_but_never_raises_a_smaller_one(staged):
     """While a set streams out DuckDB's limit drops to SCAN_MEMORY_LIMIT, unless the user's own
     [scale] duckdb_memory_limit is already smaller; either way it is put back after."""
-    from vdc_lake import sets
-
+    from vdc_lake.catalog import sets
     for configured, during in (("1GB", sets.SCAN_MEMORY_LIMIT), ("64MB", "64MB")):
         with Catalog(staged[0], read_only=True, scale={"duckdb_memory_limit": configured}) as catalog:
             con = catalog.con
@@ -206,7 +205,7 @@ def test_streaming_a_set_lowers_duckdbs_limit_but_never_raises_a_smaller_one(sta
 def test_cwd_paths_of_import_samples_equal_os_path_abspath(tmp_path, monkeypatch):
     """The cwd-relative match path is computed with Arrow kernels; for every shape of sample it
     equals os.path.abspath(os.path.expanduser(sample)), and empty or null samples match nothing."""
-    from vdc_lake.predict import _paths_from_cwd
+    from vdc_lake.stages.predict import _paths_from_cwd
 
     monkeypatch.chdir(tmp_path)
     samples = ["a/b.jpg", "/x/y.jpg", "./a.jpg", "../a.jpg", "a//b.jpg", "a/b/", "~/x.jpg", "~",

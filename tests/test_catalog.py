@@ -13,7 +13,7 @@ import time
 import pyarrow as pa
 import pytest
 
-from vdc_lake.catalog import Catalog, sql_dir
+from vdc_lake.catalog.connection import Catalog, sql_dir
 from vdc_lake.errors import CatalogLockedError, CatalogNotFoundError, NotACatalogError
 
 LOCKED = re.compile(
@@ -90,7 +90,7 @@ def test_second_writer_in_same_process_is_refused(catalog_path):
 def test_second_writer_names_the_holding_process(catalog_path):
     holder = _spawn(f"""
         import sys
-        from vdc_lake.catalog import Catalog
+        from vdc_lake.catalog.connection import Catalog
         with Catalog({str(catalog_path)!r}) as c:
             c.release()
             print("ready", flush=True)
@@ -122,7 +122,7 @@ def test_readers_query_while_a_writer_process_works(catalog_path):
     n_batches = 6
     writer = _spawn(f"""
         import sys
-        from vdc_lake.catalog import Catalog
+        from vdc_lake.catalog.connection import Catalog
         with Catalog({str(catalog_path)!r}) as c:
             c.execute("CREATE TABLE progress (batch INTEGER)")
             c.release()
@@ -155,7 +155,7 @@ def test_writer_waits_out_a_reader_holding_the_file(catalog_path):
     retries until the reader lets go, then commits; the reader never sees a partial write."""
     writer = _spawn(f"""
         import sys
-        from vdc_lake.catalog import Catalog
+        from vdc_lake.catalog.connection import Catalog
         with Catalog({str(catalog_path)!r}) as c:
             c.execute("CREATE TABLE progress (batch INTEGER)")
             c.release()
@@ -193,7 +193,7 @@ def test_a_busy_file_is_told_apart_from_a_file_that_is_no_catalog(catalog_path, 
     """Only DuckDB's lock conflict means "busy"; the retry gives up after wait_seconds."""
     holder = _spawn(f"""
         import sys
-        from vdc_lake.catalog import Catalog
+        from vdc_lake.catalog.connection import Catalog
         with Catalog({str(catalog_path)!r}) as c:
             c.scalar("SELECT 1")  # keeps the DuckDB file open, as a writer inside a write does
             print("ready", flush=True)

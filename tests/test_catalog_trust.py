@@ -25,9 +25,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vdc_lake.catalog import Catalog, package_objects
+from vdc_lake.catalog.connection import Catalog, package_objects
 from vdc_lake.errors import NotACatalogError, UnsafeCatalogError
-from vdc_lake.pipeline import statements_not_reading
+from vdc_lake.cli.pipeline import statements_not_reading
 
 SECRET = "TOPSECRET-4711"
 
@@ -132,7 +132,7 @@ def test_a_link_at_a_side_folder_is_refused_by_every_command(scanned, elsewhere,
 def test_the_index_folder_is_checked_where_the_index_is_written(scanned, elsewhere, run_cli, tmp_path):
     """A link planted while a writer has the catalog open (after its open checked) is still refused
     where dedup writes its index, and nothing is written through it."""
-    from vdc_lake.dedup import build_index
+    from vdc_lake.stages.dedup import build_index
 
     _ok(run_cli(["predict", "--model", "builtin", "--kind", "descriptor"], scanned))
     target = elsewhere / "dir"
@@ -152,7 +152,7 @@ def test_the_index_folder_is_checked_where_the_index_is_written(scanned, elsewhe
 
 
 def test_the_ray_staging_folder_is_never_a_link(scanned, elsewhere, tmp_path):
-    from vdc_lake.ray_backend import staging_root
+    from vdc_lake.scale.ray_backend import staging_root
 
     assert staging_root(scanned) == tmp_path / "c.duckdb.staging"
     target = elsewhere / "dir"
@@ -325,7 +325,7 @@ def _temp_objects(catalog: Catalog) -> set[str]:
 def test_a_reader_connection_runs_only_the_package_s_views_and_macros(scanned, elsewhere):
     """Every macro is the package's TEMP one; a view is TEMP unless the catalog stores exactly the
     text DuckDB stores for the package's, which _expected_views renders without binding anything."""
-    from vdc_lake.catalog import _expected_views
+    from vdc_lake.catalog.connection import _expected_views
 
     macros = {name for name, (kind, _, _) in package_objects().items() if kind == "MACRO"}
     views = set(package_objects()) - macros

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import image_rows, tree_hashes
-from vdc_lake.catalog import Catalog
-from vdc_lake.decisions import DECISIONS
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.review.decisions import DECISIONS
 
 
 def _ok(result):
@@ -355,11 +355,11 @@ def test_false_in_a_pipeline_step_passes_the_off_switch(scanned, catalog_path, r
 def test_the_example_pipelines_pass_the_check(name):
     from pathlib import Path
 
-    from vdc_lake.cli import _off_switches, _parse_step
-    from vdc_lake.pipeline import check_pipeline
+    from vdc_lake.cli.run import off_switches, parse_step
+    from vdc_lake.cli.pipeline import check_pipeline
 
     examples = Path(__file__).resolve().parent.parent / "examples"
-    assert len(check_pipeline(examples / name, _parse_step, off_switches=_off_switches)["step"]) == 10
+    assert len(check_pipeline(examples / name, parse_step, off_switches=off_switches)["step"]) == 10
 
 
 def test_every_output_location_is_named_output_or_o_and_the_old_names_still_work(scanned, catalog_path, run_cli,

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 
 # resampled, with a level whose clusters are smaller than n_samples
 CLUSTER_ARGS = ["cluster", "--set", "builtin", "--n-clusters", "12", "3", "--method", "resampled",

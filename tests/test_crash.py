@@ -30,10 +30,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.conftest import default_config
-from vdc_lake.catalog import Catalog
-from vdc_lake.sanitize import sanitize
-from vdc_lake.scan import scan
-from vdc_lake.sets import register_prediction_set, write_vectors
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.stages.sanitize import sanitize
+from vdc_lake.stages.scan import scan
+from vdc_lake.catalog.sets import register_prediction_set, write_vectors
 
 SEED = 1234
 NOBODY = 65534
@@ -206,7 +206,7 @@ class Workspace:
         """`vdc-lake ARGS` in a subprocess, committing progress every 16 operations (not 256) so that
         kills also land between commits. It prints one line when the work starts: the plan line for
         apply, 'restore starts' for restore."""
-        code = ("import vdc_lake.apply as a; a.FLUSH_EVERY_OPS = 16; restore = a.restore\n"
+        code = ("import vdc_lake.effects.apply as a; a.FLUSH_EVERY_OPS = 16; restore = a.restore\n"
                 "def announced(*args, **kwargs):\n"
                 "    print('restore starts', flush=True)\n"
                 "    return restore(*args, **kwargs)\n"

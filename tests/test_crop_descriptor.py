@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from examples.make_sample_data import make_sample_data
-from vdc_lake.catalog import Catalog
-from vdc_lake.dedup import fold_view_pairs, view_rows
-from vdc_lake.descriptor import (
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.stages.dedup import fold_view_pairs, view_rows
+from vdc_lake.kernels.descriptor import (
     DEDUP_THRESHOLDS,
     DESCRIPTOR_DIM,
     DESCRIPTOR_NAME,
@@ -24,8 +24,8 @@ from vdc_lake.descriptor import (
     descriptors_from_thumbnails,
     set_distances,
 )
-from vdc_lake.neighbors import radius_pairs_exact
-from vdc_lake.sets import register_embedding_set
+from vdc_lake.kernels.neighbors import radius_pairs_exact
+from vdc_lake.catalog.sets import register_embedding_set
 
 DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD = DEDUP_THRESHOLDS[MULTI_VIEW_NAME]
 

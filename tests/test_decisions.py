@@ -14,8 +14,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from tests.conftest import tree_hashes
-from vdc_lake.catalog import Catalog
-from vdc_lake.sets import read_vectors, register_prediction_set, write_vectors
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.catalog.sets import read_vectors, register_prediction_set, write_vectors
 
 
 def _write_images(folder, sizes, seed=0):
@@ -294,8 +294,8 @@ def test_dedup_report_ann_and_exact_find_the_same_copies(sample_tree, catalog_pa
 # -- one source of truth for decision parameters (issue 10 item 1) -----------------------------------
 
 def _bundled_text() -> dict[tuple[str, str], str]:
-    from vdc_lake.config import Config
-    from vdc_lake.settings import setting_text
+    from vdc_lake.config.loader import Config
+    from vdc_lake.catalog.settings import setting_text
 
     return {(s, k): setting_text(v) for s, k, v, _ in Config.bundled().describe()}
 
@@ -303,7 +303,7 @@ def _bundled_text() -> dict[tuple[str, str], str]:
 def test_a_fresh_catalog_holds_defaults_toml_and_every_macro_parameter_defaults_to_it(tmp_path):
     import duckdb
 
-    from vdc_lake.catalog import sql_dir
+    from vdc_lake.catalog.connection import sql_dir
 
     catalog = tmp_path / "fresh.duckdb"
     Catalog(catalog).close()
@@ -360,19 +360,20 @@ def test_help_texts_and_stage_signatures_carry_no_default_of_their_own():
             assert not re.search(r"\[-?\d[\d.e-]*\]", text), (name, param.name, text)  # a bare [0.75]
     assert shown >= 30
     package = Path(vdc_lake.__file__).parent
-    source = (package / "cli.py").read_text()
+    source = "".join(p.read_text() for p in sorted((package / "cli").glob("*.py")))
     assert not re.search(r"\[config [a-z_]+\.[a-z_]+: ", source)  # help texts take values through _cfg()
     keys: dict[str, set] = {}
     for (section, key), value in bundled.items():
         keys.setdefault(key, set()).add(value)
     aliases = {"dtype": "index_dtype", "neighbors_k": "neighbors", "fmt": "format"}
     stage_modules = ("cluster", "dedup", "predict", "report", "export", "filters", "sanitize", "scan", "apply")
-    from vdc_lake.settings import setting_text
+    from vdc_lake.catalog.settings import setting_text
 
     unrelated = {("dedup", "method"), ("filters", "batch_size")}  # same name, not that option
     disagree = []
     for module in stage_modules:
-        tree = ast.parse((package / f"{module}.py").read_text())
+        tree = ast.parse("".join(p.read_text() for p in sorted(package.rglob(f"{module}*.py"))
+                                 if p.parent.name in ("stages", "review", "effects")))
         for node in ast.walk(tree):
             if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
                 continue
@@ -421,10 +422,10 @@ def _deleted(catalog) -> set[str]:
 
 
 def test_a_set_records_its_thresholds_and_an_explicit_config_value_wins(graph_catalog, run_cli, in_tmp_cwd):
-    from vdc_lake.descriptor import DEDUP_THRESHOLDS, MULTI_VIEW_NAME
+    from vdc_lake.kernels.descriptor import DEDUP_THRESHOLDS, MULTI_VIEW_NAME
 
     DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD = DEDUP_THRESHOLDS[MULTI_VIEW_NAME]
-    from vdc_lake.sets import register_builtin_set
+    from vdc_lake.catalog.sets import register_builtin_set
 
     catalog, ids = graph_catalog
     with Catalog(catalog) as c:
@@ -453,7 +454,7 @@ def test_equal_resolution_keeps_the_better_file_and_the_plan_names_it(tmp_path, 
     from PIL import ImageDraw, ImageEnhance
 
     from examples.make_sample_data import photo
-    from vdc_lake.descriptor import DEDUP_THRESHOLDS, MULTI_VIEW_NAME
+    from vdc_lake.kernels.descriptor import DEDUP_THRESHOLDS, MULTI_VIEW_NAME
 
     DEDUP_REPORT_THRESHOLD = DEDUP_THRESHOLDS[MULTI_VIEW_NAME][1]
 
@@ -482,7 +483,7 @@ def test_equal_resolution_keeps_the_better_file_and_the_plan_names_it(tmp_path, 
 # -- sampling among the images the other decisions keep (issue 10 item 5) ------------------------------
 
 def test_sample_chooses_among_surviving_images_and_export_holds_the_total(sample_tree, catalog_path, run_cli):
-    from vdc_lake.cluster import sample
+    from vdc_lake.stages.cluster import sample
     from vdc_lake.errors import StageError
 
     for args in (["scan", sample_tree.root], ["sanitize"], ["dedup", "report", "--set", "builtin"],

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from tests import test_decisions
-from vdc_lake.catalog import Catalog
-from vdc_lake.config import Config
-from vdc_lake.decisions import decision_query
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.config.loader import Config
+from vdc_lake.review.decisions import decision_query
 
 graph_catalog = test_decisions.graph_catalog  # 12 scanned images, area growing with the letter
 _report = test_decisions._report

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from examples.make_sample_data import make_sample_data
-from vdc_lake.descriptor import (
+from vdc_lake.kernels.descriptor import (
     DESCRIPTOR_DIM,
     DESCRIPTOR_NAME,
     DRAFT_SIZE,

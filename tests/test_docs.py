@@ -31,7 +31,7 @@ from click.testing import CliRunner
 from examples.make_sample_data import make_sample_data
 from tests.conftest import tree_hashes
 from tests.test_quickstart import REPO, SAMPLE_TOTAL
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 from vdc_lake.cli import cli
 
 README = REPO / "README.md"

@@ -17,13 +17,13 @@ import pytest
 
 from conftest import file_hash, tree_hashes
 from examples.make_sample_data import make_sample_data
-from vdc_lake.catalog import Catalog
-from vdc_lake.config import Config
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.config.loader import Config
 from vdc_lake.errors import StageError
-from vdc_lake.export import MANIFEST_COLUMNS, _extension, export, image_key, manifest_rows, root_labels
-from vdc_lake.sanitize import sanitize
-from vdc_lake.scan import scan
-from vdc_lake.sets import register_prediction_set, write_vectors
+from vdc_lake.effects.export import MANIFEST_COLUMNS, _extension, export, image_key, manifest_rows, root_labels
+from vdc_lake.stages.sanitize import sanitize
+from vdc_lake.stages.scan import scan
+from vdc_lake.catalog.sets import register_prediction_set, write_vectors
 
 N_BASE = 40
 FORMATS = ["manifest", "symlink", "hardlink", "copy", "webdataset"]

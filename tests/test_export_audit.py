@@ -24,10 +24,10 @@ from PIL import Image
 
 from conftest import file_hash, tree_hashes
 from test_export import _writable_copy, build_curation_catalog
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 from vdc_lake.errors import StageError
-from vdc_lake.export import MANIFEST_COLUMNS, export, image_key, manifest_rows, root_labels
-from vdc_lake.scan import scan
+from vdc_lake.effects.export import MANIFEST_COLUMNS, export, image_key, manifest_rows, root_labels
+from vdc_lake.stages.scan import scan
 
 FORMATS = ["manifest", "symlink", "hardlink", "copy", "webdataset"]
 REPO = Path(__file__).resolve().parent.parent
@@ -284,7 +284,7 @@ def test_roots_whose_names_differ_only_in_case_get_apart_folders(tmp_path):
 
 
 def test_paths_equal_but_for_case_get_their_own_names_on_a_case_insensitive_destination():
-    from vdc_lake.export import export_targets
+    from vdc_lake.effects.export import export_targets
 
     roots = pa.array(["/d/photos"] * 5)
     rel = pa.array(["IMG.jpg", "img.jpg", "img~000000000002.jpg", "caf\u00e9.jpg", "CAFE\u0301.jpg"])
@@ -300,7 +300,7 @@ def test_paths_equal_but_for_case_get_their_own_names_on_a_case_insensitive_dest
 @pytest.mark.parametrize("fmt", ["symlink", "hardlink", "copy"])
 def test_nothing_is_written_over_a_name_that_is_taken(tmp_path, fmt):
     """Where the destination matches names loosely, a second file must not replace the first."""
-    from vdc_lake.export import _place
+    from vdc_lake.effects.export import _place
 
     catalog_path = _scanned(tmp_path, {"photos": ["a.jpg"]})
     row = _view_rows(catalog_path)[0]
@@ -343,8 +343,8 @@ def hook(name, args):
         print("paused", flush=True)
         sys.stdin.read()
 
-from vdc_lake.catalog import Catalog
-from vdc_lake.export import export
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.effects.export import export
 sys.addaudithook(hook)
 with Catalog(catalog_path, read_only=True) as catalog:
     export(catalog, to_dir, fmt=fmt, shard_size_mb=0.5, quiet=True)
@@ -438,7 +438,7 @@ def test_a_named_pipe_in_a_files_place_is_refused_without_hanging(tmp_path, fmt)
     pipe = tmp_path / "photos" / "b.jpg"
     pipe.unlink()
     os.mkfifo(pipe)
-    script = ("import sys, json\nfrom vdc_lake.catalog import Catalog\nfrom vdc_lake.export import export\n"
+    script = ("import sys, json\nfrom vdc_lake.catalog.connection import Catalog\nfrom vdc_lake.effects.export import export\n"
               "with Catalog(sys.argv[1], read_only=True) as c:\n"
               "    s = export(c, sys.argv[2], fmt=sys.argv[3], view='image_files', quiet=True)\n"
               "print(json.dumps([s.images, s.errors]))\n")
@@ -476,7 +476,7 @@ def test_an_edited_image_files_view_cannot_name_the_file_to_export(curation, tmp
         catalog.execute(sql.replace("CREATE VIEW", "CREATE OR REPLACE VIEW").replace(
             "((root || '/') || rel_path) AS path", f"CASE WHEN image_id = {first} THEN '{secret}' "
                                                    "ELSE root || '/' || rel_path END AS path"))
-    # A reader queries the installed package's image_files, never the edited one (vdc_lake.catalog):
+    # A reader queries the installed package's image_files, never the edited one (vdc_lake.catalog.connection):
     # the export is the one of the unedited catalog.
     with Catalog(copy, read_only=True) as catalog:
         assert catalog.scalar(f"SELECT path FROM image_files WHERE image_id = {first}") != str(secret)
@@ -487,7 +487,7 @@ def test_an_edited_image_files_view_cannot_name_the_file_to_export(curation, tmp
 
 
 def test_a_json_file_never_takes_the_name_of_its_samples_record():
-    from vdc_lake.export import _extension
+    from vdc_lake.effects.export import _extension
 
     assert _extension("notes/x.json", "JSON") == "bin" and _extension("x.JSON", None) == "bin"
     assert _extension("x.json", "PNG") == "png"

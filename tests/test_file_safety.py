@@ -19,12 +19,12 @@ import pytest
 from PIL import Image
 
 from tests.conftest import default_config, file_hash, tree_hashes
-from vdc_lake.apply import apply_plan, make_plan, restore
-from vdc_lake.catalog import Catalog
-from vdc_lake.decisions import decision_query
+from vdc_lake.effects.apply import apply_plan, make_plan, restore
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.review.decisions import decision_query
 from vdc_lake.errors import PlanError
-from vdc_lake.sanitize import sanitize
-from vdc_lake.scan import scan
+from vdc_lake.stages.sanitize import sanitize
+from vdc_lake.stages.scan import scan
 
 RULES = {"max_width": 200, "max_height": 200, "builtin_descriptor": True}
 RULES_TOML = "[sanitize]\nmax_width = 200\nmax_height = 200\nbuiltin_descriptor = false\n"

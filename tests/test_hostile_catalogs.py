@@ -21,15 +21,15 @@ import pyarrow.compute as pc
 import pytest
 
 from tests.conftest import default_config, tree_hashes
-from vdc_lake import catalog as catalog_module
-from vdc_lake.apply import Plan, apply_plan, make_plan, restore
-from vdc_lake.catalog import Catalog
-from vdc_lake.confine import mark_backup_folder
-from vdc_lake.decisions import decision_query
+from vdc_lake.catalog import connection as catalog_module
+from vdc_lake.effects.apply import Plan, apply_plan, make_plan, restore
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.fileops.markers import mark_backup_folder
+from vdc_lake.review.decisions import decision_query
 from vdc_lake.errors import CatalogDamagedError, DiskFullError, NotACatalogError, StageError
-from vdc_lake.leftovers import remove_leftovers_of
-from vdc_lake.sanitize import sanitize
-from vdc_lake.scan import scan
+from vdc_lake.effects.leftovers import remove_leftovers_of
+from vdc_lake.stages.sanitize import sanitize
+from vdc_lake.stages.scan import scan
 
 NOBODY = 65534
 
@@ -382,7 +382,7 @@ def test_a_set_or_score_name_that_could_name_a_path_is_refused(scanned_once, run
 
 
 def test_index_files_stay_in_the_catalog_folder_whatever_ann_indexes_says(predicted, tmp_path):
-    from vdc_lake.dedup import build_index, index_dir, latest_index, report
+    from vdc_lake.stages.dedup import build_index, index_dir, latest_index, report
 
     with Catalog(predicted) as catalog:
         built = build_index(catalog, "builtin", center=False, l2_normalize=True, dtype="f32", force=True, quiet=True)

@@ -21,10 +21,10 @@ from PIL import Image
 
 import vdc_lake
 from tests.conftest import tree_hashes
-from vdc_lake.catalog import Catalog
-from vdc_lake.confine import BACKUP_MARKER, is_backup_marker
-from vdc_lake.files import PixelLimitError, decode_check, inspect_header, open_image
-from vdc_lake.imageops import ACTIONS
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.fileops.markers import BACKUP_MARKER, is_backup_marker
+from vdc_lake.fileops.probe import PixelLimitError, decode_check, inspect_header, open_image
+from vdc_lake.fileops.imageops import ACTIONS
 
 REPO = str(Path(vdc_lake.__file__).resolve().parents[1])
 SPARSE_SIZE = 3 << 30  # 3 GiB: no disk (a sparse file), minutes for a byte-by-byte marker search
@@ -84,7 +84,7 @@ def test_every_decode_of_a_sparse_jpeg_fails_fast_as_a_finding(tmp_path):
     sparse = _sparse_jpeg(tmp_path / "sparse.jpg")
     script = (
         "import sys, json\n"
-        "from vdc_lake.files import decode_check, open_image, HeaderLimitError\n"
+        "from vdc_lake.fileops.probe import decode_check, open_image, HeaderLimitError\n"
         "result = decode_check(sys.argv[1], max_pixels=89_478_485, with_descriptor=True)\n"
         "try:\n"
         "    with open_image(sys.argv[1], 89_478_485):\n"

@@ -24,14 +24,14 @@ from PIL import Image, ImageOps
 
 import vdc_lake
 from tests.conftest import default_config
-from vdc_lake.catalog import Catalog
-from vdc_lake.confine import BACKUP_MARKER
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.fileops.markers import BACKUP_MARKER
 from vdc_lake.errors import StageError
-from vdc_lake.files import PixelLimitError, check_pixels, content_hash, decode_check
-from vdc_lake.imageops import ACTIONS, ROTATIONS
-from vdc_lake.predict import predict
-from vdc_lake.sanitize import sanitize
-from vdc_lake.scan import NO_IMAGE, scan
+from vdc_lake.fileops.probe import PixelLimitError, check_pixels, content_hash, decode_check
+from vdc_lake.fileops.imageops import ACTIONS, ROTATIONS
+from vdc_lake.stages.predict import predict
+from vdc_lake.stages.sanitize import sanitize
+from vdc_lake.stages.scan import NO_IMAGE, scan
 
 NOBODY = 65534
 REPO = str(Path(vdc_lake.__file__).resolve().parents[1])
@@ -322,7 +322,7 @@ def test_predict_skips_bombs_and_images_sanitize_deletes(tmp_path):
 def test_every_decode_honours_the_pixel_limit(tmp_path):
     from torchvision.transforms import v2
 
-    from vdc_lake.models import ImageFileDataset, decode_rgb
+    from vdc_lake.models.birder import ImageFileDataset, decode_rgb
 
     ok = _image(tmp_path / "ok.jpg", seed=1)
     bomb = _bomb(tmp_path / "bomb.png")

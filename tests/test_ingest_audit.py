@@ -17,7 +17,7 @@ from PIL import Image
 from tests.conftest import image_rows
 from tests import test_hostile_inputs
 from tests.test_hostile_inputs import _cli_as_user
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 
 nobody_dir = test_hostile_inputs.nobody_dir  # the fixture: a folder the permission checks' user owns
 
@@ -115,8 +115,8 @@ def test_an_import_that_breaks_half_way_leaves_no_partial_set(tmp_path, run_cli)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from vdc_lake.predict import import_results
-    from vdc_lake.scan import scan
+    from vdc_lake.stages.predict import import_results
+    from vdc_lake.stages.scan import scan
 
     images, samples = _images_for_import(tmp_path, 12)
     vectors = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
@@ -161,7 +161,7 @@ def test_import_counts_duplicated_unknown_and_non_finite_rows(tmp_path, run_cli)
     assert "5 of 7 rows imported, 1 unmatched" in result.output
     assert "2 row(s) name an image an earlier row named: the last of them counts" in result.output
     assert f"1 row(s) hold NaN or infinite values, not imported (first ones): {samples[3]}" in result.output
-    from vdc_lake.sets import read_vectors
+    from vdc_lake.catalog.sets import read_vectors
 
     with Catalog(catalog, read_only=True) as cat:
         vs = read_vectors(cat, "embeddings", "resnet_v1_50_c1_sscd")
@@ -291,7 +291,7 @@ def test_a_killed_builtin_predict_resumes_with_no_duplicate_and_none_missing(tmp
     import sys
     import textwrap
 
-    from vdc_lake.scan import scan
+    from vdc_lake.stages.scan import scan
 
     images, catalog_path = tmp_path / "images", tmp_path / "catalog.duckdb"
     for i in range(10):
@@ -300,8 +300,8 @@ def test_a_killed_builtin_predict_resumes_with_no_duplicate_and_none_missing(tmp
         scan(catalog, [images], extensions=[".jpg"], workers=1, quiet=True)
     script = textwrap.dedent(f"""
         import os, signal
-        import vdc_lake.predict as p
-        from vdc_lake.catalog import Catalog
+        import vdc_lake.stages.predict as p
+        from vdc_lake.catalog.connection import Catalog
         original, commits = p._commit, []
         def commit_then_die(*args):
             original(*args)
@@ -316,7 +316,7 @@ def test_a_killed_builtin_predict_resumes_with_no_duplicate_and_none_missing(tmp
                            cwd=Path(__file__).resolve().parent.parent)
     assert child.returncode == -9, child.stderr
     assert _rows(catalog_path, "SELECT count(*) FROM embeddings") == [(6,)]
-    from vdc_lake.predict import predict
+    from vdc_lake.stages.predict import predict
 
     with Catalog(catalog_path) as catalog:
         summary = predict(catalog, model="builtin", kind="descriptor", num_workers=0, quiet=True)

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vdc_lake import kmeans as km
-from vdc_lake.kmeans import hierarchical_kmeans, kmeans
+from vdc_lake.kernels import kmeans as km
+from vdc_lake.kernels.kmeans import hierarchical_kmeans, kmeans
 
 
 def _planted(n=1200, d=16, k=6, seed=0):

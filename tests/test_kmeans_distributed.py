@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vdc_lake.kmeans import hierarchical_kmeans, kmeans
-from vdc_lake.kmeans_distributed import (
+from vdc_lake.kernels.kmeans import hierarchical_kmeans, kmeans
+from vdc_lake.scale.kmeans_distributed import (
     hierarchical_kmeans_distributed, kmeans_distributed, load_result, rank_rows, save_result,
 )
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from tests.tiny_models import PE_CORE, ROTNET, SSCD, TINY_EMBEDDING_SIZE, make_tiny_models, write_test_images
-from vdc_lake.models import (
+from vdc_lake.models.birder import (
     ImageFileDataset,
     ModelError,
     list_models,
@@ -166,7 +166,7 @@ def test_checkpoint_for_the_wrong_network(tmp_path, models_dir):
 
 def test_gpu_split_preprocessing_matches_birders_preset(models_dir, images):
     """On CUDA, workers stop at uint8 and the device normalises: same numbers as the full preset."""
-    from vdc_lake.models import _gpu_split, _normalizer, decode_rgb
+    from vdc_lake.models.birder import _gpu_split, _normalizer, decode_rgb
 
     loaded = load_model(models_dir, SSCD)
     steps = _gpu_split(loaded.transform)
@@ -184,7 +184,7 @@ def test_odd_images_give_batchable_tensors(tmp_path, models_dir):
     """Animated GIF (first frame) and 16-bit PNG, through both the CPU and the GPU worker transform."""
     from torchvision.transforms import v2
 
-    from vdc_lake.models import _gpu_split
+    from vdc_lake.models.birder import _gpu_split
 
     frames = [Image.fromarray(np.full((20, 30, 3), 60 * i, dtype=np.uint8)) for i in range(3)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
@@ -227,7 +227,7 @@ def test_torchscript_and_safetensors_files(tmp_path, models_dir, images):
 
 def test_exif_orientation_is_not_applied_like_birder(tmp_path):
     """birder's tv loader ignores EXIF orientation; so do we (rotation is judged on stored pixels)."""
-    from vdc_lake.models import decode_rgb
+    from vdc_lake.models.birder import decode_rgb
 
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
@@ -237,7 +237,7 @@ def test_exif_orientation_is_not_applied_like_birder(tmp_path):
 
 def test_draft_decoding_keeps_every_side_at_least_the_draft_size(tmp_path):
     """A JPEG far larger than the pass needs decodes at DCT scale; small ones and PNGs decode like birder."""
-    from vdc_lake.models import decode_for_pass, decode_rgb, draft_size_for
+    from vdc_lake.models.birder import decode_for_pass, decode_rgb, draft_size_for
 
     rng = np.random.default_rng(0)
     big = np.asarray(Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((1000, 760)))
@@ -253,7 +253,7 @@ def test_draft_decoding_keeps_every_side_at_least_the_draft_size(tmp_path):
 
 
 def test_rotation_angles_follow_rotation_actions():
-    from vdc_lake.models import rotation_angles
+    from vdc_lake.models.birder import rotation_angles
 
     probs = np.array([[0.1, 0.7, 0.1, 0.1],    # 90 above 0.5
                       [0.1, 0.1, 0.5, 0.3],    # 180 at the threshold: not above it
@@ -270,8 +270,8 @@ def test_rotation_angles_follow_rotation_actions():
 def test_turning_in_memory_is_what_apply_writes(tmp_path, action):
     from pathlib import Path
 
-    from vdc_lake.imageops import ACTIONS
-    from vdc_lake.models import decode_rgb, rotate_clockwise
+    from vdc_lake.fileops.imageops import ACTIONS
+    from vdc_lake.models.birder import decode_rgb, rotate_clockwise
 
     pixels = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
@@ -281,7 +281,7 @@ def test_turning_in_memory_is_what_apply_writes(tmp_path, action):
 
 
 def test_gpu_decode_needs_cuda():
-    from vdc_lake.models import resolve_decode
+    from vdc_lake.models.birder import resolve_decode
 
     assert resolve_decode("auto", torch.device("cpu")) == "cpu"
     with pytest.raises(ModelError, match="--decode gpu needs a CUDA device"):
@@ -291,13 +291,12 @@ def test_gpu_decode_needs_cuda():
 def test_shipped_network_names_agree_with_birders_registry():
     """`import` reads birder file names without importing birder (0.75 GiB): the shipped list
     must be the installed birder's registry, or be ignored for another version."""
-    from vdc_lake import birder_names
-
+    from vdc_lake.models import names as birder_names
     version, names = birder_names._shipped()
     assert names, "vdc_lake/birder_networks.txt is missing or empty"
     registry = birder_names.registry_networks()
     if version == birder_names._installed_birder():
-        assert names == registry, "regenerate it: python -m vdc_lake.birder_names"
+        assert names == registry, "regenerate it: python -m vdc_lake.models.names"
     assert birder_names.known_networks() == registry
 
 
@@ -306,12 +305,11 @@ def test_reading_a_birder_file_name_does_not_import_torch(tmp_path):
     import subprocess
     import sys
 
-    from vdc_lake import birder_names
-
+    from vdc_lake.models import names as birder_names
     version, _ = birder_names._shipped()
     if version != birder_names._installed_birder():
         pytest.skip(f"the shipped name list is for birder {version}: regenerate it for this birder")
-    code = ("import sys; from vdc_lake.birder_results import parse_result_name as p; "
+    code = ("import sys; from vdc_lake.models.result_files import parse_result_name as p; "
             "n = p('gldv2_resnet_v1_50_c1_sscd_0_320px_crop1.0_10_embeddings.parquet'); "
             "print(n.network, n.tag, 'torch' in sys.modules, 'birder' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

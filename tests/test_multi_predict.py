@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.tiny_models import PE_CORE, ROTNET, SSCD, make_tiny_models, write_test_images
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 from vdc_lake.cli import cli
-from vdc_lake.pipeline import step_arguments
-from vdc_lake.sets import read_vectors
+from vdc_lake.cli.pipeline import step_arguments
+from vdc_lake.catalog.sets import read_vectors
 
 N_IMAGES = 10
 MODELS = [(ROTNET, "rotation", "predictions"), (SSCD, "descriptor", "embeddings"), (PE_CORE, "embedding", "embeddings")]
@@ -146,8 +146,8 @@ def test_killed_pass_resumes_each_set_without_duplicates(mixed, models_dir):
     # The child commits every 4 images and SIGKILLs itself right after its second commit.
     script = textwrap.dedent(f"""
         import os, signal
-        import vdc_lake.predict as p
-        from vdc_lake.catalog import Catalog
+        import vdc_lake.stages.predict as p
+        from vdc_lake.catalog.connection import Catalog
         original, commits = p._commit_pass, []
         def commit_then_die(*args):
             original(*args)
@@ -205,7 +205,7 @@ def test_kinds_must_pair_with_models(mixed, models_dir):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU JPEG decoding needs CUDA (nvJPEG)")
 def test_gpu_decode_matches_the_cpu_decode(tmp_path, models_dir):
-    from vdc_lake.models import PassModel, _gpu_jpeg_bytes, decode_for_pass, decode_jpegs_on_device, load_model, run_pass
+    from vdc_lake.models.birder import PassModel, _gpu_jpeg_bytes, decode_for_pass, decode_jpegs_on_device, load_model, run_pass
 
     rng = np.random.default_rng(3)
     smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((320, 240), Image.BICUBIC))
@@ -251,7 +251,7 @@ def test_device_side_branch_equals_worker_resizing(tmp_path, models_dir):
     gives the same numbers as the CPU path where the workers resize."""
     from torch.utils.data import DataLoader
 
-    import vdc_lake.models as m
+    import vdc_lake.models.birder as m
 
     paths = [str(p) for p in write_test_images(tmp_path / "images", 7)]
     Image.fromarray(np.zeros((30, 40), np.uint8)).convert("CMYK").save(tmp_path / "images" / "cmyk.jpg")
@@ -285,7 +285,7 @@ def test_device_side_branch_equals_worker_resizing(tmp_path, models_dir):
 
 def test_stored_rotation_turns_the_images_without_running_the_rotation_model(tmp_path, models_dir):
     """A pass whose rotation set already holds an image's probabilities turns it by those."""
-    from vdc_lake.models import PassModel, load_model, run_pass
+    from vdc_lake.models.birder import PassModel, load_model, run_pass
 
     paths = [str(p) for p in write_test_images(tmp_path / "images", 6)]
     models = [PassModel(load_model(models_dir, ROTNET), "rotation"), PassModel(load_model(models_dir, SSCD), "descriptor")]

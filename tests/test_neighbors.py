@@ -1,9 +1,9 @@
-"""Tests for vdc_lake.neighbors: pair finders (usearch + exact torch), components, keepers."""
+"""Tests for vdc_lake.kernels.neighbors: pair finders (usearch + exact torch), components, keepers."""
 
 import numpy as np
 import pytest
 
-from vdc_lake.neighbors import (
+from vdc_lake.kernels.neighbors import (
     PairSet,
     build_index,
     cap_pairs_per_image,

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vdc_lake.apply import make_plan
-from vdc_lake.catalog import Catalog
-from vdc_lake.config import Config
-from vdc_lake.decisions import decision_query
+from vdc_lake.effects.apply import make_plan
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.config.loader import Config
+from vdc_lake.review.decisions import decision_query
 
 # name -> (width, height); copies of a.png are written as b.png and c.png (exact duplicates)
 SIZES = {"a.png": (120, 100), "d.png": (110, 100), "e.png": (100, 100), "small.png": (40, 40),

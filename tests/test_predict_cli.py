@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from tests.tiny_models import PE_CORE, ROTNET, SSCD, TINY_EMBEDDING_SIZE, make_tiny_models, write_test_images
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 from vdc_lake.cli import cli
-from vdc_lake.sets import read_vectors
+from vdc_lake.catalog.sets import read_vectors
 
 N_IMAGES = 10
 
@@ -78,8 +78,8 @@ def test_killed_predict_resumes_without_duplicates(scanned, models_dir):
     # A child process commits every 4 images and SIGKILLs itself right after its second commit.
     script = textwrap.dedent(f"""
         import os, signal
-        import vdc_lake.predict as p
-        from vdc_lake.catalog import Catalog
+        import vdc_lake.stages.predict as p
+        from vdc_lake.catalog.connection import Catalog
         original, commits = p._commit_pass, []
         def commit_then_die(*args):
             original(*args)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.tiny_models import PE_CORE, SSCD, TINY_SPECS, make_tiny_model, write_test_images
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 from vdc_lake.cli import cli
 
 N_GOOD = 6

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from examples.make_sample_data import make_sample_data
-from vdc_lake.parallel import LogProgress
+from vdc_lake.scale.parallel import LogProgress
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ def test_lazy_rows_is_the_list_it_stands_for():
     by index, slice and iteration (across its 8192-row chunks), through the process pool too."""
     import pyarrow as pa
 
-    from vdc_lake.parallel import LazyRows, map_ordered
+    from vdc_lake.scale.parallel import LazyRows, map_ordered
 
     n = 20_000
     table = pa.table({"a": list(range(n)), "b": [f"f{i}" for i in range(n)]})

@@ -8,7 +8,7 @@ import pytest
 
 from examples.make_sample_data import make_sample_data
 from tests.conftest import tree_hashes
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_TOTAL = 150

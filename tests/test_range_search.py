@@ -11,11 +11,11 @@ import shutil
 import numpy as np
 import pytest
 
-from vdc_lake import neighbors
-from vdc_lake.catalog import Catalog
-from vdc_lake.descriptor import VIEWS
-from vdc_lake.neighbors import build_index, radius_pairs_ann, radius_pairs_exact
-from vdc_lake.sets import read_vectors
+from vdc_lake.kernels import neighbors
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.kernels.descriptor import VIEWS
+from vdc_lake.kernels.neighbors import build_index, radius_pairs_ann, radius_pairs_exact
+from vdc_lake.catalog.sets import read_vectors
 
 N, D = 2400, 64
 THRESHOLD = 0.5
@@ -149,8 +149,7 @@ def ray_instance():
 
 
 def test_ray_tiles_equal_the_local_search_and_resume_from_staged_tiles(crowded, ray_instance, tmp_path):
-    from vdc_lake import ray_backend
-
+    from vdc_lake.scale import ray_backend
     x, keys, _ = crowded
     local = radius_pairs_exact(x, keys, threshold=THRESHOLD, max_pairs_per_image=120)
     assert len(local.truncated) > 0  # the cap is applied over the union of the tiles, like locally
@@ -247,7 +246,7 @@ def test_report_centres_in_the_search_without_an_index(builtin_template, catalog
 
 def _set_brute_force(x, keys, threshold):
     """_brute_force for multi-view set vectors (descriptor.set_distances)."""
-    from vdc_lake.descriptor import set_distances
+    from vdc_lake.kernels.descriptor import set_distances
 
     dist = set_distances(x).astype(np.float32)
     i, j = np.triu_indices(len(x), 1)
@@ -276,7 +275,7 @@ def test_multi_view_rows_keep_only_pairs_that_decide_an_image_pair():
     together, and pairs of two partial views are dropped where they are found, so they never
     count against the cap (each image here has one partner: none is truncated at cap 1), and
     every backend agrees with the brute force over the kept rule."""
-    from vdc_lake.dedup import fold_view_pairs
+    from vdc_lake.stages.dedup import fold_view_pairs
 
     rng = np.random.default_rng(3)
     n, views, d = 40, 3, 32

@@ -18,16 +18,16 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vdc-
 
 from tests.conftest import default_config  # noqa: E402
 from tests.tiny_models import PE_CORE, ROTNET, TINY_SPECS, make_tiny_model, write_test_images  # noqa: E402
-from vdc_lake import scan as scan_module  # noqa: E402
-from vdc_lake.apply import apply_plan, make_plan  # noqa: E402
-from vdc_lake.catalog import Catalog  # noqa: E402
-from vdc_lake.decisions import decision_query  # noqa: E402
+from vdc_lake.stages import scan as scan_module  # noqa: E402
+from vdc_lake.effects.apply import apply_plan, make_plan  # noqa: E402
+from vdc_lake.catalog.connection import Catalog  # noqa: E402
+from vdc_lake.review.decisions import decision_query  # noqa: E402
 from vdc_lake.errors import StageError  # noqa: E402
-from vdc_lake.files import inspect_header  # noqa: E402
-from vdc_lake.ray_backend import ray_map_ordered, staging_root  # noqa: E402
-from vdc_lake.sanitize import sanitize  # noqa: E402
-from vdc_lake.scan import scan  # noqa: E402
-from vdc_lake.sets import read_vectors  # noqa: E402
+from vdc_lake.fileops.probe import inspect_header  # noqa: E402
+from vdc_lake.scale.ray_backend import ray_map_ordered, staging_root  # noqa: E402
+from vdc_lake.stages.sanitize import sanitize  # noqa: E402
+from vdc_lake.stages.scan import scan  # noqa: E402
+from vdc_lake.catalog.sets import read_vectors  # noqa: E402
 
 # Set by a test before its function is shipped: cloudpickle copies these values to the workers.
 CRASH_MARKER = ""
@@ -165,7 +165,7 @@ def test_a_rerun_after_a_failed_shard_only_runs_the_missing_shards(tmp_path):
 
 
 def test_the_local_backend_does_not_import_ray():
-    code = ("import sys, vdc_lake.scan, vdc_lake.sanitize, vdc_lake.apply, vdc_lake.parallel as p; "
+    code = ("import sys, vdc_lake.stages.scan, vdc_lake.stages.sanitize, vdc_lake.effects.apply, vdc_lake.scale.parallel as p; "
             "p.get_mapper('local', catalog_path='c.duckdb'); assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import tree_hashes
-from vdc_lake.catalog import Catalog
-from vdc_lake.confine import OUTSIDE_ROOT, ReadableRoots
-from vdc_lake.files import content_hash
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.fileops.confine import OUTSIDE_ROOT, ReadableRoots
+from vdc_lake.fileops.probe import content_hash
 
 
 def _image(path: Path, size=(120, 100), seed=0) -> Path:

@@ -27,14 +27,14 @@ import pytest
 from PIL import Image
 
 from test_export import build_curation_catalog
-from vdc_lake.apply import apply_plan, make_plan
-from vdc_lake.catalog import Catalog
-from vdc_lake.config import Config
-from vdc_lake.decisions import decision_query
-from vdc_lake.overrides import set_overrides
-from vdc_lake.report import build_report, svg_histogram
-from vdc_lake.scan import scan
-from vdc_lake.status import catalog_status
+from vdc_lake.effects.apply import apply_plan, make_plan
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.config.loader import Config
+from vdc_lake.review.decisions import decision_query
+from vdc_lake.stages.overrides import set_overrides
+from vdc_lake.review.report import build_report, svg_histogram
+from vdc_lake.stages.scan import scan
+from vdc_lake.review.status import catalog_status
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 PAGE_WIDTH = 1280

@@ -28,7 +28,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from tests.conftest import file_hash
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 
 SEED = 24
 NOBODY = 65534
@@ -42,8 +42,8 @@ RULES_TOML = "[sanitize]\nmax_width = 300\nmax_height = 300\nmax_file_size_mb = 
 # operations (not 4096), so kill points also land between flushes.
 KILLER = r"""
 import contextlib, os, pathlib, shutil, signal, sys
-import vdc_lake.apply as apply_module
-from vdc_lake.catalog import Catalog
+import vdc_lake.effects.apply as apply_module
+from vdc_lake.catalog.connection import Catalog
 
 kill_at, steps, active = int(os.environ["VDC_TEST_KILL_AT"]), [0], [False]
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import file_hash
-from vdc_lake.catalog import Catalog
+from vdc_lake.catalog.connection import Catalog
 
 CLUSTER = ["cluster", "--set", "builtin", "--n-clusters", "6", "2", "--method", "centers", "--device", "cpu"]
 
@@ -140,7 +140,7 @@ def test_curated_names_the_clusters_the_sample_balanced_over(work, run_cli):
 def test_apply_sample_spares_files_the_sample_never_judged(work, run_cli, tmp_path):
     """A selected file edited after the sample and a file added since are not deleted as 'not
     selected': the run never saw their bytes. The other unselected images are."""
-    from vdc_lake.report import _funnel
+    from vdc_lake.review.report import _funnel
 
     root, catalog = work
     _ok(run_cli(["sample", "--total", 10], catalog))
@@ -175,7 +175,7 @@ def test_apply_sample_spares_files_the_sample_never_judged(work, run_cli, tmp_pa
 
 
 def test_sample_of_an_unfinished_or_foreign_run_is_refused(work, run_cli):
-    from vdc_lake.cluster import sample
+    from vdc_lake.stages.cluster import sample
     from vdc_lake.errors import StageError
 
     _, catalog = work
@@ -195,8 +195,8 @@ def test_sample_of_an_unfinished_or_foreign_run_is_refused(work, run_cli):
 
 
 def test_an_interrupted_cluster_run_resumes_to_the_same_clustering(work, tmp_path, monkeypatch):
-    import vdc_lake.kmeans as kmeans
-    from vdc_lake.cluster import cluster
+    import vdc_lake.kernels.kmeans as kmeans
+    from vdc_lake.stages.cluster import cluster
 
     _, catalog = work
     whole = tmp_path / "whole.duckdb"
@@ -232,8 +232,8 @@ def test_an_interrupted_cluster_run_resumes_to_the_same_clustering(work, tmp_pat
 def test_an_interrupted_cluster_run_over_vectors_computed_again_starts_over(work, monkeypatch):
     """The set's vectors change between the interruption and the next run: the stale checkpoint
     (a folder the user never named) is dropped, not an Error telling to empty a checkpoint_dir."""
-    import vdc_lake.kmeans as kmeans
-    from vdc_lake.cluster import cluster
+    import vdc_lake.kernels.kmeans as kmeans
+    from vdc_lake.stages.cluster import cluster
 
     _, catalog = work
     options = {"n_clusters": [6, 2], "method": "resampled", "n_samples": [4, 2], "n_resamples": 2, "seed": 1,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vdc_lake.sampling import (
+from vdc_lake.kernels.sampling import (
     hierarchical_allocation,
     hierarchical_sample,
     largest_remainder,

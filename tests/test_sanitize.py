@@ -7,11 +7,11 @@ import os
 import re
 
 from tests.conftest import default_config
-from vdc_lake import files
-from vdc_lake.catalog import Catalog
-from vdc_lake.files import decode_check, inspect_header
-from vdc_lake.sanitize import sanitize
-from vdc_lake.scan import scan
+from vdc_lake.fileops import probe as files
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.fileops.probe import decode_check, inspect_header
+from vdc_lake.stages.sanitize import sanitize
+from vdc_lake.stages.scan import scan
 
 # Per planted kind: {path: {rule: (action, detail pattern)}} for every finding the file must
 # get, and nothing else; the image's action in sanitize_actions is the strongest one.

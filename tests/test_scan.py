@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import default_config, file_hash, image_rows
-from vdc_lake import scan as scan_module
-from vdc_lake.catalog import Catalog
+from vdc_lake.stages import scan as scan_module
+from vdc_lake.catalog.connection import Catalog
 from vdc_lake.errors import StageError
-from vdc_lake.scan import scan
+from vdc_lake.stages.scan import scan
 
 
 def _scan(catalog_path, root, workers=1):

@@ -4,7 +4,7 @@ Same network names, tags, class lists and checkpoint format as the real weights,
 birder config overrides (depth / width) and a small input size so each file is well under
 1 MB. They are saved with birder's own `fs_ops.checkpoint_model` (which records the config
 override in the file, so birder's `load_model` rebuilds the same shape), and tests load them
-through the same vdc_lake.models code path users take.
+through the same vdc_lake.models.birder code path users take.
 
     resnet_v1_50_c1_sscd                                 512 classes, descriptor (real: 320 px)
     rope_vit_reg8_so150m_p14_swiglu_rms_ap_rotnet-capi   4 classes, rotation   (real: 252 px)

@@ -25,7 +25,7 @@ import duckdb
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vdc_lake.notebook import apply_threshold, image_grid, original_or_backup_sql
+from vdc_lake.review.notebook import apply_threshold, image_grid, original_or_backup_sql
 
 CATALOG = os.environ.get("VDC_LAKE_CATALOG", "data/quickstart/catalog.duckdb")
 con = duckdb.connect(CATALOG, read_only=True)

@@ -22,7 +22,7 @@ import os
 import duckdb
 import matplotlib.pyplot as plt
 
-from vdc_lake.notebook import image_grid, original_or_backup_sql
+from vdc_lake.review.notebook import image_grid, original_or_backup_sql
 
 CATALOG = os.environ.get("VDC_LAKE_CATALOG", "data/quickstart/catalog.duckdb")
 con = duckdb.connect(CATALOG, read_only=True)

@@ -1,7 +1,7 @@
 -- The distance thresholds dedup uses for each embedding set, and where each comes from:
 -- a value the user set in vdc-lake.toml / --config wins; else the set's own recommendation
 -- (embedding_sets.apply_threshold / report_threshold, recorded from its model or descriptor,
--- see vdc_lake/sets.py recommended_dedup_thresholds); else the bundled default. The row with set_name NULL serves sets that are not
+-- see vdc_lake/catalog/sets.py recommended_dedup_thresholds); else the bundled default. The row with set_name NULL serves sets that are not
 -- registered (edges imported under another name).
 CREATE OR REPLACE VIEW dedup_thresholds AS
 WITH configured AS (

@@ -1,0 +1,254 @@
+"""Built-in, weight-free copy-detection descriptor: one view ("builtin-dct") or a set of
+centre-crop views ("builtin-dct-ms", the default since issue 15).
+
+Recipe of one view, per image:
+
+1. grayscale (luma; palette, CMYK, 16-bit and float modes handled, alpha ignored);
+2. area-average (BOX) resize of the view's region to a THUMBNAIL_SIZE x THUMBNAIL_SIZE
+   (32 x 32) square, ignoring the aspect ratio;
+3. orthonormal 2-D DCT-II of the thumbnail, as two small matrix products;
+4. keep the low-frequency BLOCK x BLOCK (12 x 12) corner and drop its DC term (which is
+   exactly subtracting the thumbnail's mean brightness, i.e. centring);
+5. L2-normalise. DESCRIPTOR_DIM = 12 * 12 - 1 = 143 float32 values.
+
+The multi-view set ("builtin-dct-ms") describes VIEWS = 3 centred regions of the image, at
+VIEW_SCALES = 1.0, 0.9 and 0.81 of its width and height, each by the recipe above, stored
+concatenated and scaled by 1 / sqrt(VIEWS) so the whole vector has unit norm (its plain
+cosine, as k-means or `filter examples` use it, is the mean of the views' cosines):
+SET_DIM = 3 * 143 = 429 values, view 0 (the whole image) first, so a set vector's first
+DESCRIPTOR_DIM values are the one-view "builtin-dct" descriptor times 1 / sqrt(3). Two images
+are compared as sets: their distance is the smallest cosine distance between one image's
+whole view and any view of the other (``set_distances``; dedup searches the views as rows and
+folds the pairs back to images). A centre crop that keeps 80-90% of each side then lies
+close to a view of its original (a crop cutting 1/12 from each side keeps 0.833, between the
+0.9 and 0.81 views), while resized / recompressed copies still match whole view to whole view.
+Measured on real photos (benchmarks/bench_descriptor_photos.py, RESULTS.md): the one view
+finds 5% of such crops at the apply threshold 0.08, the set 81% (the misses are stochastic
+textures and a star field, whose low frequencies change with scale).
+
+Cosine similarity between two views is their dot product (times VIEWS for the scaled views of
+a set vector). A constant (flat) region has no structure to describe and gets the zero vector
+(similarity 0 to everything).
+
+What it is good for: exact and near-exact copies, and centre crops. The low frequencies
+survive resizing, re-encoding (JPEG / WebP quality 30+), format changes and mild colour or
+brightness changes, so such copies sit very close to their original. What it is not: it is
+not invariant to off-centre crops, flips, borders, overlays or rotation (though a 90/180/270
+degree rotation maps to a cheap, exact permutation with sign flips of each view's
+coefficients, see ``rotate_descriptors``), and it knows nothing about semantics. It is much
+weaker than SSCD (``resnet_v1_50_c1_sscd``); use it as the offline default, not as a substitute.
+
+Speed, beyond decode, on one core: one view ~0.3 ms for an 800 x 600 JPEG decoded at
+reduced scale (``Image.draft("RGB", DRAFT_SIZE)``), ~1.7 ms for a full 800 x 600 decode,
+~12 ms at 3600 x 1400. The three views cost ~1.6-2.5x one (the grayscale conversion is
+shared, each view is one Pillow resize): on the benchmark's 21 real photos, decoded as
+sanitize decodes them (3.9-4.5 ms), one view 0.28-0.41 ms and the set 0.55-0.83 ms, i.e.
++0.23-0.51 ms per image (5 runs on a shared 2-core VM). The draft changes the descriptor
+very little (cosine > 0.98 to the full decode, per view), because both paths average the
+same pixels down to 32 x 32.
+
+Dataset-level centring (subtracting the mean descriptor, as VDC does for SSCD) is a
+dedup step, not part of this per-image function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from PIL import Image
+
+DESCRIPTOR_NAME = "builtin-dct"  # one view: the whole image (builtin sets made before issue 15)
+MULTI_VIEW_NAME = "builtin-dct-ms"  # VIEW_SCALES centre-crop views, compared as sets (new sets)
+THUMBNAIL_SIZE = 32
+BLOCK = 12
+DESCRIPTOR_DIM = BLOCK * BLOCK - 1  # values per view
+# Centre regions described, as fractions of the width and height; view 0 is the whole image.
+# Steps of 0.9: a centre crop keeping 0.78..1.0 of each side is within ~5% of a view's scale.
+VIEW_SCALES = (1.0, 0.9, 0.81)
+VIEWS = len(VIEW_SCALES)
+SET_DIM = VIEWS * DESCRIPTOR_DIM
+# Views per stored vector of each builtin model (any other model's vector is one view).
+BUILTIN_MODELS = {DESCRIPTOR_NAME: 1, MULTI_VIEW_NAME: VIEWS}
+# Cosine-distance thresholds (apply, report) recorded with every builtin set
+# (embedding_sets.apply_threshold / report_threshold); dedup uses them unless the config sets
+# its own. SSCD's 0.25 links unrelated photos with this descriptor (~600 false pairs on real
+# photos); 0.08 keeps false pairs near zero while resized / recompressed copies stay well
+# below it. The multi-view set compares 2 * VIEWS - 1 view pairs per image pair, not one, and
+# still gives no false pair below 0.2 on the 21 real photos and 240 synthetic images measured
+# (benchmarks/bench_descriptor_photos.py); at 0.08 it finds 81% of 1/12-per-side centre crops
+# of real photos (95% at 0.12, where false pairs start to cost more on large collections).
+DEDUP_THRESHOLDS = {DESCRIPTOR_NAME: (0.08, 0.16), MULTI_VIEW_NAME: (0.08, 0.16)}
+# JPEG draft target: DCT-domain downscaling never goes below this, so a 32 x 32 view is
+# still an average of >= 2 x 2 decoded pixels (>= 1.6 x 1.6 for the 0.81 view).
+DRAFT_SIZE = (2 * THUMBNAIL_SIZE, 2 * THUMBNAIL_SIZE)
+
+_FLOAT_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """Orthonormal DCT-II matrix [n, n]: row k is the k-th cosine basis vector."""
+    k = np.arange(n)[:, None]
+    x = np.arange(n)[None, :]
+    basis = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    basis[0] /= np.sqrt(2.0)
+    return basis
+
+
+# Only the first BLOCK basis rows are ever needed: [BLOCK, THUMBNAIL_SIZE].
+_LOW_DCT = _dct_matrix(THUMBNAIL_SIZE)[:BLOCK]
+# Coefficient (u, v) is kept at flat index u * BLOCK + v; index 0 is the DC term.
+_U, _V = np.divmod(np.arange(1, BLOCK * BLOCK), BLOCK)
+
+
+def _grayscale(img: Image.Image) -> Image.Image:
+    """One-band view of ``img``: mode L, or F for 16-bit / integer / float images."""
+    if img.mode == "L":
+        return img
+    if img.mode in _FLOAT_MODES:
+        return img.convert("F")  # scale is irrelevant: the descriptor is normalised
+    if img.mode in ("P", "PA"):
+        # Palette entries carry the colour; transparency is ignored like alpha.
+        return img.convert("RGBA").convert("L")
+    if img.mode == "LAB":
+        return img.getchannel("L")
+    try:
+        return img.convert("L")
+    except ValueError:  # exotic modes Pillow cannot take to L directly
+        return img.convert("RGB").convert("L")
+
+
+def gray_thumbnail(img: Image.Image) -> np.ndarray:
+    """Grayscale, area-averaged thumbnail [THUMBNAIL_SIZE, THUMBNAIL_SIZE] float32.
+
+    Any mode and size; the aspect ratio is not kept. Pixel units are those of the
+    grayscale image (0..255 for 8-bit); only relative values matter downstream.
+    """
+    return view_thumbnails(img, (1.0,))[0]
+
+
+def view_thumbnails(img: Image.Image, scales: tuple[float, ...] = VIEW_SCALES) -> np.ndarray:
+    """Thumbnails [len(scales), THUMBNAIL_SIZE, THUMBNAIL_SIZE] float32 of centred regions
+    of ``img`` that span ``scales`` (fractions in (0, 1]) of its width and height.
+
+    One grayscale conversion serves every view; scale 1.0 is exactly gray_thumbnail.
+    """
+    gray = _grayscale(img)
+    width, height = gray.size
+    size = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+    thumbs = np.empty((len(scales),) + size, np.float32)
+    for i, scale in enumerate(scales):
+        if not 0 < scale <= 1:
+            raise ValueError(f"view scales are fractions of the image in (0, 1], got {scale}")
+        # Float box: the region is exact whatever the size, so a view of a turned image
+        # is the turned view (rotate_descriptors works per view). Rounded to 1e-6 px: the
+        # reduce step below snaps the box to whole pixels, where 14.999999 and 15 differ.
+        box = None if scale == 1 else tuple(round(c, 6) for c in (
+            (1 - scale) * width / 2, (1 - scale) * height / 2, (1 + scale) * width / 2, (1 + scale) * height / 2))
+        # BOX on a reduced image is an area average, like the DCT-scaled JPEG draft path,
+        # so full and draft decodes agree. reducing_gap makes the big step an integer
+        # reduce(), which is several times faster on large images.
+        thumbs[i] = np.asarray(gray.resize(size, Image.Resampling.BOX, box=box, reducing_gap=2.0),
+                               dtype=np.float32)
+    return thumbs
+
+
+def descriptors_from_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
+    """Descriptors [n, DESCRIPTOR_DIM] float32 from thumbnails [n, 32, 32].
+
+    Each row is L2-normalised, or all zeros for a flat thumbnail.
+    """
+    thumbs = np.asarray(thumbnails, dtype=np.float64)
+    if thumbs.ndim != 3 or thumbs.shape[1:] != (THUMBNAIL_SIZE, THUMBNAIL_SIZE):
+        raise ValueError(f"thumbnails must have shape [n, {THUMBNAIL_SIZE}, "
+                         f"{THUMBNAIL_SIZE}], got {thumbs.shape}")
+    coeffs = _LOW_DCT @ thumbs @ _LOW_DCT.T  # [n, BLOCK, BLOCK]
+    desc = coeffs.reshape(len(thumbs), -1)[:, 1:]  # drop DC: centring
+    norms = np.linalg.norm(desc, axis=1, keepdims=True)
+    # Relative floor: a flat image's AC energy is rounding noise, not structure.
+    energy = np.linalg.norm(coeffs.reshape(len(thumbs), -1), axis=1, keepdims=True)
+    flat = norms <= 1e-6 * np.maximum(energy, 1e-12)
+    return np.where(flat, 0.0, desc / np.where(flat, 1.0, norms)).astype(np.float32)
+
+
+def builtin_descriptor(img: Image.Image) -> np.ndarray:
+    """The built-in (multi-view) descriptor of one image: [SET_DIM] float32 of unit norm (or
+    zero), VIEWS views of norm 1 / sqrt(VIEWS) concatenated, the whole image first."""
+    return _as_set(descriptors_from_thumbnails(view_thumbnails(img)))
+
+
+def builtin_descriptors(images: Iterable[Image.Image]) -> np.ndarray:
+    """Descriptors of many images: [n, SET_DIM] float32 (n may be 0)."""
+    thumbs = [view_thumbnails(img) for img in images]
+    if not thumbs:
+        return np.zeros((0, SET_DIM), dtype=np.float32)
+    return _as_set(descriptors_from_thumbnails(np.concatenate(thumbs))).reshape(len(thumbs), SET_DIM)
+
+
+def _as_set(views: np.ndarray) -> np.ndarray:
+    """Unit views [n * VIEWS, DESCRIPTOR_DIM] -> set vectors, flat [n * SET_DIM] float32."""
+    return (views * np.float32(1 / np.sqrt(VIEWS))).reshape(-1)
+
+
+def views_per_vector(model: str | None) -> int:
+    """How many views one stored vector of ``model`` holds: VIEWS for the multi-view set,
+    1 for the one-view builtin set and for any other model."""
+    return BUILTIN_MODELS.get(model or "", 1)
+
+
+def builtin_vectors_for(dim: int, descriptors: np.ndarray) -> np.ndarray:
+    """``descriptors`` [..., SET_DIM] for a builtin set of ``dim`` values: as they are, or
+    for a one-view set (DESCRIPTOR_DIM) made before the multi-view descriptor, view 0 (the
+    whole image) back at unit norm: the one-view descriptor (to float32 rounding)."""
+    if dim not in (DESCRIPTOR_DIM, SET_DIM):
+        raise ValueError(f"a builtin set holds {DESCRIPTOR_DIM} (one view) or {SET_DIM} ({VIEWS} views) "
+                         f"values per image, not {dim}")
+    descriptors = np.asarray(descriptors, np.float32)
+    if dim == SET_DIM:
+        return descriptors
+    return descriptors[..., :DESCRIPTOR_DIM] * np.float32(np.sqrt(VIEWS))
+
+
+def set_distances(a: np.ndarray, b: np.ndarray | None = None, *, views: int = VIEWS) -> np.ndarray:
+    """Image-level cosine distances [n, m] between set vectors a [n, views * DESCRIPTOR_DIM]
+    and b [m, ...] (None: a with itself): for each pair, the smallest distance between one
+    image's whole view (view 0) and any view of the other. The dedup search gives the same
+    distances (its rows are the views; see vdc_lake.stages.dedup.fold_view_pairs)."""
+    a = _unit_views(a, views)
+    b = a if b is None else _unit_views(b, views)
+    best = np.full((len(a), len(b)), np.inf)
+    for k in range(views):
+        best = np.minimum(best, 1 - a[:, 0] @ b[:, k].T)
+        best = np.minimum(best, 1 - a[:, k] @ b[:, 0].T)
+    return np.clip(best, 0.0, 2.0)
+
+
+def _unit_views(vectors: np.ndarray, views: int) -> np.ndarray:
+    """[n, views, d] float64 views of set vectors [n, views * d], each at unit norm (or zero)."""
+    x = np.asarray(vectors, np.float64).reshape(len(vectors), views, -1)
+    norms = np.linalg.norm(x, axis=2, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def rotate_descriptors(descriptors: np.ndarray, degrees_ccw: int) -> np.ndarray:
+    """Descriptors of the same images rotated ``degrees_ccw`` (multiple of 90) degrees.
+
+    descriptors: [..., k * DESCRIPTOR_DIM] (k views: 1 for builtin-dct, VIEWS for the set);
+    returns the same shape. Exact per view for the thumbnails (a 90 degree turn transposes
+    each view's coefficient block and flips the sign of odd rows; a centred view of the
+    turned image is the turned view; on images, Pillow's integer reduce grid before the
+    crop views' resize leaves cosine > 0.99), so matching rotated copies costs no extra decoding.
+    """
+    if degrees_ccw % 90:
+        raise ValueError(f"rotation must be a multiple of 90 degrees, got {degrees_ccw}")
+    desc = np.asarray(descriptors, dtype=np.float32)
+    if desc.shape[-1] % DESCRIPTOR_DIM:
+        raise ValueError(f"descriptors have {desc.shape[-1]} values, not a multiple of {DESCRIPTOR_DIM} (one view)")
+    views = desc.reshape(desc.shape[:-1] + (desc.shape[-1] // DESCRIPTOR_DIM, DESCRIPTOR_DIM))
+    full = np.zeros(views.shape[:-1] + (BLOCK, BLOCK), dtype=np.float32)
+    full[..., _U, _V] = views
+    odd_rows = np.where(np.arange(BLOCK) % 2 == 1, -1.0, 1.0).astype(np.float32)[:, None]
+    for _ in range((degrees_ccw // 90) % 4):
+        # np.rot90 (counter-clockwise): C'[u, v] = (-1)^u * C[v, u].
+        full = odd_rows * np.swapaxes(full, -1, -2)
+    return full[..., _U, _V].reshape(desc.shape)

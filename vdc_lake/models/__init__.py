@@ -1,0 +1,1 @@
+"""Models: birder names, loading, decoding and batched inference, and birder's result files."""

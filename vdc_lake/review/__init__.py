@@ -1,0 +1,1 @@
+"""Review: the registry of decisions, status, the report and notebook helpers."""

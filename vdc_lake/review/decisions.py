@@ -1,0 +1,252 @@
+"""Decisions: which SQL view feeds `plan`/`apply` for each stage, with its options.
+
+Each entry returns (SQL selecting image_id, version, action, reason; bound parameters;
+options the file operations need). Options left as None are passed to the decision macros
+as NULL, which take the catalog's settings (the effective config recorded there, see
+vdc_lake/catalog/settings.py): `plan`, `apply`, `status`, `curated` and a notebook read the same values.
+The user's overrides (the `overrides` table, see vdc_lake/stages/overrides.py) are honoured inside the
+views themselves: an image kept by override is in no stage's deletes, and `override` is a stage
+of its own that deletes the images dropped by override.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from vdc_lake.config.loader import Config
+from vdc_lake.errors import PlanError
+from vdc_lake.catalog.settings import setting_text
+
+DecisionQuery = tuple[str, list[Any], dict[str, Any]]
+# The [sanitize] options a file operation needs (resize, recompress, the decode pixel limit).
+SANITIZE_OP_OPTIONS = ("max_width", "max_height", "max_pixels", "recompress_format", "recompress_quality")
+
+
+def sanitize_decision(config: Config, **_: Any) -> DecisionQuery:
+    # Resize limits, the pixel limit (decompression bombs: what a resize may decode) and the
+    # recompress format come from the sanitize run that found the image, so `sanitize --max-width
+    # 2000` then `apply sanitize` resizes to 2000, whatever the config says now.
+    rules = config.section("sanitize")
+    options = {key: rules[key] for key in SANITIZE_OP_OPTIONS}
+    sql = """
+        SELECT a.image_id, a.version, a.action, a.reason,
+               -- merged into {} so that a value the run did not record drops out (the config's stays)
+               json_merge_patch('{}', json_object(
+                   'max_width', r.params->'$.max_width', 'max_height', r.params->'$.max_height',
+                   'max_pixels', r.params->'$.max_pixels',
+                   'recompress_format', r.params->'$.recompress_format',
+                   'recompress_quality', r.params->'$.recompress_quality')) AS params
+        FROM sanitize_actions a JOIN runs r ON r.run_id = a.run_id
+    """
+    return sql, [], options
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def rotation_decision(config: Config, *, threshold: float | None = None, prediction_set: str | None = None,
+                      **_: Any) -> DecisionQuery:
+    sql = ("SELECT image_id, version, action, reason, NULL AS params FROM rotation_actions(threshold := ?, prediction_set := ?) "
+           "WHERE action <> 'none'")
+    return sql, [_number(threshold), prediction_set], {"threshold": threshold}
+
+
+def dedup_decision(config: Config, *, threshold: float | None = None, keep: str | None = None,
+                   seed: int | None = None, embedding_set: str | None = None, **_: Any) -> DecisionQuery:
+    # The kept image goes into each operation's journal params: apply checks the keeper and the
+    # report pairs a removed file with it from there, not from the reason's text.
+    # kept_hash: the keeper's bytes the decision compared; apply deletes nothing once they changed.
+    sql = ("SELECT d.image_id, d.version, d.action, d.reason, "
+           "json_object('kept_image_id', d.kept_image_id, 'kept_path', d.kept_path, 'kept_hash', k.content_hash) "
+           "AS params FROM dedup_actions(threshold := ?, keep := ?, seed := ?, embedding_set := ?) d "
+           "LEFT JOIN image_files k ON k.image_id = d.kept_image_id WHERE d.action = 'delete'")
+    return (sql, [_number(threshold), keep, None if seed is None else int(seed), embedding_set],
+            {"threshold": threshold, "keep": keep, "seed": seed})
+
+
+def examples_decision(config: Config, *, threshold: float | None = None, embedding_set: str | None = None,
+                      **_: Any) -> DecisionQuery:
+    sql = ("SELECT image_id, version, action, reason, NULL AS params FROM example_actions(threshold := ?, embedding_set := ?) "
+           "WHERE action = 'delete'")
+    return sql, [_number(threshold), embedding_set], {"threshold": threshold}
+
+
+def score_decision(config: Config, *, name: str | None = None, min_score: float | None = None,
+                   max_score: float | None = None, **_: Any) -> DecisionQuery:
+    configured = config.section("filter_by_score")
+    name = name or configured["name"]
+    if not name:
+        raise PlanError("score decisions need --name (the score to filter on, e.g. aesthetic) "
+                        "or [filter_by_score] name in vdc-lake.toml")
+    if min_score is None and max_score is None and (name != configured["name"] or (
+            configured["min_score"] == float("-inf") and configured["max_score"] == float("inf"))):
+        raise PlanError("score decisions need --min-score and/or --max-score "
+                        "(or [filter_by_score] min_score / max_score for the configured name)")
+    sql = ("SELECT image_id, version, action, reason, NULL AS params FROM score_actions(?, min_score := ?, max_score := ?) "
+           "WHERE action = 'delete'")
+    return sql, [name, min_score, max_score], {"name": name, "min_score": min_score, "max_score": max_score}
+
+
+def sample_decision(config: Config, *, run: int | None = None, **_: Any) -> DecisionQuery:
+    sql = "SELECT image_id, version, action, reason, NULL AS params FROM sample_actions(sample_run := ?) WHERE action = 'delete'"
+    return sql, [run], {"sample_run": run}
+
+
+def override_decision(config: Config, **_: Any) -> DecisionQuery:
+    # The user's `vdc-lake override drop`: the override_actions view holds only the overrides
+    # still in force (the image's current bytes are the ones judged, or apply's own results of them).
+    sql = "SELECT image_id, version, action, reason, NULL AS params FROM override_actions WHERE action = 'delete'"
+    return sql, [], {}
+
+
+# The [sanitize] rules a sanitize run judges by (its findings keep them until the next run).
+SANITIZE_RULES = ("min_width", "min_height", "max_width", "max_height", "min_aspect_ratio", "max_aspect_ratio",
+                  "allowed_formats", "max_file_size_mb", "max_pixels")
+
+
+def sanitize_rules_note(catalog: Any) -> str | None:
+    """A note (None: none) when the newest sanitize run judged by other [sanitize] rules than the
+    catalog's settings (a config changed since, or the run had CLI options): sanitize_actions,
+    plan, status and the report show that run's findings, not what the settings would find."""
+    row = catalog.rows("SELECT run_id, params FROM runs WHERE stage = 'sanitize' AND status = 'done' "
+                       "ORDER BY run_id DESC LIMIT 1")
+    if not row:
+        return None
+    run_id, params = row[0][0], json.loads(row[0][1] or "{}")
+    if not isinstance(params, dict):  # an edited catalog: nothing to compare
+        return None
+    stored = {key: (value, source) for key, value, source in catalog.rows(
+        "SELECT key, value, source FROM settings WHERE section = 'sanitize'")}
+    differ = [f"{key} {setting_text(params[key])} (settings: {stored[key][0]}, {stored[key][1]})"
+              for key in SANITIZE_RULES
+              if key in params and key in stored and setting_text(params[key]) != stored[key][0]]
+    if not differ:
+        return None
+    return (f"note: the sanitize actions come from sanitize run {run_id}, which judged by other rules than the "
+            f"settings: {'; '.join(differ)}; `vdc-lake sanitize` checks the images again by the settings")
+
+
+def _shown(value: Any) -> str:
+    """A threshold as the user reads it (0.25, inf); a value that is not a number as it is."""
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value) if value not in (None, "") else "(unset)"
+
+
+def _setting(catalog: Any, section: str, key: str) -> tuple[str, str]:
+    """(value text, source) of one catalog setting; ('', 'unset') when the catalog has none."""
+    rows = catalog.rows("SELECT value, source FROM settings WHERE section = ? AND key = ?", [section, key])
+    return rows[0] if rows else ("", "unset")
+
+
+def decision_values(catalog: Any, stage: str, *, threshold: float | None = None, keep: str | None = None,
+                    embedding_set: str | None = None, name: str | None = None, min_score: float | None = None,
+                    max_score: float | None = None, run: int | None = None, **_: Any) -> str | None:
+    """One line naming the values a stage's plan uses and where each comes from (a CLI option,
+    else the catalog's setting and its source; dedup: per embedding set, as dedup_actions() takes
+    them), or None for stages without such values."""
+    explicit_run = run is not None
+    if stage == "sanitize":
+        return sanitize_rules_note(catalog)
+    if stage == "rotation":
+        value, source = (threshold, "--threshold") if threshold is not None else _setting(
+            catalog, "rotation_correction", "threshold")
+        return f"rotation at probability > {_shown(value)} ({source})"
+    if stage == "examples":
+        value, source = (threshold, "--threshold") if threshold is not None else _setting(
+            catalog, "filter_by_examples", "threshold")
+        return f"examples at distance < {_shown(value)} ({source})"
+    if stage == "dedup":
+        keep_value, keep_source = (keep, "--keep") if keep is not None else _setting(
+            catalog, "apply_deduplication", "keep")
+        if threshold is not None:
+            at = f"distance < {_shown(threshold)} (--threshold)"
+        else:
+            sets = catalog.rows(
+                """
+                SELECT e.set_name, coalesce(t.apply_threshold, f.apply_threshold),
+                       coalesce(t.apply_source, f.apply_source)
+                FROM (SELECT DISTINCT json_extract_string(params, '$.set') AS set_name FROM runs
+                      WHERE stage = 'dedup-report' AND status = 'done') AS e  -- near_duplicate_edges' sets
+                LEFT JOIN dedup_thresholds AS t ON t.set_name = e.set_name
+                CROSS JOIN (SELECT apply_threshold, apply_source FROM dedup_thresholds WHERE set_name IS NULL) AS f
+                WHERE ? IS NULL OR e.set_name = ?
+                ORDER BY e.set_name
+                """, [embedding_set, embedding_set])
+            at = ", ".join(f"distance < {_shown(value)} in set {set_name} "
+                           f"({f'set {set_name}' + chr(39) + 's own' if source == f'set {set_name}' else source})"
+                           for set_name, value, source in sets)
+        return (f"dedup at {at}" if at else "dedup of exact copies only (no near-duplicate report yet)") + (
+            f"; keep {keep_value} ({keep_source})")
+    if stage == "score":
+        configured, _source = _setting(catalog, "filter_by_score", "name")
+        name = name or configured
+        bounds = []
+        for bound, key, flag in ((min_score, "min_score", "--min-score"), (max_score, "max_score", "--max-score")):
+            if bound is not None:
+                bounds.append((bound, flag))
+            elif name == configured:
+                bounds.append(_setting(catalog, "filter_by_score", key))
+            else:
+                bounds.append(("-inf" if key == "min_score" else "inf", "open"))
+        (low, low_source), (high, high_source) = bounds
+        return f"score {name} kept within [{_shown(low)} ({low_source}), {_shown(high)} ({high_source})]"
+    if stage == "sample":
+        run = run if run is not None else catalog.scalar(
+            "SELECT max(run_id) FROM runs WHERE stage = 'sample' AND status = 'done'")
+        if run is None:
+            return "no sample run yet: nothing to apply; run `vdc-lake sample --total N` first"
+        return f"sample run {run} ({'--run' if explicit_run else 'the newest'})"
+    return None
+
+
+def unsearched_dedup_warnings(catalog: Any, *, threshold: float | None = None,
+                              embedding_set: str | None = None) -> list[str]:
+    """One warning per embedding set whose dedup apply threshold (threshold, else the catalog's
+    per-set value, as dedup_actions() takes it) lies above the distance its newest dedup report
+    searched: pairs in between were never stored, so the decision acts as if at the smaller one."""
+    warnings = []
+    for name, apply_at, searched in catalog.rows(
+            """
+            WITH newest AS (
+                SELECT json_extract_string(params, '$.set') AS set_name, max(run_id) AS run_id
+                FROM runs WHERE stage = 'dedup-report' AND status = 'done' GROUP BY ALL
+            )
+            SELECT n.set_name, coalesce(?, t.apply_threshold, f.apply_threshold),
+                   TRY_CAST(json_extract(r.params, '$.threshold') AS DOUBLE)
+            FROM newest AS n
+            JOIN runs AS r ON r.run_id = n.run_id
+            LEFT JOIN dedup_thresholds AS t ON t.set_name = n.set_name
+            CROSS JOIN (SELECT apply_threshold FROM dedup_thresholds WHERE set_name IS NULL) AS f
+            WHERE ? IS NULL OR n.set_name = ?
+            ORDER BY n.set_name
+            """, [_number(threshold), embedding_set, embedding_set]):
+        if searched is not None and apply_at is not None and apply_at > searched:
+            warnings.append(f"warning: the dedup apply threshold of set {name} ({apply_at:g}) is above the distance "
+                            f"its newest dedup report searched ({searched:g}): pairs in between were not stored, so "
+                            f"dedup acts as if at {searched:g}; run `vdc-lake dedup report --set {name} "
+                            f"--report-threshold {apply_at:g}` to find them")
+    return warnings
+
+
+DECISIONS: dict[str, Callable[..., DecisionQuery]] = {
+    "sanitize": sanitize_decision,
+    "rotation": rotation_decision,
+    "dedup": dedup_decision,
+    "examples": examples_decision,
+    "score": score_decision,
+    "sample": sample_decision,
+    "override": override_decision,
+}
+
+
+def decision_query(stage: str, config: Config, **options: Any) -> DecisionQuery:
+    if stage not in DECISIONS:
+        raise PlanError(f"unknown stage {stage!r}; choose one of: {', '.join(sorted(DECISIONS))}")
+    from vdc_lake.config.rules import check_decision_values
+
+    check_decision_values(stage, **options)  # the same rules as the CLI and the config file
+    return DECISIONS[stage](config, **options)

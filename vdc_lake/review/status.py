@@ -1,0 +1,169 @@
+"""Catalog summary for `vdc-lake status`: images by state, pending decisions, recent runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.review.decisions import sanitize_rules_note, unsearched_dedup_warnings
+
+# What each stage's decision would do at the catalog's settings (plan STAGE shows details):
+# (the decision's rows, the actions it carries out).
+PENDING_VIEWS = {
+    "sanitize": ("sanitize_actions", "action <> 'none'"),
+    "rotation": ("rotation_actions()", "action <> 'none'"),
+    "dedup": ("dedup_actions()", "action = 'delete'"),
+    "examples": ("example_actions()", "action = 'delete'"),
+    "score": ("score_actions(setting('filter_by_score', 'name'))", "action = 'delete'"),
+    "sample": ("sample_actions()", "action = 'delete'"),
+    "override": ("override_actions", "action = 'delete'"),
+}
+# As `plan` counts them: an image with an operation an interrupted apply left unfinished is in
+# no plan (the next apply finishes that operation first); those operations are listed apart.
+PENDING_SQL = """
+    SELECT action, count(*) FROM {source}
+    WHERE {actions} AND image_id NOT IN (SELECT image_id FROM journal WHERE state = 'planned')
+    GROUP BY action ORDER BY action
+"""
+UNFINISHED_SQL = """
+    SELECT replace(r.stage, 'apply:', ''), j.action || ' (unfinished)', count(*)
+    FROM journal AS j JOIN runs AS r ON r.run_id = j.run_id
+    WHERE j.state = 'planned'
+    GROUP BY ALL ORDER BY ALL
+"""
+
+
+def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list[tuple[Any, ...]]]:
+    images = catalog.rows(
+        """
+        SELECT 'present', count(*) FILTER (WHERE present) FROM images
+        UNION ALL SELECT 'gone (not present)', count(*) FILTER (WHERE NOT present) FROM images
+        UNION ALL SELECT 'never sanitized', count(*) FROM images i WHERE present
+            AND NOT EXISTS (SELECT 1 FROM sanitize_checks c WHERE c.image_id = i.image_id AND c.version = i.version)
+        UNION ALL SELECT 'with findings', count(DISTINCT f.image_id) FROM findings f
+            JOIN images i ON i.image_id = f.image_id AND i.version = f.version AND i.present
+        """
+    )
+    # A catalog written by an older vdc-lake and opened read-only has no override views until a
+    # writing command migrates it: it has no overrides either.
+    has_overrides = bool(catalog.scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'override_actions'"))
+    pending = []
+    for stage, (source, actions) in PENDING_VIEWS.items():
+        if stage != "override" or has_overrides:
+            sql = PENDING_SQL.format(source=source, actions=actions)
+            pending.extend((stage, action, n) for action, n in catalog.rows(sql))
+    pending.extend(catalog.rows(UNFINISHED_SQL))
+    runs = catalog.rows(
+        """
+        SELECT run_id, stage, status, strftime(started_at, '%Y-%m-%d %H:%M:%S'),
+               round(epoch(finished_at - started_at), 1)
+        FROM runs ORDER BY run_id DESC LIMIT ?
+        """,
+        [recent_runs],
+    )
+    settings = decision_settings_in_force(catalog)
+    curated = catalog.scalar("SELECT count(*) FROM curated")
+    # the user's overrides in force (keep: no decision removes the image; drop: the override stage deletes it)
+    overrides = catalog.rows("SELECT override, count(*) FROM override_actions GROUP BY override ORDER BY override"
+                             ) if has_overrides else []
+    return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated,
+            "overrides": overrides, "predict_failures": predict_failures(catalog),
+            "stale_sample": stale_sample(catalog, curated=curated),
+            "setting_notes": dedup_threshold_notes(catalog) + [n for n in [sanitize_rules_note(catalog)] if n]}
+
+
+# The settings rows `status` lists, in this order (apply_deduplication.threshold: per set, below).
+SHOWN_SETTINGS = [("rotation_correction", "threshold"), ("apply_deduplication", "keep"),
+                  ("apply_deduplication", "seed"), ("filter_by_examples", "threshold"),
+                  ("filter_by_score", "name"), ("filter_by_score", "min_score"), ("filter_by_score", "max_score")]
+DEDUP_THRESHOLD_KEY = "apply_deduplication.threshold"
+
+
+def decision_settings_in_force(catalog: Catalog) -> list[tuple[str, str, str]]:
+    """(setting, value, source) of every value the decision views use when no CLI option is
+    given. The dedup apply threshold is listed per embedding set, as `dedup_actions()` uses it
+    (the dedup_thresholds view: a configured value, else the set's own, else the default), and
+    once more for sets without a row ("other sets") only when edges of such a set exist or no
+    set is registered: a bare apply_deduplication.threshold beside a set's own value would not
+    say which one applies. (Reported sets are read from the runs, not from the edges: cheap at
+    any scale.)"""
+    stored = {(s, k): (v, src) for s, k, v, src in catalog.rows("SELECT section, key, value, source FROM settings")}
+    rows = [(f"{s}.{k}", *stored[(s, k)]) for s, k in SHOWN_SETTINGS if (s, k) in stored]
+    per_set = catalog.rows(
+        """
+        SELECT set_name, apply_threshold, apply_source FROM dedup_thresholds
+        WHERE set_name IS NOT NULL
+           OR NOT EXISTS (SELECT 1 FROM embedding_sets)
+           OR EXISTS (SELECT 1 FROM runs  -- a dedup report of a set that is not registered
+                      WHERE stage = 'dedup-report' AND status = 'done'
+                        AND json_extract_string(params, '$.set') NOT IN (SELECT name FROM embedding_sets))
+        ORDER BY set_name NULLS LAST
+        """
+    )
+    registered = any(name is not None for name, _, _ in per_set)
+    dedup = []
+    for name, value, source in per_set:
+        label = f"{DEDUP_THRESHOLD_KEY} (set {name})" if name is not None else (
+            f"{DEDUP_THRESHOLD_KEY} (other sets)" if registered else DEDUP_THRESHOLD_KEY)
+        own = name is not None and source == f"set {name}"
+        dedup.append((label, "(unset)" if value is None else f"{value:g}", f"set {name}'s own" if own else source))
+    return rows[:1] + dedup + rows[1:]
+
+
+def dedup_threshold_notes(catalog: Catalog) -> list[str]:
+    """Lines that explain the dedup thresholds: where a set's own value comes from, and each
+    set whose apply threshold lies beyond the distance its newest dedup report searched (pairs
+    in between were never stored, so dedup_actions() cannot find them)."""
+    notes = []
+    if catalog.scalar("SELECT count(*) FROM dedup_thresholds WHERE apply_source = 'set ' || set_name"):
+        notes.append("a set's own dedup threshold (recorded from its model or descriptor) applies unless "
+                     "[apply_deduplication] threshold is set in vdc-lake.toml or --config; "
+                     "`plan/apply dedup --threshold` overrides both for that one command")
+    return notes + unsearched_dedup_warnings(catalog)
+
+
+def stale_sample(catalog: Catalog, *, curated: int | None = None) -> str | None:
+    """A warning when the newest sample no longer holds its total: some images it selected are
+    now removed by a decision (a threshold changed after `sample`), so curated and export hold
+    fewer than asked, or images kept by override since are added, so they hold more. None when
+    the sample still holds (or there is none)."""
+    row = catalog.rows(
+        """
+        WITH newest AS (SELECT max(run_id) AS run_id FROM runs WHERE stage = 'sample' AND status = 'done')
+        -- a selected image vdc-lake's apply changed since is still selected (sampled_images)
+        SELECT n.run_id, count(*),
+               (SELECT count(*) FROM sampled_images AS s JOIN surviving_images AS v
+                    ON v.image_id = s.image_id AND v.version = s.version)
+        FROM samples AS s
+        JOIN newest AS n ON n.run_id = s.run_id
+        GROUP BY n.run_id
+        """
+    )
+    if not row:
+        return None
+    run_id, selected, surviving = row[0]
+    if surviving < selected:
+        return (f"warning: sample run {run_id} selected {selected} images but only {surviving} still survive the "
+                f"current decisions (a setting changed or files changed since); run `vdc-lake sample` again for "
+                f"an exact total")
+    if curated is None:  # the caller's count of curated, when it has one
+        curated = catalog.scalar("SELECT count(*) FROM curated")
+    if curated > selected:
+        return (f"warning: curated holds {curated} images, {curated - selected} more than the {selected} sample run "
+                f"{run_id} selected (images kept by override since); run `vdc-lake sample` again for an exact "
+                f"total")
+    return None
+
+
+def predict_failures(catalog: Catalog) -> list[tuple[Any, ...]]:
+    """(set, images, example "path: reason") per set whose predict failed on present images'
+    current bytes (failed_predictions); none in a catalog older than that view."""
+    if not catalog.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'failed_predictions'"):
+        return []
+    return catalog.rows(
+        """
+        SELECT set_name, count(*), arg_min(path || ': ' || error, image_id)
+        FROM failed_predictions GROUP BY set_name ORDER BY set_name
+        """
+    )

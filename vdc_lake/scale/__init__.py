@@ -1,0 +1,1 @@
+"""Scale: the local process map, Ray tasks and the torchrun k-means."""

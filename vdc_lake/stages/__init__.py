@@ -1,0 +1,1 @@
+"""Stages: each reads the catalog and files and writes facts, results and runs (scan ... overrides)."""

@@ -1,0 +1,936 @@
+"""Predict: run a birder model (or the built-in descriptor) over catalog images; import birder files.
+
+Incremental: only present images without a row for their current version in the target set
+are processed, and results are committed every few thousand images, so a killed run resumes
+where it stopped with no duplicates.
+
+Decompression bombs are never decoded: images whose stored size exceeds the pixel limit
+(sanitize.max_pixels), and images sanitize decided to delete, are skipped with a reason (the
+run's summary), and every decode re-checks the header against the limit.
+
+An image a model could not compute (it does not decode) gets a row in predict_failures with
+the reason, committed with the results; the next predict of that set leaves those bytes out
+(a new version is tried again; so is an I/O failure, and everything with retry_failed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.fileops.confine import OUTSIDE_ROOT, ReadableRoots
+from vdc_lake.kernels.descriptor import BUILTIN_MODELS, builtin_vectors_for
+from vdc_lake.errors import StageError
+from vdc_lake.scale.parallel import BACKENDS, LazyRows, get_mapper, progress_bar
+from vdc_lake.stages.sanitize import pixels_sql
+from vdc_lake.catalog.sets import (
+    BUILTIN_SET, batch_rows_setting, missing_images, register_builtin_set, register_embedding_set,
+    register_prediction_set, write_vectors,
+)
+
+BUILTIN_MODEL = BUILTIN_SET
+COMMIT_EVERY_IMAGES = 4096
+COMMIT_EVERY_SECONDS = 30.0
+ROTATION_ORDER = ["0", "90", "180", "270"]
+PREDICT_SHARD_BATCHES = 16  # Ray backend: batches per task at least
+FAILURE_EXAMPLES = 5  # failures a summary names ("path: reason"); the catalog keeps them all
+NO_REASON = "no result (no reason given)"
+KIND_TABLE = {"rotation": "predictions", "descriptor": "embeddings", "embedding": "embeddings"}
+
+
+@dataclass
+class PredictSummary:
+    run_id: int
+    set_name: str
+    kind: str
+    todo: int = 0
+    written: int = 0
+    failed: int = 0
+    skipped: int = 0       # blocked by sanitize (a pending delete, or over the pixel limit)
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    skipped_examples: list[str] = field(default_factory=list)
+    not_retried: int = 0   # failed on the same bytes before (predict_failures); retry_failed tries them
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    errors: list[str] = field(default_factory=list)  # the first FAILURE_EXAMPLES failures, "path: reason"
+
+
+@dataclass
+class ImportSummary:
+    run_id: int
+    set_name: str
+    kind: str
+    rows: int = 0
+    matched: int = 0
+    unmatched: int = 0
+    unmatched_examples: list[str] = field(default_factory=list)
+    duplicates: int = 0    # rows naming an image an earlier row of the file named: the last row counts
+    not_finite: int = 0    # rows with NaN or infinite values: not imported
+    not_finite_examples: list[str] = field(default_factory=list)
+
+
+def _rotation_columns(class_names: list[str]) -> list[int] | None:
+    """Column order that puts probabilities as [0, 90, 180, 270], or None if names are not angles."""
+    if sorted(class_names) == sorted(ROTATION_ORDER):
+        return [class_names.index(c) for c in ROTATION_ORDER]
+    return None
+
+
+def _register(catalog: Catalog, set_name: str, kind: str, model: str, dim: int, class_names: list[str],
+              preprocessing: dict[str, Any], run_id: int) -> None:
+    if kind == "rotation":
+        register_prediction_set(catalog, set_name, kind="rotation", model=model, class_names=class_names,
+                                preprocessing=preprocessing, run_id=run_id)
+    else:
+        register_embedding_set(catalog, set_name, kind=kind, model=model, dim=dim, preprocessing=preprocessing,
+                               run_id=run_id)
+
+
+def _builtin_item(item: tuple[str, int], *, max_pixels: int) -> np.ndarray | str:
+    """The builtin descriptor of (path, version), or why it could not be computed; the version
+    keys Ray's staging (see _infer_shard)."""
+    from vdc_lake.fileops.probe import decode_check
+
+    result = decode_check(item[0], max_pixels=max_pixels, with_descriptor=True)
+    if result.descriptor is not None:
+        return result.descriptor
+    return result.error or f"not decoded: more than the pixel limit of {max_pixels:,}"
+
+
+def _builtin_one(path: str, max_pixels: int) -> np.ndarray | None:
+    """The builtin descriptor, or None when the file does not decode or exceeds max_pixels."""
+    from vdc_lake.fileops.probe import decode_check
+
+    return decode_check(path, max_pixels=max_pixels, with_descriptor=True).descriptor
+
+
+def default_max_pixels() -> int:
+    """The bundled pixel limit (sanitize.max_pixels), for callers that pass none."""
+    from vdc_lake.config.loader import bundled_defaults
+
+    return int(bundled_defaults()["sanitize"]["max_pixels"])
+
+
+def _skip_blocked(catalog: Catalog, work: pa.Table, max_pixels: int, summary: PredictSummary) -> pa.Table:
+    """work without the images nobody should decode: stored size over max_pixels (a
+    decompression bomb, sanitized or not, every frame counted), a pending sanitize delete (corrupt,
+    truncated, not an image, ...) or a file outside the scanned roots (never read). Each skipped
+    image is counted in summary by its reason."""
+    pixels = pixels_sql("i")
+    indexed = work.append_column("row", pa.array(np.arange(work.num_rows, dtype=np.int64)))
+    with catalog.registered("predict_work", indexed):
+        blocked = catalog.arrow(
+            f"""
+            SELECT w.row, w.path,
+                   CASE WHEN {pixels} > $max_pixels THEN 'decompression_bomb'
+                        ELSE 'sanitize delete: ' || a.rules END AS reason,
+                   CASE WHEN {pixels} > $max_pixels
+                        THEN format('{{:,}} pixels ({{}}x{{}}{{}}) exceed the limit of {{:,}}', {pixels},
+                                    i.width, i.height, CASE WHEN {pixels} > i.width::BIGINT * i.height
+                                    THEN format(', {{}} frames', i.n_frames) ELSE '' END, $max_pixels)
+                        ELSE a.reason END AS detail
+            FROM predict_work AS w
+            JOIN images AS i ON i.image_id = w.image_id
+            LEFT JOIN (SELECT image_id, version, rules, reason FROM sanitize_actions WHERE action = 'delete') AS a
+                ON a.image_id = w.image_id AND a.version = w.version
+            WHERE {pixels} > $max_pixels OR a.image_id IS NOT NULL
+            ORDER BY w.row
+            """,
+            {"max_pixels": int(max_pixels)},
+        ).to_pylist()
+    blocked = _outside_roots(catalog, work, {row["row"] for row in blocked}) + blocked
+    blocked.sort(key=lambda row: row["row"])
+    if not blocked:
+        return work
+    summary.skipped = len(blocked)
+    for row in blocked:
+        summary.skipped_reasons[row["reason"]] = summary.skipped_reasons.get(row["reason"], 0) + 1
+    summary.skipped_examples = [f"{row['path']}: skipped, {row['reason']} ({row['detail']})" for row in blocked[:10]]
+    keep = np.ones(work.num_rows, bool)
+    keep[[row["row"] for row in blocked]] = False
+    return work.filter(pa.array(keep))
+
+
+def _outside_roots(catalog: Catalog, work: pa.Table, blocked: set[int]) -> list[dict[str, Any]]:
+    """_skip_blocked's rows for the work rows (not in `blocked` already) whose file may not be read:
+    outside the scanned roots (confine.ReadableRoots)."""
+    readable = ReadableRoots.of(catalog)
+    rows = []
+    for row, path in enumerate(work.column("path").to_pylist()):
+        if row not in blocked and (why := readable.path_error(path)) is not None:
+            rows.append({"row": row, "path": path, "reason": OUTSIDE_ROOT, "detail": why})
+    return rows
+
+
+def _skip_failed_before(catalog: Catalog, work: pa.Table, set_name: str, summary: PredictSummary) -> pa.Table:
+    """work without the images whose current version failed in set_name before (their newest
+    failure not transient: the bytes did not decode, and they are the same bytes); counted in
+    summary.not_retried."""
+    indexed = work.append_column("row", pa.array(np.arange(work.num_rows, dtype=np.int64)))
+    with catalog.registered("predict_work", indexed):
+        rows = catalog.arrow(
+            """
+            SELECT w.row
+            FROM predict_work AS w
+            JOIN predict_failures AS f ON f.image_id = w.image_id AND f.version = w.version AND f.set_name = ?
+            QUALIFY row_number() OVER (PARTITION BY w.row ORDER BY f.run_id DESC) = 1 AND NOT f.transient
+            """,
+            [set_name],
+        ).column("row").to_numpy()
+    if not len(rows):
+        return work
+    summary.not_retried = len(rows)
+    keep = np.ones(work.num_rows, bool)
+    keep[rows] = False
+    return work.filter(pa.array(keep))
+
+
+def _todo(catalog: Catalog, table: str, set_name: str, max_pixels: int, retry_failed: bool,
+          summary: PredictSummary) -> pa.Table:
+    """(image_id, version, path) the set misses, less the images blocked by sanitize or the pixel
+    limit and, unless retry_failed, those that failed on the same bytes before."""
+    work = _skip_blocked(catalog, missing_images(catalog, table, set_name), max_pixels, summary)
+    if not retry_failed:
+        work = _skip_failed_before(catalog, work, set_name, summary)
+    summary.todo = work.num_rows
+    return work
+
+
+def _is_io_failure(error: str) -> bool:
+    """True for a failure to open or read the file (it says nothing about the bytes): decode_check's
+    missing / unreadable, or an OSError with an errno from the decoding workers."""
+    return error.startswith(("missing:", "unreadable:")) or "[Errno " in error
+
+
+def _failure_table(run_id: int, set_name: str, ids: np.ndarray, versions: np.ndarray,
+                   errors: list[str]) -> pa.Table:
+    """predict_failures rows: one per (image_id, version) with its reason (ids, versions: [n])."""
+    return pa.table({
+        "run_id": pa.array(np.full(len(errors), run_id, np.int64)),
+        "set_name": pa.array([set_name] * len(errors), pa.string()),
+        "image_id": pa.array(np.asarray(ids, np.int64)),
+        "version": pa.array(np.asarray(versions, np.int32)),
+        "error": pa.array(errors, pa.string()),
+        "transient": pa.array([_is_io_failure(e) for e in errors], pa.bool_()),
+    })
+
+
+def _note_failures(summary: PredictSummary, paths: list[str], errors: list[str]) -> None:
+    """Count failures in summary, naming the first FAILURE_EXAMPLES as "path: reason"."""
+    summary.failed += len(errors)
+    room = max(FAILURE_EXAMPLES - len(summary.errors), 0)
+    summary.errors += [f"{path}: {error}" for path, error in zip(paths[:room], errors[:room])]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model and how to run it: all a Ray worker needs (picklable, hashable; Ray's staging
+    key hashes it, so changing the model or an option starts a fresh staging folder)."""
+
+    models_dir: str
+    model: str
+    tag: str | None
+    size: int | None
+    device: str
+    kind: str
+    batch_size: int
+    amp: bool
+    amp_dtype: str
+    channels_last: bool
+    fast_matmul: bool
+    compile: bool
+    num_workers: int | None
+    max_pixels: int | None = None
+    decode: str = "auto"
+    draft_min_size: int = 0
+
+    def load(self) -> Any:
+        from vdc_lake.models.birder import load_model
+
+        return load_model(self.models_dir, self.model, tag=self.tag, device=self.device,
+                          size=None if self.size is None else (self.size, self.size))
+
+    def inference_options(self) -> dict[str, Any]:
+        return dict(kind=self.kind, batch_size=self.batch_size, num_workers=self.num_workers, amp=self.amp,
+                    amp_dtype=self.amp_dtype, compile=self.compile, fast_matmul=self.fast_matmul,
+                    channels_last=self.channels_last, max_pixels=self.max_pixels, decode=self.decode,
+                    draft_min_size=self.draft_min_size)
+
+
+# The model of the last spec a Ray worker process ran: loaded once per process, not per shard.
+_WORKER_MODELS: dict[ModelSpec, Any] = {}
+
+
+def _per_image(batches: Iterable[Any], order: list[int] | None) -> Iterator[np.ndarray | str]:
+    """run_inference's batches as one result per path, in order: the float32 output vector
+    (rotation columns put in ROTATION_ORDER by `order`) or the reason it could not be decoded."""
+    for batch in batches:
+        outputs = batch.outputs[:, order] if order is not None else batch.outputs
+        results: dict[int, np.ndarray | str] = dict(zip(batch.indices.tolist(), outputs))
+        results.update(zip(batch.failed.tolist(), batch.errors))
+        for index in sorted(results):  # a batch is a contiguous run of positions
+            yield results[index]
+
+
+def _rotation_order(loaded: Any, kind: str) -> list[int] | None:
+    return _rotation_columns(loaded.class_names) if kind == "rotation" else None
+
+
+def _infer_shard(spec: ModelSpec, items: list[tuple[str, int]]) -> list[np.ndarray | str]:
+    """Ray task body for a shard of (path, version): one result per path (see _per_image).
+    The version is not used here; it is in the items so that Ray's staging key (a hash of the
+    items) changes when a file does, and a staged result of older bytes is never ingested."""
+    from vdc_lake.models.birder import run_inference
+
+    paths = [path for path, _ in items]
+    if spec not in _WORKER_MODELS:
+        _WORKER_MODELS.clear()  # one model per worker process: free the previous one
+        _WORKER_MODELS[spec] = spec.load()
+    loaded = _WORKER_MODELS[spec]
+    batches = run_inference(loaded, paths, **spec.inference_options())
+    return list(_per_image(batches, _rotation_order(loaded, spec.kind)))
+
+
+def _ray_device(device: str) -> str:
+    """Device of predict's Ray tasks: "cuda" when asked for, or for "auto" when the cluster
+    has a GPU; else "cpu". Ray picks the task's GPU, so an index in "cuda:N" is dropped."""
+    if device == "auto":
+        from vdc_lake.scale.ray_backend import cluster_gpus
+
+        return "cuda" if cluster_gpus() > 0 else "cpu"
+    return "cuda" if device.startswith("cuda") else device
+
+
+def _model_results_on_ray(catalog: Catalog, spec: ModelSpec, items: list[tuple[str, int]],
+                          quiet: bool) -> Iterator[Any]:
+    """Results of spec's model for paths (as _per_image gives them), computed by batched Ray
+    tasks: 1 GPU each on cuda, max(1, num_workers) CPUs for the decoding processes."""
+    from vdc_lake.scale.ray_backend import ray_map_ordered, shard_size_for, staging_root
+
+    # Whole batches, and at least PREDICT_SHARD_BATCHES of them: each shard starts its decoding
+    # processes, and the model's first batches are slow, so small shards would pay that often.
+    batches = max(PREDICT_SHARD_BATCHES, math.ceil(shard_size_for(len(items)) / spec.batch_size))
+    shard_size = batches * spec.batch_size
+    return ray_map_ordered(partial(_infer_shard, spec), items, desc="predict", quiet=quiet,
+                           staging_dir=staging_root(catalog.path), shard_size=shard_size, batched=True,
+                           num_cpus=max(1, spec.num_workers or 1), num_gpus=1 if spec.device == "cuda" else 0)
+
+
+def _ingest(catalog: Catalog, kind: str, work: pa.Table, results: Iterable[np.ndarray | str | None],
+            summary: PredictSummary, commit_every: int) -> None:
+    """Write one result per work row, in order, to the set: a vector is written, anything else
+    (an error string, or None) is a failure, recorded in predict_failures with its reason and
+    counted in summary. Commits every `commit_every` results and every COMMIT_EVERY_SECONDS,
+    releasing the catalog in between."""
+    done: list[int] = []
+    vectors: list[np.ndarray] = []
+    failed: list[int] = []
+    errors: list[str] = []
+    last_commit = time.monotonic()
+    for row, result in enumerate(results):
+        if isinstance(result, np.ndarray):
+            done.append(row)
+            vectors.append(result)
+        else:
+            failed.append(row)
+            errors.append(result if isinstance(result, str) and result else NO_REASON)
+        waiting = len(done) + len(failed)
+        if waiting >= commit_every or (waiting and time.monotonic() - last_commit > COMMIT_EVERY_SECONDS):
+            _commit(catalog, summary, kind, work, done, vectors, failed, errors)
+            done, vectors, failed, errors, last_commit = [], [], [], [], time.monotonic()
+    _commit(catalog, summary, kind, work, done, vectors, failed, errors)
+
+
+def _commit(catalog: Catalog, summary: PredictSummary, kind: str, work: pa.Table, done: list[int],
+            vectors: list[np.ndarray], failed: list[int], errors: list[str]) -> None:
+    """One transaction: the vectors of work rows `done` and the failures (reasons `errors`) of rows `failed`."""
+    if not done and not failed:
+        return
+    written, lost = work.take(pa.array(done, pa.int64())), work.take(pa.array(failed, pa.int64()))
+    with catalog.transaction():
+        if done:
+            write_vectors(catalog, KIND_TABLE[kind], summary.set_name, summary.run_id,
+                          written.column("image_id").to_numpy(), written.column("version").to_numpy(),
+                          np.stack(vectors))
+        if failed:
+            catalog.insert_arrow("predict_failures", _failure_table(
+                summary.run_id, summary.set_name, lost.column("image_id").to_numpy(),
+                lost.column("version").to_numpy(), errors))
+    catalog.release()
+    summary.written += len(done)
+    _note_failures(summary, lost.column("path").to_pylist(), errors)
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """One model of a predict pass: birder weights name (or 'builtin'), kind, and optionally its
+    tag, result set name (default: the model's name) and input size (default: the model's)."""
+
+    model: str
+    kind: str
+    tag: str | None = None
+    set_name: str | None = None
+    size: int | None = None
+
+
+def _models_folder(models_dir: str) -> str:
+    """The models folder as an absolute path; `~` expanded (a config file's value is not expanded by a shell)."""
+    return os.path.abspath(os.path.expanduser(models_dir))
+
+
+def _check_request(request: PredictRequest) -> None:
+    if request.kind not in KIND_TABLE:
+        raise StageError(f"unknown kind {request.kind!r}: use rotation, descriptor or embedding")
+    if request.model == BUILTIN_MODEL and request.kind != "descriptor":
+        raise StageError("the builtin model only computes descriptors: use --kind descriptor")
+    if request.model == BUILTIN_MODEL and (request.tag is not None or request.size is not None):
+        given = " and ".join(o for o, v in (("--tag", request.tag), ("--size", request.size)) if v is not None)
+        raise StageError(f"the builtin descriptor takes no {given} (it has no weights and a fixed thumbnail "
+                         f"size): leave {given} out, or give '' for it in a pass with other models")
+    if "/" in request.model or os.sep in request.model or request.model.endswith(".pt"):
+        folder, name = os.path.split(request.model)
+        stem = name[:-3] if name.endswith(".pt") else name
+        where = f" --models-dir {folder}" if folder else ""
+        raise StageError(f"--model takes a weights name, not a file: use --model {stem}{where} "
+                         "(the checkpoint is MODELS_DIR/NAME.pt)")
+
+
+def _run_params(request: PredictRequest, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A predict run's params: the same keys whether the set was computed alone or in a pass."""
+    return {"model": request.model, "tag": request.tag, "kind": request.kind, "set": name, "size": request.size,
+            **options}
+
+
+def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, set_name: str | None = None,
+            models_dir: str = "models", size: int | None = None, device: str = "auto", batch_size: int = 64,
+            num_workers: int | None = 2, amp: bool = False, amp_dtype: str = "bfloat16", compile: bool = False,
+            fast_matmul: bool = False, channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES,
+            quiet: bool = False, backend: str = "local", max_pixels: int | None = None, decode: str = "auto",
+            draft_min_size: int = 448, retry_failed: bool = False) -> PredictSummary:
+    """Compute `kind` outputs of `model` for every present image missing them; returns counts.
+
+    Images over `max_pixels` (default: the bundled sanitize.max_pixels) or with a pending
+    sanitize delete are skipped (summary.skipped, by reason); no decode exceeds the limit.
+    An image that fails (does not decode) is recorded in predict_failures with its reason
+    (summary.failed, summary.errors); a later predict of the set leaves out the images that
+    failed on their current bytes (summary.not_retried) unless `retry_failed`.
+
+    Results are committed every `commit_every` images (and every 30 s), so a killed run loses
+    at most that much work and a re-run continues with the images still missing.
+    backend "ray" runs the model in batched Ray tasks (a GPU each when the device is, or
+    resolves to, cuda) and the builtin descriptor in per-file Ray tasks; this process only
+    reads the work list and writes the results, as with "local". A birder model on "local" is
+    a decode pass with one model (predict_pass), so it computes what a pass with others does.
+    decode ("auto" | "cpu" | "gpu") and draft_min_size: see vdc_lake.models.birder.run_pass.
+    """
+    request = PredictRequest(model, kind, tag, set_name, size)
+    _check_request(request)
+    if backend not in BACKENDS:
+        raise StageError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}")
+    options = dict(models_dir=models_dir, device=device, batch_size=batch_size, num_workers=num_workers, amp=amp,
+                   amp_dtype=amp_dtype, compile=compile, fast_matmul=fast_matmul, channels_last=channels_last,
+                   commit_every=commit_every, quiet=quiet, max_pixels=max_pixels, decode=decode,
+                   draft_min_size=draft_min_size, retry_failed=retry_failed)
+    if model != BUILTIN_MODEL and backend == "local":
+        return predict_pass(catalog, [request], **options)[0]
+    return _predict_alone(catalog, request, backend=backend, **options)
+
+
+def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str, device: str, batch_size: int,
+                   num_workers: int | None, amp: bool, amp_dtype: str, compile: bool, fast_matmul: bool,
+                   channels_last: bool, commit_every: int, quiet: bool, backend: str, max_pixels: int | None,
+                   decode: str, draft_min_size: int, retry_failed: bool) -> PredictSummary:
+    """The builtin descriptor (its own decode), or a model on Ray: one set, one run."""
+    model, kind, size = request.model, request.kind, request.size
+    builtin = model == BUILTIN_MODEL
+    max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
+    loaded = spec = None
+    if not builtin:
+        spec = ModelSpec(_models_folder(models_dir), model, request.tag, size, device, kind, batch_size, amp,
+                         amp_dtype, channels_last, fast_matmul, compile, num_workers, max_pixels, decode,
+                         draft_min_size)
+        spec = replace(spec, device=_ray_device(device))
+        loaded = replace(spec, device="cpu").load()  # here only for its name, classes and preprocessing
+    name = request.set_name or (BUILTIN_MODEL if builtin else loaded.name)
+    params = _run_params(request, name, dict(
+        device=device, batch_size=batch_size, amp=amp, amp_dtype=amp_dtype, compile=compile, max_pixels=max_pixels,
+        decode=decode, draft_min_size=draft_min_size, retry_failed=retry_failed, rotate_threshold=None,
+        rotation_set=None, pass_sets=[name]))
+    with catalog.run("predict", params) as run_id:
+        started = time.monotonic()
+        summary = PredictSummary(run_id, name, kind)
+        if builtin:
+            dim = register_builtin_set(catalog, run_id, name)  # a one-view set made before issue 15 stays one-view
+        else:
+            _register_model_set(catalog, name, kind, loaded, run_id)
+        work = _todo(catalog, KIND_TABLE[kind], name, max_pixels, retry_failed, summary)
+        if work.num_rows:
+            items = LazyRows(work.select(["path", "version"]), lambda r: (r["path"], r["version"]))
+            catalog.release()  # before workers fork (local) or while tasks run (ray)
+            if builtin:
+                mapper = get_mapper(backend, catalog_path=catalog.path)
+                results = mapper(partial(_builtin_item, max_pixels=max_pixels), items, workers=num_workers,
+                                 desc="builtin", quiet=quiet)
+                results = (builtin_vectors_for(dim, r) if isinstance(r, np.ndarray) else r for r in results)
+            else:
+                results = _model_results_on_ray(catalog, spec, items, quiet)
+            _ingest(catalog, kind, work, results, summary, commit_every)
+        _finish(catalog, summary, started)
+    return summary
+
+
+def _register_model_set(catalog: Catalog, name: str, kind: str, loaded: Any, run_id: int) -> None:
+    from vdc_lake.models.birder import output_dim
+
+    _register(catalog, name, kind, loaded.name, output_dim(loaded, kind),
+              ROTATION_ORDER if kind == "rotation" else loaded.class_names,
+              {"size": list(loaded.size), "rgb_stats": loaded.rgb_stats}, run_id)
+
+
+def _finish(catalog: Catalog, summary: PredictSummary, started: float) -> None:
+    summary.seconds = round(time.monotonic() - started, 3)
+    summary.images_per_second = round(summary.written / summary.seconds, 1) if summary.seconds else 0.0
+    catalog.finish_run(summary.run_id, summary=asdict(summary))
+
+
+# -- one decode pass, several models ----------------------------------------------------------
+
+def predict_pass(catalog: Catalog, requests: list[PredictRequest], *, models_dir: str = "models",
+                 device: str = "auto", decode: str = "auto", rotate_threshold: float | None = None,
+                 draft_min_size: int = 448, batch_size: int = 64, num_workers: int | None = 2, amp: bool = False,
+                 amp_dtype: str = "bfloat16", compile: bool = False, fast_matmul: bool = False,
+                 channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES, quiet: bool = False,
+                 backend: str = "local", max_pixels: int | None = None,
+                 retry_failed: bool = False) -> list[PredictSummary]:
+    """Run several models over the present images in one decode pass; one summary per request.
+
+    Each set gets its own predict run (params as if computed alone, plus the pass's sets) and
+    exactly the rows a run of that model alone would write; the pass decodes each image that
+    any set misses once and runs each model only on the images its set misses. Commits write
+    every set together, so a killed pass resumes per set with no duplicates.
+
+    rotate_threshold: with one rotation request and others, the other models see each image
+    turned clockwise by the rotation model's predicted angle when its probability is above
+    the threshold (rotation_actions' rule), and table applied_rotations records it; None: no
+    turning. Where the rotation set already holds an image's probabilities, those are used.
+    The builtin descriptor (it decodes on its own) and backend "ray" run each request alone,
+    one after the other, without turning.
+
+    Failures are recorded per set (predict_failures): an image that does not decode fails in
+    every set that needed it, and a later pass leaves it out of those sets while its bytes stay
+    the same, unless `retry_failed` (see predict).
+    """
+    for request in requests:
+        _check_request(request)
+    if backend not in BACKENDS:
+        raise StageError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}")
+    if not requests:
+        raise StageError("predict needs at least one --model with its --kind")
+    options = dict(models_dir=models_dir, device=device, batch_size=batch_size, num_workers=num_workers, amp=amp,
+                   amp_dtype=amp_dtype, compile=compile, fast_matmul=fast_matmul, channels_last=channels_last,
+                   commit_every=commit_every, quiet=quiet, max_pixels=max_pixels, decode=decode,
+                   draft_min_size=draft_min_size, retry_failed=retry_failed)
+    alone = [r for r in requests if r.model == BUILTIN_MODEL or backend == "ray"]
+    together = [r for r in requests if r not in alone]
+    summaries: dict[int, PredictSummary] = {}
+    if together:
+        for request, summary in zip(together, _predict_together(catalog, together, rotate_threshold, **options)):
+            summaries[id(request)] = summary
+    for request in alone:
+        summaries[id(request)] = _predict_alone(catalog, request, backend=backend, **options)
+    return [summaries[id(r)] for r in requests]
+
+
+@dataclass
+class _PassSet:
+    """One set of a pass: its request, loaded model, summary (with its run) and work."""
+
+    request: PredictRequest
+    loaded: Any
+    name: str
+    summary: PredictSummary | None = None
+    work: pa.Table | None = None  # (image_id, version, path) its set misses
+
+
+def _predict_together(catalog: Catalog, requests: list[PredictRequest], rotate_threshold: float | None, *,
+                      models_dir: str, device: str, batch_size: int, num_workers: int | None, amp: bool,
+                      amp_dtype: str, compile: bool, fast_matmul: bool, channels_last: bool, commit_every: int,
+                      quiet: bool, max_pixels: int | None, decode: str, draft_min_size: int,
+                      retry_failed: bool) -> list[PredictSummary]:
+    from contextlib import ExitStack
+
+    from vdc_lake.models.birder import load_model, resolve_device
+
+    max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
+    torch_device = resolve_device(device)
+    sets = []
+    for r in requests:
+        loaded = load_model(_models_folder(models_dir), r.model, tag=r.tag, device=torch_device,
+                            size=None if r.size is None else (r.size, r.size))
+        sets.append(_PassSet(r, loaded, r.set_name or loaded.name))
+    names = [s.name for s in sets]
+    if len(set(names)) < len(names):
+        raise StageError(f"two models of one pass write the same set ({', '.join(names)}); give each its own --set")
+    rotation = _turning_model(sets, rotate_threshold)
+    pass_options = dict(device=device, batch_size=batch_size, amp=amp, amp_dtype=amp_dtype, compile=compile,
+                        max_pixels=max_pixels, decode=decode, draft_min_size=draft_min_size,
+                        retry_failed=retry_failed, rotate_threshold=rotate_threshold if rotation is not None else None,
+                        rotation_set=sets[rotation].name if rotation is not None else None, pass_sets=names)
+    with ExitStack() as runs:
+        started = time.monotonic()
+        for s in sets:
+            run_id = runs.enter_context(catalog.run("predict", _run_params(s.request, s.name, pass_options)))
+            s.summary = PredictSummary(run_id, s.name, s.request.kind)
+            _register_model_set(catalog, s.name, s.request.kind, s.loaded, run_id)
+            s.work = _todo(catalog, KIND_TABLE[s.request.kind], s.name, max_pixels, retry_failed, s.summary)
+        images = _pass_images([s.work for s in sets])
+        if images.num_rows:
+            ids = images.column("image_id").to_numpy()
+            needs = np.stack([np.isin(ids, s.work.column("image_id").to_numpy()) for s in sets])
+            known = _known_rotation(catalog, sets[rotation].name, ids) if rotation is not None else None
+            catalog.release()  # before the decoding workers fork
+            from vdc_lake.models.birder import PassModel, run_pass
+
+            label = "+".join(s.loaded.name for s in sets)
+            with progress_bar(images.num_rows, f"predict {label}", unit="img", quiet=quiet) as bar:
+                batches = run_pass(
+                    [PassModel(s.loaded, s.request.kind) for s in sets],
+                    LazyRows(images.select(["path"]), lambda r: r["path"]),
+                    needs=needs, rotation=rotation, rotate_threshold=rotate_threshold, known_rotation=known,
+                    decode=decode, batch_size=batch_size, num_workers=num_workers, amp=amp, amp_dtype=amp_dtype,
+                    compile=compile, fast_matmul=fast_matmul, channels_last=channels_last, progress=bar.update,
+                    max_pixels=max_pixels, draft_min_size=draft_min_size)
+                _ingest_pass(catalog, sets, images, needs, batches, commit_every)
+        for s in sets:
+            _finish(catalog, s.summary, started)
+    return [s.summary for s in sets]
+
+
+def _turning_model(sets: list[_PassSet], rotate_threshold: float | None) -> int | None:
+    """Index of the pass's rotation model when it turns images for the others, else None."""
+    rotations = [i for i, s in enumerate(sets) if s.request.kind == "rotation"]
+    if rotate_threshold is None or not rotations or len(sets) == len(rotations):
+        return None
+    if len(rotations) > 1:
+        raise StageError("a pass that turns images in memory takes one rotation model; run the others in "
+                         "their own predict, or pass --rotate-threshold 1 to turn no image")
+    if not 0.0 <= float(rotate_threshold) <= 1.0:
+        raise StageError(f"--rotate-threshold {rotate_threshold} is not a probability: use 0..1 (1 turns no image)")
+    return rotations[0]
+
+
+def _pass_images(works: list[pa.Table]) -> pa.Table:
+    """(image_id, version, path) of every image some set of the pass misses, by image_id."""
+    table = pa.concat_tables([w.select(["image_id", "version", "path"]) for w in works])
+    if table.num_rows == 0:
+        return table
+    ids = table.column("image_id").to_numpy()
+    _, first = np.unique(ids, return_index=True)  # sorted by image_id
+    return table.take(pa.array(first))
+
+
+def _known_rotation(catalog: Catalog, set_name: str, ids: np.ndarray) -> np.ndarray:
+    """float32 [n, 4] probabilities ([0, 90, 180, 270]) the rotation set holds for the current
+    version of each image in ids, the newest run's as rotation_actions reads them; NaN: none."""
+    known = np.full((len(ids), 4), np.nan, np.float32)
+    table = pa.table({"image_id": pa.array(ids, pa.int64()), "row": pa.array(np.arange(len(ids), dtype=np.int64))})
+    with catalog.registered("pass_images", table):
+        stored = catalog.arrow(
+            """
+            SELECT w.row, p.probs::FLOAT[4] AS probs
+            FROM pass_images AS w
+            JOIN images AS i ON i.image_id = w.image_id AND i.present
+            JOIN predictions AS p ON p.image_id = i.image_id AND p.version = i.version AND p.set_name = ?
+            QUALIFY row_number() OVER (PARTITION BY p.image_id ORDER BY p.run_id DESC, p.rowid DESC) = 1
+            """,
+            [set_name],
+        )
+    if stored.num_rows:
+        rows = stored.column("row").to_numpy()
+        known[rows] = stored.column("probs").combine_chunks().flatten().to_numpy().reshape(-1, 4)
+    return known
+
+
+@dataclass
+class _Pending:
+    """Rows of one set waiting for the next commit, as blocks: positions in the pass's images,
+    their vectors and the angle (clockwise) each was computed on; positions that failed and why."""
+
+    rows: list[np.ndarray] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    angles: list[np.ndarray] = field(default_factory=list)
+    failed: list[np.ndarray] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _ingest_pass(catalog: Catalog, sets: list[_PassSet], images: pa.Table, needs: np.ndarray,
+                 batches: Iterable[Any], commit_every: int) -> None:
+    """Write each PassBatch's rows to their sets, and its failures to the sets that needed the
+    image; commit every set together every `commit_every` images of the pass (and every
+    COMMIT_EVERY_SECONDS)."""
+    ids = images.column("image_id").to_numpy()
+    versions = images.column("version").to_numpy()
+    paths = images.column("path")
+    pending = [_Pending() for _ in sets]
+    waiting, last_commit = 0, time.monotonic()
+    for batch in batches:
+        for m, s in enumerate(sets):
+            done = batch.done[m]
+            pending[m].rows.append(batch.indices[done])
+            pending[m].vectors.append(batch.outputs[m][done])
+            turned = batch.angles[done] if s.request.kind != "rotation" else np.zeros(int(done.sum()), np.int16)
+            pending[m].angles.append(turned)
+            failed = np.flatnonzero(~done & needs[m, batch.indices])
+            pending[m].failed.append(batch.indices[failed])
+            pending[m].errors += [batch.errors[i] or NO_REASON for i in failed]
+        waiting += len(batch)
+        if waiting >= commit_every or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
+            _commit_pass(catalog, sets, pending, ids, versions, paths)
+            pending, waiting, last_commit = [_Pending() for _ in sets], 0, time.monotonic()
+    _commit_pass(catalog, sets, pending, ids, versions, paths)
+
+
+def _commit_pass(catalog: Catalog, sets: list[_PassSet], pending: list[_Pending], ids: np.ndarray,
+                 versions: np.ndarray, paths: pa.ChunkedArray) -> None:
+    """One transaction: every set's waiting rows, the rotations they were computed on, and
+    every set's failures."""
+    blocks = [(s, np.concatenate(p.rows), p) for s, p in zip(sets, pending) if p.rows]
+    if not any(len(rows) for _, rows, _ in blocks) and not any(p.errors for p in pending):
+        return
+    turned: list[pa.Table] = []
+    failures = [(s, np.concatenate(p.failed), p.errors) for s, p in zip(sets, pending) if p.errors]
+    with catalog.transaction():
+        for s, rows, errors in failures:
+            catalog.insert_arrow("predict_failures", _failure_table(s.summary.run_id, s.name, ids[rows],
+                                                                    versions[rows], errors))
+        for s, rows, p in blocks:
+            if not len(rows):
+                continue
+            s.summary.written += write_vectors(catalog, KIND_TABLE[s.request.kind], s.name, s.summary.run_id,
+                                               ids[rows], versions[rows], np.concatenate(p.vectors))
+            angles = np.concatenate(p.angles)
+            at = angles != 0
+            if at.any():
+                turned.append(pa.table({
+                    "run_id": pa.array(np.full(int(at.sum()), s.summary.run_id, np.int64)),
+                    "image_id": pa.array(ids[rows[at]].astype(np.int64)),
+                    "version": pa.array(versions[rows[at]].astype(np.int32)),
+                    "angle": pa.array(angles[at].astype(np.int16)),
+                }))
+        if turned:
+            catalog.insert_arrow("applied_rotations", pa.concat_tables(turned))
+    catalog.release()
+    for s, rows, errors in failures:
+        _note_failures(s.summary, paths.take(pa.array(rows[:FAILURE_EXAMPLES], pa.int64())).to_pylist(), errors)
+
+
+def carry_rotated_results(catalog: Catalog, ops: Iterable[dict[str, Any]]) -> int:
+    """After `apply rotation` turned files: give each turned image's new version the results a
+    predict pass computed on pixels turned the same way (applied_rotations), since they were
+    computed on exactly the new version's pixels (for lossless formats; a JPEG is re-encoded by
+    the turn, within its quantisation). Only a set's current row (newest run) at the old
+    version is carried, under its own run_id. Call inside the transaction that bumps the
+    versions, after the bump. ops: dicts with image_id, version (the old one) and action
+    (rotate_90/180/270; other actions are ignored). Returns the number of rows carried."""
+    turned = [(int(op["image_id"]), int(op["version"]), int(op["action"].split("_")[1]))
+              for op in ops if str(op.get("action", "")).startswith("rotate_")]
+    if not turned:
+        return 0
+    table = pa.table({
+        "image_id": pa.array([t[0] for t in turned], pa.int64()),
+        "old_version": pa.array([t[1] for t in turned], pa.int32()),
+        "angle": pa.array([t[2] for t in turned], pa.int16()),
+    })
+    carried = 0
+    with catalog.registered("rotated_images", table):
+        for result_table, column in (("embeddings", "vector"), ("predictions", "probs")):
+            rows = catalog.execute(
+                f"""
+                INSERT INTO {result_table} (set_name, image_id, version, run_id, {column})
+                WITH current AS (
+                    SELECT r.set_name, r.image_id, r.run_id, r.{column}, t.angle
+                    FROM {result_table} AS r
+                    JOIN rotated_images AS t ON t.image_id = r.image_id AND t.old_version = r.version
+                    QUALIFY row_number() OVER (PARTITION BY r.set_name, r.image_id ORDER BY r.run_id DESC, r.rowid DESC) = 1
+                )
+                SELECT c.set_name, c.image_id, i.version, c.run_id, c.{column}
+                FROM current AS c
+                JOIN images AS i ON i.image_id = c.image_id
+                JOIN rotated_images AS t ON t.image_id = c.image_id
+                WHERE i.version <> t.old_version
+                  AND EXISTS (SELECT 1 FROM applied_rotations AS a WHERE a.run_id = c.run_id AND a.image_id = c.image_id
+                              AND a.version = t.old_version AND a.angle = c.angle)
+                """
+            )
+            carried += int(rows[0][0]) if rows else 0
+    return carried
+
+
+def embed_paths(catalog: Catalog, set_name: str, paths: list[str], *, models_dir: str = "models",
+                device: str = "auto", max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors for arbitrary files with the model that made `set_name`: (vectors [n, d], ok mask [n]).
+    A file over max_pixels (default: the bundled sanitize.max_pixels) is not decoded (not ok)."""
+    max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
+    rows = catalog.rows("SELECT model, kind, dim FROM embedding_sets WHERE name = ?", [set_name])
+    if not rows:
+        raise StageError(f"no embedding set named {set_name!r}")
+    model, kind, dim = rows[0]
+    vectors = np.zeros((len(paths), dim), np.float32)
+    ok = np.zeros(len(paths), bool)
+    if set_name == BUILTIN_MODEL or model in BUILTIN_MODELS:
+        for i, path in enumerate(paths):
+            v = _builtin_one(path, max_pixels)
+            if v is not None:
+                vectors[i], ok[i] = builtin_vectors_for(dim, v), True
+        return vectors, ok
+    from vdc_lake.models.birder import load_model, run_inference
+
+    loaded = load_model(_models_folder(models_dir), model, device=device)
+    for batch in run_inference(loaded, paths, kind=kind, num_workers=0, max_pixels=max_pixels):
+        vectors[batch.indices] = batch.outputs
+        ok[batch.indices] = True
+    return vectors, ok
+
+
+# -- import of birder result files --------------------------------------------------------------
+
+# A sample that os.path.abspath would change beyond prefixing the cwd: "~", "." or ".." components,
+# doubled or trailing slashes. Only those go through Python; the rest is one vectorised concatenation.
+_NEEDS_NORMPATH = r"^~|(^|/)\.\.?(/|$)|//|/$"
+
+
+def _paths_from_cwd(samples: pa.Array) -> pa.Array:
+    """os.path.abspath(os.path.expanduser(s)) of every sample (None for null or empty), computed
+    with Arrow kernels: a Python call per sample cost ~1 s per 10^6 samples, ~100 s at 10^8."""
+    import pyarrow.compute as pc
+
+    cwd = os.getcwd().rstrip("/")
+    absolute = pc.starts_with(samples, "/")
+    out = pc.if_else(absolute, samples, pc.binary_join_element_wise(cwd, samples, "/"))
+    odd = pc.fill_null(pc.match_substring_regex(samples, _NEEDS_NORMPATH), False)
+    out = pc.if_else(pc.fill_null(pc.equal(samples, ""), True), pa.scalar(None, pa.string()), out)
+    if not pc.any(odd).as_py():
+        return out
+    # only the odd rows go through Python; the rest of the column is not converted
+    fixed = [os.path.abspath(os.path.expanduser(t)) for t in samples.filter(odd).to_pylist()]
+    return pc.replace_with_mask(out, odd, pa.array(fixed, pa.string()))
+
+
+def _stage_matches(catalog: Catalog, result) -> None:
+    """Match every sample of the file to a present catalog image, in one join for the whole file,
+    into the temp table import_matches (row, image_id, version), ordered by row.
+
+    A sample matches by absolute path, by path relative to a scanned root, or as a path
+    relative to the current directory (in that order; the lowest image_id on a tie). Column
+    `first` is false for a row naming an image an earlier row named (a sample listed twice, or
+    one image by its absolute and its relative path): counted, and the last row is current
+    (readers take a run's last written row). One join
+    per file, not one join of every image per batch (that grew as N^2 / batch); only the
+    sample strings are staged, and DuckDB spills the join past its memory limit.
+    """
+    con = catalog.con
+    con.execute("CREATE OR REPLACE TEMP TABLE import_samples (row BIGINT, sample VARCHAR, from_cwd VARCHAR)")
+    offset = 0
+    for samples in result.sample_batches(batch_rows=batch_rows_setting(catalog)):
+        texts = samples.to_pylist()
+        catalog.insert_arrow("import_samples", pa.table({
+            "row": pa.array(np.arange(offset, offset + len(texts), dtype=np.int64)),
+            "sample": pa.array(texts, pa.string()),
+            "from_cwd": _paths_from_cwd(pa.array(texts, pa.string())),
+        }))
+        offset += len(texts)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE import_matches AS
+        WITH files AS (SELECT image_id, version, root || '/' || rel_path AS path, rel_path FROM images WHERE present),
+        candidates AS (
+            SELECT s.row, f.image_id, f.version, 1 AS priority FROM import_samples s JOIN files f ON f.path = s.sample
+            UNION ALL
+            SELECT s.row, f.image_id, f.version, 2 FROM import_samples s JOIN files f ON f.rel_path = s.sample
+            UNION ALL
+            SELECT s.row, f.image_id, f.version, 3 FROM import_samples s JOIN files f ON f.path = s.from_cwd
+        )
+        SELECT row, best.image_id, best.version,
+               row_number() OVER (PARTITION BY best.image_id ORDER BY row) = 1 AS first
+        FROM (SELECT row, arg_min({'image_id': image_id, 'version': version}, (priority, image_id)) AS best
+              FROM candidates GROUP BY row)
+        ORDER BY row
+        """
+    )
+    con.execute("DROP TABLE import_samples")
+
+
+def _batch_matches(catalog: Catalog, start: int, n: int) -> pa.Table:
+    """The staged matches of file rows start .. start + n - 1, rows counted from the batch's first."""
+    return catalog.arrow(
+        "SELECT row - ? AS row, image_id, version, first FROM import_matches WHERE row >= ? AND row < ? ORDER BY row",
+        [start, start, start + n],
+    )
+
+
+def import_results(catalog: Catalog, path: str, *, set_name: str | None = None, kind: str | None = None) -> ImportSummary:
+    """Import a birder `*_output|logits|embeddings.(parquet|csv)` file into a set: the whole file
+    or nothing (one transaction: a file damaged half-way leaves no partial set behind). Rows
+    with NaN or infinite values are not imported (counted, the first few named); a second row
+    for one image is counted as a duplicate (the last one is current, as for any set)."""
+    from vdc_lake.models.result_files import open_result_file
+
+    result = open_result_file(path)
+    default_kind = {"embeddings": "embedding", "logits": "descriptor"}.get(result.kind, "rotation")
+    kind = kind or default_kind
+    if kind not in KIND_TABLE:
+        raise StageError(f"unknown kind {kind!r}: use rotation, descriptor or embedding")
+    class_names = result.class_names or []
+    order = _rotation_columns(class_names) if kind == "rotation" else None
+    if kind == "rotation" and order is None:
+        raise StageError(f"{path}: classes {class_names} are not rotation angles 0/90/180/270; "
+                         "pass --kind descriptor to import them as a vector set")
+    name = set_name or (result.name.model if result.name is not None else os.path.basename(path).split(".")[0])
+    batch_rows = batch_rows_setting(catalog)
+    source = str(result.path.resolve())
+    with catalog.run("import", {"file": source, "set": name, "kind": kind}) as run_id:
+        summary = ImportSummary(run_id, name, kind)
+        with catalog.transaction():
+            _register(catalog, name, kind, result.name.model if result.name else name, result.dim,
+                      ROTATION_ORDER if kind == "rotation" else class_names, {"imported_from": source}, run_id)
+            _stage_matches(catalog, result)
+            start = 0
+            for batch in result.batches(batch_rows=batch_rows):
+                matches = _batch_matches(catalog, start, len(batch.samples))
+                start += len(batch.samples)
+                _import_batch(catalog, summary, KIND_TABLE[kind], batch, matches, order)
+            catalog.execute("DROP TABLE import_matches")
+        catalog.finish_run(run_id, summary=asdict(summary))
+    return summary
+
+
+def _import_batch(catalog: Catalog, summary: ImportSummary, table: str, batch: Any, matches: pa.Table,
+                  order: list[int] | None) -> None:
+    """Write the batch's matched rows with finite values; count duplicates and the rest in summary."""
+    rows = matches.column("row").to_numpy()
+    first = matches.column("first").to_numpy(zero_copy_only=False).astype(bool)
+    values = batch.values[:, order] if order is not None else batch.values
+    finite = np.isfinite(values[rows]).all(axis=1)
+    keep = finite
+    write_vectors(catalog, table, summary.set_name, summary.run_id, matches.column("image_id").to_numpy()[keep],
+                  matches.column("version").to_numpy()[keep], values[rows[keep]])
+    summary.rows += len(batch.samples)
+    summary.matched += int(keep.sum())
+    summary.duplicates += int((~first & finite).sum())
+    bad = rows[~finite]
+    summary.not_finite += len(bad)
+    room = max(FAILURE_EXAMPLES - len(summary.not_finite_examples), 0)
+    summary.not_finite_examples += [batch.samples[int(i)].as_py() for i in bad[:room]]
+    unmatched = np.setdiff1d(np.arange(len(batch.samples)), rows)
+    summary.unmatched += len(unmatched)
+    room = max(FAILURE_EXAMPLES - len(summary.unmatched_examples), 0)
+    summary.unmatched_examples += [batch.samples[int(i)].as_py() for i in unmatched[:room]]
