@@ -49,7 +49,7 @@ from vdc_lake.stages.scan import scan  # noqa: E402
 
 WIDTH, HEIGHT, QUALITY, SEED = 320, 240, 90, 0
 KMEANS_D, KMEANS_K, KMEANS_ITERS = 64, 256, 20
-HIERARCHY, RESAMPLED = [256, 16], {"method": "resampled", "n_samples": [10, 5], "n_resamples": 3}
+HIERARCHY, RESAMPLED = [256, 16], {"method": "resampled", "n_samples": [10, 5], "n_resamples": 3, "tol": 1e-4}
 
 
 def _write_one(args: tuple[Path, int]) -> None:

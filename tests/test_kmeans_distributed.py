@@ -18,6 +18,8 @@ CASES = [("cosine-kmeans++", "cosine", "kmeans++", 12), ("l2-random", "l2", "ran
          ("l2-kmeans++", "l2", "kmeans++", 20)]
 LEVELS = [16, 4]
 RESAMPLED = dict(method="resampled", n_samples=[7, 2], n_resamples=3)
+# The kernels have no defaults of their own: VDC's Lloyd settings (defaults.toml's) are passed.
+LLOYD = {"max_iters": 50, "tol": 1e-4}
 
 
 def _blobs(n: int = 1501, d: int = 8, centers: int = 10, seed: int = 0) -> np.ndarray:
@@ -39,13 +41,14 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
         x = _blobs()
         results = {}
         for name, metric, init, k in CASES:
-            results[name] = kmeans_distributed(x, k, metric=metric, init=init, seed=3)
-        results["empty-clusters"] = kmeans_distributed(_few_distinct(), 8, metric="l2", init="random", seed=0)
-        results["hierarchy"] = hierarchical_kmeans_distributed(x, LEVELS, method="centers", seed=5)
-        results["resampled"] = hierarchical_kmeans_distributed(x, LEVELS, seed=5, **RESAMPLED)
+            results[name] = kmeans_distributed(x, k, metric=metric, init=init, seed=3, **LLOYD)
+        results["empty-clusters"] = kmeans_distributed(_few_distinct(), 8, metric="l2", init="random", seed=0, **LLOYD)
+        results["hierarchy"] = hierarchical_kmeans_distributed(x, LEVELS, method="centers", seed=5, **LLOYD)
+        results["resampled"] = hierarchical_kmeans_distributed(x, LEVELS, seed=5, **RESAMPLED, **LLOYD)
         # odd row counts per rank and clusters smaller than n_samples
         results["resampled-l2"] = hierarchical_kmeans_distributed(x[:301], [40, 6], seed=2, metric="l2",
-                                                                  method="resampled", n_samples=[9, 3], n_resamples=2)
+                                                                  method="resampled", n_samples=[9, 3], n_resamples=2,
+                                                                  **LLOYD)
         if rank == 0:
             torch.save(results, out)
     finally:
@@ -69,11 +72,11 @@ def _same(got, want) -> None:
 
 @pytest.mark.parametrize("name,metric,init,k", CASES)
 def test_two_ranks_match_the_single_process_kmeans(distributed_results, name, metric, init, k):
-    _same(distributed_results[name], kmeans(_blobs(), k, metric=metric, init=init, seed=3))
+    _same(distributed_results[name], kmeans(_blobs(), k, metric=metric, init=init, seed=3, **LLOYD))
 
 
 def test_empty_clusters_are_reseeded_as_in_the_single_process_kmeans(distributed_results):
-    want = kmeans(_few_distinct(), 8, metric="l2", init="random", seed=0)
+    want = kmeans(_few_distinct(), 8, metric="l2", init="random", seed=0, **LLOYD)
     assert len(torch.unique(want.assignments)) < 8  # the case really has empty clusters
     _same(distributed_results["empty-clusters"], want)
 
@@ -88,19 +91,19 @@ def _same_hierarchy(got, want) -> None:
 
 
 def test_hierarchy_matches_the_single_process_centers_method(distributed_results):
-    _same_hierarchy(distributed_results["hierarchy"], hierarchical_kmeans(_blobs(), LEVELS, method="centers", seed=5))
+    _same_hierarchy(distributed_results["hierarchy"], hierarchical_kmeans(_blobs(), LEVELS, method="centers", seed=5, **LLOYD))
 
 
 def test_hierarchy_matches_the_single_process_resampled_method(distributed_results):
-    want = hierarchical_kmeans(_blobs(), LEVELS, seed=5, **RESAMPLED)
-    centers_only = hierarchical_kmeans(_blobs(), LEVELS, method="centers", seed=5)
+    want = hierarchical_kmeans(_blobs(), LEVELS, seed=5, **RESAMPLED, **LLOYD)
+    centers_only = hierarchical_kmeans(_blobs(), LEVELS, method="centers", seed=5, **LLOYD)
     assert not torch.equal(want.levels[0].centers, centers_only.levels[0].centers)  # resampling moved them
     _same_hierarchy(distributed_results["resampled"], want)
 
 
 def test_resampled_with_small_clusters_and_l2_matches(distributed_results):
     want = hierarchical_kmeans(_blobs()[:301], [40, 6], seed=2, metric="l2", method="resampled",
-                               n_samples=[9, 3], n_resamples=2)
+                               n_samples=[9, 3], n_resamples=2, **LLOYD)
     _same_hierarchy(distributed_results["resampled-l2"], want)
 
 
@@ -117,4 +120,4 @@ def test_rank_rows_cover_every_row_once():
 
 def test_without_a_process_group_the_error_says_how_to_launch():
     with pytest.raises(RuntimeError, match="launch with torchrun"):
-        kmeans_distributed(_blobs(n=20), 2)
+        kmeans_distributed(_blobs(n=20), 2, seed=0, **LLOYD)

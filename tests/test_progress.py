@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from examples.make_sample_data import make_sample_data
-from vdc_lake.scale.parallel import LogProgress
+from vdc_lake.progress import LogProgress
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from vdc_lake.kernels import neighbors
 from vdc_lake.catalog.connection import Catalog
+from vdc_lake.kernels import neighbors, neighbors_exact
 from vdc_lake.kernels.descriptor import VIEWS
 from vdc_lake.kernels.neighbors import build_index, radius_pairs_ann, radius_pairs_exact
 from vdc_lake.catalog.sets import read_vectors
@@ -122,7 +122,7 @@ def test_bf16_scores_with_the_recheck_equal_fp32(crowded, monkeypatch):
             np.testing.assert_array_equal(getattr(bf16, field), getattr(fp32, field))
         assert _as_dict(fp32).keys() == _brute_force(x, keys, THRESHOLD).keys()
     # the margin is what makes them equal: without it bf16 rounding loses pairs near the threshold
-    monkeypatch.setattr(neighbors, "RECHECK_SAFETY", 0.0)
+    monkeypatch.setattr(neighbors_exact, "RECHECK_SAFETY", 0.0)
     no_margin = radius_pairs_exact(x, keys, threshold=THRESHOLD, precision="bf16", tile_rows=512)
     assert len(no_margin) < len(fp32)
 

@@ -40,12 +40,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vdc_lake.kernels.kmeans import (
-    ArrayLike, HierarchicalKMeansResult, Init, KMeansResult, Method, Metric, Progress, _as_callback, _Assignment,
-    _check_data, _check_levels, _check_options, _chunk_rows, _closest_per_cluster, _fast_matmul, _hierarchy,
-    _initial_centers, _level_seed, _move_centers, _place, _refresh, _report, _Rows, _run_level, _score_all, _Sums,
+from vdc_lake.config.loader import bundled_defaults
+from vdc_lake.kernels.kmeans import closest_per_cluster, level_seed, run_level
+from vdc_lake.kernels.kmeans_checks import check_data, check_levels, check_options
+from vdc_lake.kernels.kmeans_lloyd import lloyd
+from vdc_lake.kernels.kmeans_pass import Assignment, Sums, move_centers, refresh, score_all
+from vdc_lake.kernels.kmeans_results import (
+    ArrayLike, HierarchicalKMeansResult, Init, KMeansResult, Method, Metric, Progress,
 )
-from vdc_lake.kernels.kmeans import _lloyd as _single_lloyd
+from vdc_lake.kernels.kmeans_rows import Rows, chunk_rows, fast_matmul, place, progress_callback, report_progress
+from vdc_lake.kernels.kmeans_seeding import initial_centers
 
 
 def rank_rows(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -60,14 +64,14 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-class _ShardedRows(_Rows):
+class _ShardedRows(Rows):
     """All n rows as seen by one rank that holds rows [offset, offset + local.n).
 
     ``take`` is collective: every rank must call it with the same indices; each fills the
     rows it owns and one all-reduce (sum with zeros elsewhere: exact) completes the copy.
     """
 
-    def __init__(self, local: _Rows, n: int, offset: int):
+    def __init__(self, local: Rows, n: int, offset: int):
         super().__init__(local.data, device=local.device, metric=local.metric, unit=local.unit)
         self.local, self.n, self.offset = local, n, offset
 
@@ -81,11 +85,11 @@ class _ShardedRows(_Rows):
         return out
 
 
-def _all_reduce_sums(local: _Sums) -> _Sums:
+def _all_reduce_sums(local: Sums) -> Sums:
     sums, counts = local.sums.clone(), local.counts.clone()
     dist.all_reduce(sums)
     dist.all_reduce(counts)
-    return _Sums(sums, counts)
+    return Sums(sums, counts)
 
 
 def _all_gather_padded(local: torch.Tensor, size: int, fill) -> list[torch.Tensor]:
@@ -114,13 +118,14 @@ def _farthest(rows: _ShardedRows, distances: torch.Tensor, m: int) -> torch.Tens
     return ids[order[:m]]
 
 
-def _new_centers(rows: _ShardedRows, sums: _Sums, assignment: _Assignment, chunk: int):
-    """``kmeans._new_centers`` on the global sums, with the global farthest rows for empties."""
+def _new_centers(rows: _ShardedRows, sums: Sums, assignment: Assignment, chunk: int):
+    """The single-process centre update (``kmeans_lloyd``) on the global sums, with the global
+    farthest rows for empty clusters."""
     counts = sums.counts
     centers = (sums.sums / counts.clamp(min=1).unsqueeze(1).to(torch.float64)).to(torch.float32)
     empty = (counts == 0).nonzero().squeeze(1)
     if len(empty):
-        assignment = _refresh(rows.local, assignment, chunk)
+        assignment = refresh(rows.local, assignment, chunk)
         farthest = _farthest(rows, assignment.distances, len(empty))
         centers[empty[: len(farthest)]] = rows.take(farthest)
     if rows.metric == "cosine":
@@ -129,18 +134,18 @@ def _new_centers(rows: _ShardedRows, sums: _Sums, assignment: _Assignment, chunk
 
 
 def _lloyd(rows: _ShardedRows, centers: torch.Tensor, *, max_iters: int, tol: float, chunk: int):
-    """``kmeans._lloyd`` with all-reduced sums: (centers, local assignment, n_iter)."""
-    assignment, local_sums = _score_all(rows.local, centers, chunk)
+    """``kmeans_lloyd.lloyd`` with all-reduced sums: (centers, local assignment, n_iter)."""
+    assignment, local_sums = score_all(rows.local, centers, chunk)
     n_iter = 0
     for n_iter in range(1, max_iters + 1):
         updated, assignment = _new_centers(rows, _all_reduce_sums(local_sums), assignment, chunk)
         shift = torch.linalg.norm(updated - centers) / torch.linalg.norm(centers).clamp(min=1e-12)
         centers = updated
         done = shift.item() < tol or n_iter == max_iters
-        assignment = _move_centers(rows.local, assignment, centers, chunk, None if done else local_sums)
+        assignment = move_centers(rows.local, assignment, centers, chunk, None if done else local_sums)
         if done:
             break
-    return centers, _refresh(rows.local, assignment, chunk), n_iter
+    return centers, refresh(rows.local, assignment, chunk), n_iter
 
 
 def _gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
@@ -155,19 +160,19 @@ def _sharded_rows(x: ArrayLike, metric: str, device: torch.device) -> _ShardedRo
     """This rank's block of x, placed on ``device``, seen as all n rows."""
     n = x.shape[0]
     start, stop = rank_rows(n, dist.get_rank(), dist.get_world_size())
-    return _ShardedRows(_place(x[start:stop], device, metric), n, start)
+    return _ShardedRows(place(x[start:stop], device, metric), n, start)
 
 
 def _fit_sharded(rows: _ShardedRows, k: int, *, init: str, max_iters: int, tol: float, seed: int, chunk: int):
     """Seed (as ``kmeans`` does) and run the distributed Lloyd: (centers, local assignment, n_iter)."""
     generator = torch.Generator().manual_seed(seed)
-    centers = _initial_centers(rows, k, init, generator, None).contiguous()
+    centers = initial_centers(rows, k, init, generator, None).contiguous()
     dist.broadcast(centers, src=0)  # the same on every rank already; rank 0's copy rules
     return _lloyd(rows, centers, max_iters=max_iters, tol=tol, chunk=chunk)
 
 
 def kmeans_distributed(x: ArrayLike, k: int, *, metric: Metric = "cosine", init: Init = "kmeans++",
-                       max_iters: int = 50, tol: float = 1e-4, seed: int = 0, chunk_size: int | None = None,
+                       max_iters: int, tol: float, seed: int, chunk_size: int | None = None,
                        device: str | torch.device | None = None) -> KMeansResult:
     """``kmeans`` over the ranks of the default process group; call it on every rank.
 
@@ -179,54 +184,54 @@ def kmeans_distributed(x: ArrayLike, k: int, *, metric: Metric = "cosine", init:
     if not dist.is_initialized():
         raise RuntimeError("kmeans_distributed needs torch.distributed: launch with torchrun "
                            "(see this module's docstring) or call init_process_group first")
-    _check_data(x)
-    _check_options(metric, init, max_iters, tol)
+    check_data(x)
+    check_options(metric, init, max_iters, tol)
     if not 1 <= k <= x.shape[0]:
         raise ValueError(f"k must be between 1 and the number of rows ({x.shape[0]}), not {k}")
     compute = torch.device(device) if device is not None else default_device()
-    with torch.no_grad(), _fast_matmul(compute):
+    with torch.no_grad(), fast_matmul(compute):
         centers, assignment, n_iter = _fit_sharded(_sharded_rows(x, metric, compute), k, init=init,
                                                    max_iters=max_iters, tol=tol, seed=seed,
-                                                   chunk=_chunk_rows(chunk_size, k, compute))
+                                                   chunk=chunk_rows(chunk_size, k, compute))
         labels = _gather_rows(assignment.labels, x.shape[0])
         distances = _gather_rows(assignment.distances, x.shape[0])
     return KMeansResult(centers.cpu(), labels, distances, n_iter)
 
 
-def _closest_per_cluster_global(rows: _ShardedRows, assignment: _Assignment, per_cluster: int,
+def _closest_per_cluster_global(rows: _ShardedRows, assignment: Assignment, per_cluster: int,
                                 k: int) -> torch.Tensor:
-    """``kmeans._closest_per_cluster`` over all ranks: global indices, sorted.
+    """``kmeans.closest_per_cluster`` over all ranks: global indices, sorted.
 
     A cluster's closest ``per_cluster`` rows are among the union of every rank's own closest
     ``per_cluster``; those candidates are gathered in rank order (so in global row order,
     which breaks distance ties as the single-process sort does) and ranked again.
     """
-    mine = _closest_per_cluster(assignment.labels, assignment.distances, per_cluster, k)
+    mine = closest_per_cluster(assignment.labels, assignment.distances, per_cluster, k)
     size = k * per_cluster
     ids = _gather_padded(mine + rows.offset, size, -1)
     labels = _gather_padded(assignment.labels[mine], size, -1)
     distances = _gather_padded(assignment.distances[mine].to(torch.float32), size, float("inf"))
     keep = ids >= 0
     ids, labels, distances = ids[keep], labels[keep], distances[keep]
-    return ids[_closest_per_cluster(labels, distances, per_cluster, k)]
+    return ids[closest_per_cluster(labels, distances, per_cluster, k)]
 
 
-def _resample(rows: _ShardedRows, assignment: _Assignment, per_cluster: int, *, max_iters: int, tol: float,
-              chunk: int) -> _Assignment:
-    """``kmeans._resample`` over the ranks: the chosen rows are gathered on every rank, the
+def _resample(rows: _ShardedRows, assignment: Assignment, per_cluster: int, *, max_iters: int, tol: float,
+              chunk: int) -> Assignment:
+    """A resampling step of ``kmeans`` over the ranks: the chosen rows are gathered on every rank, the
     refit (small: k * per_cluster rows) runs identically on each, the reassignment is local."""
     centers = assignment.centers
     chosen = _closest_per_cluster_global(rows, assignment, per_cluster, len(centers))
-    picked = _Rows(rows.take(chosen), device=centers.device, metric=rows.metric, unit=True)
-    centers, _, _ = _single_lloyd(picked, centers, max_iters=max_iters, tol=tol, chunk=chunk,
-                                  progress=None, stage="refit", final_assign=False)
-    return _refresh(rows.local, _move_centers(rows.local, assignment, centers, chunk, None), chunk)
+    picked = Rows(rows.take(chosen), device=centers.device, metric=rows.metric, unit=True)
+    centers, _, _ = lloyd(picked, centers, max_iters=max_iters, tol=tol, chunk=chunk,
+                          progress=None, stage="refit", final_assign=False)
+    return refresh(rows.local, move_centers(rows.local, assignment, centers, chunk, None), chunk)
 
 
 def hierarchical_kmeans_distributed(
     x: ArrayLike, n_clusters: Sequence[int], *, method: Method, n_samples: Sequence[int] | None = None,
-    n_resamples: int = 10, metric: Metric = "cosine", init: Init = "kmeans++", max_iters: int = 50,
-    tol: float = 1e-4, seed: int = 0, chunk_size: int | None = None, device: str | torch.device | None = None,
+    n_resamples: int | None = None, metric: Metric = "cosine", init: Init = "kmeans++", max_iters: int,
+    tol: float, seed: int, chunk_size: int | None = None, device: str | torch.device | None = None,
     progress: Progress | None = None,
 ) -> HierarchicalKMeansResult:
     """``hierarchical_kmeans`` over the ranks (both methods); call it on every rank.
@@ -241,34 +246,34 @@ def hierarchical_kmeans_distributed(
     if not dist.is_initialized():
         raise RuntimeError("hierarchical_kmeans_distributed needs torch.distributed: launch with torchrun "
                            "(see this module's docstring) or call init_process_group first")
-    _check_data(x)
-    _check_options(metric, init, max_iters, tol)
-    _check_levels(x.shape[0], n_clusters, method, n_samples, n_resamples)
+    check_data(x)
+    check_options(metric, init, max_iters, tol)
+    check_levels(x.shape[0], n_clusters, method, n_samples, n_resamples)
     resampled = method == "resampled"
     per_cluster = [int(n_samples[level]) if resampled else 0 for level in range(len(n_clusters))]
     steps = [int(n_resamples) if p > 0 else 0 for p in per_cluster]
     compute = torch.device(device) if device is not None else default_device()
-    progress = _as_callback(progress)
+    progress = progress_callback(progress)
     n, k0 = x.shape[0], int(n_clusters[0])
-    with torch.no_grad(), _fast_matmul(compute):
+    with torch.no_grad(), fast_matmul(compute):
         rows = _sharded_rows(x, metric, compute)
-        chunk = _chunk_rows(chunk_size, k0, compute)
+        chunk = chunk_rows(chunk_size, k0, compute)
         _, assignment, n_iter = _fit_sharded(rows, k0, init=init, max_iters=max_iters, tol=tol,
-                                             seed=_level_seed(seed, 0), chunk=chunk)
-        _report(progress, "level 0 lloyd", n_iter, n_iter)
+                                             seed=level_seed(seed, 0), chunk=chunk)
+        report_progress(progress, "level 0 lloyd", n_iter, n_iter)
         for step in range(steps[0]):
             assignment = _resample(rows, assignment, per_cluster[0], max_iters=max_iters, tol=tol, chunk=chunk)
-            _report(progress, "level 0 resample", step + 1, steps[0])
+            report_progress(progress, "level 0 resample", step + 1, steps[0])
         state = {"levels": [{"centers": assignment.centers.cpu(),
                              "input_assignments": _gather_rows(assignment.labels, n),
                              "input_distances": _gather_rows(assignment.distances, n), "n_iter": n_iter}],
                  "current": None}
         for level in range(1, len(n_clusters)):
-            inputs = _Rows(state["levels"][-1]["centers"].to(compute), device=compute, metric=metric, unit=True)
-            _run_level(inputs, level, state, lambda _state: None, k=int(n_clusters[level]),
+            inputs = Rows(state["levels"][-1]["centers"].to(compute), device=compute, metric=metric, unit=True)
+            run_level(inputs, level, state, lambda _state: None, k=int(n_clusters[level]),
                        per_cluster=per_cluster[level], n_resamples=steps[level], init=init, max_iters=max_iters,
                        tol=tol, seed=seed, chunk_size=chunk_size, progress=progress)
-    return _hierarchy(state["levels"])
+    return HierarchicalKMeansResult.from_levels(state["levels"])
 
 
 def save_result(result: HierarchicalKMeansResult, path: str | os.PathLike) -> None:
@@ -296,7 +301,7 @@ def load_result(path: str | os.PathLike) -> HierarchicalKMeansResult:
                            "n_iter": int(data[f"n_iter_{i}"])})
     if not levels:
         raise ValueError(f"{path} holds no clustering levels")
-    return _hierarchy(levels)
+    return HierarchicalKMeansResult.from_levels(levels)
 
 
 def _print_progress(stage: str, step: int, total: int) -> None:
@@ -304,19 +309,23 @@ def _print_progress(stage: str, step: int, total: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """torchrun entry point: cluster a .npy of embeddings; rank 0 writes an .npz (``load_result``)."""
+    """torchrun entry point: cluster a .npy of embeddings; rank 0 writes an .npz (``load_result``).
+
+    Options left out take the bundled defaults of [hierarchical_kmeans] (defaults.toml).
+    """
+    defaults = bundled_defaults()["hierarchical_kmeans"]
     parser = argparse.ArgumentParser(prog="python -m vdc_lake.scale.kmeans_distributed", description=__doc__.split("\n")[0])
     parser.add_argument("--embeddings", required=True, help="float [n, d] .npy (memory-mapped by every rank)")
     parser.add_argument("--n-clusters", type=int, nargs="+", required=True, help="clusters per level, finest first")
     parser.add_argument("--method", choices=["centers", "resampled"], required=True)
     parser.add_argument("--n-samples", type=int, nargs="+", default=None,
                         help="points per centre kept by resampling, per level (method resampled)")
-    parser.add_argument("--n-resamples", type=int, default=10)
-    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
-    parser.add_argument("--init", choices=["kmeans++", "random"], default="kmeans++")
-    parser.add_argument("--max-iters", type=int, default=50)
-    parser.add_argument("--tol", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-resamples", type=int, default=defaults["n_resamples"])
+    parser.add_argument("--metric", choices=["cosine", "l2"], default=defaults["metric"])
+    parser.add_argument("--init", choices=["kmeans++", "random"], default=defaults["init"])
+    parser.add_argument("--max-iters", type=int, default=defaults["max_iters"])
+    parser.add_argument("--tol", type=float, default=defaults["tol"])
+    parser.add_argument("--seed", type=int, default=defaults["seed"])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress display on rank 0")
     parser.add_argument("--output", required=True, help=".npz written by rank 0 (see load_result)")

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from vdc_lake.errors import StageError
-from vdc_lake.scale.parallel import progress_bar
+from vdc_lake.progress import progress_bar
 
 # Shards hold at most this many items: ~1 s of work per task keeps Ray's per-task cost
 # (~5 ms, more on a busy node) negligible while a retry redoes little.

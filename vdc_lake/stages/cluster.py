@@ -29,9 +29,10 @@ import numpy as np
 import pyarrow as pa
 
 from vdc_lake.catalog.connection import Catalog
-from vdc_lake.errors import StageError
-from vdc_lake.scale.parallel import progress_bar
 from vdc_lake.catalog.sets import VectorSet, per_image_table, read_vectors
+from vdc_lake.config.loader import bundled_defaults
+from vdc_lake.errors import StageError
+from vdc_lake.progress import progress_bar
 
 
 @dataclass
@@ -167,19 +168,26 @@ def _cluster_with_torchrun(vs: VectorSet, params: dict[str, Any], work: Path, *,
     return load_result(output)
 
 
-def cluster(catalog: Catalog, set_name: str, *, n_clusters: Sequence[int], method: str = "resampled",
-            n_samples: Sequence[int] | None = None, n_resamples: int = 10, metric: str = "cosine",
-            init: str = "kmeans++", max_iters: int = 50, tol: float = 1e-4, seed: int = 0, device: str = "auto",
-            nproc_per_node: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
+def cluster(catalog: Catalog, set_name: str, *, n_clusters: Sequence[int], method: str | None = None,
+            n_samples: Sequence[int] | None = None, n_resamples: int | None = None, metric: str | None = None,
+            init: str | None = None, max_iters: int | None = None, tol: float | None = None, seed: int | None = None,
+            device: str = "auto", nproc_per_node: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
             quiet: bool = False) -> ClusterSummary:
     """Hierarchical k-means of the set's present images; resumes an interrupted identical run.
 
+    method, n_resamples, metric, init, max_iters, tol, seed: None takes the bundled default of
+    [hierarchical_kmeans] (the CLI passes the effective config). n_samples is used as given.
     nproc_per_node > 1 (or nnodes > 1): torch.distributed over that many processes per node
     (NCCL on GPUs, gloo on the CPU), launched with torchrun; same result as one process up
     to float rounding. Multi-node: this machine is node 0 and prints the command for the others.
     """
     from vdc_lake.kernels.kmeans import hierarchical_kmeans
 
+    given = {"method": method, "n_resamples": n_resamples, "metric": metric, "init": init,
+             "max_iters": max_iters, "tol": tol, "seed": seed}
+    defaults = bundled_defaults()["hierarchical_kmeans"]
+    method, n_resamples, metric, init, max_iters, tol, seed = (
+        defaults[key] if value is None else value for key, value in given.items())
     params = {"set": set_name, "n_clusters": list(n_clusters), "method": method,
               "n_samples": list(n_samples) if n_samples else None, "n_resamples": n_resamples, "metric": metric,
               "init": init, "max_iters": max_iters, "tol": tol, "seed": seed}
@@ -312,12 +320,12 @@ def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allo
         raise StageError(f"--total must be a whole number >= 1, not {total!r}")
     total = int(total)
     if cluster_run is None:
-        cluster_run = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage = 'cluster' AND status = 'done'")
+        cluster_run = catalog.scalar("SELECT run_id FROM newest_stage_runs WHERE stage = 'cluster'")
         if cluster_run is None:
             raise StageError("no clustering to sample from: run `vdc-lake cluster --set NAME` first")
     elif catalog.scalar("SELECT count(*) FROM runs WHERE run_id = ? AND stage = 'cluster' AND status = 'done'",
                         [cluster_run]) != 1:
-        newest = catalog.scalar("SELECT max(run_id) FROM runs WHERE stage = 'cluster' AND status = 'done'")
+        newest = catalog.scalar("SELECT run_id FROM newest_stage_runs WHERE stage = 'cluster'")
         hint = f"newest: {newest}" if newest is not None else "there is none yet: run `vdc-lake cluster` first"
         raise StageError(f"run {cluster_run} is not a finished cluster run; give one ({hint})")
     data, matrix = _clustered_images(catalog, cluster_run)

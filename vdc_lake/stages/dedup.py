@@ -19,6 +19,7 @@ from vdc_lake.catalog.connection import Catalog, side_folder
 from vdc_lake.fileops.confine import check_name, is_inside
 from vdc_lake.errors import StageError
 from vdc_lake.catalog.sets import VectorSet, count_vectors, read_vectors, set_dim
+from vdc_lake.config.loader import bundled_defaults
 
 SUPPORTED_METRICS = ("cosine",)
 # Up to this many vectors an exact all-pairs search on the CPU beats building an HNSW graph
@@ -252,10 +253,10 @@ def _usable_index(record: IndexRecord | None, n_vectors: int, center: bool, l2_n
             and bool(record.center) == center and bool(record.l2_normalize) == l2_normalize)
 
 
-def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "cosine", method: str = "auto",
-           device: str = "auto", neighbors_k: int = 16, center: bool = False, l2_normalize: bool = True,
-           dtype: str = "i8", max_pairs_per_image: int | None = None, precision: str = "auto",
-           backend: str = "local", ray_tile_rows: int | None = None,
+def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str | None = None, method: str = "auto",
+           device: str = "auto", neighbors_k: int | None = None, center: bool | None = None,
+           l2_normalize: bool | None = None, dtype: str | None = None, max_pairs_per_image: int | None = None,
+           precision: str | None = None, backend: str = "local", ray_tile_rows: int | None = None,
            quiet: bool = False) -> ReportSummary:
     """Find every pair of the set under `threshold` and write them to dup_edges under a new run.
 
@@ -269,8 +270,17 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
     the Ray cluster joined by the caller (vdc_lake.scale.ray_backend.range_search), resumable per tile.
     A multi-view set (the builtin-dct-ms descriptor) is searched as one row per view, centred
     and normalised per view, and its pairs folded back to image pairs (fold_view_pairs).
+    metric, neighbors_k, center, l2_normalize, dtype, precision: None takes the bundled default
+    of [dedup] (the CLI passes the effective config).
     """
     from vdc_lake.kernels import neighbors
+    defaults = bundled_defaults()["dedup"]
+    metric = defaults["metric"] if metric is None else metric
+    neighbors_k = defaults["neighbors"] if neighbors_k is None else neighbors_k
+    center = defaults["center"] if center is None else center
+    l2_normalize = defaults["l2_normalize"] if l2_normalize is None else l2_normalize
+    dtype = defaults["index_dtype"] if dtype is None else dtype
+    precision = defaults["precision"] if precision is None else precision
     check_name(set_name)
     _check_metric(metric)
     _check_search_options(max_pairs_per_image, precision, ray_tile_rows)
@@ -339,7 +349,7 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str = "
 @contextlib.contextmanager
 def _progress(desc: str, unit: str, quiet: bool):
     """A progress(done, total) callback drawing one bar (silent with quiet)."""
-    from vdc_lake.scale.parallel import progress_bar
+    from vdc_lake.progress import progress_bar
 
     state = {"bar": None, "done": 0}
 
