@@ -1,11 +1,11 @@
-"""Throughput of vdc_lake.models.birder inference: data loader alone, model alone, end to end.
+"""Throughput of vdc_lake.models inference: data loader alone, model alone, end to end.
 
 Writes N synthetic JPEGs (default 512 at ~0.5 MP) to a temporary directory, then for each
 model at its own input resolution prints images/s for
 
     loader   decode + birder preset transform in DataLoader workers (no model)
     model    the network alone on random input tensors already on the device
-    e2e      vdc_lake.models.birder.run_inference over the files
+    e2e      vdc_lake.models.inference.run_inference over the files
     model/e2e  ~1.0: the model is the bottleneck (good); >1: decoding starves the model
 
 and with --compare-birder also runs `python -m birder.scripts.predict` (its CLI, in a
@@ -18,7 +18,7 @@ and resolution with random weights (no download; the speed is the real nets'), o
 --models-dir models --model NAME (repeat).
 
 --multi measures the walkthrough's three models together: one decode pass with all three
-(vdc_lake.models.birder.run_pass, rotation in memory at --rotate-threshold) against three separate
+(vdc_lake.models.passes.run_pass, rotation in memory at --rotate-threshold) against three separate
 passes (run_inference each) and, with --compare-birder, three runs of birder's own predict;
 per-model rates and the combined rate (images through all three models per second: for
 separate runs 1 / sum(1 / rate)). The GPU targets: each model alone model/e2e <= 1.1, the pass
@@ -50,15 +50,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
 
-from vdc_lake.models.birder import (  # noqa: E402
-    LoadedModel,
-    PassModel,
-    forward_fn,
-    image_loader,
-    load_model,
-    run_inference,
-    run_pass,
-)
+from vdc_lake.models.datasets import image_loader  # noqa: E402
+from vdc_lake.models.inference import run_inference  # noqa: E402
+from vdc_lake.models.kinds import forward_fn  # noqa: E402
+from vdc_lake.models.loading import LoadedModel, load_model  # noqa: E402
+from vdc_lake.models.passes import PassModel, run_pass  # noqa: E402
 
 KIND_FLAGS = {"rotation": "--save-output", "descriptor": "--save-logits", "embedding": "--save-embeddings"}
 

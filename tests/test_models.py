@@ -8,14 +8,10 @@ import torch
 from PIL import Image
 
 from tests.tiny_models import PE_CORE, ROTNET, SSCD, TINY_EMBEDDING_SIZE, make_tiny_models, write_test_images
-from vdc_lake.models.birder import (
-    ImageFileDataset,
-    ModelError,
-    list_models,
-    load_model,
-    run_inference,
-    split_model_name,
-)
+from vdc_lake.models.checkpoints import ModelError, list_models, split_model_name
+from vdc_lake.models.datasets import ImageFileDataset
+from vdc_lake.models.inference import run_inference
+from vdc_lake.models.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -166,17 +162,18 @@ def test_checkpoint_for_the_wrong_network(tmp_path, models_dir):
 
 def test_gpu_split_preprocessing_matches_birders_preset(models_dir, images):
     """On CUDA, workers stop at uint8 and the device normalises: same numbers as the full preset."""
-    from vdc_lake.models.birder import _gpu_split, _normalizer, decode_rgb
+    from vdc_lake.models.decoding import decode_rgb
+    from vdc_lake.models.loading import gpu_split, normalizer
 
     loaded = load_model(models_dir, SSCD)
-    steps = _gpu_split(loaded.transform)
+    steps = gpu_split(loaded.transform)
     assert steps is not None, "birder's inference preset no longer ends with ToDtype, Normalize"
     from torchvision.transforms import v2
 
     pixels = decode_rgb(str(images[0]))
     uint8 = v2.Compose(steps[:-2])(pixels)
     assert uint8.dtype == torch.uint8
-    on_device = _normalizer(steps[-1].mean, steps[-1].std, torch.device("cpu"))(uint8[None])[0]
+    on_device = normalizer(steps[-1].mean, steps[-1].std, torch.device("cpu"))(uint8[None])[0]
     torch.testing.assert_close(on_device, loaded.transform(pixels), rtol=0, atol=1e-6)
 
 
@@ -184,13 +181,13 @@ def test_odd_images_give_batchable_tensors(tmp_path, models_dir):
     """Animated GIF (first frame) and 16-bit PNG, through both the CPU and the GPU worker transform."""
     from torchvision.transforms import v2
 
-    from vdc_lake.models.birder import _gpu_split
+    from vdc_lake.models.loading import gpu_split
 
     frames = [Image.fromarray(np.full((20, 30, 3), 60 * i, dtype=np.uint8)) for i in range(3)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     Image.fromarray(np.full((20, 30), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
     loaded = load_model(models_dir, ROTNET)
-    uint8_transform = v2.Compose(_gpu_split(loaded.transform)[:-2])
+    uint8_transform = v2.Compose(gpu_split(loaded.transform)[:-2])
     for transform, dtype in ((loaded.transform, torch.float32), (uint8_transform, torch.uint8)):
         dataset = ImageFileDataset([tmp_path / "anim.gif", tmp_path / "deep.png"], transform)
         for i in range(2):
@@ -227,7 +224,7 @@ def test_torchscript_and_safetensors_files(tmp_path, models_dir, images):
 
 def test_exif_orientation_is_not_applied_like_birder(tmp_path):
     """birder's tv loader ignores EXIF orientation; so do we (rotation is judged on stored pixels)."""
-    from vdc_lake.models.birder import decode_rgb
+    from vdc_lake.models.decoding import decode_rgb
 
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
@@ -237,7 +234,7 @@ def test_exif_orientation_is_not_applied_like_birder(tmp_path):
 
 def test_draft_decoding_keeps_every_side_at_least_the_draft_size(tmp_path):
     """A JPEG far larger than the pass needs decodes at DCT scale; small ones and PNGs decode like birder."""
-    from vdc_lake.models.birder import decode_for_pass, decode_rgb, draft_size_for
+    from vdc_lake.models.decoding import decode_for_pass, decode_rgb, draft_size_for
 
     rng = np.random.default_rng(0)
     big = np.asarray(Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((1000, 760)))
@@ -253,7 +250,7 @@ def test_draft_decoding_keeps_every_side_at_least_the_draft_size(tmp_path):
 
 
 def test_rotation_angles_follow_rotation_actions():
-    from vdc_lake.models.birder import rotation_angles
+    from vdc_lake.models.kinds import rotation_angles
 
     probs = np.array([[0.1, 0.7, 0.1, 0.1],    # 90 above 0.5
                       [0.1, 0.1, 0.5, 0.3],    # 180 at the threshold: not above it
@@ -271,7 +268,7 @@ def test_turning_in_memory_is_what_apply_writes(tmp_path, action):
     from pathlib import Path
 
     from vdc_lake.fileops.imageops import ACTIONS
-    from vdc_lake.models.birder import decode_rgb, rotate_clockwise
+    from vdc_lake.models.decoding import decode_rgb, rotate_clockwise
 
     pixels = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
@@ -281,7 +278,7 @@ def test_turning_in_memory_is_what_apply_writes(tmp_path, action):
 
 
 def test_gpu_decode_needs_cuda():
-    from vdc_lake.models.birder import resolve_decode
+    from vdc_lake.models.decoding import resolve_decode
 
     assert resolve_decode("auto", torch.device("cpu")) == "cpu"
     with pytest.raises(ModelError, match="--decode gpu needs a CUDA device"):
@@ -314,3 +311,30 @@ def test_reading_a_birder_file_name_does_not_import_torch(tmp_path):
             "print(n.network, n.tag, 'torch' in sys.modules, 'birder' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["resnet_v1_50_c1", "sscd", "False", "False"]
+
+
+def test_inference_options_come_from_the_config_with_given_values_on_top(tmp_path, monkeypatch):
+    import pickle
+
+    from vdc_lake.config.loader import Config, bundled_defaults
+    from vdc_lake.models.options import InferenceOptions
+
+    bundled = bundled_defaults()
+    options = InferenceOptions.from_config()
+    assert (options.batch_size, options.num_workers, options.draft_min_size, options.device, options.decode) == (
+        bundled["predict"]["batch_size"], bundled["predict"]["num_workers"], bundled["predict"]["draft_min_size"],
+        bundled["predict"]["device"], bundled["predict"]["decode"])
+    assert options.max_pixels == bundled["sanitize"]["max_pixels"]
+    assert options.rotate_threshold == bundled["rotation_correction"]["threshold"]
+    assert not (options.amp or options.compile or options.fast_matmul or options.channels_last)
+    config = Config.bundled()
+    config.overlay({"predict": {"batch_size": 8, "models_dir": "~/weights"}}, "test")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    mine = InferenceOptions.from_config(config, batch_size=None, num_workers=0, amp=True)
+    assert (mine.batch_size, mine.num_workers, mine.amp) == (8, 0, True)  # None: not given
+    assert mine.models_dir == str(tmp_path / "weights")  # absolute, `~` expanded
+    assert mine.with_values(device="cpu", batch_size=None) == InferenceOptions.from_config(
+        config, num_workers=0, amp=True, device="cpu")
+    assert pickle.loads(pickle.dumps(mine)) == mine and hash(mine) == hash(pickle.loads(pickle.dumps(mine)))
+    with pytest.raises(TypeError, match="unknown inference option"):
+        InferenceOptions.from_config(batch=4)

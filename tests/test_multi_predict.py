@@ -148,6 +148,7 @@ def test_killed_pass_resumes_each_set_without_duplicates(mixed, models_dir):
         import os, signal
         import vdc_lake.stages.predict as p
         from vdc_lake.catalog.connection import Catalog
+        from vdc_lake.models.options import InferenceOptions
         original, commits = p._commit_pass, []
         def commit_then_die(*args):
             original(*args)
@@ -157,8 +158,9 @@ def test_killed_pass_resumes_each_set_without_duplicates(mixed, models_dir):
         p._commit_pass = commit_then_die
         requests = [p.PredictRequest(m, k) for m, k in {[(m, k) for m, k, _ in MODELS]!r}]
         with Catalog({str(mixed)!r}) as catalog:
-            p.predict_pass(catalog, requests, models_dir={str(models_dir)!r}, device="cpu", decode="cpu",
-                           rotate_threshold=0.0, batch_size=4, num_workers=0, commit_every=4, quiet=True)
+            options = InferenceOptions.from_config(None, models_dir={str(models_dir)!r}, device="cpu", decode="cpu",
+                                                   rotate_threshold=0.0, batch_size=4, num_workers=0)
+            p.predict_pass(catalog, requests, options, commit_every=4, quiet=True)
     """)
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert child.returncode == -9, child.stderr
@@ -205,7 +207,9 @@ def test_kinds_must_pair_with_models(mixed, models_dir):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU JPEG decoding needs CUDA (nvJPEG)")
 def test_gpu_decode_matches_the_cpu_decode(tmp_path, models_dir):
-    from vdc_lake.models.birder import PassModel, _gpu_jpeg_bytes, decode_for_pass, decode_jpegs_on_device, load_model, run_pass
+    from vdc_lake.models.decoding import decode_for_pass, decode_jpegs_on_device, gpu_jpeg_bytes
+    from vdc_lake.models.loading import load_model
+    from vdc_lake.models.passes import PassModel, run_pass
 
     rng = np.random.default_rng(3)
     smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((320, 240), Image.BICUBIC))
@@ -220,7 +224,7 @@ def test_gpu_decode_matches_the_cpu_decode(tmp_path, models_dir):
     (tmp_path / "corrupt.jpg").write_bytes((tmp_path / "rgb.jpg").read_bytes()[:200])
     device = torch.device("cuda")
     for name in ("rgb.jpg", "oriented.jpg", "grey.jpg", "progressive.jpg"):
-        data = _gpu_jpeg_bytes(str(tmp_path / name), None)
+        data = gpu_jpeg_bytes(str(tmp_path / name), None)
         assert data is not None, name
         (gpu,) = decode_jpegs_on_device([data], device)
         if gpu is None:  # nvJPEG refused it: the pass decodes it on the CPU instead
@@ -228,8 +232,8 @@ def test_gpu_decode_matches_the_cpu_decode(tmp_path, models_dir):
         cpu = decode_for_pass(str(tmp_path / name))
         assert gpu.shape == cpu.shape, name  # EXIF orientation not applied on either
         assert (gpu.cpu().float() - cpu.float()).abs().mean() < 2.0, name
-    assert _gpu_jpeg_bytes(str(tmp_path / "cmyk.jpg"), None) is None  # CMYK: CPU
-    assert _gpu_jpeg_bytes(str(tmp_path / "lossless.png"), None) is None
+    assert gpu_jpeg_bytes(str(tmp_path / "cmyk.jpg"), None) is None  # CMYK: CPU
+    assert gpu_jpeg_bytes(str(tmp_path / "lossless.png"), None) is None
     assert decode_jpegs_on_device([torch.frombuffer(bytearray((tmp_path / "corrupt.jpg").read_bytes()),
                                                     dtype=torch.uint8)], device) == [None]
 
@@ -251,13 +255,16 @@ def test_device_side_branch_equals_worker_resizing(tmp_path, models_dir):
     gives the same numbers as the CPU path where the workers resize."""
     from torch.utils.data import DataLoader
 
-    import vdc_lake.models.birder as m
+    import vdc_lake.models.passes as m
+    from vdc_lake.models.datasets import PassDataset, collate_pass
+    from vdc_lake.models.kinds import forward_fn, rotation_order
+    from vdc_lake.models.loading import load_model, preprocessing_steps
 
     paths = [str(p) for p in write_test_images(tmp_path / "images", 7)]
     Image.fromarray(np.zeros((30, 40), np.uint8)).convert("CMYK").save(tmp_path / "images" / "cmyk.jpg")
     (tmp_path / "images" / "cut.jpg").write_bytes(open(paths[0], "rb").read()[:300])  # nvJPEG and libjpeg refuse it
     paths += [str(tmp_path / "images" / "cmyk.jpg"), str(tmp_path / "images" / "cut.jpg")]
-    models = [m.PassModel(m.load_model(models_dir, name), kind) for name, kind, _ in MODELS]
+    models = [m.PassModel(load_model(models_dir, name), kind) for name, kind, _ in MODELS]
 
     def collect(batches):
         batches = list(batches)
@@ -268,11 +275,11 @@ def test_device_side_branch_equals_worker_resizing(tmp_path, models_dir):
                                  num_workers=0))
     steps = []
     for model in models:
-        resize, normalize = m.preprocessing_steps(model.loaded)
-        order = m._rotation_order(model.loaded) if model.kind == "rotation" else None
-        steps.append(m._PassStep(model, resize, normalize, m.forward_fn(model.loaded.net, model.kind), order))
-    dataset = m.PassDataset(paths, [], [model.loaded.size for model in models], ship_full=True, gpu_jpeg=True)
-    loader = DataLoader(dataset, batch_size=4, num_workers=0, collate_fn=m._collate_pass)
+        resize, normalize = preprocessing_steps(model.loaded)
+        order = rotation_order(model.loaded) if model.kind == "rotation" else None
+        steps.append(m._PassStep(model, resize, normalize, forward_fn(model.loaded.net, model.kind), order))
+    dataset = PassDataset(paths, [], [model.loaded.size for model in models], ship_full=True, gpu_jpeg=True)
+    loader = DataLoader(dataset, batch_size=4, num_workers=0, collate_fn=collate_pass)
     context = m._PassContext(steps, dataset, torch.device("cpu"), np.ones((3, len(paths)), bool), 0, 0.0,
                              np.full((len(paths), 4), np.nan, np.float32), None)
     device_side = collect(m._pass_batches(context, loader, torch.autocast("cpu", enabled=False), None, False, None))
@@ -285,7 +292,8 @@ def test_device_side_branch_equals_worker_resizing(tmp_path, models_dir):
 
 def test_stored_rotation_turns_the_images_without_running_the_rotation_model(tmp_path, models_dir):
     """A pass whose rotation set already holds an image's probabilities turns it by those."""
-    from vdc_lake.models.birder import PassModel, load_model, run_pass
+    from vdc_lake.models.loading import load_model
+    from vdc_lake.models.passes import PassModel, run_pass
 
     paths = [str(p) for p in write_test_images(tmp_path / "images", 6)]
     models = [PassModel(load_model(models_dir, ROTNET), "rotation"), PassModel(load_model(models_dir, SSCD), "descriptor")]
@@ -299,3 +307,30 @@ def test_stored_rotation_turns_the_images_without_running_the_rotation_model(tmp
     assert (angles != 0).any() and (np.concatenate([b.angles for b in second]) == angles).all()
     np.testing.assert_array_equal(np.concatenate([b.outputs[1] for b in second]),
                                   np.concatenate([b.outputs[1] for b in first]))
+
+
+def test_filter_examples_embeds_the_examples_as_predict_embedded_the_set(tmp_path, models_dir):
+    """An example that is a copy of a catalog image is at distance 0 from it: the examples are
+    embedded at the set's input size (--size) and decoded as predict decodes (JPEG draft)."""
+    import shutil
+
+    images, examples = tmp_path / "images", tmp_path / "examples"
+    paths = write_test_images(images, 3)
+    rng = np.random.default_rng(5)
+    smooth = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((1200, 1000), Image.BICUBIC)
+    smooth.save(images / "big.jpg", quality=90)  # both sides >= 2 x 448: predict decodes it drafted
+    examples.mkdir()
+    shutil.copy(images / "big.jpg", examples / "big.jpg")
+    shutil.copy(paths[0], examples / "small.jpg")
+    catalog = tmp_path / "catalog.duckdb"
+    base = ["--catalog", str(catalog), "-q"]
+    for args in (["scan", str(images)],
+                 ["predict", "--model", PE_CORE, "--kind", "embedding", "--size", "96", "--models-dir",
+                  str(models_dir), "--device", "cpu", "--num-workers", "0"],
+                 ["filter", "examples", "--set", PE_CORE, "--examples", str(examples), "--models-dir",
+                  str(models_dir)]):
+        result = CliRunner().invoke(cli, base + args)
+        assert result.exit_code == 0, result.output
+    with Catalog(catalog, read_only=True) as c:
+        rows = dict(c.rows("SELECT i.rel_path, d.distance FROM example_distances AS d JOIN images AS i USING (image_id)"))
+    assert rows["big.jpg"] < 1e-5 and rows[paths[0].name] < 1e-5, rows

@@ -8,6 +8,7 @@ import click
 
 from vdc_lake.cli.base import Context, cli, config_help, echo_table, handle_errors, pass_ctx
 from vdc_lake.cli.ingest import backend_options, chosen_backend
+from vdc_lake.models.options import AMP_DTYPES, InferenceOptions
 
 
 class EachModel(click.Option):
@@ -84,7 +85,7 @@ def _predict_requests(model: tuple[str, ...], kind: tuple[str, ...], tag: tuple[
 @click.option("--batch-size", type=int, default=None, help=f"{config_help('predict', 'batch_size')}")
 @click.option("--num-workers", type=int, default=None, help="Decoding processes [config predict.num_workers].")
 @click.option("--amp", is_flag=True, help="Mixed precision (autocast).")
-@click.option("--amp-dtype", type=click.Choice(["bfloat16", "float16"]), default="bfloat16", show_default=True)
+@click.option("--amp-dtype", type=click.Choice(AMP_DTYPES), default=AMP_DTYPES[0], show_default=True)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--fast-matmul", is_flag=True, help="Allow TF32 matmuls.")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format.")
@@ -123,17 +124,17 @@ def predict(ctx: Context, model: tuple[str, ...], tag: tuple[str, ...], kind: tu
     from vdc_lake.stages.predict import predict_pass
 
     requests = _predict_requests(model, kind, tag, set_name, size)
+    # checked here, so that a bad value is named by its option or its config file and key
     cfg = ctx.section("predict", models_dir=models_dir, batch_size=batch_size, num_workers=num_workers,
                       device=device, decode=decode, draft_min_size=draft_min_size)
     threshold = ctx.get("rotation_correction", "threshold", rotate_threshold, name="--rotate-threshold")
+    options = InferenceOptions.from_config(
+        ctx.config, **cfg, rotate_threshold=threshold, max_pixels=ctx.get("sanitize", "max_pixels"), amp=amp,
+        amp_dtype=amp_dtype, compile=compile_, fast_matmul=fast_matmul, channels_last=channels_last)
     backend = chosen_backend(ctx, backend, ray_address)
     with ctx.writer() as catalog:
-        summaries = predict_pass(
-            catalog, requests, models_dir=cfg["models_dir"], device=cfg["device"], decode=cfg["decode"],
-            rotate_threshold=threshold, draft_min_size=cfg["draft_min_size"], batch_size=cfg["batch_size"],
-            num_workers=cfg["num_workers"], amp=amp, amp_dtype=amp_dtype, compile=compile_, fast_matmul=fast_matmul,
-            channels_last=channels_last, quiet=ctx.quiet, backend=backend,
-            max_pixels=ctx.get("sanitize", "max_pixels"), retry_failed=retry_failed)
+        summaries = predict_pass(catalog, requests, options, quiet=ctx.quiet, backend=backend,
+                                 retry_failed=retry_failed)
     for s in summaries:
         click.echo(f"predict run {s.run_id}: set {s.set_name} ({s.kind}): {s.written} of {s.todo} images written, "
                    f"{s.failed} failed, {s.images_per_second} images/s")
@@ -200,7 +201,7 @@ def models_list(ctx: Context, models_dir: str | None) -> None:
     Example:
         vdc-lake models list --models-dir models
     """
-    from vdc_lake.models.birder import list_models
+    from vdc_lake.models.checkpoints import list_models
 
     folder = ctx.get("predict", "models_dir", models_dir)
     rows = [(m.name, m.kind or m.task or "", "x".join(map(str, m.size)) if m.size else "", m.num_classes,

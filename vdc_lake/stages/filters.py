@@ -20,6 +20,7 @@ from vdc_lake.catalog.connection import Catalog
 from vdc_lake.fileops.confine import check_name
 from vdc_lake.errors import StageError
 from vdc_lake.catalog.sets import VectorBatch, iter_vectors, per_image_table, set_dim
+from vdc_lake.models.options import InferenceOptions, given_options
 
 CHUNK_ROWS = 65536
 
@@ -49,7 +50,8 @@ def nearest_distance(x: np.ndarray, examples: np.ndarray, *, chunk_rows: int = C
     return distances, nearest
 
 
-def _example_vectors(catalog: Catalog, set_name: str, examples: Path, models_dir: str, device: str) -> tuple[np.ndarray, list[str]]:
+def _example_vectors(catalog: Catalog, set_name: str, examples: Path,
+                     options: InferenceOptions) -> tuple[np.ndarray, list[str]]:
     """Examples as vectors of the same kind as the set: a birder embeddings file, or a folder."""
     if examples.is_file():
         from vdc_lake.models.result_files import read_result_file
@@ -58,25 +60,33 @@ def _example_vectors(catalog: Catalog, set_name: str, examples: Path, models_dir
         return result.values.astype(np.float32), list(result.samples)
     if not examples.is_dir():
         raise StageError(f"examples {examples} is neither a folder of images nor a birder embeddings file")
-    from vdc_lake.stages.predict import embed_paths
+    from vdc_lake.models.embed import embed_paths
 
     paths = sorted(str(p) for p in examples.rglob("*") if p.is_file())
     if not paths:
         raise StageError(f"no example images in {examples}")
-    vectors, ok = embed_paths(catalog, set_name, paths, models_dir=models_dir, device=device)
+    vectors, ok = embed_paths(catalog, set_name, paths, options)
     return vectors[ok], [p for p, good in zip(paths, ok) if good]
 
 
-def filter_by_examples(catalog: Catalog, set_name: str, examples: str | Path, *, metric: str = "cosine",
-                       models_dir: str = "models", device: str = "auto") -> FilterSummary:
-    """Store each present image's distance to its nearest unwanted example."""
+def filter_by_examples(catalog: Catalog, set_name: str, examples: str | Path, *, metric: str | None = None,
+                       options: InferenceOptions | None = None, **given: Any) -> FilterSummary:
+    """Store each present image's distance to its nearest unwanted example.
+
+    options: how example images are embedded (InferenceOptions; None: the bundled config's),
+    with the option values `given` on top (models_dir=..., device=...). metric: None: the bundled
+    filter_by_examples.metric."""
+    from vdc_lake.config.loader import bundled_defaults
+
     check_name(set_name)
+    metric = metric or bundled_defaults()["filter_by_examples"]["metric"]
     if metric != "cosine":
         raise StageError(f"metric {metric!r} is not supported; use cosine")
+    options = given_options(options, given)
     params = {"set": set_name, "examples": str(examples), "metric": metric}
     with catalog.run("filter-examples", params) as run_id:
         dim = set_dim(catalog, "embeddings", set_name)
-        example_vectors, names = _example_vectors(catalog, set_name, Path(examples), models_dir, device)
+        example_vectors, names = _example_vectors(catalog, set_name, Path(examples), options)
         if example_vectors.shape[1] != dim:
             raise StageError(f"examples are {example_vectors.shape[1]}-d but set {set_name!r} is "
                              f"{dim}-d: embed them with the same model")

@@ -28,9 +28,11 @@ import pyarrow as pa
 
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.fileops.confine import OUTSIDE_ROOT, ReadableRoots
-from vdc_lake.kernels.descriptor import BUILTIN_MODELS, builtin_vectors_for
+from vdc_lake.kernels.descriptor import builtin_vectors_for
 from vdc_lake.errors import StageError
-from vdc_lake.scale.parallel import BACKENDS, LazyRows, get_mapper, progress_bar
+from vdc_lake.progress import progress_bar
+from vdc_lake.models.options import InferenceOptions, given_options
+from vdc_lake.scale.parallel import BACKENDS, LazyRows, get_mapper
 from vdc_lake.stages.sanitize import pixels_sql
 from vdc_lake.catalog.sets import (
     BUILTIN_SET, batch_rows_setting, missing_images, register_builtin_set, register_embedding_set,
@@ -104,20 +106,6 @@ def _builtin_item(item: tuple[str, int], *, max_pixels: int) -> np.ndarray | str
     if result.descriptor is not None:
         return result.descriptor
     return result.error or f"not decoded: more than the pixel limit of {max_pixels:,}"
-
-
-def _builtin_one(path: str, max_pixels: int) -> np.ndarray | None:
-    """The builtin descriptor, or None when the file does not decode or exceeds max_pixels."""
-    from vdc_lake.fileops.probe import decode_check
-
-    return decode_check(path, max_pixels=max_pixels, with_descriptor=True).descriptor
-
-
-def default_max_pixels() -> int:
-    """The bundled pixel limit (sanitize.max_pixels), for callers that pass none."""
-    from vdc_lake.config.loader import bundled_defaults
-
-    return int(bundled_defaults()["sanitize"]["max_pixels"])
 
 
 def _skip_blocked(catalog: Catalog, work: pa.Table, max_pixels: int, summary: PredictSummary) -> pa.Table:
@@ -236,34 +224,17 @@ class ModelSpec:
     """A model and how to run it: all a Ray worker needs (picklable, hashable; Ray's staging
     key hashes it, so changing the model or an option starts a fresh staging folder)."""
 
-    models_dir: str
     model: str
     tag: str | None
     size: int | None
-    device: str
     kind: str
-    batch_size: int
-    amp: bool
-    amp_dtype: str
-    channels_last: bool
-    fast_matmul: bool
-    compile: bool
-    num_workers: int | None
-    max_pixels: int | None = None
-    decode: str = "auto"
-    draft_min_size: int = 0
+    options: InferenceOptions
 
     def load(self) -> Any:
-        from vdc_lake.models.birder import load_model
+        from vdc_lake.models.loading import load_model
 
-        return load_model(self.models_dir, self.model, tag=self.tag, device=self.device,
+        return load_model(self.options.models_dir, self.model, tag=self.tag, device=self.options.device,
                           size=None if self.size is None else (self.size, self.size))
-
-    def inference_options(self) -> dict[str, Any]:
-        return dict(kind=self.kind, batch_size=self.batch_size, num_workers=self.num_workers, amp=self.amp,
-                    amp_dtype=self.amp_dtype, compile=self.compile, fast_matmul=self.fast_matmul,
-                    channels_last=self.channels_last, max_pixels=self.max_pixels, decode=self.decode,
-                    draft_min_size=self.draft_min_size)
 
 
 # The model of the last spec a Ray worker process ran: loaded once per process, not per shard.
@@ -289,14 +260,14 @@ def _infer_shard(spec: ModelSpec, items: list[tuple[str, int]]) -> list[np.ndarr
     """Ray task body for a shard of (path, version): one result per path (see _per_image).
     The version is not used here; it is in the items so that Ray's staging key (a hash of the
     items) changes when a file does, and a staged result of older bytes is never ingested."""
-    from vdc_lake.models.birder import run_inference
+    from vdc_lake.models.inference import run_inference
 
     paths = [path for path, _ in items]
     if spec not in _WORKER_MODELS:
         _WORKER_MODELS.clear()  # one model per worker process: free the previous one
         _WORKER_MODELS[spec] = spec.load()
     loaded = _WORKER_MODELS[spec]
-    batches = run_inference(loaded, paths, **spec.inference_options())
+    batches = run_inference(loaded, paths, spec.options, kind=spec.kind)
     return list(_per_image(batches, _rotation_order(loaded, spec.kind)))
 
 
@@ -318,11 +289,12 @@ def _model_results_on_ray(catalog: Catalog, spec: ModelSpec, items: list[tuple[s
 
     # Whole batches, and at least PREDICT_SHARD_BATCHES of them: each shard starts its decoding
     # processes, and the model's first batches are slow, so small shards would pay that often.
-    batches = max(PREDICT_SHARD_BATCHES, math.ceil(shard_size_for(len(items)) / spec.batch_size))
-    shard_size = batches * spec.batch_size
+    batch_size = spec.options.batch_size
+    batches = max(PREDICT_SHARD_BATCHES, math.ceil(shard_size_for(len(items)) / batch_size))
+    shard_size = batches * batch_size
     return ray_map_ordered(partial(_infer_shard, spec), items, desc="predict", quiet=quiet,
                            staging_dir=staging_root(catalog.path), shard_size=shard_size, batched=True,
-                           num_cpus=max(1, spec.num_workers or 1), num_gpus=1 if spec.device == "cuda" else 0)
+                           num_cpus=max(1, spec.options.num_workers), num_gpus=1 if spec.options.device == "cuda" else 0)
 
 
 def _ingest(catalog: Catalog, kind: str, work: pa.Table, results: Iterable[np.ndarray | str | None],
@@ -382,11 +354,6 @@ class PredictRequest:
     size: int | None = None
 
 
-def _models_folder(models_dir: str) -> str:
-    """The models folder as an absolute path; `~` expanded (a config file's value is not expanded by a shell)."""
-    return os.path.abspath(os.path.expanduser(models_dir))
-
-
 def _check_request(request: PredictRequest) -> None:
     if request.kind not in KIND_TABLE:
         raise StageError(f"unknown kind {request.kind!r}: use rotation, descriptor or embedding")
@@ -404,22 +371,33 @@ def _check_request(request: PredictRequest) -> None:
                          "(the checkpoint is MODELS_DIR/NAME.pt)")
 
 
-def _run_params(request: PredictRequest, name: str, options: dict[str, Any]) -> dict[str, Any]:
+def _bundled_backend() -> str:
+    from vdc_lake.config.loader import bundled_defaults
+
+    return str(bundled_defaults()["scale"]["backend"])
+
+
+def _run_params(request: PredictRequest, name: str, options: InferenceOptions, retry_failed: bool,
+                rotation_set: str | None, pass_sets: list[str]) -> dict[str, Any]:
     """A predict run's params: the same keys whether the set was computed alone or in a pass."""
     return {"model": request.model, "tag": request.tag, "kind": request.kind, "set": name, "size": request.size,
-            **options}
+            "device": options.device, "batch_size": options.batch_size, "amp": options.amp,
+            "amp_dtype": options.amp_dtype, "compile": options.compile, "max_pixels": options.max_pixels,
+            "decode": options.decode, "draft_min_size": options.draft_min_size, "retry_failed": retry_failed,
+            "rotate_threshold": options.rotate_threshold if rotation_set is not None else None,
+            "rotation_set": rotation_set, "pass_sets": pass_sets}
 
 
 def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, set_name: str | None = None,
-            models_dir: str = "models", size: int | None = None, device: str = "auto", batch_size: int = 64,
-            num_workers: int | None = 2, amp: bool = False, amp_dtype: str = "bfloat16", compile: bool = False,
-            fast_matmul: bool = False, channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES,
-            quiet: bool = False, backend: str = "local", max_pixels: int | None = None, decode: str = "auto",
-            draft_min_size: int = 448, retry_failed: bool = False) -> PredictSummary:
+            size: int | None = None, options: InferenceOptions | None = None, commit_every: int = COMMIT_EVERY_IMAGES,
+            quiet: bool = False, backend: str | None = None, retry_failed: bool = False, **given: Any) -> PredictSummary:
     """Compute `kind` outputs of `model` for every present image missing them; returns counts.
 
-    Images over `max_pixels` (default: the bundled sanitize.max_pixels) or with a pending
-    sanitize delete are skipped (summary.skipped, by reason); no decode exceeds the limit.
+    options: how the model runs (InferenceOptions; None: the bundled config's), with the option
+    values `given` on top (device="cpu", batch_size=4, ...). backend: "local" or "ray" (None:
+    the bundled [scale] backend).
+    Images over options.max_pixels or with a pending sanitize delete are skipped
+    (summary.skipped, by reason); no decode exceeds the limit.
     An image that fails (does not decode) is recorded in predict_failures with its reason
     (summary.failed, summary.errors); a later predict of the set leaves out the images that
     failed on their current bytes (summary.not_retried) unless `retry_failed`.
@@ -430,41 +408,35 @@ def predict(catalog: Catalog, *, model: str, kind: str, tag: str | None = None, 
     resolves to, cuda) and the builtin descriptor in per-file Ray tasks; this process only
     reads the work list and writes the results, as with "local". A birder model on "local" is
     a decode pass with one model (predict_pass), so it computes what a pass with others does.
-    decode ("auto" | "cpu" | "gpu") and draft_min_size: see vdc_lake.models.birder.run_pass.
     """
     request = PredictRequest(model, kind, tag, set_name, size)
     _check_request(request)
+    backend = backend or _bundled_backend()
     if backend not in BACKENDS:
         raise StageError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}")
-    options = dict(models_dir=models_dir, device=device, batch_size=batch_size, num_workers=num_workers, amp=amp,
-                   amp_dtype=amp_dtype, compile=compile, fast_matmul=fast_matmul, channels_last=channels_last,
-                   commit_every=commit_every, quiet=quiet, max_pixels=max_pixels, decode=decode,
-                   draft_min_size=draft_min_size, retry_failed=retry_failed)
+    options = given_options(options, given)
     if model != BUILTIN_MODEL and backend == "local":
-        return predict_pass(catalog, [request], **options)[0]
-    return _predict_alone(catalog, request, backend=backend, **options)
+        return predict_pass(catalog, [request], options, commit_every=commit_every, quiet=quiet,
+                            retry_failed=retry_failed)[0]
+    return _predict_alone(catalog, request, options, backend=backend, commit_every=commit_every, quiet=quiet,
+                          retry_failed=retry_failed)
 
 
-def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str, device: str, batch_size: int,
-                   num_workers: int | None, amp: bool, amp_dtype: str, compile: bool, fast_matmul: bool,
-                   channels_last: bool, commit_every: int, quiet: bool, backend: str, max_pixels: int | None,
-                   decode: str, draft_min_size: int, retry_failed: bool) -> PredictSummary:
+def _predict_alone(catalog: Catalog, request: PredictRequest, options: InferenceOptions, *, backend: str,
+                   commit_every: int, quiet: bool, retry_failed: bool) -> PredictSummary:
     """The builtin descriptor (its own decode), or a model on Ray: one set, one run."""
     model, kind, size = request.model, request.kind, request.size
     builtin = model == BUILTIN_MODEL
-    max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
+    max_pixels = options.max_pixels
     loaded = spec = None
     if not builtin:
-        spec = ModelSpec(_models_folder(models_dir), model, request.tag, size, device, kind, batch_size, amp,
-                         amp_dtype, channels_last, fast_matmul, compile, num_workers, max_pixels, decode,
-                         draft_min_size)
-        spec = replace(spec, device=_ray_device(device))
-        loaded = replace(spec, device="cpu").load()  # here only for its name, classes and preprocessing
+        # no turning alone; Ray picks the device of each task
+        ray_options = replace(options, device=_ray_device(options.device), rotate_threshold=None)
+        spec = ModelSpec(model, request.tag, size, kind, ray_options)
+        # here only for its name, classes and preprocessing
+        loaded = replace(spec, options=replace(ray_options, device="cpu")).load()
     name = request.set_name or (BUILTIN_MODEL if builtin else loaded.name)
-    params = _run_params(request, name, dict(
-        device=device, batch_size=batch_size, amp=amp, amp_dtype=amp_dtype, compile=compile, max_pixels=max_pixels,
-        decode=decode, draft_min_size=draft_min_size, retry_failed=retry_failed, rotate_threshold=None,
-        rotation_set=None, pass_sets=[name]))
+    params = _run_params(request, name, options, retry_failed, None, [name])
     with catalog.run("predict", params) as run_id:
         started = time.monotonic()
         summary = PredictSummary(run_id, name, kind)
@@ -478,7 +450,7 @@ def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str
             catalog.release()  # before workers fork (local) or while tasks run (ray)
             if builtin:
                 mapper = get_mapper(backend, catalog_path=catalog.path)
-                results = mapper(partial(_builtin_item, max_pixels=max_pixels), items, workers=num_workers,
+                results = mapper(partial(_builtin_item, max_pixels=max_pixels), items, workers=options.num_workers,
                                  desc="builtin", quiet=quiet)
                 results = (builtin_vectors_for(dim, r) if isinstance(r, np.ndarray) else r for r in results)
             else:
@@ -489,7 +461,7 @@ def _predict_alone(catalog: Catalog, request: PredictRequest, *, models_dir: str
 
 
 def _register_model_set(catalog: Catalog, name: str, kind: str, loaded: Any, run_id: int) -> None:
-    from vdc_lake.models.birder import output_dim
+    from vdc_lake.models.kinds import output_dim
 
     _register(catalog, name, kind, loaded.name, output_dim(loaded, kind),
               ROTATION_ORDER if kind == "rotation" else loaded.class_names,
@@ -504,22 +476,19 @@ def _finish(catalog: Catalog, summary: PredictSummary, started: float) -> None:
 
 # -- one decode pass, several models ----------------------------------------------------------
 
-def predict_pass(catalog: Catalog, requests: list[PredictRequest], *, models_dir: str = "models",
-                 device: str = "auto", decode: str = "auto", rotate_threshold: float | None = None,
-                 draft_min_size: int = 448, batch_size: int = 64, num_workers: int | None = 2, amp: bool = False,
-                 amp_dtype: str = "bfloat16", compile: bool = False, fast_matmul: bool = False,
-                 channels_last: bool = False, commit_every: int = COMMIT_EVERY_IMAGES, quiet: bool = False,
-                 backend: str = "local", max_pixels: int | None = None,
+def predict_pass(catalog: Catalog, requests: list[PredictRequest], options: InferenceOptions | None = None, *,
+                 commit_every: int = COMMIT_EVERY_IMAGES, quiet: bool = False, backend: str | None = None,
                  retry_failed: bool = False) -> list[PredictSummary]:
     """Run several models over the present images in one decode pass; one summary per request.
 
+    options: how the models run (InferenceOptions; None: the bundled config's); backend as in predict.
     Each set gets its own predict run (params as if computed alone, plus the pass's sets) and
     exactly the rows a run of that model alone would write; the pass decodes each image that
     any set misses once and runs each model only on the images its set misses. Commits write
     every set together, so a killed pass resumes per set with no duplicates.
 
-    rotate_threshold: with one rotation request and others, the other models see each image
-    turned clockwise by the rotation model's predicted angle when its probability is above
+    options.rotate_threshold: with one rotation request and others, the other models see each
+    image turned clockwise by the rotation model's predicted angle when its probability is above
     the threshold (rotation_actions' rule), and table applied_rotations records it; None: no
     turning. Where the rotation set already holds an image's probabilities, those are used.
     The builtin descriptor (it decodes on its own) and backend "ray" run each request alone,
@@ -531,22 +500,21 @@ def predict_pass(catalog: Catalog, requests: list[PredictRequest], *, models_dir
     """
     for request in requests:
         _check_request(request)
+    backend = backend or _bundled_backend()
     if backend not in BACKENDS:
         raise StageError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}")
     if not requests:
         raise StageError("predict needs at least one --model with its --kind")
-    options = dict(models_dir=models_dir, device=device, batch_size=batch_size, num_workers=num_workers, amp=amp,
-                   amp_dtype=amp_dtype, compile=compile, fast_matmul=fast_matmul, channels_last=channels_last,
-                   commit_every=commit_every, quiet=quiet, max_pixels=max_pixels, decode=decode,
-                   draft_min_size=draft_min_size, retry_failed=retry_failed)
+    options = options or InferenceOptions.from_config()
+    run = dict(commit_every=commit_every, quiet=quiet, retry_failed=retry_failed)
     alone = [r for r in requests if r.model == BUILTIN_MODEL or backend == "ray"]
     together = [r for r in requests if r not in alone]
     summaries: dict[int, PredictSummary] = {}
     if together:
-        for request, summary in zip(together, _predict_together(catalog, together, rotate_threshold, **options)):
+        for request, summary in zip(together, _predict_together(catalog, together, options, **run)):
             summaries[id(request)] = summary
     for request in alone:
-        summaries[id(request)] = _predict_alone(catalog, request, backend=backend, **options)
+        summaries[id(request)] = _predict_alone(catalog, request, options, backend=backend, **run)
     return [summaries[id(r)] for r in requests]
 
 
@@ -561,54 +529,45 @@ class _PassSet:
     work: pa.Table | None = None  # (image_id, version, path) its set misses
 
 
-def _predict_together(catalog: Catalog, requests: list[PredictRequest], rotate_threshold: float | None, *,
-                      models_dir: str, device: str, batch_size: int, num_workers: int | None, amp: bool,
-                      amp_dtype: str, compile: bool, fast_matmul: bool, channels_last: bool, commit_every: int,
-                      quiet: bool, max_pixels: int | None, decode: str, draft_min_size: int,
-                      retry_failed: bool) -> list[PredictSummary]:
+def _predict_together(catalog: Catalog, requests: list[PredictRequest], options: InferenceOptions, *,
+                      commit_every: int, quiet: bool, retry_failed: bool) -> list[PredictSummary]:
     from contextlib import ExitStack
 
-    from vdc_lake.models.birder import load_model, resolve_device
+    from vdc_lake.models.loading import load_model, resolve_device
 
-    max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(options.device)
     sets = []
     for r in requests:
-        loaded = load_model(_models_folder(models_dir), r.model, tag=r.tag, device=torch_device,
+        loaded = load_model(options.models_dir, r.model, tag=r.tag, device=torch_device,
                             size=None if r.size is None else (r.size, r.size))
         sets.append(_PassSet(r, loaded, r.set_name or loaded.name))
     names = [s.name for s in sets]
     if len(set(names)) < len(names):
         raise StageError(f"two models of one pass write the same set ({', '.join(names)}); give each its own --set")
-    rotation = _turning_model(sets, rotate_threshold)
-    pass_options = dict(device=device, batch_size=batch_size, amp=amp, amp_dtype=amp_dtype, compile=compile,
-                        max_pixels=max_pixels, decode=decode, draft_min_size=draft_min_size,
-                        retry_failed=retry_failed, rotate_threshold=rotate_threshold if rotation is not None else None,
-                        rotation_set=sets[rotation].name if rotation is not None else None, pass_sets=names)
+    rotation = _turning_model(sets, options.rotate_threshold)
+    rotation_set = sets[rotation].name if rotation is not None else None
     with ExitStack() as runs:
         started = time.monotonic()
         for s in sets:
-            run_id = runs.enter_context(catalog.run("predict", _run_params(s.request, s.name, pass_options)))
+            params = _run_params(s.request, s.name, options, retry_failed, rotation_set, names)
+            run_id = runs.enter_context(catalog.run("predict", params))
             s.summary = PredictSummary(run_id, s.name, s.request.kind)
             _register_model_set(catalog, s.name, s.request.kind, s.loaded, run_id)
-            s.work = _todo(catalog, KIND_TABLE[s.request.kind], s.name, max_pixels, retry_failed, s.summary)
+            s.work = _todo(catalog, KIND_TABLE[s.request.kind], s.name, options.max_pixels, retry_failed, s.summary)
         images = _pass_images([s.work for s in sets])
         if images.num_rows:
             ids = images.column("image_id").to_numpy()
             needs = np.stack([np.isin(ids, s.work.column("image_id").to_numpy()) for s in sets])
             known = _known_rotation(catalog, sets[rotation].name, ids) if rotation is not None else None
             catalog.release()  # before the decoding workers fork
-            from vdc_lake.models.birder import PassModel, run_pass
+            from vdc_lake.models.passes import PassModel, run_pass
 
             label = "+".join(s.loaded.name for s in sets)
             with progress_bar(images.num_rows, f"predict {label}", unit="img", quiet=quiet) as bar:
                 batches = run_pass(
                     [PassModel(s.loaded, s.request.kind) for s in sets],
-                    LazyRows(images.select(["path"]), lambda r: r["path"]),
-                    needs=needs, rotation=rotation, rotate_threshold=rotate_threshold, known_rotation=known,
-                    decode=decode, batch_size=batch_size, num_workers=num_workers, amp=amp, amp_dtype=amp_dtype,
-                    compile=compile, fast_matmul=fast_matmul, channels_last=channels_last, progress=bar.update,
-                    max_pixels=max_pixels, draft_min_size=draft_min_size)
+                    LazyRows(images.select(["path"]), lambda r: r["path"]), options,
+                    needs=needs, rotation=rotation, known_rotation=known, progress=bar.update)
                 _ingest_pass(catalog, sets, images, needs, batches, commit_every)
         for s in sets:
             _finish(catalog, s.summary, started)
@@ -773,32 +732,6 @@ def carry_rotated_results(catalog: Catalog, ops: Iterable[dict[str, Any]]) -> in
             )
             carried += int(rows[0][0]) if rows else 0
     return carried
-
-
-def embed_paths(catalog: Catalog, set_name: str, paths: list[str], *, models_dir: str = "models",
-                device: str = "auto", max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors for arbitrary files with the model that made `set_name`: (vectors [n, d], ok mask [n]).
-    A file over max_pixels (default: the bundled sanitize.max_pixels) is not decoded (not ok)."""
-    max_pixels = default_max_pixels() if max_pixels is None else int(max_pixels)
-    rows = catalog.rows("SELECT model, kind, dim FROM embedding_sets WHERE name = ?", [set_name])
-    if not rows:
-        raise StageError(f"no embedding set named {set_name!r}")
-    model, kind, dim = rows[0]
-    vectors = np.zeros((len(paths), dim), np.float32)
-    ok = np.zeros(len(paths), bool)
-    if set_name == BUILTIN_MODEL or model in BUILTIN_MODELS:
-        for i, path in enumerate(paths):
-            v = _builtin_one(path, max_pixels)
-            if v is not None:
-                vectors[i], ok[i] = builtin_vectors_for(dim, v), True
-        return vectors, ok
-    from vdc_lake.models.birder import load_model, run_inference
-
-    loaded = load_model(_models_folder(models_dir), model, device=device)
-    for batch in run_inference(loaded, paths, kind=kind, num_workers=0, max_pixels=max_pixels):
-        vectors[batch.indices] = batch.outputs
-        ok[batch.indices] = True
-    return vectors, ok
 
 
 # -- import of birder result files --------------------------------------------------------------
