@@ -206,7 +206,8 @@ class Workspace:
         """`vdc-lake ARGS` in a subprocess, committing progress every 16 operations (not 256) so that
         kills also land between commits. It prints one line when the work starts: the plan line for
         apply, 'restore starts' for restore."""
-        code = ("import vdc_lake.effects.apply as a; a.FLUSH_EVERY_OPS = 16; restore = a.restore\n"
+        code = ("import vdc_lake.effects.apply as a, vdc_lake.effects.engine as e; e.FLUSH_EVERY_OPS = 16\n"
+                "restore = a.restore\n"
                 "def announced(*args, **kwargs):\n"
                 "    print('restore starts', flush=True)\n"
                 "    return restore(*args, **kwargs)\n"

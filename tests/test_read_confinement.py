@@ -97,6 +97,29 @@ def test_one_rule_decides_which_catalog_files_may_be_read(tmp_path):
     assert "not a plain relative path" in readable.path_error(f"{root}/../outside/c.jpg")
 
 
+
+def test_apply_acts_by_the_same_rule_in_the_image_s_own_root(tmp_path):
+    """apply's confinement check asks the read rule (confine.root_entry_problem) of the image's own
+    root: the same verdicts as ReadableRoots with that root alone, and its own messages."""
+    from vdc_lake.effects.confinement import confinement_error
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    _image(root / "a.jpg")
+    _image(outside / "c.jpg")
+    (root / "to_outside.jpg").symlink_to(outside / "c.jpg")
+    (root / "sub").symlink_to(outside)
+    readable = ReadableRoots([str(root)])
+
+    def apply_error(rel: str, recorded: bool = True) -> str | None:
+        op = {"op_id": 1, "image_id": 2, "root": str(root), "root_recorded": recorded, "src": f"{root}/{rel}",
+              "dst": None, "action": "delete", "backup": None, "run_id": 3, "params": None}
+        return confinement_error(op, None)
+
+    for rel in ("a.jpg", "missing.jpg", "to_outside.jpg", "sub/c.jpg", "../outside/c.jpg", "./a.jpg"):
+        assert (apply_error(rel) is None) == (readable.error(str(root), rel) is None), rel
+    assert "lies outside the scanned root" in apply_error("sub/c.jpg")
+    assert "which no scan run was given" in apply_error("a.jpg", recorded=False)
+
 # -- sanitize -------------------------------------------------------------------------------------------
 
 def test_sanitize_recheck_never_decodes_a_file_outside_the_roots(tree, run_cli):

@@ -43,6 +43,7 @@ RULES_TOML = "[sanitize]\nmax_width = 300\nmax_height = 300\nmax_file_size_mb = 
 KILLER = r"""
 import contextlib, os, pathlib, shutil, signal, sys
 import vdc_lake.effects.apply as apply_module
+import vdc_lake.effects.restore_journal as restore_journal
 from vdc_lake.catalog.connection import Catalog
 
 kill_at, steps, active = int(os.environ["VDC_TEST_KILL_AT"]), [0], [False]
@@ -73,7 +74,7 @@ def counted_transaction(self):
     step()
 
 Catalog.transaction = counted_transaction
-apply_module.RESTORE_FLUSH_EVERY_OPS = 8
+restore_journal.RESTORE_FLUSH_EVERY_OPS = 8
 restore = apply_module.restore
 
 def counting_restore(*args, **kwargs):

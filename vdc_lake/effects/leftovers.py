@@ -8,7 +8,7 @@ operation touched, so the candidates are found without walking the trees: exactl
 each a regular file inside the operation's scanned root (or its backup folder).
 
 A journal row may have been edited: the caller passes only operations that passed the same
-confinement checks the operation itself gets (apply.confined_ops), so the clean-up never
+confinement checks the operation itself gets (confinement.confinement_error), so the clean-up never
 touches a file the operation would be refused for.
 """
 

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from vdc_lake.errors import InvalidNameError
 
@@ -37,6 +37,51 @@ def is_plain_relative(rel_path: str) -> bool:
     if not rel_path or rel_path.startswith("/") or "\0" in rel_path:
         return False
     return all(part not in ("", ".", "..") for part in rel_path.split("/"))
+
+
+def relative_in_root(path: str, root: str) -> str | None:
+    """path's part under root when it is a plain relative path (is_plain_relative), else None."""
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return None
+    rel = path[len(prefix):]
+    return rel if is_plain_relative(rel) else None
+
+
+def resolve_entry(path: str) -> str:
+    """path with its folder resolved (every symlink followed); its own name as it is (not followed)."""
+    folder, name = os.path.split(path)
+    return os.path.join(os.path.realpath(folder), name)
+
+
+def real_root(root: str) -> str:
+    """root resolved, ending in os.sep: the form root_entry_problem's real_roots take."""
+    return os.path.realpath(root).rstrip(os.sep) + os.sep
+
+
+# Which part of the rule a catalog's root + rel_path breaks (root_entry_problem's answers).
+UNRECORDED_ROOT = "unrecorded_root"
+NOT_PLAIN_RELATIVE = "not_plain_relative"
+RESOLVES_OUTSIDE = "resolves_outside"
+
+
+def root_entry_problem(root: str | None, rel_path: str | None, *, recorded: bool, real_roots: Iterable[str],
+                       resolve: Callable[[str], str] = resolve_entry) -> str | None:
+    """The one rule for an image file a catalog names by root and rel_path, for reading it
+    (ReadableRoots) and for apply and restore acting on it: None when it holds, else the part it
+    breaks: UNRECORDED_ROOT (no scan run was given the root: `recorded`), NOT_PLAIN_RELATIVE
+    (rel_path is not a plain relative path), RESOLVES_OUTSIDE (the entry's folder, every symlink
+    followed, lies in none of `real_roots`: resolved roots ending in os.sep, see real_root).
+    The file's own name is not followed: it may be a symlink the owner of the tree put there
+    (scan registered it; apply replaces the link, never its target). `resolve` may cache."""
+    if not recorded or not isinstance(root, str):
+        return UNRECORDED_ROOT
+    if not isinstance(rel_path, str) or not is_plain_relative(rel_path):
+        return NOT_PLAIN_RELATIVE
+    real = resolve(os.path.join(root, rel_path))
+    if not any((real + os.sep).startswith(r) for r in real_roots):
+        return RESOLVES_OUTSIDE
+    return None
 
 
 def recorded_roots(catalog) -> set[str]:
@@ -105,18 +150,15 @@ class ReadableRoots:
 
     The one confinement rule of every stage that opens an image file by the catalog's root and
     rel_path (sanitize's decode, report's thumbnails, export's copies, predict). `error(root,
-    rel_path)` is None when the file may be read, else why not (one line): the root must be one a
-    scan run recorded (recorded_roots), rel_path a plain relative path (is_plain_relative), and
-    the file's folder, resolved with every symlink followed, must lie inside a recorded root.
-    This is apply's rule too (apply._confinement_error). The file's own name may be a symlink the
-    owner of the tree put there (scan registered it, and apply replaces the link, never its
-    target), so it is read through; a folder link out of the roots is not. Folders are resolved
-    once per instance (cached).
+    rel_path)` is None when the file may be read, else why not (one line): root_entry_problem's
+    rule, with the file's folder inside any recorded root (apply and restore ask for the image's
+    own root: effects/confinement.py). The file's own name may be a symlink, read through; a
+    folder link out of the roots is not. Folders are resolved once per instance (cached).
     """
 
     def __init__(self, recorded: Iterable[str]):
         self.recorded = set(recorded)
-        self._real_roots = sorted({os.path.realpath(r).rstrip(os.sep) + os.sep for r in self.recorded})
+        self._real_roots = sorted({real_root(r) for r in self.recorded})
         self._by_length = sorted(self.recorded, key=len, reverse=True)
         self._root_ok: dict[str, bool] = {}
         self._folders: dict[str, str] = {}
@@ -127,17 +169,18 @@ class ReadableRoots:
 
     def error(self, root: str | None, rel_path: str | None) -> str | None:
         """Why root/rel_path may not be read (no rule prefix), or None when it may."""
-        if not isinstance(root, str) or not self._is_root(root):
+        problem = root_entry_problem(root, rel_path, recorded=isinstance(root, str) and self._is_root(root),
+                                     real_roots=self._real_roots, resolve=self.resolve)
+        if problem == UNRECORDED_ROOT:
             return (f"the catalog names the root {root!r}, which no scan run was given (the catalog was edited); "
                     "vdc-lake reads files inside the roots it scanned only")
-        if not isinstance(rel_path, str) or not is_plain_relative(rel_path):
+        if problem == NOT_PLAIN_RELATIVE:
             return (f"the catalog names the path {rel_path!r} under {root}, which is not a plain relative path "
                     "(the catalog was edited); not read")
-        path = os.path.join(root, rel_path)
-        real = self.resolve(path)
-        if not self.is_inside_a_root(real):
-            return (f"{path} resolves to {real}, outside every scanned root (a folder link out of the root); "
-                    "not read: scan the folder it points into")
+        if problem == RESOLVES_OUTSIDE:
+            path = os.path.join(root, rel_path)
+            return (f"{path} resolves to {self.resolve(path)}, outside every scanned root (a folder link out of the "
+                    "root); not read: scan the folder it points into")
         return None
 
     def path_error(self, path: str | None) -> str | None:
