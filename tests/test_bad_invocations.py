@@ -239,48 +239,6 @@ def test_unexpected_errors_show_a_traceback_with_debug(built, monkeypatch):
     assert result.exit_code != 0 and result.exception is not None and not isinstance(result.exception, SystemExit)
 
 
-def test_the_library_applies_the_same_rules(tmp_path):
-    from vdc_lake.config.loader import Config
-    from vdc_lake.review.decisions import decision_query
-    from vdc_lake.errors import InvalidValueError
-
-    (tmp_path / "vdc-lake.toml").write_text("[rotation_correction]\nthreshold = 1.5\n")
-    with pytest.raises(InvalidValueError, match=r"^\[rotation_correction\] threshold in .*vdc-lake\.toml must be "
-                                                r"a probability between 0 and 1, not 1\.5$"):
-        Config.load(search_dir=tmp_path)
-    config = Config.bundled()
-    with pytest.raises(InvalidValueError, match=r"^--threshold must be a cosine distance between 0 and 2, not 5$"):
-        decision_query("dedup", config, threshold=5)
-    with pytest.raises(InvalidValueError, match=r"^--min-score \(3\) must not exceed --max-score \(1\)$"):
-        decision_query("score", config, name="aesthetic", min_score=3.0, max_score=1.0)
-
-
-def test_validate_rules_on_their_own(tmp_path):
-    from vdc_lake.config import rules as validate
-    from vdc_lake.errors import InvalidValueError
-
-    with Catalog(tmp_path / "c.duckdb", create=True) as catalog:
-        done = catalog.begin_run("sample", {})
-        catalog.finish_run(done)
-        failed = catalog.begin_run("sample", {})
-        catalog.finish_run(failed, status="failed", error="killed")
-        interrupted = catalog.begin_run("apply:dedup", {})  # never finished: restore may undo it
-        assert validate.check_run(catalog, done, "sample") == done
-        with pytest.raises(InvalidValueError, match=rf"^--run {failed}: sample run {failed} did not finish "
-                                                    rf"\(status failed\); give a finished sample run \(newest: {done}\)$"):
-            validate.check_run(catalog, failed, "sample")
-        assert validate.check_run(catalog, interrupted, "apply", finished=False) == interrupted
-        with pytest.raises(InvalidValueError, match="there is none yet: run `vdc-lake cluster` first"):
-            validate.check_run(catalog, done, "cluster", name="--cluster-run")
-    assert validate.fit_levels([100, 10, 5, 2], [10, 5, 3], explicit=False)[0] == [10, 5, 3, 3]
-    assert validate.fit_levels([12], [10, 5, 3], explicit=False)[0] == [10]
-    with pytest.raises(InvalidValueError, match=r"--n-samples has 3 values but --n-clusters has 1 levels"):
-        validate.fit_levels([12], [10, 5, 3], explicit=True)
-    assert validate.statements_writing_files("SELECT 1; COPY (SELECT 1) TO 'x.csv'; EXPORT DATABASE 'd'") == \
-        ["COPY", "EXPORT"]
-    assert validate.statements_writing_files("SELECT * FROM read_csv('x.csv')") == []
-
-
 def test_a_pipeline_with_unknown_tables_or_keys_is_refused(built, monkeypatch):
     folder, catalog = built
     monkeypatch.chdir(folder)
@@ -289,44 +247,6 @@ def test_a_pipeline_with_unknown_tables_or_keys_is_refused(built, monkeypatch):
     assert result.output == ("Error: pipeline typo.toml: unknown key 'catalgo' in [pipeline]; known keys: catalog\n")
     (folder / "typo.toml").write_text('[[steps]]\ncommand = "status"\n')
     assert invoke(catalog, ["run", "typo.toml"]).output.startswith("Error: pipeline typo.toml: unknown table 'steps'")
-
-
-def test_every_config_option_has_a_rule_and_the_defaults_pass_it():
-    from vdc_lake.config import rules as validate
-    from vdc_lake.config.loader import Config
-
-    described = Config.bundled().describe()
-    missing = [f"{s}.{k}" for s, k, _, _ in described if (s, k) not in validate.RULES]
-    assert missing == [], f"add a rule to vdc_lake/config/rules.py RULES for {missing}"
-    validate.check_config(described)
-
-
-# One wrong-typed value per kind of rule: what a TOML file may hold instead of the right type.
-WRONG_TYPE = {"Number": "ten", "Bound": "low", "Choice": 5, "Flag": "yes", "Text": 5, "Levels": "10 5",
-              "Extensions": ".jpg", "Formats": "JPEG", "JpegQuality": 90.5}
-
-
-def test_every_config_value_of_the_wrong_type_names_key_expectation_and_file(tmp_path):
-    """Each option of defaults.toml, given a value of the wrong type in a config file, is refused with
-    one message naming its section and key, what it must be, and the file (never used as it is)."""
-    from vdc_lake.config import rules as validate
-    from vdc_lake.config.loader import Config
-    from vdc_lake.errors import ConfigError
-
-    path = tmp_path / "wrong.toml"
-    for (section, key), rule in validate.RULES.items():
-        value = WRONG_TYPE[type(rule).__name__]
-        path.write_text(f"[{section}]\n{key} = {value!r}\n".replace("'", '"'))
-        with pytest.raises(ConfigError) as err:
-            Config.load(path, search_dir=tmp_path)
-        message = str(err.value)
-        assert message.startswith(f"[{section}] {key} in {path} must be {rule.requirement()}"), message
-        assert "\n" not in message
-    for section, key, text in [("scan", "workers", "2.0"), ("sanitize", "max_pixels", "1e9"),
-                               ("hierarchical_kmeans", "seed", "1.0"), ("hierarchical_kmeans", "n_samples", "[3.0]")]:
-        path.write_text(f"[{section}]\n{key} = {text}\n")
-        with pytest.raises(ConfigError, match=r"written without a decimal point or exponent"):
-            Config.load(path, search_dir=tmp_path)
 
 
 def test_a_pipeline_catalog_that_is_not_text_is_refused_before_any_file_is_made(built, monkeypatch):

@@ -178,56 +178,6 @@ def test_writer_commands_refuse_a_locked_catalog(scanned, catalog_path, run_cli)
 
 # -- configuration ---------------------------------------------------------------------------------
 
-def _show(run_cli, config=None) -> dict[str, tuple[str, str]]:
-    out = _ok(run_cli(["config", "show"], config=config))
-    rows = {}
-    for line in out.splitlines()[2:]:
-        option, rest = line.split(None, 1)
-        value, source = rest.rsplit(None, 1)
-        rows[option] = (value.strip(), source)
-    return rows
-
-
-def test_config_show_sources(run_cli, in_tmp_cwd, tmp_path):
-    rows = _show(run_cli)
-    assert rows["sanitize.min_width"] == ("80", "default")
-    assert rows["sanitize.max_file_size_mb"] == ("10.0", "default")
-    assert rows["scan.extensions"][1] == "default"
-
-    (in_tmp_cwd / "vdc-lake.toml").write_text("[sanitize]\nmin_width = 200\nmax_height = 1000\n")
-    rows = _show(run_cli)
-    assert rows["sanitize.min_width"] == ("200", str(in_tmp_cwd / "vdc-lake.toml"))
-
-    strict = tmp_path / "strict.toml"
-    strict.write_text("[sanitize]\nmin_width = 300\n")
-    rows = _show(run_cli, config=strict)
-    assert rows["sanitize.min_width"] == ("300", str(strict))  # --config beats ./vdc-lake.toml
-    assert rows["sanitize.max_height"] == ("1000", str(in_tmp_cwd / "vdc-lake.toml"))
-    assert rows["sanitize.min_height"] == ("80", "default")
-
-
-def test_config_errors(run_cli, tmp_path):
-    typo = tmp_path / "typo.toml"
-    typo.write_text("[sanitize]\nmin_widht = 300\n")
-    result = run_cli(["config", "show"], config=typo)
-    assert result.exit_code == 1
-    assert result.output.startswith(f"Error: {typo}: unknown key 'min_widht' in [sanitize]; known keys: ")
-    assert "min_width" in result.output
-
-    typo.write_text("[sanitise]\nmin_width = 300\n")
-    result = run_cli(["config", "show"], config=typo)
-    assert result.exit_code == 1
-    assert result.output.startswith(f"Error: {typo}: unknown section [sanitise]; known sections: ")
-
-    typo.write_text("[sanitize\n")
-    result = run_cli(["config", "show"], config=typo)
-    assert result.exit_code == 1
-    assert result.output.startswith(f"Error: config file {typo} is not valid TOML: ")
-
-    _fails(run_cli(["config", "show"], config=tmp_path / "absent.toml"),
-           f"cannot read config file {tmp_path / 'absent.toml'}: No such file or directory")
-
-
 def test_option_precedence_cli_over_file_over_default(scanned, catalog_path, run_cli, tmp_path):
     config = tmp_path / "wide.toml"
     config.write_text("[sanitize]\nmin_width = 300\nmax_file_size_mb = 50.0\n")
@@ -400,3 +350,17 @@ args = ["{scanned.root}"]
     typed = run_cli(["scan", scanned.root], tmp_path / "missing" / "c.duckdb")
     assert typed.exit_code != 0 and "does not exist" in typed.output
     assert not (tmp_path / "missing").exists()
+
+
+def test_short_help_still_works_after_a_pipeline_was_checked_in_the_same_process():
+    # checking a step makes a context for the command outside the group: click caches the
+    # command's help option then, and `-h` was refused afterwards
+    from click.testing import CliRunner
+
+    from vdc_lake.cli import cli
+    from vdc_lake.cli.run import parse_step
+
+    parse_step(["apply", "sanitize"])
+    result = CliRunner().invoke(cli, ["apply", "-h"], prog_name="vdc-lake")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage: vdc-lake apply [OPTIONS] STAGE")

@@ -323,7 +323,7 @@ def test_a_fresh_catalog_holds_defaults_toml_and_every_macro_parameter_defaults_
     assert rotation == float(bundled["rotation_correction", "threshold"])
     assert examples == float(bundled["filter_by_examples", "threshold"])
     # No macro carries a default of its own: every optional parameter is NULL (= the setting).
-    for path in sorted((sql_dir() / "views").glob("*.sql")):
+    for path in sorted((sql_dir() / "views").rglob("*.sql")):
         for signature in re.findall(r"CREATE OR REPLACE MACRO \w+\((.*?)\) AS", path.read_text(), re.S):
             defaults = re.findall(r":=\s*([^,)]+)", signature)
             assert all(d.strip() == "NULL" for d in defaults), (path.name, defaults)
@@ -541,3 +541,54 @@ def test_status_and_export_warn_when_the_sample_no_longer_survives(sample_tree, 
     assert f"warning: sample run 5 selected 20 images but only {curated} still survive" in status.output, status.output
     exported = run_cli(["export", "-o", tmp_path / "out"], catalog_path, config=looser)
     assert exported.exit_code == 0 and f"only {curated} still survive" in exported.output, exported.output
+
+
+def test_the_registry_is_the_only_list_of_decisions(tmp_path):
+    """plan's STAGE list, status' pending rows, the report's galleries, the decision SQL files and
+    the SQL union of removals all name exactly the registry's decisions."""
+    from vdc_lake.catalog.connection import package_objects, sql_dir
+    from vdc_lake.cli import cli
+    from vdc_lake.review import galleries
+    from vdc_lake.review.decisions import DECISIONS
+    from vdc_lake.review.galleries import GalleryInputs
+    from vdc_lake.review.pages import Limits
+    from vdc_lake.review.sections import decisions_section
+    from vdc_lake.review.status import catalog_status
+
+    names = list(DECISIONS)
+    listed = re.search(r"STAGE is one of (.*?) \(", " ".join(cli.commands["plan"].help.split())).group(1)
+    assert listed.replace(",", "").split() == names
+    # status asks each decision's view, and nothing else names one
+    asked = []
+    with Catalog(tmp_path / "c.duckdb") as catalog:
+        rows = catalog.rows
+        catalog.rows = lambda sql, params=None: asked.append(sql) or rows(sql, params)
+        catalog_status(catalog)
+        catalog.rows = rows
+        # the report: one gallery and one table row per decision, in the registry's order
+        shown = [d.gallery(catalog, GalleryInputs(Limits(0, 10, 1))) for d in DECISIONS.values()]
+    assert all(any(d.view in sql for sql in asked) for d in DECISIONS.values())
+    section = decisions_section(dict(zip(names, shown)), Limits(0, 10, 1), [])
+    table = next(b for b in section.body if "<table" in str(b))
+    assert re.findall(r"<tr><td>(\w+)</td>", table) == names
+    assert {d.gallery for d in DECISIONS.values()} == {
+        f for name, f in vars(galleries).items() if name.endswith("_gallery") and name != "near_miss_gallery"}
+    # one SQL file per decision (its view or macro), in the decisions' layer
+    objects = {path.stem for path in (sql_dir() / "views" / "20_decisions").glob("*.sql")}
+    assert {d.view.split("(")[0] for d in DECISIONS.values()} <= objects <= set(package_objects())
+    # the union of removals names the decisions that remove (and unreadable files, which no decision deletes)
+    union = "".join(package_objects()[name][1] for name in ("filter_removals", "removals"))
+    assert sorted(set(re.findall(r"'(\w+)' AS decision", union)) - {"unreadable"}) == sorted(
+        name for name, d in DECISIONS.items() if d.removes)
+
+
+def test_views_are_created_in_dependency_order():
+    from vdc_lake.catalog.connection import dependency_order, object_reads, package_objects
+
+    objects = package_objects()
+    order = list(objects)
+    for name, (_, text, _) in objects.items():
+        assert all(order.index(read) < order.index(name) for read in object_reads(text, set(objects) - {name}))
+    assert {"newest_runs", "newest_stage_runs", "filter_removals", "removals"} <= set(objects)
+    with pytest.raises(FileNotFoundError, match="cycle"):
+        dependency_order({"a": {"b"}, "b": {"a"}})

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import default_config, file_hash, tree_hashes
+from tests.conftest import default_config, file_hash
 from vdc_lake.effects.apply import apply_plan, make_plan, restore
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.review.decisions import decision_query

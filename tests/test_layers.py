@@ -106,3 +106,13 @@ def test_no_import_circle():
         if not state.get(node):
             visit(node, [node])
     assert cycles == []
+
+
+def test_the_layer_order_is_the_one_docs_development_md_writes_down():
+    page = (PACKAGE.parent / "docs" / "development.md").read_text(encoding="utf-8")
+    section = page.split("## Package layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = [row.split("`")[1].rstrip("/").removesuffix(".py") for row in rows]
+    assert documented[0] == "errors" and documented[1:] == list(LAYERS[1:])
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py") if p.parent.name != "sql"}
+    assert packages == set(LAYERS[1:])

@@ -32,7 +32,8 @@ from vdc_lake.catalog.connection import Catalog
 from vdc_lake.config.loader import Config
 from vdc_lake.review.decisions import decision_query
 from vdc_lake.stages.overrides import set_overrides
-from vdc_lake.review.report import build_report, svg_histogram
+from vdc_lake.review.render import svg_histogram
+from vdc_lake.review.report import build_report
 from vdc_lake.stages.scan import scan
 from vdc_lake.review.status import catalog_status
 

@@ -103,10 +103,16 @@ def sql_dir() -> Path:
     raise FileNotFoundError("vdc-lake's sql/ folder is missing from the installation; reinstall vdc-lake")
 
 
+def view_files(folder: Path | None = None) -> list[Path]:
+    """sql/views/**/*.sql, by path: the layer folders (10_base, 20_decisions, 30_marts) in order."""
+    views = (folder or sql_dir()) / "views"
+    return sorted(views.rglob("*.sql"), key=lambda path: path.relative_to(views).parts)
+
+
 def views_fingerprint() -> str:
-    """A hash of this vdc-lake's view definitions (sql/views/*.sql, names and text)."""
+    """A hash of this vdc-lake's view definitions (sql/views/**/*.sql, names and text)."""
     digest = hashlib.sha256()
-    for path in sorted((sql_dir() / "views").glob("*.sql")):
+    for path in view_files():
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -151,22 +157,46 @@ def side_folder(catalog_path: str | os.PathLike, suffix: str, *, create: bool = 
 
 _CREATE = re.compile(r"^CREATE OR REPLACE (VIEW|MACRO) (\w+)", re.MULTILINE)
 _VIEW_HEAD = re.compile(r"^.*?CREATE OR REPLACE VIEW \w+ AS\s", re.DOTALL)
+_COMMENT = re.compile(r"--[^\n]*")
+_WORD = re.compile(r"\b\w+\b")
 _EXPECTED_VIEWS: dict[str, str | None] = {}
 
 
 @lru_cache(maxsize=4)
 def package_objects(folder: Path | None = None) -> dict[str, tuple[str, str, str]]:
-    """{name: (kind 'VIEW'/'MACRO', statement, the same statement as TEMP)} of sql/views, in file
-    order; each file creates one view or macro (`CREATE OR REPLACE VIEW name AS ...`)."""
-    out = {}
-    for path in sorted(((folder or sql_dir()) / "views").glob("*.sql")):
+    """{name: (kind 'VIEW'/'MACRO', statement, the same statement as TEMP)} of sql/views/**, in
+    dependency order (each after the views and macros it reads, see dependency_order); each file
+    creates one view or macro (`CREATE OR REPLACE VIEW name AS ...`)."""
+    found_in = {}
+    for path in view_files(folder):
         text = path.read_text(encoding="utf-8")
         found = _CREATE.search(text)
         if found is None:
             raise FileNotFoundError(f"{path} creates no view or macro; reinstall vdc-lake")
-        out[found.group(2)] = (found.group(1), text,
-                               _CREATE.sub(r"CREATE OR REPLACE TEMP \1 \2", text, count=1))
-    return out
+        found_in[found.group(2)] = (found.group(1), text,
+                                    _CREATE.sub(r"CREATE OR REPLACE TEMP \1 \2", text, count=1))
+    reads = {name: object_reads(text, set(found_in) - {name}) for name, (_, text, _) in found_in.items()}
+    return {name: found_in[name] for name in dependency_order(reads)}
+
+
+def object_reads(statement: str, names: set[str]) -> set[str]:
+    """The names among `names` that a view's or macro's statement reads (comments left out)."""
+    return names & set(_WORD.findall(_COMMENT.sub("", statement)))
+
+
+def dependency_order(reads: dict[str, set[str]]) -> list[str]:
+    """The names of `reads` ({name: the names it reads}, in file order) ordered so that each comes
+    after what it reads, otherwise in file order; a cycle is a packaging error."""
+    done: list[str] = []
+    waiting = dict(reads)
+    while waiting:
+        ready = [name for name, needs in waiting.items() if needs <= set(done)]
+        if not ready:
+            raise FileNotFoundError(f"the views {', '.join(sorted(waiting))} of sql/views read each other in a "
+                                    "cycle; reinstall vdc-lake")
+        done.append(ready[0])
+        del waiting[ready[0]]
+    return done
 
 
 def _expected_views(con: duckdb.DuckDBPyConnection) -> dict[str, str | None]:
@@ -563,26 +593,21 @@ class Catalog:
                            if kind == "MACRO" or expected[name] is None or stored.get(name) != expected[name]])
 
     def _create_temp(self, pending: list[tuple[str, str, str]]) -> None:
-        """Run the TEMP statements of (name, kind, statement); one whose views are not there yet is
-        tried again after the others, one that cannot be built gets a stand-in that fails saying why."""
+        """Run the TEMP statements of (name, kind, statement), in package_objects' dependency order;
+        one that cannot be built gets a stand-in that fails saying why."""
         con = self._con
-        while pending:
-            failed = []
-            for name, kind, temp in pending:
-                try:
-                    con.execute(temp).fetchall()
-                except duckdb.Error as e:
-                    failed.append((name, kind, e))
-            if len(failed) < len(pending):
-                pending = [(name, kind, temp) for name, kind, temp in pending if name in {f[0] for f in failed}]
-                continue
-            for name, kind, error in failed:
-                why = str(error).splitlines()[0].replace("'", "''")
-                con.execute(f"CREATE OR REPLACE TEMP {kind} {name}"
-                            f"{'() AS TABLE' if kind == 'MACRO' else ' AS'} SELECT error('{name} cannot be "
-                            f"built on this catalog ({why}): a writing command (vdc-lake status, with "
-                            "the catalog free and its folder writable) brings it up to date') AS error").fetchall()
-            return
+        failed = []
+        for name, kind, temp in pending:
+            try:
+                con.execute(temp).fetchall()
+            except duckdb.Error as e:
+                failed.append((name, kind, e))
+        for name, kind, error in failed:
+            why = str(error).splitlines()[0].replace("'", "''")
+            con.execute(f"CREATE OR REPLACE TEMP {kind} {name}"
+                        f"{'() AS TABLE' if kind == 'MACRO' else ' AS'} SELECT error('{name} cannot be "
+                        f"built on this catalog ({why}): a writing command (vdc-lake status, with "
+                        "the catalog free and its folder writable) brings it up to date') AS error").fetchall()
 
     def _check_images(self) -> None:
         con = self._con
@@ -638,7 +663,7 @@ class Catalog:
         return wanted <= applied and installed == views_fingerprint()
 
     def install_views(self) -> None:
-        """(Re)create every sql/views/*.sql; a view that reads another is retried after it. Records
+        """(Re)create every sql/views/**/*.sql, each after the views it reads. Records
         the views' fingerprint, so readers can tell a catalog whose views are from another version."""
         self.execute("CREATE TABLE IF NOT EXISTS views_installed (fingerprint VARCHAR, installed_at TIMESTAMP)")
         self._create_views()
@@ -646,19 +671,10 @@ class Catalog:
         self.execute("INSERT INTO views_installed VALUES (?, ?)", [views_fingerprint(), _now()])
 
     def _create_views(self) -> None:
-        # A view binds the views it reads as they are stored: a missing one, or one edited to read
-        # a file (no file access: a PermissionException), fails it until that one is re-created.
-        pending = [statement for _, statement, _ in package_objects().values()]
-        while pending:
-            failed = []
-            for statement in pending:
-                try:
-                    self.execute(statement)
-                except (duckdb.CatalogException, duckdb.BinderException, duckdb.PermissionException):
-                    failed.append(statement)
-            if len(failed) == len(pending):
-                self.execute(failed[0])  # raises the real error
-            pending = failed
+        # A view binds the views it reads as they are stored (a missing one, or one edited to read
+        # a file, would fail it), so each is re-created after those it reads: package_objects' order.
+        for _, statement, _ in package_objects().values():
+            self.execute(statement)
 
     def _mark_interrupted_runs(self) -> None:
         # We hold the writer lock, so any run still 'running' belongs to a process that died.

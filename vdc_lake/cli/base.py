@@ -271,7 +271,10 @@ def echo_table(rows: list[tuple], headers: list[str]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+HELP_OPTION_NAMES = ["-h", "--help"]
+
+
+@click.group(cls=Group, context_settings={"help_option_names": HELP_OPTION_NAMES, "max_content_width": 100})
 @click.option("--catalog", default=DEFAULT_CATALOG, show_default=True, envvar="VDC_LAKE_CATALOG",
               help="The DuckDB catalog file (env VDC_LAKE_CATALOG).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,

@@ -41,11 +41,11 @@ def _decision_kwargs(threshold, keep, seed, set_name, name, min_score, max_score
 
 def _plan(ctx: Context, catalog: Catalog, stage: str, options: dict[str, Any]):
     from vdc_lake.effects.apply import make_plan
-    from vdc_lake.review.decisions import decision_query
+    from vdc_lake.review.decisions import (check_decision_options, decision_query, decision_values,
+                                           unsearched_dedup_warnings)
 
-    validate.check_decision_options(catalog, stage, **options)
+    check_decision_options(catalog, stage, **options)
     source_sql, params, op_options = decision_query(stage, ctx.config, **options)
-    from vdc_lake.review.decisions import decision_values, unsearched_dedup_warnings
 
     values = decision_values(catalog, stage, **options)
     if values:  # which threshold this plan uses, and where it comes from (status lists the same)

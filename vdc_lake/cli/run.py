@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from vdc_lake.cli.base import Context, DEBUG_ENV, cli, echo_table, error_message, handle_errors, pass_ctx
+from vdc_lake.cli.base import Context, DEBUG_ENV, HELP_OPTION_NAMES, cli, echo_table, error_message, handle_errors, pass_ctx
 
 
 class _Tee(io.TextIOBase):
@@ -72,7 +72,8 @@ def parse_step(args: list[str]) -> None:
         path.append(name)
         command = command.commands[name]
     try:
-        command.make_context(" ".join(path), words, parent=None)
+        # the group's help names: click caches a command's help option on its first context
+        command.make_context(" ".join(path), words, parent=None, help_option_names=HELP_OPTION_NAMES)
     except click.exceptions.Exit:
         pass
     except click.ClickException as e:

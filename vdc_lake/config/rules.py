@@ -397,53 +397,16 @@ def check_score_name(catalog: Any, name: str | None, *, option: str = "--name") 
     return name
 
 
-# Which config key a decision option stands for, per stage (plan/apply STAGE --threshold ...).
-DECISION_THRESHOLDS = {
-    "rotation": ("rotation_correction", "threshold"),
-    "dedup": ("apply_deduplication", "threshold"),
-    "examples": ("filter_by_examples", "threshold"),
-}
-
-
-def check_decision_values(stage: str, *, threshold: float | None = None, seed: int | None = None,
+def check_decision_values(threshold_setting: tuple[str, str] | None, *, score_bounds: bool = False,
+                          threshold: float | None = None, seed: int | None = None,
                           min_score: float | None = None, max_score: float | None = None, **_: Any) -> None:
-    """The values given to `plan/apply STAGE` (see vdc_lake.review.decisions), by their config rules."""
-    if threshold is not None and stage in DECISION_THRESHOLDS:
-        check_value(*DECISION_THRESHOLDS[stage], threshold, "--threshold")
+    """The values given to `plan/apply STAGE` by their config rules: --threshold by the rule of
+    threshold_setting (the decision's config key, see vdc_lake.review.decisions), --seed, and
+    --min-score / --max-score when score_bounds (a decision that takes them)."""
+    if threshold is not None and threshold_setting is not None:
+        check_value(*threshold_setting, threshold, "--threshold")
     check(SEED, seed, "--seed")
-    if stage == "score":
+    if score_bounds:
         check(SCORE, min_score, "--min-score")
         check(SCORE, max_score, "--max-score")
         check_order("--min-score", min_score, "--max-score", max_score)
-
-
-def check_decision_options(catalog: Any, stage: str, *, embedding_set: str | None = None,
-                           prediction_set: str | None = None, name: str | None = None,
-                           run: int | None = None, **values: Any) -> None:
-    """The options of `plan/apply STAGE`: values by their rules, names and runs against the catalog."""
-    check_decision_values(stage, **values)
-    if stage == "rotation":
-        check_set(catalog, "predictions", prediction_set)
-    elif stage in ("dedup", "examples"):
-        check_set(catalog, "embeddings", embedding_set)
-    elif stage == "score":
-        check_score_name(catalog, name)
-    elif stage == "sample":
-        check_run(catalog, run, "sample")
-
-
-# -- SQL that writes files --------------------------------------------------------------------------
-
-FILE_WRITING_STATEMENTS = ("COPY", "COPY_DATABASE", "EXPORT", "ATTACH", "EXTENSION")
-
-
-def statements_writing_files(query: str) -> list[str]:
-    """Kinds of the statements of `query` that can write files outside the catalog (COPY ... TO,
-    EXPORT DATABASE, ATTACH of a new file, INSTALL); [] when none or the query does not parse."""
-    import duckdb
-
-    try:
-        statements = duckdb.extract_statements(query)
-    except duckdb.Error:
-        return []
-    return [s.type.name for s in statements if s.type.name in FILE_WRITING_STATEMENTS]

@@ -12,11 +12,16 @@ of its own that deletes the images dropped by override.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from vdc_lake.catalog.settings import setting_text
+from vdc_lake.config import rules
 from vdc_lake.config.loader import Config
 from vdc_lake.errors import PlanError
-from vdc_lake.catalog.settings import setting_text
+from vdc_lake.review.galleries import (GalleryInputs, dedup_gallery, examples_gallery, override_gallery,
+                                       rotation_gallery, sample_gallery, sanitize_gallery, score_gallery)
+from vdc_lake.review.pages import Paged
 
 DecisionQuery = tuple[str, list[Any], dict[str, Any]]
 # The [sanitize] options a file operation needs (resize, recompress, the decode pixel limit).
@@ -110,8 +115,7 @@ def sanitize_rules_note(catalog: Any) -> str | None:
     """A note (None: none) when the newest sanitize run judged by other [sanitize] rules than the
     catalog's settings (a config changed since, or the run had CLI options): sanitize_actions,
     plan, status and the report show that run's findings, not what the settings would find."""
-    row = catalog.rows("SELECT run_id, params FROM runs WHERE stage = 'sanitize' AND status = 'done' "
-                       "ORDER BY run_id DESC LIMIT 1")
+    row = catalog.rows("SELECT run_id, params FROM newest_stage_runs WHERE stage = 'sanitize'")
     if not row:
         return None
     run_id, params = row[0][0], json.loads(row[0][1] or "{}")
@@ -142,65 +146,70 @@ def _setting(catalog: Any, section: str, key: str) -> tuple[str, str]:
     return rows[0] if rows else ("", "unset")
 
 
-def decision_values(catalog: Any, stage: str, *, threshold: float | None = None, keep: str | None = None,
-                    embedding_set: str | None = None, name: str | None = None, min_score: float | None = None,
-                    max_score: float | None = None, run: int | None = None, **_: Any) -> str | None:
-    """One line naming the values a stage's plan uses and where each comes from (a CLI option,
-    else the catalog's setting and its source; dedup: per embedding set, as dedup_actions() takes
-    them), or None for stages without such values."""
-    explicit_run = run is not None
-    if stage == "sanitize":
-        return sanitize_rules_note(catalog)
-    if stage == "rotation":
-        value, source = (threshold, "--threshold") if threshold is not None else _setting(
-            catalog, "rotation_correction", "threshold")
-        return f"rotation at probability > {_shown(value)} ({source})"
-    if stage == "examples":
-        value, source = (threshold, "--threshold") if threshold is not None else _setting(
-            catalog, "filter_by_examples", "threshold")
-        return f"examples at distance < {_shown(value)} ({source})"
-    if stage == "dedup":
-        keep_value, keep_source = (keep, "--keep") if keep is not None else _setting(
-            catalog, "apply_deduplication", "keep")
-        if threshold is not None:
-            at = f"distance < {_shown(threshold)} (--threshold)"
+def describe_sanitize(catalog: Any, **_: Any) -> str | None:
+    return sanitize_rules_note(catalog)
+
+
+def describe_rotation(catalog: Any, *, threshold: float | None = None, **_: Any) -> str:
+    value, source = (threshold, "--threshold") if threshold is not None else _setting(
+        catalog, "rotation_correction", "threshold")
+    return f"rotation at probability > {_shown(value)} ({source})"
+
+
+def describe_examples(catalog: Any, *, threshold: float | None = None, **_: Any) -> str:
+    value, source = (threshold, "--threshold") if threshold is not None else _setting(
+        catalog, "filter_by_examples", "threshold")
+    return f"examples at distance < {_shown(value)} ({source})"
+
+
+def describe_dedup(catalog: Any, *, threshold: float | None = None, keep: str | None = None,
+                   embedding_set: str | None = None, **_: Any) -> str:
+    """Dedup's values per embedding set, as dedup_actions() takes them."""
+    keep_value, keep_source = (keep, "--keep") if keep is not None else _setting(
+        catalog, "apply_deduplication", "keep")
+    if threshold is not None:
+        at = f"distance < {_shown(threshold)} (--threshold)"
+    else:
+        sets = catalog.rows(
+            """
+            SELECT e.set_name, coalesce(t.apply_threshold, f.apply_threshold),
+                   coalesce(t.apply_source, f.apply_source)
+            FROM (SELECT DISTINCT set_name FROM newest_runs
+                  WHERE stage = 'dedup-report') AS e  -- near_duplicate_edges' sets
+            LEFT JOIN dedup_thresholds AS t ON t.set_name = e.set_name
+            CROSS JOIN (SELECT apply_threshold, apply_source FROM dedup_thresholds WHERE set_name IS NULL) AS f
+            WHERE ? IS NULL OR e.set_name = ?
+            ORDER BY e.set_name
+            """, [embedding_set, embedding_set])
+        at = ", ".join(f"distance < {_shown(value)} in set {set_name} "
+                       f"({f'set {set_name}' + chr(39) + 's own' if source == f'set {set_name}' else source})"
+                       for set_name, value, source in sets)
+    return (f"dedup at {at}" if at else "dedup of exact copies only (no near-duplicate report yet)") + (
+        f"; keep {keep_value} ({keep_source})")
+
+
+def describe_score(catalog: Any, *, name: str | None = None, min_score: float | None = None,
+                   max_score: float | None = None, **_: Any) -> str:
+    configured, _source = _setting(catalog, "filter_by_score", "name")
+    name = name or configured
+    bounds = []
+    for bound, key, flag in ((min_score, "min_score", "--min-score"), (max_score, "max_score", "--max-score")):
+        if bound is not None:
+            bounds.append((bound, flag))
+        elif name == configured:
+            bounds.append(_setting(catalog, "filter_by_score", key))
         else:
-            sets = catalog.rows(
-                """
-                SELECT e.set_name, coalesce(t.apply_threshold, f.apply_threshold),
-                       coalesce(t.apply_source, f.apply_source)
-                FROM (SELECT DISTINCT json_extract_string(params, '$.set') AS set_name FROM runs
-                      WHERE stage = 'dedup-report' AND status = 'done') AS e  -- near_duplicate_edges' sets
-                LEFT JOIN dedup_thresholds AS t ON t.set_name = e.set_name
-                CROSS JOIN (SELECT apply_threshold, apply_source FROM dedup_thresholds WHERE set_name IS NULL) AS f
-                WHERE ? IS NULL OR e.set_name = ?
-                ORDER BY e.set_name
-                """, [embedding_set, embedding_set])
-            at = ", ".join(f"distance < {_shown(value)} in set {set_name} "
-                           f"({f'set {set_name}' + chr(39) + 's own' if source == f'set {set_name}' else source})"
-                           for set_name, value, source in sets)
-        return (f"dedup at {at}" if at else "dedup of exact copies only (no near-duplicate report yet)") + (
-            f"; keep {keep_value} ({keep_source})")
-    if stage == "score":
-        configured, _source = _setting(catalog, "filter_by_score", "name")
-        name = name or configured
-        bounds = []
-        for bound, key, flag in ((min_score, "min_score", "--min-score"), (max_score, "max_score", "--max-score")):
-            if bound is not None:
-                bounds.append((bound, flag))
-            elif name == configured:
-                bounds.append(_setting(catalog, "filter_by_score", key))
-            else:
-                bounds.append(("-inf" if key == "min_score" else "inf", "open"))
-        (low, low_source), (high, high_source) = bounds
-        return f"score {name} kept within [{_shown(low)} ({low_source}), {_shown(high)} ({high_source})]"
-    if stage == "sample":
-        run = run if run is not None else catalog.scalar(
-            "SELECT max(run_id) FROM runs WHERE stage = 'sample' AND status = 'done'")
-        if run is None:
-            return "no sample run yet: nothing to apply; run `vdc-lake sample --total N` first"
-        return f"sample run {run} ({'--run' if explicit_run else 'the newest'})"
-    return None
+            bounds.append(("-inf" if key == "min_score" else "inf", "open"))
+    (low, low_source), (high, high_source) = bounds
+    return f"score {name} kept within [{_shown(low)} ({low_source}), {_shown(high)} ({high_source})]"
+
+
+def describe_sample(catalog: Any, *, run: int | None = None, **_: Any) -> str:
+    explicit_run = run is not None
+    run = run if explicit_run else catalog.scalar("SELECT run_id FROM newest_stage_runs WHERE stage = 'sample'")
+    if run is None:
+        return "no sample run yet: nothing to apply; run `vdc-lake sample --total N` first"
+    return f"sample run {run} ({'--run' if explicit_run else 'the newest'})"
 
 
 def unsearched_dedup_warnings(catalog: Any, *, threshold: float | None = None,
@@ -211,17 +220,12 @@ def unsearched_dedup_warnings(catalog: Any, *, threshold: float | None = None,
     warnings = []
     for name, apply_at, searched in catalog.rows(
             """
-            WITH newest AS (
-                SELECT json_extract_string(params, '$.set') AS set_name, max(run_id) AS run_id
-                FROM runs WHERE stage = 'dedup-report' AND status = 'done' GROUP BY ALL
-            )
             SELECT n.set_name, coalesce(?, t.apply_threshold, f.apply_threshold),
-                   TRY_CAST(json_extract(r.params, '$.threshold') AS DOUBLE)
-            FROM newest AS n
-            JOIN runs AS r ON r.run_id = n.run_id
+                   TRY_CAST(json_extract(n.params, '$.threshold') AS DOUBLE)
+            FROM newest_runs AS n  -- the newest dedup report of each set (a report has no name)
             LEFT JOIN dedup_thresholds AS t ON t.set_name = n.set_name
             CROSS JOIN (SELECT apply_threshold FROM dedup_thresholds WHERE set_name IS NULL) AS f
-            WHERE ? IS NULL OR n.set_name = ?
+            WHERE n.stage = 'dedup-report' AND (? IS NULL OR n.set_name = ?)
             ORDER BY n.set_name
             """, [_number(threshold), embedding_set, embedding_set]):
         if searched is not None and apply_at is not None and apply_at > searched:
@@ -232,21 +236,98 @@ def unsearched_dedup_warnings(catalog: Any, *, threshold: float | None = None,
     return warnings
 
 
-DECISIONS: dict[str, Callable[..., DecisionQuery]] = {
-    "sanitize": sanitize_decision,
-    "rotation": rotation_decision,
-    "dedup": dedup_decision,
-    "examples": examples_decision,
-    "score": score_decision,
-    "sample": sample_decision,
-    "override": override_decision,
-}
+def check_rotation_names(catalog: Any, *, prediction_set: str | None = None, **_: Any) -> None:
+    rules.check_set(catalog, "predictions", prediction_set)
+
+
+def check_embedding_set(catalog: Any, *, embedding_set: str | None = None, **_: Any) -> None:
+    rules.check_set(catalog, "embeddings", embedding_set)
+
+
+def check_score_name(catalog: Any, *, name: str | None = None, **_: Any) -> None:
+    rules.check_score_name(catalog, name)
+
+
+def check_sample_run(catalog: Any, *, run: int | None = None, **_: Any) -> None:
+    rules.check_run(catalog, run, "sample")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision, defined once: plan, apply, status, the report, validation and the CLI read
+    it from DECISIONS (its SQL is one file in sql/views/20_decisions)."""
+
+    name: str  # the STAGE of `plan/apply STAGE`, status' pending rows, the journal's `apply:NAME` runs
+    view: str  # its rows at the catalog's settings, as SQL: a view, or a macro call
+    acts: str  # SQL condition on those rows: the ones `apply` carries out (status counts them)
+    query: Callable[..., DecisionQuery]  # plan/apply's rows for the options given (see above)
+    options: tuple[str, ...] = ()  # the plan/apply options it takes (decision_options in cli/decide.py)
+    settings: tuple[tuple[str, str], ...] = ()  # the config keys its view reads from the catalog (status lists them)
+    threshold_setting: tuple[str, str] | None = None  # the config key whose rule checks --threshold
+    check_names: Callable[..., None] | None = None  # its named options (set, score, run) against the catalog
+    describe: Callable[..., str | None] | None = None  # one line: the values a plan uses and where they come from
+    gallery: Callable[[Any, GalleryInputs], Paged | None] | None = None  # the report's page of its operations
+    removes: bool = False  # its deletes are rows of the `removals` view (surviving_images leaves them out)
+
+
+DECISIONS: dict[str, Decision] = {d.name: d for d in (
+    Decision("sanitize", "sanitize_actions", "action <> 'none'", sanitize_decision,
+             describe=describe_sanitize, gallery=sanitize_gallery, removes=True),
+    Decision("rotation", "rotation_actions()", "action <> 'none'", rotation_decision,
+             options=("threshold", "prediction_set"), settings=(("rotation_correction", "threshold"),),
+             threshold_setting=("rotation_correction", "threshold"), check_names=check_rotation_names,
+             describe=describe_rotation, gallery=rotation_gallery),
+    Decision("dedup", "dedup_actions()", "action = 'delete'", dedup_decision,
+             options=("threshold", "keep", "seed", "embedding_set"),
+             settings=(("apply_deduplication", "threshold"), ("apply_deduplication", "keep"),
+                       ("apply_deduplication", "seed")),
+             threshold_setting=("apply_deduplication", "threshold"), check_names=check_embedding_set,
+             describe=describe_dedup, gallery=dedup_gallery, removes=True),
+    Decision("examples", "example_actions()", "action = 'delete'", examples_decision,
+             options=("threshold", "embedding_set"), settings=(("filter_by_examples", "threshold"),),
+             threshold_setting=("filter_by_examples", "threshold"), check_names=check_embedding_set,
+             describe=describe_examples, gallery=examples_gallery, removes=True),
+    Decision("score", "score_actions(setting('filter_by_score', 'name'))", "action = 'delete'", score_decision,
+             options=("name", "min_score", "max_score"),
+             settings=(("filter_by_score", "name"), ("filter_by_score", "min_score"), ("filter_by_score", "max_score")),
+             check_names=check_score_name, describe=describe_score, gallery=score_gallery, removes=True),
+    Decision("sample", "sample_actions()", "action = 'delete'", sample_decision, options=("run",),
+             check_names=check_sample_run, describe=describe_sample, gallery=sample_gallery),
+    Decision("override", "override_actions", "action = 'delete'", override_decision,
+             gallery=override_gallery, removes=True),
+)}
+
+
+def decision(stage: str) -> Decision:
+    """The registered decision named stage (PlanError naming the choices when there is none)."""
+    if stage not in DECISIONS:
+        raise PlanError(f"unknown stage {stage!r}; choose one of: {', '.join(sorted(DECISIONS))}")
+    return DECISIONS[stage]
+
+
+def check_decision_values(stage: str, **options: Any) -> None:
+    """The values given to `plan/apply STAGE` by their config rules (the CLI's and the config file's)."""
+    known = DECISIONS.get(stage)
+    rules.check_decision_values(known.threshold_setting if known else None,
+                                score_bounds=known is not None and "min_score" in known.options, **options)
+
+
+def check_decision_options(catalog: Any, stage: str, **options: Any) -> None:
+    """The options of `plan/apply STAGE`: values by their rules, names and runs against the catalog."""
+    check_decision_values(stage, **options)
+    known = DECISIONS.get(stage)
+    if known is not None and known.check_names is not None:
+        known.check_names(catalog, **options)
 
 
 def decision_query(stage: str, config: Config, **options: Any) -> DecisionQuery:
-    if stage not in DECISIONS:
-        raise PlanError(f"unknown stage {stage!r}; choose one of: {', '.join(sorted(DECISIONS))}")
-    from vdc_lake.config.rules import check_decision_values
-
+    chosen = decision(stage)
     check_decision_values(stage, **options)  # the same rules as the CLI and the config file
-    return DECISIONS[stage](config, **options)
+    return chosen.query(config, **options)
+
+
+def decision_values(catalog: Any, stage: str, **options: Any) -> str | None:
+    """One line naming the values a stage's plan uses and where each comes from (a CLI option,
+    else the catalog's setting and its source), or None for stages without such values."""
+    known = DECISIONS.get(stage)
+    return known.describe(catalog, **options) if known is not None and known.describe is not None else None

@@ -64,9 +64,8 @@ def apply_threshold(con: Any, set_name: str | None = None) -> float:
     recommendation, else the bundled default."""
     row = con.execute("""
         WITH chosen AS (
-            SELECT coalesce($1, (SELECT json_extract_string(params, '$.set') FROM runs
-                                 WHERE stage = 'dedup-report' AND status = 'done'
-                                 ORDER BY run_id DESC LIMIT 1)) AS set_name
+            SELECT coalesce($1, (SELECT json_extract_string(params, '$.set') FROM newest_stage_runs
+                                 WHERE stage = 'dedup-report')) AS set_name
         )
         SELECT t.apply_threshold FROM dedup_thresholds AS t, chosen AS c
         WHERE t.set_name = c.set_name OR t.set_name IS NULL

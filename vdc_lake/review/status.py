@@ -5,21 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from vdc_lake.catalog.connection import Catalog
-from vdc_lake.review.decisions import sanitize_rules_note, unsearched_dedup_warnings
+from vdc_lake.review.decisions import DECISIONS, sanitize_rules_note, unsearched_dedup_warnings
 
-# What each stage's decision would do at the catalog's settings (plan STAGE shows details):
-# (the decision's rows, the actions it carries out).
-PENDING_VIEWS = {
-    "sanitize": ("sanitize_actions", "action <> 'none'"),
-    "rotation": ("rotation_actions()", "action <> 'none'"),
-    "dedup": ("dedup_actions()", "action = 'delete'"),
-    "examples": ("example_actions()", "action = 'delete'"),
-    "score": ("score_actions(setting('filter_by_score', 'name'))", "action = 'delete'"),
-    "sample": ("sample_actions()", "action = 'delete'"),
-    "override": ("override_actions", "action = 'delete'"),
-}
-# As `plan` counts them: an image with an operation an interrupted apply left unfinished is in
-# no plan (the next apply finishes that operation first); those operations are listed apart.
+# What each decision would do at the catalog's settings (its view and the actions it carries out,
+# from DECISIONS; plan STAGE shows details), as `plan` counts them: an image with an operation an
+# interrupted apply left unfinished is in no plan (the next apply finishes that operation first);
+# those operations are listed apart.
 PENDING_SQL = """
     SELECT action, count(*) FROM {source}
     WHERE {actions} AND image_id NOT IN (SELECT image_id FROM journal WHERE state = 'planned')
@@ -49,9 +40,9 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
     has_overrides = bool(catalog.scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'override_actions'"))
     pending = []
-    for stage, (source, actions) in PENDING_VIEWS.items():
+    for stage, decision in DECISIONS.items():
         if stage != "override" or has_overrides:
-            sql = PENDING_SQL.format(source=source, actions=actions)
+            sql = PENDING_SQL.format(source=decision.view, actions=decision.acts)
             pending.extend((stage, action, n) for action, n in catalog.rows(sql))
     pending.extend(catalog.rows(UNFINISHED_SQL))
     runs = catalog.rows(
@@ -73,11 +64,11 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
             "setting_notes": dedup_threshold_notes(catalog) + [n for n in [sanitize_rules_note(catalog)] if n]}
 
 
-# The settings rows `status` lists, in this order (apply_deduplication.threshold: per set, below).
-SHOWN_SETTINGS = [("rotation_correction", "threshold"), ("apply_deduplication", "keep"),
-                  ("apply_deduplication", "seed"), ("filter_by_examples", "threshold"),
-                  ("filter_by_score", "name"), ("filter_by_score", "min_score"), ("filter_by_score", "max_score")]
+DEDUP_THRESHOLD = ("apply_deduplication", "threshold")
 DEDUP_THRESHOLD_KEY = "apply_deduplication.threshold"
+# The settings rows `status` lists: the decisions' settings in their order (the dedup threshold
+# per set, below, after the first).
+SHOWN_SETTINGS = [key for d in DECISIONS.values() for key in d.settings if key != DEDUP_THRESHOLD]
 
 
 def decision_settings_in_force(catalog: Catalog) -> list[tuple[str, str, str]]:
@@ -95,9 +86,8 @@ def decision_settings_in_force(catalog: Catalog) -> list[tuple[str, str, str]]:
         SELECT set_name, apply_threshold, apply_source FROM dedup_thresholds
         WHERE set_name IS NOT NULL
            OR NOT EXISTS (SELECT 1 FROM embedding_sets)
-           OR EXISTS (SELECT 1 FROM runs  -- a dedup report of a set that is not registered
-                      WHERE stage = 'dedup-report' AND status = 'done'
-                        AND json_extract_string(params, '$.set') NOT IN (SELECT name FROM embedding_sets))
+           OR EXISTS (SELECT 1 FROM newest_runs  -- a dedup report of a set that is not registered
+                      WHERE stage = 'dedup-report' AND set_name NOT IN (SELECT name FROM embedding_sets))
         ORDER BY set_name NULLS LAST
         """
     )
@@ -130,7 +120,7 @@ def stale_sample(catalog: Catalog, *, curated: int | None = None) -> str | None:
     the sample still holds (or there is none)."""
     row = catalog.rows(
         """
-        WITH newest AS (SELECT max(run_id) AS run_id FROM runs WHERE stage = 'sample' AND status = 'done')
+        WITH newest AS (SELECT run_id FROM newest_stage_runs WHERE stage = 'sample')
         -- a selected image vdc-lake's apply changed since is still selected (sampled_images)
         SELECT n.run_id, count(*),
                (SELECT count(*) FROM sampled_images AS s JOIN surviving_images AS v

@@ -20,7 +20,7 @@ bytes differ (replaced keeping its size and mtime, or changed while being decode
 the next scan reads it again (and gives it a new version).
 
 Each run writes a sanitize_checks row for every present image and the findings of that run;
-actions follow VDC's priority, decided per image by sql/views/sanitize_actions.sql from the
+actions follow VDC's priority, decided per image by sql/views/20_decisions/sanitize_actions.sql from the
 latest check: delete > resize > recompress; findings with action 'none' are recorded only.
 """
 

@@ -39,6 +39,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.fileops.confine import recorded_backup_dirs
+from vdc_lake.fileops.facts import FACT_COLUMNS, fact_arrays, fact_assignments
 from vdc_lake.fileops.markers import (BACKUP_MARKER, RECORD_NAME, RUNNING_NAME, backup_folder_at_or_above,
                                      is_backup_marker, is_export_record)
 from vdc_lake.errors import StageError
@@ -50,14 +51,6 @@ COMMIT_EVERY = 5000
 NO_IMAGE = 0  # image_id and version of a scan finding about a path that is not registered
 # Header errors that say nothing about the file's bytes: read such a file again at every scan.
 RETRY_HEADER_ERRORS = ("unreadable:%", "missing:%", "broken_symlink:%")
-FACT_COLUMNS = [
-    "size_bytes", "mtime_ns", "content_hash", "width", "height", "format", "mode",
-    "exif_orientation", "n_frames", "has_transparency", "header_error",
-]
-FACT_TYPES = [
-    pa.int64(), pa.int64(), pa.string(), pa.int32(), pa.int32(), pa.string(), pa.string(),
-    pa.int16(), pa.int32(), pa.bool_(), pa.string(),
-]
 
 
 @dataclass
@@ -432,16 +425,6 @@ def _follow_moves(catalog: Catalog, run_id: int, vanished: pa.Table) -> int:
             catalog.execute("DELETE FROM images WHERE image_id IN (SELECT new_id FROM scan_moves)")
         catalog.execute("DROP TABLE scan_moves")
     return moved
-
-
-def fact_arrays(facts: list[dict]) -> dict[str, pa.Array]:
-    """Arrow columns (FACT_COLUMNS) of inspect_header results; shared by scan, apply and restore."""
-    return {name: pa.array([f.get(name) for f in facts], typ) for name, typ in zip(FACT_COLUMNS, FACT_TYPES)}
-
-
-def fact_assignments(alias: str) -> str:
-    """`col = alias.col, ...` for every fact column, for UPDATE ... FROM alias."""
-    return ", ".join(f"{c} = {alias}.{c}" for c in FACT_COLUMNS)
 
 
 def _facts_table(work: pa.Table, facts: list[dict]) -> pa.Table:

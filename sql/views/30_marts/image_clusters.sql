@@ -9,10 +9,10 @@ CREATE OR REPLACE VIEW image_clusters AS
 WITH chosen_cluster AS (
     SELECT coalesce(
         (SELECT c.run_id
-         FROM (SELECT params FROM runs WHERE stage = 'sample' AND status = 'done' ORDER BY run_id DESC LIMIT 1) AS s
+         FROM (SELECT params FROM newest_stage_runs WHERE stage = 'sample') AS s
          JOIN runs AS c ON c.run_id = json_extract(s.params, '$.cluster_run')::BIGINT
                        AND c.stage = 'cluster' AND c.status = 'done'),
-        (SELECT max(run_id) FROM runs WHERE stage = 'cluster' AND status = 'done')) AS run_id
+        (SELECT run_id FROM newest_stage_runs WHERE stage = 'cluster')) AS run_id
 ),
 
 -- The top level from the small clusters table, not a window over every assignment row.

@@ -109,15 +109,10 @@ members AS (
     JOIN closest AS d ON d.image_id = c.node
 ),
 
--- members that another decision removes (surviving_images' rules but dedup's own)
+-- members that another decision removes (surviving_images' rules but dedup's own; drops by
+-- override are ranked apart, below)
 removed_elsewhere AS (
-    SELECT image_id, version FROM sanitize_actions WHERE action = 'delete'
-    UNION
-    SELECT image_id, version FROM unreadable_images
-    UNION
-    SELECT image_id, version FROM example_actions() WHERE action = 'delete'
-    UNION
-    SELECT image_id, version FROM score_actions(setting('filter_by_score', 'name')) WHERE action = 'delete'
+    SELECT DISTINCT image_id, version FROM filter_removals WHERE decision <> 'override'
 ),
 
 overridden AS (

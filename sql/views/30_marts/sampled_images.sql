@@ -4,7 +4,7 @@
 -- sampled_version: the version the sampling run chose.
 CREATE OR REPLACE VIEW sampled_images AS
 WITH newest_sample AS (
-    SELECT max(run_id) AS run_id FROM runs WHERE stage = 'sample' AND status = 'done'
+    SELECT run_id FROM newest_stage_runs WHERE stage = 'sample'
 ),
 
 final AS (

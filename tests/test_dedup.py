@@ -1,4 +1,4 @@
-"""Hostile audit of what `apply dedup` removes and keeps: a keeper that another decision removes
+"""What `apply dedup` removes and keeps: a keeper that another decision removes
 (sanitize, an unreadable file), chains whose ends are far apart, exact copies beside near copies,
 every keep rule, a report rerun at another threshold; `plan dedup`, `apply dedup`, the
 `dedup_actions()` macro, the report's dedup gallery and `curated` name the same deletions and

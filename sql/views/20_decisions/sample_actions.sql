@@ -8,7 +8,7 @@
 CREATE OR REPLACE MACRO sample_actions(sample_run := NULL) AS TABLE
 WITH chosen AS (
     SELECT coalesce(sample_run,
-        (SELECT max(run_id) FROM runs WHERE stage = 'sample' AND status = 'done')) AS run_id
+        (SELECT run_id FROM newest_stage_runs WHERE stage = 'sample')) AS run_id
 ),
 
 -- at the current version: an image vdc-lake's apply changed since the run is still selected

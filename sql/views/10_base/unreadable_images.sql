@@ -5,14 +5,10 @@
 -- out), never a duplicate group's keeper while a readable member exists (dedup_actions), and the
 -- report's funnel counts them out of "sanitized ok".
 CREATE OR REPLACE VIEW unreadable_images AS
-WITH latest_check AS (
-    SELECT image_id, version, max(run_id) AS run_id FROM sanitize_checks GROUP BY image_id, version
-),
-
-final AS (
+WITH final AS (
     SELECT DISTINCT f.image_id, f.version
     FROM findings AS f
-    JOIN latest_check AS c ON c.image_id = f.image_id AND c.version = f.version AND c.run_id = f.run_id
+    JOIN latest_sanitize_checks AS c ON c.image_id = f.image_id AND c.version = f.version AND c.run_id = f.run_id
     WHERE f.rule IN ('unreadable', 'broken_symlink', 'missing', 'outside_root')
 )
 

@@ -1,4 +1,4 @@
-"""Hostile inputs (issue 11 items 1, 2, 8, 9, 10, 12; issue 10 item 6): backups and temp files are
+"""Bad inputs (issue 11 items 1, 2, 8, 9, 10, 12; issue 10 item 6): backups and temp files are
 never images, a briefly missing or unreadable file is never 'corrupt', odd names and folders are
 findings, bombs are never decoded, headers are read with bounded memory, TIFF operations work,
 and a changed sanitize limit takes effect without --recheck.
@@ -322,7 +322,8 @@ def test_predict_skips_bombs_and_images_sanitize_deletes(tmp_path):
 def test_every_decode_honours_the_pixel_limit(tmp_path):
     from torchvision.transforms import v2
 
-    from vdc_lake.models.birder import ImageFileDataset, decode_rgb
+    from vdc_lake.models.datasets import ImageFileDataset
+    from vdc_lake.models.decoding import decode_rgb
 
     ok = _image(tmp_path / "ok.jpg", seed=1)
     bomb = _bomb(tmp_path / "bomb.png")

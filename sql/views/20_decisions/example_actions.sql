@@ -6,9 +6,8 @@ CREATE OR REPLACE MACRO example_actions(threshold := NULL, embedding_set := NULL
 WITH latest AS (
     SELECT max(run_id) AS run_id,
            coalesce(threshold, setting('filter_by_examples', 'threshold')::DOUBLE) AS max_distance
-    FROM runs
-    WHERE stage = 'filter-examples' AND status = 'done'
-      AND (embedding_set IS NULL OR json_extract_string(params, '$.set') = embedding_set)
+    FROM newest_runs
+    WHERE stage = 'filter-examples' AND (embedding_set IS NULL OR set_name = embedding_set)
 ),
 
 final AS (

@@ -8,7 +8,7 @@
 -- NULL before any). This is what `vdc-lake export` writes by default.
 CREATE OR REPLACE VIEW curated AS
 WITH newest_sample AS (
-    SELECT max(run_id) AS run_id FROM runs WHERE stage = 'sample' AND status = 'done'
+    SELECT (SELECT run_id FROM newest_stage_runs WHERE stage = 'sample') AS run_id
 ),
 
 final AS (

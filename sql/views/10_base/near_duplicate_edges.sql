@@ -2,10 +2,10 @@
 -- current version. (A newer report that found nothing replaces an older one's edges.)
 CREATE OR REPLACE VIEW near_duplicate_edges AS
 WITH latest AS (
-    SELECT json_extract_string(params, '$.set') AS set_name, max(run_id) AS run_id
-    FROM runs
-    WHERE stage = 'dedup-report' AND status = 'done'
-    GROUP BY ALL
+    SELECT set_name, max(run_id) AS run_id  -- (one row per set: a report has no name)
+    FROM newest_runs
+    WHERE stage = 'dedup-report'
+    GROUP BY set_name
 ),
 
 final AS (

@@ -4,9 +4,9 @@
 -- An image kept by override (override_actions) is never deleted: action 'none', and the reason says why.
 CREATE OR REPLACE MACRO score_actions(score_name, min_score := NULL, max_score := NULL) AS TABLE
 WITH latest AS (
-    SELECT max(run_id) AS run_id
-    FROM runs
-    WHERE stage = 'score' AND status = 'done' AND json_extract_string(params, '$.name') = score_name
+    SELECT max(run_id) AS run_id  -- the newest of its sets
+    FROM newest_runs
+    WHERE stage = 'score' AND name = score_name
 ),
 
 bounds AS (

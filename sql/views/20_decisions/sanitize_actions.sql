@@ -7,16 +7,10 @@ WITH kept AS (
     SELECT image_id, version FROM override_actions WHERE override = 'keep'
 ),
 
-latest_check AS (
-    SELECT image_id, version, max(run_id) AS run_id
-    FROM sanitize_checks
-    GROUP BY image_id, version
-),
-
 actionable AS (
     SELECT f.image_id, f.version, f.run_id, f.rule, f.detail, f.action
     FROM findings AS f
-    JOIN latest_check AS c
+    JOIN latest_sanitize_checks AS c
         ON c.image_id = f.image_id AND c.version = f.version AND c.run_id = f.run_id
     WHERE f.action <> 'none'
       AND NOT (f.action = 'delete'
