@@ -13,7 +13,8 @@ import time
 import pyarrow as pa
 import pytest
 
-from vdc_lake.catalog.connection import Catalog, sql_dir
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.catalog.package_sql import sql_dir
 from vdc_lake.errors import CatalogLockedError, CatalogNotFoundError, NotACatalogError
 
 LOCKED = re.compile(

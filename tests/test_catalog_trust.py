@@ -25,7 +25,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vdc_lake.catalog.connection import Catalog, package_objects
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.catalog.package_sql import package_objects
 from vdc_lake.errors import NotACatalogError, UnsafeCatalogError
 from vdc_lake.cli.pipeline import statements_not_reading
 
@@ -324,14 +325,14 @@ def _temp_objects(catalog: Catalog) -> set[str]:
 
 def test_a_reader_connection_runs_only_the_package_s_views_and_macros(scanned, elsewhere):
     """Every macro is the package's TEMP one; a view is TEMP unless the catalog stores exactly the
-    text DuckDB stores for the package's, which _expected_views renders without binding anything."""
-    from vdc_lake.catalog.connection import _expected_views
+    text DuckDB stores for the package's, which expected_views renders without binding anything."""
+    from vdc_lake.catalog.package_sql import expected_views
 
     macros = {name for name, (kind, _, _) in package_objects().items() if kind == "MACRO"}
     views = set(package_objects()) - macros
     con = duckdb.connect(str(scanned), read_only=True)
     stored = dict(con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall())
-    assert {name: stored[name] for name in views} == _expected_views(con)  # as a writer installed them
+    assert {name: stored[name] for name in views} == expected_views(con)  # as a writer installed them
     con.close()
     with Catalog(scanned, read_only=True) as catalog:
         assert _temp_objects(catalog) == macros

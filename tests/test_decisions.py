@@ -303,7 +303,7 @@ def _bundled_text() -> dict[tuple[str, str], str]:
 def test_a_fresh_catalog_holds_defaults_toml_and_every_macro_parameter_defaults_to_it(tmp_path):
     import duckdb
 
-    from vdc_lake.catalog.connection import sql_dir
+    from vdc_lake.catalog.package_sql import sql_dir
 
     catalog = tmp_path / "fresh.duckdb"
     Catalog(catalog).close()
@@ -546,7 +546,7 @@ def test_status_and_export_warn_when_the_sample_no_longer_survives(sample_tree, 
 def test_the_registry_is_the_only_list_of_decisions(tmp_path):
     """plan's STAGE list, status' pending rows, the report's galleries, the decision SQL files and
     the SQL union of removals all name exactly the registry's decisions."""
-    from vdc_lake.catalog.connection import package_objects, sql_dir
+    from vdc_lake.catalog.package_sql import package_objects, sql_dir
     from vdc_lake.cli import cli
     from vdc_lake.review import galleries
     from vdc_lake.review.decisions import DECISIONS
@@ -583,7 +583,7 @@ def test_the_registry_is_the_only_list_of_decisions(tmp_path):
 
 
 def test_views_are_created_in_dependency_order():
-    from vdc_lake.catalog.connection import dependency_order, object_reads, package_objects
+    from vdc_lake.catalog.package_sql import dependency_order, object_reads, package_objects
 
     objects = package_objects()
     order = list(objects)

@@ -26,7 +26,7 @@ else. Exactly:
   package's: a writer re-creates them on every open (whatever views_installed says); a reader
   creates on every connection TEMP copies of every macro and of every view whose stored text is
   not exactly what DuckDB stores for the package's (a text comparison against DuckDB's rendering
-  of the package's query, _expected_views). DuckDB resolves a name in temp before the catalog's own schema, also
+  of the package's query, expected_views). DuckDB resolves a name in temp before the catalog's own schema, also
   inside the views that read it, so a definition stored in the file under one of those names
   never runs. A stored macro named like one of DuckDB's functions would take precedence over
   that function in every query, ours included, so a catalog holding one is refused; a writer also
@@ -42,18 +42,13 @@ else. Exactly:
 from __future__ import annotations
 
 import datetime as dt
-import errno
-import fcntl
-import hashlib
 import json
 import os
 import random
-import re
 import socket
 import stat
 import time
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -62,6 +57,9 @@ import pyarrow as pa
 
 from vdc_lake import __version__
 from vdc_lake.config.loader import bundled_defaults
+from vdc_lake.catalog.lock import WriterLock
+from vdc_lake.catalog.package_sql import expected_views, package_objects, sql_dir, views_fingerprint
+from vdc_lake.catalog.side_files import SIDE_PATHS, file_kind, side_path
 from vdc_lake.errors import (
     CatalogAccessError,
     CatalogDamagedError,
@@ -84,136 +82,28 @@ EXACT_CHECK_ROWS = 500_000
 _NOT_DUCKDB = "not a valid DuckDB database file"
 _DAMAGED = ("Could not read enough bytes", "Corrupt database file", "Failed to read database header")
 _NO_ACCESS = ("Permission denied", "Read-only file system")
-# The files and folders made beside CATALOG (CATALOG + suffix), and what each is for. None of
-# them may be a symbolic link (see the module docstring).
-SIDE_FILES = {".lock": "writer lock", ".wal": "DuckDB write-ahead log"}
-SIDE_FOLDERS = {".tmp": "DuckDB spill folder", ".indexes": "ANN index folder", ".staging": "Ray staging folder",
-                ".kmeans": "k-means checkpoint folder", ".spill": "vector spill folder"}
-SIDE_PATHS = (*SIDE_FILES, *SIDE_FOLDERS)
-_KINDS = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-          (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"), (stat.S_ISREG, "regular file"))
 
 
-def sql_dir() -> Path:
-    """The sql/ folder: inside the installed package, or at the top of a source checkout."""
-    here = Path(__file__).resolve().parent.parent  # vdc_lake/
-    for candidate in (here / "sql", here.parent / "sql"):
-        if (candidate / "schema").is_dir():
-            return candidate
-    raise FileNotFoundError("vdc-lake's sql/ folder is missing from the installation; reinstall vdc-lake")
 
 
-def view_files(folder: Path | None = None) -> list[Path]:
-    """sql/views/**/*.sql, by path: the layer folders (10_base, 20_decisions, 30_marts) in order."""
-    views = (folder or sql_dir()) / "views"
-    return sorted(views.rglob("*.sql"), key=lambda path: path.relative_to(views).parts)
 
 
-def views_fingerprint() -> str:
-    """A hash of this vdc-lake's view definitions (sql/views/**/*.sql, names and text)."""
-    digest = hashlib.sha256()
-    for path in view_files():
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "special file")
 
 
-def side_path(catalog_path: str | os.PathLike, suffix: str) -> Path:
-    """CATALOG + suffix beside the catalog, after refusing a symbolic link there (UnsafeCatalogError)."""
-    catalog_path = Path(catalog_path)
-    path = catalog_path.with_name(catalog_path.name + suffix)
-    try:
-        mode = os.lstat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):  # not there (a missing folder is said by the caller)
-        return path
-    if stat.S_ISLNK(mode):
-        raise UnsafeCatalogError(f"{path} is a symbolic link (to {os.readlink(path)}); vdc-lake never writes "
-                                 f"through links beside a catalog: remove it (rm {path}) and run the command again")
-    want_folder = suffix in SIDE_FOLDERS
-    if stat.S_ISDIR(mode) != want_folder or not (want_folder or stat.S_ISREG(mode)):
-        what = SIDE_FOLDERS.get(suffix) or SIDE_FILES.get(suffix, "file")
-        raise UnsafeCatalogError(f"{path} is a {_kind(mode)}, where vdc-lake keeps the catalog's {what} "
-                                 f"(a {'folder' if want_folder else 'regular file'}): move it away and run the "
-                                 "command again")
-    return path
 
 
-def side_folder(catalog_path: str | os.PathLike, suffix: str, *, create: bool = False) -> Path:
-    """The folder CATALOG + suffix (a SIDE_FOLDERS suffix), refusing a link or a non-folder there;
-    create: make it when missing, with mkdir, which never follows a link (one planted meanwhile
-    is refused by the check after it)."""
-    path = side_path(catalog_path, suffix)
-    if create:
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            pass
-        side_path(catalog_path, suffix)
-    return path
 
 
-_CREATE = re.compile(r"^CREATE OR REPLACE (VIEW|MACRO) (\w+)", re.MULTILINE)
-_VIEW_HEAD = re.compile(r"^.*?CREATE OR REPLACE VIEW \w+ AS\s", re.DOTALL)
-_COMMENT = re.compile(r"--[^\n]*")
-_WORD = re.compile(r"\b\w+\b")
-_EXPECTED_VIEWS: dict[str, str | None] = {}
 
 
-@lru_cache(maxsize=4)
-def package_objects(folder: Path | None = None) -> dict[str, tuple[str, str, str]]:
-    """{name: (kind 'VIEW'/'MACRO', statement, the same statement as TEMP)} of sql/views/**, in
-    dependency order (each after the views and macros it reads, see dependency_order); each file
-    creates one view or macro (`CREATE OR REPLACE VIEW name AS ...`)."""
-    found_in = {}
-    for path in view_files(folder):
-        text = path.read_text(encoding="utf-8")
-        found = _CREATE.search(text)
-        if found is None:
-            raise FileNotFoundError(f"{path} creates no view or macro; reinstall vdc-lake")
-        found_in[found.group(2)] = (found.group(1), text,
-                                    _CREATE.sub(r"CREATE OR REPLACE TEMP \1 \2", text, count=1))
-    reads = {name: object_reads(text, set(found_in) - {name}) for name, (_, text, _) in found_in.items()}
-    return {name: found_in[name] for name in dependency_order(reads)}
 
 
-def object_reads(statement: str, names: set[str]) -> set[str]:
-    """The names among `names` that a view's or macro's statement reads (comments left out)."""
-    return names & set(_WORD.findall(_COMMENT.sub("", statement)))
 
 
-def dependency_order(reads: dict[str, set[str]]) -> list[str]:
-    """The names of `reads` ({name: the names it reads}, in file order) ordered so that each comes
-    after what it reads, otherwise in file order; a cycle is a packaging error."""
-    done: list[str] = []
-    waiting = dict(reads)
-    while waiting:
-        ready = [name for name, needs in waiting.items() if needs <= set(done)]
-        if not ready:
-            raise FileNotFoundError(f"the views {', '.join(sorted(waiting))} of sql/views read each other in a "
-                                    "cycle; reinstall vdc-lake")
-        done.append(ready[0])
-        del waiting[ready[0]]
-    return done
 
 
-def _expected_views(con: duckdb.DuckDBPyConnection) -> dict[str, str | None]:
-    """{view: the text DuckDB stores for the package's view} (duckdb_views().sql: DuckDB's own
-    rendering of the parsed query), made once per process without binding anything: the query
-    parsed and rendered again through json_serialize_sql/json_deserialize_sql. None for a view
-    DuckDB cannot render so (it is always made TEMP)."""
-    if not _EXPECTED_VIEWS:
-        for name, (kind, text, _) in package_objects().items():
-            if kind == "VIEW":
-                query = _VIEW_HEAD.sub("", con.extract_statements(text)[0].query, count=1)
-                try:
-                    rendered = con.execute("SELECT json_deserialize_sql(json_serialize_sql(?))", [query]).fetchall()
-                    _EXPECTED_VIEWS[name] = f"CREATE VIEW {name} AS {rendered[0][0]};"
-                except duckdb.Error:
-                    _EXPECTED_VIEWS[name] = None
-    return _EXPECTED_VIEWS
 
 
 def _now() -> dt.datetime:
@@ -224,117 +114,6 @@ def _damaged(path: Path, what: str) -> CatalogDamagedError:
     return CatalogDamagedError(f"catalog {path} is damaged: {what} (restore it from a copy)")
 
 
-def _write_refused(path: Path, error: OSError) -> Exception:
-    """The typed error for a failed write next to the catalog: a full disk, or no permission."""
-    full = disk_full_error(error)
-    if full is not None:
-        return full
-    return CatalogAccessError(
-        f"cannot write to the catalog's folder {path.parent} ({error.strerror or error}): make it writable "
-        "for this user or copy the catalog to a writable folder; commands that only read (status, sql, "
-        "export) work as they are"
-    )
-
-
-class _WriterLock:
-    """An exclusive flock on CATALOG.lock; the file records who holds it."""
-
-    def __init__(self, catalog_path: Path):
-        self.catalog_path = catalog_path
-        self.path = catalog_path.with_name(catalog_path.name + ".lock")
-        self._fd: int | None = None
-        self.created = False  # this lock made the file (so a failed open may remove it)
-
-    def _open(self) -> int | None:
-        """A descriptor of the lock file (made now, or found); None when a file that was there
-        vanished before it could be opened (a failed open removing its own: try again). Never
-        through a link (O_EXCL, O_NOFOLLOW), and never blocking on a FIFO planted there."""
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
-            self.created = True
-            return fd
-        except FileExistsError:
-            self.created = False
-        try:
-            fd = os.open(self.path, flags)
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            if e.errno == errno.ELOOP:  # a link (O_NOFOLLOW): say so, as every open does
-                side_path(self.catalog_path, ".lock")
-            raise
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            os.close(fd)
-            side_path(self.catalog_path, ".lock")  # raises: not a regular file
-            return None  # it was replaced meanwhile: open again
-        return fd
-
-    def acquire(self) -> None:
-        for _ in range(100):
-            try:
-                fd = self._open()
-            except OSError as e:
-                raise _write_refused(self.path, e) from e
-            if fd is None:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = self._read_holder(fd)
-                os.close(fd)
-                raise CatalogLockedError(
-                    f"catalog {self.path.with_suffix('')} is in use by PID {holder.get('pid', '?')} "
-                    f"on {holder.get('host', '?')} since {holder.get('since', '?')}; "
-                    "wait for that command to finish (or stop it), or open the catalog read-only"
-                ) from None
-            if self._is_current(fd):
-                break
-            os.close(fd)  # a failed open removed the file we locked: lock the one at the path now
-        else:
-            raise CatalogLockedError(f"catalog {self.path.with_suffix('')}: its lock file {self.path} kept "
-                                     "changing while this command tried to lock it; run the command again")
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now().isoformat(timespec="seconds")}
-        self._fd = fd
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
-        except OSError as e:
-            self.remove()  # e.g. a full disk: the file was made, its content could not be written
-            raise _write_refused(self.path, OSError(e.errno, e.strerror, str(self.path))) from e
-
-    def _is_current(self, fd: int) -> bool:
-        """The locked file is still the one at the lock's path (not unlinked since we opened it)."""
-        try:
-            here = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        locked = os.fstat(fd)
-        return (here.st_dev, here.st_ino) == (locked.st_dev, locked.st_ino)
-
-    def remove(self) -> None:
-        """Release, and delete the lock file when this lock created it (a failed open leaves
-        nothing behind). Unlinked while still held, so no other process locks a file on its way out."""
-        if self._fd is not None and self.created:
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
-        self.release()
-
-    @staticmethod
-    def _read_holder(fd: int) -> dict[str, Any]:
-        try:
-            return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-        except (ValueError, OSError):
-            return {}
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 class Catalog:
@@ -352,7 +131,7 @@ class Catalog:
         # The effective [scale] config: batch rows, memory budget, DuckDB's memory_limit/temp_directory.
         self.scale = {**bundled_defaults()["scale"], **(scale or {})}
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._lock: _WriterLock | None = None
+        self._lock: WriterLock | None = None
         self._checked = False  # the first connection checks that this is a sound vdc-lake catalog
         self._files_wanted = files
         self._files = False  # external access granted (files wanted, and no stored code in the way)
@@ -368,7 +147,7 @@ class Catalog:
         self._check_paths(SIDE_PATHS)
         if not read_only:
             self._check_folder()
-            self._lock = _WriterLock(self.path)
+            self._lock = WriterLock(self.path)
             self._lock.acquire()
             # Under the writer lock, so no other writer can make them meanwhile: what this open
             # would create for a new catalog (an existing catalog's files are never removed).
@@ -389,7 +168,7 @@ class Catalog:
         except (FileNotFoundError, NotADirectoryError):
             mode = None
         if mode is not None and not stat.S_ISREG(mode):
-            raise NotACatalogError(f"{self.path} is a {_kind(mode)}, not a catalog file; pass the right "
+            raise NotACatalogError(f"{self.path} is a {file_kind(mode)}, not a catalog file; pass the right "
                                    "--catalog, or move it away to start a new catalog there")
         for suffix in suffixes:
             if suffix != ".tmp" or not self.scale["duckdb_temp_directory"]:  # a configured one is the user's
@@ -581,11 +360,11 @@ class Catalog:
         """Give this connection the package's views and macros as TEMP ones, which DuckDB resolves
         before what the catalog stores under those names: every macro (duckdb_functions() does not
         show a macro's parameter defaults, so a stored one cannot be verified), and every view whose
-        stored text is not exactly the one DuckDB stores for the package's (_expected_views); a TEMP
+        stored text is not exactly the one DuckDB stores for the package's (expected_views); a TEMP
         view costs the binding of its whole tree. One that cannot be built on this catalog (tables
         of another vdc-lake version, read-only here) becomes one that fails saying why."""
         con = self._con
-        expected = _expected_views(con)
+        expected = expected_views(con)
         stored = dict(con.execute(
             "SELECT view_name, sql FROM system.main.duckdb_views() WHERE database_name = "
             "system.main.current_database() AND schema_name = 'main' AND NOT internal AND NOT temporary").fetchall())

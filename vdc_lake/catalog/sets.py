@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vdc_lake.catalog.connection import Catalog, side_folder
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.catalog.side_files import side_folder
 from vdc_lake.fileops.confine import check_name
 from vdc_lake.errors import StageError
 

@@ -84,7 +84,7 @@ def cluster_gpus() -> float:
 def staging_root(catalog_path: str | os.PathLike) -> Path:
     """Where parts of a catalog's stages are staged: CATALOG.staging next to the catalog; never a
     link (UnsafeCatalogError names it). Made, without following links, when a stage first stages."""
-    from vdc_lake.catalog.connection import side_folder
+    from vdc_lake.catalog.side_files import side_folder
 
     return side_folder(catalog_path, ".staging")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from vdc_lake.catalog.connection import Catalog, side_folder
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.catalog.side_files import side_folder
 from vdc_lake.fileops.confine import check_name, is_inside
 from vdc_lake.errors import StageError
 from vdc_lake.catalog.sets import VectorSet, count_vectors, read_vectors, set_dim
