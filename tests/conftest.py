@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import xxhash
+from PIL import Image
 from click.testing import CliRunner, Result
 
 from examples.make_sample_data import PROBLEM_KINDS, make_sample_data
@@ -148,3 +150,32 @@ def quickstart_catalogs(tmp_path_factory) -> tuple[Path, Path]:
     finally:
         os.chdir(cwd)
     return dry, catalog
+
+
+def noise_jpeg(path: str | os.PathLike, seed: int, size: tuple[int, int] = (130, 120)) -> None:
+    """A JPEG of uniform noise (width, height = size), folders made: distinct for each seed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=90)
+
+
+def random_image(path: str | os.PathLike, size: tuple[int, int] = (120, 100), seed: int = 0) -> Path:
+    """An image of uniform noise in the format of path's suffix (quality 90 for JPEG); returns path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
+
+def ok_output(result) -> str:
+    """The output of a CLI result that must have succeeded."""
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def catalog_rows(catalog_path: str | os.PathLike, sql: str, params: list | None = None) -> list[tuple]:
+    """Rows of a query on a catalog, opened read-only."""
+    with Catalog(catalog_path, read_only=True) as catalog:
+        return catalog.rows(sql, params or [])

@@ -20,8 +20,7 @@ import pytest
 from PIL import Image
 
 import vdc_lake
-from tests.conftest import tree_hashes
-from vdc_lake.catalog.connection import Catalog
+from tests.conftest import catalog_rows, random_image, tree_hashes
 from vdc_lake.fileops.markers import BACKUP_MARKER, is_backup_marker
 from vdc_lake.fileops.probe import PixelLimitError, decode_check, inspect_header, open_image
 from vdc_lake.fileops.imageops import ACTIONS
@@ -30,16 +29,6 @@ REPO = str(Path(vdc_lake.__file__).resolve().parents[1])
 SPARSE_SIZE = 3 << 30  # 3 GiB: no disk (a sparse file), minutes for a byte-by-byte marker search
 
 
-def _image(path: Path, size=(120, 100), seed=0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, quality=90)
-    return path
-
-
-def _rows(catalog_path, sql, params=None):
-    with Catalog(catalog_path, read_only=True) as catalog:
-        return catalog.rows(sql, params)
 
 
 def _cli(cwd: Path, catalog: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -61,7 +50,7 @@ def _sparse_jpeg(path: Path) -> Path:
 
 def test_a_sparse_file_that_starts_like_a_jpeg_is_a_finding_not_a_stalled_scan(tmp_path):
     sparse = _sparse_jpeg(tmp_path / "h" / "sparse.jpg")
-    _image(tmp_path / "h" / "ok.jpg")
+    random_image(tmp_path / "h" / "ok.jpg")
     catalog = tmp_path / "catalog.duckdb"
 
     scanned = _cli(tmp_path, catalog, "scan", "--workers", "1", str(tmp_path / "h"))
@@ -69,10 +58,10 @@ def test_a_sparse_file_that_starts_like_a_jpeg_is_a_finding_not_a_stalled_scan(t
     sanitized = _cli(tmp_path, catalog, "sanitize", "--workers", "1")
     assert sanitized.returncode == 0, sanitized.stdout + sanitized.stderr
 
-    facts = dict(_rows(catalog, "SELECT rel_path, header_error FROM images"))
+    facts = dict(catalog_rows(catalog, "SELECT rel_path, header_error FROM images"))
     assert facts["ok.jpg"] is None
     assert facts["sparse.jpg"].startswith("header_not_found: no complete image header")
-    assert _rows(catalog, """SELECT f.rule, f.action FROM findings f JOIN images i USING (image_id, version)
+    assert catalog_rows(catalog, """SELECT f.rule, f.action FROM findings f JOIN images i USING (image_id, version)
                              WHERE i.rel_path = 'sparse.jpg' AND f.run_id = (SELECT max(run_id) FROM runs)
                                AND f.rule NOT IN ('file_too_large')""") == [("header_not_found", "delete")]
     assert os.stat(sparse).st_blocks * 512 < 1 << 20  # still sparse: nothing wrote its bytes
@@ -136,18 +125,18 @@ def test_the_pixel_limit_counts_every_frame_of_an_animated_file(tmp_path, run_cl
     would hold every frame (a recompress of a 120-frame 2000x2000 APNG peaked at 2.1 GB)."""
     root = tmp_path / "images"
     anim = _animated(root / name, 10)
-    _image(root / "still.jpg")
+    random_image(root / "still.jpg")
     catalog = tmp_path / "catalog.duckdb"
     assert run_cli(["scan", root], catalog).exit_code == 0
 
     result = run_cli(["sanitize", "--max-pixels", "50000", "--min-width", "10", "--min-height", "10"], catalog)
 
     assert result.exit_code == 0, result.output
-    findings = _rows(catalog, """SELECT i.rel_path, f.rule, f.action, f.detail FROM findings f
+    findings = catalog_rows(catalog, """SELECT i.rel_path, f.rule, f.action, f.detail FROM findings f
                                  JOIN images i USING (image_id, version) WHERE f.rule = 'decompression_bomb'""")
     assert findings == [(name, "decompression_bomb", "delete",
                          "100,000 pixels (100x100, 10 frames) exceed the limit of 50,000")]
-    assert _rows(catalog, "SELECT i.rel_path FROM embeddings e JOIN images i USING (image_id)") == [("still.jpg",)]
+    assert catalog_rows(catalog, "SELECT i.rel_path FROM embeddings e JOIN images i USING (image_id)") == [("still.jpg",)]
     # Every decode honours it: the decode check, the operations apply runs, Pillow opens of it.
     assert decode_check(str(anim), max_pixels=50_000, with_descriptor=True).descriptor is None
     before = anim.read_bytes()
@@ -169,10 +158,10 @@ def test_the_pixel_limit_counts_every_frame_of_an_animated_file(tmp_path, run_cl
 def test_a_second_catalog_never_scans_or_changes_a_first_catalog_s_backups(tmp_path, run_cli):
     x = tmp_path / "x"
     for i in range(4):
-        _image(x / "img" / f"photo_{i}.jpg", seed=i)
+        random_image(x / "img" / f"photo_{i}.jpg", seed=i)
     for i in range(3):
-        _image(x / "img" / f"tiny_{i}.jpg", size=(40, 40), seed=10 + i)  # width_too_small: A deletes them
-    _image(x / "other" / "tiny_b.jpg", size=(40, 40), seed=20)  # in B's root only: B deletes it
+        random_image(x / "img" / f"tiny_{i}.jpg", size=(40, 40), seed=10 + i)  # width_too_small: A deletes them
+    random_image(x / "other" / "tiny_b.jpg", size=(40, 40), seed=20)  # in B's root only: B deletes it
     a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
     assert run_cli(["scan", x / "img"], a).exit_code == 0
     assert run_cli(["sanitize"], a).exit_code == 0
@@ -187,7 +176,7 @@ def test_a_second_catalog_never_scans_or_changes_a_first_catalog_s_backups(tmp_p
     scanned = run_cli(["scan", x], b)
 
     assert scanned.exit_code == 0, scanned.output
-    assert _rows(b, "SELECT count(*) FROM images WHERE rel_path LIKE 'bkA/%'") == [(0,)]
+    assert catalog_rows(b, "SELECT count(*) FROM images WHERE rel_path LIKE 'bkA/%'") == [(0,)]
     notes = [line for line in scanned.output.splitlines() if "bkA" in line]
     assert notes == [f"  note: skipped {(x / 'bkA').resolve()}: it holds a vdc-lake apply run's backups "
                      f"({BACKUP_MARKER}; this catalog's or another's): copies of originals that restore needs, "
@@ -204,7 +193,7 @@ def test_a_second_catalog_never_scans_or_changes_a_first_catalog_s_backups(tmp_p
 
     # A folder that holds another catalog's marker (B's) may take this catalog's backups too.
     marked = (shared / BACKUP_MARKER).read_bytes()
-    _image(x / "img" / "tiny_9.jpg", size=(30, 30), seed=19)
+    random_image(x / "img" / "tiny_9.jpg", size=(30, 30), seed=19)
     assert run_cli(["scan", x / "img"], a).exit_code == 0
     assert run_cli(["sanitize"], a).exit_code == 0
     again = run_cli(["apply", "sanitize", "--backup-dir", shared, "--apply"], a)
@@ -216,8 +205,8 @@ def test_a_second_catalog_never_scans_or_changes_a_first_catalog_s_backups(tmp_p
 @pytest.mark.parametrize("where", ["at", "inside"])
 def test_a_scan_root_at_or_inside_any_catalog_s_backup_folder_is_refused(tmp_path, run_cli, where):
     root = tmp_path / "img"
-    _image(root / "tiny.jpg", size=(40, 40))
-    _image(root / "ok.jpg", seed=1)
+    random_image(root / "tiny.jpg", size=(40, 40))
+    random_image(root / "ok.jpg", seed=1)
     assert run_cli(["scan", root], tmp_path / "a.duckdb").exit_code == 0
     assert run_cli(["sanitize"], tmp_path / "a.duckdb").exit_code == 0
     backups = tmp_path / "bk"
@@ -235,7 +224,7 @@ def test_a_scan_root_at_or_inside_any_catalog_s_backup_folder_is_refused(tmp_pat
 
 def test_something_else_at_the_marker_s_name_is_one_error_before_any_change(tmp_path, run_cli):
     root = tmp_path / "img"
-    tiny = _image(root / "tiny.jpg", size=(40, 40))
+    tiny = random_image(root / "tiny.jpg", size=(40, 40))
     catalog = tmp_path / "c.duckdb"
     assert run_cli(["scan", root], catalog).exit_code == 0
     assert run_cli(["sanitize"], catalog).exit_code == 0
@@ -255,7 +244,7 @@ def test_something_else_at_the_marker_s_name_is_one_error_before_any_change(tmp_
 # -- 9. an empty root ------------------------------------------------------------------------------------
 
 def test_an_empty_scan_root_is_one_error_line_never_the_current_folder(tmp_path, run_cli, in_tmp_cwd):
-    _image(in_tmp_cwd / "here.jpg")
+    random_image(in_tmp_cwd / "here.jpg")
     catalog = tmp_path / "c.duckdb"
 
     result = run_cli(["scan", ""], catalog)
@@ -264,4 +253,4 @@ def test_an_empty_scan_root_is_one_error_line_never_the_current_folder(tmp_path,
     assert result.output == ("Error: scan root is empty (''); give the folder that holds the images "
                              "(e.g. vdc-lake scan ~/Datasets/GLDv2)\n")
     if catalog.exists():
-        assert _rows(catalog, "SELECT count(*) FROM images") == [(0,)]
+        assert catalog_rows(catalog, "SELECT count(*) FROM images") == [(0,)]

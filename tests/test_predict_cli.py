@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import catalog_rows, noise_jpeg, ok_output
 from click.testing import CliRunner
-from PIL import Image
 
 from tests.tiny_models import PE_CORE, ROTNET, SSCD, TINY_EMBEDDING_SIZE, make_tiny_models, write_test_images
 from vdc_lake.catalog.connection import Catalog
@@ -137,26 +138,13 @@ def test_models_list_shows_the_tiny_models(models_dir, tmp_path):
 # -- import and predict: the whole file or nothing; a mistyped invocation is one Error line; a kill
 # loses nothing ---------------------------------------------------------------------------------------
 
-def _noise(path: Path, seed: int, size: tuple[int, int] = (130, 120)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=90)
 
-
-def _ok(result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def _rows(catalog_path: Path, sql: str, params: list | None = None) -> list[tuple]:
-    with Catalog(catalog_path, read_only=True) as catalog:
-        return catalog.rows(sql, params or [])
 
 
 def _images_for_import(tmp_path: Path, n: int = 6) -> tuple[Path, list[str]]:
     images = tmp_path / "images"
     for i in range(n):
-        _noise(images / f"img_{i}.jpg", i, size=(96, 96))
+        noise_jpeg(images / f"img_{i}.jpg", i, size=(96, 96))
     return images, [str(images / f"img_{i}.jpg") for i in range(n)]
 
 
@@ -189,9 +177,9 @@ def test_an_import_that_breaks_half_way_leaves_no_partial_set(tmp_path, run_cli)
     from vdc_lake.errors import VdcLakeError
 
     assert isinstance(error, VdcLakeError) and "\n" not in str(error) and "damaged or incomplete" in str(error)
-    assert _rows(catalog_path, "SELECT count(*) FROM embeddings") == [(0,)]
-    assert _rows(catalog_path, "SELECT count(*) FROM embedding_sets WHERE name = 'pe'") == [(0,)]
-    assert _rows(catalog_path, "SELECT status FROM runs WHERE stage = 'import'") == [("failed",)]
+    assert catalog_rows(catalog_path, "SELECT count(*) FROM embeddings") == [(0,)]
+    assert catalog_rows(catalog_path, "SELECT count(*) FROM embedding_sets WHERE name = 'pe'") == [(0,)]
+    assert catalog_rows(catalog_path, "SELECT status FROM runs WHERE stage = 'import'") == [("failed",)]
     result = run_cli(["import", path, "--set", "pe"], catalog_path)
     assert result.exit_code == 1 and result.output.count("\n") == 1 and result.output.startswith("Error: ")
 
@@ -199,7 +187,7 @@ def test_an_import_that_breaks_half_way_leaves_no_partial_set(tmp_path, run_cli)
 def test_import_counts_duplicated_unknown_and_non_finite_rows(tmp_path, run_cli):
     images, samples = _images_for_import(tmp_path, 4)
     catalog = tmp_path / "catalog.duckdb"
-    _ok(run_cli(["scan", images], catalog))
+    ok_output(run_cli(["scan", images], catalog))
     lines = ["sample,0,1,2,3"]
     lines += [f"{s},{i},1,2,3" for i, s in enumerate(samples[:3])]
     lines += [f"{samples[0]},9,9,9,9", "img_1.jpg,8,8,8,8", "/elsewhere/img_9.jpg,1,2,3,4",
@@ -225,8 +213,8 @@ def test_predict_mistakes_are_one_error_line_naming_the_fix(tmp_path, run_cli):
     """Old code ignored --tag/--size for builtin (a silently different set than asked for) and
     answered a checkpoint path with 'not a birder pretrained name'."""
     images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
-    _noise(images / "a.jpg", 0)
-    _ok(run_cli(["scan", images], catalog))
+    noise_jpeg(images / "a.jpg", 0)
+    ok_output(run_cli(["scan", images], catalog))
     cases = [
         (["--model", "builtin", "--kind", "descriptor", "--tag", "x"],
          "Error: the builtin descriptor takes no --tag (it has no weights and a fixed thumbnail size): leave --tag "
@@ -240,8 +228,8 @@ def test_predict_mistakes_are_one_error_line_naming_the_fix(tmp_path, run_cli):
         result = run_cli(["predict", *args], catalog)
         assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
         assert expected in result.output and result.output.startswith("Error: ")
-    assert _rows(catalog, "SELECT count(*) FROM runs WHERE stage = 'predict'") == [(0,)]
-    assert _rows(catalog, "SELECT count(*) FROM embeddings") == [(0,)]
+    assert catalog_rows(catalog, "SELECT count(*) FROM runs WHERE stage = 'predict'") == [(0,)]
+    assert catalog_rows(catalog, "SELECT count(*) FROM embeddings") == [(0,)]
 
 
 def test_a_killed_builtin_predict_resumes_with_no_duplicate_and_none_missing(tmp_path):
@@ -253,7 +241,7 @@ def test_a_killed_builtin_predict_resumes_with_no_duplicate_and_none_missing(tmp
 
     images, catalog_path = tmp_path / "images", tmp_path / "catalog.duckdb"
     for i in range(10):
-        _noise(images / f"img_{i}.jpg", i, size=(96, 96))
+        noise_jpeg(images / f"img_{i}.jpg", i, size=(96, 96))
     with Catalog(catalog_path) as catalog:
         scan(catalog, [images], extensions=[".jpg"], workers=1, quiet=True)
     script = textwrap.dedent(f"""
@@ -273,13 +261,13 @@ def test_a_killed_builtin_predict_resumes_with_no_duplicate_and_none_missing(tmp
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                            cwd=Path(__file__).resolve().parent.parent)
     assert child.returncode == -9, child.stderr
-    assert _rows(catalog_path, "SELECT count(*) FROM embeddings") == [(6,)]
+    assert catalog_rows(catalog_path, "SELECT count(*) FROM embeddings") == [(6,)]
     from vdc_lake.stages.predict import predict
 
     with Catalog(catalog_path) as catalog:
         summary = predict(catalog, model="builtin", kind="descriptor", num_workers=0, quiet=True)
     assert (summary.todo, summary.written) == (4, 4)
-    assert _rows(catalog_path, "SELECT count(*), count(DISTINCT image_id) FROM embeddings") == [(10, 10)]
+    assert catalog_rows(catalog_path, "SELECT count(*), count(DISTINCT image_id) FROM embeddings") == [(10, 10)]
 
 
 def test_a_models_dir_under_home_in_a_config_file_is_found(tmp_path, run_cli, monkeypatch):
@@ -291,9 +279,9 @@ def test_a_models_dir_under_home_in_a_config_file_is_found(tmp_path, run_cli, mo
     make_tiny_models(tmp_path / "home" / "models")
     images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
     for i in range(2):
-        _noise(images / f"img_{i}.jpg", i, size=(80, 80))
+        noise_jpeg(images / f"img_{i}.jpg", i, size=(80, 80))
     config = tmp_path / "models.toml"
     config.write_text('[predict]\nmodels_dir = "~/models"\ndevice = "cpu"\nnum_workers = 0\n')
-    _ok(run_cli(["scan", images], catalog))
-    out = _ok(run_cli(["predict", "--model", SSCD, "--kind", "descriptor"], catalog, config=config))
+    ok_output(run_cli(["scan", images], catalog))
+    out = ok_output(run_cli(["predict", "--model", SSCD, "--kind", "descriptor"], catalog, config=config))
     assert "2 of 2 images written" in out

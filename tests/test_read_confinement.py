@@ -14,26 +14,13 @@ import re
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.conftest import tree_hashes
-from vdc_lake.catalog.connection import Catalog
+from tests.conftest import catalog_rows, random_image, tree_hashes
 from vdc_lake.fileops.confine import OUTSIDE_ROOT, ReadableRoots
 from vdc_lake.fileops.probe import content_hash
 
 
-def _image(path: Path, size=(120, 100), seed=0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, quality=90)
-    return path
-
-
-def _rows(catalog_path, sql, params=None):
-    with Catalog(catalog_path, read_only=True) as catalog:
-        return catalog.rows(sql, params)
 
 
 def _edit(catalog_path, sql, params=None) -> None:
@@ -53,13 +40,13 @@ def tree(tmp_path, run_cli):
     (tmp_path, catalog, ids by name)."""
     data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
     for i in range(3):
-        _image(data / f"ok_{i}.jpg", seed=i)
-    _image(data / "tiny.jpg", size=(40, 40), seed=7)
-    _image(elsewhere / "secret.jpg", size=(90, 90), seed=8)
-    (data / "link.jpg").symlink_to(_image(elsewhere / "private.jpg", size=(40, 40), seed=9))
+        random_image(data / f"ok_{i}.jpg", seed=i)
+    random_image(data / "tiny.jpg", size=(40, 40), seed=7)
+    random_image(elsewhere / "secret.jpg", size=(90, 90), seed=8)
+    (data / "link.jpg").symlink_to(random_image(elsewhere / "private.jpg", size=(40, 40), seed=9))
     catalog = tmp_path / "catalog.duckdb"
     assert run_cli(["scan", data], catalog).exit_code == 0
-    ids = dict(_rows(catalog, "SELECT rel_path, image_id FROM images"))
+    ids = dict(catalog_rows(catalog, "SELECT rel_path, image_id FROM images"))
     return tmp_path, catalog, ids
 
 
@@ -76,9 +63,9 @@ def _point_at_secret(base: Path, catalog: Path, image_id: int) -> Path:
 
 def test_one_rule_decides_which_catalog_files_may_be_read(tmp_path):
     root, other, outside = tmp_path / "root", tmp_path / "other", tmp_path / "outside"
-    _image(root / "a.jpg")
-    _image(other / "b.jpg")
-    _image(outside / "c.jpg")
+    random_image(root / "a.jpg")
+    random_image(other / "b.jpg")
+    random_image(outside / "c.jpg")
     (root / "to_other.jpg").symlink_to(other / "b.jpg")
     (root / "to_outside.jpg").symlink_to(outside / "c.jpg")
     (root / "sub").symlink_to(outside)
@@ -104,8 +91,8 @@ def test_apply_acts_by_the_same_rule_in_the_image_s_own_root(tmp_path):
     from vdc_lake.effects.confinement import confinement_error
 
     root, outside = tmp_path / "root", tmp_path / "outside"
-    _image(root / "a.jpg")
-    _image(outside / "c.jpg")
+    random_image(root / "a.jpg")
+    random_image(outside / "c.jpg")
     (root / "to_outside.jpg").symlink_to(outside / "c.jpg")
     (root / "sub").symlink_to(outside)
     readable = ReadableRoots([str(root)])
@@ -129,18 +116,18 @@ def test_sanitize_recheck_never_decodes_a_file_outside_the_roots(tree, run_cli):
     result = run_cli(["sanitize", "--recheck"], catalog)
 
     assert result.exit_code == 0, result.output
-    run_id = _rows(catalog, "SELECT max(run_id) FROM runs WHERE stage = 'sanitize'")[0][0]
-    findings = {(image_id, rule): (action, detail) for image_id, rule, action, detail in _rows(
+    run_id = catalog_rows(catalog, "SELECT max(run_id) FROM runs WHERE stage = 'sanitize'")[0][0]
+    findings = {(image_id, rule): (action, detail) for image_id, rule, action, detail in catalog_rows(
         catalog, "SELECT image_id, rule, action, detail FROM findings WHERE run_id = ?", [run_id])}
     action, detail = findings[(ids["ok_0.jpg"], OUTSIDE_ROOT)]
     assert action == "none" and "which no scan run was given" in detail
     assert (ids["link.jpg"], OUTSIDE_ROOT) not in findings
-    described = {i for (i,) in _rows(catalog, "SELECT image_id FROM embeddings WHERE set_name = 'builtin'")}
+    described = {i for (i,) in catalog_rows(catalog, "SELECT image_id FROM embeddings WHERE set_name = 'builtin'")}
     assert ids["ok_0.jpg"] not in described
     assert {ids["ok_1.jpg"], ids["ok_2.jpg"], ids["tiny.jpg"], ids["link.jpg"]} <= described  # the others are decoded
-    unread = {i for (i,) in _rows(catalog, "SELECT image_id FROM unreadable_images")}
+    unread = {i for (i,) in catalog_rows(catalog, "SELECT image_id FROM unreadable_images")}
     assert unread == {ids["ok_0.jpg"]}  # so never curated, exported or kept over a copy
-    assert _rows(catalog, "SELECT decoded FROM sanitize_checks WHERE run_id = ? AND image_id = ?",
+    assert catalog_rows(catalog, "SELECT decoded FROM sanitize_checks WHERE run_id = ? AND image_id = ?",
                  [run_id, ids["ok_0.jpg"]]) == [(False,)]  # no verdict: the next run checks it again
 
 
@@ -172,10 +159,10 @@ def test_predict_skips_a_file_outside_the_roots(tree, run_cli):
     result = run_cli(["predict", "--model", "builtin", "--kind", "descriptor", "--set", "probe"], catalog)
 
     assert result.exit_code == 0, result.output
-    embedded = {i for (i,) in _rows(catalog, "SELECT image_id FROM embeddings WHERE set_name = 'probe'")}
+    embedded = {i for (i,) in catalog_rows(catalog, "SELECT image_id FROM embeddings WHERE set_name = 'probe'")}
     assert ids["ok_0.jpg"] not in embedded
     assert {ids["ok_1.jpg"], ids["ok_2.jpg"], ids["link.jpg"]} <= embedded
-    summary = _rows(catalog, "SELECT summary FROM runs WHERE stage = 'predict' ORDER BY run_id DESC")[0][0]
+    summary = catalog_rows(catalog, "SELECT summary FROM runs WHERE stage = 'predict' ORDER BY run_id DESC")[0][0]
     assert f'"{OUTSIDE_ROOT}": 1' in summary
 
 

@@ -7,10 +7,8 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
-from tests.conftest import default_config, image_rows
+from tests.conftest import catalog_rows, default_config, image_rows, noise_jpeg, ok_output
 from vdc_lake.fileops import probe as files
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.fileops.probe import decode_check, inspect_header
@@ -202,25 +200,12 @@ def test_header_of_a_png_bomb_is_read_without_decoding(sample_tree, monkeypatch)
 
 # -- sanitize: a verdict belongs to the bytes scan recorded ------------------------------------
 
-def _noise(path: Path, seed: int, size: tuple[int, int] = (130, 120)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=90)
 
-
-def _ok(result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def _rows(catalog_path: Path, sql: str, params: list | None = None) -> list[tuple]:
-    with Catalog(catalog_path, read_only=True) as catalog:
-        return catalog.rows(sql, params or [])
 
 
 def _latest_findings(catalog_path: Path, rel_path: str) -> dict[str, str]:
     """{rule: action} of the newest sanitize check of rel_path's current version."""
-    return dict(_rows(catalog_path, """
+    return dict(catalog_rows(catalog_path, """
         SELECT f.rule, f.action FROM findings f JOIN images i USING (image_id, version)
         WHERE i.rel_path = ? AND f.run_id = (SELECT max(run_id) FROM sanitize_checks c
                                              WHERE c.image_id = i.image_id AND c.version = i.version)""",
@@ -241,22 +226,22 @@ def test_recheck_of_a_file_swapped_keeping_size_and_mtime_sends_it_back_to_scan(
     mtime, never read the file again: plan said delete forever, apply never did."""
     images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
     for i in range(3):
-        _noise(images / f"photo_{i}.jpg", i)
-    _ok(run_cli(["scan", images], catalog))
-    _ok(run_cli(["sanitize"], catalog))
+        noise_jpeg(images / f"photo_{i}.jpg", i)
+    ok_output(run_cli(["scan", images], catalog))
+    ok_output(run_cli(["sanitize"], catalog))
     victim = images / "photo_1.jpg"
     _swap_keeping_stat(victim, b"x" * victim.stat().st_size)
-    assert "3 unchanged" in _ok(run_cli(["scan", images], catalog))
+    assert "3 unchanged" in ok_output(run_cli(["scan", images], catalog))
 
-    out = _ok(run_cli(["sanitize", "--recheck"], catalog))
+    out = ok_output(run_cli(["sanitize", "--recheck"], catalog))
     assert "1 file(s) changed since the scan" in out
     assert _latest_findings(catalog, "photo_1.jpg") == {"changed": "none"}
-    assert "0 operations" in _ok(run_cli(["plan", "sanitize"], catalog))
+    assert "0 operations" in ok_output(run_cli(["plan", "sanitize"], catalog))
 
-    assert "1 changed" in _ok(run_cli(["scan", images], catalog))  # read again: a new version
-    _ok(run_cli(["sanitize"], catalog))
+    assert "1 changed" in ok_output(run_cli(["scan", images], catalog))  # read again: a new version
+    ok_output(run_cli(["sanitize"], catalog))
     assert _latest_findings(catalog, "photo_1.jpg") == {"not_an_image": "delete"}
-    _ok(run_cli(["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"], catalog))
+    ok_output(run_cli(["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"], catalog))
     assert sorted(p.name for p in images.iterdir()) == ["photo_0.jpg", "photo_2.jpg"]
     assert image_rows(catalog)["photo_1.jpg"]["present"] is False
 
@@ -265,14 +250,14 @@ def test_a_file_swapped_before_its_first_decode_gets_no_verdict_for_the_scanned_
     """A truncated file scanned, then replaced by a good one keeping size and mtime: the clean
     decode must not be cached as the verdict on the truncated bytes (the old code did)."""
     images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
-    _noise(images / "good.jpg", 0)
-    _noise(images / "cut.jpg", 1)
+    noise_jpeg(images / "good.jpg", 0)
+    noise_jpeg(images / "cut.jpg", 1)
     whole = (images / "cut.jpg").read_bytes()
     (images / "cut.jpg").write_bytes(whole[: len(whole) // 2])
-    _ok(run_cli(["scan", images], catalog))
+    ok_output(run_cli(["scan", images], catalog))
     repaired = whole[: len(whole) // 2 - 2] + b"\xff\xd9"  # same length, decodes as far as it goes
     _swap_keeping_stat(images / "cut.jpg", repaired)
-    _ok(run_cli(["sanitize"], catalog))
+    ok_output(run_cli(["sanitize"], catalog))
     assert _latest_findings(catalog, "cut.jpg") == {"changed": "none"}
-    assert _rows(catalog, "SELECT decoded FROM sanitize_checks s JOIN images i USING (image_id, version) "
+    assert catalog_rows(catalog, "SELECT decoded FROM sanitize_checks s JOIN images i USING (image_id, version) "
                           "WHERE i.rel_path = 'cut.jpg'") == [(False,)]

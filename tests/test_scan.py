@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from tests import test_bad_inputs
-from tests.conftest import default_config, file_hash, image_rows
+from tests.conftest import catalog_rows, default_config, file_hash, image_rows, noise_jpeg, ok_output
 from tests.test_bad_inputs import _cli_as_user
 from vdc_lake.stages import scan as scan_module
 from vdc_lake.catalog.connection import Catalog
@@ -238,20 +236,7 @@ def test_apply_never_deletes_the_file_its_keeper_links_to(tmp_path, catalog_path
 nobody_dir = test_bad_inputs.nobody_dir  # the fixture: a folder the permission checks' user owns
 
 
-def _noise_image(path: Path, seed: int, size: tuple[int, int] = (130, 120)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=90)
 
-
-def _ok(result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def _rows(catalog_path: Path, sql: str, params: list | None = None) -> list[tuple]:
-    with Catalog(catalog_path, read_only=True) as catalog:
-        return catalog.rows(sql, params or [])
 
 
 def test_a_moved_file_keeps_its_image_its_results_and_its_override(tmp_path, run_cli):
@@ -259,19 +244,19 @@ def test_a_moved_file_keeps_its_image_its_results_and_its_override(tmp_path, run
     user's override (a 'keep' that no longer protected the file) and every result."""
     images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
     for i in range(3):
-        _noise_image(images / "a" / f"photo_{i}.jpg", i)
+        noise_jpeg(images / "a" / f"photo_{i}.jpg", i)
     (images / "a" / "copy_x.jpg").write_bytes((images / "a" / "photo_0.jpg").read_bytes())
     (images / "a" / "copy_y.jpg").write_bytes((images / "a" / "photo_0.jpg").read_bytes())
-    _ok(run_cli(["scan", images], catalog))
-    _ok(run_cli(["sanitize"], catalog))
-    _ok(run_cli(["override", "keep", "a/photo_1.jpg", "--reason", "mine"], catalog))
+    ok_output(run_cli(["scan", images], catalog))
+    ok_output(run_cli(["sanitize"], catalog))
+    ok_output(run_cli(["override", "keep", "a/photo_1.jpg", "--reason", "mine"], catalog))
     before = {rel: row["image_id"] for rel, row in image_rows(catalog).items()}
 
     (images / "b").mkdir()
     for name in ("photo_1.jpg", "copy_x.jpg", "copy_y.jpg"):
         os.rename(images / "a" / name, images / "b" / name)
     os.rename(images / "a" / "photo_2.jpg", images / "a" / "renamed.jpg")
-    out = _ok(run_cli(["scan", images], catalog))
+    out = ok_output(run_cli(["scan", images], catalog))
     assert "0 new" in out and "0 gone" in out and "4 moved" in out
 
     rows = {rel: row for rel, row in image_rows(catalog).items()}
@@ -280,25 +265,25 @@ def test_a_moved_file_keeps_its_image_its_results_and_its_override(tmp_path, run
     moved = {"b/photo_1.jpg": "a/photo_1.jpg", "b/copy_x.jpg": "a/copy_x.jpg", "b/copy_y.jpg": "a/copy_y.jpg",
              "a/renamed.jpg": "a/photo_2.jpg"}
     assert {new: rows[new]["image_id"] for new in moved} == {new: before[old] for new, old in moved.items()}
-    assert _rows(catalog, "SELECT image_id FROM override_actions WHERE override = 'keep'") == [
+    assert catalog_rows(catalog, "SELECT image_id FROM override_actions WHERE override = 'keep'") == [
         (before["a/photo_1.jpg"],)]
-    out = _ok(run_cli(["predict", "--model", "builtin", "--kind", "descriptor", "--num-workers", "0"], catalog))
+    out = ok_output(run_cli(["predict", "--model", "builtin", "--kind", "descriptor", "--num-workers", "0"], catalog))
     assert "0 of 0 images written" in out  # the descriptors sanitize computed still belong to them
 
 
 def test_narrowed_extensions_leave_files_out_without_calling_them_gone(tmp_path, run_cli):
     images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
-    _noise_image(images / "a.jpg", 0)
+    noise_jpeg(images / "a.jpg", 0)
     Image.new("RGB", (100, 90), (10, 20, 30)).save(images / "b.png")
-    _ok(run_cli(["scan", images], catalog))
+    ok_output(run_cli(["scan", images], catalog))
     ids = {rel: row["image_id"] for rel, row in image_rows(catalog).items()}
     png_only = tmp_path / "png.toml"
     png_only.write_text('[scan]\nextensions = [".png"]\n')
-    out = _ok(run_cli(["scan", images], catalog, config=png_only))
+    out = ok_output(run_cli(["scan", images], catalog, config=png_only))
     assert "0 gone" in out and "1 no longer match scan.extensions .png: not present now" in out
     assert {rel: row["present"] for rel, row in image_rows(catalog).items()} == {"a.jpg": False, "b.png": True}
     assert (images / "a.jpg").is_file()
-    out = _ok(run_cli(["scan", images], catalog))  # the default extensions again: the same image is back
+    out = ok_output(run_cli(["scan", images], catalog))  # the default extensions again: the same image is back
     rows = image_rows(catalog)
     assert rows["a.jpg"]["present"] and (rows["a.jpg"]["image_id"], rows["a.jpg"]["version"]) == (ids["a.jpg"], 1)
 
@@ -307,26 +292,26 @@ def test_a_folder_linked_into_another_root_of_the_scan_is_one_image_per_file(tmp
     """Old code: scan A B with A/link -> B/sub registered B/sub's files twice (A/link/x, B/sub/x),
     exact duplicates of themselves for dedup."""
     catalog = tmp_path / "catalog.duckdb"
-    _noise_image(tmp_path / "A" / "a.jpg", 0)
-    _noise_image(tmp_path / "B" / "sub" / "b.jpg", 1)
+    noise_jpeg(tmp_path / "A" / "a.jpg", 0)
+    noise_jpeg(tmp_path / "B" / "sub" / "b.jpg", 1)
     os.symlink(tmp_path / "B" / "sub", tmp_path / "A" / "link")
-    out = _ok(run_cli(["scan", tmp_path / "A", tmp_path / "B"], catalog))
+    out = ok_output(run_cli(["scan", tmp_path / "A", tmp_path / "B"], catalog))
     assert "1 path(s) not listed" in out
     assert sorted((r["root"], rel) for rel, r in image_rows(catalog).items()) == [
         (str(tmp_path / "A"), "a.jpg"), (str(tmp_path / "B"), "sub/b.jpg")]
-    assert _rows(catalog, "SELECT rule, detail FROM findings") == [
+    assert catalog_rows(catalog, "SELECT rule, detail FROM findings") == [
         ("duplicate_folder", f"{tmp_path / 'A' / 'link'}: a link into {tmp_path / 'B'}, another scanned root; "
                              "its files are listed there only")]
     # the same when B was scanned first and A comes alone
     catalog2 = tmp_path / "catalog2.duckdb"
-    _ok(run_cli(["scan", tmp_path / "B"], catalog2))
-    _ok(run_cli(["scan", tmp_path / "A"], catalog2))
+    ok_output(run_cli(["scan", tmp_path / "B"], catalog2))
+    ok_output(run_cli(["scan", tmp_path / "A"], catalog2))
     assert sorted(image_rows(catalog2)) == ["a.jpg", "sub/b.jpg"]
 
 
 def test_a_folder_deeper_than_the_system_allows_is_a_finding_not_a_silent_gap(tmp_path, run_cli):
     images, catalog = tmp_path / "images", tmp_path / "catalog.duckdb"
-    _noise_image(images / "top.jpg", 0)
+    noise_jpeg(images / "top.jpg", 0)
     fd = os.open(images, os.O_RDONLY)
     try:
         for _ in range(24):  # 24 x 201 bytes: past PATH_MAX (4096); made with *at calls, relative to fd
@@ -336,9 +321,9 @@ def test_a_folder_deeper_than_the_system_allows_is_a_finding_not_a_silent_gap(tm
             fd = child
     finally:
         os.close(fd)
-    out = _ok(run_cli(["scan", images], catalog))
+    out = ok_output(run_cli(["scan", images], catalog))
     assert "1 path(s) not listed" in out
-    [(rule, detail)] = _rows(catalog, "SELECT rule, detail FROM findings")
+    [(rule, detail)] = catalog_rows(catalog, "SELECT rule, detail FROM findings")
     assert rule == "unreadable_folder" and "ENAMETOOLONG" in detail and detail.startswith(str(images / ("d" * 200)))
     assert sorted(image_rows(catalog)) == ["top.jpg"]
     shutil.rmtree(images / ("d" * 200))  # a tree past PATH_MAX would trip a later walk of the session's temp folders
@@ -350,12 +335,12 @@ def test_widening_a_root_over_an_export_never_registers_the_exported_copies(tmp_
     of the originals, and `alphabetical`/path ties made dedup keep export/... and delete img/..."""
     data, catalog = tmp_path / "data", tmp_path / "catalog.duckdb"
     for i in range(3):
-        _noise_image(data / "img" / f"photo_{i}.jpg", i)
-    _ok(run_cli(["scan", data / "img"], catalog))
-    _ok(run_cli(["sanitize"], catalog))
-    _ok(run_cli(["export", "--to", data / "export", "--format", "copy"], catalog))
+        noise_jpeg(data / "img" / f"photo_{i}.jpg", i)
+    ok_output(run_cli(["scan", data / "img"], catalog))
+    ok_output(run_cli(["sanitize"], catalog))
+    ok_output(run_cli(["export", "--to", data / "export", "--format", "copy"], catalog))
     assert len(list((data / "export").rglob("*.jpg"))) == 3
-    out = _ok(run_cli(["scan", data], catalog))
+    out = ok_output(run_cli(["scan", data], catalog))
     assert f"skipped {data / 'export'}: it holds a vdc-lake export" in out
     assert sorted(image_rows(catalog)) == ["img/photo_0.jpg", "img/photo_1.jpg", "img/photo_2.jpg"]
 
@@ -366,8 +351,8 @@ def test_a_report_inside_a_root_is_refused_and_never_scanned_as_images(tmp_path,
     code wrote it and registered its thumbnails at the next scan: downscaled near-duplicates of
     the originals ('alphabetical' keeps report/...)."""
     catalog = tmp_path / "catalog.duckdb"
-    _ok(run_cli(["scan", sample_tree.root], catalog))
-    _ok(run_cli(["sanitize", "--quick"], catalog))
+    ok_output(run_cli(["scan", sample_tree.root], catalog))
+    ok_output(run_cli(["sanitize", "--quick"], catalog))
     refused = run_cli(["report", "--out", sample_tree.root / "report"], catalog)
     root = sample_tree.root.resolve()
     assert refused.exit_code == 1 and refused.output == (
@@ -375,10 +360,10 @@ def test_a_report_inside_a_root_is_refused_and_never_scanned_as_images(tmp_path,
         f"would register its thumbnails as images; choose a folder outside every scanned root "
         f"(e.g. {root.parent / (root.name + '-report')})\n"), refused.output
     assert not (sample_tree.root / "report").exists()
-    _ok(run_cli(["report", "--out", tmp_path / "report"], catalog))
+    ok_output(run_cli(["report", "--out", tmp_path / "report"], catalog))
     shutil.move(tmp_path / "report", sample_tree.root / "report")
     assert list((sample_tree.root / "report" / "thumbs").glob("*.jpg"))
-    out = _ok(run_cli(["scan", sample_tree.root], catalog))
+    out = ok_output(run_cli(["scan", sample_tree.root], catalog))
     assert "0 new" in out and f"skipped {sample_tree.root.resolve() / 'report'}: it holds a vdc-lake report" in out
     assert not [rel for rel in image_rows(catalog) if rel.startswith("report/")]
 
@@ -387,8 +372,8 @@ def test_images_in_a_folder_that_cannot_be_listed_now_are_not_called_gone(nobody
     """Old code marked every image under a folder it could not list (permissions, a flaky mount)
     as gone, dropping it from curated and export; its state is unknown, so it stays as it was."""
     images = nobody_dir / "images"
-    _noise_image(images / "top.jpg", 0)
-    _noise_image(images / "private" / "inner.jpg", 1)
+    noise_jpeg(images / "top.jpg", 0)
+    noise_jpeg(images / "private" / "inner.jpg", 1)
     _cli_as_user(nobody_dir, "scan", str(images))
     (images / "private").chmod(0)
     out = _cli_as_user(nobody_dir, "scan", str(images)).stdout

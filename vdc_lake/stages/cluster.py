@@ -64,7 +64,7 @@ def _checkpoint_dir(catalog: Catalog, params: dict[str, Any], vs: VectorSet) -> 
     if len(vs):  # 64 evenly spaced vectors: vectors computed again since key another folder
         rows = np.unique(np.linspace(0, len(vs) - 1, 64).astype(np.int64))
         fingerprint.update(np.ascontiguousarray(vs.vectors[rows], dtype=np.float32).tobytes())
-    from vdc_lake.catalog.connection import side_folder  # never a link: checked and made with mkdir
+    from vdc_lake.catalog.side_files import side_folder  # never a link: checked and made with mkdir
 
     return side_folder(catalog.path, ".kmeans", create=True) / fingerprint.hexdigest()[:16]
 
