@@ -179,3 +179,10 @@ def catalog_rows(catalog_path: str | os.PathLike, sql: str, params: list | None 
     """Rows of a query on a catalog, opened read-only."""
     with Catalog(catalog_path, read_only=True) as catalog:
         return catalog.rows(sql, params or [])
+
+
+def cli_fails(result, message: str) -> None:
+    """Exit code 1 and exactly `Error: message` (click's format for a ClickException), no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.output == f"Error: {message}\n"

@@ -11,7 +11,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import image_rows, tree_hashes
+from tests.conftest import cli_fails, image_rows, tree_hashes
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.review.decisions import DECISIONS
 
@@ -22,11 +22,7 @@ def _ok(result):
     return result.output
 
 
-def _fails(result, message: str):
-    """Exit code 1 and exactly `Error: message` (click's format for a ClickException), no traceback."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.output == f"Error: {message}\n"
+_fails = cli_fails
 
 
 def _runs(catalog_path) -> list[tuple]:

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from tests.conftest import cli_fails
 from vdc_lake.config.loader import LOCAL_CONFIG_NAME, Config, bundled_defaults, read_toml
 from vdc_lake.errors import ConfigError
 
@@ -101,11 +102,7 @@ def _ok(result):
     return result.output
 
 
-def _fails(result, message: str):
-    """Exit code 1 and exactly `Error: message` (click's format for a ClickException), no traceback."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.output == f"Error: {message}\n"
+_fails = cli_fails
 
 
 def _show(run_cli, config=None) -> dict[str, tuple[str, str]]:

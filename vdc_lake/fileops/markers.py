@@ -17,17 +17,24 @@ RECORD_NAME = "export.json"
 RUNNING_NAME = ".vdc-export-running"
 
 
+def _json_object(path: Path, limit: int) -> dict | None:
+    """The JSON object in the regular file `path` (never through a link), read up to `limit`
+    bytes; None when it is not one."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(limit))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def is_export_record(record: Path) -> bool:
     """Whether `record` is an export.json export wrote: a regular file holding a JSON object
     that names the tool version, the catalog and the params (scan leaves such a folder out)."""
-    if record.is_symlink() or not record.is_file():
-        return False
-    try:
-        with open(record, "rb") as f:
-            data = json.loads(f.read(1 << 20))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(data, dict) and {"tool_version", "catalog", "params"} <= data.keys()
+    data = _json_object(record, 1 << 20)
+    return data is not None and {"tool_version", "catalog", "params"} <= data.keys()
 
 
 # -- backup folders of apply runs ---------------------------------------------------------------------------------
@@ -39,15 +46,8 @@ _BACKUP_KIND = "vdc-lake backup folder"
 def is_backup_marker(path: str | os.PathLike) -> bool:
     """Whether `path` is a marker mark_backup_folder wrote: a regular file (not a link) holding a
     JSON object whose kind is a vdc-lake backup folder."""
-    path = Path(path)
-    if path.is_symlink() or not path.is_file():
-        return False
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read(1 << 16))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("kind") == _BACKUP_KIND
+    data = _json_object(Path(path), 1 << 16)
+    return data is not None and data.get("kind") == _BACKUP_KIND
 
 
 def backup_folder_at_or_above(path: str | os.PathLike) -> Path | None:
