@@ -11,6 +11,12 @@ CLI subprocess in the work folder:
     scan, sanitize --quick, import (768), import (512), dedup report (method auto picks),
     cluster --n-clusters 100 10 2 (set 768), sample --total N/2, export manifest, status, report
 
+--synthetic-images (import only: `--synthetic-images --only import`) makes no JPEGs and runs no
+scan: the catalog's N image rows are inserted with SQL (the paths the parquets name), which is
+all `import` reads, so the import can be measured at 10^6 without an hour of JPEG writing and
+scanning. Run it with PYTHONPATH pointing at another checkout to measure that version's import
+on the same data (the catalog is made by the code that imports).
+
 Peak RSS is /usr/bin/time's %M for the command (its largest process). "raw"
 is N x d x 4 bytes of the set a command moves; "bound" is 1.5 x raw + 1 GB (issue 12);
 every figure is in decimal GB (10^9 bytes).
@@ -83,8 +89,19 @@ def make_embeddings(path: Path, root: Path, n: int, dim: int, *, batch: int = 50
             writer.write_table(pa.table({"sample": image_paths(root, start, stop), "embedding": values}, schema=schema))
 
 
-def run_command(args: list[str], cwd: Path, log) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in bytes, exit code) of one CLI command.
+def synthetic_catalog(catalog: Path, root: Path, n: int) -> None:
+    """A catalog whose N present image rows name the files make_embeddings' samples name (no files)."""
+    from vdc_lake.catalog.connection import Catalog
+
+    with Catalog(catalog) as c:
+        c.execute("INSERT INTO images (image_id, root, rel_path, version, present) SELECT range + 1, ?, "
+                  f"lpad(CAST(range // {FILES_PER_FOLDER} AS VARCHAR), 5, '0') || '/img_' || "
+                  "lpad(CAST(range AS VARCHAR), 8, '0') || '.jpg', 1, true FROM range(?)", [str(root), n])
+
+
+def run_command(args: list[str], cwd: Path, log) -> tuple[float, float, int, float]:
+    """(wall seconds, peak RSS in bytes, exit code, CPU seconds: user + system) of one CLI command.
+    CPU seconds say more than wall time on a shared box.
 
     Peak RSS comes from /usr/bin/time (%M): Linux carries the high-water mark of the process
     that forked into the exec'd child, so this script's own ru_maxrss for its children would
@@ -92,11 +109,13 @@ def run_command(args: list[str], cwd: Path, log) -> tuple[float, float, int]:
     """
     report = cwd / "time.out"
     started = time.monotonic()
-    code = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(report), sys.executable, "-m", "vdc_lake.cli",
+    code = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", str(report), sys.executable, "-m", "vdc_lake.cli",
                            "-q", *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT).returncode
     seconds = time.monotonic() - started
-    lines = [line for line in report.read_text().splitlines() if line.strip().isdigit()]
-    return seconds, int(lines[-1]) * 1024 if lines else float("nan"), code
+    lines = [line.split() for line in report.read_text().splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    if not lines:
+        return seconds, float("nan"), code, float("nan")
+    return seconds, int(lines[-1][0]) * 1024, code, float(lines[-1][1]) + float(lines[-1][2])
 
 
 def main() -> None:
@@ -107,6 +126,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--only", default="", help="comma-separated first words of the commands to run, in "
                         "this order (e.g. cluster,dedup); the others are skipped")
+    parser.add_argument("--synthetic-images", action="store_true",
+                        help="no JPEGs, no scan: insert the image rows with SQL (for --only import)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep the work folder's images, parquets and catalog (run with --keep before)")
     options = parser.parse_args()
@@ -120,7 +141,10 @@ def main() -> None:
         work.mkdir(parents=True)
         (work / "vdc-lake.toml").write_text("[sanitize]\nmin_width = 16\nmin_height = 16\n")
         started = time.monotonic()
-        make_images(images, n, options.workers)
+        if options.synthetic_images:
+            synthetic_catalog(work / "vdc-lake.duckdb", images, n)
+        else:
+            make_images(images, n, options.workers)
         make_embeddings(pe, images, n, 768)
         make_embeddings(sscd, images, n, 512)
         print(f"# N = {n:,}: data made in {time.monotonic() - started:.0f} s in {work}", flush=True)
@@ -141,20 +165,22 @@ def main() -> None:
     only = [c.strip() for c in options.only.split(",") if c.strip()]
     if only:
         commands = [c for word in only for c in commands if c[0].split()[0] == word]
-    print("| command | wall s | peak RSS GB | raw set GB | 1.5 x raw + 1 GB | within | exit |")
-    print("|---|---|---|---|---|---|---|", flush=True)
+    print("| command | wall s | CPU s | peak RSS GB | raw set GB | 1.5 x raw + 1 GB | within | exit |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
     with open(work / "commands.log", "a") as log:
         for name, args, raw in commands:
             log.write(f"\n$ vdc-lake {' '.join(args)}\n")
             log.flush()
-            seconds, rss, code = run_command(args, work, log)
+            seconds, rss, code, cpu = run_command(args, work, log)
             bound = 1.5 * raw + GB
-            print(f"| {name} | {seconds:,.1f} | {rss / GB:.2f} | {raw / GB:.2f} | {bound / GB:.2f} | "
+            print(f"| {name} | {seconds:,.1f} | {cpu:,.1f} | {rss / GB:.2f} | {raw / GB:.2f} | {bound / GB:.2f} | "
                   f"{'yes' if rss <= bound else 'NO'} | {code} |", flush=True)
     catalog = work / "vdc-lake.duckdb"
     size = catalog.stat().st_size if catalog.exists() else 0
-    print(f"\ncatalog {catalog}: {size / GB:.2f} GB ({size / max(n, 1):,.0f} bytes per image); "
-          f"log: {work / 'commands.log'}", flush=True)
+    vectors = work / "vdc-lake.duckdb.vectors"  # the sets' Parquet parts (issue 22)
+    vector_bytes = sum(p.stat().st_size for p in vectors.rglob("*.parquet")) if vectors.is_dir() else 0
+    print(f"\ncatalog {catalog}: {size / GB:.2f} GB ({size / max(n, 1):,.0f} bytes per image); vector files "
+          f"beside it: {vector_bytes / GB:.2f} GB; log: {work / 'commands.log'}", flush=True)
     if not options.keep and not options.reuse:
         shutil.rmtree(images, ignore_errors=True)
 

@@ -146,7 +146,7 @@ def quickstart_catalogs(tmp_path_factory) -> tuple[Path, Path]:
                                         prog_name="vdc-lake", catch_exceptions=True)
             assert result.exit_code == 0, result.output
             if not extra:
-                shutil.copyfile(catalog, dry)
+                copy_catalog(catalog, dry)  # a catalog is its file and its vector files (docs/catalog.md)
     finally:
         os.chdir(cwd)
     return dry, catalog
@@ -173,6 +173,18 @@ def ok_output(result) -> str:
     """The output of a CLI result that must have succeeded."""
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def copy_catalog(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy a catalog as a backup would (docs/catalog.md): its file and its vector files
+    (CATALOG.vectors), replacing what target had; returns target."""
+    target = Path(target)
+    shutil.copy2(source, target)
+    vectors, target_vectors = Path(f"{source}.vectors"), Path(f"{target}.vectors")
+    shutil.rmtree(target_vectors, ignore_errors=True)
+    if vectors.is_dir():
+        shutil.copytree(vectors, target_vectors, symlinks=True)
+    return target
 
 
 def catalog_rows(catalog_path: str | os.PathLike, sql: str, params: list | None = None) -> list[tuple]:

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from tests.conftest import default_config, file_hash, image_rows, tree_hashes
+from tests.conftest import copy_catalog, default_config, file_hash, image_rows, tree_hashes
 from vdc_lake.effects.apply import Plan, apply_plan, make_plan, restore
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.review.decisions import decision_query
@@ -433,7 +433,7 @@ def test_a_journal_whose_output_path_names_another_image_is_refused(tmp_path, ru
                                                           "a.bmp": ((160, 120), 2, "BMP"),
                                                           "other.jpg": ((120, 100), 3, "JPEG")})
     original, other = tree_hashes(root), str(root.resolve() / "other.jpg")
-    shutil.copy2(catalog, tmp_path / "scanned.duckdb")
+    copy_catalog(catalog, tmp_path / "scanned.duckdb")
     shutil.copytree(root, tmp_path / "template")
     apply_args = ["apply", "sanitize", "--backup-dir", tmp_path / "bk", "--apply"]
     killed = _cli_killed_at(catalog, config, apply_args,
@@ -450,7 +450,7 @@ def test_a_journal_whose_output_path_names_another_image_is_refused(tmp_path, ru
         shutil.rmtree(path)
     shutil.copytree(tmp_path / "template", root)
     Path(str(catalog) + ".wal").unlink(missing_ok=True)
-    shutil.copy2(tmp_path / "scanned.duckdb", catalog)
+    copy_catalog(tmp_path / "scanned.duckdb", catalog)
     assert run_cli(apply_args, catalog, config=config).exit_code == 0
     after_apply = tree_hashes(root)
     edit("UPDATE journal SET dst = ?, checksum_after = ? WHERE action = 'recompress'", [other, original["other.jpg"]])

@@ -4,7 +4,6 @@ or in batches of 7 rows ([scale] vector_batch_rows), and when the set is spilled
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import copy_catalog
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.stages.cluster import cluster
 from vdc_lake.stages.dedup import report
@@ -64,7 +64,7 @@ def scanned(tmp_path_factory) -> dict:
 def _run_stages(scanned: dict, name: str, batch_rows: int) -> Path:
     """Copy the scanned catalog, then import, cluster, dedup report, filter and score with batch_rows."""
     path = scanned["base"] / f"{name}.duckdb"
-    shutil.copy(scanned["base"] / "base.duckdb", path)
+    copy_catalog(scanned["base"] / "base.duckdb", path)
     with Catalog(path, scale={"vector_batch_rows": batch_rows}) as catalog:
         import_results(catalog, str(scanned["file"]), set_name=SET, kind="embedding")
         cluster(catalog, SET, n_clusters=[6, 2], method="resampled", n_samples=[3, 2], n_resamples=2,
@@ -136,7 +136,7 @@ def test_spilled_set_equals_the_set_in_memory(staged):
 
 def test_the_newest_import_wins_and_stale_versions_drop_out(scanned, tmp_path):
     path = scanned["base"] / "twice.duckdb"
-    shutil.copy(scanned["base"] / "base.duckdb", path)
+    copy_catalog(scanned["base"] / "base.duckdb", path)
     newer = scanned["vectors"] * 2.0
     second = _embeddings_file(tmp_path / "second_embeddings.parquet", scanned["paths"][:10], newer[:10])
     with Catalog(path, scale={"vector_batch_rows": TINY_BATCH}) as catalog:

@@ -29,7 +29,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import default_config
+from tests.conftest import copy_catalog, default_config
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.stages.sanitize import sanitize
 from vdc_lake.stages.scan import scan
@@ -166,7 +166,7 @@ class Workspace:
         self.template.mkdir()
         for path in (self.data, self.outside):
             shutil.copytree(path, self.template / path.name, symlinks=True)
-        shutil.copy2(self.catalog, self.template / "c.duckdb")
+        copy_catalog(self.catalog, self.template / "c.duckdb")
         self.original = tree_state(self.data)
         self.outside_state = tree_state(self.outside)
 
@@ -200,7 +200,7 @@ class Workspace:
         shutil.rmtree(str(self.catalog) + ".tmp", ignore_errors=True)
         self.trial += 1
         self.catalog = self.catalog.with_name(f"c-{self.trial}.duckdb")
-        shutil.copy2(self.template / "c.duckdb", self.catalog)
+        copy_catalog(self.template / "c.duckdb", self.catalog)
 
     def start(self, args: list[str]) -> subprocess.Popen:
         """`vdc-lake ARGS` in a subprocess, committing progress every 16 operations (not 256) so that

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tarfile
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 from conftest import file_hash, tree_hashes
 from PIL import Image
 from examples.make_sample_data import make_sample_data
+from tests.conftest import copy_catalog
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.config.loader import Config
 from vdc_lake.errors import StageError
@@ -167,7 +167,7 @@ def test_curated_view_applies_every_decision_and_the_newest_sample(curation, tmp
 
     # Without a finished sample run, everything that survives the decisions is curated.
     copy = tmp_path / "catalog.duckdb"
-    shutil.copyfile(catalog_path, copy)
+    copy_catalog(catalog_path, copy)
     with Catalog(copy) as catalog:
         catalog.execute("UPDATE runs SET status = 'failed' WHERE stage = 'sample'")
     rows = _curated(copy)
@@ -178,7 +178,7 @@ def test_curated_view_applies_every_decision_and_the_newest_sample(curation, tmp
 def test_curated_without_any_model_stage_keeps_clean_images_and_one_of_each_exact_copy(curation, tmp_path):
     catalog_path, root, manifest = curation
     copy = tmp_path / "catalog.duckdb"
-    shutil.copyfile(catalog_path, copy)
+    copy_catalog(catalog_path, copy)
     with Catalog(copy) as catalog:  # as if only scan and sanitize had run
         catalog.execute("UPDATE runs SET status = 'failed' WHERE stage IN ('dedup-report', 'cluster', 'sample')")
     rows = _curated(copy)
@@ -377,7 +377,7 @@ def test_roots_with_the_same_name_and_files_changed_since_the_scan(tmp_path):
 
 def _writable_copy(catalog_path: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "catalog.duckdb"
-    shutil.copyfile(catalog_path, copy)
+    copy_catalog(catalog_path, copy)
     return copy
 
 

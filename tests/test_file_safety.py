@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import default_config, file_hash
+from tests.conftest import copy_catalog, default_config, file_hash
 from vdc_lake.effects.apply import apply_plan, make_plan, restore
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.review.decisions import decision_query
@@ -74,7 +74,7 @@ class Workspace:
         self.template.mkdir()
         for path in (self.root, self.elsewhere):
             shutil.copytree(path, self.template / path.name, symlinks=True)
-        shutil.copy2(self.catalog, self.template / self.catalog.name)
+        copy_catalog(self.catalog, self.template / self.catalog.name)
 
     def reset(self) -> None:
         for path in (self.root, self.elsewhere, self.backup, self.base / "moved", self.base / "victim"):
@@ -85,7 +85,7 @@ class Workspace:
         os.link(self.root / "sub" / "tiny_b.jpg", self.root / "tiny_b_hardlink.jpg")
         for suffix in ("", ".wal"):
             Path(str(self.catalog) + suffix).unlink(missing_ok=True)
-        shutil.copy2(self.template / self.catalog.name, self.catalog)
+        copy_catalog(self.template / self.catalog.name, self.catalog)
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +312,7 @@ def test_a_tampered_root_is_refused_by_apply_restore_and_exit_1(ws, run_cli):
     (journal 'refused', apply exits 1), and restore refuses it before touching anything."""
     victim = _image(ws.base / "victim" / "v3.jpg", (40, 40), 13)
     digest = file_hash(victim)
-    shutil.copy2(ws.catalog, ws.base / "scanned.duckdb")
+    copy_catalog(ws.catalog, ws.base / "scanned.duckdb")
     _tamper(ws.catalog, f"UPDATE images SET root = '{victim.parent}', rel_path = 'v3.jpg', content_hash = '{digest}' "
                         "WHERE rel_path = 'tiny_a.jpg'")
     result = run_cli(["apply", "sanitize", "--no-backup", "--apply"], ws.catalog)
@@ -324,7 +324,7 @@ def test_a_tampered_root_is_refused_by_apply_restore_and_exit_1(ws, run_cli):
     assert list(refused) == ["v3.jpg"] and "no scan run was given" in refused["v3.jpg"]["error"]
     # restore: apply ran on the honest catalog, then the row was edited
     ws.reset()
-    shutil.copy2(ws.base / "scanned.duckdb", ws.catalog)
+    copy_catalog(ws.base / "scanned.duckdb", ws.catalog)
     victim = _image(ws.base / "victim" / "big_c.jpg", (40, 40), 13)
     digest = file_hash(victim)
     _apply(ws.catalog, ws.backup)
@@ -347,9 +347,9 @@ def test_tampered_journal_rows_cannot_make_restore_touch_anything_outside(ws, ru
         "backup_dir": f"""UPDATE runs SET params = json_object('backup_dir', '{root}') WHERE stage LIKE 'apply:%';
                           UPDATE journal SET backup = replace(backup, '{bk}', '{root}')""",
     }
-    shutil.copy2(ws.catalog, ws.base / "applied.duckdb")
+    copy_catalog(ws.catalog, ws.base / "applied.duckdb")
     for what, sql in tampering.items():
-        shutil.copy2(ws.base / "applied.duckdb", ws.catalog)
+        copy_catalog(ws.base / "applied.duckdb", ws.catalog)
         _tamper(ws.catalog, sql)
         result = run_cli(["restore"], ws.catalog)
         assert result.exit_code == 1, what

@@ -6,11 +6,11 @@ no HNSW index built when the report will not use it."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
+from tests.conftest import copy_catalog
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.kernels import neighbors, neighbors_exact
 from vdc_lake.kernels.descriptor import VIEWS
@@ -138,11 +138,10 @@ def test_error_bound_is_derived_per_precision():
 
 # ------------------------------------------------------------------ Ray tiles
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vdc-lake[scale]')")
-
-
 @pytest.fixture(scope="module")
 def ray_instance():
+    # only the tests that use Ray skip without it (CI installs it: .ci/run installs ".[test,scale]")
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[scale]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield
     ray.shutdown()
@@ -196,7 +195,7 @@ def builtin_template(sample_template, tmp_path_factory):
 
 
 def _catalog_with_builtin(builtin_template, catalog_path):
-    shutil.copyfile(builtin_template, catalog_path)
+    copy_catalog(builtin_template, catalog_path)
 
 
 def _edges(catalog_path, run_id=None):

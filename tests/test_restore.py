@@ -27,7 +27,7 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from tests.conftest import file_hash
+from tests.conftest import copy_catalog, file_hash
 from vdc_lake.catalog.connection import Catalog
 
 SEED = 24
@@ -175,8 +175,9 @@ class KilledRestores:
                                         "HAVING count(*) > 1)")
         assert set(self.n_ops) >= {"delete", "resize", "recompress"} and self.twice > 0, (self.n_ops, self.twice)
         self.template.mkdir()
-        for path in (self.data, self.elsewhere, self.backup, self.catalog):
+        for path in (self.data, self.elsewhere, self.backup):
             subprocess.run(["cp", "-a", str(path), str(self.template / path.name)], check=True)
+        copy_catalog(self.catalog, self.template / self.catalog.name)  # with its vector files
 
     def _add_odd_files(self) -> None:
         big = _image(self.elsewhere / "big target.jpg", (420, 360), 1)      # resized: the link becomes a file
@@ -210,7 +211,7 @@ class KilledRestores:
         self.catalog = self.work / f"c-{self.trial}.duckdb"
         for path in (self.data, self.elsewhere, self.backup):
             subprocess.run(["cp", "-a", str(self.template / path.name), str(path)], check=True)
-        shutil.copy2(self.template / "c.duckdb", self.catalog)
+        copy_catalog(self.template / "c.duckdb", self.catalog)
 
     def killed_restore(self, kill_at: int) -> subprocess.CompletedProcess:
         """`vdc-lake restore` in a subprocess that SIGKILLs itself before step kill_at (0: never)."""
@@ -334,7 +335,7 @@ def test_leftover_clean_up_never_touches_what_the_refused_operation_may_not(tmp_
     foreign, backup = tmp_path / "foreign", tmp_path / "B"
     result = _cli(tmp_path, catalog, "apply", "sanitize", "--backup-dir", backup, "--apply")
     assert result.exit_code == 0, result.output
-    shutil.copy2(catalog, tmp_path / "applied.duckdb")
+    copy_catalog(catalog, tmp_path / "applied.duckdb")
     with Catalog(catalog, read_only=True) as cat:
         ops = {Path(src).name: (op_id, image_id, bk) for op_id, image_id, src, bk in cat.rows(
             "SELECT op_id, image_id, src, backup FROM journal")}
@@ -360,7 +361,7 @@ def test_leftover_clean_up_never_touches_what_the_refused_operation_may_not(tmp_
     for what, (sql, planted) in tamperings.items():
         for command in (["apply", "sanitize", "--backup-dir", backup, "--apply"], ["restore"]):
             shutil.rmtree(foreign, ignore_errors=True)
-            shutil.copy2(tmp_path / "applied.duckdb", catalog)
+            copy_catalog(tmp_path / "applied.duckdb", catalog)
             _tamper(catalog, sql)
             after_apply = tree_state(data)
             for path in planted:
@@ -375,7 +376,7 @@ def test_leftover_clean_up_never_touches_what_the_refused_operation_may_not(tmp_
                 path.unlink()
             assert tree_state(data) == after_apply, (what, command)
     # an honest operation left planned: its temp files (in its root and its backup folder) are removed
-    shutil.copy2(tmp_path / "applied.duckdb", catalog)
+    copy_catalog(tmp_path / "applied.duckdb", catalog)
     _tamper(catalog, f"UPDATE journal SET state = 'planned' WHERE op_id = {honest_id}")
     ours = [data / "sub" / ".big_b.jpg.vdc-tmp", data / "sub" / "big_b.jpg.vdc-restore",
             Path(honest_backup + ".vdc-tmp")]

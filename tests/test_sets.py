@@ -5,13 +5,13 @@ newest run's row wins, and a set larger than the memory budget is read into a me
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import copy_catalog
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.catalog.sets import (count_vectors, iter_vectors, missing_images, read_vectors, register_embedding_set,
                                    register_prediction_set, set_dim, write_vectors)
@@ -51,7 +51,7 @@ def template(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture
 def scanned(template, tmp_path) -> Catalog:
     """A private copy of the template catalog, open for writing (its images are the template's: read them only)."""
-    shutil.copy(template[0], tmp_path / "catalog.duckdb")
+    copy_catalog(template[0], tmp_path / "catalog.duckdb")
     with Catalog(tmp_path / "catalog.duckdb") as catalog:
         yield catalog
 

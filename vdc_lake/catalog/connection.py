@@ -10,7 +10,7 @@ What vdc-lake trusts in a catalog (it may come from someone else): its rows, as 
 else. Exactly:
 
 - Beside the catalog. The files vdc-lake and DuckDB make next to CATALOG (SIDE_PATHS: .lock, .wal,
-  .tmp, .indexes, .staging, .kmeans, .spill) are never reached through a symbolic link: every open
+  .tmp, .indexes, .staging, .kmeans, .spill, .vectors) are never reached through a symbolic link: every open
   checks them (lstat) and refuses a link, a lock or WAL that is not a regular file and a folder that
   is not a folder (UnsafeCatalogError, naming the path); vdc-lake makes them with O_NOFOLLOW/O_EXCL
   and mkdir, which never follow a link. The catalog path itself may be a link (it is resolved once,
@@ -19,7 +19,10 @@ else. Exactly:
 - No file access. Every connection runs with DuckDB's enable_external_access = false: no
   read_text/read_csv/read_parquet/glob, COPY, ATTACH, INSTALL/LOAD or extension autoloading, so
   nothing stored in the catalog (a view, a macro, a column default) can read or write a file or
-  reach the network. vdc-lake moves all its own data through Arrow; DuckDB's own files (the
+  reach the network, except read inside CATALOG.vectors (allowed_directories): the Parquet files
+  of the vector sets, which the `embeddings` / `predictions` views read; every registered part is
+  checked (a plain part name, no link) before a view names it (catalog.vectors). vdc-lake moves
+  its other data through Arrow; DuckDB's own files (the
   catalog, its WAL, the spill folder `temp_directory`) are not external access. The one exception
   is `files=True`, below.
 - The package's code. The views and macros vdc-lake queries (sql/views) are the installed
@@ -60,6 +63,7 @@ from vdc_lake.config.loader import bundled_defaults
 from vdc_lake.catalog.lock import WriterLock
 from vdc_lake.catalog.package_sql import expected_views, package_objects, sql_dir, views_fingerprint
 from vdc_lake.catalog.side_files import SIDE_PATHS, file_kind, side_path
+from vdc_lake.catalog.vectors import VECTOR_TABLES, allowed_folder, create_vector_views, has_vector_parts, prepare_writer
 from vdc_lake.errors import (
     CatalogAccessError,
     CatalogDamagedError,
@@ -132,6 +136,7 @@ class Catalog:
         self.scale = {**bundled_defaults()["scale"], **(scale or {})}
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock: WriterLock | None = None
+        self._made: list[Path] = []  # the files this open created for a new catalog
         self._checked = False  # the first connection checks that this is a sound vdc-lake catalog
         self._files_wanted = files
         self._files = False  # external access granted (files wanted, and no stored code in the way)
@@ -159,6 +164,7 @@ class Catalog:
             except BaseException:
                 self._undo_failed_open(made)
                 raise
+            self._made = made
 
     def _check_paths(self, suffixes: Sequence[str]) -> None:
         """The catalog is a regular file (or not there yet), and the side paths with these suffixes
@@ -202,13 +208,23 @@ class Catalog:
     def __enter__(self) -> Catalog:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None and self._made and self._lock is not None and self._holds_no_images():
+            # A first command that failed (a scan of a mistyped folder): no empty catalog stays.
+            self._undo_failed_open(self._made)
         self.close()
 
+    def _holds_no_images(self) -> bool:
+        try:
+            return self.scalar("SELECT count(*) FROM images") == 0
+        except Exception:  # whatever went wrong, a catalog that cannot be read is not removed
+            return False
+
     def close(self) -> None:
+        """Close the connection and end the writer lock, removing its file (no stale CATALOG.lock)."""
         self.release()
         if self._lock is not None:
-            self._lock.release()
+            self._lock.remove(made_only=False)
             self._lock = None
 
     def release(self) -> None:
@@ -239,14 +255,13 @@ class Catalog:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         self._check_paths((".wal", ".tmp"))  # DuckDB makes and writes these itself
-        config = {"enable_external_access": "true" if self._files else "false",
-                  "temp_directory": self.scale["duckdb_temp_directory"] or str(self.path) + ".tmp"}
+        config = {"temp_directory": self.scale["duckdb_temp_directory"] or str(self.path) + ".tmp"}
         if self.scale["duckdb_memory_limit"]:
             config["memory_limit"] = str(self.scale["duckdb_memory_limit"])
         deadline = time.monotonic() + self.wait_seconds
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=self.read_only, config=config)
+                return self._confined(duckdb.connect(str(self.path), read_only=self.read_only, config=config))
             except (duckdb.ParserException, duckdb.InvalidInputException) as e:
                 raise ConfigError(f"[scale] duckdb_memory_limit = {config.get('memory_limit')!r} or "
                                   f"duckdb_temp_directory is not valid: {e} (e.g. \"4GB\")") from e
@@ -259,6 +274,21 @@ class Catalog:
                     raise self._open_error(e) from e
                 # Jittered, so a polling reader cannot stay in phase with a writer's batches.
                 time.sleep(random.uniform(0.005, 0.05))
+
+    def _confined(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        """Turn file access off, but for the catalog's vector files (CATALOG.vectors): DuckDB takes
+        allowed_directories only while external access is on, and then never again. Nothing runs
+        between the connect and these settings. A connection for the user's own SQL keeps access."""
+        if self._files:
+            return con
+        try:
+            if con.execute("SELECT current_setting('enable_external_access')").fetchall()[0][0]:
+                con.execute("SET allowed_directories = ?", [[allowed_folder(self.path)]]).fetchall()
+                con.execute("SET enable_external_access = false").fetchall()
+        except BaseException:
+            con.close()
+            raise
+        return con
 
     def _open_error(self, error: duckdb.Error) -> Exception:
         """The typed error for a connection DuckDB refused."""
@@ -346,7 +376,7 @@ class Catalog:
                 f"catalog {self.path} holds the trigger {triggers[0]}{more}, which vdc-lake does not make and would "
                 f"run inside its writes: the catalog was edited; drop it (in DuckDB: DROP TRIGGER {triggers[0]}) or "
                 "use a catalog you trust")
-        ours = package_objects()
+        ours = {**package_objects(), **{table: ("VIEW",) for table in VECTOR_TABLES}}
         foreign = [f"{kind} {name}" for kind, name, _ in rows
                    if kind != "trigger" and ours.get(name, ("",))[0] != kind.upper()]
         if foreign and self._files_wanted:
@@ -364,6 +394,9 @@ class Catalog:
         view costs the binding of its whole tree. One that cannot be built on this catalog (tables
         of another vdc-lake version, read-only here) becomes one that fails saying why."""
         con = self._con
+        if has_vector_parts(con):  # before the package's views, which read them
+            with self._translated():
+                create_vector_views(con, self.path, temp=True)
         expected = expected_views(con)
         stored = dict(con.execute(
             "SELECT view_name, sql FROM system.main.duckdb_views() WHERE database_name = "
@@ -408,6 +441,7 @@ class Catalog:
         from vdc_lake.catalog.settings import seed_settings
 
         self.migrate()
+        prepare_writer(self)  # vector files: orphans removed, old rows moved into files, views made
         seed_settings(self)  # before the views: a fresh catalog's decision macros read the settings
         self.install_views()
         self._mark_interrupted_runs()

@@ -1,10 +1,11 @@
 """Embedding and prediction sets: registration, bulk writes and vector reads through Arrow.
 
-Vectors are stored as FLOAT[] rows in one long table per kind (`embeddings`, `predictions`)
-keyed by set name and (image_id, version); reads cast to FLOAT[dim] and take the flat Arrow
-buffer, which is far faster than fetchnumpy for arrays. Reads stream: one Arrow record batch
-at a time straight into a preallocated array (or a memmap beyond the memory budget), so a
-stage holds the one set it needs plus a batch, never a whole-table Arrow result.
+Vectors are Parquet files beside the catalog (vdc_lake.catalog.vectors: CATALOG.vectors/<table>/
+<set>/part-*.parquet), registered in it; `embeddings` and `predictions` are views over them, keyed
+by set name and (image_id, version). Which rows are current is one DuckDB query on the key
+columns; the vectors themselves stream straight from the files (pyarrow, one row group at a
+time, no DuckDB and no writer lock) into a preallocated array (or a memmap beyond the memory
+budget), so a stage holds the one set it needs plus a batch, never a whole-table Arrow result.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,8 @@ import pyarrow as pa
 
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.catalog.side_files import side_folder
+from vdc_lake.catalog.vectors import (LEGACY_ROWID_BASE, LEGACY_TABLES, VECTOR_TABLES, has_vector_parts, part_rows,
+                                      set_relation, stream_parts, write_part)
 from vdc_lake.fileops.confine import check_name
 from vdc_lake.errors import StageError
 
@@ -71,12 +75,6 @@ def per_image_table(run_id: int, vs: VectorSet | VectorBatch, **columns: Any) ->
     })
 
 
-def _vector_column(vectors: np.ndarray) -> pa.Array:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    fixed = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-    return fixed.cast(pa.list_(pa.float32()))
-
-
 # SSCD (resnet_v1_50_c1_sscd): VDC's GLDv2 walkthrough applies at cosine distance 0.25, reports at 0.5.
 SSCD_DEDUP_THRESHOLDS = (0.25, 0.5)
 
@@ -120,19 +118,43 @@ BUILTIN_SET = "builtin"
 def register_builtin_set(catalog: Catalog, run_id: int, name: str = BUILTIN_SET) -> int:
     """Register a set of the weight-free descriptor (sanitize's decode pass and
     `predict --model builtin` write the same vectors; the default set is shared) and return
-    its dim. A new set holds the multi-view descriptor (builtin-dct-ms); a one-view set
-    (builtin-dct) made before it stays one-view: write descriptor.builtin_vectors_for(dim, ...)."""
-    from vdc_lake.kernels.descriptor import (DESCRIPTOR_DIM, DESCRIPTOR_NAME, MULTI_VIEW_NAME, SET_DIM, THUMBNAIL_SIZE,
-                                     VIEW_SCALES)
+    its dim. A new set holds the alpha-aware multi-view descriptor (builtin-dct-msa); a set made
+    before it (builtin-dct, one view; builtin-dct-ms) keeps its model while the images to describe
+    are opaque (their vectors are the same): write descriptor.builtin_vectors_for(dim, ...)."""
+    from vdc_lake.kernels.descriptor import (ALPHA_VIEW_NAME, BACKGROUND, DESCRIPTOR_DIM, DESCRIPTOR_NAME, SET_DIM,
+                                             THUMBNAIL_SIZE, VIEW_SCALES)
 
+    check_legacy_builtin_set(catalog, name)
     if catalog.rows("SELECT 1 FROM embedding_sets WHERE name = ? AND model = ?", [name, DESCRIPTOR_NAME]):
         model, dim, scales = DESCRIPTOR_NAME, DESCRIPTOR_DIM, [1.0]
     else:
-        model, dim, scales = MULTI_VIEW_NAME, SET_DIM, list(VIEW_SCALES)
+        model, dim, scales = ALPHA_VIEW_NAME, SET_DIM, list(VIEW_SCALES)
     register_embedding_set(catalog, name, kind="descriptor", model=model, dim=dim,
-                           preprocessing={"thumbnail": THUMBNAIL_SIZE, "grayscale": True, "view_scales": scales},
-                           run_id=run_id)
+                           preprocessing={"thumbnail": THUMBNAIL_SIZE, "grayscale": True, "view_scales": scales,
+                                          "alpha_background": BACKGROUND}, run_id=run_id)
     return dim
+
+
+def check_legacy_builtin_set(catalog: Catalog, name: str = BUILTIN_SET) -> None:
+    """StageError when set `name` holds a builtin model made before the descriptor saw alpha
+    (descriptor.LEGACY_MODELS) and a present image with transparency has no vector in it yet:
+    its new vector would differ from what that model gave, and a set never mixes the two."""
+    from vdc_lake.kernels.descriptor import ALPHA_VIEW_NAME, LEGACY_MODELS
+
+    rows = catalog.rows("SELECT model FROM embedding_sets WHERE name = ? AND list_contains(?, model)",
+                        [name, list(LEGACY_MODELS)])
+    if not rows:
+        return
+    transparent = catalog.scalar(
+        "SELECT count(*) FROM images i WHERE i.present AND i.has_transparency AND NOT EXISTS (SELECT 1 FROM "
+        "embeddings e WHERE e.set_name = ? AND e.image_id = i.image_id AND e.version = i.version)", [name])
+    if transparent:
+        raise StageError(
+            f"embedding set {name!r} holds {rows[0][0]} vectors, made before the built-in descriptor saw "
+            f"transparency, and {transparent} image(s) with transparency would get {ALPHA_VIEW_NAME} vectors; "
+            f"the two are never mixed in one set: describe every image into a new set (`vdc-lake predict --model "
+            f"builtin --kind descriptor --set builtin-alpha`, then `--set builtin-alpha` for dedup), and keep sanitize "
+            f"from adding to {name!r} with `builtin_descriptor = false` in [sanitize] of vdc-lake.toml")
 
 
 def register_prediction_set(catalog: Catalog, name: str, *, kind: str, model: str | None,
@@ -147,16 +169,20 @@ def register_prediction_set(catalog: Catalog, name: str, *, kind: str, model: st
 
 def write_vectors(catalog: Catalog, table: str, name: str, run_id: int, image_ids: np.ndarray,
                   versions: np.ndarray, vectors: np.ndarray) -> int:
-    """Append rows to `embeddings` (column vector) or `predictions` (column probs)."""
-    column = {"embeddings": "vector", "predictions": "probs"}[table]
-    n = len(image_ids)
-    return catalog.insert_arrow(table, pa.table({
-        "set_name": pa.array([name] * n, pa.string()),
-        "image_id": pa.array(np.asarray(image_ids, dtype=np.int64)),
-        "version": pa.array(np.asarray(versions, dtype=np.int32)),
-        "run_id": pa.array(np.full(n, run_id, dtype=np.int64)),
-        column: _vector_column(vectors),
-    }))
+    """Append rows to the set of `embeddings` (column vector) or `predictions` (column probs):
+    one Parquet part beside the catalog, registered in the caller's transaction (if any).
+    vectors [n, d] (float32, or anything numpy casts to it). Returns n."""
+    check_name(name)
+    return write_part(catalog, table, name, run_id, image_ids, versions, vectors)
+
+
+def set_rows_sql(catalog: Catalog, table: str, name: str) -> str:
+    """A SQL relation of the set's rows (set_name, image_id, version, run_id, vector or probs,
+    rowid), read from its own files only: cheaper than the view filtered by set name."""
+    check_name(name)
+    if has_vector_parts(catalog.con):
+        return f"({set_relation(catalog.con, catalog.path, table, name)})"
+    return f"(SELECT *, rowid FROM {table} WHERE set_name = '{name}')"  # a catalog of an older vdc-lake, read-only
 
 
 def set_dim(catalog: Catalog, table: str, name: str) -> int:
@@ -170,7 +196,7 @@ def set_dim(catalog: Catalog, table: str, name: str) -> int:
     return int(catalog.scalar("SELECT len(class_names) FROM prediction_sets WHERE name = ?", [name]))
 
 
-_TABLE_COLUMN = {"embeddings": "vector", "predictions": "probs"}
+_TABLE_COLUMN = VECTOR_TABLES
 SCAN_MEMORY_LIMIT = "128MB"  # DuckDB's limit while a set streams out (see _stream_rows)
 
 
@@ -202,10 +228,9 @@ def _current_rows(catalog: Catalog, table: str, name: str) -> tuple[np.ndarray, 
     keys = catalog.con.sql(
         f"""
         SELECT e.rowid AS row_id, e.image_id, e.version, e.run_id
-        FROM {table} e JOIN images i ON i.image_id = e.image_id AND i.version = e.version AND i.present
-        WHERE e.set_name = ?
-        """,
-        params=[name],
+        FROM {set_rows_sql(catalog, table, name)} e
+        JOIN images i ON i.image_id = e.image_id AND i.version = e.version AND i.present
+        """
     ).to_arrow_table()
     row_id = keys.column("row_id").to_numpy()
     image_id = keys.column("image_id").to_numpy()
@@ -245,14 +270,32 @@ def _allocate(catalog: Catalog, n: int, dim: int, memory_budget: int | None) -> 
         os.unlink(path)
 
 
-def _stream_rows(catalog: Catalog, table: str, name: str, dim: int, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """(row_id, v FLOAT[dim]) of every row of the set, a batch at a time: a plain scan, no join or sort.
+def _stream_rows(catalog: Catalog, table: str, name: str, dim: int, batch_rows: int,
+                 wanted: np.ndarray | None = None) -> Iterator[pa.RecordBatch]:
+    """(row_id, v FLOAT[dim]) of every row of the set, a batch at a time: its files, read
+    directly (vectors.stream_parts; with wanted, sorted row ids, only the row groups holding
+    some), then the rows a catalog being migrated still holds.
 
-    DuckDB keeps the blocks a scan read in its buffer pool up to its memory_limit; a scan needs
-    one row group at a time, so the limit is lowered while it runs: the set's own array, not
-    a cached copy of its blocks, is what the stage holds.
+    DuckDB keeps what it read (table blocks, and Parquet pages in its external file cache) in
+    its buffer pool up to its memory_limit; the limit is lowered while a set streams, so the
+    set's own array, not a cached copy of its blocks, is what the stage holds.
     """
     column = _TABLE_COLUMN[table]
+    with _lowered_memory_limit(catalog):
+        if not has_vector_parts(catalog.con):
+            yield from _stream_table_rows(catalog, table, column, name, dim, batch_rows, 0)
+            return
+        yield from stream_parts(part_rows(catalog.con, catalog.path, table, name), column, dim, batch_rows,
+                                wanted=wanted)
+        if catalog.scalar("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                          "AND table_name = ?", [LEGACY_TABLES[table]]):
+            yield from _stream_table_rows(catalog, LEGACY_TABLES[table], column, name, dim, batch_rows,
+                                          LEGACY_ROWID_BASE)
+
+
+@contextmanager
+def _lowered_memory_limit(catalog: Catalog) -> Iterator[None]:
+    """DuckDB's memory_limit at SCAN_MEMORY_LIMIT (never above a smaller configured one) for the block."""
     con = catalog.con
     # put back as configured: DuckDB shows the limit rounded ('953.6 MiB'), so setting what it
     # shows would drift a little with every set read
@@ -261,16 +304,22 @@ def _stream_rows(catalog: Catalog, table: str, name: str, dim: int, batch_rows: 
     if _setting_bytes(limit) > _setting_bytes(SCAN_MEMORY_LIMIT):  # never raise a smaller configured limit
         con.execute(f"SET memory_limit = '{SCAN_MEMORY_LIMIT}'").fetchall()
     try:
-        reader = con.sql(
-            f"SELECT e.rowid AS row_id, e.{column}::FLOAT[{dim}] AS v FROM {table} e WHERE e.set_name = ?",
-            params=[name],
-        ).to_arrow_reader(batch_rows)
-        for batch in reader:
-            if batch.num_rows:
-                yield batch
-        del reader
+        yield
     finally:
         con.execute(f"SET memory_limit = '{limit}'").fetchall()
+
+
+def _stream_table_rows(catalog: Catalog, table: str, column: str, name: str, dim: int, batch_rows: int,
+                       rowid_base: int) -> Iterator[pa.RecordBatch]:
+    """(row_id, v FLOAT[dim]) of the set's rows in a table (before migration 013): a plain scan."""
+    reader = catalog.con.sql(
+        f"SELECT e.rowid + {rowid_base} AS row_id, e.{column}::FLOAT[{dim}] AS v FROM {table} e WHERE e.set_name = ?",
+        params=[name],
+    ).to_arrow_reader(batch_rows)
+    for batch in reader:
+        if batch.num_rows:
+            yield batch
+    del reader
 
 
 _UNITS = {"": 1, "B": 1, "BYTES": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -302,7 +351,7 @@ def _matched_batches(catalog: Catalog, table: str, name: str, dim: int, batch_ro
                      by_row: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, pa.RecordBatch]]:
     """The set's stored batches with, for each, where its current rows go (positions in
     image_id order) and which of its rows are current (a boolean mask); batches with none skipped."""
-    for batch in _stream_rows(catalog, table, name, dim, batch_rows):
+    for batch in _stream_rows(catalog, table, name, dim, batch_rows, sorted_rows):
         rows = batch.column(0).to_numpy()
         at = np.minimum(np.searchsorted(sorted_rows, rows), max(len(sorted_rows) - 1, 0))
         wanted = sorted_rows[at] == rows if len(sorted_rows) else np.zeros(len(rows), bool)
@@ -333,6 +382,29 @@ def read_vectors(catalog: Catalog, table: str, name: str, *, batch_rows: int | N
     return VectorSet(name=name, image_ids=image_ids, versions=versions, vectors=vectors)
 
 
+def read_vector_range(catalog: Catalog, table: str, name: str, start: int, stop: int, *,
+                      batch_rows: int | None = None) -> VectorSet:
+    """Rows [start, stop) of what read_vectors returns (image_id order), reading only the files'
+    row groups that hold them: one torchrun rank's block of a set, straight from the Parquet
+    parts (no exported copy). Memory: the block plus one row group."""
+    dim = set_dim(catalog, table, name)
+    batch_rows = batch_rows_setting(catalog, batch_rows)
+    image_ids, versions, sorted_rows, by_row = _current_order(catalog, table, name)
+    start, stop = max(0, int(start)), min(len(image_ids), int(stop))
+    mine = (by_row >= start) & (by_row < stop)
+    sorted_rows, by_row = sorted_rows[mine], by_row[mine] - start
+    vectors = np.empty((max(stop - start, 0), dim), np.float32)
+    filled = 0
+    for position, wanted, batch in _matched_batches(catalog, table, name, dim, batch_rows, sorted_rows, by_row):
+        block = _batch_vectors(batch, dim)
+        vectors[position] = block if wanted.all() else block[wanted]
+        filled += len(position)
+    if filled != len(vectors):
+        raise StageError(f"set {name!r} changed while it was read ({filled} of {len(vectors)} vectors); "
+                         "run the command again once the other writer is done")
+    return VectorSet(name=name, image_ids=image_ids[start:stop], versions=versions[start:stop], vectors=vectors)
+
+
 def iter_vectors(catalog: Catalog, table: str, name: str, *, batch_rows: int | None = None) -> Iterator[VectorBatch]:
     """The set's current vectors (as read_vectors picks them) in batches of at most batch_rows,
     in storage order, for stages that need one row at a time (scores, distances to examples):
@@ -351,9 +423,8 @@ def missing_images(catalog: Catalog, table: str, name: str) -> pa.Table:
         SELECT i.image_id, i.version, i.root || '/' || i.rel_path AS path
         FROM images i
         WHERE i.present AND i.header_error IS NULL
-          AND NOT EXISTS (SELECT 1 FROM {table} e WHERE e.set_name = ? AND e.image_id = i.image_id
+          AND NOT EXISTS (SELECT 1 FROM {set_rows_sql(catalog, table, name)} e WHERE e.image_id = i.image_id
                           AND e.version = i.version)
         ORDER BY i.image_id
-        """,
-        [name],
+        """
     )

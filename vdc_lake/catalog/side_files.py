@@ -1,5 +1,5 @@
 """The files vdc-lake and DuckDB keep beside a catalog (CATALOG.lock, .wal, .tmp, .indexes, .staging, .kmeans,
-.spill): checked with lstat and made without following a link (see the trust rule in
+.spill, .vectors): checked with lstat and made without following a link (see the trust rule in
 vdc_lake.catalog.connection)."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ SIDE_FILES = {".lock": "writer lock", ".wal": "DuckDB write-ahead log"}
 
 
 SIDE_FOLDERS = {".tmp": "DuckDB spill folder", ".indexes": "ANN index folder", ".staging": "Ray staging folder",
-                ".kmeans": "k-means checkpoint folder", ".spill": "vector spill folder"}
+                ".kmeans": "k-means checkpoint folder", ".spill": "vector spill folder",
+                ".vectors": "vector files folder"}
 
 
 SIDE_PATHS = (*SIDE_FILES, *SIDE_FOLDERS)

@@ -158,10 +158,12 @@ def predict(ctx: Context, model: tuple[str, ...], tag: tuple[str, ...], kind: tu
 @click.option("--set", "set_name", default=None, help="Set name [from birder's file name: network_tag].")
 @click.option("--kind", type=click.Choice(["rotation", "descriptor", "embedding"]), default=None,
               help="[output files: rotation; logits: descriptor; embeddings: embedding]")
+@click.option("--model", default=None, help="The model that computed the file [from birder's file name: network_tag].")
 @pass_ctx
 @handle_errors
-def import_command(ctx: Context, file: str, set_name: str | None, kind: str | None) -> None:
-    """Import a birder result file (*_output / *_logits / *_embeddings, parquet or csv).
+def import_command(ctx: Context, file: str, set_name: str | None, kind: str | None, model: str | None) -> None:
+    """Import a birder result file (*_output / *_logits / *_embeddings, parquet or csv), or VDC's
+    and pandas' (logits.parquet, embeddings.parquet: name the model with --model).
 
     Samples match catalog images by absolute path or by path relative to a scanned root;
     unmatched samples are counted and listed.
@@ -169,11 +171,12 @@ def import_command(ctx: Context, file: str, set_name: str | None, kind: str | No
     \b
     Example:
         vdc-lake import results/gldv2_resnet_v1_50_c1_sscd_512_320px_crop1.0_4126694_logits.parquet
+        vdc-lake import vdc-out/embeddings.parquet --kind embedding --model resnet_v1_50_c1_sscd
     """
     from vdc_lake.stages.predict import import_results
 
     with ctx.writer() as catalog:
-        s = import_results(catalog, file, set_name=set_name, kind=kind)
+        s = import_results(catalog, file, set_name=set_name, kind=kind, model=model)
     click.echo(f"import run {s.run_id}: set {s.set_name} ({s.kind}): {s.matched} of {s.rows} rows imported, "
                f"{s.unmatched} unmatched")
     if s.duplicates:

@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from vdc_lake.catalog.connection import Catalog
+from vdc_lake.catalog.vectors import drop_rows_newer_than
 from vdc_lake.fileops.facts import fact_arrays, fact_assignments
 from vdc_lake.fileops.probe import inspect_header
 
@@ -122,3 +123,5 @@ def _drop_superseded_rows(catalog: Catalog, oldest_sql: str) -> None:
                 f"""DELETE FROM "{table}" WHERE EXISTS (
                         SELECT 1 FROM ({oldest_sql}) r WHERE r.same_bytes AND r.image_id = "{table}".{image_col}
                                                          AND "{table}".{version_col} > r.planned_version)""")
+    # the vector sets are files beside the catalog (catalog.vectors), not tables: their parts are rewritten
+    drop_rows_newer_than(catalog, f"SELECT image_id, planned_version FROM ({oldest_sql}) WHERE same_bytes")

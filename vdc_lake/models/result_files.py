@@ -15,6 +15,11 @@ Formats (birder 0.8):
   argmax class name), one float32 column per class name: softmax probabilities.
 - `*_logits.parquet`: sample, [label], one float32 column per class name: raw logits.
 - `*_embeddings.parquet`: sample, [label], embedding (fixed_size_list<float32>[d]).
+- VDC and pandas / Hugging Face files are read too: an `embedding` column that is a
+  variable-length list (every row the same length, else an error naming the first other row),
+  float64 values (read as float32), and names without birder's pattern (`logits.parquet`,
+  `embeddings.parquet`, `x_logits.csv`), whose kind comes from the name's last word or from the
+  importer's --kind.
 - csv forms: the same columns in polars' csv, a header line, rows sorted by sample per chunk;
   embeddings are columns "0".."d-1". A model with no class names gets names "0".."d-1".
 - `BASE.csv` (--save-results): a metadata first line `,,,,CLASS0,CLASS1,...`, then columns
@@ -209,8 +214,10 @@ class ResultFile:
 
     def batches(self, *, batch_rows: int = 65_536) -> Iterator[ResultBatch]:
         """Rows in file order, about batch_rows at a time (csv batches follow block size)."""
+        first_row = 0
         for record_batch in self._record_batches(batch_rows):
-            yield self._to_result_batch(record_batch)
+            yield self._to_result_batch(record_batch, first_row)
+            first_row += record_batch.num_rows
 
     def sample_batches(self, *, batch_rows: int = 65_536) -> Iterator[pa.Array]:
         """The sample column alone (strings), in file order: a parquet file reads no vectors, a
@@ -233,19 +240,33 @@ class ResultFile:
             raise ResultFileError(f"cannot read {self.path}: {_one_line(e)}; the file is damaged or incomplete "
                                   "(was birder still writing it?): write it again") from e
 
-    def _to_result_batch(self, batch: pa.RecordBatch) -> ResultBatch:
+    def _to_result_batch(self, batch: pa.RecordBatch, first_row: int = 0) -> ResultBatch:
         names = batch.schema.names
         labels = batch.column(names.index("label")).to_numpy() if "label" in names else None
+        samples = batch.column(names.index("sample")).cast(pa.string())
         if "embedding" in names and self.format == "parquet":
-            values = _fixed_size_list_to_numpy(batch.column(names.index("embedding")))
+            column = batch.column(names.index("embedding"))
+            bad = _first_bad_row(column, self.dim)
+            if bad is not None:
+                row, length = bad
+                raise ResultFileError(
+                    f"{self.path.name}: row {first_row + row + 1} (sample {samples[row].as_py()!r}) has "
+                    f"{length} embedding values where the rows before have {self.dim}: every row of the "
+                    "embedding column must have the same length; fix or drop that row and import again")
+            values = _fixed_size_list_to_numpy(column)
         else:
             values = _columns_to_numpy(batch, self.value_columns)
-        samples = batch.column(names.index("sample")).cast(pa.string())
         return ResultBatch(samples=samples, values=values, labels=labels)
 
 
-def open_result_file(path: str | Path) -> ResultFile:
-    """Recognise a birder result file from its name and schema, without reading its rows."""
+# The importer's --kind, as the kind of file to read when the name does not say.
+KIND_HINTS = {"rotation": "output", "descriptor": "logits", "embedding": "logits"}
+
+
+def open_result_file(path: str | Path, *, kind: str | None = None) -> ResultFile:
+    """Recognise a birder (or VDC / pandas) result file from its name and schema, without
+    reading its rows. kind: the importer's --kind (rotation, descriptor, embedding), used when
+    neither the name nor the columns tell what the values are."""
     path = Path(path).expanduser()  # a pipeline step's argument never went through a shell
     if not path.is_file():
         raise ResultFileError(f"result file {path} does not exist: check the path")
@@ -257,7 +278,7 @@ def open_result_file(path: str | Path) -> ResultFile:
     if fmt is None:
         raise ResultFileError(f"{path.name}: unknown format; birder writes .parquet or .csv result files")
     columns, first_line = _read_columns(path, fmt)
-    kind = _detect_kind(path, name, columns, first_line)
+    kind = _detect_kind(path, name, columns, first_line, KIND_HINTS.get(kind or ""))
     value_columns = [] if (kind == "embeddings" and "embedding" in columns) else _value_columns(columns, kind)
     if kind != "embeddings" and not value_columns:
         raise ResultFileError(f"{path.name}: no value columns found; is this a birder {kind} file?")
@@ -288,13 +309,44 @@ def read_result_file(path: str | Path) -> BirderResult:
     )
 
 
+_LISTS = (pa.types.is_fixed_size_list, pa.types.is_list, pa.types.is_large_list)
+
+
 def _embedding_dim(path: Path) -> int:
+    """d of the embedding column: its fixed size, or the length of the first row of a
+    variable-length list (every other row is checked against it while reading)."""
     field_type = pq.read_schema(path).field("embedding").type
-    if not pa.types.is_fixed_size_list(field_type):
-        raise ResultFileError(
-            f"{path.name}: embedding column has type {field_type}, expected fixed_size_list<float>[d]"
-        )
-    return int(field_type.list_size)
+    if not any(is_list(field_type) for is_list in _LISTS) or not pa.types.is_floating(field_type.value_type):
+        raise ResultFileError(f"{path.name}: the embedding column has type {field_type}; expected a list of "
+                              "floats per row (fixed_size_list<float>[d], or list<float|double> of one length)")
+    if pa.types.is_fixed_size_list(field_type):
+        return int(field_type.list_size)
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_READ_BUFFER)
+    for batch in parquet.iter_batches(batch_size=1, columns=["embedding"]):
+        first = batch.column(0)[0]
+        if not first.is_valid or len(first) == 0:
+            raise ResultFileError(f"{path.name}: row 1 has no embedding values: every row needs its embedding")
+        return len(first)
+    return 0
+
+
+def _first_bad_row(column: pa.Array, dim: int) -> tuple[int, int] | None:
+    """(row, its length) of the first row that is null or not dim long; None when all fit."""
+    if pa.types.is_fixed_size_list(column.type):
+        if column.type.list_size == dim and column.null_count == 0:
+            return None
+        lengths = np.where(column.is_null().to_numpy(zero_copy_only=False), 0, column.type.list_size)
+    else:
+        lengths = _list_lengths(column)
+    bad = np.flatnonzero(lengths != dim)
+    return (int(bad[0]), int(lengths[bad[0]])) if len(bad) else None
+
+
+def _list_lengths(column: pa.Array) -> np.ndarray:
+    """Values per row of a list column, 0 for a null row."""
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
 
 
 def _open_csv(path: Path, *, skip_rows: int, float_columns: list[str],
@@ -336,7 +388,8 @@ def _csv_first_line(path: Path) -> list[str]:
         return next(csv.reader(handle), [])
 
 
-def _detect_kind(path: Path, name: ResultName | None, columns: list[str], first_line: list[str] | None) -> str:
+def _detect_kind(path: Path, name: ResultName | None, columns: list[str], first_line: list[str] | None,
+                 hint: str | None = None) -> str:
     if first_line is not None:
         if any(c.startswith("prob_") for c in columns):
             raise ResultFileError(
@@ -345,7 +398,11 @@ def _detect_kind(path: Path, name: ResultName | None, columns: list[str], first_
             )
         return "results"
     if "sample" not in columns:
-        raise ResultFileError(f"{path.name} has no 'sample' column: it is not a birder result file")
+        shown = ", ".join(columns[:6]) + (", ..." if len(columns) > 6 else "")
+        raise ResultFileError(
+            f"{path.name} has no 'sample' column (its columns: {shown or 'none'}): a result file needs a column "
+            "named sample with each image's path, then the values: one column per class or dimension, or an "
+            "'embedding' list column (what birder and VDC write); rename the path column to sample")
     if name is not None and name.kind in ("output", "logits", "embeddings"):
         return name.kind
     if name is not None and name.kind in ("features", "detection_features"):
@@ -354,9 +411,16 @@ def _detect_kind(path: Path, name: ResultName | None, columns: list[str], first_
         return "embeddings"
     if "prediction" in columns:
         return "output"
+    stem = _split_extension(path.name)[0].lower()
+    for kind in ("output", "logits", "embeddings"):  # VDC's logits.parquet, x_embeddings.csv
+        if stem == kind or stem.endswith("_" + kind):
+            return kind
+    if hint is not None:
+        return hint
     raise ResultFileError(
         f"{path.name}: cannot tell logits from embeddings without birder's file name "
-        f"(..._logits.csv / ..._embeddings.csv): rename the file"
+        f"(..._logits.csv / ..._embeddings.csv): pass --kind (descriptor or embedding for vectors, rotation for "
+        "rotation probabilities) or rename the file"
     )
 
 
@@ -391,9 +455,9 @@ def _columns_to_numpy(batch: pa.RecordBatch, columns: list[str]) -> np.ndarray:
 
 
 def _fixed_size_list_to_numpy(array: pa.Array) -> np.ndarray:
-    """float32 [b, d] from a fixed_size_list<float32>[d] column (zero-copy when possible)."""
-    if not pa.types.is_fixed_size_list(array.type):
-        raise ResultFileError(f"embedding column has type {array.type}, expected fixed_size_list<float>[d]")
-    dim = array.type.list_size
+    """float32 [b, d] from a list column whose rows all hold d floats (checked by _first_bad_row):
+    fixed_size_list (zero-copy when float32) or a variable-length list; float64 is converted."""
+    if not any(is_list(array.type) for is_list in _LISTS):
+        raise ResultFileError(f"embedding column has type {array.type}, expected a list of floats per row")
     flat = array.flatten().to_numpy(zero_copy_only=False)
-    return flat.astype(np.float32, copy=False).reshape(len(array), dim)
+    return flat.astype(np.float32, copy=False).reshape(len(array), -1 if len(array) else 0)

@@ -27,6 +27,11 @@ reads only its block), run on every node::
 
 and on one machine without a GPU: ``torchrun --nproc-per-node 2 -m vdc_lake.scale.kmeans_distributed
 --embeddings emb.npy --n-clusters 1000 --device cpu --output clusters.npz``.
+
+Without an exported copy: ``--catalog CATALOG --set NAME`` instead of ``--embeddings``. Every
+rank opens the catalog read-only (no writer lock), learns which rows are current and reads only
+its block of them from the set's Parquet parts (CATALOG.vectors, on storage every node sees);
+rows are in image_id order, as ``read_vectors`` returns them.
 """
 
 from __future__ import annotations
@@ -156,11 +161,16 @@ def _gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([part[: stop - start].cpu() for part, (start, stop) in zip(parts, blocks)])
 
 
-def _sharded_rows(x: ArrayLike, metric: str, device: torch.device) -> _ShardedRows:
-    """This rank's block of x, placed on ``device``, seen as all n rows."""
-    n = x.shape[0]
+def _sharded_rows(x: ArrayLike, metric: str, device: torch.device, total_rows: int | None = None) -> _ShardedRows:
+    """This rank's block of x, placed on ``device``, seen as all n rows. total_rows: x is
+    already this rank's block (rank_rows of total_rows), e.g. read from a catalog's set."""
+    n = x.shape[0] if total_rows is None else int(total_rows)
     start, stop = rank_rows(n, dist.get_rank(), dist.get_world_size())
-    return _ShardedRows(place(x[start:stop], device, metric), n, start)
+    if total_rows is None:
+        return _ShardedRows(place(x[start:stop], device, metric), n, start)
+    if x.shape[0] != stop - start:
+        raise ValueError(f"rank {dist.get_rank()} holds rows [{start}, {stop}) of {n}, not {x.shape[0]} rows")
+    return _ShardedRows(place(x, device, metric), n, start)
 
 
 def _fit_sharded(rows: _ShardedRows, k: int, *, init: str, max_iters: int, tol: float, seed: int, chunk: int):
@@ -232,9 +242,12 @@ def hierarchical_kmeans_distributed(
     x: ArrayLike, n_clusters: Sequence[int], *, method: Method, n_samples: Sequence[int] | None = None,
     n_resamples: int | None = None, metric: Metric = "cosine", init: Init = "kmeans++", max_iters: int,
     tol: float, seed: int, chunk_size: int | None = None, device: str | torch.device | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, total_rows: int | None = None,
 ) -> HierarchicalKMeansResult:
     """``hierarchical_kmeans`` over the ranks (both methods); call it on every rank.
+
+    x: all n rows (each rank takes its block), or, with total_rows = n, only this rank's block
+    (rows rank_rows(n, rank, world)), read by the rank itself (``read_rank_block``).
 
     Level 0 runs distributed: k-means seeded from (seed, 0) as in the single-process version,
     then, for "resampled", each step picks the globally closest n_samples[0] rows of every
@@ -248,15 +261,16 @@ def hierarchical_kmeans_distributed(
                            "(see this module's docstring) or call init_process_group first")
     check_data(x)
     check_options(metric, init, max_iters, tol)
-    check_levels(x.shape[0], n_clusters, method, n_samples, n_resamples)
+    n = x.shape[0] if total_rows is None else int(total_rows)
+    check_levels(n, n_clusters, method, n_samples, n_resamples)
     resampled = method == "resampled"
     per_cluster = [int(n_samples[level]) if resampled else 0 for level in range(len(n_clusters))]
     steps = [int(n_resamples) if p > 0 else 0 for p in per_cluster]
     compute = torch.device(device) if device is not None else default_device()
     progress = progress_callback(progress)
-    n, k0 = x.shape[0], int(n_clusters[0])
+    k0 = int(n_clusters[0])
     with torch.no_grad(), fast_matmul(compute):
-        rows = _sharded_rows(x, metric, compute)
+        rows = _sharded_rows(x, metric, compute, total_rows)
         chunk = chunk_rows(chunk_size, k0, compute)
         _, assignment, n_iter = _fit_sharded(rows, k0, init=init, max_iters=max_iters, tol=tol,
                                              seed=level_seed(seed, 0), chunk=chunk)
@@ -274,6 +288,19 @@ def hierarchical_kmeans_distributed(
                        per_cluster=per_cluster[level], n_resamples=steps[level], init=init, max_iters=max_iters,
                        tol=tol, seed=seed, chunk_size=chunk_size, progress=progress)
     return HierarchicalKMeansResult.from_levels(state["levels"])
+
+
+def read_rank_block(catalog_path: str | os.PathLike, set_name: str, rank: int, world: int) -> tuple[np.ndarray, int]:
+    """(this rank's block of the set's current vectors [stop - start, d], n): rows
+    rank_rows(n, rank, world) in image_id order, read from the catalog's Parquet parts, the
+    catalog opened read-only."""
+    from vdc_lake.catalog.connection import Catalog
+    from vdc_lake.catalog.sets import count_vectors, read_vector_range
+
+    with Catalog(catalog_path, read_only=True) as catalog:
+        n = count_vectors(catalog, "embeddings", set_name)
+        start, stop = rank_rows(n, rank, world)
+        return read_vector_range(catalog, "embeddings", set_name, start, stop).vectors, n
 
 
 def save_result(result: HierarchicalKMeansResult, path: str | os.PathLike) -> None:
@@ -315,7 +342,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     defaults = bundled_defaults()["hierarchical_kmeans"]
     parser = argparse.ArgumentParser(prog="python -m vdc_lake.scale.kmeans_distributed", description=__doc__.split("\n")[0])
-    parser.add_argument("--embeddings", required=True, help="float [n, d] .npy (memory-mapped by every rank)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--embeddings", help="float [n, d] .npy (memory-mapped by every rank)")
+    source.add_argument("--catalog", help="a vdc-lake catalog: each rank reads its block of --set from its vector files")
+    parser.add_argument("--set", dest="set_name", help="the embedding set (with --catalog)")
     parser.add_argument("--n-clusters", type=int, nargs="+", required=True, help="clusters per level, finest first")
     parser.add_argument("--method", choices=["centers", "resampled"], required=True)
     parser.add_argument("--n-samples", type=int, nargs="+", default=None,
@@ -330,17 +360,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress display on rank 0")
     parser.add_argument("--output", required=True, help=".npz written by rank 0 (see load_result)")
     args = parser.parse_args(argv)
+    if args.catalog and not args.set_name:
+        parser.error("--catalog needs --set NAME")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
-        x = np.load(args.embeddings, mmap_mode="r")
+        total = None
+        if args.catalog:
+            x, total = read_rank_block(args.catalog, args.set_name, dist.get_rank(), dist.get_world_size())
+        else:
+            x = np.load(args.embeddings, mmap_mode="r")
         show = dist.get_rank() == 0 and not args.quiet
         result = hierarchical_kmeans_distributed(
             x, args.n_clusters, method=args.method, n_samples=args.n_samples, n_resamples=args.n_resamples,
             metric=args.metric, init=args.init, max_iters=args.max_iters, tol=args.tol, seed=args.seed,
-            progress=_print_progress if show else None)  # device: cuda:LOCAL_RANK under NCCL, else the CPU
+            progress=_print_progress if show else None, total_rows=total)  # device: cuda:LOCAL_RANK under NCCL, else the CPU
         if dist.get_rank() == 0:
             save_result(result, args.output)
     finally:

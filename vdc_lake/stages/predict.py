@@ -34,6 +34,7 @@ from vdc_lake.progress import progress_bar
 from vdc_lake.models.options import InferenceOptions, given_options
 from vdc_lake.scale.parallel import BACKENDS, LazyRows, get_mapper
 from vdc_lake.stages.sanitize import pixels_sql
+from vdc_lake.catalog.vectors import VECTOR_TABLES
 from vdc_lake.catalog.sets import (
     BUILTIN_SET, batch_rows_setting, missing_images, register_builtin_set, register_embedding_set,
     register_prediction_set, write_vectors,
@@ -711,26 +712,32 @@ def carry_rotated_results(catalog: Catalog, ops: Iterable[dict[str, Any]]) -> in
     })
     carried = 0
     with catalog.registered("rotated_images", table):
-        for result_table, column in (("embeddings", "vector"), ("predictions", "probs")):
-            rows = catalog.execute(
+        for result_table, column in VECTOR_TABLES.items():
+            rows = catalog.arrow(
                 f"""
-                INSERT INTO {result_table} (set_name, image_id, version, run_id, {column})
                 WITH current AS (
                     SELECT r.set_name, r.image_id, r.run_id, r.{column}, t.angle
                     FROM {result_table} AS r
                     JOIN rotated_images AS t ON t.image_id = r.image_id AND t.old_version = r.version
                     QUALIFY row_number() OVER (PARTITION BY r.set_name, r.image_id ORDER BY r.run_id DESC, r.rowid DESC) = 1
                 )
-                SELECT c.set_name, c.image_id, i.version, c.run_id, c.{column}
+                SELECT c.set_name, c.image_id, i.version, c.run_id, c.{column} AS v
                 FROM current AS c
                 JOIN images AS i ON i.image_id = c.image_id
                 JOIN rotated_images AS t ON t.image_id = c.image_id
                 WHERE i.version <> t.old_version
                   AND EXISTS (SELECT 1 FROM applied_rotations AS a WHERE a.run_id = c.run_id AND a.image_id = c.image_id
                               AND a.version = t.old_version AND a.angle = c.angle)
+                ORDER BY c.set_name, c.image_id
                 """
             )
-            carried += int(rows[0][0]) if rows else 0
+            names = rows.column("set_name").to_numpy(zero_copy_only=False)
+            for name in dict.fromkeys(names):
+                part = rows.filter(pa.array(names == name))
+                vectors = np.array(part.column("v").to_pylist(), dtype=np.float32)
+                carried += write_vectors(catalog, result_table, str(name), part.column("run_id").to_numpy(),
+                                         part.column("image_id").to_numpy(), part.column("version").to_numpy(),
+                                         vectors)
     return carried
 
 
@@ -810,14 +817,17 @@ def _batch_matches(catalog: Catalog, start: int, n: int) -> pa.Table:
     )
 
 
-def import_results(catalog: Catalog, path: str, *, set_name: str | None = None, kind: str | None = None) -> ImportSummary:
-    """Import a birder `*_output|logits|embeddings.(parquet|csv)` file into a set: the whole file
+def import_results(catalog: Catalog, path: str, *, set_name: str | None = None, kind: str | None = None,
+                   model: str | None = None) -> ImportSummary:
+    """Import a birder `*_output|logits|embeddings.(parquet|csv)` file (or VDC's / pandas'
+    `logits.parquet`, `embeddings.parquet`, with `kind` and `model` saying what birder's name
+    would) into a set: the whole file
     or nothing (one transaction: a file damaged half-way leaves no partial set behind). Rows
     with NaN or infinite values are not imported (counted, the first few named); a second row
     for one image is counted as a duplicate (the last one is current, as for any set)."""
     from vdc_lake.models.result_files import open_result_file
 
-    result = open_result_file(path)
+    result = open_result_file(path, kind=kind)
     default_kind = {"embeddings": "embedding", "logits": "descriptor"}.get(result.kind, "rotation")
     kind = kind or default_kind
     if kind not in KIND_TABLE:
@@ -827,13 +837,14 @@ def import_results(catalog: Catalog, path: str, *, set_name: str | None = None, 
     if kind == "rotation" and order is None:
         raise StageError(f"{path}: classes {class_names} are not rotation angles 0/90/180/270; "
                          "pass --kind descriptor to import them as a vector set")
-    name = set_name or (result.name.model if result.name is not None else os.path.basename(path).split(".")[0])
+    model = model or (result.name.model if result.name is not None else None)
+    name = set_name or model or os.path.basename(path).split(".")[0]
     batch_rows = batch_rows_setting(catalog)
     source = str(result.path.resolve())
     with catalog.run("import", {"file": source, "set": name, "kind": kind}) as run_id:
         summary = ImportSummary(run_id, name, kind)
         with catalog.transaction():
-            _register(catalog, name, kind, result.name.model if result.name else name, result.dim,
+            _register(catalog, name, kind, model or name, result.dim,
                       ROTATION_ORDER if kind == "rotation" else class_names, {"imported_from": source}, run_id)
             _stage_matches(catalog, result)
             start = 0
@@ -852,10 +863,13 @@ def _import_batch(catalog: Catalog, summary: ImportSummary, table: str, batch: A
     rows = matches.column("row").to_numpy()
     first = matches.column("first").to_numpy(zero_copy_only=False).astype(bool)
     values = batch.values[:, order] if order is not None else batch.values
-    finite = np.isfinite(values[rows]).all(axis=1)
+    finite = np.isfinite(values).all(axis=1)[rows]
     keep = finite
+    taken = rows[keep]
+    # every row matched and finite, in file order (the usual case): the batch as it is, no copy
+    whole = len(taken) == len(values) and (len(taken) == 0 or (taken[0] == 0 and (np.diff(taken) == 1).all()))
     write_vectors(catalog, table, summary.set_name, summary.run_id, matches.column("image_id").to_numpy()[keep],
-                  matches.column("version").to_numpy()[keep], values[rows[keep]])
+                  matches.column("version").to_numpy()[keep], values if whole else values[taken])
     summary.rows += len(batch.samples)
     summary.matched += int(keep.sum())
     summary.duplicates += int((~first & finite).sum())
