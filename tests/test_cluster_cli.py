@@ -8,7 +8,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from tests.conftest import file_hash
+from tests.conftest import copy_catalog, file_hash
 from vdc_lake.catalog.connection import Catalog
 
 # resampled, with a level whose clusters are smaller than n_samples
@@ -48,8 +48,8 @@ def _centers(catalog_path) -> list[tuple]:
 
 def test_torchrun_processes_write_the_clustering_of_one_process(described, tmp_path, run_cli):
     local, distributed = tmp_path / "local.duckdb", tmp_path / "distributed.duckdb"
-    shutil.copy(described, local)
-    shutil.copy(described, distributed)
+    copy_catalog(described, local)
+    copy_catalog(described, distributed)
     result = run_cli(CLUSTER_ARGS, local)
     assert result.exit_code == 0, result.output
     result = run_cli(CLUSTER_ARGS + ["--nproc-per-node", "2"], distributed)
@@ -70,7 +70,7 @@ def test_torchrun_processes_write_the_clustering_of_one_process(described, tmp_p
 
 def test_several_nodes_without_a_rendezvous_endpoint_is_a_clear_error(described, tmp_path, run_cli):
     catalog = tmp_path / "c.duckdb"
-    shutil.copy(described, catalog)
+    copy_catalog(described, catalog)
     result = run_cli(CLUSTER_ARGS + ["--nproc-per-node", "2", "--nnodes", "2"], catalog)
     assert result.exit_code == 1
     assert "--rdzv-endpoint" in result.output
@@ -109,7 +109,7 @@ def work(clustered, tmp_path):
     shutil.copytree(root, tmp_path / "data", symlinks=True)
     with Catalog(catalog, read_only=True) as c:
         old_root = c.scalar("SELECT any_value(root) FROM images")
-    shutil.copy(catalog, tmp_path / "catalog.duckdb")
+    copy_catalog(catalog, tmp_path / "catalog.duckdb")
     new = tmp_path / "catalog.duckdb"
     with Catalog(new) as c:  # the copy's images live under the copied root
         c.execute("UPDATE images SET root = replace(root, ?, ?)", [old_root, str((tmp_path / "data").resolve())])
@@ -231,7 +231,7 @@ def test_apply_sample_spares_files_the_sample_never_judged(work, run_cli, tmp_pa
         funnel = dict((stage, n) for stage, n, _ in _funnel(c, dedup_threshold=None, rotation_threshold=0.75))
     assert funnel["sampled"] == 9
     assert "run `vdc-lake sample` again" in _ok(run_cli(["status"], catalog)).output
-    plan = _ok(run_cli(["plan", "sample"], catalog)).output
+    plan = _ok(run_cli(["plan", "sample", "--examples", 1000], catalog)).output  # every operation listed
     assert unselected in plan and selected not in plan and str(added.resolve()) not in plan
     with Catalog(catalog, read_only=True) as c:
         reasons = dict(c.rows("SELECT path, reason FROM sample_actions() JOIN image_files USING (image_id, version) "
@@ -271,7 +271,7 @@ def test_an_interrupted_cluster_run_resumes_to_the_same_clustering(work, tmp_pat
 
     _, catalog = work
     whole = tmp_path / "whole.duckdb"
-    shutil.copy(catalog, whole)
+    copy_catalog(catalog, whole)
     options = {"n_clusters": [6, 2], "method": "resampled", "n_samples": [4, 2], "n_resamples": 3, "seed": 1,
                "device": "cpu", "quiet": True}
     with Catalog(whole) as c:
@@ -319,9 +319,12 @@ def test_an_interrupted_cluster_run_over_vectors_computed_again_starts_over(work
         cluster(c, "builtin", **options)
     monkeypatch.setattr(kmeans, "_resample", real)
     assert list(catalog.with_name(catalog.name + ".kmeans").iterdir())  # the interrupted run's checkpoint
-    with Catalog(catalog) as c:
-        c.execute("UPDATE embeddings SET vector = list_transform(vector, lambda v: v * 2 + 0.5) "
-                  "WHERE set_name = 'builtin'")
+    with Catalog(catalog) as c:  # the set computed again: a newer run's vectors (v * 2 + 0.5) are current
+        from vdc_lake.catalog.sets import read_vectors, write_vectors
+        old = read_vectors(c, "embeddings", "builtin")
+        run = c.begin_run("predict", {"set": "builtin"})
+        write_vectors(c, "embeddings", "builtin", run, old.image_ids, old.versions, old.vectors * 2 + 0.5)
+        c.finish_run(run)
         summary = cluster(c, "builtin", **options)
         assert c.scalar("SELECT status FROM runs WHERE run_id = ?", [summary.run_id]) == "done"
     assert summary.resumed_from is None

@@ -6,6 +6,7 @@ Pure array-in / array-out kernels; the dedup stage owns the catalog I/O.
     index = build_index(vectors, keys)                  # usearch HNSW, CPU
     pairs = radius_pairs_ann(index, vectors, keys, threshold=0.5)
     pairs = radius_pairs_exact(vectors, keys, threshold=0.5, device="cuda")  # tiled matmul
+    pairs = radius_pairs_new(vectors, keys, new_rows, threshold=0.5)  # only pairs with a new row
     labels = connected_components(row_a, row_b, n)      # row numbers, not keys
     keep = choose_keepers(labels, keep="largest-resolution", width=w, height=h, paths=p)
 
@@ -38,7 +39,7 @@ from vdc_lake.kernels.neighbors_ann import (
     DEFAULT_EXPANSION_SEARCH, DEFAULT_K, DEFAULT_METRIC, build_index, open_index, radius_pairs_ann, save_index,
 )
 from vdc_lake.kernels.neighbors_exact import (
-    PRECISIONS, block_pairs_exact, default_precision, default_tile_rows, radius_pairs_exact,
+    PRECISIONS, block_pairs_exact, default_precision, default_tile_rows, radius_pairs_exact, radius_pairs_new,
     score_error_bound,
 )
 from vdc_lake.kernels.neighbors_pairs import (
@@ -51,6 +52,6 @@ __all__ = [
     "DEFAULT_BATCH_SIZE", "DEFAULT_CONNECTIVITY", "DEFAULT_DTYPE", "DEFAULT_EXPANSION_ADD",
     "DEFAULT_EXPANSION_SEARCH", "DEFAULT_K", "DEFAULT_METRIC", "build_index", "open_index", "radius_pairs_ann",
     "save_index", "PRECISIONS", "block_pairs_exact", "default_precision", "default_tile_rows",
-    "radius_pairs_exact", "score_error_bound", "PairSet", "Progress", "cap_pairs_per_image", "cosine_distances",
-    "merge_pair_sets", "view_pairs_kept", "prepare_vectors",
+    "radius_pairs_exact", "radius_pairs_new", "score_error_bound", "PairSet", "Progress", "cap_pairs_per_image",
+    "cosine_distances", "merge_pair_sets", "view_pairs_kept", "prepare_vectors",
 ]

@@ -143,6 +143,63 @@ def block_pairs_exact(
     return cap_pairs_per_image(pairs, max_pairs_per_image)
 
 
+def radius_pairs_new(
+    vectors: np.ndarray,
+    keys: np.ndarray,
+    new_rows: np.ndarray,
+    *,
+    threshold: float,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+    tile_rows: int | None = None,
+    max_pairs_per_image: int | None = None,
+    views: int = 1,
+    progress: Progress | None = None,
+) -> PairSet:
+    """EVERY pair closer than ``threshold`` that has at least one new row: the new rows
+    searched against all rows (an incremental range search; the pairs among the other rows
+    are what an earlier search found).
+
+    vectors [n, d], keys [n] unique: the whole set; new_rows [n] bool marks the rows to
+    search. Costs m x n products for m new rows (m n d FLOP against n^2 d for
+    radius_pairs_exact). The pairs between two new rows are kept once (the one found from
+    the smaller key). Other arguments as radius_pairs_exact, whose result restricted to the
+    pairs with a new row this equals (pairs, distances, and the cap when merged with the
+    old rows' capped pairs by merge_pair_sets).
+    Returns a PairSet of keys; progress counts blocks.
+    """
+    vectors, keys = check_vectors_keys(vectors, keys)
+    new_rows = np.asarray(new_rows, bool)
+    if new_rows.shape != keys.shape:
+        raise ValueError(f"new_rows must be [{len(keys)}] booleans, one per row, got shape {new_rows.shape}")
+    check_threshold(threshold)
+    check_cap(max_pairs_per_image)
+    check_views(views)
+    if not new_rows.any():
+        return PairSet.empty()
+    keys_new = keys[new_rows]
+    device = torch.device(device)
+    precision = precision or default_precision(device)
+    margin = RECHECK_SAFETY * score_error_bound(precision, vectors.shape[1])
+    tile = tile_rows or default_tile_rows(device)
+    if tile < 1:
+        raise ValueError("tile_rows must be at least 1")
+
+    def keep(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        # a pair of two new rows is met from both sides (and a new row meets itself): keep one
+        kept = ~new_rows[c] | (keys_new[r] < keys[c])
+        return kept & view_pairs_kept(keys_new[r], keys[c], views) if views > 1 else kept
+
+    with _matmul_precision(precision, device):
+        a = _Block(vectors[new_rows], device, precision)
+        b = _Block(vectors, device, precision)
+        found = _search_blocks(a, b, False, threshold, margin, tile, progress, keep)
+    ka, kb = keys_new[found[0]], keys[found[1]]
+    order = np.lexsort((np.maximum(ka, kb), np.minimum(ka, kb)))
+    pairs = PairSet(np.minimum(ka, kb)[order], np.maximum(ka, kb)[order], found[2][order])
+    return cap_pairs_per_image(pairs, max_pairs_per_image)
+
+
 class _Block:
     """Rows of a block on the device: unit rows in the matmul dtype (the scores) and the
     float32 rows with their float64 squared norms (the exact re-check)."""

@@ -264,3 +264,41 @@ def hierarchical_sample(assignments, total: int, *, allocation: Allocation = "wa
     sorted_leaf = leaf[order]
     rank = _rank_in_groups(sorted_leaf, len(quotas))
     return np.sort(order[rank < quotas[sorted_leaf]])
+
+
+def stable_sample(assignments, total: int, previous, *, allocation: Allocation = "water-filling",
+                  strategy: Strategy = "random", distances=None, seed: int = 0) -> np.ndarray:
+    """``hierarchical_sample`` that keeps an earlier selection where the quotas allow.
+
+    previous: [n] bool, the rows selected before (and still eligible). The quotas are
+    hierarchical_sample's (the same balance over the tree); inside each level-0 cluster the
+    previously selected rows come first, so a cluster keeps min(quota, previous) of them and
+    the fewest rows enter or leave that exact balance allows. Among the previous rows of a
+    cluster, and among the others, the order is the strategy's (random for ``seed``, or
+    nearest to the centre). With no previous row this is hierarchical_sample.
+    Returns sorted [total] int64 row indices into ``assignments``.
+    """
+    columns = _check_assignments(assignments)
+    n = len(columns)
+    total = _check_total(total, n, "images")
+    before = np.asarray(previous, dtype=bool)
+    if before.shape != (n,):
+        raise ValueError(f"previous must be [{n}] booleans, one per row, got shape {before.shape}")
+    if strategy not in ("random", "closest"):
+        raise ValueError(f"strategy must be 'random' or 'closest', not {strategy!r}")
+    quotas = hierarchical_allocation(columns, total, allocation=allocation)[0]
+    leaf = columns[:, 0]
+    group = leaf * 2 + ~before  # previous rows first inside each leaf
+    if strategy == "closest":
+        if distances is None:
+            raise ValueError("strategy 'closest' needs distances: each image's distance to its level-0 centre")
+        key = np.asarray(distances, dtype=np.float64)
+        if key.shape != (n,):
+            raise ValueError(f"distances must have shape ({n},), got {key.shape}")
+        order = np.lexsort((key, group))
+    else:
+        shuffled = np.random.default_rng(seed).permutation(n)
+        order = shuffled[np.argsort(group[shuffled], kind="stable")]
+    sorted_leaf = leaf[order]
+    rank = _rank_in_groups(sorted_leaf, len(quotas))
+    return np.sort(order[rank < quotas[sorted_leaf]])

@@ -5,7 +5,8 @@ through a checkpoint folder next to the catalog, keyed by the run's parameters a
 the run is written; one over vectors computed again since is started over), or with
 nproc_per_node > 1 launches vdc_lake.scale.kmeans_distributed under torchrun (one process per GPU,
 or gloo CPU processes), and writes `clusters` (centres, parents, sizes) and `assignments`
-(every image at every level).
+(every image at every level); `cluster --assign-new` (stages.cluster_assign) adds new images to
+a clustering without k-means.
 sample: distributes a budget down the newest (or given) clustering with vdc_lake.kernels.sampling and
 writes exactly that many images to `samples`; images kept by override are always among them
 (they count toward the budget).
@@ -55,6 +56,9 @@ class SampleSummary:
     not_clustered: int = 0
     per_top_cluster: dict[int, int] = field(default_factory=dict)
     kept_by_override: int = 0
+    stable_from: int | None = None  # --stable: the sample run kept where still valid
+    entered: int | None = None      # images selected now that that run had not selected
+    left: int | None = None         # images that run selected and this one does not
 
 
 def _checkpoint_dir(catalog: Catalog, params: dict[str, Any], vs: VectorSet) -> Path:
@@ -69,24 +73,9 @@ def _checkpoint_dir(catalog: Catalog, params: dict[str, Any], vs: VectorSet) -> 
     return side_folder(catalog.path, ".kmeans", create=True) / fingerprint.hexdigest()[:16]
 
 
-def _distances_to_centers(x: np.ndarray, centers: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
-    """Distance of each row to its assigned centre, [n] float32 (cosine: 1 - cos; l2: squared),
-    as vdc_lake.kernels.kmeans measures it."""
-    out = np.empty(len(x), np.float32)
-    step = max(1, (64 << 20) // (4 * max(x.shape[1], 1)))  # 64 MB of rows (and of their centres) at a time
-    for start in range(0, len(x), step):
-        rows = x[start:start + step]
-        c = centers[labels[start:start + step]]
-        if metric == "cosine":
-            num = np.einsum("ij,ij->i", rows, c)
-            den = np.linalg.norm(rows, axis=1) * np.linalg.norm(c, axis=1) + 1e-12
-            out[start:start + len(rows)] = 1.0 - num / den
-        else:
-            out[start:start + len(rows)] = ((rows - c) ** 2).sum(axis=1)
-    return out
-
-
 def _write_clustering(catalog: Catalog, run_id: int, vs: VectorSet, result: Any, metric: str) -> float:
+    from vdc_lake.kernels.nearest_centers import center_distances
+
     levels = result.levels
     mean_level0 = 0.0
     with catalog.transaction():
@@ -109,7 +98,7 @@ def _write_clustering(catalog: Catalog, run_id: int, vs: VectorSet, result: Any,
                 distances = lv.input_distances.numpy().astype(np.float32)
                 mean_level0 = float(distances.mean()) if len(distances) else 0.0
             else:  # upper levels clustered centres: measure the images against their level-l centre
-                distances = _distances_to_centers(vs.vectors, centers, labels, metric)
+                distances = center_distances(vs.vectors, centers, labels, metric)
             catalog.insert_arrow("assignments", per_image_table(
                 run_id, vs, level=np.full(len(vs), level, np.int32), cluster_id=labels.astype(np.int32),
                 distance=distances))
@@ -168,6 +157,23 @@ def _cluster_with_torchrun(vs: VectorSet, params: dict[str, Any], work: Path, *,
     return load_result(output)
 
 
+def check_cluster_sizes(catalog: Catalog, set_name: str, n_clusters: Sequence[int]) -> None:
+    """StageError, from a count of the set's vectors alone, when a level asks for as many clusters
+    as there are images (the default 1000 50 5 needs more than 1,000): it names sizes that fit."""
+    from vdc_lake.catalog.sets import count_vectors
+
+    n = count_vectors(catalog, "embeddings", set_name)
+    if n < 2 or n > max(n_clusters):
+        return  # too few to cluster at all: the check after reading the vectors says what to do
+    fitting = [max(2, n // 10)]
+    while fitting[-1] // 5 >= 2 and len(fitting) < len(n_clusters):
+        fitting.append(fitting[-1] // 5)
+    raise StageError(f"set {set_name!r} has {n:,} vectors of present images, not more than the {max(n_clusters):,} "
+                     f"clusters asked for (--n-clusters {' '.join(map(str, n_clusters))}, finest level first); "
+                     f"every level needs fewer clusters than images: use --n-clusters below {n}, e.g. "
+                     f"--n-clusters {' '.join(map(str, fitting))}")
+
+
 def cluster(catalog: Catalog, set_name: str, *, n_clusters: Sequence[int], method: str | None = None,
             n_samples: Sequence[int] | None = None, n_resamples: int | None = None, metric: str | None = None,
             init: str | None = None, max_iters: int | None = None, tol: float | None = None, seed: int | None = None,
@@ -181,6 +187,7 @@ def cluster(catalog: Catalog, set_name: str, *, n_clusters: Sequence[int], metho
     (NCCL on GPUs, gloo on the CPU), launched with torchrun; same result as one process up
     to float rounding. Multi-node: this machine is node 0 and prints the command for the others.
     """
+    check_cluster_sizes(catalog, set_name, n_clusters)  # before any work: a small set fails at once
     from vdc_lake.kernels.kmeans import hierarchical_kmeans
 
     given = {"method": method, "n_resamples": n_resamples, "metric": metric, "init": init,
@@ -295,6 +302,17 @@ def _clustered_images(catalog: Catalog, cluster_run: int) -> tuple[pa.Table, np.
     return data.select(["image_id", "version", "distance"]), matrix
 
 
+def _previous_sample(catalog: Catalog) -> tuple[int | None, np.ndarray, np.ndarray]:
+    """(the newest sample run or None, the image ids it selected, those still selected at their
+    current version (sampled_images: not gone, not changed outside vdc-lake))."""
+    run = catalog.scalar("SELECT run_id FROM newest_stage_runs WHERE stage = 'sample'")
+    if run is None:
+        return None, np.empty(0, np.int64), np.empty(0, np.int64)
+    ids = catalog.arrow("SELECT DISTINCT image_id FROM samples WHERE run_id = ?", [run]).column("image_id")
+    valid = catalog.arrow("SELECT DISTINCT image_id FROM sampled_images").column("image_id")
+    return int(run), ids.to_numpy(), valid.to_numpy()
+
+
 def _kept_by_override(catalog: Catalog) -> pa.Table:
     """(image_id, version) of the surviving images the user kept by override (override_actions)."""
     return catalog.arrow(
@@ -303,14 +321,17 @@ def _kept_by_override(catalog: Catalog) -> pa.Table:
 
 
 def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allocation: str,
-           strategy: str, seed: int) -> SampleSummary:
+           strategy: str, seed: int, stable: bool = False) -> SampleSummary:
     """Select exactly `total` images, balanced down the cluster hierarchy, among the clustered
     images that the catalog's current decisions keep (surviving_images), so `curated` and
     `export` hold exactly `total` afterwards.
 
     Images kept by override are always selected, clustered or not, and count toward `total`;
-    the rest of the budget is balanced over the clusters among the other clustered survivors."""
-    from vdc_lake.kernels.sampling import hierarchical_sample
+    the rest of the budget is balanced over the clusters among the other clustered survivors.
+    stable: the newest sample's images that are still selectable (sampled_images: present, at
+    their version, not removed by a decision, clustered) stay where the same balance allows
+    (kernels.sampling.stable_sample); the summary counts the images that entered and left."""
+    from vdc_lake.kernels.sampling import hierarchical_sample, stable_sample
 
     try:  # NaN, inf and text are not whole numbers either
         whole = not isinstance(total, bool) and int(total) == total
@@ -350,10 +371,20 @@ def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allo
                          f"override decisions{missing}; use --total {available:,} or less")
     distances = data.column("distance").to_numpy(zero_copy_only=False)
     params = {"total": total, "cluster_run": cluster_run, "allocation": allocation, "strategy": strategy, "seed": seed}
+    previous_run, previous_ids, still_valid = _previous_sample(catalog) if stable else (None, None, None)
+    if stable:
+        params["stable"] = previous_run
     with catalog.run("sample", params) as run_id:
         budget = total - forced.num_rows
-        picked = pool[hierarchical_sample(matrix[pool], budget, allocation=allocation, strategy=strategy,
-                                          distances=distances[pool], seed=seed)] if budget else pool[:0]
+        if not budget:
+            picked = pool[:0]
+        elif stable:
+            before = np.isin(data.column("image_id").to_numpy()[pool], still_valid)
+            picked = pool[stable_sample(matrix[pool], budget, before, allocation=allocation, strategy=strategy,
+                                        distances=distances[pool], seed=seed)]
+        else:
+            picked = pool[hierarchical_sample(matrix[pool], budget, allocation=allocation, strategy=strategy,
+                                              distances=distances[pool], seed=seed)]
         if len(picked) != budget:  # the allocation is exact by construction; never record a short sample
             raise StageError(f"sampling selected {len(picked) + forced.num_rows:,} images instead of {total:,}; "
                              "nothing was recorded (please report this)")
@@ -370,5 +401,11 @@ def sample(catalog: Catalog, total: int, *, cluster_run: int | None = None, allo
         not_clustered = int(catalog.scalar("SELECT count(*) FROM surviving_images") or 0) - data.num_rows
         summary = SampleSummary(run_id, int(cluster_run), total, data.num_rows, not_clustered,
                                 {int(i): int(c) for i, c in enumerate(top) if c}, forced.num_rows)
+        if stable:
+            chosen_ids = np.concatenate([forced.column("image_id").to_numpy(),
+                                         data.column("image_id").to_numpy()[picked]])
+            summary.stable_from = previous_run
+            summary.entered = int((~np.isin(chosen_ids, previous_ids)).sum())
+            summary.left = int((~np.isin(previous_ids, chosen_ids)).sum())
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary

@@ -3,14 +3,18 @@
 Exact copies need no stage (the exact_duplicate_edges view groups equal content hashes).
 `report` writes every pair under the report threshold once; `dedup_actions(threshold, keep)`
 then groups and picks keepers in SQL, so trying another threshold costs a query, not a search.
+An exact report records what it covered (`dedup_coverage`), so the next one searches only the
+images new or changed since against all and keeps the stored pairs among the others.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +25,9 @@ from vdc_lake.fileops.confine import check_name, is_inside
 from vdc_lake.errors import StageError
 from vdc_lake.catalog.sets import VectorSet, count_vectors, read_vectors, set_dim
 from vdc_lake.config.loader import bundled_defaults
+
+if TYPE_CHECKING:
+    from vdc_lake.kernels.neighbors_pairs import PairSet
 
 SUPPORTED_METRICS = ("cosine",)
 # Up to this many vectors an exact all-pairs search on the CPU beats building an HNSW graph
@@ -63,6 +70,24 @@ class ReportSummary:
     max_pairs_per_image: int | None = None
     truncated_images: int = 0
     approximate: bool = False
+    incremental_from: int | None = None
+    searched: int | None = None
+    kept_pairs: int = 0
+
+
+@dataclass
+class Increment:
+    """What an incremental report reuses from the set's previous exact report (base_run):
+    search [n] bool, the images (rows of the VectorSet) to search against all: new, changed
+    or truncated then; kept, the base run's stored pairs among the other images."""
+
+    base_run: int
+    search: np.ndarray
+    kept: PairSet  # of image ids
+
+    @property
+    def n_search(self) -> int:
+        return int(self.search.sum())
 
 
 @dataclass
@@ -258,7 +283,7 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str | N
            device: str = "auto", neighbors_k: int | None = None, center: bool | None = None,
            l2_normalize: bool | None = None, dtype: str | None = None, max_pairs_per_image: int | None = None,
            precision: str | None = None, backend: str = "local", ray_tile_rows: int | None = None,
-           quiet: bool = False) -> ReportSummary:
+           full: bool = False, quiet: bool = False) -> ReportSummary:
     """Find every pair of the set under `threshold` and write them to dup_edges under a new run.
 
     A range search: exact (tiled matmul in torch: every pair; bf16/tf32 scores re-checked in
@@ -271,6 +296,12 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str | N
     the Ray cluster joined by the caller (vdc_lake.scale.ray_backend.range_search), resumable per tile.
     A multi-view set (the builtin-dct-ms descriptor) is searched as one row per view, centred
     and normalised per view, and its pairs folded back to image pairs (fold_view_pairs).
+    Incremental: when the set's newest report was an exact search with the same threshold,
+    metric, L2 normalisation and cap, and no centring (the mean moves with every new image),
+    only the images it did not cover at their current version (new or changed, and those it
+    truncated) are searched against all (neighbors.radius_pairs_new); its stored pairs among
+    the others are kept, pairs of images gone or changed dropped: the same pairs as a full
+    exact search (the summary's incremental_from names the run). full forces a full search.
     metric, neighbors_k, center, l2_normalize, dtype, precision: None takes the bundled default
     of [dedup] (the CLI passes the effective config).
     """
@@ -289,7 +320,15 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str | N
     n_vectors = count_vectors(catalog, "embeddings", set_name)
     _check_count(set_name, n_vectors)
     views = set_views(catalog, set_name)
-    method, reason = choose_method(method, n_vectors * views, resolved, backend)
+    base, why_full = (None, "--full was asked for") if full else _incremental_base(
+        catalog, set_name, threshold=threshold, metric=metric, method=method, backend=backend, center=center,
+        l2_normalize=l2_normalize, max_pairs_per_image=max_pairs_per_image)
+    if base is not None:
+        method, reason = "exact", (f"run {base} searched this set exactly with the same options: only the images "
+                                   "it did not cover are searched against all")
+    else:
+        method, reason = choose_method(method, n_vectors * views, resolved, backend)
+        reason += f" (a full search: {why_full})" if why_full else ""
     record = latest_index(catalog, set_name) if method == "ann" else None
     if method == "ann" and not _usable_index(record, n_vectors, center, l2_normalize):
         # before this stage reads the set: build_index holds its own copy while it runs
@@ -309,6 +348,8 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str | N
               "index": record.path if record else None}
     with catalog.run("dedup-report", params) as run_id:
         started = dt.datetime.now()
+        vector_runs = _vector_runs(catalog, set_name, vs) if method == "exact" else None
+        increment = _increment(catalog, base, set_name, vs, vector_runs) if base is not None else None
         catalog.release()
         # A multi-view set is searched as rows of views, every row against every row, by each
         # method and backend alike (so ray equals local, cap included); searching only the
@@ -320,31 +361,149 @@ def report(catalog: Catalog, set_name: str, *, threshold: float, metric: str | N
         rows, keys = view_rows(vs.vectors, vs.image_ids, views)
         row_cap = None if max_pairs_per_image is None else max_pairs_per_image * views
         prepared, _ = neighbors.prepare_vectors(rows, center=center_arg, l2_normalize=l2_normalize, copy=False)
-        if method == "exact" and backend == "ray":
-            from vdc_lake.scale import ray_backend
-            pairs = ray_backend.range_search(
-                prepared, keys, threshold=threshold, staging_dir=ray_backend.staging_root(catalog.path),
-                tile_rows=ray_tile_rows or len(keys), precision=None if precision == "auto" else precision,
-                max_pairs_per_image=row_cap, views=views, quiet=quiet)
-        elif method == "exact":
-            with _progress("dedup exact", "block", quiet) as progress:
-                pairs = neighbors.radius_pairs_exact(prepared, keys, threshold=threshold, device=resolved,
-                                                     precision=resolved_precision, max_pairs_per_image=row_cap,
-                                                     views=views, progress=progress)
-        else:
-            index = neighbors.open_index(record.path, view=True)
-            with _progress("dedup ann", "image", quiet) as progress:
-                pairs = neighbors.radius_pairs_ann(index, prepared, keys, threshold=threshold, k=neighbors_k,
-                                                   max_pairs_per_image=row_cap, views=views, progress=progress)
-        pairs = fold_view_pairs(pairs, views, max_pairs_per_image)
+        pairs = None
+        if increment is not None:
+            pairs = _incremental_pairs(prepared, keys, increment, threshold=threshold, device=resolved,
+                                       precision=resolved_precision, max_pairs_per_image=max_pairs_per_image,
+                                       views=views, quiet=quiet)
+            if pairs is None:
+                increment, reason = None, reason + "; images of this multi-view set were truncated: searched in full"
+        if pairs is None:
+            found = _all_pairs(catalog, prepared, keys, method=method, backend=backend, threshold=threshold,
+                               device=resolved, precision=precision, resolved_precision=resolved_precision,
+                               row_cap=row_cap, views=views, ray_tile_rows=ray_tile_rows, record=record,
+                               neighbors_k=neighbors_k, quiet=quiet)
+            pairs = fold_view_pairs(found, views, max_pairs_per_image)
         _write_edges(catalog, run_id, set_name, vs, pairs)
+        if method == "exact":
+            _write_coverage(catalog, run_id, set_name, vs, vector_runs, pairs.truncated)
         seconds = (dt.datetime.now() - started).total_seconds()
         summary = ReportSummary(run_id, set_name, method, len(vs), len(pairs), threshold, seconds, reason=reason,
                                 backend=backend, precision=resolved_precision, center=center,
                                 l2_normalize=l2_normalize, max_pairs_per_image=max_pairs_per_image,
-                                truncated_images=len(pairs.truncated), approximate=method == "ann")
+                                truncated_images=len(pairs.truncated), approximate=method == "ann",
+                                incremental_from=increment.base_run if increment else None,
+                                searched=increment.n_search if increment else len(vs),
+                                kept_pairs=len(increment.kept) if increment else 0)
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary
+
+
+def _all_pairs(catalog: Catalog, prepared: np.ndarray, keys: np.ndarray, *, method: str, backend: str,
+               threshold: float, device: str, precision: str, resolved_precision: str | None, row_cap: int | None,
+               views: int, ray_tile_rows: int | None, record: IndexRecord | None, neighbors_k: int, quiet: bool):
+    """Every pair of view rows under the threshold by the chosen method and backend (a full search)."""
+    from vdc_lake.kernels import neighbors
+
+    if method == "exact" and backend == "ray":
+        from vdc_lake.scale import ray_backend
+        return ray_backend.range_search(
+            prepared, keys, threshold=threshold, staging_dir=ray_backend.staging_root(catalog.path),
+            tile_rows=ray_tile_rows or len(keys), precision=None if precision == "auto" else precision,
+            max_pairs_per_image=row_cap, views=views, quiet=quiet)
+    if method == "exact":
+        with _progress("dedup exact", "block", quiet) as progress:
+            return neighbors.radius_pairs_exact(prepared, keys, threshold=threshold, device=device,
+                                                precision=resolved_precision, max_pairs_per_image=row_cap,
+                                                views=views, progress=progress)
+    index = neighbors.open_index(record.path, view=True)
+    with _progress("dedup ann", "image", quiet) as progress:
+        return neighbors.radius_pairs_ann(index, prepared, keys, threshold=threshold, k=neighbors_k,
+                                          max_pairs_per_image=row_cap, views=views, progress=progress)
+
+
+def _incremental_base(catalog: Catalog, set_name: str, *, threshold: float, metric: str, method: str, backend: str,
+                      center: bool, l2_normalize: bool, max_pairs_per_image: int | None) -> tuple[int | None, str]:
+    """(the set's newest report run when an incremental search can extend it, else None; why
+    not in a few words, "" when the set has no report yet)."""
+    rows = catalog.rows("SELECT run_id, params FROM newest_runs WHERE stage = 'dedup-report' AND set_name = ?",
+                        [set_name])
+    if not rows:
+        return None, ""
+    run_id, params = rows[0][0], json.loads(rows[0][1])
+    if method == "ann" or backend == "ray":
+        return None, f"--{'method ann' if method == 'ann' else 'backend ray'} searches the whole set"
+    if center or params.get("center"):
+        return None, "--center moves every vector with the set's mean"
+    asked = {"threshold": float(threshold), "metric": metric, "l2_normalize": bool(l2_normalize),
+             "max_pairs_per_image": max_pairs_per_image}
+    changed = [k for k, v in asked.items() if params.get(k) != v]
+    if params.get("method") != "exact":
+        return None, f"run {run_id} was an approximate (ann) search"
+    if changed:
+        return None, f"{', '.join(changed)} differ from run {run_id}'s"
+    if not catalog.scalar("SELECT count(*) > 0 FROM dedup_coverage WHERE run_id = ?", [run_id]):
+        return None, f"run {run_id} recorded no coverage (an older vdc-lake made it)"
+    return run_id, ""
+
+
+def _increment(catalog: Catalog, base_run: int, set_name: str, vs: VectorSet, vector_runs: np.ndarray) -> Increment:
+    """Which images of vs the base run covered (same version and vector run (vector_runs [n],
+    _vector_runs), not truncated) and its stored pairs among them; every other image is searched again."""
+    from vdc_lake.kernels.neighbors import PairSet
+
+    covered = catalog.arrow("SELECT image_id, version, vector_run FROM dedup_coverage WHERE run_id = ? "
+                            "AND NOT truncated ORDER BY image_id", [base_run])
+    ids, versions = covered.column("image_id").to_numpy(), covered.column("version").to_numpy()
+    at = np.minimum(np.searchsorted(ids, vs.image_ids), max(len(ids) - 1, 0))
+    old = np.zeros(len(vs), bool)
+    if len(ids):
+        old = ((ids[at] == vs.image_ids) & (versions[at] == vs.versions)
+               & (covered.column("vector_run").to_numpy()[at] == vector_runs))
+    edges = catalog.arrow("SELECT image_a, image_b, distance FROM dup_edges WHERE run_id = ? AND set_name = ? "
+                          "ORDER BY image_a, image_b", [base_run, set_name])
+    a, b = edges.column("image_a").to_numpy(), edges.column("image_b").to_numpy()
+    old_ids = vs.image_ids[old]  # sorted: vs is in image_id order
+    both = np.isin(a, old_ids, assume_unique=False) & np.isin(b, old_ids, assume_unique=False)
+    kept = PairSet(a[both], b[both], edges.column("distance").to_numpy()[both])
+    return Increment(base_run, ~old, kept)
+
+
+def _incremental_pairs(prepared: np.ndarray, keys: np.ndarray, increment: Increment, *, threshold: float, device: str,
+                       precision: str | None, max_pairs_per_image: int | None, views: int, quiet: bool):
+    """The increment's new images against all rows, merged with its kept pairs: a full exact
+    search's image pairs. None for a multi-view set whose result truncates an image (its
+    full search caps view rows first, which only a full search reproduces)."""
+    from vdc_lake.kernels import neighbors
+
+    row_cap = None if max_pairs_per_image is None else max_pairs_per_image * views
+    with _progress("dedup new x all", "block", quiet) as progress:
+        found = neighbors.radius_pairs_new(prepared, keys, np.repeat(increment.search, views), threshold=threshold,
+                                           device=device, precision=precision, max_pairs_per_image=row_cap,
+                                           views=views, progress=progress)
+    pairs = neighbors.merge_pair_sets([increment.kept, fold_view_pairs(found, views, max_pairs_per_image)],
+                                      max_pairs_per_image)
+    return None if views > 1 and len(pairs.truncated) else pairs
+
+
+def _vector_runs(catalog: Catalog, set_name: str, vs: VectorSet) -> np.ndarray:
+    """[n] the run that wrote each vector of vs (the newest of the image's version, as read_vectors
+    picks it; only the key columns are read); -1 where none is found."""
+    keys = pa.table({"image_id": pa.array(np.asarray(vs.image_ids, np.int64)),
+                     "version": pa.array(np.asarray(vs.versions, np.int32))})
+    with catalog.registered("_dedup_current_images", keys) as name:
+        runs = catalog.arrow(f"SELECT c.image_id, max(e.run_id) AS run_id FROM {name} c JOIN embeddings e "
+                             "ON e.set_name = ? AND e.image_id = c.image_id AND e.version = c.version "
+                             "GROUP BY c.image_id ORDER BY c.image_id", [set_name])
+    out = np.full(len(vs), -1, np.int64)
+    found = runs.column("image_id").to_numpy()
+    out[np.searchsorted(vs.image_ids, found)] = runs.column("run_id").to_numpy()
+    return out
+
+
+def _write_coverage(catalog: Catalog, run_id: int, set_name: str, vs: VectorSet, vector_runs: np.ndarray,
+                    truncated: np.ndarray) -> None:
+    """dedup_coverage: every image the run searched, its version, its vector's run (vector_runs
+    [n]) and whether it was truncated."""
+    with catalog.transaction():
+        catalog.insert_arrow("dedup_coverage", pa.table({
+            "run_id": pa.array(np.full(len(vs), run_id, np.int64)),
+            "set_name": pa.repeat(pa.scalar(set_name, pa.string()), len(vs)),
+            "image_id": pa.array(np.asarray(vs.image_ids, np.int64)),
+            "version": pa.array(np.asarray(vs.versions, np.int32)),
+            "vector_run": pa.array(vector_runs),
+            "truncated": pa.array(np.isin(vs.image_ids, truncated)),
+        }))
 
 
 @contextlib.contextmanager
