@@ -1,4 +1,4 @@
-"""The multi-view builtin descriptor (builtin-dct-ms) finds centre crops through the real
+"""The multi-view builtin descriptor (builtin-dct-msa, builtin-dct-ms before issue 23) finds centre crops through the real
 scan -> sanitize -> dedup report -> plan dedup path; a one-view set made before it keeps working."""
 
 from __future__ import annotations
@@ -15,17 +15,19 @@ from examples.make_sample_data import make_sample_data
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.stages.dedup import fold_view_pairs, view_rows
 from vdc_lake.kernels.descriptor import (
+    ALPHA_VIEW_NAME,
     DEDUP_THRESHOLDS,
     DESCRIPTOR_DIM,
     DESCRIPTOR_NAME,
     MULTI_VIEW_NAME,
     SET_DIM,
     VIEWS,
+    builtin_descriptor,
     descriptors_from_thumbnails,
     set_distances,
 )
 from vdc_lake.kernels.neighbors import radius_pairs_exact
-from vdc_lake.catalog.sets import register_embedding_set
+from vdc_lake.catalog.sets import register_embedding_set, write_vectors
 
 DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD = DEDUP_THRESHOLDS[MULTI_VIEW_NAME]
 
@@ -80,6 +82,12 @@ def _catalog(collection, name: str, *, one_view: bool) -> Path:
             run_id = c.begin_run("sanitize", {})
             register_embedding_set(c, "builtin", kind="descriptor", model=DESCRIPTOR_NAME, dim=DESCRIPTOR_DIM,
                                    preprocessing={"thumbnail": 32, "grayscale": True}, run_id=run_id)
+            # Its images with transparency were described then, alpha ignored (a new one would be refused).
+            transparent = c.rows("SELECT image_id, version, rel_path FROM images WHERE has_transparency")
+            with Image.open(root / transparent[0][2]) as img:
+                old = builtin_descriptor(img.convert("RGB"))[:DESCRIPTOR_DIM] * np.float32(VIEWS ** 0.5)
+            write_vectors(c, "embeddings", "builtin", run_id, np.array([transparent[0][0]]),
+                          np.array([transparent[0][1]]), old[None])
             c.finish_run(run_id)
     _cli(["sanitize"], catalog, work)
     _cli(["dedup", "report", "--set", "builtin"], catalog, work)
@@ -130,7 +138,7 @@ def _family(manifest: dict, crop_of: dict[str, str]) -> dict[str, str]:
 
 def test_new_set_is_multi_view_and_matches_centre_crops(multi_view, one_view, collection):
     _, _, _, crop_of = collection
-    assert _recorded(multi_view) == (MULTI_VIEW_NAME, SET_DIM, DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD)
+    assert _recorded(multi_view) == (ALPHA_VIEW_NAME, SET_DIM, DEDUP_APPLY_THRESHOLD, DEDUP_REPORT_THRESHOLD)
     new = _crop_recall(multi_view, crop_of, DEDUP_APPLY_THRESHOLD)
     old = _crop_recall(one_view, crop_of, DEDUP_APPLY_THRESHOLD)
     assert new >= 0.9, new  # measured: every crop keeping 80..90% of each side

@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # the connection module records settings through this one
     from vdc_lake.catalog.connection import Catalog
 
 # Sections whose values change what a decision view selects; recorded in every run's params.
-DECISION_SECTIONS = ("rotation_correction", "dedup", "apply_deduplication", "filter_by_examples", "filter_by_score")
+DECISION_SECTIONS = ("rotation_correction", "dedup", "apply_deduplication", "filter_by_examples", "filter_by_score",
+                     "quality")
 
 
 def setting_text(value: Any) -> str:

@@ -30,10 +30,13 @@ def chosen_backend(ctx: Context, backend: str | None, ray_address: str | None) -
 @cli.command()
 @click.argument("roots", nargs=-1, required=True, type=click.Path())
 @click.option("--workers", type=int, default=None, help="Parallel readers [config scan.workers; 0 = all cores].")
+@click.option("--sanitize", "and_sanitize", is_flag=True,
+              help="Then sanitize (the [sanitize] config), reading each file once for both: the read that "
+              "hashes a new or changed file also decodes it (what `scan` then `sanitize` do, in one read).")
 @backend_options
 @pass_ctx
 @handle_errors
-def scan(ctx: Context, roots: tuple[str, ...], workers: int | None, backend: str | None,
+def scan(ctx: Context, roots: tuple[str, ...], workers: int | None, and_sanitize: bool, backend: str | None,
          ray_address: str | None) -> None:
     """Register image files under ROOTS, incrementally: new files are added, changed files get
     a new version, vanished files are marked not present, unchanged files are not read.
@@ -41,14 +44,22 @@ def scan(ctx: Context, roots: tuple[str, ...], workers: int | None, backend: str
     \b
     Example:
         vdc-lake scan ~/Datasets/GLDv2
+        vdc-lake scan ~/Datasets/GLDv2 --sanitize     # scan + sanitize, one read per file
     """
+    from vdc_lake.stages.sanitize import scan_and_sanitize, whole_max_bytes
     from vdc_lake.stages.scan import scan as scan_roots
 
     cfg = ctx.section("scan", workers=workers)
+    rules = ctx.section("sanitize")
     backend = chosen_backend(ctx, backend, ray_address)
+    checked = None
     with ctx.writer(create=True) as catalog:
-        s = scan_roots(catalog, roots, extensions=cfg["extensions"], workers=cfg["workers"], quiet=ctx.quiet,
-                       backend=backend)
+        if and_sanitize:
+            s, checked = scan_and_sanitize(catalog, roots, extensions=cfg["extensions"], rules=rules,
+                                           workers=cfg["workers"], quiet=ctx.quiet, backend=backend)
+        else:
+            s = scan_roots(catalog, roots, extensions=cfg["extensions"], workers=cfg["workers"], quiet=ctx.quiet,
+                           backend=backend, whole_max_bytes=whole_max_bytes(rules))
     click.echo(f"scan run {s.run_id}: {s.listed} files listed: {s.new} new, {s.changed} changed, "
                f"{s.touched} touched (same bytes), {s.unchanged} unchanged, {s.gone} gone, "
                f"{s.errors} unreadable headers")
@@ -62,6 +73,8 @@ def scan(ctx: Context, roots: tuple[str, ...], workers: int | None, backend: str
     if s.problems:
         click.echo(f"  {s.problems} path(s) not listed (odd names, symlink loops, unreadable folders): "
                    f"vdc-lake sql \"SELECT rule, detail FROM findings WHERE run_id = {s.run_id}\"")
+    if checked is not None:
+        _echo_sanitize(checked)
 
 
 @cli.command()
@@ -102,6 +115,11 @@ def sanitize(ctx: Context, quick: bool, recheck: bool, workers: int | None, back
     with ctx.writer() as catalog:
         s = run_sanitize(catalog, effective, quick=quick, recheck=recheck, workers=workers, quiet=ctx.quiet,
                          backend=backend)
+    _echo_sanitize(s)
+
+
+def _echo_sanitize(s: Any) -> None:
+    """The lines a sanitize run's summary (stages.sanitize.SanitizeSummary) prints."""
     click.echo(f"sanitize run {s.run_id}: {s.checked} images checked ({s.decoded} decoded), "
                f"{s.findings} findings on {s.images_with_findings} images")
     if s.changed:

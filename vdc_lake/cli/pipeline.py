@@ -16,6 +16,10 @@ included). Any other statement (COPY, EXPORT, ATTACH, INSTALL and LOAD, which Du
 alike, PRAGMA such as IMPORT DATABASE, SET, CALL such as CHECKPOINT, INSERT/UPDATE/CREATE ...)
 skips the step with a note, as does SQL DuckDB cannot classify.
 
+A `scan` step directly followed by a full `sanitize` step (no quick, no recheck) runs as
+`scan --sanitize`: each file is read once for both (reads_for_next); the sanitize step then
+judges the header rules with its own options and finds the decode verdicts made.
+
 The whole file is checked before step 1 (`check_pipeline`): every step must name a known
 command with known options (the CLI parses each step's arguments without running it), a
 step may not pass --apply/--yes itself, and a `run` step may not run a pipeline that is
@@ -210,6 +214,17 @@ def dry_run_skip(step: dict[str, Any]) -> str | None:
     return None
 
 
+def reads_for_next(steps: list[dict[str, Any]], index: int) -> bool:
+    """Whether step `index` (1-based) is a scan directly followed by a full sanitize (no --quick,
+    no --recheck): it then runs as `scan --sanitize`, reading each file once for both, and the
+    sanitize step finds every decode verdict made (it judges the header rules with its own
+    options and decodes only what the scan did not)."""
+    if index >= len(steps) or steps[index - 1]["command"].split() != ["scan"]:
+        return False
+    after = steps[index]
+    return after["command"].split() == ["sanitize"] and not after.get("quick") and not after.get("recheck")
+
+
 def run_pipeline(path: str | Path, invoke: Invoke, *, apply: bool = False, parse_step: ParseStep | None = None,
                  off_switches: OffSwitches | None = None, note: Callable[[str], None] | None = None) -> PipelineResult:
     """Check the file (when parse_step is given), then run each step through
@@ -220,6 +235,8 @@ def run_pipeline(path: str | Path, invoke: Invoke, *, apply: bool = False, parse
     result = PipelineResult(str(path))
     for index, step in enumerate(data["step"], 1):
         args = step_arguments(step, apply=apply, off_switches=off_switches)
+        if reads_for_next(data["step"], index) and "--sanitize" not in args:
+            args.append("--sanitize")
         skip = None if apply else dry_run_skip(step)
         if skip is not None:
             if note is not None:

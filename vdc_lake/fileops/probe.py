@@ -5,9 +5,13 @@ problem comes back as `error = "rule: readable detail"`, which sanitize turns in
 
 Only bytes that were read and do not decode are "corrupt" (or "truncated"); a file that is
 missing or cannot be read (permissions, I/O errors) is "missing" / "unreadable": a finding
-that never deletes, since the file may be back and intact at the next check. Memory is
-bounded: headers are parsed from the open file (Pillow reads what it needs) and the hash
-streams in chunks, so a 3 GB file costs a chunk, not 3 GB.
+that never deletes, since the file may be back and intact at the next check.
+
+One read per file (read_file): the hash, the header facts and the decode check come from one
+copy of the bytes, read into memory whole when the file is at most sanitize.max_file_size_mb
+(one Image.open serves the header and the decode). Memory stays bounded: a bigger file is hashed
+streaming, a chunk at a time, and parsed from the open file (Pillow reads what it needs), so a
+3 GB file costs a chunk, not 3 GB.
 
 Time is bounded too: Pillow parses a header (and counts an animated file's frames) through
 HeaderReader, which allows HEADER_MAX_BYTES in HEADER_MAX_READS reads. Pillow looks for a JPEG or
@@ -21,17 +25,19 @@ n_frames x width x height pixels, and rewriting it (apply) holds every frame in 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, BinaryIO
 
 import numpy as np
 import xxhash
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
 # Modes a training pipeline usually does not expect; recorded, not acted on.
 UNUSUAL_MODES = {"CMYK", "I;16", "I;16B", "I;16L", "I;16N", "I", "F", "LA", "PA", "YCbCr", "LAB", "HSV", "1"}
@@ -210,65 +216,25 @@ def _file_kind(mode: int) -> str:
     return "a directory" if stat.S_ISDIR(mode) else "a special file"
 
 
-def inspect_header(path: str) -> dict[str, Any]:
-    """Read a file once: size, content hash (streamed) and Pillow header facts (from the open
-    file: Pillow reads the header only, never the whole file into memory).
+def inspect_header(path: str, *, whole_max_bytes: int | None = None) -> dict[str, Any]:
+    """Read a file once: size, content hash and Pillow header facts (read_file, no decode: a
+    file up to whole_max_bytes is read whole, a bigger one streamed; Pillow parses the header
+    only, never more than the header limits allow).
 
     Returns a dict with keys size_bytes, mtime_ns, content_hash, width, height, format, mode,
     exif_orientation, n_frames, has_transparency, header_error (None when readable).
     """
-    facts: dict[str, Any] = {"content_hash": None, "header_error": None, "width": None, "height": None}
-    try:
-        st = os.stat(path)
-        facts.update(size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
-        if not stat.S_ISREG(st.st_mode):
-            # Reading a named pipe would block forever; devices and sockets are no images either.
-            facts["header_error"] = f"unreadable: not a regular file ({_file_kind(st.st_mode)})"
-            return facts
-        with open(path, "rb", opener=_nonblocking) as f:
-            if kind := _not_regular(f):  # replaced since the stat above
-                facts["header_error"] = f"unreadable: not a regular file ({kind})"
-                return facts
-            facts["content_hash"], n_bytes = stream_hash(f)
-            if not n_bytes:
-                facts["header_error"] = "zero_byte: the file is empty (0 bytes)"
-                return facts
-            f.seek(0)
-            facts["header_error"] = _read_header(f, facts)
-    except FileNotFoundError as e:
-        facts.update(size_bytes=None, mtime_ns=None, content_hash=None,
-                     header_error="broken_symlink: the link's target does not exist" if os.path.islink(path)
-                     else io_error_text(e))
-    except OSError as e:
-        facts.setdefault("size_bytes", None)
-        facts.setdefault("mtime_ns", None)
-        facts["content_hash"] = None
-        facts["header_error"] = f"unreadable: cannot read the file ({e.strerror or type(e).__name__})"
-    return facts
+    return read_file(path, whole_max_bytes=whole_max_bytes).facts
 
 
-def _read_header(f: BinaryIO, facts: dict[str, Any]) -> str | None:
-    """Parse the header of the open file into facts; returns the header error, if any.
-    An I/O error while parsing propagates (it says nothing about the bytes)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # bombs are judged by sanitize's limit
-            try:
-                with Image.open(HeaderReader(f)) as img:
-                    facts.update(_header_facts(img))
-            finally:
-                Image.MAX_IMAGE_PIXELS = limit
-    except HeaderLimitError as e:
+def _header_error_text(e: Exception, source: BinaryIO) -> str:
+    """The header_error fact for what Image.open (or counting frames) raised (no I/O error)."""
+    if isinstance(e, HeaderLimitError):
         return str(e)
-    except UnidentifiedImageError:
-        f.seek(0)
-        return f"not_an_image: the bytes are {_describe_bytes(f.read(16))}, not a known image format"
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a finding, never a crash
-        if is_io_error(e):
-            raise
-        return f"corrupt: the header cannot be parsed ({type(e).__name__}: {e})"
-    return None
+    if isinstance(e, UnidentifiedImageError):
+        source.seek(0)
+        return f"not_an_image: the bytes are {_describe_bytes(source.read(16))}, not a known image format"
+    return f"corrupt: the header cannot be parsed ({type(e).__name__}: {e})"
 
 
 # What os.link raises on a filesystem without hard links (FAT, exFAT, some network shares).
@@ -299,6 +265,8 @@ class DecodeResult:
 
     error: str | None
     descriptor: np.ndarray | None
+    # kernels.quality.QualityValues.as_tuple() of the decoded pixels (None: not decoded, or no values)
+    quality: tuple[float | None, ...] | None = None
 
 
 def decode_check(path: str, *, max_pixels: int, with_descriptor: bool) -> DecodeResult:
@@ -308,41 +276,187 @@ def decode_check(path: str, *, max_pixels: int, with_descriptor: bool) -> Decode
     `max_pixels` (every frame counted: frame_pixels) are not decoded (they are already a
     decompression-bomb finding). A file that cannot be opened or read gives a `missing` /
     `unreadable` error, never `corrupt`; one whose header Pillow does not find within the header
-    limits (HeaderReader) gives `header_not_found`.
+    limits (HeaderReader) gives `header_not_found`. One read of the file (read_file).
     """
+    result = read_file(path, decode=True, max_pixels=max_pixels, with_descriptor=with_descriptor).decode
+    return result if result is not None else DecodeResult(None, None)  # decode=True: never None
+
+
+@dataclass
+class FileRead:
+    """What one read of a file gave (read_file): its header facts (inspect_header's keys) and,
+    when a decode was asked, the decode check's result.
+
+    decode is None when no decode was asked or decode_if declined the bytes. over_limit: the
+    header gives more pixels than max_pixels, nothing was decoded (decode is DecodeResult(None,
+    None), as decode_check gives it). changed: the file's (inode, size, mtime) after the read
+    differ from before it, so the bytes read may mix two versions of the file: no verdict on them.
+    """
+
+    facts: dict[str, Any]
+    decode: DecodeResult | None = None
+    over_limit: bool = False
+    changed: bool = False
+
+
+@lru_cache(maxsize=1)
+def default_read_whole_bytes() -> int:
+    """The bundled sanitize.max_file_size_mb in bytes: files up to it are read into memory whole."""
+    from vdc_lake.config.loader import bundled_defaults
+
+    return int(float(bundled_defaults()["sanitize"]["max_file_size_mb"]) * 1024 * 1024)
+
+
+def read_file(path: str | os.PathLike, *, decode: bool = False, max_pixels: int | None = None,
+              with_descriptor: bool = False, decode_if: Callable[[str], bool] | None = None,
+              whole_max_bytes: int | None = None) -> FileRead:
+    """Read the file at `path` once for its content hash (xxh3-128), header facts and, with
+    `decode`, the reduced-scale decode check (decode_check's rules; the built-in descriptor when
+    `with_descriptor`). Never raises for a bad file: its problem is facts["header_error"] and
+    decode.error, worded as inspect_header and decode_check word them.
+
+    Memory stays bounded: a file of at most `whole_max_bytes` (None: the bundled
+    sanitize.max_file_size_mb, default_read_whole_bytes) is read into memory in one piece,
+    hashed, parsed and decoded from that copy; a bigger one (a 3 GB sparse file) is hashed
+    streaming, a chunk at a time, and parsed from the open file. The header is parsed through
+    HeaderReader (HEADER_MAX_BYTES / HEADER_MAX_READS) either way; the pixel limit (`max_pixels`,
+    None: the bundled one) counts every frame. The file is opened O_NONBLOCK and must be a
+    regular file (a FIFO or device is refused, never read). `decode_if(content_hash)` decides,
+    once the hash is known, whether to decode these bytes (e.g. only the bytes scan recorded).
+    The path is stat'ed before and after: a difference is `changed` (see FileRead).
+    """
+    out = FileRead({"content_hash": None, "header_error": None, "width": None, "height": None})
+    facts, doing = out.facts, "open"
     try:
-        f = open(path, "rb", opener=_nonblocking)
+        before = os.stat(path)
+        facts.update(size_bytes=before.st_size, mtime_ns=before.st_mtime_ns)
+        if not stat.S_ISREG(before.st_mode):  # reading a named pipe would block forever
+            return _not_regular_read(out, _file_kind(before.st_mode), decode)
+        with open(path, "rb", opener=_nonblocking) as f:
+            if kind := _not_regular(f):  # replaced since the stat above
+                return _not_regular_read(out, kind, decode)
+            doing = "read"
+            whole_max = default_read_whole_bytes() if whole_max_bytes is None else int(whole_max_bytes)
+            data, facts["content_hash"], n_bytes = _hashed_contents(f, before.st_size, whole_max)
+            wanted = decode and (decode_if is None or bool(decode_if(facts["content_hash"])))
+            _parse(out, f if data is None else io.BytesIO(data), decode=wanted,
+                   max_pixels=default_max_pixels() if wanted and max_pixels is None else int(max_pixels or 0),
+                   with_descriptor=with_descriptor)
+            if not n_bytes:
+                facts["header_error"] = "zero_byte: the file is empty (0 bytes)"
+    except FileNotFoundError as e:
+        facts.update(size_bytes=None, mtime_ns=None, content_hash=None,
+                     header_error="broken_symlink: the link's target does not exist" if os.path.islink(path)
+                     else io_error_text(e))
+        out.decode = DecodeResult(io_error_text(e, doing), None) if decode else None
+        return out
     except OSError as e:
-        return DecodeResult(io_error_text(e, "open"), None)
+        facts.setdefault("size_bytes", None)
+        facts.setdefault("mtime_ns", None)
+        facts["content_hash"] = None
+        facts["header_error"] = f"unreadable: cannot read the file ({e.strerror or type(e).__name__})"
+        out.decode = DecodeResult(io_error_text(e, doing), None) if decode else None
+        return out
     try:
-        with f, warnings.catch_warnings():
-            if kind := _not_regular(f):  # a pipe swapped in: reading would block forever
-                return DecodeResult(f"unreadable: not a regular file ({kind})", None)
-            warnings.simplefilter("ignore")
-            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        out.changed = _stat_key(os.stat(path)) != _stat_key(before)
+    except OSError:
+        out.changed = True  # gone or replaced right after the read
+    return out
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _not_regular_read(out: FileRead, kind: str, decode: bool) -> FileRead:
+    text = f"unreadable: not a regular file ({kind})"
+    out.facts["header_error"] = text
+    out.decode = DecodeResult(text, None) if decode else None
+    return out
+
+
+def _hashed_contents(f: BinaryIO, size: int, whole_max: int) -> tuple[bytes | None, str, int]:
+    """(the file's bytes or None, xxh3-128 hex, bytes read) of the open file: read whole when
+    it holds at most whole_max bytes (grown past it since the stat: streamed), else streamed in
+    HASH_CHUNK pieces and left at offset 0."""
+    if size <= whole_max:
+        data = f.read(size + 1)
+        if len(data) > size:  # it grew since the stat: read on, up to the limit
+            data += f.read(whole_max + 1 - len(data))
+        if len(data) <= whole_max:
+            return data, xxhash.xxh3_128_hexdigest(data), len(data)
+        f.seek(0)
+    digest, n_bytes = stream_hash(f)
+    f.seek(0)
+    return None, digest, n_bytes
+
+
+def _parse(out: FileRead, source: BinaryIO, *, decode: bool, max_pixels: int, with_descriptor: bool) -> None:
+    """Header facts of `source` into out.facts and, with `decode`, the decode check into
+    out.decode: one Image.open serves both. An I/O error while parsing the header propagates
+    (it says nothing about the bytes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # bombs are judged by sanitize's limit
+        try:
+            reader = HeaderReader(source)
             try:
-                reader = HeaderReader(f)
-                with Image.open(reader) as img:
-                    if frame_pixels(img) > max_pixels:
-                        return DecodeResult(None, None)
-                    reader.lift()  # the pixels: as many as the limit allows
-                    if img.format == "JPEG":
-                        img.draft(img.mode, _draft_size(img.width, img.height, with_descriptor))
-                    img.load()
-                    descriptor = _descriptor(img) if with_descriptor else None
-            finally:
-                Image.MAX_IMAGE_PIXELS = limit
-    except HeaderLimitError as e:
-        return DecodeResult(str(e), None)
-    except OSError as e:
+                img = Image.open(reader)
+            except Exception as e:  # noqa: BLE001 - any decoder failure is a finding, never a crash
+                _header_failed(out, e, source, decode)
+                return
+            with img:
+                try:
+                    out.facts.update(_header_facts(img))
+                except Exception as e:  # noqa: BLE001 - e.g. counting a broken GIF's frames
+                    _header_failed(out, e, source, decode)
+                    return
+                if decode:
+                    out.decode, out.over_limit = _decode_pixels(img, reader, max_pixels, with_descriptor)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+def _header_failed(out: FileRead, e: Exception, source: BinaryIO, decode: bool) -> None:
+    if is_io_error(e):
+        raise e
+    out.facts["header_error"] = _header_error_text(e, source)
+    if decode:
+        out.decode = DecodeResult(_decode_error_text(e), None)
+
+
+def _decode_pixels(img: Image.Image, reader: HeaderReader, max_pixels: int, with_descriptor: bool
+                   ) -> tuple[DecodeResult, bool]:
+    """(decode check of the opened image, whether it is over the pixel limit and not decoded)."""
+    try:
+        if frame_pixels(img) > max_pixels:
+            return DecodeResult(None, None), True
+        reader.lift()  # the pixels: as many as the limit allows
+        if img.format == "JPEG":
+            img.draft(img.mode, _draft_size(img.width, img.height, with_descriptor))
+        img.load()
+        return _decoded(img, with_descriptor), False
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a finding, never a crash
+        return DecodeResult(_decode_error_text(e), None), False
+
+
+def _decoded(img: Image.Image, with_descriptor: bool) -> DecodeResult:
+    """The result for an image whose pixels decoded completely (what is computed from them)."""
+    return DecodeResult(None, _descriptor(img) if with_descriptor else None, _quality(img))
+
+
+def _decode_error_text(e: Exception) -> str:
+    """decode.error for what opening or decoding raised: I/O errors are missing/unreadable,
+    never corrupt; Pillow's complaints about the bytes are truncated or corrupt."""
+    if isinstance(e, HeaderLimitError):
+        return str(e)
+    if isinstance(e, OSError):
         if is_io_error(e):
-            return DecodeResult(io_error_text(e), None)
+            return io_error_text(e)
         text = str(e)
         rule = "truncated" if "truncated" in text else "corrupt"
-        return DecodeResult(f"{rule}: decoding failed ({text})", None)
-    except Exception as e:  # noqa: BLE001
-        return DecodeResult(f"corrupt: decoding failed ({type(e).__name__}: {e})", None)
-    return DecodeResult(None, descriptor)
+        return f"{rule}: decoding failed ({text})"
+    return f"corrupt: decoding failed ({type(e).__name__}: {e})"
 
 
 class PixelLimitError(ValueError):
@@ -418,3 +532,56 @@ def _descriptor(img: Image.Image) -> np.ndarray | None:
         return builtin_descriptor(img)
     except Exception:  # noqa: BLE001 - a descriptor failure must not fail validation
         return None
+
+
+_ONE_BAND_MODES = ("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _quality(img: Image.Image) -> tuple[float | None, ...] | None:
+    """kernels.quality values of the decoded image, as a tuple (None for 32-bit integer and
+    float images, whose range is unknown, or when they cannot be computed). Pillow reduces the
+    image and makes the luma's and its Laplacian's histograms and the chroma's extremes (C
+    loops); the kernel computes the values from them."""
+    from vdc_lake.kernels.quality import QUALITY_SIDE, quality_from_histograms
+
+    try:
+        small = _quality_image(img, QUALITY_SIDE)
+        if small is None:
+            return None
+        colour = None
+        if small.mode == "RGB":
+            (_, _), (cb_low, cb_high), (cr_low, cr_high) = small.convert("YCbCr").getextrema()
+            colour = float(max(128 - cb_low, cb_high - 128, 128 - cr_low, cr_high - 128))
+            small = small.convert("L")
+        detail = small.filter(_LAPLACIAN).crop((1, 1, max(1, small.width - 1), max(1, small.height - 1)))
+        detail_histogram = detail.histogram() if small.width > 2 and small.height > 2 else [0] * 256
+        return quality_from_histograms(np.array(small.histogram()), np.array(detail_histogram), colour).as_tuple()
+    except Exception:  # noqa: BLE001 - a quality failure must not fail validation
+        return None
+
+
+# kernels.quality.laplacian as Pillow's filter: 8 x centre - the 8 neighbours, + 128 (Pillow
+# leaves the border rows and columns as they were: _quality crops them off).
+_LAPLACIAN = ImageFilter.Kernel((3, 3), [-1, -1, -1, -1, 8, -1, -1, -1, -1], scale=1, offset=128)
+
+
+def _quality_image(img: Image.Image, side: int) -> Image.Image | None:
+    """img as an L or RGB image reduced by the integer factor that brings its long side under
+    2 x side (an area average: Pillow's fastest reduction), transparent pixels composited on
+    white (what a viewer shows); None for 32-bit integer and float images."""
+    if img.mode in ("I", "F"):
+        return None
+    if img.mode.startswith("I;16"):
+        img = Image.fromarray((np.asarray(img, np.uint16) >> 8).astype(np.uint8))
+    one_band = img.mode in _ONE_BAND_MODES
+    has_alpha = "A" in img.mode or "a" in img.mode or "transparency" in img.info
+    target = "RGBA" if has_alpha else ("L" if one_band else "RGB")
+    if img.mode != target:
+        img = img.convert(target)
+    factor = max(img.width, img.height) // side
+    if factor > 1:
+        img = img.reduce(factor)
+    if has_alpha:
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img).convert("L" if one_band else "RGB")
+    return img

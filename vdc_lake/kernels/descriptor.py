@@ -1,9 +1,17 @@
-"""Built-in, weight-free copy-detection descriptor: one view ("builtin-dct") or a set of
-centre-crop views ("builtin-dct-ms", the default since issue 15).
+"""Built-in, weight-free copy-detection descriptor: a set of centre-crop views that sees
+transparency ("builtin-dct-msa", the default since issue 23); sets made before it hold the
+one view ("builtin-dct") or the views without alpha ("builtin-dct-ms").
 
 Recipe of one view, per image:
 
-1. grayscale (luma; palette, CMYK, 16-bit and float modes handled, alpha ignored);
+1. grayscale (luma; palette, CMYK, 16-bit and float modes handled); an image with
+   transparency (alpha band, or a transparent palette index / colour) is composited on a
+   fixed white background, BACKGROUND: luma * a + BACKGROUND * (1 - a), a = alpha / 255,
+   what a viewer or a document shows. Up to a constant (which step 4 removes) that is the
+   luma composited on black minus BACKGROUND times the alpha shape, so the outline of an
+   icon shows against the background and the dark strokes inside it still count. An opaque
+   image (no alpha, or alpha 255 everywhere) gets exactly the descriptor of before
+   (builtin-dct-ms);
 2. area-average (BOX) resize of the view's region to a THUMBNAIL_SIZE x THUMBNAIL_SIZE
    (32 x 32) square, ignoring the aspect ratio;
 3. orthonormal 2-D DCT-II of the thumbnail, as two small matrix products;
@@ -47,6 +55,22 @@ sanitize decodes them (3.9-4.5 ms), one view 0.28-0.41 ms and the set 0.55-0.83 
 very little (cosine > 0.98 to the full decode, per view), because both paths average the
 same pixels down to 32 x 32.
 
+Transparency (issue 23): without alpha, the descriptor described the colours hidden under
+transparent pixels (whatever the encoder left there), so distinct icons paired far under the
+apply threshold and a one-colour (symbolic) icon was flat (the zero vector: its copies were
+never found). Compositing is one fixed weighting of "the colours" and "the alpha shape";
+white was measured against black and a background outside the colour range (heavier shape):
+the more weight on the outline, the closer the icons of one theme, which share outlines
+(faces, pages, folders). Opaque photos keep their vectors exactly, and the view count and
+size (429 values) stay those of builtin-dct-ms, so the search, rotations and thresholds are
+unchanged. What it is weak at on graphics (benchmarks/bench_descriptor_graphics.py,
+RESULTS.md): icons of one theme that share their outline and differ in small details (a
+face's mouth, zoom-in / zoom-out, a document's small emblem) still pair under the apply
+threshold (gray 32 x 32 low frequencies hold neither colour nor such details; use SSCD for
+graphics collections); a white or very light glyph on transparency is flat on white (the
+zero vector: never paired, its copies not found); an icon flattened on another background
+is another image to it.
+
 Dataset-level centring (subtracting the mean descriptor, as VDC does for SSCD) is a
 dedup step, not part of this per-image function.
 """
@@ -56,10 +80,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops
 
-DESCRIPTOR_NAME = "builtin-dct"  # one view: the whole image (builtin sets made before issue 15)
-MULTI_VIEW_NAME = "builtin-dct-ms"  # VIEW_SCALES centre-crop views, compared as sets (new sets)
+DESCRIPTOR_NAME = "builtin-dct"  # one view, alpha ignored (builtin sets made before issue 15)
+MULTI_VIEW_NAME = "builtin-dct-ms"  # VIEW_SCALES views, alpha ignored (builtin sets made before issue 23)
+ALPHA_VIEW_NAME = "builtin-dct-msa"  # VIEW_SCALES views composited as above: what new builtin sets hold
+# Models of builtin sets made before the descriptor saw alpha: their vectors equal the new ones
+# for opaque images only, so transparent images are never added to them (catalog/sets.py).
+LEGACY_MODELS = (DESCRIPTOR_NAME, MULTI_VIEW_NAME)
+# The luma (0..255) transparent pixels are composited on: white (measured against black and
+# against a background below black, bench_descriptor_graphics.py --backgrounds).
+BACKGROUND = 255.0
 THUMBNAIL_SIZE = 32
 BLOCK = 12
 DESCRIPTOR_DIM = BLOCK * BLOCK - 1  # values per view
@@ -69,7 +100,7 @@ VIEW_SCALES = (1.0, 0.9, 0.81)
 VIEWS = len(VIEW_SCALES)
 SET_DIM = VIEWS * DESCRIPTOR_DIM
 # Views per stored vector of each builtin model (any other model's vector is one view).
-BUILTIN_MODELS = {DESCRIPTOR_NAME: 1, MULTI_VIEW_NAME: VIEWS}
+BUILTIN_MODELS = {DESCRIPTOR_NAME: 1, MULTI_VIEW_NAME: VIEWS, ALPHA_VIEW_NAME: VIEWS}
 # Cosine-distance thresholds (apply, report) recorded with every builtin set
 # (embedding_sets.apply_threshold / report_threshold); dedup uses them unless the config sets
 # its own. SSCD's 0.25 links unrelated photos with this descriptor (~600 false pairs on real
@@ -78,7 +109,7 @@ BUILTIN_MODELS = {DESCRIPTOR_NAME: 1, MULTI_VIEW_NAME: VIEWS}
 # still gives no false pair below 0.2 on the 21 real photos and 240 synthetic images measured
 # (benchmarks/bench_descriptor_photos.py); at 0.08 it finds 81% of 1/12-per-side centre crops
 # of real photos (95% at 0.12, where false pairs start to cost more on large collections).
-DEDUP_THRESHOLDS = {DESCRIPTOR_NAME: (0.08, 0.16), MULTI_VIEW_NAME: (0.08, 0.16)}
+DEDUP_THRESHOLDS = {DESCRIPTOR_NAME: (0.08, 0.16), MULTI_VIEW_NAME: (0.08, 0.16), ALPHA_VIEW_NAME: (0.08, 0.16)}
 # JPEG draft target: DCT-domain downscaling never goes below this, so a 32 x 32 view is
 # still an average of >= 2 x 2 decoded pixels (>= 1.6 x 1.6 for the 0.81 view).
 DRAFT_SIZE = (2 * THUMBNAIL_SIZE, 2 * THUMBNAIL_SIZE)
@@ -102,13 +133,12 @@ _U, _V = np.divmod(np.arange(1, BLOCK * BLOCK), BLOCK)
 
 
 def _grayscale(img: Image.Image) -> Image.Image:
-    """One-band view of ``img``: mode L, or F for 16-bit / integer / float images."""
+    """One-band view of ``img``, alpha ignored: mode L, or F for 16-bit / integer / float images."""
     if img.mode == "L":
         return img
     if img.mode in _FLOAT_MODES:
         return img.convert("F")  # scale is irrelevant: the descriptor is normalised
     if img.mode in ("P", "PA"):
-        # Palette entries carry the colour; transparency is ignored like alpha.
         return img.convert("RGBA").convert("L")
     if img.mode == "LAB":
         return img.getchannel("L")
@@ -118,8 +148,35 @@ def _grayscale(img: Image.Image) -> Image.Image:
         return img.convert("RGB").convert("L")
 
 
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def alpha_band(img: Image.Image) -> Image.Image | None:
+    """The alpha of ``img`` as an L image, or None when every pixel is opaque (no alpha band,
+    no transparent palette index or colour, or alpha 255 everywhere)."""
+    if img.mode in _ALPHA_MODES:
+        alpha = img.getchannel("A")
+    elif "transparency" in img.info and img.mode in ("P", "L", "RGB"):
+        alpha = img.convert("RGBA" if img.mode != "L" else "LA").getchannel("A")
+    else:
+        return None
+    return None if alpha.getextrema()[0] == 255 else alpha
+
+
+def _bands(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """(luma premultiplied by alpha, alpha) of an image with transparency; (luma, None) else.
+    Compositing is linear in these two, so each is area-averaged on its own: exact, and two
+    32 x 32 resizes instead of a full-size float image."""
+    alpha = alpha_band(img)
+    if alpha is None:
+        return _grayscale(img), None
+    rgba = img if img.mode in ("RGBA", "LA") else img.convert("RGBA")
+    return ImageChops.multiply(rgba.convert("L"), alpha), alpha
+
+
 def gray_thumbnail(img: Image.Image) -> np.ndarray:
-    """Grayscale, area-averaged thumbnail [THUMBNAIL_SIZE, THUMBNAIL_SIZE] float32.
+    """Grayscale, area-averaged thumbnail [THUMBNAIL_SIZE, THUMBNAIL_SIZE] float32, a
+    transparent image composited as the module docstring says.
 
     Any mode and size; the aspect ratio is not kept. Pixel units are those of the
     grayscale image (0..255 for 8-bit); only relative values matter downstream.
@@ -131,26 +188,33 @@ def view_thumbnails(img: Image.Image, scales: tuple[float, ...] = VIEW_SCALES) -
     """Thumbnails [len(scales), THUMBNAIL_SIZE, THUMBNAIL_SIZE] float32 of centred regions
     of ``img`` that span ``scales`` (fractions in (0, 1]) of its width and height.
 
-    One grayscale conversion serves every view; scale 1.0 is exactly gray_thumbnail.
+    One grayscale conversion serves every view; scale 1.0 is exactly gray_thumbnail. An image
+    with transparency is composited on BACKGROUND: luma * a + BACKGROUND * (1 - a), a = alpha / 255.
     """
-    gray = _grayscale(img)
+    gray, alpha = _bands(img)
     width, height = gray.size
-    size = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
-    thumbs = np.empty((len(scales),) + size, np.float32)
+    thumbs = np.empty((len(scales), THUMBNAIL_SIZE, THUMBNAIL_SIZE), np.float32)
     for i, scale in enumerate(scales):
-        if not 0 < scale <= 1:
-            raise ValueError(f"view scales are fractions of the image in (0, 1], got {scale}")
-        # Float box: the region is exact whatever the size, so a view of a turned image
-        # is the turned view (rotate_descriptors works per view). Rounded to 1e-6 px: the
-        # reduce step below snaps the box to whole pixels, where 14.999999 and 15 differ.
-        box = None if scale == 1 else tuple(round(c, 6) for c in (
-            (1 - scale) * width / 2, (1 - scale) * height / 2, (1 + scale) * width / 2, (1 + scale) * height / 2))
-        # BOX on a reduced image is an area average, like the DCT-scaled JPEG draft path,
-        # so full and draft decodes agree. reducing_gap makes the big step an integer
-        # reduce(), which is several times faster on large images.
-        thumbs[i] = np.asarray(gray.resize(size, Image.Resampling.BOX, box=box, reducing_gap=2.0),
-                               dtype=np.float32)
+        thumbs[i] = _view(gray, scale, width, height)
+        if alpha is not None:
+            thumbs[i] += np.float32(BACKGROUND) * (1 - _view(alpha, scale, width, height) / np.float32(255))
     return thumbs
+
+
+def _view(band: Image.Image, scale: float, width: int, height: int) -> np.ndarray:
+    """The centred region spanning ``scale`` of one band, area-averaged to 32 x 32 float32."""
+    if not 0 < scale <= 1:
+        raise ValueError(f"view scales are fractions of the image in (0, 1], got {scale}")
+    # Float box: the region is exact whatever the size, so a view of a turned image
+    # is the turned view (rotate_descriptors works per view). Rounded to 1e-6 px: the
+    # reduce step below snaps the box to whole pixels, where 14.999999 and 15 differ.
+    box = None if scale == 1 else tuple(round(c, 6) for c in (
+        (1 - scale) * width / 2, (1 - scale) * height / 2, (1 + scale) * width / 2, (1 + scale) * height / 2))
+    # BOX on a reduced image is an area average, like the DCT-scaled JPEG draft path,
+    # so full and draft decodes agree. reducing_gap makes the big step an integer
+    # reduce(), which is several times faster on large images.
+    size = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+    return np.asarray(band.resize(size, Image.Resampling.BOX, box=box, reducing_gap=2.0), dtype=np.float32)
 
 
 def descriptors_from_thumbnails(thumbnails: np.ndarray) -> np.ndarray:

@@ -13,11 +13,13 @@ decode are ever 'corrupt' (delete). A file the catalog names outside the scanned
 edited root or rel_path, a symlink out of every root: confine.ReadableRoots) is never read: an
 'outside_root' finding, action 'none'. The pixel limit counts every frame of an animated file.
 
-A verdict belongs to the bytes scan recorded: each decode first hashes the file and compares
-it with the version's content_hash (the second read comes from the page cache). A file whose
-bytes differ (replaced keeping its size and mtime, or changed while being decoded) gets a
-'changed' finding with action 'none', no verdict, and its recorded mtime is cleared so that
-the next scan reads it again (and gives it a new version).
+A verdict belongs to the bytes scan recorded: each file is read once (probe.read_file), hashed,
+compared with the version's content_hash and decoded from the same copy of its bytes. A file
+whose bytes differ (replaced keeping its size and mtime), or whose stat changed during the read,
+gets a 'changed' finding with action 'none', no verdict, and its recorded mtime is cleared so
+that the next scan reads it again (and gives it a new version). scan_and_sanitize (`scan
+--sanitize`) runs the decode check in the read that hashes a new or changed file for scan: one
+read per file for both stages.
 
 Each run writes a sanitize_checks row for every present image and the findings of that run;
 actions follow VDC's priority, decided per image by sql/views/20_decisions/sanitize_actions.sql from the
@@ -29,19 +31,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.kernels.descriptor import builtin_vectors_for
+from vdc_lake.kernels.quality import QUALITY_COLUMNS
 from vdc_lake.fileops.confine import OUTSIDE_ROOT, ReadableRoots
-from vdc_lake.fileops.probe import (DECODE_ACTIONS, MULTI_FRAME_FORMATS, UNUSUAL_MODES, DecodeResult, content_hash,
-                            decode_check, io_error_text)
+from vdc_lake.fileops.probe import DECODE_ACTIONS, MULTI_FRAME_FORMATS, UNUSUAL_MODES, DecodeResult, read_file
 from vdc_lake.scale.parallel import LazyRows, batched, get_mapper
 from vdc_lake.catalog.sets import BUILTIN_SET, register_builtin_set, write_vectors
+from vdc_lake.stages.scan import ReadAhead, ScanSummary, scan
 
 COMMIT_EVERY = 5000
 # Decode verdicts on bytes that were read: cached per version and carried into later runs.
@@ -205,38 +210,30 @@ CHANGED = ("changed: the file's bytes are not those scan recorded (it changed si
            "being decoded); no verdict: run `vdc-lake scan` (it reads this file again), then sanitize")
 
 
-def _stat_key(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _decode_one(item: tuple[str, int, bool, str | None], *, max_pixels: int) -> DecodeResult:
-    """Decode check of (path, version, with_descriptor, content_hash), on the bytes scan recorded
-    only: a file whose hash differs, or that changes during the check, gives a CHANGED error.
-    The version is unused here but keys the Ray backend's staging (a hash of the items), so a
-    changed file is never taken from it."""
+def _decode_one(item: tuple[str, int, bool, str | None], *, max_pixels: int, whole_max_bytes: int) -> DecodeResult:
+    """Decode check of (path, version, with_descriptor, content_hash) in one read of the file
+    (probe.read_file: hashed and decoded from one copy of its bytes), on the bytes scan recorded
+    only: a file whose hash differs, or that changes during the read (its stat before and
+    after differ), gives a CHANGED error. The version is unused here but keys the Ray backend's
+    staging (a hash of the items), so a changed file is never taken from it."""
     path, _, with_descriptor, expected = item
-    try:
-        before = _stat_key(path)
-        same = expected is None or content_hash(path) == expected
-    except OSError as e:
-        return DecodeResult(io_error_text(e, "open"), None)
-    if not same:
+    read = read_file(path, decode=True, max_pixels=max_pixels, with_descriptor=with_descriptor,
+                     decode_if=None if expected is None else (lambda digest: digest == expected),
+                     whole_max_bytes=whole_max_bytes)
+    if read.facts["content_hash"] is None and read.decode is not None:
+        return read.decode  # missing or unreadable: no bytes to judge
+    if read.decode is None or read.changed:
         return DecodeResult(CHANGED, None)
-    result = decode_check(path, max_pixels=max_pixels, with_descriptor=with_descriptor)
-    try:
-        after = _stat_key(path)
-    except OSError as e:
-        return DecodeResult(io_error_text(e), None)
-    return result if after == before else DecodeResult(CHANGED, None)
+    return read.decode
 
 
 def _write_decode_batch(catalog: Catalog, run_id: int, rows: pa.Table, results: list, summary: SanitizeSummary
                         ) -> None:
-    """Findings and descriptors of decoded `rows` (a slice of the targets), one result each."""
+    """Findings, descriptors and quality values of decoded `rows` (a slice of the targets), one result each."""
     ids, versions = rows.column("image_id").to_numpy(), rows.column("version").to_numpy()
     bad = [(i, r.error.split(":", 1)) for i, r in enumerate(results) if r.error]
     good = [(i, r.descriptor) for i, r in enumerate(results) if r.descriptor is not None]
+    rated = [(i, r.quality) for i, r in enumerate(results) if r.error is None and r.quality is not None]
     changed = [i for i, (rule, _) in bad if rule == "changed"]
     with catalog.transaction():
         if changed:  # the next scan reads these files again (mtime NULL never matches the listing)
@@ -252,10 +249,17 @@ def _write_decode_batch(catalog: Catalog, run_id: int, rows: pa.Table, results: 
                 "action": [DECODE_ACTIONS.get(rule, "delete") for _, (rule, _) in bad],
             }))
         if good:
-            dim = register_builtin_set(catalog, run_id)  # a one-view set made before issue 15 stays one-view
+            dim = register_builtin_set(catalog, run_id)  # an older set: opaque images only (check_legacy_builtin_set)
             at = np.array([i for i, _ in good])
             write_vectors(catalog, "embeddings", BUILTIN_SET, run_id, ids[at], versions[at],
                           builtin_vectors_for(dim, np.stack([d for _, d in good])))
+        if rated:
+            catalog.insert_arrow("image_quality", pa.table({
+                "run_id": pa.array([run_id] * len(rated), pa.int64()),
+                "image_id": pa.array([ids[i] for i, _ in rated], pa.int64()),
+                "version": pa.array([versions[i] for i, _ in rated], pa.int32()),
+                **{column: pa.array([q[k] for _, q in rated], pa.float64())
+                   for k, column in enumerate(QUALITY_COLUMNS)}}))
     summary.findings += len(bad)
     summary.changed += len(changed)
     summary.decoded += len(results)
@@ -300,7 +304,8 @@ def _decode_pass(catalog: Catalog, run_id: int, targets: pa.Table, rules: dict, 
                                           want_descriptor and not r["has_descriptor"], r["content_hash"]))
     catalog.release()
     mapper = get_mapper(backend, catalog_path=catalog.path)
-    decoded = mapper(partial(_decode_one, max_pixels=max_pixels), items, workers=workers, desc="decode", quiet=quiet)
+    decoded = mapper(partial(_decode_one, max_pixels=max_pixels, whole_max_bytes=whole_max_bytes(rules)), items,
+                     workers=workers, desc="decode", quiet=quiet)
     results = _with_refusals(refusals, decoded)
     verdicts = []
     done = 0
@@ -310,6 +315,12 @@ def _decode_pass(catalog: Catalog, run_id: int, targets: pa.Table, rules: dict, 
         verdicts.extend(_is_verdict(r.error) for r in batch)
         catalog.release()
     return pa.table({"image_id": targets.column("image_id"), "verdict": pa.array(verdicts, pa.bool_())})
+
+
+def whole_max_bytes(rules: dict[str, Any]) -> int:
+    """Files up to this many bytes are read into memory whole (sanitize.max_file_size_mb: a file
+    over it is a `file_too_large` finding anyway); bigger ones are streamed."""
+    return int(float(rules["max_file_size_mb"]) * 1024 * 1024)
 
 
 def sanitize(
@@ -328,18 +339,30 @@ def sanitize(
     `rules` is the effective [sanitize] config section. `quick` decodes nothing (cached
     verdicts still count); `recheck` decodes every image again.
     """
+    return _sanitize(catalog, rules, quick=quick, recheck=recheck, workers=workers, quiet=quiet, backend=backend)
+
+
+def _sanitize(catalog: Catalog, rules: dict[str, Any], *, quick: bool = False, recheck: bool = False,
+              workers: int | None = None, quiet: bool = False, backend: str = "local",
+              with_scan: _DecodedWithScan | None = None) -> SanitizeSummary:
+    """sanitize(); with_scan: the decode verdicts scan_and_sanitize's scan wrote under its run."""
     params = dict(rules, quick=quick, recheck=recheck)
-    with catalog.run("sanitize", params) as run_id:
-        summary = SanitizeSummary(run_id)
+    begun = with_scan.run_id if with_scan is not None else None
+    with (_continued_run(catalog, begun) if begun is not None else catalog.run("sanitize", params)) as run_id:
+        summary = with_scan.summary if begun is not None else SanitizeSummary(run_id)
         with catalog.transaction():
             summary.findings += _header_findings(catalog, run_id, rules)
         decode = not quick and rules.get("check_corruption", True)
         cached = _cached_verdicts(catalog) if not (decode and recheck) else _EMPTY_CACHED
-        decoded = _EMPTY_DECODED
+        decoded = with_scan.verdicts(catalog) if begun is not None else _EMPTY_DECODED
         if decode:
             targets = _decode_targets(catalog, cached, max_pixels=int(rules["max_pixels"]))
+            if decoded.num_rows:  # decoded in the read that scan hashed them in
+                done = decoded.column("image_id").combine_chunks()
+                targets = targets.filter(pc.invert(pc.is_in(targets.column("image_id"), value_set=done)))
             if targets.num_rows:
-                decoded = _decode_pass(catalog, run_id, targets, rules, summary, workers, quiet, backend)
+                now = _decode_pass(catalog, run_id, targets, rules, summary, workers, quiet, backend)
+                decoded = pa.concat_tables([decoded, now.cast(decoded.schema)]) if decoded.num_rows else now
         summary.cached = cached.num_rows
         summary.checked, carried = _record_checks(catalog, run_id, cached, decoded)
         summary.findings += carried
@@ -347,3 +370,95 @@ def sanitize(
             "SELECT count(DISTINCT image_id) FROM findings WHERE run_id = ?", [run_id]))
         catalog.finish_run(run_id, summary=asdict(summary))
     return summary
+
+
+@contextmanager
+def _continued_run(catalog: Catalog, run_id: int):
+    """Catalog.run for a run begun earlier (by scan_and_sanitize's scan): failed if the body raises."""
+    try:
+        yield run_id
+    except BaseException as e:
+        _fail_run(catalog, run_id, e)
+        raise
+
+
+def _fail_run(catalog: Catalog, run_id: int, e: BaseException) -> None:
+    try:
+        catalog.finish_run(run_id, status="failed", error=f"{type(e).__name__}: {e}")
+    except Exception:  # noqa: BLE001 - e.g. the disk is full: the next writer marks the run interrupted
+        pass
+
+
+class _DecodedWithScan:
+    """The sanitize run of scan_and_sanitize while its scan reads the files: each batch of files
+    whose decode check came with the read that hashed them gets its findings and descriptors
+    written under this run (begun at the first such batch, so after the scan run) once scan has
+    written their facts; the decode pass then skips them."""
+
+    def __init__(self, rules: dict[str, Any]):
+        self.rules = rules
+        self.run_id: int | None = None
+        self.summary: SanitizeSummary | None = None
+        self._ids: list[pa.Array] = []
+        self._verdicts: list[pa.Array] = []
+
+    def read_ahead(self) -> ReadAhead:
+        return ReadAhead(max_pixels=int(self.rules["max_pixels"]),
+                         with_descriptor=bool(self.rules["builtin_descriptor"]), on_batch=self.write)
+
+    def write(self, catalog: Catalog, files: pa.Table, results: Sequence[DecodeResult]) -> None:
+        """files: (root, rel_path, content_hash) whose facts scan just wrote, one result each."""
+        if self.run_id is None:
+            self.run_id = catalog.begin_run("sanitize", dict(self.rules, quick=False, recheck=False, with_scan=True))
+            self.summary = SanitizeSummary(self.run_id)
+        keyed = files.append_column("k", pa.array(range(files.num_rows), pa.int64()))
+        with catalog.registered("scan_decoded", keyed):
+            rows = catalog.arrow(
+                """SELECT d.k, i.image_id, i.version FROM scan_decoded d
+                   JOIN images i ON i.root = d.root AND i.rel_path = d.rel_path AND i.content_hash = d.content_hash
+                   WHERE i.present ORDER BY d.k""")
+        batch = [results[k] for k in rows.column("k").to_pylist()]
+        _write_decode_batch(catalog, self.run_id, rows, batch, self.summary)
+        self._ids.append(rows.column("image_id").combine_chunks().cast(pa.int64()))
+        self._verdicts.append(pa.array([_is_verdict(r.error) for r in batch], pa.bool_()))
+
+    def verdicts(self, catalog: Catalog) -> pa.Table:
+        """(image_id, verdict) of the images decoded with the scan that are still there (a file
+        scan paired with a vanished one as moved has its row deleted)."""
+        if not self._ids:
+            return _EMPTY_DECODED
+        decoded = pa.table({"image_id": pa.concat_arrays(self._ids), "verdict": pa.concat_arrays(self._verdicts)})
+        with catalog.registered("scan_decoded", decoded):
+            found = catalog.arrow("SELECT d.image_id, d.verdict FROM scan_decoded d WHERE EXISTS "
+                                  "(SELECT 1 FROM images i WHERE i.image_id = d.image_id AND i.present)")
+        return found.cast(_EMPTY_DECODED.schema)
+
+    def fail(self, catalog: Catalog, e: BaseException) -> None:
+        if self.run_id is not None:
+            _fail_run(catalog, self.run_id, e)
+
+
+def scan_and_sanitize(catalog: Catalog, roots: Sequence[str | os.PathLike], *, extensions: Sequence[str],
+                      rules: dict[str, Any], workers: int | None = None, quiet: bool = False,
+                      backend: str = "local") -> tuple[ScanSummary, SanitizeSummary]:
+    """scan(roots) then sanitize(rules) (a full one: --quick and --recheck are sanitize's own),
+    reading each new or changed file once: the read that hashes it for scan also parses its
+    header and runs sanitize's decode check (and descriptor) on the same bytes. Two runs are
+    recorded, scan's and sanitize's, with what the two commands one after the other record."""
+    if quick_only(rules):
+        return (scan(catalog, roots, extensions=extensions, workers=workers, quiet=quiet, backend=backend,
+                     whole_max_bytes=whole_max_bytes(rules)),
+                sanitize(catalog, rules, workers=workers, quiet=quiet, backend=backend))
+    with_scan = _DecodedWithScan(rules)
+    try:
+        scanned = scan(catalog, roots, extensions=extensions, workers=workers, quiet=quiet, backend=backend,
+                       whole_max_bytes=whole_max_bytes(rules), read_ahead=with_scan.read_ahead())
+    except BaseException as e:
+        with_scan.fail(catalog, e)
+        raise
+    return scanned, _sanitize(catalog, rules, workers=workers, quiet=quiet, backend=backend, with_scan=with_scan)
+
+
+def quick_only(rules: dict[str, Any]) -> bool:
+    """Whether the effective [sanitize] section turns the decode check off (check_corruption false)."""
+    return not rules.get("check_corruption", True)

@@ -4,7 +4,9 @@ A re-scan lists every file (stat only), classifies it against the catalog in one
 and reads only new files and files whose size or mtime changed (and files whose header could not
 be read last time: that may have been brief). A changed file whose hash is the same keeps its
 version; different bytes bump the version, so every derived row computed on the old bytes
-drops out of the views. Files that vanished are marked not present.
+drops out of the views. Files that vanished are marked not present. A file is read once, for
+its hash and header together (probe.read_file); with sanitize's scan_and_sanitize (`scan
+--sanitize`) the same read also runs sanitize's decode check (ReadAhead).
 
 Roots never overlap, so one file is never two images: a root inside a scanned root (one with
 present images) is refused, and a root that contains scanned roots takes them over (their rows,
@@ -31,19 +33,20 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
 from vdc_lake.catalog.connection import Catalog
-from vdc_lake.fileops.confine import recorded_backup_dirs
+from vdc_lake.fileops.confine import ReadableRoots, recorded_backup_dirs
 from vdc_lake.fileops.facts import FACT_COLUMNS, fact_arrays, fact_assignments
 from vdc_lake.fileops.markers import (BACKUP_MARKER, RECORD_NAME, RUNNING_NAME, backup_folder_at_or_above,
                                      is_backup_marker, is_export_record)
 from vdc_lake.errors import StageError
-from vdc_lake.fileops.probe import errno_text, inspect_header
+from vdc_lake.fileops.probe import DecodeResult, FileRead, errno_text, inspect_header, read_file
 from vdc_lake.fileops.imageops import LEFTOVER_SUFFIXES
 from vdc_lake.scale.parallel import LazyRows, batched, get_mapper, map_ordered  # noqa: F401 - tests reach INLINE_BELOW through it
 
@@ -67,6 +70,22 @@ class ScanSummary:
     errors: int = 0        # files whose header could not be read (findings at sanitize)
     problems: int = 0      # paths that could not be listed: findings of this run (NO_IMAGE)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReadAhead:
+    """The decode check done in the read that hashes each new or changed file (sanitize's
+    scan_and_sanitize: one read per file for scan and sanitize). Files are decoded with
+    probe.read_file's rules (max_pixels, with_descriptor) when they may be read by sanitize's
+    rule (confine.ReadableRoots) and their bytes differ from the row's recorded ones; once a
+    batch's facts are written, on_batch(catalog, files, results) gets the files whose result
+    stands (a table of root, rel_path, content_hash; one DecodeResult each): not over the pixel
+    limit, not changed during the read, a readable header, and not possibly a moved file (its
+    row may be replaced by the vanished one's, see _follow_moves)."""
+
+    max_pixels: int
+    with_descriptor: bool
+    on_batch: Callable[[Catalog, pa.Table, list[DecodeResult]], None]
 
 
 @dataclass
@@ -478,6 +497,41 @@ def _inspect(path: str) -> dict:
     return inspect_header(path)
 
 
+def _inspect_within(path: str, *, whole_max_bytes: int) -> dict:
+    return inspect_header(path, whole_max_bytes=whole_max_bytes)
+
+
+def _read(item: tuple[str, str | None, bool], *, whole_max_bytes: int | None, max_pixels: int,
+          with_descriptor: bool) -> FileRead:
+    """read_file of (path, recorded content hash, may decode): decoded only when allowed and the
+    bytes are not the recorded ones (a touched file keeps its version and its verdict)."""
+    path, old_hash, may_decode = item
+    return read_file(path, decode=may_decode, max_pixels=max_pixels, with_descriptor=with_descriptor,
+                     decode_if=lambda digest: digest != old_hash, whole_max_bytes=whole_max_bytes)
+
+
+def _read_items(catalog: Catalog, work: pa.Table) -> LazyRows:
+    """(path, old hash, may decode) per work row; may decode: sanitize may read it (ReadableRoots)."""
+    readable = ReadableRoots.of(catalog)
+    return LazyRows(work, lambda row: (os.path.join(row["root"], row["rel_path"]), row["old_hash"],
+                                       readable.error(row["root"], row["rel_path"]) is None))
+
+
+def _standing_decodes(work: pa.Table, reads: list[FileRead], may_move: set[tuple[str, int]]
+                      ) -> tuple[pa.Table, list]:
+    """The files of a batch whose decode result stands (see ReadAhead), with their results.
+    may_move: (content_hash, size_bytes) of the vanished rows, which a new file with those
+    bytes may replace as moved."""
+    new = work.column("image_id").is_null().to_pylist()
+    keep = [i for i, r in enumerate(reads)
+            if r.decode is not None and not r.over_limit and not r.changed and r.facts["header_error"] is None
+            and not (new[i] and (r.facts["content_hash"], r.facts["size_bytes"]) in may_move)]
+    files = pa.table({"root": work.column("root").take(keep).cast(pa.string()),
+                      "rel_path": work.column("rel_path").take(keep).cast(pa.string()),
+                      "content_hash": pa.array([reads[i].facts["content_hash"] for i in keep], pa.string())})
+    return files, [reads[i].decode for i in keep]
+
+
 def scan(
     catalog: Catalog,
     roots: Sequence[str | os.PathLike],
@@ -486,8 +540,14 @@ def scan(
     workers: int | None = None,
     quiet: bool = False,
     backend: str = "local",
+    whole_max_bytes: int | None = None,
+    read_ahead: ReadAhead | None = None,
 ) -> ScanSummary:
-    """Register image files under `roots` in the catalog; returns counts per outcome."""
+    """Register image files under `roots` in the catalog; returns counts per outcome.
+
+    Each new or changed file is read once (probe.read_file): whole into memory up to
+    whole_max_bytes (None: the bundled sanitize.max_file_size_mb), streamed beyond. read_ahead:
+    the decode check done in the same read (sanitize.scan_and_sanitize)."""
     resolved = []
     known_backups = _known_backup_dirs(catalog)
     for root in roots:
@@ -522,14 +582,27 @@ def scan(
         work, summary.unchanged, vanished = _classify(catalog, listing, params["roots"], ext, unlisted)
         summary.excluded = int(pa.compute.sum(vanished.column("excluded")).as_py() or 0)
         summary.gone = vanished.num_rows - summary.excluded
+        if read_ahead is None:
+            items = LazyRows(work, lambda row: os.path.join(row["root"], row["rel_path"]))
+            kernel = _inspect if whole_max_bytes is None else partial(_inspect_within, whole_max_bytes=whole_max_bytes)
+        else:
+            items = _read_items(catalog, work)
+            kernel = partial(_read, whole_max_bytes=whole_max_bytes, max_pixels=read_ahead.max_pixels,
+                             with_descriptor=read_ahead.with_descriptor)
         if work.num_rows:  # closing and reopening costs ~0.1 s, most of an unchanged re-scan
             catalog.release()  # no open DuckDB handle across fork; readers may get in meanwhile
         mapper = get_mapper(backend, catalog_path=catalog.path)
-        paths = LazyRows(work, lambda row: os.path.join(row["root"], row["rel_path"]))
-        results = mapper(_inspect, paths, workers=workers, desc="scan", quiet=quiet)
+        results = mapper(kernel, items, workers=workers, desc="scan", quiet=quiet)
+        may_move = set(zip(vanished.column("content_hash").to_pylist(), vanished.column("size_bytes").to_pylist())
+                       ) if read_ahead is not None else set()
         done = 0
         for batch in batched(results, COMMIT_EVERY):
-            _write_batch(catalog, run_id, work.slice(done, len(batch)), batch, summary)
+            rows = work.slice(done, len(batch))
+            _write_batch(catalog, run_id, rows, batch if read_ahead is None else [r.facts for r in batch], summary)
+            if read_ahead is not None:
+                files, decodes = _standing_decodes(rows, batch, may_move)
+                if files.num_rows:
+                    read_ahead.on_batch(catalog, files, decodes)
             done += len(batch)
             catalog.release()
         summary.moved = _follow_moves(catalog, run_id, vanished)
