@@ -72,17 +72,24 @@ def dedup_index(ctx: Context, set_name: str, center: bool | None, l2_normalize: 
 @click.option("--neighbors", type=int, default=None,
               help="ANN: neighbours asked for first, widened while the farthest is under the threshold "
                    f"{config_help('dedup', 'neighbors')}.")
+@click.option("--full", is_flag=True,
+              help="Search every image again, even those the set's previous exact report covered "
+                   "(without it, only new, changed or recomputed images are searched against all).")
 @backend_options
 @pass_ctx
 @handle_errors
 def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, metric: str | None, method: str,
                  exact: bool, device: str, center: bool | None, l2_normalize: bool | None,
-                 max_pairs_per_image: int | None, precision: str | None, neighbors: int | None,
+                 max_pairs_per_image: int | None, precision: str | None, neighbors: int | None, full: bool,
                  backend: str | None, ray_address: str | None) -> None:
     """Write every pair of the set under the report threshold to dup_edges (a range search).
 
     With --backend ray the exact search runs as tiles (block pairs) over the Ray cluster's GPUs,
     resumable per tile.
+
+    New images since the set's previous exact report (same threshold and options, no --center)
+    are searched against all, and its pairs among the others kept: the same pairs as a full
+    search, at the cost of new x all instead of all x all. --full searches everything.
 
     Without --report-threshold: [dedup] report_threshold when your config sets it, else the
     set's recommendation (builtin and SSCD record theirs), else the bundled default. Then pick
@@ -108,8 +115,11 @@ def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, me
                    device=device, neighbors_k=cfg["neighbors"], center=cfg["center"],
                    l2_normalize=cfg["l2_normalize"], dtype=cfg["index_dtype"],
                    max_pairs_per_image=cfg["max_pairs_per_image"], precision=cfg["precision"], backend=backend,
-                   ray_tile_rows=cfg["ray_tile_rows"], quiet=ctx.quiet)
+                   ray_tile_rows=cfg["ray_tile_rows"], full=full, quiet=ctx.quiet)
     click.echo(f"method {s.method}: {s.reason}")
+    if s.incremental_from is not None:
+        click.echo(f"incremental: {s.searched} new or changed images searched against all {s.n_vectors}; "
+                   f"{s.kept_pairs} pairs kept from run {s.incremental_from}")
     click.echo(f"report run {s.run_id}: {s.pairs} pairs under {s.threshold} among {s.n_vectors} images "
                f"({s.method}, {s.seconds:.1f} s)")
     if s.approximate:
@@ -119,6 +129,73 @@ def dedup_report(ctx: Context, set_name: str, report_threshold: float | None, me
         click.echo(f"Warning: {s.truncated_images} images have more than {s.max_pairs_per_image} pairs under "
                    f"{s.threshold} (a large group of near-copies?); each kept its {s.max_pairs_per_image} nearest. "
                    "Raise --max-pairs-per-image to keep them all", err=True)
+
+
+@dedup.command("calibrate")
+@click.option("--set", "set_name", required=True, help="Embedding set whose threshold to calibrate.")
+@click.option("--target-precision", type=float, default=None,
+              help=f"Pick the largest threshold whose estimated precision reaches this "
+                   f"{config_help('calibration', 'target_precision')}.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True,
+              help="csv: threshold, precision, precision_low, precision_high, recall, recall_low, recall_high, removed.")
+@pass_ctx
+@handle_errors
+def dedup_calibrate(ctx: Context, set_name: str, target_precision: float | None, fmt: str) -> None:
+    """Estimate each candidate threshold's precision (share of the pairs under it that are real
+    duplicates) and recall (share of the real duplicates among the stored pairs that it catches)
+    from your pair labels, with 95% intervals that account for the stratified draw, and the images
+    dedup removes at it. Names the largest threshold whose estimated precision reaches the target.
+
+    \b
+    Example:
+        vdc-lake labels draw --set builtin --n 300 --out pairs.csv
+        vdc-lake labels import pairs.csv
+        vdc-lake dedup calibrate --set builtin --target-precision 0.99
+    """
+    from vdc_lake.review.calibration import CSV_COLUMNS, calibration_rows
+    from vdc_lake.review.thresholds import config_line
+
+    target = ctx.get("calibration", "target_precision", target_precision, "--target-precision")
+    with ctx.reader() as catalog:
+        result = calibration_rows(catalog, set_name, target_precision=target)
+    if fmt == "csv":
+        import csv
+        import sys
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows([["" if v is None else v for v in row.csv_row()] for row in result.rows])
+        return
+    from vdc_lake.cli.base import echo_table
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    def interval(low: float | None, high: float | None) -> str:
+        return "-" if low is None else f"{share(low)}-{share(high)}"
+
+    echo_table([(f"{r.threshold:g}", r.pairs, r.labelled, share(r.precision), interval(r.precision_low, r.precision_high),
+                 share(r.recall), interval(r.recall_low, r.recall_high), r.removed,
+                 "<-" if result.best is not None and r.threshold == result.best.threshold else "")
+                for r in result.rows],
+               ["threshold", "pairs", "labelled", "precision", "95% interval", "recall", "95% interval", "removed", "best"])
+    c = result.chained
+    if c.pairs:
+        known = (f"{share(c.share)} real duplicates ({share(c.share_low)}-{share(c.share_high)}, {c.labelled} labelled)"
+                 if c.share is not None else "none labelled yet")
+        click.echo(f"chained deletions at the apply threshold in force (no stored pair with the image kept): "
+                   f"{c.pairs}, {known}")
+    if any(r.precision is None for r in result.rows if r.pairs):
+        click.echo(f"some distance bins have no labels yet ({result.labels} labels in all): `vdc-lake labels draw "
+                   f"--set {set_name} --out pairs.csv`, fill in is_duplicate, then `vdc-lake labels import pairs.csv`")
+    elif result.best is None:
+        click.echo(f"no threshold reaches an estimated precision of {result.target_precision:g}")
+    else:
+        line = config_line("dedup", set_name, result.best.threshold).replace("\n", " ")
+        click.echo(f"largest threshold with estimated precision >= {result.target_precision:g}: "
+                   f"{result.best.threshold:g} (precision {share(result.best.precision)}, 95% interval "
+                   f"{share(result.best.precision_low)}-{share(result.best.precision_high)}); to use it: {line} "
+                   f"in vdc-lake.toml, or `vdc-lake plan dedup --set {set_name} --threshold {result.best.threshold:g}`")
 
 
 @cli.group("filter")

@@ -9,7 +9,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -149,7 +149,7 @@ def svg_histogram(values: Sequence[float], *, lo: float, hi: float, x_label: str
     return "".join(parts)
 
 
-def _funnel_html(stages: list[tuple[str, int, str]]) -> str:
+def funnel_html(stages: list[tuple[str, int, str]]) -> str:
     first = max(stages[0][1], 1)
     rows = [(name, f"{n:,}", escape(note), bar_html(n / first, f"{100 * n / first:.1f}%")) for name, n, note in stages]
     head = "<tr><th>stage</th><th>images</th><th>note</th><th>of scanned</th></tr>"
@@ -167,10 +167,15 @@ def _file_link(path: str | None) -> str | None:
         return None
 
 
-def _card_html(card: Card, sources: dict[str, str]) -> str:
+Href = Callable[[Card], "str | None"]  # where a card links to (the app: its image page); None: the file
+
+
+def card_html(card: Card, sources: dict[str, str], href: Href | None = None) -> str:
+    """One card: its picture (sources: thumbnail key -> src), label, file name and lines.
+    href: the link of a card (None: a file:// link to the file, as the static report has)."""
     src = sources[card.thumb.key]
-    url = _file_link(card.link)
-    name = escape(file_name(card.link or card.thumb.path))
+    url = href(card) if href is not None else _file_link(card.link)
+    name = escape(card.name or file_name(card.link or card.thumb.path))
     title = escape(card.link or card.thumb.path or "")
     picture = f'<img src="{escape(src)}" alt="{name}" title="{title}" loading="lazy">'
     if url:
@@ -180,17 +185,20 @@ def _card_html(card: Card, sources: dict[str, str]) -> str:
     lines = "".join(f"<br>{escape(line)}" for line in card.lines if line)
     data = "" if card.image_id is None else f' data-image-id="{card.image_id}"'
     data += ' data-planned="1"' if card.planned else ""
+    data += "" if card.group is None else f' data-group="{int(card.group)}"'
     return (f'<figure class="card {escape(card.css)}"{data} data-image-path="{title}">'
             f"{picture}<figcaption>{label}{name}{lines}</figcaption></figure>")
 
 
-def _item_html(item: list[Card], sources: dict[str, str]) -> str:
-    cards = "".join(_card_html(c, sources) for c in item)
+def _item_html(item: list[Card], sources: dict[str, str], href: Href | None) -> str:
+    cards = "".join(card_html(c, sources, href) for c in item)
     return f'<div class="item">{cards}</div>' if len(item) > 1 else cards
 
 
-def _grid_html(grid: Grid, sources: dict[str, str]) -> str:
-    return f'<div class="gallery">{"".join(_item_html(i, sources) for i in grid.items)}</div>' if grid.items else ""
+def grid_html(grid: Grid, sources: dict[str, str], href: Href | None = None) -> str:
+    """Items side by side (each one card, or a pair: removed beside what it loses to)."""
+    return (f'<div class="gallery">{"".join(_item_html(i, sources, href) for i in grid.items)}</div>'
+            if grid.items else "")
 
 
 CSS = """
@@ -223,6 +231,35 @@ def _document(title: str, body: Iterable[str]) -> str:
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>", *body, "</body></html>"])
 
 
+def gallery_body(gallery: Paged, items: list[list[Card]], blocks: dict[int, str], sources: dict[str, str],
+                 href: Href | None = None) -> list[str]:
+    """The cards of one gallery page: `items` (a slice of gallery.items) with the block headings
+    that fall among them (blocks: index in items -> HTML); the static pages and the app both use it."""
+    body = []
+    if gallery.slug == "clusters":  # one block per leaf: heading, then its members
+        for i, item in enumerate(items):
+            leaf_anchor = re.search(r"level 0 cluster (\d+)", blocks.get(i, ""))
+            anchor = f' id="leaf-{leaf_anchor.group(1)}"' if leaf_anchor else ""
+            body.append(f"<div{anchor}>{blocks.get(i, '')}{grid_html(Grid([[c] for c in item]), sources, href)}</div>")
+        return body
+    grid: list[list[Card]] = []
+    for i, item in enumerate(items):
+        if i in blocks:
+            body.append(grid_html(Grid(grid), sources, href))
+            grid = []
+            body.append(blocks[i])
+        grid.append(item)
+    body.append(grid_html(Grid(grid), sources, href))
+    if not items:
+        body.append(note_html("nothing planned"))
+    return body
+
+
+def page_blocks(gallery: Paged, first: int, n: int) -> dict[int, str]:
+    """The block headings of the page whose items are gallery.items[first:first + n], by index on that page."""
+    return {i - first: text for i, text in gallery.blocks if first <= i < first + n}
+
+
 def write_pages(out_dir: Path, gallery: Paged, sources: dict[str, str], limits: Limits, catalog_name: str) -> None:
     """OUT/{slug}-1.html ...: page_size items each, a pager linking every page and the index."""
     pages = page_count(gallery, limits)
@@ -232,29 +269,13 @@ def write_pages(out_dir: Path, gallery: Paged, sources: dict[str, str], limits: 
     for page in range(1, pages + 1):
         first = (page - 1) * limits.page_size
         items = gallery.items[first:first + limits.page_size]
-        blocks = {i - first: text for i, text in gallery.blocks if first <= i < first + len(items)}
         body = [f"<h1>{escape(gallery.title)}</h1>",
                 f"<p>{escape(catalog_name)} · page {page} of {pages} · items {first + 1 if items else 0:,}–"
                 f"{first + len(items):,} · {escape(shown(len(gallery.items), gallery.total))} in all pages"
                 + (f" (at most {limits.max_pages} pages of {limits.page_size})"
                    if len(gallery.items) < gallery.total else "") + "</p>",
                 gallery.intro, pager]
-        if gallery.slug == "clusters":  # one block per leaf: heading, then its members
-            for i, item in enumerate(items):
-                leaf_anchor = re.search(r"level 0 cluster (\d+)", blocks.get(i, ""))
-                anchor = f' id="leaf-{leaf_anchor.group(1)}"' if leaf_anchor else ""
-                body.append(f"<div{anchor}>{blocks.get(i, '')}{_grid_html(Grid([[c] for c in item]), sources)}</div>")
-        else:
-            grid: list[list[Card]] = []
-            for i, item in enumerate(items):
-                if i in blocks:
-                    body.append(_grid_html(Grid(grid), sources))
-                    grid = []
-                    body.append(blocks[i])
-                grid.append(item)
-            body.append(_grid_html(Grid(grid), sources))
-            if not items:
-                body.append(note_html("nothing planned"))
+        body.extend(gallery_body(gallery, items, page_blocks(gallery, first, len(items)), sources))
         body.append(pager)
         text = _document(gallery.title, body).encode("utf-8")
         write_new_file(out_dir / page_name(gallery.slug, page), lambda f: f.write(text))
@@ -267,9 +288,9 @@ def render_index(catalog: Catalog, stages: list[tuple[str, int, str]], applied: 
         f"<h1>vdc-lake report</h1><p>catalog {escape(catalog.path)} · generated "
         f"{escape(dt.datetime.now().isoformat(timespec='seconds'))} · vdc-lake {escape(__version__)}</p>",
         f'<nav><a href="#funnel">Funnel</a> {nav}</nav>',
-        '<h2 id="funnel">Funnel</h2>', applied, _funnel_html(stages),
+        '<h2 id="funnel">Funnel</h2>', applied, funnel_html(stages),
     ]
     for section in sections:
         body.append(f'<h2 id="{escape(section.anchor)}">{escape(section.title)}</h2>')
-        body.extend(_grid_html(b, sources) if isinstance(b, Grid) else b for b in section.body)
+        body.extend(grid_html(b, sources) if isinstance(b, Grid) else b for b in section.body)
     return _document(f"vdc-lake report: {catalog.path.name}", body)

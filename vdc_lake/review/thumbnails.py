@@ -108,14 +108,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def placeholder_picture(kind: str, size: int = THUMB_SIZE) -> Image.Image:
+    """The grey picture that stands for a thumbnail of a kind (PLACEHOLDERS) that could not be made."""
+    img = Image.new("RGB", (size, size * 3 // 4), (220, 220, 220))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 0, img.width - 1, img.height - 1), outline=(150, 150, 150))
+    draw.text((10, img.height // 2 - 6), PLACEHOLDERS[kind], fill=(90, 90, 90))
+    return img
+
+
 def _placeholder(out_dir: Path, kind: str, size: int, made: set[str]) -> str:
     """The placeholder picture of a kind (PLACEHOLDERS), written once per report (`made`)."""
     name = f"thumbs/_{kind}.jpg"
     if name not in made:
-        img = Image.new("RGB", (size, size * 3 // 4), (220, 220, 220))
-        draw = ImageDraw.Draw(img)
-        draw.rectangle((0, 0, img.width - 1, img.height - 1), outline=(150, 150, 150))
-        draw.text((10, img.height // 2 - 6), PLACEHOLDERS[kind], fill=(90, 90, 90))
+        img = placeholder_picture(kind, size)
         write_new_file(out_dir / name, lambda f: img.save(f, "JPEG", quality=85))
         made.add(name)
     return name

@@ -1,0 +1,65 @@
+"""The funnel page (each decision with the settings in force and what it plans), the counts every
+page shows, and the applied runs with their restore command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from markupsafe import Markup
+
+from vdc_lake.catalog.connection import Catalog
+from vdc_lake.review.decisions import DECISIONS, decision_values
+from vdc_lake.review.history import apply_history, history_section
+from vdc_lake.review.pages import Limits
+from vdc_lake.review.render import funnel_html
+from vdc_lake.review.sections import funnel
+from vdc_lake.review.status import catalog_status
+from vdc_lake.review.app import web
+
+
+def limits(catalog: Catalog) -> Limits:
+    """The report's limits from the catalog's settings ([report] thumbnails, page_size, max_pages)."""
+    values = dict(catalog.rows("SELECT key, value FROM settings WHERE section = 'report'"))
+    return Limits(int(values.get("thumbnails", 8)), int(values.get("page_size", 50)), int(values.get("max_pages", 10)))
+
+
+def decision_rows(catalog: Catalog, planned: list[tuple[str, str, int]], *,
+                  values: bool = True) -> list[dict[str, Any]]:
+    """Per registered decision: its name, what it plans (status' pending rows), its gallery and
+    (values) the values in force."""
+    by_stage: dict[str, list[str]] = {}
+    for stage, action, n in planned:
+        by_stage.setdefault(stage, []).append(f"{action} {n:,}")
+    return [{"name": name, "planned": "; ".join(by_stage.get(name, [])) or "nothing",
+             "values": (decision_values(catalog, name) or "") if values else "",
+             "gallery": f"/{name}-1.html" if d.gallery else None}
+            for name, d in DECISIONS.items()]
+
+
+def counts(catalog: Catalog) -> dict[str, Any]:
+    """What the bar on every page shows: each decision's planned operations and the overrides in force."""
+    status = catalog_status(catalog, recent_runs=0)  # the pending counts exactly as `status` gives them
+    return {"decisions": decision_rows(catalog, status["pending"], values=False), "overrides": status["overrides"]}
+
+
+def funnel_page(request: Request, catalog: Catalog) -> HTMLResponse:
+    rotation = float(catalog.scalar("SELECT setting('rotation_correction', 'threshold')"))
+    stages = funnel(catalog, dedup_threshold=None, rotation_threshold=rotation)
+    status = catalog_status(catalog, recent_runs=0)
+    return web.page(request, "funnel.html", title="Funnel", funnel=Markup(funnel_html(stages)),
+                    decisions=decision_rows(catalog, status["pending"]), status=status)
+
+
+def counts_fragment(request: Request, catalog: Catalog) -> HTMLResponse:
+    return web.fragment("counts.html", **counts(catalog))
+
+
+def runs_page(request: Request, catalog: Catalog) -> HTMLResponse:
+    history = apply_history(catalog, limits(catalog))
+    section = history_section(history, limits(catalog))
+    restores = [{"run": r.run_id, "stage": r.stage, "restorable": r.restorable,
+                 "command": f"vdc-lake restore --run {r.run_id}" if r.done and not r.no_backup else None}
+                for r in history]
+    return web.page(request, "runs.html", title="Applied runs", body=web.body_html(section.body), restores=restores)
