@@ -35,7 +35,7 @@ in ``OUT/manifest.json`` under its kind:
     exif_rotated          modes/exif_orientation6.jpg: pixels stored sideways with EXIF
                           Orientation = 6 (display = stored pixels rotated 90 deg
                           clockwise; ``ImageOps.exif_transpose`` gives the upright image).
-    exact_copy            backup/*: byte-identical copies of base images.
+    exact_copy            copies/*: byte-identical copies of base images.
     resized_copy          resized/*: 0.5x or 0.75x (LANCZOS) JPEG copies.
     recompressed_copy     recompressed/*: same pixels re-saved as JPEG quality 40..60 or
                           WebP quality 50.
@@ -187,7 +187,7 @@ def _write_copies(root: Path, seed: int, originals: list[str], manifest: dict) -
         for j, index in enumerate(sorted(picks)):
             rel = originals[index]
             if kind == "exact_copy":
-                new_rel, dst = _copy_target(root, rel, "backup", "", rel.rsplit(".", 1)[1])
+                new_rel, dst = _copy_target(root, rel, "copies", "", rel.rsplit(".", 1)[1])
                 dst.write_bytes((root / rel).read_bytes())
             else:
                 with Image.open(root / rel) as src:

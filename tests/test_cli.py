@@ -64,7 +64,7 @@ def test_scan_sanitize_status_report_and_record(sample_tree, catalog_path, run_c
 def test_scan_of_a_missing_root(run_cli, catalog_path, tmp_path):
     _fails(run_cli(["scan", tmp_path / "nope"], catalog_path),
            f"scan root {tmp_path / 'nope'} is not a directory; pass folders that hold images")
-    assert [r[1:3] for r in _runs(catalog_path)] == []
+    assert not catalog_path.exists()  # a failed first command leaves no empty catalog behind
 
 
 def test_sql_errors(scanned, catalog_path, run_cli):

@@ -9,14 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "examples/notebooks").glob("*.py"))
 
 
-def run_notebook(notebook: Path, catalog: Path, cwd: Path) -> str:
-    env = {**os.environ, "VDC_LAKE_CATALOG": str(catalog), "MPLBACKEND": "Agg",
+def run_notebook(notebook: Path, catalog: Path, cwd: Path, figures: Path) -> str:
+    env = {**os.environ, "VDC_LAKE_CATALOG": str(catalog), "MPLBACKEND": "Agg", "VDC_LAKE_FIGURES": str(figures),
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, str(notebook)], cwd=cwd, env=env, capture_output=True, text=True,
                           check=False)
@@ -24,12 +25,28 @@ def run_notebook(notebook: Path, catalog: Path, cwd: Path) -> str:
     return done.stdout
 
 
+def saved_figures(output: str) -> list[Path]:
+    """The figures a notebook run as a script said it saved."""
+    return [Path(line.split(": ", 1)[1]) for line in output.splitlines() if line.startswith("figure saved: ")]
+
+
 @pytest.fixture(scope="module")
-def quickstart(quickstart_catalogs) -> tuple[dict[str, str], dict[str, str]]:
+def quickstart(quickstart_catalogs, tmp_path_factory) -> tuple[dict[str, str], dict[str, str]]:
     """Each notebook's output on the quickstart catalog after the dry run, and after --apply."""
     dry, applied = quickstart_catalogs
-    return tuple({nb.name: run_notebook(nb, catalog, catalog.parent) for nb in NOTEBOOKS}
-                 for catalog in (dry, applied))
+    return tuple({nb.name: run_notebook(nb, catalog, catalog.parent, tmp_path_factory.mktemp("figures"))
+                  for nb in NOTEBOOKS} for catalog in (dry, applied))
+
+
+def test_notebooks_run_as_scripts_save_every_figure_and_say_where(quickstart):
+    for outputs in quickstart:
+        for name, output in outputs.items():
+            figures = saved_figures(output)
+            assert len(figures) >= 3, (name, output)
+            assert all(f.parent.name == name.removesuffix(".py") for f in figures)
+            for figure in figures:
+                with Image.open(figure) as image:  # a real PNG with something drawn on it
+                    assert image.format == "PNG" and image.width > 200
 
 
 def test_there_are_notebooks():

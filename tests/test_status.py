@@ -4,7 +4,6 @@ settings in force and their sources, recent runs."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.conftest import copy_catalog
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.catalog.settings import record_settings
 from vdc_lake.config.loader import Config
@@ -87,11 +87,13 @@ def test_status_lists_the_decision_settings_in_force_and_where_each_comes_from(c
                                       ("apply_deduplication.keep", "largest-resolution", "default")]
     assert [row[0] for row in status["settings"][3:]] == [
         "apply_deduplication.seed", "filter_by_examples.threshold", "filter_by_score.name",
-        "filter_by_score.min_score", "filter_by_score.max_score"]
+        "filter_by_score.min_score", "filter_by_score.max_score",
+        *(f"quality.{key}" for issue in ("dark", "bright", "blurry", "low_information", "grayscale")
+          for key in (issue, f"delete_{issue}"))]
     assert len(status["setting_notes"]) == 1 and status["setting_notes"][0].startswith("a set's own dedup threshold")
 
     copy = tmp_path / "catalog.duckdb"
-    shutil.copy(curated, copy)
+    copy_catalog(curated, copy)
     config_file = tmp_path / "wide.toml"
     config_file.write_text("[apply_deduplication]\nthreshold = 0.3\n\n[rotation_correction]\nthreshold = 0.5\n")
     with Catalog(copy) as catalog:

@@ -15,8 +15,10 @@
 # `dedup report` stored every pair under its report threshold once; everything below is a query
 # over the catalog, so trying another threshold never searches neighbours again. It works on a
 # dry-run catalog and on one where `apply dedup` already ran (removed images are shown from
-# their backups). Open with `jupytext --to notebook choose_dedup_threshold.py`, or run it as a
-# script (`VDC_LAKE_CATALOG=... python choose_dedup_threshold.py`).
+# their backups). Open it as a notebook (`pip install -e ".[notebooks]"`, then `jupytext --to
+# notebook choose_dedup_threshold.py && jupyter lab choose_dedup_threshold.ipynb`), or run it as
+# a script (`VDC_LAKE_CATALOG=... python choose_dedup_threshold.py`): each figure is saved under
+# VDC_LAKE_FIGURES (default figures/choose_dedup_threshold/) and its path printed.
 
 # %%
 import os
@@ -25,9 +27,10 @@ import duckdb
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vdc_lake.review.notebook import apply_threshold, image_grid, original_or_backup_sql
+from vdc_lake.review.notebook import apply_threshold, image_grid, original_or_backup_sql, show_figure
 
 CATALOG = os.environ.get("VDC_LAKE_CATALOG", "data/quickstart/catalog.duckdb")
+FIGURES = os.path.join(os.environ.get("VDC_LAKE_FIGURES", "figures"), "choose_dedup_threshold")
 con = duckdb.connect(CATALOG, read_only=True)
 
 # The newest finished report run per embedding set, and the threshold it searched to.
@@ -64,7 +67,7 @@ for _, set_name, report_threshold in reports:
 ax.set_xlabel("distance")
 ax.set_ylabel("pairs (log)")
 ax.legend(fontsize=8)
-plt.show()
+show_figure(fig, FIGURES, "pair_distances")
 
 # %% [markdown]
 # ## How many images would each threshold remove?
@@ -92,7 +95,7 @@ ax.axvline(APPLY, color="red", label=f"apply threshold {APPLY:g}")
 ax.set_xlabel("apply threshold")
 ax.set_ylabel("images removed (pending + applied)")
 ax.legend(fontsize=8)
-plt.show()
+show_figure(fig, FIGURES, "removed_per_threshold")
 
 # %% [markdown]
 # ## Pairs just under a candidate threshold
@@ -117,8 +120,7 @@ pairs = con.execute(f"""
 """, [candidate]).fetchall()
 if pairs:
     paths = [p for _, a, b in pairs for p in (a, b)]
-    titles = [f"{os.path.basename(p or '(missing)')}\n{d:.3f}" for d, a, b in pairs for p in (a, b)]
-    image_grid(paths, titles, columns=4)
-    plt.show()
+    titles = [f"{os.path.basename(p or '(missing)')}\n{max(0.0, d):.3f}" for d, a, b in pairs for p in (a, b)]
+    show_figure(image_grid(paths, titles, columns=4), FIGURES, "pairs_near_threshold")
 else:
     print(f"no pair under {candidate:g}")

@@ -13,8 +13,10 @@
 # Answers: how balanced the clusters are at each level, what a cluster looks like, and how the
 # sample spreads over the top-level clusters. `vdc-lake cluster` wrote `clusters` (centres,
 # parents, sizes per level) and `assignments` (every image at every level). Works on dry-run and
-# applied catalogs (images `apply` removed are drawn from their backups). Open with
-# `jupytext --to notebook explore_clusters.py`, or run it as a script.
+# applied catalogs (images `apply` removed are drawn from their backups). Open it as a notebook
+# (`pip install -e ".[notebooks]"`, then `jupytext --to notebook explore_clusters.py && jupyter lab
+# explore_clusters.ipynb`), or run it as a script: each figure is saved under VDC_LAKE_FIGURES
+# (default figures/explore_clusters/) and its path printed.
 
 # %%
 import os
@@ -22,9 +24,10 @@ import os
 import duckdb
 import matplotlib.pyplot as plt
 
-from vdc_lake.review.notebook import image_grid, original_or_backup_sql
+from vdc_lake.review.notebook import image_grid, original_or_backup_sql, show_figure
 
 CATALOG = os.environ.get("VDC_LAKE_CATALOG", "data/quickstart/catalog.duckdb")
+FIGURES = os.path.join(os.environ.get("VDC_LAKE_FIGURES", "figures"), "explore_clusters")
 con = duckdb.connect(CATALOG, read_only=True)
 run = con.execute("SELECT max(run_id) FROM runs WHERE stage = 'cluster' AND status = 'done'").fetchall()[0][0]
 print("cluster run", run)
@@ -44,7 +47,7 @@ for ax, (level, sizes) in zip(axes.flat, levels):
     ax.set_title(f"level {level}: {len(sizes)} clusters")
     ax.set_xlabel("cluster (largest first)")
     ax.set_ylabel("images")
-plt.show()
+show_figure(fig, FIGURES, "cluster_sizes")
 
 # %% [markdown]
 # ## The most and least compact level-0 clusters (mean distance to the centre)
@@ -68,8 +71,8 @@ members = con.execute(f"""
       AND x.cluster_id = (SELECT cluster_id FROM clusters WHERE run_id = $run AND level = 0 ORDER BY size DESC LIMIT 1)
     ORDER BY x.distance LIMIT 12
 """, {"run": run}).fetchall()
-image_grid([p for _, p in members], [f"{os.path.basename(p or '(missing)')}\n{d:.3f}" for d, p in members])
-plt.show()
+grid = image_grid([p for _, p in members], [f"{os.path.basename(p or '(missing)')}\n{max(0.0, d):.3f}" for d, p in members])
+show_figure(grid, FIGURES, "largest_cluster_members")
 
 # %% [markdown]
 # ## Sampling allocation per top-level cluster
@@ -90,4 +93,4 @@ ax.bar([str(c) for c, _, _ in allocation], [s for _, _, s in allocation], label=
 ax.set_xlabel("top-level cluster")
 ax.set_ylabel("images")
 ax.legend()
-plt.show()
+show_figure(fig, FIGURES, "sample_allocation")

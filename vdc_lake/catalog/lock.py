@@ -106,10 +106,13 @@ class WriterLock:
         locked = os.fstat(fd)
         return (here.st_dev, here.st_ino) == (locked.st_dev, locked.st_ino)
 
-    def remove(self) -> None:
-        """Release, and delete the lock file when this lock created it (a failed open leaves
-        nothing behind). Unlinked while still held, so no other process locks a file on its way out."""
-        if self._fd is not None and self.created:
+    def remove(self, *, made_only: bool = True) -> None:
+        """Release, and delete the lock file: only when this lock created it (made_only: a failed
+        open leaves nothing behind, and a file that was there before stays), or whenever it is
+        still the file this lock holds (a writer closing: no stale CATALOG.lock stays). Unlinked
+        while still held, so a process that opened it meanwhile finds it gone once it gets the
+        flock (acquire checks the locked file is still the one at the path) and makes a new one."""
+        if self._fd is not None and (self.created or not made_only) and self._is_current(self._fd):
             try:
                 self.path.unlink()
             except FileNotFoundError:

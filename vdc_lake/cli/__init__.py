@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from vdc_lake.cli import ingest, inspect, decide, overrides, predict, dedup, cluster, export, run  # noqa: F401 - registers the commands
+from vdc_lake.cli import ingest, inspect, decide, overrides, predict, dedup, cluster, export, run, review, labels  # noqa: F401,E501 - registers the commands
 from vdc_lake.cli.base import cli, stdout_to_devnull
 
 __all__ = ["cli", "main"]

@@ -42,9 +42,12 @@ def _decision_kwargs(threshold, keep, seed, set_name, name, min_score, max_score
 def _plan(ctx: Context, catalog: Catalog, stage: str, options: dict[str, Any]):
     from vdc_lake.effects.apply import make_plan
     from vdc_lake.review.decisions import (check_decision_options, decision_query, decision_values,
-                                           unsearched_dedup_warnings)
+                                           missing_inputs, unsearched_dedup_warnings)
 
     check_decision_options(catalog, stage, **options)
+    missing = missing_inputs(catalog, stage, **options)
+    if missing:  # rather than a bare "0 operations": what this decision needs, and the command that makes it
+        click.echo(f"note: {missing}")
     source_sql, params, op_options = decision_query(stage, ctx.config, **options)
 
     values = decision_values(catalog, stage, **options)
@@ -78,8 +81,9 @@ def _echo_plan(plan: Any, examples: int) -> None:
 def plan(ctx: Context, stage: str, examples: int, **decision: Any) -> None:
     """Show what `apply STAGE` would do: counts per action and examples. Changes nothing.
 
-    STAGE is one of sanitize, rotation, dedup, examples, score, sample, override (drops by
-    `vdc-lake override drop`).
+    STAGE is one of sanitize, rotation, dedup, examples, score, quality, sample, override (drops
+    by `vdc-lake override drop`; quality lists its findings, and deletes past a [quality] delete_*
+    threshold).
 
     \b
     Example:

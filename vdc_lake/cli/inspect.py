@@ -28,6 +28,7 @@ def status(ctx: Context) -> None:
     echo_table(report["images"], ["images", "count"])
     click.echo()
     echo_table(report["pending"], ["stage", "action", "images"])
+    click.echo(report["pending_note"])
     click.echo(f"curated (what export writes): {report['curated']} images")
     if report["stale_sample"]:
         click.echo(report["stale_sample"])
@@ -75,6 +76,8 @@ def sql_command(ctx: Context, query: str, fmt: str, output: str | None, write: b
     comment) can follow `--`, which ends the options: `vdc-lake sql --format csv -- "-- ..."`.
     Your query may read and write files (read_csv, COPY ... TO) unless the catalog holds views or
     macros vdc-lake does not define; vdc-lake's own views always come from this installation.
+    The table shows at most 1,000 rows, and JSON values (runs.params), vectors and structs cut to
+    100 characters (ending in `...`, named under the table); --format json or csv has them whole.
 
     \b
     Example:

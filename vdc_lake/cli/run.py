@@ -93,6 +93,19 @@ def off_switches(command: str) -> set[str]:
     return {opt for p in (found.params if found else []) for opt in getattr(p, "secondary_opts", [])}
 
 
+RESULT_WIDTH = 80  # characters of a step's last line in the summary table (its whole output is above it)
+
+
+def whole_words(text: str, width: int) -> str:
+    """text cut to at most width characters at a space, marked with "..." when cut (never
+    mid-word; a single word longer than width is cut where it must be)."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    cut = text.rfind(" ", 0, width - 3)
+    return (text[:cut] if cut > 0 else text[:width - 3]).rstrip(" ,;:") + "..."
+
+
 @cli.command("run")
 @click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
 @click.option("--apply", "do_apply", is_flag=True, help="Let apply steps change files (default: dry run).")
@@ -126,7 +139,8 @@ def run_command(ctx: Context, pipeline: str, do_apply: bool) -> None:
     result = run_pipeline(pipeline, _invoke_step(base), apply=do_apply, off_switches=off_switches,
                           note=lambda text: click.echo(f"note: {text}", err=True))
     click.echo()
-    echo_table([(s.index, s.command, s.status, s.seconds, s.last_line[:80]) for s in result.steps],
+    echo_table([(s.index, s.command, s.status, s.seconds, whole_words(s.last_line, RESULT_WIDTH))
+                for s in result.steps],
                ["step", "command", "status", "seconds", "result"])
     if not result.ok:
         failed = result.steps[-1]

@@ -148,6 +148,11 @@ PROBABILITY = Number(0, 1, what="a probability")
 PIXELS = Number(1, integer=True, what="a whole number of pixels")
 WORKERS = Number(0, integer=True, what="a whole number of processes (0 = one per CPU core)")
 SEED = Number(0, 2**63 - 1, integer=True, what="a whole-number seed")
+# [quality] thresholds (vdc_lake/kernels/quality.py units)
+BRIGHTNESS = Number(0, 1, what="a brightness (0..1)")
+SHARPNESS = Number(0, what="a sharpness (variance of the Laplacian / variance)")
+ENTROPY = Number(0, 8, what="an entropy in bits")
+CHROMA = Number(-1, 128, what="a chroma (0..128, -1 = none)")
 KEEP_RULES = ("random", "alphabetical", "largest-resolution", "largest-file")
 
 # (section, key) -> rule; keys without a rule are not checked here (their readers check them).
@@ -186,6 +191,20 @@ RULES: dict[tuple[str, str], Rule] = {
     ("apply_deduplication", "threshold"): COSINE_DISTANCE,
     ("apply_deduplication", "keep"): Choice(KEEP_RULES),
     ("apply_deduplication", "seed"): SEED,
+    ("calibration", "target_precision"): PROBABILITY,
+    ("calibration", "pairs"): Number(1, integer=True, what="a whole number of pairs"),
+    ("calibration", "bins"): Number(1, 1000, integer=True, what="a whole number of bins"),
+    ("calibration", "seed"): SEED,
+    ("quality", "dark"): BRIGHTNESS,
+    ("quality", "bright"): BRIGHTNESS,
+    ("quality", "blurry"): SHARPNESS,
+    ("quality", "low_information"): ENTROPY,
+    ("quality", "grayscale"): CHROMA,
+    ("quality", "delete_dark"): BRIGHTNESS,
+    ("quality", "delete_bright"): BRIGHTNESS,
+    ("quality", "delete_blurry"): SHARPNESS,
+    ("quality", "delete_low_information"): ENTROPY,
+    ("quality", "delete_grayscale"): CHROMA,
     ("filter_by_examples", "metric"): Choice(("cosine",)),
     ("filter_by_examples", "threshold"): COSINE_DISTANCE,
     ("filter_by_score", "name"): Text(),
@@ -200,6 +219,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("hierarchical_kmeans", "max_iters"): Number(1, integer=True, what="a whole number of iterations"),
     ("hierarchical_kmeans", "tol"): Number(0, what="a relative change"),
     ("hierarchical_kmeans", "seed"): SEED,
+    ("hierarchical_kmeans", "recluster_drift"): PROBABILITY,
     ("hierarchical_sampling", "allocation"): Choice(("water-filling", "largest-remainder")),
     ("hierarchical_sampling", "strategy"): Choice(("random", "closest")),
     ("hierarchical_sampling", "seed"): SEED,
@@ -213,6 +233,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("export", "format"): Choice(("manifest", "symlink", "hardlink", "copy", "webdataset")),
     ("export", "shard_size_mb"): Number(0, what="a size in MB", lo_open=True),
     ("report", "thumbnails"): Number(0, integer=True, what="a whole number of images"),
+    ("review", "host"): Text(),
+    ("review", "port"): Number(1, 65535, integer=True, what="a TCP port"),
+    ("review", "lock_wait_seconds"): Number(0, 600, what="seconds"),
     ("report", "page_size"): Number(1, integer=True, what="a whole number of items"),
     ("report", "max_pages"): Number(1, integer=True, what="a whole number of pages"),
 }
@@ -222,6 +245,9 @@ ORDERED_PAIRS: dict[str, list[tuple[str, str]]] = {
     "sanitize": [("min_width", "max_width"), ("min_height", "max_height"),
                  ("min_aspect_ratio", "max_aspect_ratio")],
     "filter_by_score": [("min_score", "max_score")],
+    # a deletion is also a finding: each delete threshold lies past its report threshold
+    "quality": [("delete_dark", "dark"), ("bright", "delete_bright"), ("delete_blurry", "blurry"),
+                ("delete_low_information", "low_information"), ("delete_grayscale", "grayscale")],
 }
 
 # Options that are not config keys, shared by several commands.

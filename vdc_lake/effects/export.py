@@ -46,7 +46,6 @@ import pyarrow.parquet as pq
 
 from vdc_lake import __version__
 from vdc_lake.catalog.connection import Catalog
-from vdc_lake.catalog.settings import decision_settings
 from vdc_lake.effects.export_destination import check_one_filesystem, ignores_case, prepare_destination
 from vdc_lake.effects.export_layout import MANIFEST_STEM, export_targets, image_key, root_labels
 from vdc_lake.effects.export_rows import (CATALOG_MTIME, MANIFEST_COLUMNS, TARGET, check_paths, check_roots,
@@ -57,6 +56,7 @@ from vdc_lake.errors import StageError
 from vdc_lake.fileops.confine import ReadableRoots
 from vdc_lake.fileops.markers import RECORD_NAME, RUNNING_NAME
 from vdc_lake.progress import progress_bar
+from vdc_lake.review.status import settings_in_force
 from vdc_lake.scale.parallel import worker_count
 
 __all__ = ["DEFAULT_SHARD_SIZE_MB", "FORMATS", "MANIFEST_COLUMNS", "ExportSummary", "export", "export_targets",
@@ -198,7 +198,7 @@ def export(catalog: Catalog, to_dir: str | os.PathLike, *, fmt: str = "manifest"
     if fmt == "hardlink":
         check_one_filesystem(roots, to_dir)
     catalog_run = catalog.scalar("SELECT max(run_id) FROM runs")
-    settings = decision_settings(catalog)  # the decisions the exported set was computed under
+    settings = settings_in_force(catalog)  # the decisions the exported set was computed under
     readable = ReadableRoots.of(catalog)
     note, lock = prepare_destination(catalog, to_dir, overwrite, params)
     catalog.release()  # file work ahead; writers may open the catalog meanwhile

@@ -32,18 +32,43 @@ def single_select(con: duckdb.DuckDBPyConnection, sql: str, what: str = "the que
     return sql
 
 
+# A JSON text, list (a vector) or struct value longer than this is cut in a table, whole in
+# --format json/csv: runs.params and 512-d vectors would otherwise make every row 1,000+ characters.
+MAX_JSON_CELL = 100
+
+
+def _nested(column: pa.ChunkedArray, values: list) -> bool:
+    """A column of JSON objects/arrays: a list, struct or map type, or text whose values start as JSON does."""
+    if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type) or \
+            pa.types.is_large_list(column.type) or pa.types.is_struct(column.type) or pa.types.is_map(column.type):
+        return True
+    text = [v for v in values if isinstance(v, str) and v.strip()]
+    return bool(text) and all(v.lstrip()[:1] in ("{", "[") for v in text)
+
+
+def _cell(value: object, nested: bool) -> str:
+    text = "NULL" if value is None else str(value)
+    return text[:MAX_JSON_CELL - 3] + "..." if nested and len(text) > MAX_JSON_CELL else text
+
+
 def _as_table_text(table: pa.Table) -> str:
     shown = table.slice(0, MAX_TABLE_ROWS)
     headers = table.column_names
     # by position, not by name: a join can yield two columns of the same name
     columns = [column.to_pylist() for column in shown.columns]
-    cells = [["NULL" if col[i] is None else str(col[i]) for col in columns] for i in range(shown.num_rows)]
+    nested = [_nested(column, values) for column, values in zip(shown.columns, columns)]
+    cells = [[_cell(col[i], is_nested) for col, is_nested in zip(columns, nested)] for i in range(shown.num_rows)]
+    cut = [h for h, col, is_nested in zip(headers, columns, nested)
+           if is_nested and any(v is not None and len(str(v)) > MAX_JSON_CELL for v in col)]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells]
     if table.num_rows > MAX_TABLE_ROWS:
         lines.append(f"... {table.num_rows - MAX_TABLE_ROWS} more rows (use --format csv --output FILE)")
     lines.append(f"({table.num_rows} rows)")
+    if cut:
+        lines.append(f"(long JSON values of {', '.join(cut)} cut to {MAX_JSON_CELL} characters: "
+                     "--format json shows them whole)")
     return "\n".join(lines) + "\n"
 
 

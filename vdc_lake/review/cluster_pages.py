@@ -70,7 +70,7 @@ def cluster_gallery(catalog: Catalog, tree: ClusterTree, limits: Limits) -> tupl
         page_of[leaf] = i // limits.page_size + 1
         rows = members.get(leaf[1], [])
         paged.blocks.append((i, _leaf_heading(tree, leaf, len(rows))))
-        paged.items.append([image_card(r, lines=["" if r["distance"] is None else f"distance {r['distance']:.3f}"])
+        paged.items.append([image_card(r, lines=["" if r["distance"] is None else f"distance {max(0.0, r['distance']):.3f}"])
                             for r in rows])
     return paged, page_of
 

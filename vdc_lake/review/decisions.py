@@ -20,7 +20,8 @@ from vdc_lake.config import rules
 from vdc_lake.config.loader import Config
 from vdc_lake.errors import PlanError
 from vdc_lake.review.galleries import (GalleryInputs, dedup_gallery, examples_gallery, override_gallery,
-                                       rotation_gallery, sample_gallery, sanitize_gallery, score_gallery)
+                                       quality_gallery, rotation_gallery, sample_gallery, sanitize_gallery,
+                                       score_gallery)
 from vdc_lake.review.pages import Paged
 
 DecisionQuery = tuple[str, list[Any], dict[str, Any]]
@@ -204,6 +205,35 @@ def describe_score(catalog: Any, *, name: str | None = None, min_score: float | 
     return f"score {name} kept within [{_shown(low)} ({low_source}), {_shown(high)} ({high_source})]"
 
 
+def quality_decision(config: Config, **_: Any) -> DecisionQuery:
+    # One operation per image, naming its issues (the deleting ones first).
+    sql = ("SELECT image_id, version, action, 'quality ' || reason AS reason, NULL AS params "
+           "FROM quality_image_actions() WHERE action = 'delete'")
+    return sql, [], {}
+
+
+QUALITY_ISSUES = ("dark", "bright", "blurry", "low_information", "grayscale")
+QUALITY_SETTINGS = tuple(("quality", key) for issue in QUALITY_ISSUES for key in (issue, f"delete_{issue}"))
+
+
+def describe_quality(catalog: Any, **_: Any) -> str:
+    """The findings per issue (reported, deleted), and how to list them or make them delete."""
+    counts = dict(((issue, action), n) for issue, action, n in catalog.rows(
+        "SELECT issue, action, count(*) FROM quality_actions() GROUP BY ALL"))
+    found = [f"{issue} {counts.get((issue, 'none'), 0) + counts.get((issue, 'delete'), 0)}"
+             + (f" ({counts[(issue, 'delete')]} deleted)" if counts.get((issue, "delete")) else "")
+             for issue in QUALITY_ISSUES]
+    deletes = any(action == "delete" for _, action in counts)
+    return (f"quality findings: {', '.join(found)}; " + ("" if deletes else "report only (set delete_* in [quality] "
+            "of vdc-lake.toml to delete); ") + "list them: `vdc-lake sql \"SELECT * FROM quality_actions()\"`")
+
+
+def quality_inputs(catalog: Any, **_: Any) -> str | None:
+    return None if catalog.scalar("SELECT count(*) FROM (SELECT 1 FROM image_quality LIMIT 1)") else (
+        "no quality values yet: `vdc-lake sanitize` computes them in its decode pass (`sanitize --recheck` for "
+        "images it decoded before)")
+
+
 def describe_sample(catalog: Any, *, run: int | None = None, **_: Any) -> str:
     explicit_run = run is not None
     run = run if explicit_run else catalog.scalar("SELECT run_id FROM newest_stage_runs WHERE stage = 'sample'")
@@ -234,6 +264,46 @@ def unsearched_dedup_warnings(catalog: Any, *, threshold: float | None = None,
                             f"dedup acts as if at {searched:g}; run `vdc-lake dedup report --set {name} "
                             f"--report-threshold {apply_at:g}` to find them")
     return warnings
+
+
+# -- what a decision has nothing to decide on without: one line naming the command that makes it --
+
+def _ran(catalog: Any, stage: str) -> bool:
+    return bool(catalog.scalar("SELECT count(*) FROM newest_runs WHERE stage = ?", [stage]))
+
+
+def sanitize_inputs(catalog: Any, **_: Any) -> str | None:
+    return None if _ran(catalog, "sanitize") else "no sanitize run yet: `vdc-lake sanitize` checks the images"
+
+
+def rotation_inputs(catalog: Any, **_: Any) -> str | None:
+    if catalog.scalar("SELECT count(*) FROM prediction_sets WHERE kind = 'rotation'"):
+        return None
+    return ("no rotation predictions yet, so nothing to turn: `vdc-lake predict --model MODEL --kind rotation` "
+            "makes them (a birder rotnet checkpoint; `vdc-lake models list`), or `vdc-lake import` reads birder's "
+            "result files")
+
+
+def dedup_inputs(catalog: Any, **_: Any) -> str | None:
+    if _ran(catalog, "dedup-report"):
+        return None
+    sets = [name for (name,) in catalog.rows("SELECT name FROM embedding_sets ORDER BY name = 'builtin' DESC, name")]
+    if sets:
+        return (f"only exact copies are looked for: no near-duplicate report yet; `vdc-lake dedup report --set "
+                f"{sets[0]}` finds near duplicates")
+    return ("only exact copies are looked for: no embedding set yet; `vdc-lake sanitize` computes the built-in "
+            "descriptor (set builtin), then `vdc-lake dedup report --set builtin` finds near duplicates")
+
+
+def examples_inputs(catalog: Any, **_: Any) -> str | None:
+    return None if _ran(catalog, "filter-examples") else (
+        "no distances to unwanted examples yet: `vdc-lake filter examples --set SET --examples FOLDER` "
+        "computes them")
+
+
+def score_inputs(catalog: Any, **_: Any) -> str | None:
+    return None if catalog.scalar("SELECT count(*) FROM (SELECT 1 FROM scores LIMIT 1)") else (
+        "no scores yet: `vdc-lake score --head HEAD.pt --set SET --name NAME` computes them")
 
 
 def check_rotation_names(catalog: Any, *, prediction_set: str | None = None, **_: Any) -> None:
@@ -268,29 +338,34 @@ class Decision:
     describe: Callable[..., str | None] | None = None  # one line: the values a plan uses and where they come from
     gallery: Callable[[Any, GalleryInputs], Paged | None] | None = None  # the report's page of its operations
     removes: bool = False  # its deletes are rows of the `removals` view (surviving_images leaves them out)
+    inputs: Callable[..., str | None] | None = None  # a hint when what it decides on is missing (None: present)
 
 
 DECISIONS: dict[str, Decision] = {d.name: d for d in (
     Decision("sanitize", "sanitize_actions", "action <> 'none'", sanitize_decision,
-             describe=describe_sanitize, gallery=sanitize_gallery, removes=True),
+             describe=describe_sanitize, gallery=sanitize_gallery, removes=True, inputs=sanitize_inputs),
     Decision("rotation", "rotation_actions()", "action <> 'none'", rotation_decision,
              options=("threshold", "prediction_set"), settings=(("rotation_correction", "threshold"),),
              threshold_setting=("rotation_correction", "threshold"), check_names=check_rotation_names,
-             describe=describe_rotation, gallery=rotation_gallery),
+             describe=describe_rotation, gallery=rotation_gallery, inputs=rotation_inputs),
     Decision("dedup", "dedup_actions()", "action = 'delete'", dedup_decision,
              options=("threshold", "keep", "seed", "embedding_set"),
              settings=(("apply_deduplication", "threshold"), ("apply_deduplication", "keep"),
                        ("apply_deduplication", "seed")),
              threshold_setting=("apply_deduplication", "threshold"), check_names=check_embedding_set,
-             describe=describe_dedup, gallery=dedup_gallery, removes=True),
+             describe=describe_dedup, gallery=dedup_gallery, removes=True, inputs=dedup_inputs),
     Decision("examples", "example_actions()", "action = 'delete'", examples_decision,
              options=("threshold", "embedding_set"), settings=(("filter_by_examples", "threshold"),),
              threshold_setting=("filter_by_examples", "threshold"), check_names=check_embedding_set,
-             describe=describe_examples, gallery=examples_gallery, removes=True),
+             describe=describe_examples, gallery=examples_gallery, removes=True, inputs=examples_inputs),
     Decision("score", "score_actions(setting('filter_by_score', 'name'))", "action = 'delete'", score_decision,
              options=("name", "min_score", "max_score"),
              settings=(("filter_by_score", "name"), ("filter_by_score", "min_score"), ("filter_by_score", "max_score")),
-             check_names=check_score_name, describe=describe_score, gallery=score_gallery, removes=True),
+             check_names=check_score_name, describe=describe_score, gallery=score_gallery, removes=True,
+             inputs=score_inputs),
+    Decision("quality", "quality_image_actions()", "action = 'delete'", quality_decision,
+             settings=QUALITY_SETTINGS, describe=describe_quality, gallery=quality_gallery, removes=True,
+             inputs=quality_inputs),
     Decision("sample", "sample_actions()", "action = 'delete'", sample_decision, options=("run",),
              check_names=check_sample_run, describe=describe_sample, gallery=sample_gallery),
     Decision("override", "override_actions", "action = 'delete'", override_decision,
@@ -324,6 +399,13 @@ def decision_query(stage: str, config: Config, **options: Any) -> DecisionQuery:
     chosen = decision(stage)
     check_decision_values(stage, **options)  # the same rules as the CLI and the config file
     return chosen.query(config, **options)
+
+
+def missing_inputs(catalog: Any, stage: str, **options: Any) -> str | None:
+    """One line naming the command that makes what a stage decides on, when the catalog has
+    none of it (no rotation predictions, no dedup report, ...); None when it has."""
+    known = DECISIONS.get(stage)
+    return known.inputs(catalog, **options) if known is not None and known.inputs is not None else None
 
 
 def decision_values(catalog: Any, stage: str, **options: Any) -> str | None:

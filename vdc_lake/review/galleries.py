@@ -45,6 +45,27 @@ def sanitize_gallery(catalog: Catalog, inputs: GalleryInputs) -> Paged:
     return planned(paged)
 
 
+def quality_gallery(catalog: Catalog, inputs: GalleryInputs) -> Paged | None:
+    """Every image with a quality finding (quality_image_actions()): deletions first, then the ones
+    only reported, by issue; None when sanitize computed no quality values yet."""
+    if not catalog.scalar("SELECT count(*) FROM (SELECT 1 FROM image_quality LIMIT 1)"):
+        return None
+    rows, total = query_rows(catalog, """
+        SELECT image_id, version, path, action, reason, count(*) OVER () AS total
+        FROM quality_image_actions()
+        ORDER BY action = 'delete' DESC, first_issue, path, image_id
+        LIMIT $n""", {"n": inputs.limits.per_gallery})
+    paged = Paged("quality", "Quality: findings",
+                  "<p>Every image with a quality finding (dark, bright, blurry, low_information, grayscale) at "
+                  "the [quality] thresholds: the ones a delete_* threshold deletes first, then those only "
+                  "reported.</p>", total)
+    paged.items = [[image_card(r, lines=[r["reason"]], css="delete" if r["action"] == "delete" else "change",
+                               label="removed" if r["action"] == "delete" else "reported")] for r in rows]
+    for item, r in zip(paged.items, rows):
+        item[0].planned = r["action"] == "delete"
+    return paged
+
+
 def rotation_gallery(catalog: Catalog, inputs: GalleryInputs) -> Paged:
     threshold, limits = inputs.rotation_threshold, inputs.limits
     rows, total = query_rows(catalog, """
@@ -90,15 +111,18 @@ def dedup_gallery(catalog: Catalog, inputs: GalleryInputs) -> Paged:
                   f"<p>Every image dedup would delete at the apply threshold {escape(apply_text)}, nearest the "
                   "threshold first (exact copies last), each beside the image its group keeps.</p>", total)
     for r in rows:
-        direct = (f"distance to the kept image {r['pair_distance']:.4f}" if r["pair_distance"] is not None
+        direct = (f"distance to the kept image {max(0.0, r['pair_distance']):.4f}" if r["pair_distance"] is not None
                   else "no direct pair with the kept image (joined through the group)")
-        paged.items.append([
-            image_card(r, lines=[f"nearest duplicate at {r['nearest_distance']:.4f}", direct,
+        item = [
+            image_card(r, lines=[f"nearest duplicate at {max(0.0, r['nearest_distance']):.4f}", direct,
                                   f"group {r['group_id']} of {r['group_size']} images"], css="delete",
                         label="removed"),
             image_card({"image_id": r["kept_image_id"], "version": r["kept_version"], "path": r["kept_path"]},
                         lines=["kept in its place"], css="keep", label="kept"),
-        ])
+        ]
+        for card in item:
+            card.group = int(r["group_id"])
+        paged.items.append(item)
     return planned(paged)
 
 
@@ -126,7 +150,7 @@ def near_miss_gallery(catalog: Catalog, threshold: float | None, report_threshol
                   f"<p>Pairs the dedup report stored at or above the apply threshold{escape(below)}: both images "
                   "stay. Nearest the threshold first: raise the threshold if these are duplicates.</p>", total)
     for r in rows:
-        text = [f"distance {r['distance']:.4f} (apply threshold {r['limit_distance']:g}, set {r['set_name']})"]
+        text = [f"distance {max(0.0, r['distance']):.4f} (apply threshold {r['limit_distance']:g}, set {r['set_name']})"]
         paged.items.append([image_card(r, lines=text, css="keep", label="kept"),
                             image_card(r, lines=[], css="keep", label="kept", prefix="b_")])
     return paged

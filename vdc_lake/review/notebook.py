@@ -6,6 +6,7 @@ matplotlib is imported only here, on first use (`pip install 'vdc-lake[notebooks
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 from PIL import Image, ImageOps
@@ -47,6 +48,22 @@ def image_grid(paths: Sequence[str | None], titles: Sequence[str] | None = None,
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def show_figure(fig: Any, folder: str | os.PathLike, name: str) -> str:
+    """Save fig as FOLDER/NAME.png, say where, and show it: inline in Jupyter; run as a script
+    (a non-interactive backend) the saved file is where the plot goes. Returns the file's path."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.png")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    print(f"figure saved: {path}")
+    with warnings.catch_warnings():  # Agg (a script without a display) cannot show: the file is the plot
+        warnings.filterwarnings("ignore", message=".*non-interactive.*")
+        plt.show()
+    plt.close(fig)
+    return path
 
 
 def original_or_backup_sql(image_id_column: str = "image_id") -> str:

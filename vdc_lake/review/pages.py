@@ -24,6 +24,8 @@ class Card:
     label: str | None = None  # shown above the file name ("removed", "kept", ...)
     image_id: int | None = None  # the catalog image shown, if it is one
     planned: bool = False  # the image a planned operation acts on (data-planned in the HTML)
+    name: str | None = None  # the caption's path: relative to its scanned root (name_by_roots); None: file name
+    group: int | None = None  # its duplicate group (data-group in the HTML: the app shows the whole group)
 
 
 @dataclass
@@ -86,6 +88,26 @@ def first_shown(gallery: Paged, limits: Limits, noun: str) -> str:
 
 def file_name(path: str | None) -> str:
     return os.path.basename(path or "") or "(no path)"
+
+
+def root_relative(path: str | None, roots: Sequence[str]) -> str | None:
+    """path relative to the scanned root it lies under (the longest such root), also for a
+    backup of it (BACKUP/run-N/ROOT/REL_PATH); None when it lies under no root."""
+    for root in sorted(roots, key=len, reverse=True):
+        root = root.rstrip("/")
+        if path and root and path.startswith(root + "/"):
+            return path[len(root) + 1:]
+        before, inside, rel_path = (path or "").partition(f"/{root.lstrip('/')}/")
+        if root and inside and before.rsplit("/", 1)[-1].startswith("run-"):
+            return rel_path
+    return None
+
+
+def name_by_roots(cards: Sequence[Card], roots: Sequence[str]) -> None:
+    """Caption each card with its file's path relative to its scanned root, so two files of the
+    same name in different folders are told apart (the full path stays in the tooltip)."""
+    for card in cards:
+        card.name = root_relative(card.link or card.thumb.path, roots) or card.name
 
 
 def image_card(row: dict, *, lines: Sequence[str], css: str = "", label: str | None = None,

@@ -34,7 +34,7 @@ from vdc_lake.review.cluster_pages import cluster_gallery, cluster_tree, cluster
 from vdc_lake.review.decisions import DECISIONS
 from vdc_lake.review.galleries import GalleryInputs, near_miss_gallery
 from vdc_lake.review.history import applied_summary, apply_history, history_section
-from vdc_lake.review.pages import Card, Grid, Limits, Paged
+from vdc_lake.review.pages import Card, Grid, Limits, Paged, name_by_roots
 from vdc_lake.review.render import PAGE_NAME, page_count, page_name, render_index, write_pages
 from vdc_lake.review.sections import (decisions_section, describe_apply, duplicates_section, funnel,
                                       predict_failures_section, rotation_section, sampling_section,
@@ -108,6 +108,7 @@ def build_report(catalog: Catalog, out_dir: str | os.PathLike, *, thumbnails: in
     cards = [c for g in paged for item in g.items for c in item]
     cards += [c for s in sections for b in s.body if isinstance(b, Grid) for item in b.items for c in item]
     _confine(cards, ReadableRoots.of(catalog))
+    name_by_roots(cards, scanned_roots(catalog))
     wanted = [c.thumb for c in cards]
     pages = [page_name(g.slug, n) for g in paged for n in range(1, page_count(g, limits) + 1)]
     _refuse_links(out_dir, ["index.html", *pages, *(t.name for t in wanted),

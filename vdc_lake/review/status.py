@@ -5,17 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 from vdc_lake.catalog.connection import Catalog
+from vdc_lake.catalog.settings import decision_settings
 from vdc_lake.review.decisions import DECISIONS, sanitize_rules_note, unsearched_dedup_warnings
 
 # What each decision would do at the catalog's settings (its view and the actions it carries out,
-# from DECISIONS; plan STAGE shows details), as `plan` counts them: an image with an operation an
-# interrupted apply left unfinished is in no plan (the next apply finishes that operation first);
-# those operations are listed apart.
-PENDING_SQL = """
-    SELECT action, count(*) FROM {source}
+# from DECISIONS; plan STAGE shows details): an image with an operation an interrupted apply left
+# unfinished is in no plan (the next apply finishes that operation first); those operations are
+# listed apart. Deletions are exclusive: an image several decisions remove is counted once, under
+# the first of them in the registry's (funnel) order, so the rows add up to the images removed;
+# `plan STAGE` counts a decision's own. Other actions (rotate, resize) are counted as plan does.
+PENDING_ROWS_SQL = """
+    SELECT {order} AS funnel, '{stage}' AS stage, image_id, action FROM {source}
     WHERE {actions} AND image_id NOT IN (SELECT image_id FROM journal WHERE state = 'planned')
-    GROUP BY action ORDER BY action
 """
+PENDING_SQL = """
+    WITH pending AS ({rows}),
+    first_removal AS (SELECT image_id, min(funnel) AS funnel FROM pending WHERE action = 'delete' GROUP BY image_id)
+    SELECT p.stage, p.action, count(*) FROM pending AS p LEFT JOIN first_removal AS f USING (image_id)
+    WHERE p.action <> 'delete' OR p.funnel = f.funnel
+    GROUP BY p.funnel, p.stage, p.action ORDER BY p.funnel, p.action
+"""
+EXCLUSIVE_NOTE = ("deletions counted once per image, under the first decision in this order that removes it "
+                  "({order}); `vdc-lake plan STAGE` counts one decision's own")
 UNFINISHED_SQL = """
     SELECT replace(r.stage, 'apply:', ''), j.action || ' (unfinished)', count(*)
     FROM journal AS j JOIN runs AS r ON r.run_id = j.run_id
@@ -39,11 +50,9 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
     # writing command migrates it: it has no overrides either.
     has_overrides = bool(catalog.scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'override_actions'"))
-    pending = []
-    for stage, decision in DECISIONS.items():
-        if stage != "override" or has_overrides:
-            sql = PENDING_SQL.format(source=decision.view, actions=decision.acts)
-            pending.extend((stage, action, n) for action, n in catalog.rows(sql))
+    pending = catalog.rows(PENDING_SQL.format(rows=" UNION ALL ".join(
+        PENDING_ROWS_SQL.format(order=order, stage=stage, source=decision.view, actions=decision.acts)
+        for order, (stage, decision) in enumerate(DECISIONS.items()) if stage != "override" or has_overrides)))
     pending.extend(catalog.rows(UNFINISHED_SQL))
     runs = catalog.rows(
         """
@@ -61,6 +70,7 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
     return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated,
             "overrides": overrides, "predict_failures": predict_failures(catalog),
             "stale_sample": stale_sample(catalog, curated=curated),
+            "pending_note": EXCLUSIVE_NOTE.format(order=", ".join(DECISIONS)),
             "setting_notes": dedup_threshold_notes(catalog) + [n for n in [sanitize_rules_note(catalog)] if n]}
 
 
@@ -99,6 +109,26 @@ def decision_settings_in_force(catalog: Catalog) -> list[tuple[str, str, str]]:
         own = name is not None and source == f"set {name}"
         dedup.append((label, "(unset)" if value is None else f"{value:g}", f"set {name}'s own" if own else source))
     return rows[:1] + dedup + rows[1:]
+
+
+def settings_in_force(catalog: Catalog) -> dict[str, Any]:
+    """{'section.key': value} of the decision settings in force, for the record of what an output
+    was computed under (export.json): the catalog's decision settings (catalog.settings), with the
+    dedup thresholds per embedding set as `status` lists them, e.g. 'apply_deduplication.threshold
+    (set builtin)': 0.08, the set's own, rather than a configured default of 0.25 that no set
+    uses; the default appears (for "other sets") only where status shows it."""
+    record = decision_settings(catalog)
+    per_set = {key[len("dedup_thresholds."):]: entry for key, entry in record.items()
+               if key.startswith("dedup_thresholds.")}
+    shown = {label for label, _, _ in decision_settings_in_force(catalog)}
+    other = (f"{DEDUP_THRESHOLD_KEY} (other sets)" in shown or DEDUP_THRESHOLD_KEY in shown)
+    for key, field in ((DEDUP_THRESHOLD_KEY, "apply"), ("dedup.report_threshold", "report")):
+        value = record.pop(key, None)
+        for name, entry in per_set.items():
+            record[f"{key} (set {name})"] = entry[field]
+        if other and value is not None:
+            record[f"{key} (other sets)" if per_set else key] = value
+    return record
 
 
 def dedup_threshold_notes(catalog: Catalog) -> list[str]:

@@ -156,22 +156,24 @@ keepers AS (
 ),
 
 final AS (
+    -- distances in reasons: greatest(d, 0) + 0.0, as a float32 distance of an exact copy can lie a hair
+    -- under 0 (never "-0.0000")
     SELECT r.group_id, r.image_id, r.version, r.path, r.group_size, r.rank_in_group, r.nearest_distance,
         CASE WHEN r.rank_in_group = 1 OR r.override = 'keep' THEN 'keep' ELSE 'delete' END AS action,
         k.kept_image_id, k.kept_path,
         CASE WHEN r.override = 'keep'
              THEN format('{}; in duplicate group {} of {} images (nearest at distance {:.4f})',
-                         r.override_reason, r.group_id, r.group_size, r.nearest_distance)
+                         r.override_reason, r.group_id, r.group_size, greatest(r.nearest_distance, 0) + 0.0)
              WHEN r.rank_in_group = 1
              THEN format('kept from duplicate group {} of {} images (nearest at distance {:.4f}) by {}',
-                         r.group_id, r.group_size, r.nearest_distance, k.kept_by)
+                         r.group_id, r.group_size, greatest(r.nearest_distance, 0) + 0.0, k.kept_by)
              ELSE format('duplicate of {} (image {}, kept by {}) in group {} of {} images; nearest at distance {:.4f}',
                          k.kept_path, k.kept_image_id, k.kept_by, r.group_id, r.group_size,
-                         r.nearest_distance)
-                  || CASE WHEN l.lo IS NOT NULL THEN format('; distance to the kept image {:.4f}', p.distance)
+                         greatest(r.nearest_distance, 0) + 0.0)
+                  || CASE WHEN l.lo IS NOT NULL THEN format('; distance to the kept image {:.4f}', greatest(p.distance, 0) + 0.0)
                           WHEN p.distance IS NOT NULL
                           THEN format('; distance to the kept image {:.4f}, not under the threshold: '
-                                      'in its group through other members', p.distance)
+                                      'in its group through other members', greatest(p.distance, 0) + 0.0)
                           ELSE '; no stored pair with the kept image: in its group through other members' END
         END AS reason,
         r.override,

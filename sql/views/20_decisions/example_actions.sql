@@ -13,7 +13,8 @@ WITH latest AS (
 final AS (
     SELECT d.image_id, d.version, d.distance, d.example,
         CASE WHEN d.distance < l.max_distance AND o.image_id IS NULL THEN 'delete' ELSE 'none' END AS action,
-        format('distance {:.4f} to unwanted example {} (threshold {})', d.distance, d.example, l.max_distance)
+        format('distance {:.4f} to unwanted example {} (threshold {})', greatest(d.distance, 0) + 0.0,
+               d.example, l.max_distance)
             || coalesce('; ' || o.reason, '') AS reason
     FROM example_distances AS d
     JOIN latest AS l ON l.run_id = d.run_id
