@@ -63,7 +63,7 @@ def test_readme_keeps_its_heading_and_set_up_commands():
     assert text.startswith("# vdc-lake\n")
     assert ("python3 -m venv .venv && . .venv/bin/activate && pip install -e . "
             "&& bash examples/quickstart.sh") in text
-    assert '. .venv/bin/activate && pip install -e ".[test]" && python -m pytest -q' in text
+    assert '. .venv/bin/activate && pip install -e ".[test]" && python -m pytest -q -n 2' in text
 
 
 def test_curate_your_own_folder_is_ten_commands_or_fewer():
