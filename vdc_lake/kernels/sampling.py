@@ -243,27 +243,10 @@ def hierarchical_sample(assignments, total: int, *, allocation: Allocation = "wa
     centre ("closest", needs ``distances``: [n] distance of each image to its level-0
     centre; ties by row). Returns sorted [total] int64 row indices into ``assignments``.
     """
-    columns = _check_assignments(assignments)
-    n = len(columns)
-    total = _check_total(total, n, "images")
-    if strategy not in ("random", "closest"):
-        raise ValueError(f"strategy must be 'random' or 'closest', not {strategy!r}")
-    quotas = hierarchical_allocation(columns, total, allocation=allocation)[0]
-    leaf = columns[:, 0]
-    if strategy == "closest":
-        if distances is None:
-            raise ValueError("strategy 'closest' needs distances: each image's distance to its level-0 centre")
-        key = np.asarray(distances, dtype=np.float64)
-        if key.shape != (n,):
-            raise ValueError(f"distances must have shape ({n},), got {key.shape}")
-        order = np.lexsort((key, leaf))
-    else:
-        # a random order, then a stable sort by cluster: a uniform pick inside each cluster
-        shuffled = np.random.default_rng(seed).permutation(n)
-        order = shuffled[np.argsort(leaf[shuffled], kind="stable")]
-    sorted_leaf = leaf[order]
-    rank = _rank_in_groups(sorted_leaf, len(quotas))
-    return np.sort(order[rank < quotas[sorted_leaf]])
+    # stable_sample with no earlier selection: the same quotas and the same order inside each cluster
+    n = len(_check_assignments(assignments))
+    return stable_sample(assignments, total, np.zeros(n, dtype=bool), allocation=allocation, strategy=strategy,
+                         distances=distances, seed=seed)
 
 
 def stable_sample(assignments, total: int, previous, *, allocation: Allocation = "water-filling",
