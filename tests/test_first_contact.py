@@ -46,7 +46,7 @@ def test_readme_installs_the_main_job_then_the_test_extra_and_ci_adds_ray():
     setup = readme.split("## Set up", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     first, second = [line for line in setup.splitlines() if line.strip() and not line.startswith("#")]
     assert "pip install -e . &&" in first and first.endswith("bash examples/quickstart.sh")
-    assert 'pip install -e ".[test]"' in second and second.endswith("python -m pytest -q")
+    assert 'pip install -e ".[test]"' in second and second.endswith("python -m pytest -q -n 2")
     assert "download.pytorch.org/whl/cpu" in readme  # the CPU-only torch, with the sizes both ways
     assert re.search(r"6\.\d GB", readme) and re.search(r"1\.\d GB", readme)
     assert '".[test,scale]"' in (REPO / ".ci/run").read_text()
