@@ -148,6 +148,17 @@ CASES = [
     (["report", "--out", "report", "--report-threshold", "-1"], "--report-threshold must be a cosine distance between 0 and 2, not -1.0", None),
     (["report", "--out", "report", "--thumbnails", "-1"], "--thumbnails must be a whole number of images >= 0, not -1", None),
     (["report", "--out", "report", "--rotation-threshold", "2"], "--rotation-threshold must be a probability between 0 and 1, not 2.0", None),
+    # calibration, incremental curation and the review app (issues 21, 22)
+    (["dedup", "calibrate", "--set", "nosuch"], "--set 'nosuch': no embedding set of that name; known embedding sets: builtin", None),
+    (["dedup", "calibrate", "--set", "builtin", "--target-precision", "2"], "--target-precision must be a probability between 0 and 1, not 2.0", None),
+    (["labels", "draw", "--set", "nosuch", "--n", "5", "--out", "q.csv"], "no embedding set of that name", None),
+    (["labels", "draw", "--set", "builtin", "--n", "0", "--out", "q.csv"], "--n must be a whole number of pairs >= 1, not 0", None),
+    (["labels", "import", "no_such_labels.csv"], "no_such_labels.csv is not a file; give the CSV of `vdc-lake labels draw`", None),
+    (["labels", "import", "latin1_pipeline.toml"], "is not UTF-8 text", None),
+    (["cluster", "--assign-new", "--set", "nosuch"], "set 'nosuch' has no clustering to assign new images to", None),
+    (["sample", "--total", "0", "--stable"], "0 is not in the range x>=1", None),
+    (["review", "--port", "99999"], "--port must be a TCP port between 1 and 65535, not 99999", None),
+    (["review", "--host", "0.0.0.0"], "add --allow-remote to do so", None),
     # sql
     (["sql", "SELEC 1"], "query failed", None),
     (["sql", "SELECT 1", "--format", "csv", "--output", "no/such/dir/x.csv"], "no/such/dir/x.csv: no such file or directory; check the path", None),
