@@ -371,15 +371,23 @@ def read_vectors(catalog: Catalog, table: str, name: str, *, batch_rows: int | N
     batch_rows = batch_rows_setting(catalog, batch_rows)
     image_ids, versions, sorted_rows, by_row = _current_order(catalog, table, name)
     vectors = _allocate(catalog, len(image_ids), dim, memory_budget)
+    _fill(vectors, catalog, table, name, batch_rows, sorted_rows, by_row)
+    return VectorSet(name=name, image_ids=image_ids, versions=versions, vectors=vectors)
+
+
+def _fill(vectors: np.ndarray, catalog: Catalog, table: str, name: str, batch_rows: int, sorted_rows: np.ndarray,
+          by_row: np.ndarray) -> None:
+    """Fill vectors [n, dim] (row by_row[i] of the result from stored row sorted_rows[i]) from the
+    set's files; StageError when a writer changed the set meanwhile (fewer rows came back)."""
     filled = 0
-    for position, wanted, batch in _matched_batches(catalog, table, name, dim, batch_rows, sorted_rows, by_row):
-        block = _batch_vectors(batch, dim)
+    for position, wanted, batch in _matched_batches(catalog, table, name, vectors.shape[1], batch_rows,
+                                                    sorted_rows, by_row):
+        block = _batch_vectors(batch, vectors.shape[1])
         vectors[position] = block if wanted.all() else block[wanted]
         filled += len(position)
-    if filled != len(image_ids):
-        raise StageError(f"set {name!r} changed while it was read ({filled} of {len(image_ids)} vectors); "
+    if filled != len(vectors):
+        raise StageError(f"set {name!r} changed while it was read ({filled} of {len(vectors)} vectors); "
                          "run the command again once the other writer is done")
-    return VectorSet(name=name, image_ids=image_ids, versions=versions, vectors=vectors)
 
 
 def read_vector_range(catalog: Catalog, table: str, name: str, start: int, stop: int, *,
@@ -394,14 +402,7 @@ def read_vector_range(catalog: Catalog, table: str, name: str, start: int, stop:
     mine = (by_row >= start) & (by_row < stop)
     sorted_rows, by_row = sorted_rows[mine], by_row[mine] - start
     vectors = np.empty((max(stop - start, 0), dim), np.float32)
-    filled = 0
-    for position, wanted, batch in _matched_batches(catalog, table, name, dim, batch_rows, sorted_rows, by_row):
-        block = _batch_vectors(batch, dim)
-        vectors[position] = block if wanted.all() else block[wanted]
-        filled += len(position)
-    if filled != len(vectors):
-        raise StageError(f"set {name!r} changed while it was read ({filled} of {len(vectors)} vectors); "
-                         "run the command again once the other writer is done")
+    _fill(vectors, catalog, table, name, batch_rows, sorted_rows, by_row)
     return VectorSet(name=name, image_ids=image_ids[start:stop], versions=versions[start:stop], vectors=vectors)
 
 
