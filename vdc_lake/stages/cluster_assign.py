@@ -95,6 +95,7 @@ def assign_new(catalog: Catalog, set_name: str, *, recluster_drift: float | None
 
     recluster_drift: None takes [hierarchical_kmeans] recluster_drift (the CLI passes the
     effective config)."""
+    from vdc_lake.kernels.lookup import lookup_sorted
     from vdc_lake.kernels.nearest_centers import assign_levels, center_distances, drift_share
 
     if recluster_drift is None:
@@ -107,10 +108,9 @@ def assign_new(catalog: Catalog, set_name: str, *, recluster_drift: float | None
     old = catalog.arrow("SELECT image_id, version, distance FROM assignments WHERE run_id = ? AND level = 0 "
                         "ORDER BY image_id", [base_run])
     old_ids, old_versions = old.column("image_id").to_numpy(), old.column("version").to_numpy()
-    at = np.minimum(np.searchsorted(old_ids, vs.image_ids), max(len(old_ids) - 1, 0))
-    kept = np.zeros(len(vs), bool)
+    at, kept = lookup_sorted(old_ids, vs.image_ids)
     if len(old_ids):
-        kept = (old_ids[at] == vs.image_ids) & (old_versions[at] == vs.versions)
+        kept &= old_versions[at] == vs.versions
     fresh = np.flatnonzero(~kept)
     x = np.asarray(vs.vectors[fresh], np.float32)
     if len(tree.centers) == 0 or (len(x) and x.shape[1] != tree.centers[0].shape[1]):

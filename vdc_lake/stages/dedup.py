@@ -440,16 +440,15 @@ def _incremental_base(catalog: Catalog, set_name: str, *, threshold: float, metr
 def _increment(catalog: Catalog, base_run: int, set_name: str, vs: VectorSet, vector_runs: np.ndarray) -> Increment:
     """Which images of vs the base run covered (same version and vector run (vector_runs [n],
     _vector_runs), not truncated) and its stored pairs among them; every other image is searched again."""
+    from vdc_lake.kernels.lookup import lookup_sorted
     from vdc_lake.kernels.neighbors import PairSet
 
     covered = catalog.arrow("SELECT image_id, version, vector_run FROM dedup_coverage WHERE run_id = ? "
                             "AND NOT truncated ORDER BY image_id", [base_run])
     ids, versions = covered.column("image_id").to_numpy(), covered.column("version").to_numpy()
-    at = np.minimum(np.searchsorted(ids, vs.image_ids), max(len(ids) - 1, 0))
-    old = np.zeros(len(vs), bool)
+    at, old = lookup_sorted(ids, vs.image_ids)
     if len(ids):
-        old = ((ids[at] == vs.image_ids) & (versions[at] == vs.versions)
-               & (covered.column("vector_run").to_numpy()[at] == vector_runs))
+        old &= (versions[at] == vs.versions) & (covered.column("vector_run").to_numpy()[at] == vector_runs)
     edges = catalog.arrow("SELECT image_a, image_b, distance FROM dup_edges WHERE run_id = ? AND set_name = ? "
                           "ORDER BY image_a, image_b", [base_run, set_name])
     a, b = edges.column("image_a").to_numpy(), edges.column("image_b").to_numpy()
