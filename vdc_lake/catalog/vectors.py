@@ -16,6 +16,13 @@ unregistered, their files removed by the next sweep. Every folder on the way and
 checked with lstat: a link, a file that is not a regular file, or a registered path that is not
 `<table>/<set>/part-<id>.parquet` is an UnsafeCatalogError naming it. DuckDB connections may
 read this folder and nothing else (allowed_directories, set by the connection).
+
+A Ray task of predict writes its shard's part itself, under a staged name in the set's folder
+(`.staged-<stage>-<key>-<shard>.parquet`, `write_staged_part`; the folder must be shared with
+the workers, as CATALOG.staging is); the driver checks it and adopts it (`adopt_staged_part`:
+renamed to `part-<id>.parquet` and registered in its transaction). A staged file is kept while
+the Ray map that staged it can resume (CATALOG.staging/<stage>-<key> exists), then it is an
+orphan that `remove_orphans` removes.
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ _PART = re.compile(r"(embeddings|predictions)/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/
 # the change is committed (seen from a second connection), so a long run does not keep them all.
 _RETIRED: dict[str, list[tuple[str | None, int, list[Path]]]] = {}
 _PART_FILE = re.compile(r"part-[0-9]{1,18}\.parquet|\.part-[0-9]{1,18}\.parquet\.tmp")
+# A part a Ray task wrote (its stage folder's name in CATALOG.staging, then the shard), and its temp files.
+_STAGED = re.compile(r"\.staged-([a-z][a-z0-9_-]{0,63}-[0-9a-f]{16})-[0-9]{5}\.parquet")
+_STAGED_TEMP = re.compile(r"\.staged-.*\.tmp")
+STAGING_SUFFIX = ".staging"  # CATALOG.staging: the Ray backend's stage folders
 
 
 def vectors_folder(catalog_path: str | os.PathLike, *, create: bool = False) -> Path:
@@ -136,8 +147,16 @@ def _write_file(folder: Path, part_id: int, batches: Iterator[pa.RecordBatch] | 
                 schema: pa.Schema, dim: int) -> tuple[Path, int, int]:
     """Write the batches as folder/part-<id>.parquet: temp name (O_EXCL | O_NOFOLLOW), fsync,
     rename. Returns (path, rows, bytes)."""
-    final = folder / f"part-{part_id:012d}.parquet"
-    temp = folder / f".part-{part_id:012d}.parquet.tmp"
+    return _write_named(folder, f"part-{part_id:012d}.parquet", f".part-{part_id:012d}.parquet.tmp", batches,
+                        schema, dim)
+
+
+def _write_named(folder: Path, name: str, temp_name: str, batches: Iterator[pa.RecordBatch] | list[pa.RecordBatch],
+                 schema: pa.Schema, dim: int, *, replace: bool = False) -> tuple[Path, int, int]:
+    """_write_file's body for any final name; replace: an existing file of that name is replaced
+    (rename never follows a link there), else it is an UnsafeCatalogError."""
+    final = folder / name
+    temp = folder / temp_name
     handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     rows = 0
     try:
@@ -152,9 +171,9 @@ def _write_file(folder: Path, part_id: int, batches: Iterator[pa.RecordBatch] | 
             writer.close()
             sink.flush()
             os.fsync(sink.fileno())
-        if os.path.lexists(final):  # part ids come from a sequence: an existing one is not ours
+        if not replace and os.path.lexists(final):  # part ids come from a sequence: an existing one is not ours
             raise UnsafeCatalogError(f"{final} exists but the catalog never registered it: move it away")
-        os.rename(temp, final)
+        os.replace(temp, final)
         _fsync_folder(folder)  # the new name is durable before the catalog registers it
     except BaseException:
         try:
@@ -192,9 +211,127 @@ def write_part(catalog: Any, table: str, name: str, run_id: int | np.ndarray, im
     runs = np.unique(data.column("run_id").to_numpy())
     run_id = int(runs[0]) if len(runs) == 1 else None
     _register(catalog, part_id, table, name, path, rows, dim, run_id, size)
+    _after_register(catalog, table, name, run_id)
+    return rows
+
+
+def _after_register(catalog: Any, table: str, name: str, run_id: int | None) -> None:
+    """Merge the run's small parts when enough accumulated; else refresh the table's view."""
     if run_id is None or not merge_small_parts(catalog, table, name, run_id):
         create_vector_views(catalog.con, catalog.path, tables=[table])
-    return rows
+
+
+def staged_name(stage_folder: str, shard: int) -> str:
+    """The name a Ray task gives its shard's part in the set's folder: `.staged-<stage folder>-<shard>.parquet`
+    (stage_folder: its map's folder in CATALOG.staging, `<stage>-<key>`, the key hashing the items)."""
+    name = f".staged-{stage_folder}-{shard:05d}.parquet"
+    if _STAGED.fullmatch(name) is None:
+        raise StageError(f"{stage_folder!r} is not a Ray stage folder name (<stage>-<16 hex digits>)")
+    return name
+
+
+def write_staged_part(folder: str | os.PathLike, name: str, table: str, run_id: int, image_ids: np.ndarray,
+                      versions: np.ndarray, vectors: np.ndarray) -> tuple[int, int] | None:
+    """Write a finished part of the set whose folder is `folder` (CATALOG.vectors/<table>/<set>,
+    made by the driver) under the staged name `name` (staged_name), without registering it: what
+    a Ray task does; the driver adopts it (adopt_staged_part). Same schema and row groups as
+    write_part; temp name, fsync, rename (a duplicate attempt of the shard replaces it with the
+    same rows). Returns (rows, bytes), or None when there are no rows (no file is written).
+
+    image_ids, versions [n]; vectors [n, d] (float32, or anything numpy casts to it)."""
+    if _STAGED.fullmatch(name) is None:
+        raise StageError(f"{name!r} is not a staged part name (see staged_name)")
+    if len(image_ids) == 0:
+        return None
+    folder = _folder(Path(folder), create=False)
+    if not folder.is_dir():
+        raise StageError(f"{folder} is missing on this Ray worker: the catalog's .vectors folder must be on "
+                         "storage every node mounts at the same path (as its .staging folder)")
+    data = vector_table(image_ids, versions, run_id, vectors, VECTOR_TABLES[table])
+    temp = f"{name}.{os.getpid()}-{os.urandom(6).hex()}.tmp"  # attempts of one shard may overlap
+    _, rows, size = _write_named(folder, name, temp, data.to_batches(), data.schema, int(np.shape(vectors)[1]),
+                                 replace=True)
+    return rows, size
+
+
+def adopt_staged_part(catalog: Any, table: str, name: str, staged: str, *, run_id: int, image_ids: np.ndarray,
+                      versions: np.ndarray, dim: int, size: int) -> int:
+    """Register the part a Ray task wrote as `staged` in the set's folder (in the caller's
+    transaction), after checking it is what the task said: a regular file reached through no
+    link, the parts' schema with [dim] vectors, `size` bytes, and exactly the rows image_ids,
+    versions ([n], in order). It is renamed to part-<id>.parquet, or, when it holds another run's
+    id (a resumed run adopts what an earlier one staged), written anew under run_id. Then as
+    write_part: merge the run's small parts or refresh the view. Returns the rows registered.
+    A file that is not what the task wrote is an UnsafeCatalogError (a link, not a regular file)
+    or a CatalogDamagedError (other rows, dim or size), naming it."""
+    if _STAGED.fullmatch(staged) is None:
+        raise StageError(f"{staged!r} is not a staged part name (see staged_name)")
+    folder = set_folder(catalog.path, table, name)
+    path = folder / staged
+    handle = _open_staged(path)
+    with os.fdopen(handle, "rb") as source:
+        found = os.fstat(source.fileno())
+        reader = pq.ParquetFile(source)
+        expected = vector_table(np.empty(0, np.int64), np.empty(0, np.int32), run_id, np.empty((0, dim), np.float32),
+                                VECTOR_TABLES[table]).schema
+        if not reader.schema_arrow.equals(expected):
+            _not_as_written(path, f"its columns are {_columns(reader.schema_arrow)}, not {_columns(expected)}")
+        if reader.metadata.num_rows != len(image_ids) or found.st_size != size:
+            _not_as_written(path, f"{reader.metadata.num_rows} rows in {found.st_size} bytes, where the task wrote "
+                                  f"{len(image_ids)} rows in {size} bytes")
+        keys = reader.read(columns=["image_id", "version", "run_id"])
+        if not (np.array_equal(keys.column("image_id").to_numpy(), np.asarray(image_ids, np.int64))
+                and np.array_equal(keys.column("version").to_numpy(), np.asarray(versions, np.int32))):
+            _not_as_written(path, "its image ids or versions are not those of the task's images")
+        part_id = int(catalog.scalar("SELECT nextval('vector_part_seq')"))
+        if (keys.column("run_id").to_numpy() == run_id).all():
+            final = folder / f"part-{part_id:012d}.parquet"
+            if os.path.lexists(final):
+                raise UnsafeCatalogError(f"{final} exists but the catalog never registered it: move it away")
+            os.rename(path, final)
+            if os.lstat(final).st_ino != found.st_ino:  # swapped between the check and the rename
+                _not_as_written(path, "it was replaced while it was checked")
+            _fsync_folder(folder)
+        else:
+            data = reader.read()
+            data = data.set_column(2, "run_id", pa.array(np.full(data.num_rows, run_id, np.int64)))
+            final, _, _ = _write_file(folder, part_id, data.to_batches(), data.schema, dim)
+            os.unlink(path)
+    _register(catalog, part_id, table, name, final, len(image_ids), dim, run_id, os.lstat(final).st_size)
+    _after_register(catalog, table, name, run_id)
+    return len(image_ids)
+
+
+def _open_staged(path: Path) -> int:
+    """A read handle on a staged part: a regular file, reached through no link."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise StageError(f"{path}, which a Ray task wrote, is gone: run the command again (its shard is "
+                         "computed again)") from None
+    if stat.S_ISLNK(mode) or not stat.S_ISREG(mode):
+        what = f"a symbolic link (to {os.readlink(path)})" if stat.S_ISLNK(mode) else f"a {file_kind(mode)}"
+        raise UnsafeCatalogError(f"{path}, where a Ray task wrote a vector part, is {what}: vdc-lake never reads "
+                                 f"vectors through links; remove it (rm {path}) and run the command again")
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:  # ELOOP: a link put there since the check
+        raise UnsafeCatalogError(f"{path}, where a Ray task wrote a vector part, cannot be opened without "
+                                 f"following a link ({e.strerror}): remove it and run the command again") from e
+
+
+def _columns(schema: pa.Schema) -> str:
+    return ", ".join(f"{field.name} {field.type}" for field in schema)
+
+
+def _not_as_written(path: Path, why: str) -> None:
+    raise CatalogDamagedError(f"{path} is not the vector part its Ray task wrote ({why}): it was changed since; "
+                              f"remove it (rm {path}) and run the command again (its shard is computed again)")
+
+
+def staged_part_exists(catalog_path: str | os.PathLike, table: str, name: str, staged: str) -> bool:
+    """Whether the set's folder holds `staged` (any kind of entry: adopting it checks what it is)."""
+    return os.path.lexists(set_folder(catalog_path, table, name) / staged)
 
 
 def _register(catalog: Any, part_id: int, table: str, name: str, path: Path, rows: int, dim: int,
@@ -314,12 +451,14 @@ def _rewrite_without(catalog: Any, table: str, part_id: int, rows: np.ndarray) -
 
 def remove_orphans(con: duckdb.DuckDBPyConnection, catalog_path: str | os.PathLike) -> int:
     """Remove the part files (and temp files) no registration names: what a killed or
-    rolled-back writer left, and parts merged away. Call only under the writer lock, outside a
+    rolled-back writer left, and parts merged away; and the parts Ray tasks staged for a map that
+    can no longer resume (see _staged_orphan). Call only under the writer lock, outside a
     transaction. Returns how many were removed."""
     root = vectors_folder(catalog_path)
     if not os.path.lexists(root):
         return 0
     registered = {row[0] for row in con.execute("SELECT path FROM vector_parts").fetchall()}
+    staging = side_path(catalog_path, STAGING_SUFFIX)
     removed = 0
     for table in VECTOR_TABLES:
         tables = _folder(root / table, create=False)
@@ -330,10 +469,20 @@ def remove_orphans(con: duckdb.DuckDBPyConnection, catalog_path: str | os.PathLi
                 continue
             for item in os.scandir(_folder(Path(entry.path), create=False)):
                 if _PART_FILE.fullmatch(item.name) and f"{table}/{entry.name}/{item.name}" not in registered \
-                        and item.is_file(follow_symlinks=False):
+                        and item.is_file(follow_symlinks=False) \
+                        or _staged_orphan(item.name, staging) and not item.is_dir(follow_symlinks=False):
                     os.unlink(item.path)
                     removed += 1
     return removed
+
+
+def _staged_orphan(name: str, staging: Path) -> bool:
+    """Whether `name` is a Ray task's temp file, or a part it staged for a map that can no longer
+    resume (its folder in CATALOG.staging is gone: the map finished, or a later one removed it)."""
+    if _STAGED_TEMP.fullmatch(name):
+        return True
+    found = _STAGED.fullmatch(name)
+    return found is not None and not os.path.isdir(staging / found.group(1))
 
 
 # -- views ---------------------------------------------------------------------------------------

@@ -5,11 +5,15 @@ per-file function (``inspect_header``, ``decode_check``, ``execute_op``) to its 
 writes the results as one Parquet part, ``STAGING/<desc>-<key>/part-NNNNN.parquet``. The
 driver reads the parts back in shard order and yields the results one by one, so the stage
 ingests them with exactly the catalog-writing code of the local backend. Workers never
-open the catalog; they only read and write image files and staging parts, so STAGING and
+open the catalog; they only read and write image files and staging parts (and predict's
+tasks their vector parts in CATALOG.vectors), so STAGING, the catalog's .vectors folder and
 the image roots must be on storage every node mounts at the same path (NFS).
 
-Batched tasks (``batched=True``, predict's model inference) call the function once per
-shard with the shard's item list and get one result per item back. Tasks may ask for
+Batched tasks (``batched=True``) call the function once per shard with the shard's item list
+and get one result per item back. Shard tasks (``ray_map_shards``, predict's model inference)
+call it once per shard with the items and the shard's name, and get one (small) result per
+shard back: predict's tasks write their vectors as a vector part beside the catalog themselves
+and return only where it is, so vectors never pass through the driver. Tasks may ask for
 resources (``num_cpus``, ``num_gpus``); workers are reused across tasks (``max_calls=0``,
 where Ray would start a fresh process for every GPU task), so a model a function caches in
 its module stays loaded for the next shard.
@@ -148,17 +152,30 @@ def read_part(path: Path) -> list[Any]:
     return [pickle.loads(blob) for blob in table.column("result").to_pylist()]
 
 
-def run_shard(func: Callable[[Any], Any], items: list[Any], start: int, path: str, batched: bool = False) -> int:
+def run_shard(func: Callable[..., Any], items: list[Any], start: int, path: str, mode: str = "item",
+              task_args: dict[str, Any] | None = None) -> int:
     """The Ray task: func over one shard, written as one part; returns the item count.
 
-    batched: one call ``func(items)`` that must return a list of len(items) results, else
-    ``func(item)`` per item. Skips the work when the part exists already (a duplicate or
-    late retry of a shard).
+    mode "item": ``func(item)`` per item; "batched": one call ``func(items)`` that must return
+    a list of len(items) results; "shard": one call ``func(items, shard, **task_args)`` whose
+    one result is the shard's (shard: ``shard_name``, unique to the shard and its inputs).
+    Skips the work when the part exists already (a duplicate or late retry of a shard).
     """
     target = Path(path)
     if not target.exists():
-        write_part(target, start, _batch_results(func, items) if batched else [func(item) for item in items])
+        if mode == "shard":
+            results = [func(items, shard_name(target), **(task_args or {}))]
+        elif mode == "batched":
+            results = _batch_results(func, items)
+        else:
+            results = [func(item) for item in items]
+        write_part(target, start, results)
     return len(items)
+
+
+def shard_name(part: Path) -> tuple[str, int]:
+    """(stage folder name, shard index) of a shard's part: what names the shard's own outputs."""
+    return part.parent.name, int(part.stem.split("-")[1])
 
 
 def _batch_results(func: Callable[[list[Any]], Any], items: list[Any]) -> list[Any]:
@@ -205,22 +222,77 @@ def ray_map_ordered(
     default, 1 CPU). Raises StageError when a shard fails after its retries (finished parts
     stay for the next attempt), or when no node of the cluster has the resources of a task.
     """
+    shards = _map_shards(func, items, "batched" if batched else "item", workers=workers, desc=desc, quiet=quiet,
+                         staging_dir=staging_dir, shard_size=shard_size, max_retries=max_retries,
+                         num_cpus=num_cpus, num_gpus=num_gpus)
+    for _, _, results in shards:
+        yield from results
+
+
+def ray_map_shards(
+    func: Callable[..., Any],
+    items: Sequence[Any],
+    *,
+    desc: str,
+    staging_dir: str | os.PathLike,
+    quiet: bool = False,
+    workers: int | None = None,
+    shard_size: int | None = None,
+    max_retries: int = MAX_RETRIES,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    task_args: dict[str, Any] | None = None,
+    still_valid: Callable[[Any], bool] | None = None,
+) -> Iterator[tuple[int, int, Any]]:
+    """Yield (start, stop, func(items[start:stop], shard, **task_args)) for each shard, in order,
+    computed by Ray tasks; for a func whose result per shard is small (where its output went).
+
+    shard: ``(stage folder name, shard index)``, which names the shard's own outputs: the stage
+    folder's name holds the key of the inputs, so a re-run with other items never takes them.
+    task_args: given to every call but not part of the key (what differs between a run and its
+    resume, e.g. predict's run id). still_valid(result): whether a staged result found when
+    the map starts can still be used (its outputs are still there); one that cannot is computed
+    again. The rest as ray_map_ordered.
+    """
+    for start, stop, results in _map_shards(func, items, "shard", workers=workers, desc=desc, quiet=quiet,
+                                            staging_dir=staging_dir, shard_size=shard_size, max_retries=max_retries,
+                                            num_cpus=num_cpus, num_gpus=num_gpus, task_args=task_args,
+                                            still_valid=still_valid):
+        yield start, stop, results[0]
+
+
+def _map_shards(func, items, mode: str, *, workers, desc: str, quiet: bool, staging_dir, shard_size, max_retries: int,
+                num_cpus, num_gpus, task_args=None, still_valid=None) -> Iterator[tuple[int, int, list[Any]]]:
+    """(start, stop, the part's results) per shard, in order: ray_map_ordered's and ray_map_shards' body."""
     if not isinstance(items, Sequence):  # a work list made on demand (parallel.LazyRows) stays lazy:
         items = list(items)              # it is hashed as it is iterated and sliced per shard
     size = shard_size or shard_size_for(len(items))
-    # batched and the resources are not in the key: the parts hold func's result for each
-    # item either way, and a function's contract (per item or per shard) is part of it
+    # the mode and the resources are not in the key: a function's contract (per item or per
+    # shard) is part of it, and the parts hold func's results either way
     folder = Path(staging_dir) / f"{desc or 'map'}-{staging_key(func, items, size)}"
     shards = _shards(len(items), size)
     resources = {"num_cpus": num_cpus, "num_gpus": num_gpus}
     with progress_bar(len(items), desc, quiet=quiet) as bar:
         if shards:
             _make_stage_folder(folder)
-            yield from _run_shards(func, items, shards, folder, workers, max_retries, bar, batched, resources)
+            if still_valid is not None:
+                _drop_stale_parts(folder, len(shards), still_valid)
+            for start, stop, results in _run_shards(func, items, shards, folder, workers, max_retries, mode,
+                                                    resources, task_args):
+                yield start, stop, results
+                bar.update(stop - start)
 
 
-def _run_shards(func, items, shards, folder: Path, workers, max_retries: int, bar, batched: bool,
-                resources: dict[str, float | None]) -> Iterator[Any]:
+def _drop_stale_parts(folder: Path, n_shards: int, still_valid: Callable[[Any], bool]) -> None:
+    """Remove the staged shard results whose outputs are gone, so that they are computed again."""
+    for shard in range(n_shards):
+        path = part_path(folder, shard)
+        if path.exists() and not all(still_valid(result) for result in read_part(path)):
+            path.unlink()
+
+
+def _run_shards(func, items, shards, folder: Path, workers, max_retries: int, mode: str,
+                resources: dict[str, float | None], task_args) -> Iterator[tuple[int, int, list[Any]]]:
     """Submit shards whose part is missing (a window at a time); yield parts in order."""
     missing = [i for i in range(len(shards)) if not part_path(folder, i).exists()]
     to_run = set(missing)
@@ -240,7 +312,8 @@ def _run_shards(func, items, shards, folder: Path, workers, max_retries: int, ba
     def submit_more() -> None:
         while len(pending) < window and (shard := next(queue, None)) is not None:
             start, stop = shards[shard]
-            pending[shard] = task.remote(func_ref, items[start:stop], start, str(part_path(folder, shard)), batched)
+            pending[shard] = task.remote(func_ref, items[start:stop], start, str(part_path(folder, shard)), mode,
+                                         task_args)
 
     for shard, (start, stop) in enumerate(shards):
         if shard in to_run:
@@ -258,15 +331,13 @@ def _run_shards(func, items, shards, folder: Path, workers, max_retries: int, ba
                     "are kept: fix the cause and run the stage again to resume"
                 ) from e
         results = read_part(part_path(folder, shard))
-        if len(results) != stop - start:
-            raise StageError(f"{part_path(folder, shard)} holds {len(results)} results, not {stop - start}; "
-                             "delete it and run the stage again")
+        if len(results) != (1 if mode == "shard" else stop - start):
+            raise StageError(f"{part_path(folder, shard)} holds {len(results)} results, not "
+                             f"{1 if mode == 'shard' else stop - start}; delete it and run the stage again")
         if shard == len(shards) - 1:
             # before the last yield: a caller that stops pulling at the last item (zip) never resumes us
             _remove_stage_folders(folder)
-        for result in results:
-            yield result
-            bar.update()
+        yield start, stop, results
 
 
 def _task_slots(ray, resources: dict[str, float]) -> int:

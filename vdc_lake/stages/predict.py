@@ -257,19 +257,48 @@ def _rotation_order(loaded: Any, kind: str) -> list[int] | None:
     return _rotation_columns(loaded.class_names) if kind == "rotation" else None
 
 
-def _infer_shard(spec: ModelSpec, items: list[tuple[str, int]]) -> list[np.ndarray | str]:
-    """Ray task body for a shard of (path, version): one result per path (see _per_image).
-    The version is not used here; it is in the items so that Ray's staging key (a hash of the
-    items) changes when a file does, and a staged result of older bytes is never ingested."""
+@dataclass
+class ShardPart:
+    """What a Ray task of predict hands back for its shard (never the vectors): the positions in
+    the shard whose vectors it wrote as one staged vector part, the positions that failed with
+    their reasons, and that part's file name in the set's folder (None: no vector), rows and bytes."""
+
+    done: np.ndarray                  # int64 [rows], ascending
+    failed: list[int]
+    errors: list[str]
+    file: str | None
+    rows: int = 0
+    bytes: int = 0
+
+
+def _infer_shard(spec: ModelSpec, table: str, folder: str, items: list[tuple[int, str, int]],
+                 shard: tuple[str, int], *, run_id: int) -> ShardPart:
+    """Ray task body for a shard of (image_id, path, version): run the model (loaded once per
+    worker process), write the vectors as a staged part in `folder` (the set's folder in
+    CATALOG.vectors, shared with the workers) under run_id, and return the ShardPart. shard: the
+    map's (stage folder, shard index), which names the staged part; the versions are in the
+    items so that the stage folder's key changes when a file does, and a part staged from older
+    bytes is never adopted."""
+    from vdc_lake.catalog.vectors import staged_name, write_staged_part
     from vdc_lake.models.inference import run_inference
 
-    paths = [path for path, _ in items]
     if spec not in _WORKER_MODELS:
         _WORKER_MODELS.clear()  # one model per worker process: free the previous one
         _WORKER_MODELS[spec] = spec.load()
     loaded = _WORKER_MODELS[spec]
-    batches = run_inference(loaded, paths, spec.options, kind=spec.kind)
-    return list(_per_image(batches, _rotation_order(loaded, spec.kind)))
+    batches = run_inference(loaded, [path for _, path, _ in items], spec.options, kind=spec.kind)
+    results = list(_per_image(batches, _rotation_order(loaded, spec.kind)))
+    done = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
+    failed = [i for i, r in enumerate(results) if not isinstance(r, np.ndarray)]
+    errors = [results[i] if isinstance(results[i], str) and results[i] else NO_REASON for i in failed]
+    name = staged_name(*shard)
+    written = None
+    if done:
+        written = write_staged_part(folder, name, table, run_id, np.array([items[i][0] for i in done], np.int64),
+                                    np.array([items[i][2] for i in done], np.int32),
+                                    np.stack([results[i] for i in done]))
+    rows, size = written or (0, 0)
+    return ShardPart(np.asarray(done, np.int64), failed, errors, name if written else None, rows, size)
 
 
 def _ray_device(device: str) -> str:
@@ -282,20 +311,69 @@ def _ray_device(device: str) -> str:
     return "cuda" if device.startswith("cuda") else device
 
 
-def _model_results_on_ray(catalog: Catalog, spec: ModelSpec, items: list[tuple[str, int]],
-                          quiet: bool) -> Iterator[Any]:
-    """Results of spec's model for paths (as _per_image gives them), computed by batched Ray
-    tasks: 1 GPU each on cuda, max(1, num_workers) CPUs for the decoding processes."""
-    from vdc_lake.scale.ray_backend import ray_map_ordered, shard_size_for, staging_root
+def _predict_on_ray(catalog: Catalog, spec: ModelSpec, work: pa.Table, summary: PredictSummary,
+                    commit_every: int, quiet: bool) -> None:
+    """Compute spec's model for the work rows in batched Ray tasks (1 GPU each on cuda,
+    max(1, num_workers) CPUs for the decoding processes), each writing its shard's vectors as a
+    staged part in the set's folder; adopt the parts and record the failures in shard order,
+    committing every `commit_every` images and every COMMIT_EVERY_SECONDS. The vectors never
+    pass through this process (but where a resumed run adopts a part an earlier run staged)."""
+    from vdc_lake.catalog.vectors import remove_orphans, set_folder, staged_part_exists
+    from vdc_lake.scale.ray_backend import ray_map_shards, shard_size_for, staging_root
 
+    table, name = KIND_TABLE[spec.kind], summary.set_name
+    folder = set_folder(catalog.path, table, name, create=True)
+    items = LazyRows(work.select(["image_id", "path", "version"]),
+                     lambda r: (r["image_id"], r["path"], r["version"]))
     # Whole batches, and at least PREDICT_SHARD_BATCHES of them: each shard starts its decoding
     # processes, and the model's first batches are slow, so small shards would pay that often.
     batch_size = spec.options.batch_size
     batches = max(PREDICT_SHARD_BATCHES, math.ceil(shard_size_for(len(items)) / batch_size))
-    shard_size = batches * batch_size
-    return ray_map_ordered(partial(_infer_shard, spec), items, desc="predict", quiet=quiet,
-                           staging_dir=staging_root(catalog.path), shard_size=shard_size, batched=True,
-                           num_cpus=max(1, spec.options.num_workers), num_gpus=1 if spec.options.device == "cuda" else 0)
+    shards = ray_map_shards(
+        partial(_infer_shard, spec, table, str(folder)), items, desc="predict", quiet=quiet,
+        staging_dir=staging_root(catalog.path), shard_size=batches * batch_size,
+        num_cpus=max(1, spec.options.num_workers), num_gpus=1 if spec.options.device == "cuda" else 0,
+        task_args={"run_id": summary.run_id},
+        still_valid=lambda part: part.file is None or staged_part_exists(catalog.path, table, name, part.file))
+    waiting: list[tuple[int, ShardPart]] = []
+    images, last_commit = 0, time.monotonic()
+    for start, stop, part in shards:
+        waiting.append((start, part))
+        images += stop - start
+        if images >= commit_every or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
+            _commit_parts(catalog, summary, table, work, waiting)
+            waiting, images, last_commit = [], 0, time.monotonic()
+    _commit_parts(catalog, summary, table, work, waiting)
+    remove_orphans(catalog.con, catalog.path)  # what the tasks staged for maps that cannot resume any more
+    catalog.release()
+
+
+def _commit_parts(catalog: Catalog, summary: PredictSummary, table: str, work: pa.Table,
+                  parts: list[tuple[int, ShardPart]]) -> None:
+    """One transaction: adopt each shard's staged part (checked against the work rows it names)
+    and record the shards' failures. parts: (the shard's first work row, its ShardPart)."""
+    from vdc_lake.catalog.sets import set_dim
+    from vdc_lake.catalog.vectors import adopt_staged_part
+
+    if not parts:
+        return
+    ids, versions = work.column("image_id").to_numpy(), work.column("version").to_numpy()
+    failed = np.array([start + i for start, part in parts for i in part.failed], np.int64)
+    errors = [error for _, part in parts for error in part.errors]
+    written = 0
+    with catalog.transaction():
+        dim = set_dim(catalog, table, summary.set_name)
+        for start, part in parts:
+            if part.file is not None:
+                rows = start + part.done
+                written += adopt_staged_part(catalog, table, summary.set_name, part.file, run_id=summary.run_id,
+                                             image_ids=ids[rows], versions=versions[rows], dim=dim, size=part.bytes)
+        if len(failed):
+            catalog.insert_arrow("predict_failures", _failure_table(summary.run_id, summary.set_name, ids[failed],
+                                                                    versions[failed], errors))
+    catalog.release()
+    summary.written += written
+    _note_failures(summary, work.column("path").take(pa.array(failed[:FAILURE_EXAMPLES])).to_pylist(), errors)
 
 
 def _ingest(catalog: Catalog, kind: str, work: pa.Table, results: Iterable[np.ndarray | str | None],
@@ -446,16 +524,16 @@ def _predict_alone(catalog: Catalog, request: PredictRequest, options: Inference
         else:
             _register_model_set(catalog, name, kind, loaded, run_id)
         work = _todo(catalog, KIND_TABLE[kind], name, max_pixels, retry_failed, summary)
-        if work.num_rows:
+        if work.num_rows and not builtin:
+            catalog.release()  # while the tasks run
+            _predict_on_ray(catalog, spec, work, summary, commit_every, quiet)
+        elif work.num_rows:
             items = LazyRows(work.select(["path", "version"]), lambda r: (r["path"], r["version"]))
             catalog.release()  # before workers fork (local) or while tasks run (ray)
-            if builtin:
-                mapper = get_mapper(backend, catalog_path=catalog.path)
-                results = mapper(partial(_builtin_item, max_pixels=max_pixels), items, workers=options.num_workers,
-                                 desc="builtin", quiet=quiet)
-                results = (builtin_vectors_for(dim, r) if isinstance(r, np.ndarray) else r for r in results)
-            else:
-                results = _model_results_on_ray(catalog, spec, items, quiet)
+            mapper = get_mapper(backend, catalog_path=catalog.path)
+            results = mapper(partial(_builtin_item, max_pixels=max_pixels), items, workers=options.num_workers,
+                             desc="builtin", quiet=quiet)
+            results = (builtin_vectors_for(dim, r) if isinstance(r, np.ndarray) else r for r in results)
             _ingest(catalog, kind, work, results, summary, commit_every)
         _finish(catalog, summary, started)
     return summary
