@@ -32,22 +32,10 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dedup import make_dataset  # noqa: E402
+from bench_dedup import Clock, make_dataset  # noqa: E402
 
 from vdc_lake.catalog.connection import Catalog  # noqa: E402
 from vdc_lake.catalog.sets import register_embedding_set, write_vectors  # noqa: E402
-
-
-class Clock:
-    """Wall and process CPU seconds."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
 
 
 def peak_rss_gb() -> float:
