@@ -176,7 +176,7 @@ def cost_table(roots: list[Path], what: str, work: Path, rounds: int, workers: i
         for label in times:
             catalog_path = work / f"cost-{what[:5]}-{round_}-{label.replace(' ', '-')}.duckdb"
             cli(["scan", *roots], catalog_path)  # a new catalog: the first sanitize, as users run it
-            probe._quality = with_quality if label == "with quality" else (lambda img: None)
+            probe._quality = with_quality if label == "with quality" else (lambda img, luma=None: None)
             try:
                 with Catalog(catalog_path) as catalog:
                     started, started_cpu = time.perf_counter(), time.process_time()

@@ -141,7 +141,7 @@ def bench_decode_check_only(root: Path, work: Path, workers: int, config: Config
 
     saved = getattr(probe, "_quality", None)
     if saved is not None:
-        probe._quality = lambda img: None
+        probe._quality = lambda img, luma=None: None
     try:
         return bench_fused(root, work, workers, config, descriptor=False, name="check-only")
     finally:
@@ -160,11 +160,10 @@ def phase_table(root: Path, n: int, rules: dict) -> list[tuple[str, float]]:
     from vdc_lake.fileops.probe import HeaderReader, read_file
     from vdc_lake.kernels.descriptor import builtin_descriptor
 
-    quality = getattr(probe, "_quality", lambda img: None)  # issue 23.6's values, where present
-
     files = sorted(str(p) for p in root.glob("*/img_*.jpg"))[:n]
     totals = dict.fromkeys(["read whole (page cache)", "xxh3-128", "open + header facts", "draft + load (decode)",
-                            "built-in descriptor", "quality values", "read_file (all of it)"], 0.0)
+                            "luma (shared by the two below)", "built-in descriptor", "quality values",
+                            "read_file (all of it)"], 0.0)
     for path in files:
         t0 = time.process_time()
         with open(path, "rb") as f:
@@ -177,16 +176,19 @@ def phase_table(root: Path, n: int, rules: dict) -> list[tuple[str, float]]:
             probe._header_facts(img)
             t3 = time.process_time()
             reader.lift()
-            img.draft(img.mode, (img.width // 8, img.height // 8))
+            img.draft(img.mode, probe._draft_size(img.width, img.height, True))
             img.load()
             t4 = time.process_time()
-            builtin_descriptor(img)
+            luma = probe._shared_luma(img)
             t5 = time.process_time()
-            quality(img)
+            builtin_descriptor(img, luma=luma)
             t6 = time.process_time()
+            probe._quality(img, luma)
+            t7 = time.process_time()
         read_file(path, decode=True, max_pixels=int(rules["max_pixels"]), with_descriptor=True)
-        t7 = time.process_time()
-        for key, (a, b) in zip(totals, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6), (t6, t7)]):
+        t8 = time.process_time()
+        steps = [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6), (t6, t7), (t7, t8)]
+        for key, (a, b) in zip(totals, steps):
             totals[key] += b - a
     return [(key, 1000 * value / max(len(files), 1)) for key, value in totals.items()]
 

@@ -189,3 +189,25 @@ def test_flat_image_gets_zero_vector():
 def test_wrong_thumbnail_shape_is_rejected():
     with pytest.raises(ValueError, match="thumbnails must have shape"):
         descriptors_from_thumbnails(np.zeros((2, 16, 16)))
+
+
+def test_a_shared_luma_gives_the_same_descriptor_and_sanitize_shares_one():
+    """Sanitize converts an opaque image to its luma once for the descriptor and the quality
+    values (fileops.probe._shared_luma); the vector is the one the image gives on its own, and
+    a transparent image composites as always (the shared luma is not used for it)."""
+    from vdc_lake.fileops.probe import _decoded, _shared_luma
+
+    rng = np.random.default_rng(7)
+    rgb = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).resize((258, 194))
+    for img in (rgb, rgb.convert("L")):
+        luma = _shared_luma(img)
+        assert luma is not None and luma.mode == "L"
+        assert np.array_equal(builtin_descriptor(img, luma=luma), builtin_descriptor(img))
+        decoded = _decoded(img, True)
+        assert np.array_equal(decoded.descriptor, builtin_descriptor(img)) and decoded.quality is not None
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.new("L", rgb.size, 0).resize(rgb.size))
+    rgba.paste((0, 0, 0, 255), (60, 40, 200, 150))
+    assert _shared_luma(rgba) is None
+    assert np.array_equal(_decoded(rgba, True).descriptor, builtin_descriptor(rgba))
+    assert not np.allclose(builtin_descriptor(rgba), builtin_descriptor(rgb))

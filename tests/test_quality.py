@@ -57,19 +57,40 @@ def test_kernel_values_on_planted_arrays():
         quality_values(np.zeros((4, 4, 4), np.uint8))
 
 
-def test_the_kernel_and_sanitize_s_pillow_path_agree():
-    """Sanitize makes the histograms with Pillow (fileops.probe._quality); the kernel's array path
-    gives the same values on the same pixels (its Laplacian is Pillow's 3 x 3 filter, borders kept)."""
-    from vdc_lake.fileops.probe import _LAPLACIAN, _quality
+def test_sanitize_s_shared_luma_path_gives_the_kernel_s_values():
+    """Sanitize gives the kernel Pillow's luma (shared with the descriptor); the values are the
+    kernel's on the same pixels, and its Laplacian is Pillow's 3 x 3 kernel filter (offset 128,
+    borders cropped), its colour JPEG's YCbCr chroma within one level."""
+    from vdc_lake.fileops.probe import _quality, _shared_luma
 
     rng = np.random.default_rng(1)
     luma = rng.integers(0, 256, (50, 70), dtype=np.uint8)
-    assert np.array_equal(laplacian(luma), np.asarray(Image.fromarray(luma).filter(_LAPLACIAN))[1:-1, 1:-1])
+    pillow_filter = ImageFilter.Kernel((3, 3), [-1, -1, -1, -1, 8, -1, -1, -1, -1], scale=1, offset=128)
+    assert np.array_equal(laplacian(luma), np.asarray(Image.fromarray(luma).filter(pillow_filter))[1:-1, 1:-1])
     img = _photo(5, size=(120, 90))
     ours = quality_values(np.asarray(img)).as_tuple()
-    pillow = _quality(img)
-    np.testing.assert_allclose(ours[:4], pillow[:4], rtol=0.02, atol=1 / 255)
-    assert abs(ours[4] - pillow[4]) <= 1  # chroma: Pillow's fixed-point YCbCr
+    shared = _quality(img, _shared_luma(img))
+    assert shared == _quality(img)  # the same with or without the shared luma
+    assert shared == quality_values(np.asarray(img), luma=np.asarray(img.convert("L"))).as_tuple()
+    np.testing.assert_allclose(ours[:4], shared[:4], rtol=0.02, atol=1 / 255)
+    (_, _), (cb_low, cb_high), (cr_low, cr_high) = img.convert("YCbCr").getextrema()
+    assert abs(shared[4] - max(128 - cb_low, cb_high - 128, 128 - cr_low, cr_high - 128)) <= 1
+
+
+def test_the_array_passes_match_their_definitions():
+    """laplacian_variance is the variance of the clipped Laplacian; the chroma from B - Y and
+    R - Y is JPEG's |Cb - 128|, |Cr - 128| within one level."""
+    from vdc_lake.kernels.quality import largest_chroma, laplacian_variance
+
+    rng = np.random.default_rng(4)
+    for shape in ((3, 3), (40, 57), (97, 129)):
+        luma = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert np.isclose(laplacian_variance(luma), laplacian(luma).astype(np.float64).var())
+    assert laplacian_variance(np.zeros((2, 9), np.uint8)) == 0
+    rgb = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    img = Image.fromarray(rgb)
+    exact = np.abs(np.asarray(img.convert("YCbCr")).astype(int)[..., 1:] - 128).max()
+    assert abs(largest_chroma(rgb, np.asarray(img.convert("L"))) - exact) <= 1
 
 
 def _findings(catalog: Path) -> dict[str, set[str]]:

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import xxhash
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 # Modes a training pipeline usually does not expect; recorded, not acted on.
 UNUSUAL_MODES = {"CMYK", "I;16", "I;16B", "I;16L", "I;16N", "I", "F", "LA", "PA", "YCbCr", "LAB", "HSV", "1"}
@@ -441,8 +441,18 @@ def _decode_pixels(img: Image.Image, reader: HeaderReader, max_pixels: int, with
 
 
 def _decoded(img: Image.Image, with_descriptor: bool) -> DecodeResult:
-    """The result for an image whose pixels decoded completely (what is computed from them)."""
-    return DecodeResult(None, _descriptor(img) if with_descriptor else None, _quality(img))
+    """The result for an image whose pixels decoded completely (what is computed from them).
+    The descriptor and the quality values share one grayscale conversion (an opaque 8-bit image's)."""
+    luma = _shared_luma(img)
+    return DecodeResult(None, _descriptor(img, luma) if with_descriptor else None, _quality(img, luma))
+
+
+def _shared_luma(img: Image.Image) -> Image.Image | None:
+    """img.convert("L") for an opaque RGB or L image (what both the descriptor and the quality
+    values start from), else None (each makes what it needs)."""
+    if img.mode not in ("RGB", "L") or "transparency" in img.info:
+        return None
+    return img if img.mode == "L" else img.convert("L")
 
 
 def _decode_error_text(e: Exception) -> str:
@@ -525,11 +535,11 @@ def _draft_size(width: int, height: int, with_descriptor: bool) -> tuple[int, in
     return min(width, max(floor[0], width // 8)), min(height, max(floor[1], height // 8))
 
 
-def _descriptor(img: Image.Image) -> np.ndarray | None:
+def _descriptor(img: Image.Image, luma: Image.Image | None = None) -> np.ndarray | None:
     from vdc_lake.kernels.descriptor import builtin_descriptor
 
     try:
-        return builtin_descriptor(img)
+        return builtin_descriptor(img, luma=luma)
     except Exception:  # noqa: BLE001 - a descriptor failure must not fail validation
         return None
 
@@ -537,32 +547,22 @@ def _descriptor(img: Image.Image) -> np.ndarray | None:
 _ONE_BAND_MODES = ("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N")
 
 
-def _quality(img: Image.Image) -> tuple[float | None, ...] | None:
+def _quality(img: Image.Image, luma: Image.Image | None = None) -> tuple[float | None, ...] | None:
     """kernels.quality values of the decoded image, as a tuple (None for 32-bit integer and
-    float images, whose range is unknown, or when they cannot be computed). Pillow reduces the
-    image and makes the luma's and its Laplacian's histograms and the chroma's extremes (C
-    loops); the kernel computes the values from them."""
-    from vdc_lake.kernels.quality import QUALITY_SIDE, quality_from_histograms
+    float images, whose range is unknown, or when they cannot be computed). luma: img.convert("L")
+    of an opaque RGB or L image, where the caller made it already (_shared_luma)."""
+    from vdc_lake.kernels.quality import QUALITY_SIDE, quality_values
 
     try:
-        small = _quality_image(img, QUALITY_SIDE)
-        if small is None:
-            return None
-        colour = None
-        if small.mode == "RGB":
-            (_, _), (cb_low, cb_high), (cr_low, cr_high) = small.convert("YCbCr").getextrema()
-            colour = float(max(128 - cb_low, cb_high - 128, 128 - cr_low, cr_high - 128))
-            small = small.convert("L")
-        detail = small.filter(_LAPLACIAN).crop((1, 1, max(1, small.width - 1), max(1, small.height - 1)))
-        detail_histogram = detail.histogram() if small.width > 2 and small.height > 2 else [0] * 256
-        return quality_from_histograms(np.array(small.histogram()), np.array(detail_histogram), colour).as_tuple()
+        if luma is None or max(img.width, img.height) // QUALITY_SIDE > 1:
+            img = _quality_image(img, QUALITY_SIDE)
+            if img is None:
+                return None
+            luma = img if img.mode == "L" else img.convert("L")
+        gray = np.asarray(luma)
+        return quality_values(gray if img.mode == "L" else np.asarray(img), luma=gray).as_tuple()
     except Exception:  # noqa: BLE001 - a quality failure must not fail validation
         return None
-
-
-# kernels.quality.laplacian as Pillow's filter: 8 x centre - the 8 neighbours, + 128 (Pillow
-# leaves the border rows and columns as they were: _quality crops them off).
-_LAPLACIAN = ImageFilter.Kernel((3, 3), [-1, -1, -1, -1, 8, -1, -1, -1, -1], scale=1, offset=128)
 
 
 def _quality_image(img: Image.Image, side: int) -> Image.Image | None:

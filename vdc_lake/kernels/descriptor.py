@@ -51,7 +51,10 @@ reduced scale (``Image.draft("RGB", DRAFT_SIZE)``), ~1.7 ms for a full 800 x 600
 ~12 ms at 3600 x 1400. The three views cost ~1.6-2.5x one (the grayscale conversion is
 shared, each view is one Pillow resize): on the benchmark's 21 real photos, decoded as
 sanitize decodes them (3.9-4.5 ms), one view 0.28-0.41 ms and the set 0.55-0.83 ms, i.e.
-+0.23-0.51 ms per image (5 runs on a shared 2-core VM). The draft changes the descriptor
++0.23-0.51 ms per image (5 runs on a shared 2-core VM). Sanitize shares the grayscale with
+the image-quality values (``luma``), and the views leave Pillow as one buffer: on the 1/8
+draft of a 1032 x 774 JPEG (129 x 97) the set costs ~0.2 ms, of which the three Pillow
+resizes are ~0.08 ms (benchmarks/RESULTS.md, "One read per file"). The draft changes the descriptor
 very little (cosine > 0.98 to the full decode, per view), because both paths average the
 same pixels down to 32 x 32.
 
@@ -163,13 +166,14 @@ def alpha_band(img: Image.Image) -> Image.Image | None:
     return None if alpha.getextrema()[0] == 255 else alpha
 
 
-def _bands(img: Image.Image) -> tuple[Image.Image, Image.Image | None]:
-    """(luma premultiplied by alpha, alpha) of an image with transparency; (luma, None) else.
-    Compositing is linear in these two, so each is area-averaged on its own: exact, and two
-    32 x 32 resizes instead of a full-size float image."""
+def _bands(img: Image.Image, luma: Image.Image | None = None) -> tuple[Image.Image, Image.Image | None]:
+    """(luma premultiplied by alpha, alpha) of an image with transparency; (luma, None) else
+    (``luma``, img's grayscale, where the caller made it already). Compositing is linear in
+    these two, so each is area-averaged on its own: exact, and two 32 x 32 resizes instead of
+    a full-size float image."""
     alpha = alpha_band(img)
     if alpha is None:
-        return _grayscale(img), None
+        return (luma if luma is not None else _grayscale(img)), None
     rgba = img if img.mode in ("RGBA", "LA") else img.convert("RGBA")
     return ImageChops.multiply(rgba.convert("L"), alpha), alpha
 
@@ -184,27 +188,36 @@ def gray_thumbnail(img: Image.Image) -> np.ndarray:
     return view_thumbnails(img, (1.0,))[0]
 
 
-def view_thumbnails(img: Image.Image, scales: tuple[float, ...] = VIEW_SCALES) -> np.ndarray:
+def view_thumbnails(img: Image.Image, scales: tuple[float, ...] = VIEW_SCALES, *,
+                    luma: Image.Image | None = None) -> np.ndarray:
     """Thumbnails [len(scales), THUMBNAIL_SIZE, THUMBNAIL_SIZE] float32 of centred regions
     of ``img`` that span ``scales`` (fractions in (0, 1]) of its width and height.
 
-    One grayscale conversion serves every view; scale 1.0 is exactly gray_thumbnail. An image
-    with transparency is composited on BACKGROUND: luma * a + BACKGROUND * (1 - a), a = alpha / 255.
+    One grayscale conversion serves every view (``luma``: img.convert("L"), where the caller
+    made it already; used for an opaque image only); scale 1.0 is exactly gray_thumbnail. An
+    image with transparency is composited on BACKGROUND: luma * a + BACKGROUND * (1 - a), a = alpha / 255.
     """
-    gray, alpha = _bands(img)
-    width, height = gray.size
-    thumbs = np.empty((len(scales), THUMBNAIL_SIZE, THUMBNAIL_SIZE), np.float32)
-    for i, scale in enumerate(scales):
-        thumbs[i] = _view(gray, scale, width, height)
-        if alpha is not None:
-            thumbs[i] += np.float32(BACKGROUND) * (1 - _view(alpha, scale, width, height) / np.float32(255))
+    gray, alpha = _bands(img, luma)
+    thumbs = _stacked(gray, [_view(gray, scale) for scale in scales])
+    if alpha is not None:
+        covered = _stacked(alpha, [_view(alpha, scale) for scale in scales])
+        thumbs += np.float32(BACKGROUND) * (1 - covered / np.float32(255))
     return thumbs
 
 
-def _view(band: Image.Image, scale: float, width: int, height: int) -> np.ndarray:
-    """The centred region spanning ``scale`` of one band, area-averaged to 32 x 32 float32."""
+def _stacked(band: Image.Image, views: list[Image.Image]) -> np.ndarray:
+    """The views (32 x 32 images of band's mode) as float32 [len(views), 32, 32]: one buffer,
+    one conversion (Pillow's array export costs more per call than this whole stack)."""
+    dtype = np.uint8 if band.mode == "L" else np.float32  # L or F (_grayscale)
+    data = np.frombuffer(b"".join(view.tobytes() for view in views), dtype)
+    return data.astype(np.float32).reshape(len(views), THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+
+
+def _view(band: Image.Image, scale: float) -> Image.Image:
+    """The centred region spanning ``scale`` of one band, area-averaged to 32 x 32."""
     if not 0 < scale <= 1:
         raise ValueError(f"view scales are fractions of the image in (0, 1], got {scale}")
+    width, height = band.size
     # Float box: the region is exact whatever the size, so a view of a turned image
     # is the turned view (rotate_descriptors works per view). Rounded to 1e-6 px: the
     # reduce step below snaps the box to whole pixels, where 14.999999 and 15 differ.
@@ -214,7 +227,7 @@ def _view(band: Image.Image, scale: float, width: int, height: int) -> np.ndarra
     # so full and draft decodes agree. reducing_gap makes the big step an integer
     # reduce(), which is several times faster on large images.
     size = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
-    return np.asarray(band.resize(size, Image.Resampling.BOX, box=box, reducing_gap=2.0), dtype=np.float32)
+    return band.resize(size, Image.Resampling.BOX, box=box, reducing_gap=2.0)
 
 
 def descriptors_from_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
@@ -226,19 +239,21 @@ def descriptors_from_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
     if thumbs.ndim != 3 or thumbs.shape[1:] != (THUMBNAIL_SIZE, THUMBNAIL_SIZE):
         raise ValueError(f"thumbnails must have shape [n, {THUMBNAIL_SIZE}, "
                          f"{THUMBNAIL_SIZE}], got {thumbs.shape}")
-    coeffs = _LOW_DCT @ thumbs @ _LOW_DCT.T  # [n, BLOCK, BLOCK]
-    desc = coeffs.reshape(len(thumbs), -1)[:, 1:]  # drop DC: centring
-    norms = np.linalg.norm(desc, axis=1, keepdims=True)
+    coeffs = (_LOW_DCT @ thumbs @ _LOW_DCT.T).reshape(len(thumbs), -1)  # [n, BLOCK * BLOCK]
+    desc = coeffs[:, 1:]  # drop DC: centring
+    norms = np.sqrt(np.einsum("ij,ij->i", desc, desc))[:, None]
     # Relative floor: a flat image's AC energy is rounding noise, not structure.
-    energy = np.linalg.norm(coeffs.reshape(len(thumbs), -1), axis=1, keepdims=True)
+    energy = np.sqrt(np.einsum("ij,ij->i", coeffs, coeffs))[:, None]
     flat = norms <= 1e-6 * np.maximum(energy, 1e-12)
     return np.where(flat, 0.0, desc / np.where(flat, 1.0, norms)).astype(np.float32)
 
 
-def builtin_descriptor(img: Image.Image) -> np.ndarray:
+def builtin_descriptor(img: Image.Image, *, luma: Image.Image | None = None) -> np.ndarray:
     """The built-in (multi-view) descriptor of one image: [SET_DIM] float32 of unit norm (or
-    zero), VIEWS views of norm 1 / sqrt(VIEWS) concatenated, the whole image first."""
-    return _as_set(descriptors_from_thumbnails(view_thumbnails(img)))
+    zero), VIEWS views of norm 1 / sqrt(VIEWS) concatenated, the whole image first.
+    luma: img.convert("L") where the caller made it already (sanitize shares it with the
+    image-quality values); None: made here."""
+    return _as_set(descriptors_from_thumbnails(view_thumbnails(img, luma=luma)))
 
 
 def builtin_descriptors(images: Iterable[Image.Image]) -> np.ndarray:
