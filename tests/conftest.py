@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -71,6 +72,26 @@ def image_rows(catalog_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 def default_config(search_dir: str | os.PathLike) -> Config:
     """The bundled defaults (search_dir must hold no vdc-lake.toml)."""
     return Config.load(search_dir=Path(search_dir))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance per test process for the modules that use Ray (they skip without
+    it; CI installs it: .ci/run installs ".[test,scale]"). A module whose functions run on the
+    workers ships them by value: ray_module_by_value."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[scale]'); Ray tests skipped")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def ray_module_by_value(ray, module_name: str):
+    """Ship a test module's functions to Ray workers by value (the module is not importable
+    there) while its tests run; a generator for a module-scoped fixture."""
+    module = sys.modules[module_name]
+    ray.cloudpickle.register_pickle_by_value(module)
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(module)
 
 
 @pytest.fixture(scope="session")

@@ -139,12 +139,9 @@ def test_error_bound_is_derived_per_precision():
 # ------------------------------------------------------------------ Ray tiles
 
 @pytest.fixture(scope="module")
-def ray_instance():
-    # only the tests that use Ray skip without it (CI installs it: .ci/run installs ".[test,scale]")
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[scale]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+def ray_instance(ray_cluster):
+    # only the tests that use Ray skip without it (conftest.ray_cluster)
+    yield ray_cluster
 
 
 def test_ray_tiles_equal_the_local_search_and_resume_from_staged_tiles(crowded, ray_instance, tmp_path):

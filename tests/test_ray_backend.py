@@ -16,7 +16,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vdc-lake[scale]'); Ray tests skipped")
 
-from tests.conftest import default_config  # noqa: E402
+from tests.conftest import default_config, ray_module_by_value  # noqa: E402
 from tests.tiny_models import PE_CORE, ROTNET, TINY_SPECS, make_tiny_model, write_test_images  # noqa: E402
 from vdc_lake.stages import scan as scan_module  # noqa: E402
 from vdc_lake.effects.apply import apply_plan, make_plan  # noqa: E402
@@ -37,12 +37,8 @@ POISON_FILE = ""
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    # this module is not importable on the workers: ship its functions by value
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray.shutdown()
+def ray_instance(ray_cluster):
+    yield from ray_module_by_value(ray_cluster, __name__)
 
 
 def _copy(template_root: Path, where: Path) -> Path:

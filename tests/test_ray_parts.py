@@ -18,7 +18,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vdc-lake[scale]'); Ray tests skipped")
 
-from tests.conftest import default_config  # noqa: E402
+from tests.conftest import default_config, ray_module_by_value  # noqa: E402
 from tests.tiny_models import PE_CORE, TINY_SPECS, make_tiny_model, write_test_images  # noqa: E402
 from vdc_lake.catalog import vectors as vectors_module  # noqa: E402
 from vdc_lake.catalog.connection import Catalog  # noqa: E402
@@ -41,12 +41,8 @@ TAMPER = ""
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    # this module is not importable on the workers: ship its functions by value
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray.shutdown()
+def ray_instance(ray_cluster):
+    yield from ray_module_by_value(ray_cluster, __name__)
 
 
 @pytest.fixture(scope="module")
