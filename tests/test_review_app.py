@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import duckdb
 import pytest
 from starlette.testclient import TestClient
 
@@ -148,6 +149,37 @@ def test_keep_and_drop_write_the_overrides_the_cli_writes_and_the_counts_follow(
             } == members
 
 
+def test_a_page_is_read_once_per_catalog_state_and_a_cli_command_between_requests_shows(catalog_copy, tmp_path,
+                                                                                        run_cli):
+    client = client_for(catalog_copy, tmp_path)
+    deleted, _ = dedup_pair(catalog_copy)
+    cache = client.app.state.pages
+    first = client.get(f"/image/{deleted}").text
+    assert client.get(f"/image/{deleted}").text == first and cache.hits == 1  # the same state: not read again
+    assert 'data-override="keep"' not in client.get("/counts").text
+    result = run_cli(["override", "keep", str(deleted), "--reason", "kept from the shell"], catalog_copy)
+    assert result.exit_code == 0, result.output
+    assert "kept from the shell" in client.get(f"/image/{deleted}").text
+    assert re.search(r'data-override="keep">1<', client.get("/counts").text)
+    result = run_cli(["override", "clear", str(deleted)], catalog_copy)
+    assert result.exit_code == 0, result.output
+    assert 'data-override="keep"' not in client.get("/counts").text
+
+
+def test_a_catalog_edited_between_requests_is_checked_again(catalog_copy, tmp_path):
+    """Opening read-only skips the content checks for a file state already checked (per request,
+    they would cost more than most pages); any edit changes the state, so the edit is found."""
+    client = client_for(catalog_copy, tmp_path)
+    assert client.get("/runs").status_code == 200
+    con = duckdb.connect(str(catalog_copy))  # as someone handing the catalog over could
+    try:
+        con.execute("CREATE MACRO lower(x) AS 'pwned'")
+    finally:
+        con.close()
+    page = client.get("/runs")
+    assert page.status_code != 200 and "replaces DuckDB&#39;s own function" in page.text
+
+
 def test_undo_gives_back_the_overrides_before_the_last_action(catalog_copy, tmp_path):
     client = client_for(catalog_copy, tmp_path)
     a, b = [r[0] for r in catalog_rows(catalog_copy, "SELECT image_id FROM curated ORDER BY image_id LIMIT 2")]
@@ -158,6 +190,10 @@ def test_undo_gives_back_the_overrides_before_the_last_action(catalog_copy, tmp_
     assert client.post("/undo", headers=csrf(client)).status_code == 200
     assert catalog_rows(catalog_copy, in_force) == [(a, "keep")]
     assert {r[1:] for r in overrides(catalog_copy)[-2:]} == {(a, "keep", "first"), (b, "clear", None)}
+    runs = catalog_rows(catalog_copy, "SELECT run_id, params->>'command' FROM runs WHERE stage = 'override' "
+                                      "ORDER BY run_id")
+    assert len(runs) == 3 and runs[-1][1] == "undo"  # one override run per action, undo included
+    assert {r[0] for r in overrides(catalog_copy)[-2:]} == {runs[-1][0]}
     assert client.post("/undo", headers=csrf(client)).status_code == 200
     assert catalog_rows(catalog_copy, in_force) == []
     nothing = client.post("/undo", headers=csrf(client))

@@ -12,7 +12,8 @@ from vdc_lake.catalog.sets import register_prediction_set, write_vectors
 from vdc_lake.config.loader import Config
 from vdc_lake.errors import PlanError
 from vdc_lake.review.thresholds import (SWEEP_STEPS, chain_only, config_line, default_values, pairs_near,
-                                        threshold_sweep)
+                                        dedup_removed_sweep, threshold_sweep)
+from vdc_lake.stages.overrides import set_overrides
 
 
 @pytest.fixture
@@ -31,6 +32,25 @@ def test_dedup_sweep_counts_what_dedup_actions_deletes(chained):
                                "WHERE action = 'delete'", [v]) for v in values[::4]]
     assert [removed for _, removed in swept] == expected
     assert expected == sorted(expected) and expected[-1] > expected[1] > 0  # a larger threshold joins more
+
+
+def test_the_one_pass_dedup_sweep_equals_dedup_actions_with_overrides_and_gone_images(chained):
+    catalog, _ = chained
+    values = default_values(catalog, "dedup", set_name="s")
+
+    def expected() -> list[int]:
+        return [catalog.scalar("SELECT count(*) FROM dedup_actions(threshold := ?, embedding_set := 's') "
+                               "WHERE action = 'delete'", [v]) for v in values]
+
+    assert [n for _, n in dedup_removed_sweep(catalog, "s", values)] == expected()
+    # overrides: several kept in one chain, a dropped one, a kept one that is gone; an exact copy
+    set_overrides(catalog, ["3", "4", "40"], "keep", reason="distinct")
+    set_overrides(catalog, ["7", "8", "9", "10"], "drop")
+    catalog.execute("UPDATE images SET present = false WHERE image_id IN (40, 41, 60)")
+    catalog.execute("UPDATE images SET content_hash = 'h100' WHERE image_id = 250")
+    truth = expected()
+    assert [n for _, n in dedup_removed_sweep(catalog, "s", values)] == truth
+    assert truth == sorted(truth) and truth[-1] > truth[1] > 0
 
 
 def test_rotation_score_and_example_sweeps_count_their_macros(chained):

@@ -88,26 +88,41 @@ _DAMAGED = ("Could not read enough bytes", "Corrupt database file", "Failed to r
 _NO_ACCESS = ("Permission denied", "Read-only file system")
 
 
+# File states (file_state) of catalogs whose contents a read-only open of this process checked
+# (_check_contents) and found sound: a read-only open of the same unchanged file skips the checks,
+# which read nothing but the file (the review app opens the catalog per request). Any write, by
+# DuckDB or anything else, changes the state: size, mtime and ctime (which no user can set) of the
+# file and of its WAL, and the inode of each (a file moved over it). Only stat: opening and closing
+# the file would drop the process's POSIX locks on it, DuckDB's among them.
+_VERIFIED_STATES: dict[tuple, None] = {}
+VERIFIED_STATES_KEPT = 64
 
 
+def file_state(path: Path) -> tuple | None:
+    """(device, inode, size, mtime_ns, ctime_ns) of the catalog file and of its WAL (None where
+    there is none); None when the catalog file cannot be read."""
+    state: list[Any] = [str(path)]
+    for name in (path, path.with_name(path.name + ".wal")):
+        try:
+            info = os.stat(name)
+        except OSError:
+            if name == path:
+                return None
+            state.append(None)
+            continue
+        state.append((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+    return tuple(state)
 
 
+def forget_verified() -> None:
+    """Check every catalog again on its next read-only open (what a write does to its file state)."""
+    _VERIFIED_STATES.clear()
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+def _remember_verified(state: tuple) -> None:
+    _VERIFIED_STATES[state] = None
+    while len(_VERIFIED_STATES) > VERIFIED_STATES_KEPT:
+        del _VERIFIED_STATES[next(iter(_VERIFIED_STATES))]
 
 
 def _now() -> dt.datetime:
@@ -239,8 +254,13 @@ class Catalog:
             self._con = self._connect()
             try:
                 if not self._checked:
-                    with self._translated():
-                        self._check_contents()
+                    # taken while this connection is open: no DuckDB writer can change the file meanwhile
+                    state = file_state(self.path) if self.read_only and not self._files_wanted else None
+                    if state is None or state not in _VERIFIED_STATES:
+                        with self._translated():
+                            self._check_contents()
+                        if state is not None and file_state(self.path) == state:
+                            _remember_verified(state)
                     self._checked = True
                     if self._files_wanted and self.files_refused is None:
                         self._files = True  # reconnect with file access for the user's own SQL

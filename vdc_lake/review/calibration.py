@@ -544,16 +544,17 @@ def calibration_rows(catalog: Catalog, set_name: str, *, target_precision: float
                      bins: int | None = None) -> Calibration:
     """Estimated precision and recall (within the searched range) per candidate threshold of the
     set, from the labels in force (the threshold_calibration macro), with the images each removes
-    (dedup_actions, as `plan dedup --threshold T --set S` counts them). target_precision: default
+    (dedup_actions, as `plan dedup --threshold T --set S` counts them, all thresholds from one read
+    of the pairs: thresholds.dedup_removed_sweep). target_precision: default
     [calibration] target_precision; bins: default the newest draw's, else [calibration] bins."""
-    from vdc_lake.review.thresholds import threshold_sweep
+    from vdc_lake.review.thresholds import dedup_removed_sweep
 
     target = _setting(catalog, "target_precision", target_precision, "--target-precision")
     if bins is not None:
         bins = _setting(catalog, "bins", bins, "--bins")
     _check_set(catalog, set_name)
     found = catalog.arrow("SELECT * FROM threshold_calibration(?, bins := ?)", [set_name, bins]).to_pylist()
-    removed = dict(threshold_sweep(catalog, "dedup", set_name=set_name, values=[r["threshold"] for r in found]))
+    removed = dict(dedup_removed_sweep(catalog, set_name, [r["threshold"] for r in found]))
     rows = [CalibrationRow(threshold=float(r["threshold"]), precision=_finite(r["precision"]),
                            precision_low=_finite(r["precision_low"]), precision_high=_finite(r["precision_high"]),
                            recall=_finite(r["recall"]), recall_low=_finite(r["recall_low"]),

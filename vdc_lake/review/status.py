@@ -46,14 +46,7 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
             JOIN images i ON i.image_id = f.image_id AND i.version = f.version AND i.present
         """
     )
-    # A catalog written by an older vdc-lake and opened read-only has no override views until a
-    # writing command migrates it: it has no overrides either.
-    has_overrides = bool(catalog.scalar(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'override_actions'"))
-    pending = catalog.rows(PENDING_SQL.format(rows=" UNION ALL ".join(
-        PENDING_ROWS_SQL.format(order=order, stage=stage, source=decision.view, actions=decision.acts)
-        for order, (stage, decision) in enumerate(DECISIONS.items()) if stage != "override" or has_overrides)))
-    pending.extend(catalog.rows(UNFINISHED_SQL))
+    pending = pending_counts(catalog)
     runs = catalog.rows(
         """
         SELECT run_id, stage, status, strftime(started_at, '%Y-%m-%d %H:%M:%S'),
@@ -65,13 +58,36 @@ def catalog_status(catalog: Catalog, *, recent_runs: int = 10) -> dict[str, list
     settings = decision_settings_in_force(catalog)
     curated = catalog.scalar("SELECT count(*) FROM curated")
     # the user's overrides in force (keep: no decision removes the image; drop: the override stage deletes it)
-    overrides = catalog.rows("SELECT override, count(*) FROM override_actions GROUP BY override ORDER BY override"
-                             ) if has_overrides else []
+    overrides = overrides_in_force(catalog)
     return {"images": images, "pending": pending, "runs": runs, "settings": settings, "curated": curated,
             "overrides": overrides, "predict_failures": predict_failures(catalog),
             "stale_sample": stale_sample(catalog, curated=curated),
             "pending_note": EXCLUSIVE_NOTE.format(order=", ".join(DECISIONS)),
             "setting_notes": dedup_threshold_notes(catalog) + [n for n in [sanitize_rules_note(catalog)] if n]}
+
+
+def _has_overrides(catalog: Catalog) -> bool:
+    # A catalog written by an older vdc-lake and opened read-only has no override views until a
+    # writing command migrates it: it has no overrides either.
+    return bool(catalog.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'override_actions'"))
+
+
+def pending_counts(catalog: Catalog) -> list[tuple[str, str, int]]:
+    """(stage, action, images) each decision would do at the catalog's settings (PENDING_SQL),
+    then the operations an interrupted apply left unfinished: status' "pending" rows."""
+    has_overrides = _has_overrides(catalog)
+    pending = catalog.rows(PENDING_SQL.format(rows=" UNION ALL ".join(
+        PENDING_ROWS_SQL.format(order=order, stage=stage, source=decision.view, actions=decision.acts)
+        for order, (stage, decision) in enumerate(DECISIONS.items()) if stage != "override" or has_overrides)))
+    return pending + catalog.rows(UNFINISHED_SQL)
+
+
+def overrides_in_force(catalog: Catalog) -> list[tuple[str, int]]:
+    """(override, images) of the user's overrides in force (keep: no decision removes the image;
+    drop: the override stage deletes it)."""
+    if not _has_overrides(catalog):
+        return []
+    return catalog.rows("SELECT override, count(*) FROM override_actions GROUP BY override ORDER BY override")
 
 
 DEDUP_THRESHOLD = ("apply_deduplication", "threshold")

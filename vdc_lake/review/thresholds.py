@@ -10,6 +10,7 @@ score under it deletes; max_score stays the setting).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -94,6 +95,88 @@ def threshold_sweep(catalog: Catalog, decision: str, *, set_name: str | None = N
         sql, params, _ = decision_query(decision, config, **_options(catalog, decision, set_name, float(value)))
         swept.append((value, int(catalog.scalar(f"SELECT count(*) FROM ({sql})", params))))
     return swept
+
+
+# The members dedup_actions ranks, with its survival rank (0: kept by override and no other
+# decision removes it, 1: no override and no other decision removes it, 2: kept by override but
+# removed elsewhere, 3: removed elsewhere, 4: dropped by override); nodes of the pairs that are
+# not present images are in no group's count (dedup_actions joins image_files).
+_SURVIVAL_SQL = """
+WITH removed_elsewhere AS (
+    SELECT DISTINCT image_id, version FROM filter_removals WHERE decision <> 'override'
+)
+SELECT n.image_id,
+       CASE WHEN o.override = 'keep' AND x.image_id IS NULL THEN 0
+            WHEN o.override IS NULL AND x.image_id IS NULL THEN 1
+            WHEN o.override = 'keep' THEN 2
+            WHEN o.override IS NULL THEN 3
+            ELSE 4 END AS survival_rank
+FROM dedup_sweep_nodes AS n
+JOIN image_files AS f ON f.image_id = n.image_id
+LEFT JOIN override_actions AS o ON o.image_id = f.image_id AND o.version = f.version
+LEFT JOIN removed_elsewhere AS x ON x.image_id = f.image_id AND x.version = f.version
+"""
+
+
+@dataclass
+class DedupGraph:
+    """What dedup_actions groups, as arrays: the exact copies' pairs and the set's stored pairs
+    (node numbers into `nodes`, the image ids), each stored pair's distance (float64, as DuckDB
+    compares a FLOAT distance with a DOUBLE threshold) and each node's survival rank (-1: not a
+    present image, in no group's count)."""
+
+    nodes: np.ndarray
+    exact_a: np.ndarray
+    exact_b: np.ndarray
+    near_a: np.ndarray
+    near_b: np.ndarray
+    distance: np.ndarray
+    rank: np.ndarray
+
+    def removed(self, threshold: float) -> int:
+        """Images dedup_actions(threshold := threshold, embedding_set := the set) deletes. The
+        groups are the connected components of the exact copies and the pairs under the
+        threshold; a group of present members deletes all but its keeper and the members kept by
+        override. The keeper is one of those when the best-ranked member is (survival rank 0, or 2
+        with no member of rank 0 or 1); else one more member stays."""
+        from vdc_lake.kernels.duplicate_groups import connected_components
+
+        under = self.distance < float(threshold)
+        labels = connected_components(np.concatenate([self.exact_a, self.near_a[under]]),
+                                      np.concatenate([self.exact_b, self.near_b[under]]), len(self.nodes))
+        size, first, plain, second = (
+            np.bincount(labels, weights=(self.rank == r) if r is not None else (self.rank >= 0),
+                        minlength=len(self.nodes)) for r in (None, 0, 1, 2))
+        extra = (first == 0) & ((plain > 0) | (second == 0))
+        return int(round(np.where(size > 0, size - first - second - extra, 0).sum()))
+
+
+def dedup_graph(catalog: Catalog, set_name: str, *, below: float | None = None) -> DedupGraph:
+    """The set's DedupGraph (pairs under `below` only, when given: enough for thresholds up to it)."""
+    exact = catalog.arrow("SELECT image_a, image_b FROM exact_duplicate_edges")
+    near = catalog.arrow("SELECT image_a, image_b, distance FROM near_duplicate_edges "
+                         "WHERE set_name = ? AND (? IS NULL OR distance < ?)", [set_name, below, below])
+    ends = [np.asarray(t.column(c).to_numpy(zero_copy_only=False), np.int64)
+            for t in (exact, near) for c in ("image_a", "image_b")]
+    nodes = np.unique(np.concatenate(ends))
+    with catalog.registered("dedup_sweep_nodes", pa.table({"image_id": pa.array(nodes, pa.int64())})):
+        ranked = catalog.arrow(_SURVIVAL_SQL)
+    rank = np.full(len(nodes), -1, np.int64)
+    rank[np.searchsorted(nodes, ranked.column("image_id").to_numpy())] = ranked.column("survival_rank").to_numpy()
+    exact_a, exact_b, near_a, near_b = (np.searchsorted(nodes, e) for e in ends)
+    return DedupGraph(nodes, exact_a, exact_b, near_a, near_b,
+                      near.column("distance").to_numpy(zero_copy_only=False).astype(np.float64), rank)
+
+
+def dedup_removed_sweep(catalog: Catalog, set_name: str, values: Sequence[float]) -> list[tuple[float, int]]:
+    """[(threshold, images dedup_actions(threshold := T, embedding_set := set_name) deletes)] for
+    every value, from one read of the pairs (DedupGraph): the same numbers as threshold_sweep's
+    one dedup_actions query per value (tests/test_thresholds.py compares them), at the cost of one."""
+    values = [float(v) for v in values]
+    if not values:
+        return []
+    graph = dedup_graph(catalog, set_name, below=max(values))
+    return [(value, graph.removed(value)) for value in values]
 
 
 _PAIRS_NEAR_SQL = """

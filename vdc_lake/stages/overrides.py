@@ -215,6 +215,24 @@ def set_overrides(catalog: Catalog, refs: Sequence[str], action: str, *, reason:
                    [reason] * len(image_ids))
 
 
+def record_overrides(catalog: Catalog, image_ids: Sequence[int], actions: Sequence[str],
+                     reasons: Sequence[str | None], *, command: str) -> OverrideSummary:
+    """Give each image its own override (keep, drop, or clear: none in force) in one run, e.g. the
+    review app's undo, which gives every image of an action back the override it had before.
+    image_ids are image ids (each once), at their current version."""
+    bad = sorted({a for a in actions if a not in (*ACTIONS, "clear")})
+    if bad or len(set(image_ids)) != len(image_ids) or not len(image_ids) == len(actions) == len(reasons):
+        raise OverrideError(f"one keep, drop or clear per image, each image once (got {', '.join(bad) or 'repeats'})")
+    versions = dict(catalog.rows("SELECT image_id, version FROM images WHERE list_contains(?, image_id)",
+                                 [list(image_ids)]))
+    missing = [i for i in image_ids if i not in versions]
+    if missing:
+        raise OverrideError(f"no image with id {missing[0]} in the catalog")
+    params = {"images": len(image_ids)}
+    return _record(catalog, command, params, list(image_ids), [versions[i] for i in image_ids], list(actions),
+                   list(reasons))
+
+
 def _read_csv(path: Path) -> tuple[list[str], list[str], list[str], list[str | None]]:
     """(refs, labels 'line N: ref', actions, reasons) of an override CSV; OverrideError when malformed."""
     try:

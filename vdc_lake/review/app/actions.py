@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.errors import CatalogLockedError, OverrideError, VdcLakeError
-from vdc_lake.stages.overrides import clear_overrides, set_overrides
+from vdc_lake.stages.overrides import clear_overrides, record_overrides, set_overrides
 from vdc_lake.review.app.access import writing
 from vdc_lake.review.app.options import AppOptions
 
@@ -93,20 +93,17 @@ QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY run_id DESC, created_a
 """
 
 
-def _undo(request: Request, run_id: int) -> list[int]:
-    """Give the images of override run `run_id` back the override each had before it: one run
-    per earlier verdict (keep or drop, with its reason) and one that clears the rest."""
+def _undo(request: Request, run_id: int) -> int:
+    """Give the images of override run `run_id` back the override each had before it (keep or
+    drop, with its reason, or none): one override run, as every action is."""
     with _writer(request) as catalog:
-        ids = [r[0] for r in catalog.rows("SELECT DISTINCT image_id FROM overrides WHERE run_id = ?", [run_id])]
+        ids = [r[0] for r in catalog.rows("SELECT DISTINCT image_id FROM overrides WHERE run_id = ? ORDER BY 1",
+                                          [run_id])]
         before = {i: (a, r) for i, a, r in catalog.rows(_BEFORE_SQL, {"run": run_id, "ids": ids})}
-        runs = []
-        groups: dict[tuple[str, str | None], list[int]] = {}
-        for image in ids:
-            action, reason = before.get(image, ("clear", None))
-            groups.setdefault((action if action in ("keep", "drop") else "clear", reason), []).append(image)
-        for (action, reason), images in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or "")):
-            runs.append(_apply(catalog, action, images, reason).run_id)
-        return runs
+        earlier = [before.get(image, ("clear", None)) for image in ids]
+        actions = [a if a in ("keep", "drop") else "clear" for a, _ in earlier]
+        reasons = [r if a in ("keep", "drop") else None for a, r in earlier]
+        return record_overrides(catalog, ids, actions, reasons, command="undo").run_id
 
 
 async def undo(request: Request) -> JSONResponse:
@@ -116,11 +113,11 @@ async def undo(request: Request) -> JSONResponse:
                             status_code=400)
     run_id = stack[-1]
     try:
-        runs = await _in_thread(_undo, request, run_id)
+        undone_by = await _in_thread(_undo, request, run_id)
     except VdcLakeError as e:
         return _failure(e)
     stack.pop()
-    return JSONResponse({"runs": runs, "message": f"override run {run_id} undone (run {', '.join(map(str, runs))})"})
+    return JSONResponse({"runs": [undone_by], "message": f"override run {run_id} undone (run {undone_by})"})
 
 
 async def label(request: Request) -> JSONResponse:

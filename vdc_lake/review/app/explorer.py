@@ -93,7 +93,7 @@ def _pair_items(catalog: Catalog, pairs: list[Any], threshold: float) -> list[li
 def threshold_fragment(request: Request, catalog: Catalog, decision: str) -> HTMLResponse:
     """What one value of a slider does: images removed (the decision's macro), and for dedup the
     pairs nearest it and the deletions that happen only through other group members."""
-    from vdc_lake.review.thresholds import chain_only, config_line, pairs_near, threshold_sweep
+    from vdc_lake.review.thresholds import chain_only, config_line, dedup_graph, pairs_near, threshold_sweep
 
     if decision not in ("dedup", "rotation", "score", "examples"):
         raise PlanError(f"no threshold explorer for {decision!r}")
@@ -101,7 +101,11 @@ def threshold_fragment(request: Request, catalog: Catalog, decision: str) -> HTM
     value = _number(request.query_params.get("value"))
     if value is None:
         raise PlanError("give the threshold as value=NUMBER")
-    (_, removed), = threshold_sweep(catalog, decision, set_name=set_name, values=[value])
+    if decision == "dedup" and set_name:  # the set's pairs read once per catalog state, then one grouping
+        graph = web.remembered(request, f"dedup graph {set_name}", lambda: dedup_graph(catalog, set_name))
+        removed = graph.removed(value)
+    else:
+        (_, removed), = threshold_sweep(catalog, decision, set_name=set_name, values=[value])
     context: dict[str, Any] = {"decision": decision, "value": value, "removed": int(removed),
                                "line": config_line(decision, set_name, value), "pairs": None, "chained": None}
     if decision == "dedup" and set_name:
@@ -123,14 +127,14 @@ def label_page(request: Request, catalog: Catalog) -> HTMLResponse:
     if chosen is not None and chosen not in names:
         raise PlanError(f"no dedup report for set {chosen!r}; choose one of: {', '.join(names) or '(none yet)'}")
     return web.page(request, "label.html", title="Label pairs", sets=names, chosen=chosen,
-                    body=_label_context(catalog, chosen) if chosen else None)
+                    body=_label_context(request, catalog, chosen) if chosen else None)
 
 
-def _label_context(catalog: Catalog, set_name: str) -> dict[str, Any]:
+def _label_context(request: Request, catalog: Catalog, set_name: str) -> dict[str, Any]:
     from vdc_lake.review.calibration import calibration_rows, next_unlabelled_pair
 
     pair = next_unlabelled_pair(catalog, set_name)
-    table = calibration_rows(catalog, set_name)
+    table = web.remembered(request, f"calibration {set_name}", lambda: calibration_rows(catalog, set_name))
     labelled = catalog.scalar("SELECT count(*) FROM pair_labels")
     context: dict[str, Any] = {"set": set_name, "pair": None, "rows": list(table.rows), "best": table.best,
                                "labelled": labelled}
@@ -147,4 +151,4 @@ def label_fragment(request: Request, catalog: Catalog) -> HTMLResponse:
     set_name = request.query_params.get("set") or ""
     if set_name not in label_sets(catalog):
         raise PlanError(f"no dedup report for set {set_name!r}")
-    return web.fragment("label_fragment.html", body=_label_context(catalog, set_name), csrf="")
+    return web.fragment("label_fragment.html", body=_label_context(request, catalog, set_name), csrf="")

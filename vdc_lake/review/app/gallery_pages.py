@@ -8,6 +8,8 @@ import math
 import re
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
@@ -25,6 +27,7 @@ from vdc_lake.review.app import web
 from vdc_lake.review.app.overview import limits
 
 PAGER_SPAN = 3  # pages linked on each side of the current one
+PAGES_AHEAD = 10  # gallery pages read at once (the report's default max_pages)
 HISTORY = re.compile(r"history-(\d+)")
 
 
@@ -63,9 +66,23 @@ def prefetch(request: Request, catalog: Catalog, cards: list[Card]) -> None:
     request.app.state.thumbs.prefetch(catalog, cards, ReadableRoots.of(catalog))
 
 
+def gallery_through(request: Request, catalog: Catalog, slug: str, base: Limits, page: int) -> Paged | None:
+    """The gallery with the items of pages 1..page at least, read once per catalog state for the
+    first PAGES_AHEAD pages together (a gallery's query costs the same for one page or ten: the
+    decision's whole view runs either way), again only for a page beyond what was read."""
+    key = f"gallery {slug}"
+    held = web.remembered(request, key, lambda: (0, None))
+    if held[0] >= page:
+        return held[1]
+    pages = max(page, PAGES_AHEAD)
+    paged = find_gallery(catalog, slug, Limits(base.thumbnails, base.page_size, pages))
+    web.remember(request, key, (pages, paged))
+    return paged
+
+
 def gallery_page(request: Request, catalog: Catalog, slug: str, page: int) -> HTMLResponse:
     base = limits(catalog)
-    paged = find_gallery(catalog, slug, Limits(base.thumbnails, base.page_size, max(page, 1)))
+    paged = gallery_through(request, catalog, slug, base, page)
     if paged is None:
         raise PlanError(f"no gallery named {slug!r}: the funnel page links every gallery")
     per_page = base.page_size
@@ -80,15 +97,26 @@ def gallery_page(request: Request, catalog: Catalog, slug: str, page: int) -> HT
 
 
 _GROUP_SQL = """
-SELECT d.image_id, d.version, d.path, d.action, d.reason, d.group_size, d.kept_image_id
-FROM dedup_actions() AS d WHERE d.group_id = $group
-ORDER BY d.action DESC, d.image_id
+SELECT d.group_id, d.image_id, d.version, d.path, d.action, d.reason, d.group_size, d.kept_image_id
+FROM dedup_actions() AS d
+ORDER BY d.group_id, d.action DESC, d.image_id
 """
+
+
+def group_rows(request: Request, catalog: Catalog, group_id: int) -> list[dict[str, Any]]:
+    """Every member of one duplicate group, from every group's members read once per catalog
+    state (dedup_actions runs for all groups however few are asked for)."""
+    def read() -> tuple[np.ndarray, pa.Table]:
+        table = catalog.arrow(_GROUP_SQL)
+        return table.column("group_id").to_numpy(zero_copy_only=False).astype(np.int64), table
+    groups, table = web.remembered(request, "dedup groups", read)
+    start, stop = np.searchsorted(groups, group_id, "left"), np.searchsorted(groups, group_id, "right")
+    return table.slice(start, stop - start).to_pylist()
 
 
 def group_page(request: Request, catalog: Catalog, group_id: int) -> HTMLResponse:
     """Every member of one duplicate group at the catalog's settings: the keeper(s) and the deleted."""
-    rows = catalog.arrow(_GROUP_SQL, {"group": int(group_id)}).to_pylist()
+    rows = group_rows(request, catalog, int(group_id))
     items = []
     for r in rows:
         card = image_card(r, lines=[r["reason"]], css="keep" if r["action"] == "keep" else "delete",
@@ -100,37 +128,46 @@ def group_page(request: Request, catalog: Catalog, group_id: int) -> HTMLRespons
                     ids=[r["image_id"] for r in rows], cards=web.grid(items))
 
 
+# Present members and those in curated per cluster of one cluster run, every level at once;
+# curated_now holds the ids in curated (each at its current version, as image_files).
 _KEPT_SQL = """
-SELECT a.cluster_id, count(*) AS members, count(c.image_id) AS kept
+SELECT a.level, a.cluster_id, count(*) AS members, count(c.image_id) AS kept
 FROM assignments AS a
 JOIN image_files AS f ON f.image_id = a.image_id AND f.version = a.version
-LEFT JOIN curated AS c ON c.image_id = a.image_id AND c.version = a.version
-WHERE a.run_id = $run AND a.level = $level AND list_contains($ids, a.cluster_id)
-GROUP BY a.cluster_id
+LEFT JOIN curated_now AS c ON c.image_id = a.image_id
+WHERE a.run_id = $run
+GROUP BY a.level, a.cluster_id
 """
 
 _MEMBERS_SQL = """
-SELECT a.image_id, a.version, f.path, a.distance, c.image_id IS NOT NULL AS kept, count(*) OVER () AS total
+SELECT a.image_id, a.version, f.path, a.distance, count(*) OVER () AS total
 FROM assignments AS a
 JOIN image_files AS f ON f.image_id = a.image_id AND f.version = a.version
-LEFT JOIN curated AS c ON c.image_id = a.image_id AND c.version = a.version
 WHERE a.run_id = $run AND a.level = $level AND a.cluster_id = $cluster
 ORDER BY a.distance NULLS LAST, a.image_id
 LIMIT $n OFFSET $skip
 """
 
 
-def kept_counts(catalog: Catalog, run: int, level: int, ids: list[int]) -> dict[int, tuple[int, int]]:
-    """{cluster id: (present members, kept in curated)} of clusters at one level."""
-    return {cid: (n, kept) for cid, n, kept in catalog.rows(_KEPT_SQL, {"run": run, "level": level, "ids": ids})}
+def curated_ids(request: Request, catalog: Catalog) -> np.ndarray:
+    """The image ids in curated (sorted), read once per catalog state: every cluster page's kept
+    and dropped come from them (curated runs every decision)."""
+    return web.remembered(request, "curated ids", lambda: np.sort(
+        catalog.arrow("SELECT image_id FROM curated").column("image_id").to_numpy(zero_copy_only=False)))
 
 
-def _child_rows(catalog: Catalog, tree: Any, nodes: list[tuple[int, int]]) -> list[dict[str, Any]]:
-    by_level: dict[int, list[int]] = {}
-    for level, cid in nodes:
-        by_level.setdefault(level, []).append(cid)
-    counts = {(lv, cid): v for lv, ids in by_level.items()
-              for cid, v in kept_counts(catalog, tree.run_id, lv, ids).items()}
+def kept_counts(request: Request, catalog: Catalog, run: int) -> dict[tuple[int, int], tuple[int, int]]:
+    """{(level, cluster id): (present members, kept in curated)} of every cluster of the run, read
+    once per catalog state."""
+    def count() -> dict[tuple[int, int], tuple[int, int]]:
+        kept = pa.table({"image_id": pa.array(curated_ids(request, catalog), pa.int64())})
+        with catalog.registered("curated_now", kept):
+            return {(lv, cid): (n, k) for lv, cid, n, k in catalog.rows(_KEPT_SQL, {"run": run})}
+    return web.remembered(request, f"cluster counts {run}", count)
+
+
+def _child_rows(request: Request, catalog: Catalog, tree: Any, nodes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    counts = kept_counts(request, catalog, tree.run_id)
     return [{"level": lv, "id": cid, "size": tree.size[(lv, cid)], "members": counts.get((lv, cid), (0, 0))[0],
              "kept": counts.get((lv, cid), (0, 0))[1], "children": len(tree.children.get((lv, cid), []))}
             for lv, cid in nodes]
@@ -141,7 +178,7 @@ def clusters_page(request: Request, catalog: Catalog) -> HTMLResponse:
     base = limits(catalog)
     gallery = cluster_gallery(catalog, tree, base) if tree else (None, {})
     section = clusters_section(catalog, tree, gallery[0], gallery[1], base)
-    tops = _child_rows(catalog, tree, tree.tops()[:base.page_size]) if tree else []
+    tops = _child_rows(request, catalog, tree, tree.tops()[:base.page_size]) if tree else []
     return web.page(request, "clusters.html", title="Clusters", body=web.body_html(section.body), tops=tops,
                     total_tops=len(tree.tops()) if tree else 0)
 
@@ -161,13 +198,18 @@ def cluster_page(request: Request, catalog: Catalog, level: int, cluster_id: int
     per_page = limits(catalog).page_size
     rows = catalog.arrow(_MEMBERS_SQL, {"run": tree.run_id, "level": level, "cluster": cluster_id, "n": per_page,
                                         "skip": (page - 1) * per_page}).to_pylist()
+    kept = curated_ids(request, catalog)
+    for r in rows:
+        at = np.searchsorted(kept, r["image_id"])
+        r["kept"] = bool(at < len(kept) and kept[at] == r["image_id"])
     total = int(rows[0]["total"]) if rows else 0
     items = [[image_card(r, lines=["" if r["distance"] is None else f"distance {max(0.0, r['distance']):.3f}"],
                          css="keep" if r["kept"] else "delete", label="kept" if r["kept"] else "dropped")]
              for r in rows]
     prefetch(request, catalog, web.cards_of(items))
     pages = max(1, math.ceil(total / per_page))
-    own = _child_rows(catalog, tree, [node])[0]
+    own = _child_rows(request, catalog, tree, [node])[0]
+    children = _child_rows(request, catalog, tree, tree.children.get(node, [])[:200])
     return web.page(request, "cluster.html", title=f"Cluster {cluster_id} at level {level}", node=own,
-                    ancestors=chain[::-1], children=_child_rows(catalog, tree, tree.children.get(node, [])[:200]),
+                    ancestors=chain[::-1], children=children,
                     cards=web.grid(items), page=page, pages=pages, links=pager("", page, pages), total=total)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
@@ -44,6 +45,19 @@ def _table(catalog: Catalog, title: str, sql: str, image_id: int) -> dict[str, A
             "note": None}
 
 
+def removed_by(request: Request, catalog: Catalog, image_id: int) -> list[tuple[str]]:
+    """[(decision,)] of every decision that removes the image (the removals view), from the whole
+    view read once per catalog state (it runs every decision): an image page after the first
+    looks its image up instead of running them again."""
+    def read() -> tuple[np.ndarray, list[str]]:
+        table = catalog.arrow("SELECT DISTINCT image_id, decision FROM removals ORDER BY image_id, decision")
+        return (table.column("image_id").to_numpy(zero_copy_only=False).astype(np.int64),
+                table.column("decision").to_pylist())
+    ids, names = web.remembered(request, "removals", read)
+    start, stop = np.searchsorted(ids, image_id, "left"), np.searchsorted(ids, image_id, "right")
+    return [(name,) for name in names[start:stop]]
+
+
 def image_page(request: Request, catalog: Catalog, image_id: int) -> HTMLResponse:
     facts = catalog.arrow("SELECT * EXCLUDE (root, rel_path), root || '/' || rel_path AS path FROM images "
                           "WHERE image_id = $image", {"image": image_id}).to_pylist()
@@ -51,7 +65,7 @@ def image_page(request: Request, catalog: Catalog, image_id: int) -> HTMLRespons
         raise PlanError(f"no image {image_id} in the catalog")
     fact = facts[0]
     override = [r for r in list_overrides(catalog).to_pylist() if r["image_id"] == image_id]
-    decisions = catalog.rows("SELECT DISTINCT decision FROM removals WHERE image_id = ? ORDER BY 1", [image_id])
+    decisions = removed_by(request, catalog, image_id)
     parts = [_table(catalog, title, sql, image_id) for title, sql in PARTS]
     return web.page(request, "image.html", title=f"Image {image_id}", fact=fact,
                     override=override[0] if override else None,

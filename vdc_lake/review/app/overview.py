@@ -10,12 +10,12 @@ from starlette.responses import HTMLResponse
 from markupsafe import Markup
 
 from vdc_lake.catalog.connection import Catalog
-from vdc_lake.review.decisions import DECISIONS, decision_values
+from vdc_lake.review.decisions import DECISIONS, decision_values, sanitize_rules_note
 from vdc_lake.review.history import apply_history, history_section
 from vdc_lake.review.pages import Limits
 from vdc_lake.review.render import funnel_html
 from vdc_lake.review.sections import funnel
-from vdc_lake.review.status import catalog_status
+from vdc_lake.review.status import decision_settings_in_force, dedup_threshold_notes, overrides_in_force, pending_counts
 from vdc_lake.review.app import web
 
 
@@ -38,22 +38,29 @@ def decision_rows(catalog: Catalog, planned: list[tuple[str, str, int]], *,
             for name, d in DECISIONS.items()]
 
 
-def counts(catalog: Catalog) -> dict[str, Any]:
+def pending(request: Request, catalog: Catalog) -> list[tuple[str, str, int]]:
+    """The pending counts exactly as `status` gives them, read once per catalog state (the
+    funnel and the counts bar both show them)."""
+    return web.remembered(request, "pending", lambda: pending_counts(catalog))
+
+
+def counts(request: Request, catalog: Catalog) -> dict[str, Any]:
     """What the bar on every page shows: each decision's planned operations and the overrides in force."""
-    status = catalog_status(catalog, recent_runs=0)  # the pending counts exactly as `status` gives them
-    return {"decisions": decision_rows(catalog, status["pending"], values=False), "overrides": status["overrides"]}
+    return {"decisions": decision_rows(catalog, pending(request, catalog), values=False),
+            "overrides": overrides_in_force(catalog)}
 
 
 def funnel_page(request: Request, catalog: Catalog) -> HTMLResponse:
     rotation = float(catalog.scalar("SELECT setting('rotation_correction', 'threshold')"))
     stages = funnel(catalog, dedup_threshold=None, rotation_threshold=rotation)
-    status = catalog_status(catalog, recent_runs=0)
+    status = {"settings": decision_settings_in_force(catalog),  # what `status` lists under settings
+              "setting_notes": dedup_threshold_notes(catalog) + [n for n in [sanitize_rules_note(catalog)] if n]}
     return web.page(request, "funnel.html", title="Funnel", funnel=Markup(funnel_html(stages)),
-                    decisions=decision_rows(catalog, status["pending"]), status=status)
+                    decisions=decision_rows(catalog, pending(request, catalog)), status=status)
 
 
 def counts_fragment(request: Request, catalog: Catalog) -> HTMLResponse:
-    return web.fragment("counts.html", **counts(catalog))
+    return web.fragment("counts.html", **counts(request, catalog))
 
 
 def runs_page(request: Request, catalog: Catalog) -> HTMLResponse:

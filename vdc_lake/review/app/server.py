@@ -19,6 +19,7 @@ from vdc_lake.review.app import actions, explorer, gallery_pages, image_page, ov
 from vdc_lake.review.app.access import catalog_state, lock_holder, reading
 from vdc_lake.review.app.guard import Guard
 from vdc_lake.review.app.options import AppOptions, accepted_hosts
+from vdc_lake.review.app.page_cache import PageCache
 from vdc_lake.review.app.thumbs import SIZES, ThumbCache, placeholder_jpeg
 from vdc_lake.review.thumbnails import THUMB_SIZE
 
@@ -37,29 +38,37 @@ def error_page(request: Request, error: Exception) -> HTMLResponse:
 
 
 def reader(handler: Callable[..., Response]) -> Callable[[Request], Response]:
-    """A page handler(request, catalog, **path params) with the catalog opened read-only for it."""
+    """A page handler(request, catalog, **path params) with the catalog opened read-only for it;
+    its HTML is read once per catalog state (page_cache), so a page asked again before anything
+    wrote the catalog is served without opening it."""
     @functools.wraps(handler)
     def endpoint(request: Request) -> Response:
         options: AppOptions = request.app.state.options
-        try:
-            with reading(options.catalog_path, options.config.values["scale"], options.lock_wait) as catalog:
-                return handler(request, catalog, **request.path_params)
-        except VdcLakeError as e:
-            return error_page(request, e)
+        cache: PageCache = request.app.state.pages
+        key = request.url.path + ("?" + request.url.query if request.url.query else "")
+
+        def compute(state: tuple) -> tuple[int, bytes, Response]:
+            request.state.catalog_state = state  # what web.remembered keys the page's aggregates by
+            response = _read(handler, request, options)
+            return response.status_code, bytes(response.body), response
+
+        body, response = cache.page(key, lambda: catalog_state(options.catalog_path),
+                                    lambda: lock_holder(options.catalog_path) is None, compute)
+        return HTMLResponse(body) if body is not None else response
     return endpoint
 
 
+def _read(handler: Callable[..., Response], request: Request, options: AppOptions) -> Response:
+    try:
+        with reading(options.catalog_path, options.config.values["scale"], options.lock_wait) as catalog:
+            return handler(request, catalog, **request.path_params)
+    except VdcLakeError as e:
+        return error_page(request, e)
+
+
 def counts(request: Request) -> Response:
-    """The counts bar: recomputed only when the catalog changed since (every page asks for it)."""
-    options: AppOptions = request.app.state.options
-    state = catalog_state(options.catalog_path)
-    cached = request.app.state.counts
-    if cached is not None and cached[0] == state:
-        return HTMLResponse(cached[1])
-    response = reader(overview.counts_fragment)(request)
-    if response.status_code == 200 and catalog_state(options.catalog_path) == state:
-        request.app.state.counts = (state, response.body)
-    return response
+    """The counts bar, which every page asks for (read once per catalog state, as every page)."""
+    return reader(overview.counts_fragment)(request)
 
 
 def thumb(request: Request) -> Response:
@@ -120,7 +129,8 @@ def create_app(catalog_path: Path, config: Any, *, host: str = "127.0.0.1", port
     app = Starlette(routes=ROUTES)
     app.state.options = options
     app.state.thumbs = ThumbCache(options.thumbs_dir, max_pixels=int(config.section("sanitize")["max_pixels"]))
-    app.state.counts = None  # (catalog_state, the counts bar's HTML) of the newest computation
+    app.state.pages = PageCache()  # every page's HTML at the newest catalog state
+    app.state.results = PageCache()  # aggregates several pages show (web.remembered), at the newest state
     app.state.undo = []  # the override runs this server wrote, newest last (what Undo takes back)
     guarded = Guard(app, options)
     guarded.state = app.state  # tests reach the options through the outer app

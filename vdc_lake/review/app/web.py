@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jinja2
 from markupsafe import Markup
@@ -72,6 +72,22 @@ def page(request: Request, template: str, **context: Any) -> HTMLResponse:
         request=request, nav=NAV, css=Markup(CSS), csrf=options.csrf_token, path=request.url.path,
         catalog_name=options.catalog_path.name, holder=lock_holder(options.catalog_path), **context)
     return HTMLResponse(html)
+
+
+def remembered(request: Request, name: str, compute: Callable[[], Any]) -> Any:
+    """compute()'s value (an aggregate such as the pending counts, the calibration table), read
+    once per catalog state and shared by every page that shows it."""
+    state = getattr(request.state, "catalog_state", None)
+    if state is None:  # not under server.reader (nothing to key by)
+        return compute()
+    return request.app.state.results.remembered(state, name, compute)
+
+
+def remember(request: Request, name: str, value: Any) -> None:
+    """Keep value under name for the catalog state this request read (see remembered)."""
+    state = getattr(request.state, "catalog_state", None)
+    if state is not None:
+        request.app.state.results.put(state, name, value)
 
 
 def fragment(template: str, **context: Any) -> HTMLResponse:
