@@ -158,15 +158,14 @@ def parse_args():
     return p.parse_args()
 
 
-def make_catalog(path, x: np.ndarray) -> np.ndarray:
-    """A catalog holding one present image per row of x and the set "bench" ([n, d] vectors);
-    returns the image ids (row i is image ids[i])."""
+def new_catalog(path, n: int, dim: int) -> np.ndarray:
+    """A catalog of n present images (no files: the dedup stages read only the catalog) and an
+    empty embedding set "bench" of dim dimensions; returns the image ids 1..n."""
     import pyarrow as pa
 
     from vdc_lake.catalog.connection import Catalog
-    from vdc_lake.catalog.sets import register_embedding_set, write_vectors
+    from vdc_lake.catalog.sets import register_embedding_set
 
-    n = len(x)
     ids = np.arange(1, n + 1, dtype=np.int64)
     with Catalog(path, create=True) as catalog:
         run_id = catalog.begin_run("bench", {})
@@ -174,12 +173,30 @@ def make_catalog(path, x: np.ndarray) -> np.ndarray:
             "image_id": ids, "root": pa.repeat(pa.scalar("/bench"), n),
             "rel_path": pa.array([f"{i:08d}.jpg" for i in ids]), "version": np.ones(n, np.int32),
             "present": np.ones(n, bool)}))
-        register_embedding_set(catalog, "bench", kind="descriptor", model=None, dim=x.shape[1],
-                               preprocessing=None, run_id=run_id)
-        for s in range(0, n, 65_536):
-            write_vectors(catalog, "embeddings", "bench", run_id, ids[s:s + 65_536], np.ones(min(65_536, n - s)),
-                          x[s:s + 65_536])
+        register_embedding_set(catalog, "bench", kind="descriptor", model=None, dim=dim, preprocessing=None,
+                               run_id=run_id)
         catalog.finish_run(run_id)
+    return ids
+
+
+def add_vectors(path, ids: np.ndarray, x: np.ndarray) -> None:
+    """Vectors x [m, d] of set "bench" for the images ids [m], in one run (what predict writes)."""
+    from vdc_lake.catalog.connection import Catalog
+    from vdc_lake.catalog.sets import write_vectors
+
+    with Catalog(path) as catalog:
+        run_id = catalog.begin_run("predict", {"set": "bench"})
+        for s in range(0, len(ids), 65_536):
+            write_vectors(catalog, "embeddings", "bench", run_id, ids[s:s + 65_536],
+                          np.ones(len(ids[s:s + 65_536]), np.int32), x[s:s + 65_536])
+        catalog.finish_run(run_id)
+
+
+def make_catalog(path, x: np.ndarray) -> np.ndarray:
+    """A catalog holding one present image per row of x and the set "bench" ([n, d] vectors);
+    returns the image ids (row i is image ids[i])."""
+    ids = new_catalog(path, len(x), x.shape[1])
+    add_vectors(path, ids, x)
     return ids
 
 

@@ -31,40 +31,13 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dedup import Clock, make_dataset  # noqa: E402
+from bench_dedup import Clock, add_vectors, make_dataset, new_catalog  # noqa: E402
 
 from vdc_lake.catalog.connection import Catalog  # noqa: E402
-from vdc_lake.catalog.sets import register_embedding_set, write_vectors  # noqa: E402
 
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def new_catalog(path: Path, n: int, dim: int) -> np.ndarray:
-    """A catalog of n present images (no files: the stages here read only the catalog) and an
-    empty embedding set "bench"; returns the image ids 1..n."""
-    ids = np.arange(1, n + 1, dtype=np.int64)
-    with Catalog(path, create=True) as catalog:
-        run_id = catalog.begin_run("bench", {})
-        catalog.insert_arrow("images", pa.table({
-            "image_id": ids, "root": pa.repeat(pa.scalar("/bench"), n),
-            "rel_path": pa.array([f"{i:08d}.jpg" for i in ids]), "version": np.ones(n, np.int32),
-            "present": np.ones(n, bool)}))
-        register_embedding_set(catalog, "bench", kind="descriptor", model=None, dim=dim, preprocessing=None,
-                               run_id=run_id)
-        catalog.finish_run(run_id)
-    return ids
-
-
-def add_vectors(path: Path, ids: np.ndarray, x: np.ndarray) -> None:
-    """Vectors x [m, d] for the images ids [m] (what predict writes for new images)."""
-    with Catalog(path) as catalog:
-        run_id = catalog.begin_run("predict", {"set": "bench"})
-        for s in range(0, len(ids), 65_536):
-            write_vectors(catalog, "embeddings", "bench", run_id, ids[s:s + 65_536],
-                          np.ones(len(ids[s:s + 65_536]), np.int32), x[s:s + 65_536])
-        catalog.finish_run(run_id)
 
 
 def edges(catalog: Catalog, run_id: int) -> pa.Table:

@@ -74,6 +74,17 @@ def default_config(search_dir: str | os.PathLike) -> Config:
     return Config.load(search_dir=Path(search_dir))
 
 
+@pytest.fixture
+def chromium() -> str:
+    """Path of the Debian chromium binary the browser tests drive (tests/browser.py); skips without one."""
+    from tests.browser import chromium_binary
+
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium; or set VDC_LAKE_CHROMIUM)")
+    return binary
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray instance per test process for the modules that use Ray (they skip without

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from browser import PAGE_WIDTH, chromium_binary, visit_all
+from browser import PAGE_WIDTH, visit_all
 from test_export import build_curation_catalog
 from tests.conftest import copy_catalog
 from vdc_lake.effects.apply import apply_plan, make_plan
@@ -122,14 +122,6 @@ def applied_report_dir(curated_catalog, tmp_path_factory) -> Path:
     with Catalog(catalog_path, read_only=True) as catalog:
         build_report(catalog, base / "report", thumbnails=4, workers=2, quiet=True)
     return base / "report"
-
-
-@pytest.fixture
-def chromium() -> str:
-    binary = chromium_binary()
-    if binary is None:
-        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium; or set VDC_LAKE_CHROMIUM)")
-    return binary
 
 
 def _pages(report: Path) -> list[Path]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from browser import DevTools, Page, chromium_binary
+from browser import DevTools, Page
 from conftest import catalog_rows as read_rows, copy_catalog
 from test_review_app import PAGES, review_catalog  # noqa: F401 - the module's catalog fixture
 from vdc_lake.config.loader import Config
@@ -28,14 +28,6 @@ def catalog_rows(catalog_path: Path, sql: str, params: list | None = None) -> li
     DuckDB allows one open of a file at a time per process with these settings."""
     with ONE_AT_A_TIME:
         return read_rows(catalog_path, sql, params)
-
-
-@pytest.fixture
-def chromium() -> str:
-    binary = chromium_binary()
-    if binary is None:
-        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium; or set VDC_LAKE_CHROMIUM)")
-    return binary
 
 
 def free_port() -> int:
