@@ -70,6 +70,7 @@ from vdc_lake.catalog.connection import Catalog
 from vdc_lake.config import rules
 from vdc_lake.errors import VdcLakeError
 from vdc_lake.kernels.sampling import water_filling
+from vdc_lake.fileops.csv_files import csv_rows, listed
 
 DRAW_COLUMNS = ("image_a", "image_b", "path_a", "path_b", "distance", "bin", "weight")
 LABEL_COLUMNS = ("image_a", "image_b", "is_duplicate")
@@ -77,7 +78,6 @@ CSV_COLUMNS = ("threshold", "precision", "precision_low", "precision_high", "rec
                "recall_high", "removed")
 TRUE_WORDS = ("true", "1", "yes", "y", "t")
 FALSE_WORDS = ("false", "0", "no", "n", "f")
-SHOWN_IN_ERRORS = 10
 
 
 class LabelError(VdcLakeError):
@@ -102,11 +102,6 @@ def _check_set(catalog: Catalog, set_name: str) -> dict[str, Any]:
         raise LabelError(f"set {set_name!r} has no dedup report yet, so no stored pairs to label; run "
                          f"`vdc-lake dedup report --set {set_name}` first")
     return dict(zip(("bins", "searched", "width"), rows[0]))
-
-
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:SHOWN_IN_ERRORS])
-    return shown + (f" and {len(items) - SHOWN_IN_ERRORS} more" if len(items) > SHOWN_IN_ERRORS else "")
 
 
 # -- drawing pairs ------------------------------------------------------------------------------
@@ -283,7 +278,7 @@ def _record(catalog: Catalog, rows: Sequence[tuple[int, int, bool]], source: str
     names = list(names) if names is not None else [f"row {i + 1}" for i in range(len(rows))]
     same = [names[i] for i, (a, b, _) in enumerate(rows) if a == b]
     if same:
-        raise LabelError(f"{len(same)} labels pair an image with itself: {_listed(same)}; a label names two images")
+        raise LabelError(f"{len(same)} labels pair an image with itself: {listed(same)}; a label names two images")
     pairs: dict[tuple[int, int], int] = {}
     conflicts = []
     for i, (a, b, is_duplicate) in enumerate(rows):
@@ -292,7 +287,7 @@ def _record(catalog: Catalog, rows: Sequence[tuple[int, int, bool]], source: str
             conflicts.append(f"{names[pairs[key]]} and {names[i]} (images {key[0]}, {key[1]})")
         pairs[key] = i
     if conflicts:
-        raise LabelError(f"{len(conflicts)} pairs are labelled both ways: {_listed(conflicts)}; keep one label per pair")
+        raise LabelError(f"{len(conflicts)} pairs are labelled both ways: {listed(conflicts)}; keep one label per pair")
     order = list(pairs.values())
     incoming = pa.table({"n": pa.array(order, pa.int64()),
                          "image_a": pa.array([k[0] for k in pairs], pa.int64()),
@@ -304,7 +299,7 @@ def _record(catalog: Catalog, rows: Sequence[tuple[int, int, bool]], source: str
                if r["version_a"] is None or r["version_b"] is None]
     if unknown:
         raise LabelError(f"{len(unknown)} labels name images that are not among the catalog's present images "
-                         f"(and were not drawn): {_listed(unknown)}; use the image ids of `vdc-lake labels draw`")
+                         f"(and were not drawn): {listed(unknown)}; use the image ids of `vdc-lake labels draw`")
     stale = [r["current_a"] != r["version_a"] or r["current_b"] != r["version_b"] for r in found.to_pylist()]
     summary = LabelSummary(None, source, recorded=found.num_rows, stale=sum(stale),
                            duplicates=sum(found.column("is_duplicate").to_pylist()))
@@ -342,39 +337,26 @@ def _truth(text: str) -> bool | None:
 
 
 def _read_labels_csv(path: Path) -> tuple[list[tuple[int, int, bool]], list[str]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [(name or "").strip().lower() for name in (reader.fieldnames or [])]
-            missing = [c for c in LABEL_COLUMNS if c not in header]
-            if missing:
-                raise LabelError(f"{path}: the header row lacks the column(s) {', '.join(missing)}; a labels CSV has "
-                                 f"the columns {', '.join(LABEL_COLUMNS)} (what `vdc-lake labels draw` writes, with "
-                                 "is_duplicate filled in as true or false)")
-            reader.fieldnames = header
-            rows, names, bad, blank = [], [], [], 0
-            for row in reader:
-                line = reader.line_num
-                a, b = (row.get("image_a") or "").strip(), (row.get("image_b") or "").strip()
-                verdict = _truth(row.get("is_duplicate") or "")
-                if not a and not b:
-                    continue  # a blank line
-                if not (a.isdigit() and b.isdigit()):
-                    bad.append(f"line {line}: image ids {a!r}, {b!r}")
-                elif verdict is None:
-                    if not (row.get("is_duplicate") or "").strip():
-                        blank += 1  # not labelled yet: left out
-                        continue
-                    bad.append(f"line {line}: is_duplicate {row.get('is_duplicate')!r}")
-                else:
-                    rows.append((int(a), int(b), verdict))
-                    names.append(f"line {line}")
-    except UnicodeDecodeError as e:
-        raise LabelError(f"{path} is not UTF-8 text ({e.reason}); save the CSV as UTF-8") from e
-    except csv.Error as e:
-        raise LabelError(f"{path} is not a readable CSV file ({e}); fix the file and import it again") from e
+    rows, names, bad, blank = [], [], [], 0
+    columns = (f"a labels CSV has the columns {', '.join(LABEL_COLUMNS)} (what `vdc-lake labels draw` writes, "
+               "with is_duplicate filled in as true or false)")
+    for line, row in csv_rows(path, LABEL_COLUMNS, LabelError, columns):
+        a, b = (row.get("image_a") or "").strip(), (row.get("image_b") or "").strip()
+        verdict = _truth(row.get("is_duplicate") or "")
+        if not a and not b:
+            continue  # a blank line
+        if not (a.isdigit() and b.isdigit()):
+            bad.append(f"line {line}: image ids {a!r}, {b!r}")
+        elif verdict is None:
+            if not (row.get("is_duplicate") or "").strip():
+                blank += 1  # not labelled yet: left out
+                continue
+            bad.append(f"line {line}: is_duplicate {row.get('is_duplicate')!r}")
+        else:
+            rows.append((int(a), int(b), verdict))
+            names.append(f"line {line}")
     if bad:
-        raise LabelError(f"{path}: {len(bad)} rows are not valid: {_listed(bad)}; each row needs two image ids and "
+        raise LabelError(f"{path}: {len(bad)} rows are not valid: {listed(bad)}; each row needs two image ids and "
                          "is_duplicate true or false (or empty for a pair not labelled yet)")
     return rows, names
 

@@ -17,7 +17,6 @@ An image is named by its image_id, by its path relative to a scanned root, or by
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import os
 import posixpath
@@ -29,10 +28,10 @@ import pyarrow as pa
 
 from vdc_lake.catalog.connection import Catalog
 from vdc_lake.errors import OverrideError
+from vdc_lake.fileops.csv_files import csv_rows, listed
 
 ACTIONS = ("keep", "drop")
 CSV_COLUMNS = ("image", "action", "reason")
-SHOWN_IN_ERRORS = 10  # names listed in one error line; the rest are counted
 
 # Every image named, matched by image_id (1), full path (2) or path relative to its root (3);
 # the best kind of match wins, and more than one image at that kind is ambiguous.
@@ -112,11 +111,6 @@ def _ref_table(refs: Sequence[str], cwd: str) -> pa.Table:
                      "as_real": pa.array(as_real, pa.string()), "as_rel": pa.array(as_rel, pa.string())})
 
 
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:SHOWN_IN_ERRORS])
-    return shown + (f" and {len(items) - SHOWN_IN_ERRORS} more" if len(items) > SHOWN_IN_ERRORS else "")
-
-
 def resolve_images(catalog: Catalog, refs: Sequence[str], *, labels: Sequence[str] | None = None,
                    present_only: bool = True, cwd: str | os.PathLike | None = None) -> pa.Table:
     """The image each of `refs` names: a table of (n, ref, image_id, version), n = position in refs.
@@ -141,10 +135,10 @@ def resolve_images(catalog: Catalog, refs: Sequence[str], *, labels: Sequence[st
     if unknown:
         where = "present images" if present_only else "images"
         problems.append(f"{len(unknown)} of {len(refs)} named images are not among the catalog's {where}: "
-                        f"{_listed(unknown)}; name an image by its image_id, its path relative to a scanned "
+                        f"{listed(unknown)}; name an image by its image_id, its path relative to a scanned "
                         "root or its absolute path (`vdc-lake scan` registers new files)")
     if ambiguous:
-        problems.append(f"{len(ambiguous)} names match several images: {_listed(ambiguous)}; use the absolute "
+        problems.append(f"{len(ambiguous)} names match several images: {listed(ambiguous)}; use the absolute "
                         "path or the image_id")
     if problems:
         raise OverrideError("; ".join(problems))
@@ -235,35 +229,22 @@ def record_overrides(catalog: Catalog, image_ids: Sequence[int], actions: Sequen
 
 def _read_csv(path: Path) -> tuple[list[str], list[str], list[str], list[str | None]]:
     """(refs, labels 'line N: ref', actions, reasons) of an override CSV; OverrideError when malformed."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [(name or "").strip().lower() for name in (reader.fieldnames or [])]
-            missing = [c for c in ("image", "action") if c not in header]
-            if missing:
-                raise OverrideError(f"{path}: the header row lacks the column(s) {', '.join(missing)}; an override "
-                                    f"CSV has the columns {', '.join(CSV_COLUMNS)} (reason may be empty)")
-            reader.fieldnames = header
-            refs, labels, actions, reasons, bad = [], [], [], [], []
-            for row in reader:
-                line = reader.line_num
-                image = (row.get("image") or "").strip()
-                action = (row.get("action") or "").strip().lower()
-                if not image and not action and not (row.get("reason") or "").strip():
-                    continue  # a blank line
-                if not image or action not in ACTIONS:
-                    bad.append(f"line {line}" + (": no image" if not image else f": action {action!r}"))
-                    continue
-                refs.append(image)
-                labels.append(f"line {line}: {image!r}")
-                actions.append(action)
-                reasons.append((row.get("reason") or "").strip() or None)
-    except UnicodeDecodeError as e:
-        raise OverrideError(f"{path} is not UTF-8 text ({e.reason}); save the CSV as UTF-8") from e
-    except csv.Error as e:
-        raise OverrideError(f"{path} is not a readable CSV file ({e}); fix the file and import it again") from e
+    refs, labels, actions, reasons, bad = [], [], [], [], []
+    columns = f"an override CSV has the columns {', '.join(CSV_COLUMNS)} (reason may be empty)"
+    for line, row in csv_rows(path, ("image", "action"), OverrideError, columns):
+        image = (row.get("image") or "").strip()
+        action = (row.get("action") or "").strip().lower()
+        if not image and not action and not (row.get("reason") or "").strip():
+            continue  # a blank line
+        if not image or action not in ACTIONS:
+            bad.append(f"line {line}" + (": no image" if not image else f": action {action!r}"))
+            continue
+        refs.append(image)
+        labels.append(f"line {line}: {image!r}")
+        actions.append(action)
+        reasons.append((row.get("reason") or "").strip() or None)
     if bad:
-        raise OverrideError(f"{path}: {len(bad)} rows are not valid: {_listed(bad)}; each row needs an image "
+        raise OverrideError(f"{path}: {len(bad)} rows are not valid: {listed(bad)}; each row needs an image "
                             "(image_id or path) and an action keep or drop")
     return refs, labels, actions, reasons
 
@@ -288,7 +269,7 @@ def import_overrides(catalog: Catalog, csv_path: str | os.PathLike, *,
             conflicts.append(f"{labels[chosen[image_id][0]]} and {labels[n]} (image {image_id})")
         chosen[image_id] = (n, version)
     if conflicts:
-        raise OverrideError(f"{path}: {len(conflicts)} images are both kept and dropped: {_listed(conflicts)}; "
+        raise OverrideError(f"{path}: {len(conflicts)} images are both kept and dropped: {listed(conflicts)}; "
                             "keep one row per image")
     rows = [n for n, _ in chosen.values()]
     params = {"file": str(path.resolve()), "rows": len(refs), "images": len(chosen)}
