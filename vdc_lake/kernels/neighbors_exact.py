@@ -126,12 +126,7 @@ def block_pairs_exact(
     check_threshold(threshold)
     check_cap(max_pairs_per_image)
     check_views(views)
-    device = torch.device(device)
-    precision = precision or default_precision(device)
-    margin = RECHECK_SAFETY * score_error_bound(precision, vectors_a.shape[1])
-    tile = tile_rows or default_tile_rows(device)
-    if tile < 1:
-        raise ValueError("tile_rows must be at least 1")
+    device, precision, margin, tile = _search_settings(device, precision, vectors_a.shape[1], tile_rows)
     with _matmul_precision(precision, device):
         a = _Block(vectors_a, device, precision)
         b = a if same else _Block(vectors_b, device, precision)
@@ -178,12 +173,7 @@ def radius_pairs_new(
     if not new_rows.any():
         return PairSet.empty()
     keys_new = keys[new_rows]
-    device = torch.device(device)
-    precision = precision or default_precision(device)
-    margin = RECHECK_SAFETY * score_error_bound(precision, vectors.shape[1])
-    tile = tile_rows or default_tile_rows(device)
-    if tile < 1:
-        raise ValueError("tile_rows must be at least 1")
+    device, precision, margin, tile = _search_settings(device, precision, vectors.shape[1], tile_rows)
 
     def keep(r: np.ndarray, c: np.ndarray) -> np.ndarray:
         # a pair of two new rows is met from both sides (and a new row meets itself): keep one
@@ -198,6 +188,17 @@ def radius_pairs_new(
     order = np.lexsort((np.maximum(ka, kb), np.minimum(ka, kb)))
     pairs = PairSet(np.minimum(ka, kb)[order], np.maximum(ka, kb)[order], found[2][order])
     return cap_pairs_per_image(pairs, max_pairs_per_image)
+
+
+def _search_settings(device: str | torch.device, precision: str | None, dim: int,
+                     tile_rows: int | None) -> tuple[torch.device, str, float, int]:
+    """(device, precision, re-check margin, tile edge) of a search, defaults filled in."""
+    device = torch.device(device)
+    precision = precision or default_precision(device)
+    tile = tile_rows or default_tile_rows(device)
+    if tile < 1:
+        raise ValueError("tile_rows must be at least 1")
+    return device, precision, RECHECK_SAFETY * score_error_bound(precision, dim), tile
 
 
 class _Block:
